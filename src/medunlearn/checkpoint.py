@@ -1,0 +1,159 @@
+"""Saving and loading run folders.
+
+A run folder (from ``train``, ``unlearn`` or anything else that produces a model) holds:
+
+* ``model.safetensors``: the weights (loaded without pickle),
+* ``config.json``: the resolved configuration, seed, data description, code version, and the
+  ``model`` spec needed to rebuild the network,
+* ``metrics.json``: results and timings.
+
+Every command that takes a model takes such a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from medunlearn.config import DataConfig, from_dict
+from medunlearn.data import MedDataset, load_dataset
+from medunlearn.errors import CheckpointError, ConfigError, DataError
+from medunlearn.io import atomic_write_bytes, read_json
+from medunlearn.models import Classifier
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+
+
+def save_weights(path: str | os.PathLike, model: torch.nn.Module,
+                 metadata: dict | None = None) -> Path:
+    """Write a model's state dict to ``path`` as safetensors, atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": "medunlearn"} | {k: str(v) for k, v in (metadata or {}).items()}
+    return atomic_write_bytes(path, save(state, metadata=meta))
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a safetensors file (no pickle involved)."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}). It is corrupt or truncated: "
+            "restore it from a good copy or train the model again."
+        ) from exc
+
+
+@dataclass
+class Run:
+    """A run folder loaded into memory."""
+
+    path: Path
+    config: dict
+    model: Classifier
+    metrics: dict | None
+
+    @property
+    def data_config(self) -> DataConfig:
+        return from_dict(DataConfig, self.config["data"], where=f"{self.path}/config.json data")
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    def load_dataset(self, **overrides) -> MedDataset:
+        """Load the data this run was trained on (``overrides`` e.g. ``data_root=...``)."""
+        dataset = load_dataset(self.data_config, seed=self.seed, **overrides)
+        check_compatible(self, dataset)
+        return dataset
+
+
+def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Run:
+    """Load a run folder: rebuild the model from its config and load its weights.
+
+    Raises:
+        CheckpointError: missing files, unreadable weights, or weights that do not match the
+            architecture described in ``config.json``.
+    """
+    from medunlearn.training import model_from_spec
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"Model folder {path} does not exist. Pass the --out folder of a 'medunlearn train' "
+            "or 'medunlearn unlearn' run."
+        )
+    for name in (CONFIG_FILE, MODEL_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(
+                f"{path} has no {name}, so it is not a complete medunlearn run folder (an "
+                "interrupted run leaves nothing behind; this folder came from elsewhere). Point "
+                "at the --out folder of a finished run."
+            )
+    try:
+        config = read_json(path / CONFIG_FILE)
+        spec = config["model"]
+        model = model_from_spec(spec)
+    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(
+            f"{path / CONFIG_FILE} is not a valid medunlearn run config ({exc}). Restore it or "
+            "train the model again."
+        ) from exc
+    state = load_weights(path / MODEL_FILE)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"The weights in {path / MODEL_FILE} do not fit the {spec.get('arch')} network "
+            f"described in its config.json ({first}). The folder mixes files from different runs;"
+            " train again or restore the matching files."
+        ) from exc
+    model.to(device).eval()
+    metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else None
+    return Run(path, config, model, metrics)
+
+
+def check_compatible(run: Run, dataset: MedDataset) -> None:
+    """Refuse a model whose input channels or classes differ from the data's.
+
+    Raises:
+        CheckpointError: naming both shapes and the fix.
+    """
+    spec = run.config["model"]
+    problems = []
+    if spec["in_channels"] != dataset.in_channels:
+        problems.append(f"it takes {spec['in_channels']}-channel images but {dataset.info.flag} "
+                        f"has {dataset.in_channels} channel(s)")
+    if spec["num_classes"] != dataset.num_classes:
+        problems.append(f"it has {spec['num_classes']} output classes but the {dataset.view.kind} "
+                        f"view of {dataset.info.flag} has {dataset.num_classes}")
+    if spec.get("size", dataset.size) != dataset.size:
+        problems.append(f"it was trained on {spec['size']} px images, the data are "
+                        f"{dataset.size} px")
+    if problems:
+        raise CheckpointError(
+            f"The model in {run.path} does not match the data: {'; '.join(problems)}. Use the "
+            "dataset, view and size the model was trained with (see its config.json), or train a "
+            "model for this data."
+        )
+
+
+def load_run_and_data(path: str | os.PathLike, *, data_root: str | None = None,
+                      **overrides) -> tuple[Run, MedDataset]:
+    """Load a run folder and the dataset it was trained on, checked against each other."""
+    run = load_run(path)
+    if data_root:
+        overrides["data_root"] = data_root
+    try:
+        dataset = run.load_dataset(**overrides)
+    except DataError:
+        raise
+    return run, dataset

@@ -1,0 +1,74 @@
+"""The ``medunlearn`` command line.
+
+The CLI is thin: each command builds config dataclasses and calls the Python API. Commands live
+in ``medunlearn.commands.*``; every module there has a ``register(app)`` function. User errors
+(:class:`~medunlearn.errors.MedUnlearnError`) are printed without a traceback, exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import typer
+
+from medunlearn import __version__
+from medunlearn.errors import MedUnlearnError
+
+app = typer.Typer(
+    name="medunlearn",
+    help="Make a medical image classifier forget patients' images, and prove it did so safely.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medunlearn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Make a medical image classifier forget patients' images, and prove it did so safely."""
+
+
+def _register_commands() -> None:
+    from medunlearn import commands
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        if mod.startswith("_"):
+            continue
+        module = importlib.import_module(f"medunlearn.commands.{mod}")
+        if hasattr(module, "register"):
+            module.register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    try:
+        app(args=argv, prog_name="medunlearn")
+    except MedUnlearnError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        return 2
+    except SystemExit as exc:  # typer's standalone mode ends with SystemExit
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""``medunlearn train`` and ``medunlearn datasets``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medunlearn.commands._common import (
+    Augment, DataRoot, Dataset, EvalLimit, NoDownload, NoVerify, Positive, Size, TrainLimit, View,
+    data_config, fmt,
+)
+from medunlearn.config import ModelConfig, TrainConfig
+
+
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output run folder.")],
+    dataset: Dataset = "pneumoniamnist",
+    size: Size = 28,
+    view: View = "auto",
+    positive_classes: Positive = None,
+    augment: Augment = "basic",
+    train_limit: TrainLimit = None,
+    eval_limit: EvalLimit = None,
+    data_root: DataRoot = None,
+    no_download: NoDownload = False,
+    no_verify: NoVerify = False,
+    arch: Annotated[str, typer.Option(help="auto, resnet18, tv-resnet18 or tv-resnet50.")] = "auto",
+    width: Annotated[int, typer.Option(help="Base width of resnet18 (64 = full width).")] = 16,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = TrainConfig.epochs,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = TrainConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TrainConfig.lr,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = TrainConfig.weight_decay,
+    class_weights: Annotated[str, typer.Option(help="balanced or none.")] = "balanced",
+    select: Annotated[str, typer.Option(help="Checkpoint kept: val_auc, val_acc, val_loss or "
+                                        "last.")] = "val_auc",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a classifier and write model.safetensors, config.json and metrics.json to --out."""
+    from medunlearn.runs import run_training
+
+    data = data_config(dataset, size, view, positive_classes, augment, train_limit, eval_limit,
+                       data_root, no_download, no_verify)
+    model = ModelConfig(arch=arch, width=width)
+    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                       class_weights=class_weights, select=select, threads=threads,
+                       progress=not quiet)
+    metrics = run_training(data, model, tcfg, seed=seed, out=out, overwrite=overwrite)
+    if metrics.get("reused"):
+        typer.echo(f"{out} already holds this exact run; nothing retrained (--overwrite redoes it).")
+    typer.echo(f"{'split':<6} {'accuracy':>9} {'AUC':>7}  per-class recall")
+    for name, m in metrics["splits"].items():
+        rec = ", ".join(fmt(r, 3) for r in m["per_class_recall"])
+        typer.echo(f"{name:<6} {fmt(m['accuracy']):>9} {fmt(m['auc']):>7}  [{rec}]")
+    typer.echo(f"trained in {metrics['train_seconds']:.1f} s (best epoch {metrics['best_epoch']})"
+               f"; run folder: {out}")
+
+
+def datasets() -> None:
+    """List the MedMNIST 2D datasets medunlearn can use, with their tasks and sizes."""
+    from medunlearn.data import DEFAULT_POSITIVE_CLASSES, dataset_flags, get_info
+
+    for flag in dataset_flags():
+        info = get_info(flag)
+        pos = DEFAULT_POSITIVE_CLASSES.get(flag)
+        pos_txt = f"  disease classes {list(pos)}" if pos else ""
+        typer.echo(f"{flag:<16} {info.task:<26} {info.n_channels}ch {info.num_classes:>2} classes "
+                   f"sizes {','.join(map(str, info.sizes))}{pos_txt}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(datasets)

@@ -1,0 +1,119 @@
+"""Frozen configuration dataclasses shared by training, unlearning and evaluation.
+
+The CLI only builds these; every run writes the resolved values to ``config.json`` next to its
+artefacts, and :func:`from_dict` rebuilds them (unknown keys are an error, never ignored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from medunlearn.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a model sees."""
+
+    dataset: str = "pneumoniamnist"  # any MedMNIST 2D flag
+    size: int = 28  # 28, or 64/128/224 where medmnist has that file
+    view: str = "auto"  # "native", "binary" or "auto" (binary where disease classes are known)
+    positive_classes: tuple[int, ...] | None = None  # native classes meaning disease
+    augment: str = "basic"  # "none", "basic" (crop + flip) or "strong"
+    train_limit: int | None = None  # use a seeded random subset of the training split
+    eval_limit: int | None = None  # likewise for the validation and test splits
+    data_root: str | None = None  # None: $MEDMNIST_ROOT, else medmnist's default root
+    download: bool = True  # download missing files through medmnist when a network exists
+    verify_md5: bool = True  # compare the file's MD5 with medmnist's published value
+
+    def identity(self) -> dict:
+        """The fields that change which samples and labels a model sees (not where they live)."""
+        d = dataclasses.asdict(self)
+        for k in ("data_root", "download", "verify_md5"):
+            d.pop(k)
+        return d
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network architecture."""
+
+    arch: str = "auto"  # "resnet18" (small-image stem), "tv-resnet18", "tv-resnet50", "auto"
+    width: int = 16  # base channel count of resnet18 (64 = the full-width network)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation recipe, shared by training and the ``retrain`` reference."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1  # peak learning rate of the one-cycle schedule
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    class_weights: str = "balanced"  # "balanced" (inverse class frequency) or "none"
+    schedule: str = "onecycle"  # "onecycle", "cosine" or "constant"
+    select: str = "val_auc"  # checkpoint kept: "val_auc", "val_acc", "val_loss" or "last"
+    threads: int | None = None  # torch CPU threads (None: leave torch's default)
+    progress: bool = True
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args or tp is typing.Any:
+            return None
+        raise ConfigError(f"{where} may not be empty (null).")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where) if len(inner) == 1 else value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where=where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}.")
+        return value
+    if tp in (int, float, str):
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a {tp.__name__}, got {value!r}.") from None
+    return value
+
+
+def from_dict(cls, data: dict | None, *, where: str | None = None):
+    """Build a (possibly nested) config dataclass from a plain dict.
+
+    Raises:
+        ConfigError: unknown keys, or values of the wrong type.
+    """
+    where = where or cls.__name__
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"Unknown option(s) {', '.join(unknown)} in {where}; valid options: "
+            f"{', '.join(sorted(names))}."
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def replace(cfg, **changes):
+    """``dataclasses.replace`` that ignores ``None`` values (unset CLI options)."""
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+
+
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "from_dict", "replace", "field"]

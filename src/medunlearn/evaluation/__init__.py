@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions, each stating its definition and direction."""

@@ -1,0 +1,69 @@
+"""Utility metrics of a classifier's predictions.
+
+Every function is pure: it takes arrays and returns numbers. Probabilities are softmax outputs
+``(N, K)``; labels are integers ``(N,)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import recall_score, roc_auc_score
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``logits`` (N, K), computed stably in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples whose arg-max class equals the label. Higher is better."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    return float((np.asarray(probs).argmax(axis=1) == labels).mean())
+
+
+def auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC: binary uses the class-1 probability; multi-class is one-vs-rest, macro-averaged
+    over the classes present. ``nan`` when fewer than two classes are present. Higher is better.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    if len(present) < probs.shape[1]:  # sklearn's multi-class AUC needs every class present
+        scores = [roc_auc_score(labels == k, probs[:, k]) for k in present]
+        return float(np.mean(scores))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+
+
+def per_class_recall(probs: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Recall of each class (``nan`` for a class absent from ``labels``). Higher is better."""
+    k = np.asarray(probs).shape[1]
+    pred = np.asarray(probs).argmax(axis=1)
+    labels = np.asarray(labels)
+    out = recall_score(labels, pred, labels=list(range(k)), average=None, zero_division=np.nan)
+    return [float(v) for v in out]
+
+
+def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels. Lower is better."""
+    p = np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), np.asarray(labels)]
+    return float(-np.log(np.clip(p, 1e-12, 1.0)).mean()) if len(labels) else float("nan")
+
+
+def summarize(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, AUC, loss and per-class recall in one dict."""
+    return {
+        "accuracy": accuracy(probs, labels),
+        "auc": auc(probs, labels),
+        "loss": cross_entropy(probs, labels),
+        "per_class_recall": per_class_recall(probs, labels),
+        "n": int(len(labels)),
+    }

@@ -1,0 +1,98 @@
+"""Run folders for training: build, train, evaluate, write every artefact atomically."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medunlearn.checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, save_weights
+from medunlearn.config import DataConfig, ModelConfig, TrainConfig
+from medunlearn.data import MedDataset, load_dataset
+from medunlearn.io import atomic_write_json, atomic_write_text, fingerprint, read_json, staged_output
+from medunlearn.plots import training_curve
+from medunlearn.provenance import environment
+from medunlearn.training import evaluate_split, train_model
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def recipe(train_cfg: TrainConfig) -> dict:
+    """The parts of a training config that change results (not threads or progress bars)."""
+    d = dataclasses.asdict(train_cfg)
+    d.pop("threads")
+    d.pop("progress")
+    return d
+
+
+def write_manifest(path: Path, dataset: MedDataset) -> None:
+    """``index,sha256,label`` of every training sample (hashes, never pixels)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "sha256", "label"])
+    split = dataset.train
+    for i, (h, y) in enumerate(zip(split.hashes, split.labels.tolist(), strict=True)):
+        w.writerow([i, h, y])
+    atomic_write_text(path, buf.getvalue())
+
+
+def split_metrics(model, dataset: MedDataset) -> dict:
+    return {name: evaluate_split(model, dataset.splits[name]) for name in ("train", "val", "test")}
+
+
+def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+                 seed: int, out: str | os.PathLike, overwrite: bool = False,
+                 dataset: MedDataset | None = None) -> dict:
+    """Train a model and write a complete run folder at ``out``.
+
+    If ``out`` already holds a finished run with the same configuration, nothing is retrained
+    and its metrics are returned (``metrics["reused"] = True``).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    out = Path(out)
+    dataset = dataset or load_dataset(data_cfg, seed=seed)
+    key = fingerprint({"kind": "train", "data": dataset.config.identity(),
+                       "model": dataclasses.asdict(model_cfg), "train": recipe(train_cfg),
+                       "seed": seed})
+    if not overwrite and (out / CONFIG_FILE).is_file() and (out / METRICS_FILE).is_file():
+        try:
+            old = read_json(out / CONFIG_FILE)
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") == key:
+            return read_json(out / METRICS_FILE) | {"reused": True}
+    with staged_output(out, overwrite=overwrite, what="run") as stage:
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        fit, spec = train_model(dataset, model_cfg, train_cfg, seed=seed)
+        wall = time.perf_counter() - t0
+        metrics = {
+            "splits": split_metrics(fit.model, dataset),
+            "best_epoch": fit.best_epoch,
+            "steps": fit.steps,
+            "train_seconds": wall,
+            "cpu_seconds": time.process_time() - cpu0,
+            "images_per_second": fit.steps * min(train_cfg.batch_size, len(dataset.train)) / wall,
+        }
+        config = {
+            "kind": "train", "fingerprint": key, "seed": seed, "created": now_iso(),
+            "data": dataclasses.asdict(dataset.config), "model": spec,
+            "model_config": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
+            "dataset": dataset.describe(), "environment": environment(),
+        }
+        save_weights(stage / MODEL_FILE, fit.model, {"fingerprint": key})
+        atomic_write_json(stage / CONFIG_FILE, config)
+        atomic_write_json(stage / "history.json", fit.history)
+        write_manifest(stage / "manifest.csv", dataset)
+        training_curve(fit.history, stage / "curve.png",
+                       title=f"{dataset.info.flag} ({dataset.view.kind}), seed {seed}")
+        atomic_write_json(stage / METRICS_FILE, metrics)
+    return metrics

@@ -1,0 +1,225 @@
+"""Training loop shared by ``train``, the ``retrain`` reference and fine-tuning methods.
+
+Data live in memory as tensors; each step takes a batch of indices, converts and augments the
+whole batch at once, and runs SGD with a one-cycle learning-rate schedule. The checkpoint kept is
+the best one on the validation split (``TrainConfig.select``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from medunlearn.config import DataConfig, ModelConfig, TrainConfig
+from medunlearn.data import MedDataset, Split, iterate_batches
+from medunlearn.errors import ConfigError
+from medunlearn.evaluation.utility import softmax, summarize
+from medunlearn.models import Classifier, build_model, resolve_arch
+
+SELECT = ("val_auc", "val_acc", "val_loss", "last")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+BatchHook = Callable[[torch.Tensor], None]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and numpy globally and return a generator for data order and augmentation."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, split: Split, indices: torch.Tensor | None = None,
+                   *, batch_size: int = 512) -> np.ndarray:
+    """Logits (N, K) of ``model`` on a split (or the ``indices`` subset), in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [model(x) for x, _, _ in iterate_batches(split, indices, batch_size=batch_size)]
+    model.train(was_training)
+    k = model.head.out_features if hasattr(model, "head") else 0
+    return torch.cat(out).numpy() if out else np.zeros((0, k), dtype=np.float32)
+
+
+def evaluate_split(model: nn.Module, split: Split, indices: torch.Tensor | None = None) -> dict:
+    """Accuracy, AUC, loss and per-class recall of ``model`` on a split or subset."""
+    probs = softmax(predict_logits(model, split, indices))
+    labels = split.labels.numpy() if indices is None else split.labels[indices].numpy()
+    return summarize(probs, labels)
+
+
+def build_for(dataset: MedDataset, model_cfg: ModelConfig) -> tuple[Classifier, dict]:
+    """Build a fresh model for a dataset; return it and its resolved, saveable description."""
+    mean, std = dataset.channel_stats()
+    spec = {
+        "arch": resolve_arch(model_cfg.arch, dataset.size), "width": model_cfg.width,
+        "in_channels": dataset.in_channels, "num_classes": dataset.num_classes,
+        "size": dataset.size, "mean": mean, "std": std,
+    }
+    return model_from_spec(spec), spec
+
+
+def model_from_spec(spec: dict) -> Classifier:
+    """Rebuild a model from the ``model`` section of a run's ``config.json``."""
+    return build_model(spec["arch"], in_channels=spec["in_channels"],
+                       num_classes=spec["num_classes"], size=spec["size"], width=spec["width"],
+                       mean=spec["mean"], std=spec["std"])
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1:
+        raise ConfigError(f"epochs must be at least 1, got {cfg.epochs}.")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {cfg.batch_size}.")
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr must be positive, got {cfg.lr}.")
+    if cfg.select not in SELECT:
+        raise ConfigError(f"Unknown checkpoint selection {cfg.select!r}; choose one of {SELECT}.")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"Unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}.")
+
+
+def make_optimizer(params, cfg: TrainConfig, total_steps: int):
+    """SGD with Nesterov momentum and the configured learning-rate schedule."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=max(total_steps, 1) + 1, pct_start=0.25,
+            anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
+            cycle_momentum=False,
+        )
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def class_weights(labels: torch.Tensor, num_classes: int, mode: str) -> torch.Tensor | None:
+    """Loss weights per class: ``balanced`` gives each class the same total weight
+    (``n / (K * n_k)``, as scikit-learn's ``class_weight="balanced"``); ``none`` gives ``None``.
+    """
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise ConfigError(f"Unknown class weighting {mode!r}; choose 'none' or 'balanced'.")
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    w = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), 0.0)
+    return w.float()
+
+
+def _score(metrics: dict, select: str) -> float:
+    if select == "val_auc":
+        v = metrics["auc"]
+        return v if np.isfinite(v) else metrics["accuracy"]
+    if select == "val_acc":
+        return metrics["accuracy"]
+    if select == "val_loss":
+        return -metrics["loss"]
+    return 0.0
+
+
+@dataclass
+class FitResult:
+    model: Classifier
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def fit(model: Classifier, dataset: MedDataset, train_indices: torch.Tensor | None,
+        cfg: TrainConfig, *, seed: int, augment: str | None = None, desc: str = "train",
+        on_batch: BatchHook | None = None) -> FitResult:
+    """Train ``model`` in place on ``train_indices`` of the training split.
+
+    Args:
+        model: The network; its weights are changed in place and set to the selected checkpoint.
+        dataset: Data in memory; validation uses ``dataset.val``.
+        train_indices: Training-split indices to learn from (None: all of them).
+        cfg: Optimisation recipe.
+        seed: Seeds data order and augmentation (not weight initialisation; seed before building).
+        augment: Augmentation policy; defaults to the dataset config's.
+        desc: Label of the progress bar.
+        on_batch: Called with each batch's training-split indices (used to audit data access).
+    """
+    validate_train_config(cfg)
+    set_threads(cfg.threads)
+    g = torch.Generator().manual_seed(seed)
+    augment = dataset.config.augment if augment is None else augment
+    idx = torch.arange(len(dataset.train)) if train_indices is None else \
+        torch.as_tensor(train_indices, dtype=torch.long)
+    if len(idx) == 0:
+        raise ConfigError("Nothing to train on: the training index set is empty.")
+    bs = min(cfg.batch_size, len(idx))
+    weight = class_weights(dataset.train.labels[idx], dataset.num_classes, cfg.class_weights)
+    steps_per_epoch = max(1, len(idx) // bs)
+    opt, sched = make_optimizer(model.parameters(), cfg, cfg.epochs * steps_per_epoch)
+    best_state, best_score, best_epoch = None, -np.inf, 0
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc, disable=not cfg.progress,
+               leave=False, unit="step")
+    steps = 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y, b in iterate_batches(dataset.train, idx, batch_size=bs, shuffle=True,
+                                       generator=g, augment=augment, drop_last=True):
+            if on_batch is not None:
+                on_batch(b)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            steps += 1
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.update(1)
+        val = evaluate_split(model, dataset.val)
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+               "val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"],
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{val['accuracy']:.3f}")
+        score = _score(val, cfg.select)
+        if cfg.select == "last" or score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, history, best_epoch, steps, time.perf_counter() - t0)
+
+
+def train_model(dataset: MedDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+                seed: int, train_indices: torch.Tensor | None = None, desc: str = "train",
+                on_batch: BatchHook | None = None) -> tuple[FitResult, dict]:
+    """Build a model from ``seed`` and train it; return the fit result and the model spec."""
+    seed_everything(seed)
+    model, spec = build_for(dataset, model_cfg)
+    return fit(model, dataset, train_indices, train_cfg, seed=seed, desc=desc,
+               on_batch=on_batch), spec
+
+
+__all__ = [
+    "DataConfig", "FitResult", "build_for", "evaluate_split", "fit", "make_optimizer",
+    "model_from_spec", "predict_logits", "seed_everything", "train_model",
+]
