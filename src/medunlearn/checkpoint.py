@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save
 
 from medunlearn.config import DataConfig, from_dict
 from medunlearn.data import MedDataset, load_dataset
-from medunlearn.errors import CheckpointError, ConfigError, DataError
+from medunlearn.errors import CheckpointError, ConfigError
 from medunlearn.io import atomic_write_bytes, read_json
 from medunlearn.models import Classifier
 
@@ -152,8 +152,4 @@ def load_run_and_data(path: str | os.PathLike, *, data_root: str | None = None,
     run = load_run(path)
     if data_root:
         overrides["data_root"] = data_root
-    try:
-        dataset = run.load_dataset(**overrides)
-    except DataError:
-        raise
-    return run, dataset
+    return run, run.load_dataset(**overrides)

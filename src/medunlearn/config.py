@@ -7,6 +7,7 @@ artefacts, and :func:`from_dict` rebuilds them (unknown keys are an error, never
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -68,7 +69,7 @@ def _coerce(tp, value, where: str):
         if type(None) in args or tp is typing.Any:
             return None
         raise ConfigError(f"{where} may not be empty (null).")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, where) if len(inner) == 1 else value
     if origin is tuple:

@@ -13,7 +13,13 @@ from pathlib import Path
 from medunlearn.checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, save_weights
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.data import MedDataset, load_dataset
-from medunlearn.io import atomic_write_json, atomic_write_text, fingerprint, read_json, staged_output
+from medunlearn.io import (
+    atomic_write_json,
+    atomic_write_text,
+    fingerprint,
+    read_json,
+    staged_output,
+)
 from medunlearn.plots import training_curve
 from medunlearn.provenance import environment
 from medunlearn.training import evaluate_split, train_model

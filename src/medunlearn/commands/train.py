@@ -8,8 +8,18 @@ from typing import Annotated
 import typer
 
 from medunlearn.commands._common import (
-    Augment, DataRoot, Dataset, EvalLimit, NoDownload, NoVerify, Positive, Size, TrainLimit, View,
-    data_config, fmt,
+    Augment,
+    DataRoot,
+    Dataset,
+    EvalLimit,
+    NoDownload,
+    NoVerify,
+    Positive,
+    Size,
+    TrainLimit,
+    View,
+    data_config,
+    fmt,
 )
 from medunlearn.config import ModelConfig, TrainConfig
 
@@ -26,7 +36,8 @@ def train(
     data_root: DataRoot = None,
     no_download: NoDownload = False,
     no_verify: NoVerify = False,
-    arch: Annotated[str, typer.Option(help="auto, resnet18, tv-resnet18 or tv-resnet50.")] = "auto",
+    arch: Annotated[str, typer.Option(
+        help="auto, resnet18, tv-resnet18 or tv-resnet50.")] = "auto",
     width: Annotated[int, typer.Option(help="Base width of resnet18 (64 = full width).")] = 16,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = TrainConfig.epochs,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = TrainConfig.batch_size,
@@ -51,7 +62,8 @@ def train(
                        progress=not quiet)
     metrics = run_training(data, model, tcfg, seed=seed, out=out, overwrite=overwrite)
     if metrics.get("reused"):
-        typer.echo(f"{out} already holds this exact run; nothing retrained (--overwrite redoes it).")
+        typer.echo(f"{out} already holds this exact run; nothing retrained "
+                   "(--overwrite redoes it).")
     typer.echo(f"{'split':<6} {'accuracy':>9} {'AUC':>7}  per-class recall")
     for name, m in metrics["splits"].items():
         rec = ", ".join(fmt(r, 3) for r in m["per_class_recall"])

@@ -34,7 +34,9 @@ def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (N, 1, H, 1)
     cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (N, 1, 1, W)
-    return xp[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    batch = torch.arange(n)[:, None, None, None]
+    chan = torch.arange(c)[None, :, None, None]
+    return xp[batch, chan, rows, cols]
 
 
 def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -160,7 +160,8 @@ def iterate_batches(split: Split, indices: torch.Tensor | None = None, *, batch_
     Images come out as float in [0, 1], shape (B, C, H, W), augmented by ``augment``; the model
     normalises them itself. ``indices`` selects a subset (e.g. a forget or retain set).
     """
-    idx = torch.arange(len(split)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    idx = (torch.arange(len(split)) if indices is None
+           else torch.as_tensor(indices, dtype=torch.long))
     if shuffle:
         if generator is None:
             raise ValueError("shuffle=True needs an explicit generator for reproducibility")

@@ -18,7 +18,8 @@ from medunlearn.errors import DataError
 DEFAULT_POSITIVE_CLASSES: dict[str, tuple[int, ...]] = {
     "pneumoniamnist": (1,),  # pneumonia
     "breastmnist": (0,),  # malignant
-    "dermamnist": (0, 1, 4),  # actinic keratoses/intraepithelial carcinoma, basal cell carcinoma, melanoma
+    # actinic keratoses / intraepithelial carcinoma, basal cell carcinoma, melanoma
+    "dermamnist": (0, 1, 4),
     "pathmnist": (8,),  # colorectal adenocarcinoma epithelium
 }
 
