@@ -161,3 +161,20 @@ def test_breastmnist_learns(medmnist_root, tmp_path):
     m = run_training(cfg, ModelConfig(width=8), TrainConfig(epochs=4, progress=False), seed=0,
                      out=tmp_path / "b")
     assert m["splits"]["test"]["auc"] > 0.75
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 10, 1000])
+def test_one_cycle_schedule_any_length(total):
+    from medunlearn.training import one_cycle
+
+    f = [one_cycle(s, total) for s in range(total + 1)]
+    assert max(f) <= 1.0 and min(f) >= 0.01 - 1e-12
+    if total >= 4:
+        assert f[0] < max(f) and f[-1] < max(f)
+
+
+def test_single_step_training_runs(synth_root):
+    ds = load_dataset(_data(synth_root, train_limit=40))
+    fit, _ = train_model(ds, ModelConfig(width=4),
+                         TrainConfig(epochs=1, batch_size=64, progress=False), seed=0)
+    assert fit.steps == 1

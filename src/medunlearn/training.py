@@ -92,18 +92,27 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"Unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}.")
 
 
+def one_cycle(step: int, total: int, *, warmup: float = 0.25, start: float = 0.1,
+              end: float = 0.01) -> float:
+    """Learning-rate factor of a linear one-cycle schedule: ``start`` -> 1 over the first
+    ``warmup`` fraction of ``total`` steps, then 1 -> ``end``. Defined for any ``total >= 1``.
+    """
+    up = max(1, round(warmup * total))
+    if step < up:
+        return start + (1 - start) * step / up
+    down = max(1, total - up)
+    return max(end, 1 - (1 - end) * (step - up) / down)
+
+
 def make_optimizer(params, cfg: TrainConfig, total_steps: int):
     """SGD with Nesterov momentum and the configured learning-rate schedule."""
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    total = max(total_steps, 1)
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=max(total_steps, 1) + 1, pct_start=0.25,
-            anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
-            cycle_momentum=False,
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: one_cycle(step, total))
     elif cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     return opt, sched

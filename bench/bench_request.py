@@ -1,0 +1,184 @@
+"""Benchmark: one patient's deletion request, end to end, on a PneumoniaMNIST model.
+
+Measures validate + unlearn + verify + promote through ``medunlearn.registry.forget`` with the
+registry's default method (target: at most 10 s on a 2-core CPU), and the same request by
+retraining for comparison. Each path gets its own fresh registry of the same model. The results
+replace the ``bench_request`` section of BENCHMARKS.md (machine, command and date included).
+
+Usage::
+
+    .venv/bin/python bench/bench_request.py                 # trains a model first (cached)
+    .venv/bin/python bench/bench_request.py --model runs/pneu
+    .venv/bin/python bench/bench_request.py --quick         # tiny smoke run, ~1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shlex
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- bench_request:begin -->", "<!-- bench_request:end -->"
+TARGET_SECONDS = 10.0
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def train_model(out: Path, *, quick: bool, data_root: str | None) -> Path:
+    from medunlearn.config import DataConfig, ModelConfig, TrainConfig
+    from medunlearn.runs import run_training
+
+    if quick:
+        data = DataConfig(dataset="pneumoniamnist", train_limit=400, eval_limit=200,
+                          data_root=data_root)
+        model, train = ModelConfig(width=8), TrainConfig(epochs=2, progress=False)
+    else:
+        data = DataConfig(dataset="pneumoniamnist", data_root=data_root)
+        model, train = ModelConfig(), TrainConfig(progress=False)
+    t0 = time.perf_counter()
+    metrics = run_training(data, model, train, seed=0, out=out)
+    what = "reused" if metrics.get("reused") else f"trained in {time.perf_counter() - t0:.1f} s"
+    print(f"model {out}: {what}", file=sys.stderr)
+    return out
+
+
+def patient_request(model: Path, n_images: int, seed: int, rid: str, method: str | None) -> dict:
+    """A request for ``n_images`` training images (a stand-in for one patient's studies)."""
+    import csv
+
+    with open(model / "manifest.csv") as fh:
+        hashes = [r["sha256"] for r in csv.DictReader(fh)]
+    chosen = random.Random(seed).sample(range(len(hashes)), n_images)
+    body = {"id": rid, "subject": f"bench-patient-{seed}", "images": [hashes[i] for i in chosen]}
+    if method:
+        body["method"] = method
+    return body
+
+
+def run_path(model: Path, work: Path, *, method: str | None, n_images: int, seed: int,
+             data_root: str | None) -> dict:
+    from medunlearn.registry import forget, init_registry
+
+    reg = work / f"registry-{method or 'default'}"
+    shutil.rmtree(reg, ignore_errors=True)
+    init_registry(model, reg, data_root=data_root)
+    request = patient_request(model, n_images, seed, f"BENCH-{method or 'default'}", method)
+    t0 = time.perf_counter()
+    result = forget(reg, request, data_root=data_root,
+                    log=lambda m: print(m, file=sys.stderr))
+    wall = time.perf_counter() - t0
+    return result | {"wall_seconds": wall, "path": method or "default"}
+
+
+def _f(v) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
+
+def render(results: list[dict], *, model: Path, n_images: int, quick: bool) -> str:
+    import torch
+
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_request.py",
+                                            *sys.argv[1:]])
+    lines = [
+        BEGIN,
+        "## Deletion request end to end (`bench/bench_request.py`)",
+        "",
+        f"- date: {date}" + (" (**--quick smoke run, not a measurement**)" if quick else ""),
+        f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}",
+        f"- command: `{cmd}`",
+        f"- model: `{model}`; request: {n_images} training images of one (simulated) patient, "
+        "named by SHA-256",
+        "",
+        "| path | method promoted | attempts | validate s | unlearn s | verify s | promote s "
+        "| end to end s | outcome |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        attempts = " -> ".join(f"{a['method']} ({a['status']})" for a in r["attempts"])
+        lines.append(f"| {r['path']} | {r.get('method') or '-'} | {attempts} | "
+                     f"{_f(r.get('validate_seconds'))} | {_f(r.get('unlearn_seconds'))} | "
+                     f"{_f(r.get('verify_seconds'))} | {_f(r.get('promote_seconds'))} | "
+                     f"{_f(r['wall_seconds'])} | {r['status']} |")
+    default = next((r for r in results if r["path"] == "default"), None)
+    retrain = next((r for r in results if r["path"] == "retrain"), None)
+    lines.append("")
+    if default:
+        met = "met" if default["wall_seconds"] <= TARGET_SECONDS else "NOT met"
+        lines.append(f"Target: default path end to end <= {TARGET_SECONDS:.0f} s: **{met}** "
+                     f"({default['wall_seconds']:.1f} s).")
+    if default and retrain and default["wall_seconds"] > 0:
+        lines.append(f"Retraining path / default path: "
+                     f"{retrain['wall_seconds'] / default['wall_seconds']:.1f}x.")
+    lines += ["", "End to end = `medunlearn.registry.forget` wall time: lock, recovery check, "
+              "validation, unlearning from the active version, evaluation against it with the "
+              "safety gate, promotion (rename + one SQLite transaction with the ledger entries).",
+              END]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    from medunlearn.io import atomic_write_text
+
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    atomic_write_text(path, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, help="Run folder of a PneumoniaMNIST model "
+                   "(default: train one into WORK/model).")
+    p.add_argument("--work", type=Path, default=None,
+                   help="Scratch folder (default: runs/bench_request[_quick]).")
+    p.add_argument("--images", type=int, default=10, help="Images in the request (default 10).")
+    p.add_argument("--seed", type=int, default=0, help="Chooses the patient's images.")
+    p.add_argument("--data-root", default=None, help="MedMNIST folder (default: $MEDMNIST_ROOT).")
+    p.add_argument("--skip-retrain", action="store_true", help="Only the default path.")
+    p.add_argument("--quick", action="store_true",
+                   help="Tiny model (400 images, width 8, 2 epochs) for a smoke test; writes to "
+                        "WORK/BENCHMARKS.md unless --benchmarks is given.")
+    p.add_argument("--benchmarks", type=Path, default=None,
+                   help="Markdown file whose bench_request section is replaced (default: "
+                        "BENCHMARKS.md at the repository root).")
+    args = p.parse_args(argv)
+    work = args.work or REPO / "runs" / ("bench_request_quick" if args.quick else "bench_request")
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model or train_model(work / "model", quick=args.quick, data_root=args.data_root)
+    results = [run_path(model, work, method=None, n_images=args.images, seed=args.seed,
+                        data_root=args.data_root)]
+    if not args.skip_retrain:
+        results.append(run_path(model, work, method="retrain", n_images=args.images,
+                                seed=args.seed, data_root=args.data_root))
+    section = render(results, model=model, n_images=args.images, quick=args.quick)
+    target = args.benchmarks or (work / "BENCHMARKS.md" if args.quick else REPO / "BENCHMARKS.md")
+    write_section(target, section)
+    print(section)
+    print(f"wrote the bench_request section of {target}", file=sys.stderr)
+    return 0 if all(r["status"] == "completed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""``medunlearn registry``, ``medunlearn forget`` and ``medunlearn audit``: deletion requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medunlearn.commands._common import DataRoot, echo_json
+
+registry_app = typer.Typer(help="Register a deployed model and inspect its deletion requests.",
+                           no_args_is_help=True)
+audit_app = typer.Typer(help="Verify a registry's audit ledger; issue deletion certificates.",
+                        no_args_is_help=True)
+
+Reg = Annotated[Path, typer.Argument(help="Registry folder (from 'medunlearn registry init').")]
+
+
+def _short(h: str | None) -> str:
+    return (h or "-")[:16]
+
+
+@registry_app.command("init")
+def init(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder of the deployed model "
+                                        "(from 'medunlearn train').")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Registry folder to create.")],
+    methods: Annotated[str | None, typer.Option(
+        help="Method chain, first = default, rest = fallbacks (default: salun-cra,retrain for "
+             "binary clinical views, salun,retrain otherwise).")] = None,
+    data_root: DataRoot = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing registry.")] = False,
+) -> None:
+    """Register a model: copy it as version 1 and record its weights hash and image manifest."""
+    from medunlearn.registry import init_registry
+
+    chain = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    st = init_registry(model, out, methods=chain, data_root=data_root, overwrite=overwrite)
+    v = st["active_version"]
+    typer.echo(f"registry {out}: version {v['n']} (weights {_short(v['weights_sha256'])}...), "
+               f"{st['samples']['total']} training images in the manifest, methods "
+               f"{' -> '.join(st['methods'])}")
+
+
+@registry_app.command("status")
+def status_cmd(
+    reg: Reg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full status as JSON.")] = False,
+) -> None:
+    """Show the active version, pending, completed and failed requests."""
+    from medunlearn.registry import status
+
+    st = status(reg)
+    if as_json:
+        echo_json(st)
+        return
+    v = st["active_version"]
+    typer.echo(f"registry {reg} ({st['dataset']}); methods {' -> '.join(st['methods'])}")
+    typer.echo(f"active version: {v['n']}  weights {v.get('weights_sha256')}  method "
+               f"{v.get('method') or 'original'}")
+    s = st["samples"]
+    typer.echo(f"images: {s['total']} in the manifest, {s['forgotten']} forgotten, "
+               f"{s['withdrawn']} withdrawn from training")
+    for name in ("pending", "completed", "failed"):
+        reqs = st["requests"].get(name, [])
+        typer.echo(f"{name} requests: {len(reqs)}")
+        for r in reqs:
+            typer.echo(f"  {r['id']:<24} subject {r['subject'] or '-':<16} v{r['from_version']} -> "
+                       f"v{r['to_version'] if r['to_version'] is not None else '?'}  "
+                       f"{r['completed'] or r['submitted']}")
+    typer.echo(f"ledger: {st['ledger']['entries']} entries, head {st['ledger']['head']}")
+
+
+@registry_app.command("manifest")
+def manifest_cmd(
+    reg: Reg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write.")],
+) -> None:
+    """Export the training manifest with each image's forgotten status (hashes only)."""
+    from medunlearn.registry import export_manifest
+
+    export_manifest(reg, out)
+    typer.echo(f"wrote {out}")
+
+
+@registry_app.command("resume")
+def resume_cmd(reg: Reg, data_root: DataRoot = None) -> None:
+    """Clean up after an interrupted run and finish every pending request."""
+    from medunlearn.registry import resume
+
+    results = resume(reg, data_root=data_root, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"finished {len(results)} pending request(s)")
+
+
+def forget(
+    reg: Reg,
+    request: Annotated[Path, typer.Option("--request", "-r", help="Deletion request JSON: id, "
+                                          "subject, images (SHA-256 hashes), optional method.")],
+    data_root: DataRoot = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Unlearning seed (default: the model's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    wait: Annotated[float | None, typer.Option(
+        help="Seconds to wait for another process changing the registry (default: as long as "
+             "it takes).")] = None,
+) -> None:
+    """Forget a patient's images: unlearn, verify safety, promote a new version (or fall back)."""
+    from medunlearn.registry import forget as run_forget
+
+    result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
+                        log=lambda m: typer.echo(m, err=True))
+    if as_json:
+        echo_json(result)
+    elif result.get("reused"):
+        typer.echo(f"request {result['request_id']} was already {result['status']} (version "
+                   f"{result['to_version']}); nothing to do")
+    elif result["status"] == "completed" and result["from_version"] == result["to_version"]:
+        typer.echo(f"request {result['request_id']}: all {result['already_forgotten']} image(s) "
+                   f"were already forgotten; version {result['to_version']} stays active")
+    elif result["status"] == "completed":
+        typer.echo(f"request {result['request_id']}: forgot {result['forgotten']} image(s) with "
+                   f"{result['method']}; version {result['to_version']} is active (weights "
+                   f"{_short(result['weights_after'])}...)")
+    if result["status"] != "completed":
+        typer.secho(f"request {result['request_id']}: no method passed the safety gate "
+                    f"({', '.join(a['method'] for a in result['attempts'])}); version "
+                    f"{result['from_version']} stays active and the images are withdrawn from all "
+                    f"further training. See 'medunlearn audit show {reg} "
+                    f"{result['request_id']} --out DIR'.", err=True, fg="red")
+        raise typer.Exit(1)
+
+
+@audit_app.command("verify")
+def verify_cmd(
+    reg: Reg,
+    load_models: Annotated[bool, typer.Option(help="Also load every version's weights "
+                                              "(safetensors, no pickle).")] = False,
+) -> None:
+    """Check the ledger's hash chain, every model file's SHA-256 and the tables (exit 1 if not)."""
+    from medunlearn.registry import verify_registry
+
+    report = verify_registry(reg, load_models=load_models)
+    if not report.ok:
+        for p in report.problems:
+            typer.secho(f"FAIL {p}", err=True, fg="red")
+        typer.secho(f"audit of {reg} failed: {len(report.problems)} problem(s)", err=True,
+                    fg="red")
+        raise typer.Exit(1)
+    for w in report.warnings:
+        typer.secho(f"WARNING {w}", err=True, fg="yellow")
+    c = report.checked
+    typer.echo(f"audit of {reg} OK: {c['ledger_entries']} ledger entries, {c['versions']} model "
+               f"versions, {c['samples']} manifest images ({c['forgotten']} forgotten); head "
+               f"{c['head']}")
+
+
+@audit_app.command("show")
+def show_cmd(
+    reg: Reg,
+    request_id: Annotated[str, typer.Argument(help="The request's id.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for certificate.json and "
+                                      "certificate.html.")],
+) -> None:
+    """Write a deletion certificate (JSON + self-contained HTML) for one request."""
+    from medunlearn.registry import write_certificate
+
+    cert = write_certificate(reg, request_id, out)
+    typer.echo(f"certificate of {request_id} ({cert['request']['status']}, "
+               f"{len(cert['forgotten'])} image(s)): {out / 'certificate.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(registry_app, name="registry")
+    app.add_typer(audit_app, name="audit")
+    app.command("forget")(forget)

@@ -1,0 +1,335 @@
+"""Audit: verify a registry against its ledger, and write deletion certificates.
+
+:func:`verify_registry` recomputes the ledger's hash chain and cross-checks every table against
+it: each model version's weights file must still have the SHA-256 recorded at promotion, the
+manifest must hash to the value recorded at ``init``, the forgotten images must be exactly those
+the ledger says were forgotten, and every request and attempt row must match its ledger entry.
+
+:func:`write_certificate` writes ``certificate.json`` and a self-contained ``certificate.html``
+for one request: what was forgotten (hashes only), the model hashes before and after, the
+method, metrics, verdicts and timings, and the ledger entries with their hashes.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medunlearn.io import atomic_write_json, atomic_write_text, sha256_file
+from medunlearn.registry import ledger
+from medunlearn.registry.core import MODEL_FILE, manifest_sha256
+from medunlearn.registry.db import connect, get_meta, writer_lock
+from medunlearn.registry.errors import RegistryError
+from medunlearn.registry.steps import REAL_STEPS
+
+
+@dataclass
+class AuditReport:
+    """The outcome of :func:`verify_registry`."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    checked: dict = field(default_factory=dict)
+
+
+def verify_registry(reg: str | os.PathLike, *, load_models: bool = False) -> AuditReport:
+    """Check the ledger chain, model files and tables of a registry.
+
+    Args:
+        reg: The registry folder.
+        load_models: Also load every version with ``checkpoint.load_run`` (safetensors, no
+            pickle) to prove the weights fit their config.
+
+    Returns:
+        An :class:`AuditReport`; ``problems`` name each bad entry, row or file.
+    """
+    reg = Path(reg)
+    connect(reg).close()  # a clear error if reg is not a registry
+    with writer_lock(reg, shared=True):  # wait for a running request: see a committed state
+        return _verify(reg, load_models)
+
+
+def _verify(reg: Path, load_models: bool) -> AuditReport:
+    conn = connect(reg)
+    try:
+        problems = ledger.verify_chain(conn, reg)
+        entries = ledger.entries(conn)
+        by_kind: dict[str, list[dict]] = {}
+        for e in entries:
+            if isinstance(e["body"], dict):
+                by_kind.setdefault(e["kind"], []).append(e)
+        # model versions: file hashes and ledger agreement
+        ledger_versions = {e["body"].get("version"): e for e in by_kind.get("init", []) +
+                           by_kind.get("promote", [])}
+        rows = conn.execute("SELECT * FROM versions ORDER BY n").fetchall()
+        for r in rows:
+            n, path = r["n"], reg / r["path"]
+            weights = path / MODEL_FILE
+            if not weights.is_file():
+                problems.append(f"model version {n}: {weights} is missing")
+            else:
+                actual = sha256_file(weights)
+                if actual != r["weights_sha256"]:
+                    problems.append(f"model version {n}: {weights} has SHA-256 {actual} but "
+                                    f"{r['weights_sha256']} was recorded (the file was changed)")
+            e = ledger_versions.get(n)
+            if e is None:
+                problems.append(f"model version {n} has no init/promote entry in the ledger")
+            elif e["body"].get("weights_sha256") != r["weights_sha256"]:
+                problems.append(f"model version {n}: the versions table records weights "
+                                f"{r['weights_sha256']} but ledger entry {e['seq']} records "
+                                f"{e['body'].get('weights_sha256')} (the table was edited)")
+            config = path / "config.json"
+            if e is not None and e["body"].get("config_sha256") and (
+                    not config.is_file() or sha256_file(config) != e["body"]["config_sha256"]):
+                problems.append(f"model version {n}: {config} is missing or differs from the "
+                                f"config recorded in ledger entry {e['seq']} (the file was "
+                                "changed)")
+            if load_models and weights.is_file():
+                from medunlearn.checkpoint import load_run
+                from medunlearn.errors import CheckpointError
+
+                try:
+                    load_run(path)
+                except CheckpointError as exc:
+                    problems.append(f"model version {n}: {exc}")
+        for n in sorted(set(ledger_versions) - {r["n"] for r in rows}, key=str):
+            problems.append(f"model version {n} is in the ledger (entry "
+                            f"{ledger_versions[n]['seq']}) but missing from the versions table")
+        active = int(get_meta(conn, "active_version", "0"))
+        latest = max((n for n in ledger_versions if isinstance(n, int)), default=None)
+        if active != latest:
+            problems.append(f"the active version is {active} but the ledger's latest promoted "
+                            f"version is {latest}")
+        # manifest and forgotten images
+        samples = conn.execute("SELECT idx, sha256, label, forgotten_in FROM samples "
+                               "ORDER BY idx").fetchall()
+        inits = by_kind.get("init", [])
+        if inits:
+            want = inits[0]["body"].get("manifest", {}).get("sha256")
+            got = manifest_sha256([(s[0], s[1], s[2]) for s in samples])
+            if want != got:
+                problems.append(f"the training manifest (samples table) hashes to {got} but ledger "
+                                f"entry {inits[0]['seq']} recorded {want} (hashes or labels were "
+                                "edited)")
+        else:
+            problems.append("the ledger has no init entry")
+        ledger_forgotten = {i for e in by_kind.get("complete", [])
+                            for i in e["body"].get("forgotten", [])}
+        ledger_forgotten |= {i for e in inits for i in e["body"].get("forgotten_before", [])}
+        table_forgotten = {s[0] for s in samples if s[3] is not None}
+        if ledger_forgotten != table_forgotten:
+            back = sorted(ledger_forgotten - table_forgotten)
+            extra = sorted(table_forgotten - ledger_forgotten)
+            if back:
+                problems.append(f"images {back[:10]} were forgotten according to the ledger but "
+                                "are no longer marked forgotten (they could come back)")
+            if extra:
+                problems.append(f"images {extra[:10]} are marked forgotten without a ledger entry")
+        # requests and attempts against their ledger entries
+        req_entries = {e["request_id"]: e for e in by_kind.get("request", [])}
+        done_entries = {e["request_id"] for e in by_kind.get("complete", [])}
+        for r in conn.execute("SELECT * FROM requests ORDER BY num"):
+            e = req_entries.get(r["id"])
+            if e is None:
+                problems.append(f"request {r['id']} has no request entry in the ledger")
+            elif e["body"].get("content_sha256") != r["content_sha256"]:
+                problems.append(f"request {r['id']}: its content hash differs from ledger entry "
+                                f"{e['seq']} (the request was edited)")
+            if (r["status"] == "completed") != (r["id"] in done_entries):
+                problems.append(f"request {r['id']} has status {r['status']} but the ledger "
+                                f"{'has' if r['id'] in done_entries else 'has no'} completion "
+                                "entry")
+        att_entries = {(e["request_id"], e["body"].get("attempt")): e
+                       for e in by_kind.get("attempt", [])}
+        att_rows = conn.execute("SELECT * FROM attempts").fetchall()
+        for a in att_rows:
+            e = att_entries.get((a["request_id"], a["n"]))
+            if e is None:
+                problems.append(f"attempt {a['n']} of request {a['request_id']} has no ledger "
+                                "entry")
+            elif e["body"].get("summary_sha256") != ledger.sha256_text(a["summary"]) or \
+                    bool(e["body"].get("passed")) != bool(a["passed"]):
+                problems.append(f"attempt {a['n']} of request {a['request_id']} differs from "
+                                f"ledger entry {e['seq']} (metrics or verdict edited)")
+        warnings = []
+        for (rid, n), e in sorted(att_entries.items(), key=lambda kv: kv[1]["seq"]):
+            steps = e["body"].get("steps") or {}
+            odd = [v for v in steps.values() if v not in REAL_STEPS]
+            if e["body"].get("passed") and odd:
+                warnings.append(f"attempt {n} of request {rid} (ledger entry {e['seq']}) was "
+                                f"promoted using non-standard steps {', '.join(odd)}")
+        if len(att_rows) != len(att_entries):
+            problems.append(f"the ledger records {len(att_entries)} attempts but the attempts "
+                            f"table holds {len(att_rows)}")
+        return AuditReport(ok=not problems, problems=problems, warnings=warnings, checked={
+            "ledger_entries": len(entries), "versions": len(rows), "samples": len(samples),
+            "forgotten": len(table_forgotten), "head": ledger.head(conn)[1]})
+    finally:
+        conn.close()
+
+
+def certificate(reg: str | os.PathLike, request_id: str) -> dict:
+    """The certificate of one request as a dict (see :func:`write_certificate`).
+
+    Raises:
+        RegistryError: unknown request id (the known ids are listed).
+    """
+    reg = Path(reg)
+    conn = connect(reg)
+    try:
+        r = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        if r is None:
+            known = [x[0] for x in conn.execute("SELECT id FROM requests ORDER BY num LIMIT 20")]
+            raise RegistryError(f"Registry {reg} has no request {request_id!r}; known requests: "
+                                f"{', '.join(known) or 'none'}.")
+        items = conn.execute(
+            "SELECT ri.idx, ri.role, s.sha256, s.label FROM request_items ri JOIN samples s "
+            "ON s.idx = ri.idx WHERE ri.request_id = ? ORDER BY ri.idx", (request_id,)).fetchall()
+        versions = {v["n"]: dict(v) for v in conn.execute("SELECT * FROM versions")}
+        attempts = []
+        for a in conn.execute("SELECT * FROM attempts WHERE request_id = ? ORDER BY n",
+                              (request_id,)):
+            summary = json.loads(a["summary"])
+            attempts.append({
+                "attempt": a["n"], "method": a["method"], "status": a["status"],
+                "passed": bool(a["passed"]), "reasons": json.loads(a["reasons"]),
+                "started": a["started"], "finished": a["finished"],
+                "unlearn_seconds": summary.get("unlearn_seconds"),
+                "verify_seconds": summary.get("verify_seconds"),
+                "candidate_sha256": summary.get("weights_sha256"),
+                "forget_count": summary.get("forget_count"),
+                "exclude_count": summary.get("exclude_count"),
+                "checks": (summary.get("verdict") or {}).get("checks", []),
+                "steps": summary.get("steps"),
+                "metrics": summary.get("metrics"), "error": summary.get("error"),
+            })
+        result = json.loads(r["result"]) if r["result"] else {}
+        before, after = versions.get(r["from_version"]), versions.get(r["to_version"])
+        entries = ledger.entries(conn, request_id)
+        seq, head = ledger.head(conn)
+        return {
+            "certificate": "medunlearn deletion certificate", "registry": str(reg),
+            "dataset": get_meta(conn, "dataset"),
+            "request": {"id": r["id"], "subject": r["subject"], "status": r["status"],
+                        "content_sha256": r["content_sha256"], "submitted": r["submitted"],
+                        "completed": r["completed"], "body": json.loads(r["body"])},
+            "forgotten": [{"index": i["idx"], "sha256": i["sha256"]}
+                          for i in items if i["role"] == "forget"],
+            "already_forgotten": [{"index": i["idx"], "sha256": i["sha256"]}
+                                  for i in items if i["role"] == "already"],
+            "model_before": before and {"version": before["n"],
+                                        "weights_sha256": before["weights_sha256"]},
+            "model_after": after and {"version": after["n"],
+                                      "weights_sha256": after["weights_sha256"],
+                                      "method": after["method"]},
+            "method": result.get("method"), "attempts": attempts,
+            "timings": {"submitted": r["submitted"], "completed": r["completed"],
+                        "unlearn_seconds": result.get("unlearn_seconds"),
+                        "verify_seconds": result.get("verify_seconds"),
+                        "promote_seconds": result.get("promote_seconds")},
+            "ledger": {"entries": [{k: e[k] for k in ("seq", "kind", "created", "prev_hash",
+                                                       "hash")} for e in entries],
+                       "head_seq": seq, "head_hash": head},
+        }
+    finally:
+        conn.close()
+
+
+def _esc(v) -> str:
+    return html.escape("-" if v is None else str(v))
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _num(v) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
+
+def render_html(cert: dict) -> str:
+    """A self-contained HTML page (inline CSS, no scripts, no external resources)."""
+    req = cert["request"]
+    ok = req["status"] == "completed"
+    badge = (f"<span class='badge {'ok' if ok else 'bad'}'>{_esc(req['status'].upper())}</span>")
+    attempts = _table([[a["attempt"], a["method"], a["status"], "; ".join(a["reasons"]) or "-",
+                        _num(a["unlearn_seconds"]), _num(a["verify_seconds"]),
+                        a["candidate_sha256"]] for a in cert["attempts"]],
+                      ["#", "method", "outcome", "reasons", "unlearn s", "verify s",
+                       "candidate SHA-256"])
+    checks = "".join(
+        f"<h3>Attempt {a['attempt']} ({_esc(a['method'])}) checks</h3>" + _table(
+            [[c.get("name"), c.get("status", c.get("passed")), c.get("value"), c.get("limit"),
+              c.get("message", c.get("reason", ""))] for c in a["checks"] if isinstance(c, dict)],
+            ["check", "outcome", "value", "limit", "message"])
+        for a in cert["attempts"] if a["checks"])
+    forgotten = _table([[f["index"], f["sha256"]] for f in cert["forgotten"]],
+                       ["training index", "image SHA-256"])
+    already = (_table([[f["index"], f["sha256"]] for f in cert["already_forgotten"]],
+                      ["training index", "image SHA-256"])
+               if cert["already_forgotten"] else "<p>None.</p>")
+    led = _table([[e["seq"], e["kind"], e["created"], e["hash"]]
+                  for e in cert["ledger"]["entries"]], ["seq", "kind", "time", "entry hash"])
+    before, after = cert["model_before"] or {}, cert["model_after"] or {}
+    odd = sorted({v for a in cert["attempts"] if a["passed"]
+                  for v in (a.get("steps") or {}).values() if v not in REAL_STEPS})
+    warn = (f"<p class='badge bad'>Promoted with non-standard steps: {_esc(', '.join(odd))}"
+            "</p>") if odd else ""
+    metrics = json.dumps(next((a["metrics"] for a in reversed(cert["attempts"]) if a["passed"]),
+                              None), indent=2, default=str)
+    css = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}"
+           "table{border-collapse:collapse;margin:.5em 0;font-size:.85em}"
+           "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;word-break:break-all}"
+           "th{background:#f2f2f2}.badge{padding:.2em .6em;border-radius:.3em;color:#fff}"
+           ".ok{background:#2a7d2e}.bad{background:#b3261e}code,pre{font-size:.85em}"
+           "pre{background:#f7f7f7;padding:.5em;overflow:auto;max-height:30em}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Deletion certificate {_esc(req['id'])}</title>
+<style>{css}</style></head><body>
+<h1>Deletion certificate {badge}</h1>
+{warn}
+<p>Request <b>{_esc(req['id'])}</b> for subject reference <code>{_esc(req['subject'])}</code>,
+dataset {_esc(cert['dataset'])}. Submitted {_esc(req['submitted'])}, completed
+{_esc(req['completed'])}. Request content SHA-256 <code>{_esc(req['content_sha256'])}</code>.</p>
+<h2>Models</h2>
+{_table([["before", before.get("version"), before.get("weights_sha256")],
+         ["after", after.get("version"), after.get("weights_sha256")]],
+        ["", "version", "weights SHA-256"])}
+<p>Method promoted: <b>{_esc(cert['method'])}</b>.</p>
+<h2>Images forgotten ({len(cert['forgotten'])}; hashes only, no pixels)</h2>
+{forgotten}
+<h2>Already forgotten earlier (no-op)</h2>
+{already}
+<h2>Attempts and safety verdicts</h2>
+{attempts}
+{checks}
+<h2>Metrics of the promoted model</h2>
+<pre>{_esc(metrics)}</pre>
+<h2>Audit ledger entries</h2>
+{led}
+<p>Ledger head at issue: entry {_esc(cert['ledger']['head_seq'])},
+<code>{_esc(cert['ledger']['head_hash'])}</code>. Check with
+<code>medunlearn audit verify REG</code>.</p>
+</body></html>
+"""
+
+
+def write_certificate(reg: str | os.PathLike, request_id: str, out: str | os.PathLike) -> dict:
+    """Write ``certificate.json`` and ``certificate.html`` for a request into ``out``.
+
+    Returns:
+        The certificate dict.
+    """
+    cert = certificate(reg, request_id)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "certificate.json", cert)
+    atomic_write_text(out / "certificate.html", render_html(cert))
+    return cert

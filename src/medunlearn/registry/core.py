@@ -1,0 +1,786 @@
+"""Registries of deployed models and the deletion-request workflow.
+
+A registry folder ``REG`` holds::
+
+    REG/registry.db        SQLite: manifest, versions, requests, attempts, audit ledger
+    REG/LEDGER_HEAD        sequence number and hash of the last ledger entry
+    REG/lock               writer lock (fcntl.flock), held for a whole request
+    REG/versions/<n>/      model version n, a complete run folder (v1 = the registered model)
+    REG/staging/           candidate models being built (orphans are removed on the next run)
+
+The workflow of :func:`forget` (all under the writer lock):
+
+1. recover: remove orphan staging folders and version folders without a database row;
+   finish pending requests left by a crashed run;
+2. validate the request (nothing is written when it is refused);
+3. record it as *pending* (one transaction: request, its images, ledger entry); its images are
+   withdrawn from every later retain set at once;
+4. for each method of the chain (the request's method, else the registry's recommended one,
+   then the fallbacks): unlearn from the *active* version into ``REG/staging``, excluding every
+   image ever withdrawn from the retain set; verify against the active version with the safety
+   gate; record the attempt. A passing candidate is renamed to ``REG/versions/<n>`` and one
+   transaction records attempt, verdict, promotion, forgotten images and ledger entries.
+
+A crash anywhere leaves the previous version active and the request pending (or complete); the
+next ``forget`` or ``registry resume`` finishes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from medunlearn.errors import CheckpointError, DataError, MedUnlearnError, OutputExistsError
+from medunlearn.io import _fsync_dir, sha256_file, staged_output
+from medunlearn.registry import ledger
+from medunlearn.registry.db import (
+    SCHEMA_VERSION,
+    connect,
+    get_meta,
+    set_meta,
+    transaction,
+    writer_lock,
+)
+from medunlearn.registry.errors import RegistryError, RequestError
+from medunlearn.registry.request import DeletionRequest, load_request
+from medunlearn.registry.steps import (
+    UnlearnStep,
+    Verification,
+    VerifyStep,
+    remove_tree,
+    resolve_steps,
+    step_name,
+)
+
+MODEL_FILE = "model.safetensors"
+CRASH_ENV = "MEDUNLEARN_REGISTRY_CRASH_AT"  # test hook: os._exit at a named point
+
+#: Recommended method chains: the first method that passes the safety gate is promoted.
+#: Binary clinical views use SalUn-CRA (it never teaches "malignant looks benign").
+RECOMMENDED = {"binary": ["salun-cra", "retrain"], "native": ["salun", "retrain"]}
+
+
+def _crashpoint(name: str) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        os._exit(137)
+
+
+def _chunks(items: list, n: int = 500) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+# --------------------------------------------------------------------------- init
+
+
+def read_manifest(path: Path) -> list[tuple[int, str, int]]:
+    """Rows ``(index, sha256, label)`` of a ``manifest.csv``, checked to be complete.
+
+    Raises:
+        RegistryError: malformed file, bad hash, or indices that are not 0..N-1.
+    """
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"index", "sha256", "label"} <= set(
+                    reader.fieldnames):
+                raise RegistryError(f"{path} must have the columns index,sha256,label.")
+            for r in reader:
+                rows.append((int(r["index"]), r["sha256"].strip().lower(), int(r["label"])))
+    except (ValueError, KeyError) as exc:
+        raise RegistryError(
+            f"{path} is not a valid training manifest ({exc}). Restore it from the training run, "
+            "or delete it to recompute it from the data.") from exc
+    if [r[0] for r in rows] != list(range(len(rows))):
+        raise RegistryError(f"{path} does not list training indices 0..{len(rows) - 1} in "
+                            "order; restore it from the training run.")
+    bad = [r[0] for r in rows if len(r[1]) != 64]
+    if bad:
+        raise RegistryError(f"{path}: rows {bad[:5]} do not hold SHA-256 hashes.")
+    return rows
+
+
+def manifest_sha256(rows: list[tuple[int, str, int]]) -> str:
+    return ledger.sha256_text(ledger.canonical_json([list(r) for r in rows]))
+
+
+def recommended_methods(config: dict) -> list[str]:
+    """The method chain recommended for a model's task view (see :data:`RECOMMENDED`)."""
+    kind = (config.get("dataset", {}).get("view", {}) or {}).get("kind") or \
+        config.get("data", {}).get("view")
+    return list(RECOMMENDED["binary" if kind == "binary" else "native"])
+
+
+BEFORE = "(before registration)"  # samples.request_id of images an unlearn run forgot already
+
+
+def _forgotten_before(model_dir: Path, config: dict) -> list[int]:
+    """Images an ``unlearn`` run folder has forgotten already (they stay forgotten)."""
+    if config.get("kind") != "unlearn":
+        return []
+    if (config.get("forget") or {}).get("excluded_count"):
+        raise RegistryError(
+            f"{model_dir} is a chained unlearning run whose earlier exclusions are not listed "
+            "in its folder, so the registry could not keep those images out of later retraining."
+            " Register the original training run instead and submit the earlier deletions as "
+            "requests.")
+    path = model_dir / "forget.csv"
+    if not path.is_file():
+        raise RegistryError(f"{model_dir} is an unlearning run without forget.csv; restore it, or "
+                            "register the original training run instead.")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return sorted({int(r["index"]) for r in csv.DictReader(fh)})
+    except (ValueError, KeyError) as exc:
+        raise RegistryError(f"{path} is not a valid forget list ({exc}).") from exc
+
+
+def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
+                  methods: list[str] | None = None, data_root: str | None = None,
+                  overwrite: bool = False) -> dict:
+    """Register a deployed model: copy its run folder as version 1 and record its manifest.
+
+    Args:
+        model_dir: A run folder (``medunlearn train`` output; ``manifest.csv`` is used when
+            present, otherwise the hashes are computed from the data).
+        out: The registry folder to create (must be new or empty unless ``overwrite``).
+        methods: The method chain (first = default method, the rest = fallbacks); default: the
+            recommendation for the model's task view, e.g. ``["salun-cra", "retrain"]``.
+        data_root: Where the MedMNIST files are (recorded and used by later requests).
+        overwrite: Replace an existing registry at ``out``.
+
+    Returns:
+        The registry's status (see :func:`status`).
+
+    Raises:
+        CheckpointError: the model folder is incomplete or its weights are unreadable.
+        RegistryError: invalid manifest or method chain.
+    """
+    from medunlearn.checkpoint import load_run  # safetensors only: no pickle is ever loaded
+
+    model_dir = Path(model_dir)
+    run = load_run(model_dir)
+    config = run.config
+    chain = list(methods) if methods else recommended_methods(config)
+    if not chain or any(not isinstance(m, str) or not m for m in chain) or len(set(chain)) != len(
+            chain):
+        raise RegistryError(f"The method chain {chain!r} must list distinct method names, e.g. "
+                            "salun-cra,retrain.")
+    pre_forgotten = _forgotten_before(model_dir, config)
+    from medunlearn.errors import ConfigError
+    from medunlearn.methods import get_method_class
+
+    for m in chain:
+        try:
+            get_method_class(m)
+        except ConfigError as exc:
+            raise RegistryError(f"The method chain {','.join(chain)} is invalid: {exc}") from None
+    if (model_dir / "manifest.csv").is_file():
+        rows = read_manifest(model_dir / "manifest.csv")
+        manifest_source = "manifest.csv"
+    else:
+        dataset = run.load_dataset(**({"data_root": data_root} if data_root else {}))
+        rows = [(i, h, int(y)) for i, (h, y) in
+                enumerate(zip(dataset.train.hashes, dataset.train.labels.tolist(), strict=True))]
+        manifest_source = "computed from the training data"
+    with staged_output(out, overwrite=overwrite, what="registry") as stage:
+        v1 = stage / "versions" / "1"
+        shutil.copytree(model_dir, v1, ignore=shutil.ignore_patterns(".*"))
+        (stage / "staging").mkdir()
+        weights = sha256_file(v1 / MODEL_FILE)
+        conn = connect(stage, create=True)
+        try:
+            with transaction(conn):
+                meta = {"schema_version": SCHEMA_VERSION, "created": ledger.now_iso(),
+                        "source_model": str(model_dir.resolve()), "methods": json.dumps(chain),
+                        "seed": str(run.seed), "data_root": data_root or "",
+                        "dataset": str(config.get("data", {}).get("dataset", "")),
+                        "active_version": "1", "manifest_sha256": manifest_sha256(rows)}
+                for k, v in meta.items():
+                    set_meta(conn, k, v)
+                conn.executemany("INSERT INTO samples(idx, sha256, label) VALUES(?, ?, ?)", rows)
+                if any(i >= len(rows) for i in pre_forgotten):
+                    raise RegistryError(f"{model_dir / 'forget.csv'} lists indices beyond the "
+                                        f"{len(rows)} training images; the folder is damaged.")
+                for chunk in _chunks(pre_forgotten):
+                    conn.execute(f"UPDATE samples SET request_id = ?, forgotten_in = 1 WHERE idx "
+                                 f"IN ({','.join('?' * len(chunk))})", [BEFORE, *chunk])
+                conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
+                             "method, created) VALUES(1, 'versions/1', ?, NULL, NULL, NULL, ?)",
+                             (weights, meta["created"]))
+                ledger.append(conn, "init", {
+                    "version": 1, "weights_sha256": weights,
+                    "config_sha256": sha256_file(v1 / "config.json"),
+                    "fingerprint": config.get("fingerprint"), "kind": config.get("kind"),
+                    "data": config.get("data"), "train": config.get("train"),
+                    "model": config.get("model"), "seed": run.seed,
+                    "manifest": {"count": len(rows), "sha256": meta["manifest_sha256"],
+                                 "source": manifest_source},
+                    "methods": chain, "source_model": meta["source_model"],
+                    "forgotten_before": pre_forgotten,
+                })
+            ledger.write_head(stage, conn)
+        finally:
+            conn.close()
+    return status(out)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _version_row(conn: sqlite3.Connection, n: int) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM versions WHERE n = ?", (n,)).fetchone()
+    if row is None:
+        raise RegistryError(f"The registry's active version {n} has no record; run "
+                            "'medunlearn audit verify' and restore the registry from a backup.")
+    return row
+
+
+def active_version(conn: sqlite3.Connection) -> int:
+    return int(get_meta(conn, "active_version", "1"))
+
+
+def withdrawn_indices(conn: sqlite3.Connection) -> list[int]:
+    """Every training index ever withdrawn by a request (pending, completed or failed)."""
+    return [r[0] for r in conn.execute(
+        "SELECT idx FROM samples WHERE request_id IS NOT NULL ORDER BY idx")]
+
+
+def retain_indices(reg: str | os.PathLike) -> list[int]:
+    """The training indices any (re)training through the registry may use: the manifest minus
+    every image ever withdrawn or forgotten."""
+    conn = connect(reg)
+    try:
+        return [r[0] for r in conn.execute(
+            "SELECT idx FROM samples WHERE request_id IS NULL ORDER BY idx")]
+    finally:
+        conn.close()
+
+
+def export_manifest(reg: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the registry's manifest as CSV: ``index,sha256,label,forgotten_in,request_id``.
+
+    ``forgotten_in`` is the first model version without the image (empty: never forgotten);
+    ``request_id`` is the request that withdrew it. Hashes only, never pixels.
+    """
+    import io
+
+    from medunlearn.io import atomic_write_text
+
+    conn = connect(reg)
+    try:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["index", "sha256", "label", "forgotten_in", "request_id"])
+        for r in conn.execute("SELECT idx, sha256, label, forgotten_in, request_id FROM samples "
+                              "ORDER BY idx"):
+            w.writerow(["" if v is None else v for v in r])
+        return atomic_write_text(out, buf.getvalue())
+    finally:
+        conn.close()
+
+
+def _request_summary(r: sqlite3.Row) -> dict:
+    return {"id": r["id"], "subject": r["subject"], "status": r["status"],
+            "submitted": r["submitted"], "completed": r["completed"],
+            "from_version": r["from_version"], "to_version": r["to_version"]}
+
+
+def status(reg: str | os.PathLike) -> dict:
+    """The registry at a glance: active version, versions, pending and completed requests.
+
+    Raises:
+        RegistryError: ``reg`` is not a registry.
+    """
+    conn = connect(reg)
+    try:
+        active = active_version(conn)
+        versions = [dict(r) for r in conn.execute("SELECT * FROM versions ORDER BY n")]
+        reqs = conn.execute("SELECT * FROM requests ORDER BY num").fetchall()
+        n_samples = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        forgotten = conn.execute(
+            "SELECT COUNT(*) FROM samples WHERE forgotten_in IS NOT NULL").fetchone()[0]
+        withdrawn = conn.execute(
+            "SELECT COUNT(*) FROM samples WHERE request_id IS NOT NULL").fetchone()[0]
+        seq, head = ledger.head(conn)
+        by_status: dict[str, list] = {"pending": [], "completed": [], "failed": []}
+        for r in reqs:
+            by_status.setdefault(r["status"], []).append(_request_summary(r))
+        return {
+            "registry": str(Path(reg)), "dataset": get_meta(conn, "dataset"),
+            "methods": json.loads(get_meta(conn, "methods", "[]")),
+            "active_version": next((v for v in versions if v["n"] == active), {"n": active}),
+            "versions": versions, "requests": by_status,
+            "samples": {"total": n_samples, "forgotten": forgotten, "withdrawn": withdrawn},
+            "ledger": {"entries": seq, "head": head},
+        }
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
+    """Remove what a crashed run left behind (call with the writer lock held).
+
+    Removes every folder under ``REG/staging`` and every ``REG/versions/<n>`` without a database
+    row (a crash between renaming a candidate into place and committing its promotion), and
+    brings a lagging ``LEDGER_HEAD`` up to date.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    staging = reg / "staging"
+    staging.mkdir(exist_ok=True)
+    for child in sorted(staging.iterdir()):
+        remove_tree(child) if child.is_dir() else child.unlink(missing_ok=True)
+        removed.append(str(child))
+    known = {r[0] for r in conn.execute("SELECT path FROM versions")}
+    versions = reg / "versions"
+    for child in sorted(versions.iterdir()) if versions.is_dir() else []:
+        if f"versions/{child.name}" not in known:
+            remove_tree(child) if child.is_dir() else child.unlink(missing_ok=True)
+            removed.append(str(child))
+    if removed:
+        _fsync_dir(staging)
+        _fsync_dir(versions)
+    head_file = reg / ledger.HEAD_FILE
+    seq, _ = ledger.head(conn)
+    try:
+        text_seq, text_hash = head_file.read_text().split()
+        hseq = int(text_seq)
+    except (OSError, ValueError):
+        return removed  # missing or damaged: left for 'audit verify' to report
+    if hseq < seq:  # a crash between a commit and the head update: catch up, if consistent
+        row = conn.execute("SELECT hash FROM ledger WHERE seq = ?", (hseq,)).fetchone()
+        if hseq == 0 or (row is not None and row[0] == text_hash):
+            ledger.write_head(reg, conn)
+    return removed
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _resolve(conn: sqlite3.Connection, req: DeletionRequest) -> tuple[list[int], list[int],
+                                                                       dict[int, str]]:
+    """Map a request to training indices: ``(new, already_forgotten, sha256 by index)``.
+
+    Raises:
+        RequestError: unknown hashes or out-of-range indices (all listed).
+    """
+    found: dict[str, list[int]] = {}
+    for chunk in _chunks(list(req.images)):
+        marks = ",".join("?" * len(chunk))
+        for r in conn.execute(f"SELECT idx, sha256 FROM samples WHERE sha256 IN ({marks})", chunk):
+            found.setdefault(r["sha256"], []).append(r["idx"])
+    unknown = [h for h in req.images if h not in found]
+    n = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    bad = [i for i in req.indices if i >= n]
+    if unknown or bad:
+        parts = []
+        if unknown:
+            more = " ..." if len(unknown) > 20 else ""
+            parts.append(f"{len(unknown)} image hash(es) are not in this model's training "
+                         f"manifest: {', '.join(unknown[:20])}{more}")
+        if bad:
+            parts.append(f"indices {bad[:20]} are out of range (the manifest has {n} images, "
+                         f"indices 0..{n - 1})")
+        raise RequestError(f"Request {req.id} was refused and nothing changed: "
+                           f"{'; '.join(parts)}. Check that the hashes come from this model's "
+                           "manifest.csv (medunlearn registry status shows the dataset).")
+    targets = sorted({i for ids in found.values() for i in ids} | set(req.indices))
+    new, already, sha = [], [], {}
+    for chunk in _chunks(targets):
+        marks = ",".join("?" * len(chunk))
+        for r in conn.execute(f"SELECT idx, sha256, forgotten_in FROM samples WHERE idx IN "
+                              f"({marks}) ORDER BY idx", chunk):
+            sha[r["idx"]] = r["sha256"]
+            (already if r["forgotten_in"] is not None else new).append(r["idx"])
+    return new, already, sha
+
+
+def method_chain(conn: sqlite3.Connection, requested: str | None) -> list[str]:
+    """The methods to try in order: the requested one (or the registry's default), then the
+    fallbacks that follow it in the registry's chain (else the chain's last, final fallback)."""
+    chain = json.loads(get_meta(conn, "methods", "[]")) or ["retrain"]
+    if requested is None:
+        return chain
+    if requested in chain:
+        return chain[chain.index(requested):]
+    return [requested] + ([chain[-1]] if chain[-1] != requested else [])
+
+
+def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
+    """Validate and record a new request as pending (or complete it as a no-op)."""
+    new, already, sha = _resolve(conn, req)  # raises before anything is written
+    chain = method_chain(conn, req.method)
+    active = active_version(conn)
+    now = ledger.now_iso()
+    noop = not new
+    with transaction(conn):
+        conn.execute("INSERT INTO requests(id, subject, content_sha256, body, status, submitted, "
+                     "from_version) VALUES(?, ?, ?, ?, 'pending', ?, ?)",
+                     (req.id, req.subject, req.content_sha256, ledger.canonical_json(req.body()),
+                      now, active))
+        conn.executemany("INSERT INTO request_items(request_id, idx, role) VALUES(?, ?, ?)",
+                         [(req.id, i, "forget") for i in new]
+                         + [(req.id, i, "already") for i in already])
+        for chunk in _chunks(new):
+            conn.execute(f"UPDATE samples SET request_id = ? WHERE idx IN "
+                         f"({','.join('?' * len(chunk))})", [req.id, *chunk])
+        ledger.append(conn, "request", {
+            "request": req.body(), "content_sha256": req.content_sha256,
+            "forget": [{"index": i, "sha256": sha[i]} for i in new],
+            "already_forgotten": [{"index": i, "sha256": sha[i]} for i in already],
+            "active_version": active, "methods": chain,
+        }, request_id=req.id)
+        if noop:
+            result = _finish(conn, req.id, "completed", active, active, None, now)
+            ledger.append(conn, "complete", {"status": "completed", "noop": True,
+                                             "version": active, "forgotten": [],
+                                             "result_sha256": _sha(result)}, request_id=req.id)
+    ledger.write_head(reg, conn)
+    _crashpoint("after-submit")
+
+
+def _sha(obj) -> str:
+    return ledger.sha256_text(ledger.canonical_json(obj))
+
+
+def _attempt_rows(conn: sqlite3.Connection, rid: str) -> list[dict]:
+    out = []
+    for r in conn.execute("SELECT * FROM attempts WHERE request_id = ? ORDER BY n", (rid,)):
+        d = dict(r)
+        d["reasons"] = json.loads(d["reasons"])
+        d["summary"] = json.loads(d["summary"])
+        d["passed"] = bool(d["passed"])
+        out.append(d)
+    return out
+
+
+def _items(conn: sqlite3.Connection, rid: str, role: str) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "SELECT idx FROM request_items WHERE request_id = ? AND role = ? ORDER BY idx",
+        (rid, role))]
+
+
+def _build_result(conn: sqlite3.Connection, rid: str, status_: str, from_v: int,
+                  to_v: int | None, method: str | None) -> dict:
+    attempts = _attempt_rows(conn, rid)
+    versions = {r["n"]: r["weights_sha256"] for r in conn.execute(
+        "SELECT n, weights_sha256 FROM versions")}
+    return {
+        "request_id": rid, "status": status_, "from_version": from_v, "to_version": to_v,
+        "method": method, "weights_before": versions.get(from_v),
+        "weights_after": versions.get(to_v) if to_v is not None else None,
+        "forgotten": len(_items(conn, rid, "forget")),
+        "already_forgotten": len(_items(conn, rid, "already")),
+        "attempts": [{"n": a["n"], "method": a["method"], "status": a["status"],
+                      "passed": a["passed"], "reasons": a["reasons"],
+                      "unlearn_seconds": a["summary"].get("unlearn_seconds"),
+                      "verify_seconds": a["summary"].get("verify_seconds")} for a in attempts],
+        "unlearn_seconds": sum(a["summary"].get("unlearn_seconds") or 0 for a in attempts),
+        "verify_seconds": sum(a["summary"].get("verify_seconds") or 0 for a in attempts),
+    }
+
+
+def _finish(conn: sqlite3.Connection, rid: str, status_: str, from_v: int, to_v: int | None,
+            method: str | None, now: str) -> dict:
+    result = _build_result(conn, rid, status_, from_v, to_v, method)
+    conn.execute("UPDATE requests SET status = ?, completed = ?, to_version = ?, result = ? "
+                 "WHERE id = ?", (status_, now, to_v, ledger.canonical_json(result), rid))
+    return result
+
+
+def _record_attempt(conn: sqlite3.Connection, rid: str, n: int, method: str, status_: str,
+                    ver: Verification | None, summary: dict, started: str) -> None:
+    reasons = list(ver.reasons) if ver else [summary.get("error", "")]
+    passed = bool(ver and ver.passed)
+    finished = ledger.now_iso()
+    summary_json = ledger.canonical_json(summary)
+    conn.execute("INSERT INTO attempts(request_id, n, method, status, passed, reasons, summary, "
+                 "started, finished) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (rid, n, method, status_, int(passed), ledger.canonical_json(reasons),
+                  summary_json, started, finished))
+    ledger.append(conn, "attempt", {
+        "attempt": n, "method": method, "status": status_, "passed": passed, "reasons": reasons,
+        "candidate_sha256": summary.get("weights_sha256"), "exclude_count":
+        summary.get("exclude_count"), "forget_count": summary.get("forget_count"),
+        "summary_sha256": ledger.sha256_text(summary_json),
+        "unlearn_seconds": summary.get("unlearn_seconds"),
+        "verify_seconds": summary.get("verify_seconds"), "steps": summary.get("steps"),
+    }, request_id=rid)
+
+
+EXCLUDED_FILE = "excluded.csv"  # read by evaluate_run: earlier-forgotten images, not retain
+
+
+def _write_excluded(conn: sqlite3.Connection, run_dir: Path, exclude: list[int]) -> None:
+    """List the excluded images in the candidate folder (``index,sha256,label``) so that the
+    evaluation does not count earlier-forgotten images as retain members, and so that every
+    version records what it was kept away from."""
+    if not exclude or (run_dir / EXCLUDED_FILE).is_file():
+        return
+    import io
+
+    from medunlearn.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "sha256", "label"])
+    for chunk in _chunks(exclude):
+        w.writerows(tuple(r) for r in conn.execute(
+            f"SELECT idx, sha256, label FROM samples WHERE idx IN ({','.join('?' * len(chunk))}) "
+            "ORDER BY idx", chunk))
+    atomic_write_text(run_dir / EXCLUDED_FILE, buf.getvalue())
+
+
+#: Errors of the environment (missing data, unreadable model, ...): the request stays pending so
+#: that it can be resumed once fixed, instead of being recorded as a failed method.
+ENVIRONMENT_ERRORS = (DataError, CheckpointError, OutputExistsError, RegistryError)
+
+
+def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep,
+             verify: VerifyStep, *, data_root: str | None, seed: int | None,
+             log=None) -> dict:
+    """Run the attempts of a pending request until one passes or the chain is exhausted."""
+    row = conn.execute("SELECT * FROM requests WHERE id = ?", (rid,)).fetchone()
+    body = json.loads(row["body"])
+    forget_idx = _items(conn, rid, "forget")
+    forget_set = set(forget_idx)
+    exclude = [i for i in withdrawn_indices(conn) if i not in forget_set]
+    active = active_version(conn)
+    active_path = reg / _version_row(conn, active)["path"]
+    chain = method_chain(conn, body.get("method"))
+    seed = int(get_meta(conn, "seed", "0")) if seed is None else seed
+    data_root = data_root or get_meta(conn, "data_root") or None
+    done = len(_attempt_rows(conn, rid))
+    base = int(json.loads(row["result"] or "{}").get("retry_base", 0)) if row["status"] == \
+        "pending" and row["result"] else 0
+    for k in range(done - base, len(chain)):
+        method = chain[k]
+        n = base + k + 1
+        stage = reg / "staging" / f"r{row['num']}-a{n}"
+        remove_tree(stage)
+        started = ledger.now_iso()
+        summary = {"forget_count": len(forget_idx), "exclude_count": len(exclude),
+                   "from_version": active, "steps": {"unlearn": step_name(unlearn),
+                                                     "verify": step_name(verify)}}
+        if log:
+            log(f"request {rid}: attempt {n} with {method} (forget {len(forget_idx)}, "
+                f"exclude {len(exclude)} earlier images)")
+        t0 = time.perf_counter()
+        ver = None
+        try:
+            metrics = unlearn(active_path, method=method, forget=forget_idx, exclude=exclude,
+                              out=stage, seed=seed, data_root=data_root)
+            summary["unlearn_seconds"] = time.perf_counter() - t0
+            summary["unlearn_metrics"] = metrics
+            _crashpoint("after-unlearn")
+            _write_excluded(conn, stage, exclude)
+            t1 = time.perf_counter()
+            ver = verify(stage, original=active_path, data_root=data_root)
+            summary["verify_seconds"] = time.perf_counter() - t1
+            summary["verdict"] = {"passed": bool(ver.passed), "reasons": list(ver.reasons),
+                                  "checks": list(ver.checks)}
+            summary["metrics"] = getattr(ver, "metrics", None)
+            summary["weights_sha256"] = sha256_file(stage / MODEL_FILE)
+            _crashpoint("after-verify")
+        except ENVIRONMENT_ERRORS:
+            remove_tree(stage)
+            raise
+        except Exception as exc:  # a method or the evaluation failed: record it, fall back
+            summary.setdefault("unlearn_seconds", time.perf_counter() - t0)
+            summary["error"] = f"{type(exc).__name__}: {exc}"
+            with transaction(conn):
+                _record_attempt(conn, rid, n, method, "error", None, summary, started)
+            ledger.write_head(reg, conn)
+            remove_tree(stage)
+            if log:
+                log(f"  attempt {n} ({method}) failed: {summary['error']}")
+            continue
+        if not ver.passed:
+            with transaction(conn):
+                _record_attempt(conn, rid, n, method, "failed", ver, summary, started)
+            ledger.write_head(reg, conn)
+            _crashpoint("after-failed-attempt")
+            remove_tree(stage)
+            if log:
+                log(f"  attempt {n} ({method}) did not pass the safety gate: "
+                    f"{'; '.join(ver.reasons)}")
+            continue
+        # Promote: rename into place, then one transaction makes it official. A crash between
+        # the two leaves an orphan folder that recover() removes; the attempt is then redone.
+        t2 = time.perf_counter()
+        new_n = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] + 1
+        final = reg / "versions" / str(new_n)
+        remove_tree(final)
+        os.replace(stage, final)
+        _fsync_dir(final.parent)
+        _crashpoint("after-rename")
+        now = ledger.now_iso()
+        with transaction(conn):
+            _record_attempt(conn, rid, n, method, "passed", ver, summary, started)
+            conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
+                         "method, created) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                         (new_n, f"versions/{new_n}", summary["weights_sha256"], active, rid,
+                          method, now))
+            set_meta(conn, "active_version", str(new_n))
+            for chunk in _chunks(forget_idx):
+                conn.execute(f"UPDATE samples SET forgotten_in = ?, request_id = ? WHERE idx IN "
+                             f"({','.join('?' * len(chunk))})", [new_n, rid, *chunk])
+            ledger.append(conn, "promote", {
+                "version": new_n, "parent": active, "weights_sha256": summary["weights_sha256"],
+                "config_sha256": sha256_file(final / "config.json"), "method": method,
+                "attempt": n}, request_id=rid)
+            result = _finish(conn, rid, "completed", active, new_n, method, now)
+            result["promote_seconds"] = time.perf_counter() - t2
+            conn.execute("UPDATE requests SET result = ? WHERE id = ?",
+                         (ledger.canonical_json(result), rid))
+            ledger.append(conn, "complete", {
+                "status": "completed", "noop": False, "version": new_n,
+                "forgotten": forget_idx, "result_sha256": _sha(result)}, request_id=rid)
+        ledger.write_head(reg, conn)
+        _crashpoint("after-commit")
+        if log:
+            log(f"  promoted version {new_n} ({method})")
+        return result
+    now = ledger.now_iso()
+    with transaction(conn):
+        result = _finish(conn, rid, "failed", active, None, None, now)
+        ledger.append(conn, "failed", {"status": "failed", "version": active,
+                                       "result_sha256": _sha(result)}, request_id=rid)
+    ledger.write_head(reg, conn)
+    return result
+
+
+def _stored_result(row: sqlite3.Row) -> dict:
+    result = json.loads(row["result"]) if row["result"] else {}
+    return result | {"reused": True}
+
+
+def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionRequest, *,
+           unlearn: UnlearnStep | None = None, verify: VerifyStep | None = None,
+           data_root: str | None = None, seed: int | None = None,
+           lock_timeout: float | None = None, log=None) -> dict:
+    """Process a deletion request: validate, unlearn, verify, promote (or fall back).
+
+    Args:
+        reg: The registry folder.
+        request: A request JSON file, a dict, or a :class:`DeletionRequest`.
+        unlearn: The unlearn step (default: ``run_unlearning``; see :mod:`.steps`).
+        verify: The verify step (default: ``evaluate_run`` + ``gate``).
+        data_root: MedMNIST folder (default: the one recorded at ``init``).
+        seed: Seed of the unlearning (default: the registered model's seed).
+        lock_timeout: Seconds to wait for another writer (default: wait).
+        log: Optional ``callable(str)`` for progress messages.
+
+    Returns:
+        The request's result: ``status`` ("completed" or "failed"), ``from_version``,
+        ``to_version``, ``method``, ``attempts``, weights hashes, counts and timings;
+        ``reused=True`` when the request had already been completed.
+
+    Raises:
+        RequestError: malformed request, unknown images, or an id reused with other content
+            (nothing is changed).
+        RegistryError: ``reg`` is not a registry.
+    """
+    t0 = time.perf_counter()
+    reg = Path(reg)
+    req = request if isinstance(request, DeletionRequest) else load_request(request)
+    if req.method is not None:
+        _check_method(req)
+    unlearn, verify = resolve_steps(unlearn, verify)
+    with writer_lock(reg, timeout=lock_timeout):
+        conn = connect(reg)
+        try:
+            recover(reg, conn)
+            row = conn.execute("SELECT * FROM requests WHERE id = ?", (req.id,)).fetchone()
+            if row is not None and row["content_sha256"] != req.content_sha256:
+                raise RequestError(
+                    f"Request id {req.id} was already submitted with different content "
+                    f"(status {row['status']}). Nothing changed. Give a new request a new id; "
+                    f"'medunlearn audit show {reg} {req.id} --out DIR' shows the original.")
+            for p in conn.execute("SELECT id FROM requests WHERE status = 'pending' AND id != ? "
+                                  "ORDER BY num", (req.id,)).fetchall():
+                if log:
+                    log(f"resuming pending request {p['id']}")
+                _process(reg, conn, p["id"], unlearn, verify, data_root=data_root, seed=seed,
+                         log=log)
+            t_validate = time.perf_counter()
+            if row is None:
+                _submit(reg, conn, req)
+            elif row["status"] == "completed":
+                return _stored_result(row)
+            elif row["status"] == "failed":
+                _retry(reg, conn, req.id)
+            row = conn.execute("SELECT * FROM requests WHERE id = ?", (req.id,)).fetchone()
+            validate_seconds = time.perf_counter() - t_validate
+            if row["status"] == "completed":  # a no-op: every image was already forgotten
+                result = json.loads(row["result"])
+            else:
+                result = _process(reg, conn, req.id, unlearn, verify, data_root=data_root,
+                                  seed=seed, log=log)
+            result["validate_seconds"] = validate_seconds
+            result["total_seconds"] = time.perf_counter() - t0
+            result["reused"] = False
+            return result
+        finally:
+            conn.close()
+
+
+def _check_method(req: DeletionRequest) -> None:
+    """Refuse an unknown method name before anything is written (a typo must not silently fall
+    back to retraining)."""
+    from medunlearn.errors import ConfigError
+    from medunlearn.methods import get_method_class
+
+    try:
+        get_method_class(req.method)
+    except ConfigError as exc:
+        raise RequestError(f"Request {req.id} was refused and nothing changed: {exc}") from None
+
+
+def _retry(reg: Path, conn: sqlite3.Connection, rid: str) -> None:
+    """Re-open a failed request (same content resubmitted): its method chain starts again."""
+    base = len(_attempt_rows(conn, rid))
+    with transaction(conn):
+        conn.execute("UPDATE requests SET status = 'pending', completed = NULL, result = ? "
+                     "WHERE id = ?", (ledger.canonical_json({"retry_base": base}), rid))
+        ledger.append(conn, "retry", {"previous_attempts": base}, request_id=rid)
+    ledger.write_head(reg, conn)
+
+
+def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
+           verify: VerifyStep | None = None, data_root: str | None = None,
+           seed: int | None = None, log=None) -> list[dict]:
+    """Clean up after a crash and finish every pending request.
+
+    Returns:
+        The results of the requests finished now.
+    """
+    reg = Path(reg)
+    unlearn, verify = resolve_steps(unlearn, verify)
+    with writer_lock(reg):
+        conn = connect(reg)
+        try:
+            recover(reg, conn)
+            return [_process(reg, conn, p["id"], unlearn, verify, data_root=data_root, seed=seed,
+                             log=log)
+                    for p in conn.execute("SELECT id FROM requests WHERE status = 'pending' "
+                                          "ORDER BY num").fetchall()]
+        finally:
+            conn.close()
+
+
+__all__ = ["MedUnlearnError", "export_manifest", "forget", "init_registry", "recover", "resume",
+           "retain_indices", "status"]

@@ -1,0 +1,135 @@
+"""Deletion requests: the JSON a hospital submits when a patient withdraws consent.
+
+Example ``request.json``::
+
+    {
+      "id": "DR-2026-0042",
+      "subject": "opaque-ref-7f3a",
+      "images": ["<sha256 of an image>", "..."],
+      "method": "salun-cra"
+    }
+
+``subject`` is a required opaque reference (never a name); ``images`` are SHA-256 hashes as
+listed in the registry's manifest (``indices`` into the training split may be given instead or
+as well); ``method`` is optional (default: the registry's recommended method and fallbacks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from medunlearn.registry.errors import RequestError
+from medunlearn.registry.ledger import canonical_json, sha256_text
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+KEYS = ("id", "subject", "images", "hashes", "indices", "method", "note")
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    """A parsed, normalised deletion request."""
+
+    id: str
+    subject: str
+    images: tuple[str, ...]  # sorted unique lower-case SHA-256 hex digests
+    indices: tuple[int, ...]  # sorted unique training-split indices
+    method: str | None
+    note: str = ""
+
+    def body(self) -> dict:
+        """The normalised content that identifies the request (hashed for idempotency)."""
+        return {"id": self.id, "subject": self.subject, "images": list(self.images),
+                "indices": list(self.indices), "method": self.method, "note": self.note}
+
+    @property
+    def content_sha256(self) -> str:
+        return sha256_text(canonical_json(self.body()))
+
+
+def parse_request(data: dict, *, source: str = "the request") -> DeletionRequest:
+    """Validate and normalise a request dict.
+
+    Raises:
+        RequestError: naming the field that is wrong and what it must hold.
+    """
+    if not isinstance(data, dict):
+        raise RequestError(f"{source} must be a JSON object with keys id, subject and images; "
+                           f"got a {type(data).__name__}.")
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise RequestError(f"{source} has unknown key(s) {', '.join(unknown)}; valid keys: "
+                           f"{', '.join(KEYS)}.")
+    rid = data.get("id")
+    if not isinstance(rid, str) or not ID_PATTERN.match(rid):
+        raise RequestError(
+            f"{source} needs an 'id': 1-128 characters of letters, digits and ._:@/- starting "
+            f"with a letter or digit (got {rid!r}). Use your ticket number, e.g. 'DR-2026-0042'.")
+    subject = data.get("subject")
+    if not isinstance(subject, str) or not subject.strip() or len(subject) > 256:
+        raise RequestError(f"{source}: 'subject' must be an opaque reference to the patient, a "
+                           f"non-empty string of at most 256 characters (got {subject!r}), e.g. "
+                           "a pseudonymous id from your consent system. Never put a name here.")
+    if "images" in data and "hashes" in data:
+        raise RequestError(f"{source} has both 'images' and 'hashes'; they mean the same thing, "
+                           "give one list.")
+    images = data.get("images", data.get("hashes", []))
+    if images is None:
+        images = []
+    if not isinstance(images, list):
+        raise RequestError(f"{source}: 'images' must be a list of SHA-256 hex strings.")
+    bad = [h for h in images if not isinstance(h, str) or not HASH_PATTERN.match(h.lower())]
+    if bad:
+        raise RequestError(
+            f"{source}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} of 'images' "
+            f"{'is' if len(bad) == 1 else 'are'} not a 64-character SHA-256 hex digest: "
+            f"{', '.join(map(repr, bad[:5]))}{' ...' if len(bad) > 5 else ''}. Take the hashes "
+            "from the model's manifest.csv.")
+    indices = data.get("indices", [])
+    if indices is None:
+        indices = []
+    if not isinstance(indices, list) or any(
+            isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
+        raise RequestError(f"{source}: 'indices' must be a list of non-negative integers "
+                           "(training-split indices from manifest.csv).")
+    method = data.get("method")
+    if method is not None and (not isinstance(method, str) or not method):
+        raise RequestError(f"{source}: 'method' must be a method name such as 'salun-cra' or "
+                           "'retrain', or left out to use the registry's default.")
+    note = data.get("note", "")
+    if not isinstance(note, str):
+        raise RequestError(f"{source}: 'note' must be a string.")
+    if not images and not indices:
+        raise RequestError(f"{source} ({rid}) names no images: give the SHA-256 hashes of the "
+                           "images to forget in 'images' (or training indices in 'indices').")
+    return DeletionRequest(id=rid, subject=subject,
+                           images=tuple(sorted({h.lower() for h in images})),
+                           indices=tuple(sorted(set(indices))), method=method, note=note)
+
+
+def load_request(source: str | os.PathLike | dict) -> DeletionRequest:
+    """Read and validate a request from a JSON file (or take a dict).
+
+    Raises:
+        RequestError: missing/unreadable file, invalid JSON, or invalid content.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return parse_request(source)  # a dict (anything else is refused there)
+    path = Path(source)
+    if not path.is_file():
+        raise RequestError(f"Request file {path} does not exist. Pass the JSON file of the "
+                           "deletion request with --request.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RequestError(f"Request file {path} is not UTF-8 text; save it as a UTF-8 JSON "
+                           "file.") from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"Request file {path} is not valid JSON (line {exc.lineno}, column "
+                           f"{exc.colno}: {exc.msg}). Expected e.g. {{\"id\": \"DR-1\", "
+                           "\"subject\": \"ref\", \"images\": [\"<sha256>\"]}.") from None
+    return parse_request(data, source=f"request file {path}")
