@@ -10,7 +10,12 @@ import importlib
 import pkgutil
 
 from medunlearn.methods.base import (
-    Method, UnlearnContext, UnlearnOutcome, create_method, get_method_class, method_names,
+    Method,
+    UnlearnContext,
+    UnlearnOutcome,
+    create_method,
+    get_method_class,
+    method_names,
     register_method,
 )
 

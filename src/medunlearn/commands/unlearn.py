@@ -1,0 +1,160 @@
+"""``medunlearn unlearn``, ``medunlearn methods`` and ``medunlearn tune``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medunlearn.commands._common import DataRoot, fmt
+from medunlearn.errors import ConfigError
+
+Model = Annotated[Path, typer.Option("--model", "-m", help="Run folder of the trained model "
+                                     "(output of 'medunlearn train' or 'unlearn').")]
+MethodName = Annotated[str, typer.Option("--method", help="Unlearning method (see 'medunlearn "
+                                         "methods').")]
+Forget = Annotated[str, typer.Option(
+    "--forget", help="Samples to forget: random:0.2, random:0.2:stratified, class:K, "
+    "positive:0.3, negative:0.3, indices:FILE or hashes:FILE.")]
+Seed = Annotated[int, typer.Option(help="Seeds the forget-set choice and the method.")]
+Options = Annotated[list[str] | None, typer.Option(
+    "--option", "-O", help="Method option key=value (repeatable), e.g. --option lr=0.01.")]
+Exclude = Annotated[Path | None, typer.Option(
+    "--exclude", help="File of training indices forgotten earlier (one per line, or a "
+    "forget.csv): in neither the forget nor the retain set.")]
+
+
+def _read_exclude(path: Path | None) -> list[int] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ConfigError(f"--exclude file {path} does not exist.")
+    if path.name.endswith(".csv"):
+        from medunlearn.forget import read_forget_csv
+
+        return read_forget_csv(path).tolist()
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            try:
+                out.append(int(text))
+            except ValueError:
+                raise ConfigError(f"--exclude {path}: line {n} ({text!r}) is not an integer "
+                                  "index.") from None
+    return out
+
+
+def unlearn(
+    model: Model,
+    method: MethodName,
+    forget: Forget,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output run folder.")],
+    seed: Seed = 0,
+    option: Options = None,
+    retain_budget: Annotated[int | None, typer.Option(
+        help="Max retain samples per epoch, for methods that take one (retrain and "
+        "gradient-ascent ignore it).")] = None,
+    exclude: Exclude = None,
+    data_root: DataRoot = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Make a trained model forget training samples; write a run folder to --out."""
+    from medunlearn.unlearning import parse_option_pairs, run_unlearning
+
+    metrics = run_unlearning(model, method=method, forget=forget, seed=seed, out=out,
+                             options=parse_option_pairs(option or []),
+                             exclude=_read_exclude(exclude), retain_budget=retain_budget,
+                             overwrite=overwrite, data_root=data_root, progress=not quiet)
+    from medunlearn.unlearning import takes_retain_budget
+
+    typer.echo(f"{method}: forgot {metrics['forget_count']} samples, retained "
+               f"{metrics['retain_count']}")
+    if retain_budget is not None and not takes_retain_budget(method):
+        typer.echo(f"note: {method} takes no retain budget; --retain-budget was not applied")
+    typer.echo(f"accuracy  forget {fmt(metrics['forget_accuracy'])}  retain "
+               f"{fmt(metrics['retain_accuracy'])}  val {fmt(metrics['val_accuracy'])}  test "
+               f"{fmt(metrics['test_accuracy'])}")
+    ratio = metrics.get("time_ratio_to_original_training")
+    ratio_txt = f" ({ratio:.1%} of the original training time)" if ratio else ""
+    typer.echo(f"time {metrics['unlearn_seconds']:.2f} s{ratio_txt}, CPU "
+               f"{metrics['cpu_seconds']:.2f} s, {metrics['steps']} steps, peak memory "
+               f"{metrics['peak_memory_mb']:.0f} MB; run folder: {out}")
+
+
+def methods() -> None:
+    """List the unlearning methods with one-line summaries and their default options."""
+    import dataclasses
+
+    from medunlearn.methods import get_method_class, method_names
+    from medunlearn.unlearning import default_options
+
+    for name in method_names():
+        cls = get_method_class(name)
+        typer.echo(f"{name:<16} {cls.summary}")
+        opts = dataclasses.asdict(cls.Config()) | default_options(name)
+        if opts:
+            typer.echo(" " * 17 + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    typer.echo("\nOptions: --option key=value; per-dataset defaults: 'medunlearn unlearn' reads "
+               "defaults/methods.toml ([default.<method>], then [<dataset>.<method>]).")
+
+
+def _float_list(text: str | None) -> list[float]:
+    try:
+        return [float(t) for t in (text or "").split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--lrs takes comma-separated numbers such as 0.01,0.003; got "
+                          f"{text!r}.") from None
+
+
+def _int_list(text: str | None) -> list[int]:
+    try:
+        return [int(t) for t in (text or "").split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--epochs takes comma-separated integers such as 1,2,4; got "
+                          f"{text!r}.") from None
+
+
+def tune(
+    model: Model,
+    method: MethodName,
+    forget: Forget,
+    reference: Annotated[Path, typer.Option(
+        "--reference", help="A 'retrain' run folder for the same forget set and seed.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write: .json for JSON, "
+                                      "anything else a TOML snippet for methods.toml.")],
+    seed: Seed = 0,
+    lrs: Annotated[str | None, typer.Option(help="Learning rates, e.g. 0.003,0.01,0.03.")] = None,
+    epochs: Annotated[str | None, typer.Option(help="Epoch counts, e.g. 1,2,4.")] = None,
+    option: Options = None,
+    exclude: Exclude = None,
+    data_root: DataRoot = None,
+) -> None:
+    """Choose lr and epochs by closeness to a retrained reference (validation + forget only)."""
+    from medunlearn.io import atomic_write_json, atomic_write_text
+    from medunlearn.unlearning import parse_option_pairs, tune_method, tune_snippet
+
+    result = tune_method(model, method=method, forget=forget, reference=reference, seed=seed,
+                         lrs=_float_list(lrs), epochs=_int_list(epochs),
+                         options=parse_option_pairs(option or []),
+                         exclude=_read_exclude(exclude), data_root=data_root)
+    if out.suffix == ".json":
+        atomic_write_json(out, result)
+    else:
+        atomic_write_text(out, tune_snippet(result))
+    typer.echo(f"{'lr':>8} {'epochs':>6} {'score':>7} {'forget':>7} {'val':>7} {'agree':>7}")
+    for r in result["grid"]:
+        typer.echo(f"{r['lr']:>8g} {r['epochs']:>6} {fmt(r['score']):>7} "
+                   f"{fmt(r['forget_accuracy']):>7} {fmt(r['val_accuracy']):>7} "
+                   f"{fmt(r['agreement']):>7}")
+    c = result["chosen"]
+    typer.echo(f"chosen: lr={c['lr']:g} epochs={c['epochs']} (lower score = closer to the "
+               f"reference); written to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(unlearn)
+    app.command()(methods)
+    app.command()(tune)

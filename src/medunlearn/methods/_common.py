@@ -1,0 +1,252 @@
+"""Building blocks shared by the unlearning methods.
+
+* :class:`SGDOptions` the optimisation options most methods share (subclass it for a
+  method's ``Config`` and override the defaults).
+* :func:`read_batches` batches of training-split indices that report every batch to
+  ``ctx.seen`` (the data-access audit).
+* :func:`train_on` one SGD loop for every "train on (re)labelled indices" method: it takes the
+  index set of each epoch, a loss function and an optional hook after each optimiser step.
+* :class:`MaskGuard` keeps parameter entries outside a mask bit-identical (SalUn).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from medunlearn.config import TrainConfig
+from medunlearn.data import iterate_batches
+from medunlearn.errors import ConfigError, ForgetSetError
+from medunlearn.methods.base import UnlearnContext, UnlearnOutcome
+from medunlearn.models import Classifier
+from medunlearn.training import class_weights, make_optimizer, set_threads
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SGDOptions:
+    """Optimisation options shared by the fine-tuning-style methods (SGD, Nesterov momentum)."""
+
+    epochs: int = 2  # passes over the method's training indices
+    lr: float = 0.01  # peak learning rate
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine", "onecycle" or "constant" (as in training)
+    augment: bool = True  # apply the dataset's augmentation policy to training batches
+
+
+def check_options(cfg, method: str) -> None:
+    """Validate the shared options (and ``retain_budget`` when present).
+
+    Raises:
+        ConfigError: naming the option, the bad value and the valid range.
+    """
+    checks = [("epochs", lambda v: v >= 1, "at least 1"), ("lr", lambda v: v > 0, "positive"),
+              ("batch_size", lambda v: v >= 1, "at least 1"),
+              ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+              ("weight_decay", lambda v: v >= 0, "non-negative"),
+              ("retain_budget", lambda v: v is None or v >= 0, "non-negative (or none)")]
+    for name, ok, what in checks:
+        if hasattr(cfg, name) and not ok(getattr(cfg, name)):
+            raise ConfigError(f"Option {name} of method {method!r} must be {what}, got "
+                              f"{getattr(cfg, name)!r}.")
+    if hasattr(cfg, "schedule") and cfg.schedule not in ("cosine", "onecycle", "constant"):
+        raise ConfigError(f"Option schedule of method {method!r} must be cosine, onecycle or "
+                          f"constant, got {cfg.schedule!r}.")
+
+
+def clone_model(model: nn.Module) -> Classifier:
+    """A deep copy in training mode, so the original is never changed."""
+    m = copy.deepcopy(model)
+    m.train()
+    return m
+
+
+def freeze_batchnorm_stats(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: running statistics stop updating."""
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.eval()
+
+
+class Stopwatch:
+    """Wall-clock timer started at construction."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def outcome(model: Classifier, steps: int, watch: Stopwatch, **details) -> UnlearnOutcome:
+    model.eval()
+    return UnlearnOutcome(model=model, steps=steps, seconds=watch.seconds(), details=details)
+
+
+def need_retain(ctx: UnlearnContext, method: str) -> None:
+    if len(ctx.retain) == 0:
+        raise ForgetSetError(
+            f"Method {method!r} learns from the retain set, but nothing is left to retain (the "
+            "forget set covers every remaining training sample). Forget fewer samples."
+        )
+
+
+def subsample(indices: torch.Tensor, budget: int | None, generator: torch.Generator
+              ) -> torch.Tensor:
+    """At most ``budget`` of ``indices`` drawn without replacement (None: all of them)."""
+    if budget is None or budget >= len(indices):
+        return indices
+    pick = torch.randperm(len(indices), generator=generator)[:budget]
+    return indices[pick].sort().values
+
+
+def read_batches(ctx: UnlearnContext, indices: torch.Tensor, *, batch_size: int,
+                 generator: torch.Generator | None = None, shuffle: bool = False,
+                 augment: str = "none") -> Iterator[tuple[torch.Tensor, torch.Tensor,
+                                                          torch.Tensor]]:
+    """``iterate_batches`` over the training split that reports each batch to ``ctx.seen``."""
+    for x, y, b in iterate_batches(ctx.dataset.train, indices, batch_size=batch_size,
+                                   shuffle=shuffle, generator=generator, augment=augment):
+        ctx.seen(b)
+        yield x, y, b
+
+
+def cycle_batches(ctx: UnlearnContext, indices: torch.Tensor, *, batch_size: int,
+                  generator: torch.Generator, augment: str = "none"
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Endless reshuffled batches of ``indices`` (pairs a small set with a large one)."""
+    while True:
+        yield from read_batches(ctx, indices, batch_size=batch_size, generator=generator,
+                                shuffle=True, augment=augment)
+
+
+def augment_policy(ctx: UnlearnContext, cfg) -> str:
+    return ctx.dataset.config.augment if getattr(cfg, "augment", False) else "none"
+
+
+def sgd(model: nn.Module, cfg, total_steps: int):
+    """SGD + schedule from the shared options, built with :func:`training.make_optimizer`."""
+    tc = TrainConfig(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                     schedule=cfg.schedule)
+    return make_optimizer(model.parameters(), tc, total_steps)
+
+
+def loss_weights(ctx: UnlearnContext, indices: torch.Tensor) -> torch.Tensor | None:
+    """Class weights as in the original recipe (``balanced`` or none), from ``indices``' labels."""
+    if len(indices) == 0:
+        return None
+    return class_weights(ctx.dataset.train.labels[indices], ctx.dataset.num_classes,
+                         ctx.train_config.class_weights)
+
+
+def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator
+                        ) -> torch.Tensor:
+    """A uniformly random label different from each true label."""
+    if num_classes < 2:
+        return labels.clone()
+    shift = torch.randint(1, num_classes, labels.shape, generator=generator)
+    return (labels + shift) % num_classes
+
+
+def clamped_ascent_loss(logits: torch.Tensor, y: torch.Tensor, ceiling: float) -> torch.Tensor:
+    """Mean cross-entropy over the samples whose loss is still below ``ceiling`` (0 otherwise).
+
+    Ascending this loss raises each forget sample's loss up to the ceiling and no further, so
+    gradient ascent cannot diverge.
+    """
+    per = F.cross_entropy(logits, y, reduction="none")
+    return (per * (per.detach() < ceiling)).sum() / max(len(y), 1)
+
+
+def train_on(model: Classifier, ctx: UnlearnContext, cfg, *,
+             epoch_indices: list[torch.Tensor], loss_fn: LossFn, generator: torch.Generator,
+             desc: str, after_step: Callable[[], None] | None = None,
+             before_step: Callable[[], None] | None = None, freeze_bn: bool = False) -> int:
+    """Train ``model`` in place with SGD over a list of per-epoch index sets.
+
+    Args:
+        model: The (copied) model to update.
+        ctx: The unlearning context (data, ``ctx.seen`` audit, progress flag).
+        cfg: A config with the :class:`SGDOptions` fields.
+        epoch_indices: Training-split indices of each epoch (shuffled and batched here).
+        loss_fn: ``loss_fn(logits, labels, indices) -> scalar``; ``indices`` lets it look up
+            replacement targets or per-sample loss kinds.
+        generator: Seeds order and augmentation.
+        desc: Progress-bar label.
+        after_step: Called after every optimiser step (e.g. to restore frozen entries).
+        before_step: Called after ``backward`` and before the step (e.g. to mask gradients).
+        freeze_bn: Keep BatchNorm running statistics as they are.
+
+    Returns:
+        The number of optimiser steps taken.
+    """
+    set_threads(ctx.train_config.threads)
+    bs = cfg.batch_size
+    total = sum(math.ceil(len(ix) / bs) for ix in epoch_indices)
+    opt, sched = sgd(model, cfg, total)
+    augment = augment_policy(ctx, cfg)
+    steps = 0
+    bar = tqdm(total=total, desc=desc, disable=not ctx.progress, leave=False, unit="step")
+    for ix in epoch_indices:
+        model.train()
+        if freeze_bn:
+            freeze_batchnorm_stats(model)
+        for x, y, b in read_batches(ctx, ix, batch_size=bs, generator=generator, shuffle=True,
+                                    augment=augment):
+            loss = loss_fn(model(x), y, b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if before_step is not None:
+                before_step()
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step()
+            steps += 1
+            bar.update(1)
+    bar.close()
+    return steps
+
+
+class MaskGuard:
+    """Keeps every parameter entry outside ``masks`` bit-identical to its value at creation.
+
+    ``mask_grads`` zeroes the gradient outside the mask (so momentum buffers see no gradient
+    there); ``restore`` writes the saved values back into the unmasked entries after each step,
+    which undoes anything weight decay or momentum moved. Together these hold by construction,
+    whatever the optimiser does. Parameters without a mask entry are frozen entirely.
+    """
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+        self.params = dict(model.named_parameters())
+        self.masks = {n: masks.get(n, torch.zeros_like(p, dtype=torch.bool))
+                      for n, p in self.params.items()}
+        self.saved = {n: p.detach().clone() for n, p in self.params.items()}
+
+    def mask_grads(self) -> None:
+        for n, p in self.params.items():
+            if p.grad is not None:
+                p.grad.mul_(self.masks[n])
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for n, p in self.params.items():
+            p.copy_(torch.where(self.masks[n], p, self.saved[n]))
+
+
+__all__ = [
+    "MaskGuard", "SGDOptions", "Stopwatch", "check_options", "clamped_ascent_loss",
+    "clone_model", "cycle_batches", "freeze_batchnorm_stats", "loss_weights", "need_retain",
+    "outcome", "random_wrong_labels", "read_batches", "subsample", "train_on",
+]

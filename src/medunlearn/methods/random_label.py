@@ -1,0 +1,61 @@
+"""``random-label``: learn the forget samples under random wrong labels, alongside retain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from medunlearn.methods._common import (
+    SGDOptions,
+    Stopwatch,
+    check_options,
+    clone_model,
+    loss_weights,
+    outcome,
+    random_wrong_labels,
+    subsample,
+    train_on,
+)
+from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
+from medunlearn.models import Classifier
+
+
+def relabelled_targets(ctx: UnlearnContext, generator: torch.Generator) -> torch.Tensor:
+    """Training-split labels with each forget sample's label replaced by a random wrong one."""
+    targets = ctx.dataset.train.labels.clone()
+    targets[ctx.forget] = random_wrong_labels(targets[ctx.forget], ctx.dataset.num_classes,
+                                              generator)
+    return targets
+
+
+@register_method("random-label")
+class RandomLabel(Method):
+    """Random labelling (Golatkar et al.; SalUn's RL): each forget sample gets one random wrong
+    label (drawn once, seeded) and the model trains on forget and retain samples shuffled
+    together."""
+
+    summary = "train on forget samples with random wrong labels, together with retain data"
+
+    @dataclass(frozen=True)
+    class Config(SGDOptions):
+        """Defaults: 2 epochs, lr 0.01 (cosine), batch 128, momentum 0.9, weight decay 5e-4,
+        augmentation on, all retain samples each epoch (``retain_budget`` None)."""
+
+        retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
+
+    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+        cfg = self.config
+        check_options(cfg, self.name)
+        watch = Stopwatch()
+        net = clone_model(model)
+        g = ctx.generator(5)
+        targets = relabelled_targets(ctx, g)
+        epochs = [torch.cat([ctx.forget, subsample(ctx.retain, cfg.retain_budget, g)])
+                  for _ in range(cfg.epochs)]
+        w = loss_weights(ctx, ctx.retain)
+        steps = train_on(net, ctx, cfg, epoch_indices=epochs, generator=g, desc=self.name,
+                         loss_fn=lambda logits, y, b: F.cross_entropy(logits, targets[b],
+                                                                      weight=w))
+        return outcome(net, steps, watch)

@@ -1,0 +1,401 @@
+"""Run an unlearning method on a trained model and write a run folder.
+
+:func:`run_unlearning` loads a run folder (from ``train`` or an earlier ``unlearn``), selects the
+forget set, resolves the method's options (Config defaults < ``defaults/methods.toml``
+``[default.<method>]`` < ``[<dataset>.<method>]`` < user options), runs the method, measures its
+cost, evaluates the result and writes a run folder in the same layout as ``train`` (see
+docs/CONTRACTS.md), so the unlearned model can be evaluated, audited or unlearned again.
+
+Cost measurement:
+
+* ``unlearn_seconds``: wall time of the method call (model copy included), ``time.perf_counter``.
+* ``cpu_seconds``: process CPU time over the same span (all threads, ``time.process_time``);
+  above ``unlearn_seconds`` when torch uses several threads.
+* ``peak_memory_mb``: the process's peak resident set size (``getrusage`` ``ru_maxrss``) after
+  the method: a high-water mark of the *whole process* (data, model, interpreter), not of the
+  method alone. ``peak_memory_increase_mb`` is how much the method raised that mark (0 when it
+  stayed below an earlier peak, e.g. of data loading). Torch CPU allocations are invisible to
+  ``tracemalloc``, so RSS is the honest measure available on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from medunlearn.checkpoint import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    Run,
+    load_run_and_data,
+    save_weights,
+)
+from medunlearn.config import ModelConfig, TrainConfig, from_dict
+from medunlearn.data import MedDataset
+from medunlearn.errors import ConfigError
+from medunlearn.forget import (
+    ForgetSet,
+    previously_forgotten,
+    select_forget,
+    write_forget_csv,
+    write_index_csv,
+)
+from medunlearn.io import atomic_write_json, fingerprint, sha256_file, staged_output
+from medunlearn.methods import Method, UnlearnContext, UnlearnOutcome, create_method
+from medunlearn.methods.base import config_dict, get_method_class
+from medunlearn.provenance import environment
+from medunlearn.runs import now_iso, split_metrics
+from medunlearn.training import evaluate_split
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULTS_VERSION = 1
+
+
+def load_defaults() -> dict:
+    """The parsed ``defaults/methods.toml`` shipped with the package.
+
+    Raises:
+        ConfigError: the file's ``version`` is not one this code understands.
+    """
+    text = resources.files("medunlearn").joinpath("defaults/methods.toml").read_text("utf-8")
+    data = tomllib.loads(text)
+    if data.get("version") != DEFAULTS_VERSION:
+        raise ConfigError(f"defaults/methods.toml has version {data.get('version')!r}; this "
+                          f"medunlearn reads version {DEFAULTS_VERSION}. Reinstall the package.")
+    return data
+
+
+def default_options(method: str, dataset: str | None = None) -> dict:
+    """Options from ``defaults/methods.toml`` for a method: the ``default`` section, then the
+    dataset's section on top (without the Config dataclass defaults)."""
+    data = load_defaults()
+    out = dict(data.get("default", {}).get(method, {}))
+    if dataset:
+        out.update(data.get(dataset, {}).get(method, {}))
+    return out
+
+
+def resolve_method(method: str, *, dataset: str | None, options: dict | None = None,
+                   retain_budget: int | None = None) -> Method:
+    """Build a method with Config defaults < toml default < toml dataset section < ``options``.
+
+    ``retain_budget`` is ignored for methods without that option (see
+    :func:`takes_retain_budget`).
+
+    Raises:
+        ConfigError: unknown method (lists valid ones), unknown or ill-typed option, or a
+            negative ``retain_budget``.
+    """
+    merged = default_options(method, dataset) | dict(options or {})
+    if retain_budget is not None:
+        if retain_budget < 0:
+            raise ConfigError(f"--retain-budget must be non-negative, got {retain_budget}.")
+        if takes_retain_budget(method):
+            merged["retain_budget"] = retain_budget
+    return create_method(method, merged)
+
+
+def takes_retain_budget(method: str) -> bool:
+    """Whether a method has a ``retain_budget`` option. Methods without one read either no
+    retain data (``gradient-ascent``) or all of it by definition (``retrain``, the exact
+    reference); the runner's ``retain_budget`` does not apply to them and is recorded as such."""
+    return "retain_budget" in {f.name for f in dataclasses.fields(get_method_class(method).Config)}
+
+
+def parse_option_pairs(pairs: Iterable[str]) -> dict:
+    """Parse ``key=value`` strings; values are read as TOML scalars (``0.01``, ``true``, ``3``),
+    ``none``/``null`` as None, anything else as a string.
+
+    Raises:
+        ConfigError: an entry without ``=`` or a key given twice.
+    """
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--option takes key=value (e.g. --option lr=0.01), got {pair!r}.")
+        if key in out:
+            raise ConfigError(f"Option {key!r} is given twice; give it once.")
+        raw = raw.strip()
+        if raw.lower() in ("none", "null"):
+            out[key] = None
+            continue
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out
+
+
+def _model_config(run: Run) -> ModelConfig:
+    if "model_config" in run.config and run.config["model_config"] is not None:
+        return from_dict(ModelConfig, run.config["model_config"], where="config.json model_config")
+    spec = run.config["model"]
+    return ModelConfig(arch=spec.get("arch", "auto"), width=spec.get("width", 16))
+
+
+def build_context(run: Run, dataset: MedDataset, forget_set: ForgetSet, *, seed: int,
+                  progress: bool = True,
+                  on_batch: Callable[[torch.Tensor], None] | None = None) -> UnlearnContext:
+    """The :class:`UnlearnContext` for a loaded run and forget set (recipe from config.json)."""
+    train_cfg = from_dict(TrainConfig, run.config.get("train", {}), where="config.json train")
+    return UnlearnContext(
+        dataset=dataset, forget=forget_set.forget, retain=forget_set.retain, seed=seed,
+        train_config=dataclasses.replace(train_cfg, progress=progress),
+        model_config=_model_config(run), model_spec=run.config["model"], progress=progress,
+        on_batch=on_batch,
+    )
+
+
+def _maxrss_mb() -> float:
+    """Peak resident set size of this process in MiB (``nan`` where getrusage is missing)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover  (Windows)
+        return float("nan")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes vs KiB
+
+
+def execute(method: Method, model: torch.nn.Module, ctx: UnlearnContext
+            ) -> tuple[UnlearnOutcome, dict]:
+    """Run ``method`` on ``model`` and measure wall time, CPU time and peak memory."""
+    rss0 = _maxrss_mb()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    result = method.unlearn(model, ctx)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    rss1 = _maxrss_mb()
+    if result.model is model:
+        raise RuntimeError(f"method {method.name!r} returned the original model object; methods "
+                           "must return an unlearned copy")
+    if not result.seconds:
+        result.seconds = wall
+    cost = {"unlearn_seconds": wall, "method_seconds": result.seconds, "cpu_seconds": cpu,
+            "peak_memory_mb": rss1, "peak_memory_increase_mb": max(0.0, rss1 - rss0),
+            "steps": int(result.steps)}
+    return result, cost
+
+
+def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | Sequence[int],
+                   seed: int = 0, out: str | os.PathLike, options: dict | None = None,
+                   exclude: Iterable[int] | None = None, retain_budget: int | None = None,
+                   overwrite: bool = False, data_root: str | None = None, progress: bool = True,
+                   on_batch: Callable[[torch.Tensor], None] | None = None) -> dict:
+    """Unlearn a forget set from a trained model and write a run folder at ``out``.
+
+    Args:
+        model_dir: A run folder (``train`` or ``unlearn`` output).
+        method: A registered method name (``medunlearn methods`` lists them).
+        forget: A forget spec (``random:0.2``, ``class:1``, ``hashes:FILE`` ...; see
+            :mod:`medunlearn.forget`) or a sequence of training-split indices.
+        seed: Seeds the forget-set selection and the method.
+        out: The output run folder (built in a staging folder, renamed in on success).
+        options: Method options overriding the defaults.
+        exclude: Training indices forgotten earlier: in neither forget nor retain set. When
+            ``model_dir`` is itself an unlearning run, the samples it forgot (its
+            ``forget.csv`` and inherited ``excluded.csv``) are always added, so a chain of
+            unlearning runs never forgets a sample twice and never retrains on one.
+        retain_budget: Maximum retain samples per epoch, for methods that take one (ignored,
+            and recorded as not applied, for ``retrain`` and methods that read no retain data).
+        overwrite: Replace an existing non-empty ``out``.
+        data_root: Where the MedMNIST files are (default: the original run's setting).
+        progress: Show progress bars.
+        on_batch: Called with the training indices of every batch the method reads (audit).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+
+    Raises:
+        MedUnlearnError: bad model folder, forget spec, method name or option, or output folder.
+    """
+    out = Path(out)
+    run, dataset = load_run_and_data(model_dir, data_root=data_root)
+    flag = dataset.info.flag
+    algo = resolve_method(method, dataset=flag, options=options, retain_budget=retain_budget)
+    excluded = sorted(set(exclude or []) | set(previously_forgotten(model_dir)))
+    forget_set = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
+    ctx = build_context(run, dataset, forget_set, seed=seed, progress=progress,
+                        on_batch=on_batch)
+    weights_sha = sha256_file(Path(model_dir) / MODEL_FILE)
+    resolved = config_dict(algo)
+    key = fingerprint({"kind": "unlearn", "original": weights_sha, "method": method,
+                       "options": resolved, "seed": seed,
+                       "forget": forget_set.forget.tolist(), "retain": len(forget_set.retain)})
+    with staged_output(out, overwrite=overwrite, what="unlearning run") as stage:
+        result, cost = execute(algo, run.model, ctx)
+        model = result.model.eval()
+        splits = split_metrics(model, dataset)
+        splits["forget"] = evaluate_split(model, dataset.train, forget_set.forget)
+        splits["retain"] = evaluate_split(model, dataset.train, forget_set.retain) \
+            if len(forget_set.retain) else None
+        original_seconds = (run.metrics or {}).get("train_seconds")
+        metrics = {
+            "method": method, **cost,
+            "splits": splits,
+            "forget_accuracy": splits["forget"]["accuracy"],
+            "retain_accuracy": splits["retain"]["accuracy"] if splits["retain"] else None,
+            "val_accuracy": splits["val"]["accuracy"],
+            "test_accuracy": splits["test"]["accuracy"],
+            "forget_count": len(forget_set),
+            "retain_count": int(len(forget_set.retain)),
+            "original_train_seconds": original_seconds,
+            "time_ratio_to_original_training":
+                cost["unlearn_seconds"] / original_seconds if original_seconds else None,
+            "details": result.details,
+        }
+        config = {
+            "kind": "unlearn", "fingerprint": key,
+            # ``seed`` stays the original run's: it seeds the train_limit/eval_limit subsets, so
+            # reloading this folder must see the same samples. The unlearning seed is below.
+            "seed": run.seed, "unlearn_seed": seed, "created": now_iso(),
+            "data": run.config["data"], "model": run.config["model"],
+            "model_config": run.config.get("model_config"), "train": run.config.get("train"),
+            "dataset": dataset.describe(), "environment": environment(),
+            "original": {"path": str(Path(model_dir).resolve()), "weights_sha256": weights_sha,
+                         "fingerprint": run.config.get("fingerprint"),
+                         "kind": run.config.get("kind")},
+            "method": {"name": method, "options": resolved, "user_options": dict(options or {}),
+                       "retain_budget": retain_budget,
+                       "retain_budget_applied": retain_budget is not None
+                       and takes_retain_budget(method), "seed": seed},
+            "forget": {"spec": forget_set.spec, "count": len(forget_set),
+                       "excluded_count": forget_set.excluded_count},
+        }
+        save_weights(stage / MODEL_FILE, model, {"fingerprint": key, "kind": "unlearn"})
+        atomic_write_json(stage / CONFIG_FILE, config)
+        write_forget_csv(stage / "forget.csv", dataset, forget_set)
+        if excluded:
+            write_index_csv(stage / "excluded.csv", dataset, excluded)
+        atomic_write_json(stage / METRICS_FILE, metrics)
+    return metrics
+
+
+TUNE_CRITERION = ("mean of |forget accuracy - reference's|, |validation accuracy - reference's| "
+                  "and 1 - prediction agreement with the reference on validation + forget "
+                  "samples; lower is better; the test split is never used")
+
+
+def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequence[int],
+                reference: str | os.PathLike, seed: int = 0, lrs: Sequence[float] = (),
+                epochs: Sequence[int] = (), options: dict | None = None,
+                exclude: Iterable[int] | None = None, data_root: str | None = None,
+                progress: bool = False) -> dict:
+    """Grid-search ``lr`` x ``epochs`` for a method, by closeness to a retrained reference.
+
+    Each grid point runs the method in memory on the same forget set and is scored on the
+    *validation* split and the forget set only (see ``TUNE_CRITERION``): never on test data,
+    so the chosen values can be reported on the test split without selection bias.
+
+    Args:
+        model_dir: The original run folder.
+        method: Method name; it must take ``lr`` and ``epochs`` options.
+        forget: Forget spec or indices (must select the reference's forget set).
+        reference: A ``retrain`` run folder for the same forget set.
+        seed: Seeds the forget set and the method.
+        lrs: Learning rates to try (empty: the resolved default only).
+        epochs: Epoch counts to try (empty: the resolved default only).
+        options: Other method options, fixed across the grid.
+        exclude: Training indices forgotten earlier.
+        data_root: Where the MedMNIST files are.
+        progress: Show progress bars.
+
+    Returns:
+        ``{"method", "dataset", "forget", "seed", "reference", "criterion", "chosen", "grid"}``
+        where ``chosen`` holds the best ``lr``/``epochs`` and ``grid`` one row per point.
+
+    Raises:
+        ConfigError: a method without ``lr``/``epochs`` options, or a reference that was not
+            trained on the same data or forget set.
+    """
+    from medunlearn.checkpoint import check_compatible, load_run
+    from medunlearn.forget import read_forget_csv
+    from medunlearn.training import predict_logits
+
+    run, dataset = load_run_and_data(model_dir, data_root=data_root)
+    flag = dataset.info.flag
+    base = resolve_method(method, dataset=flag, options=options)
+    fields = set(config_dict(base))
+    if not {"lr", "epochs"} <= fields:
+        raise ConfigError(f"Method {method!r} has no lr/epochs options to tune; tune a "
+                          "training-based method such as salun or finetune.")
+    ref = load_run(reference)
+    check_compatible(ref, dataset)
+    excluded = sorted(set(exclude or []) | set(previously_forgotten(model_dir)))
+    fs = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
+    ref_forget_csv = Path(reference) / "forget.csv"
+    if ref_forget_csv.is_file() and not torch.equal(read_forget_csv(ref_forget_csv), fs.forget):
+        raise ConfigError(
+            f"The reference {reference} forgot a different set of samples than {fs.spec!r} with "
+            f"seed {seed}. Retrain the reference with the same --forget and --seed."
+        )
+    val_labels = dataset.val.labels.numpy()
+    forget_labels = dataset.train.labels[fs.forget].numpy()
+
+    def predictions(model):
+        return (predict_logits(model, dataset.val).argmax(1),
+                predict_logits(model, dataset.train, fs.forget).argmax(1))
+
+    ref_val, ref_forget = predictions(ref.model)
+    ref_val_acc = float((ref_val == val_labels).mean())
+    ref_forget_acc = float((ref_forget == forget_labels).mean())
+    lrs = list(lrs) or [base.config.lr]
+    epochs = list(epochs) or [base.config.epochs]
+    ctx = build_context(run, dataset, fs, seed=seed, progress=progress)
+    grid = []
+    for lr in lrs:
+        for ep in epochs:
+            algo = resolve_method(method, dataset=flag,
+                                  options=dict(options or {}) | {"lr": lr, "epochs": ep})
+            result, cost = execute(algo, run.model, ctx)
+            val_p, forget_p = predictions(result.model)
+            val_acc = float((val_p == val_labels).mean())
+            forget_acc = float((forget_p == forget_labels).mean())
+            agree = float(((val_p == ref_val).sum() + (forget_p == ref_forget).sum())
+                          / (len(val_p) + len(forget_p)))
+            score = (abs(forget_acc - ref_forget_acc) + abs(val_acc - ref_val_acc)
+                     + (1 - agree)) / 3
+            grid.append({"lr": float(lr), "epochs": int(ep), "score": score,
+                         "forget_accuracy": forget_acc, "val_accuracy": val_acc,
+                         "agreement": agree, "seconds": cost["unlearn_seconds"],
+                         "steps": cost["steps"]})
+    best = min(grid, key=lambda r: (r["score"], r["seconds"]))
+    return {"method": method, "dataset": flag, "forget": fs.spec, "seed": seed,
+            "reference": str(reference), "criterion": TUNE_CRITERION,
+            "reference_scores": {"forget_accuracy": ref_forget_acc, "val_accuracy": ref_val_acc},
+            "chosen": {"lr": best["lr"], "epochs": best["epochs"]}, "grid": grid}
+
+
+def tune_snippet(result: dict) -> str:
+    """A ``defaults/methods.toml`` section with the chosen values; the grid as comments."""
+    lines = [f"# medunlearn tune: {result['method']} on {result['dataset']}, forget "
+             f"{result['forget']}, seed {result['seed']}, reference {result['reference']}",
+             f"# criterion: {result['criterion']}",
+             "# grid (lr, epochs, score, forget_acc, val_acc, agreement, seconds):"]
+    for r in result["grid"]:
+        lines.append(f"#   {r['lr']:g}, {r['epochs']}, {r['score']:.4f}, "
+                     f"{r['forget_accuracy']:.4f}, {r['val_accuracy']:.4f}, "
+                     f"{r['agreement']:.4f}, {r['seconds']:.2f}")
+    lines += [f"[{result['dataset']}.{result['method']}]",
+              f"lr = {result['chosen']['lr']!r}", f"epochs = {result['chosen']['epochs']}", ""]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "build_context", "default_options", "execute", "load_defaults", "parse_option_pairs",
+    "resolve_method", "run_unlearning", "takes_retain_budget", "tune_method", "tune_snippet",
+]
