@@ -1,0 +1,145 @@
+"""SCRUB (Kurmanji, Triantafillou, Hayes & Triantafillou, 2023): teacher-student max-min.
+
+The original model is a frozen teacher ``t``; the student ``s`` starts as a copy of it. With the
+tempered distillation divergence
+
+    d(x) = T^2 * KL( softmax(t(x) / T) || softmax(s(x) / T) ),
+
+each epoch first (in the first ``max_epochs`` epochs only) takes *max-steps* on forget batches,
+
+    minimise  -mean_{x in F} d(x)          (move away from the teacher on the forget set),
+
+then *min-steps* on retain batches,
+
+    minimise  gamma * CE(s(x), y) + alpha_kl * mean_{x in R} d(x)   (stay close elsewhere).
+
+Reads the forget set and (``retain_budget`` samples of) the retain set only.
+
+BatchNorm: min-steps run in train mode on retain data (running statistics follow the retain
+data); max-steps run with BatchNorm in eval mode, so forget images never enter the running
+statistics. Max-step gradients are clipped (``max_grad_norm``) because ``-d`` is unbounded.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from medunlearn.errors import ConfigError
+from medunlearn.methods._common import (
+    SGDOptions,
+    Stopwatch,
+    augment_policy,
+    check_options,
+    clone_model,
+    freeze_batchnorm_stats,
+    loss_weights,
+    need_retain,
+    outcome,
+    read_batches,
+    sgd,
+    subsample,
+)
+from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
+from medunlearn.models import Classifier
+from medunlearn.training import set_threads
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               temperature: float) -> torch.Tensor:
+    """``T^2 * mean_x KL(softmax(t/T) || softmax(s/T))`` (Hinton et al.'s scaled KD loss)."""
+    log_s = F.log_softmax(student_logits / temperature, dim=1)
+    log_t = F.log_softmax(teacher_logits / temperature, dim=1)
+    kl = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
+    return kl * temperature ** 2
+
+
+@register_method("scrub")
+class Scrub(Method):
+    """SCRUB: alternate forget max-steps and retain min-steps against the original teacher."""
+
+    summary = "SCRUB teacher-student max-min distillation (forget max-steps, retain min-steps)"
+
+    @dataclass(frozen=True)
+    class Config(SGDOptions):
+        """Hyperparameters of ``scrub`` (SCRUB's recipe: 3 epochs, max-steps in the first 2,
+        T=4, SGD with momentum 0.9 and weight decay 5e-4)."""
+
+        epochs: int = 3  # epochs of min-steps
+        max_epochs: int = 2  # the first max_epochs epochs also take max-steps on the forget set
+        lr: float = 0.002  # peak learning rate (cosine schedule)
+        batch_size: int = 64  # retain (min-step) batch size
+        forget_batch_size: int = 32  # forget (max-step) batch size
+        temperature: float = 4.0  # T of the distillation divergence
+        gamma: float = 1.0  # weight of the retain cross-entropy
+        alpha_kl: float = 0.5  # weight of the retain distillation term
+        max_grad_norm: float = 1.0  # gradient-norm clip on max-steps
+        augment: bool = False  # augment retain batches with the dataset's policy
+        retain_budget: int | None = 1024  # retain samples used (seeded subset; None: all)
+
+    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+        c = self.config
+        check_options(c, self.name)
+        need_retain(ctx, self.name)
+        if not 0 <= c.max_epochs <= c.epochs:
+            raise ConfigError(f"max_epochs must be between 0 and epochs ({c.epochs}), "
+                              f"got {c.max_epochs}.")
+        if c.temperature <= 0 or c.forget_batch_size < 1 or c.max_grad_norm <= 0:
+            raise ConfigError("scrub needs temperature > 0, forget_batch_size >= 1 and "
+                              "max_grad_norm > 0.")
+        set_threads(ctx.train_config.threads)
+        watch = Stopwatch()
+        teacher = copy.deepcopy(model).to(ctx.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        student = clone_model(model).to(ctx.device)
+        g = ctx.generator(41)
+        retain = subsample(ctx.retain, c.retain_budget, g)
+        w = loss_weights(ctx, ctx.retain)
+        w = w.to(ctx.device) if w is not None else None
+        n_max = math.ceil(len(ctx.forget) / c.forget_batch_size) if len(ctx.forget) else 0
+        n_min = math.ceil(len(retain) / c.batch_size)
+        opt, sched = sgd(student, c, c.max_epochs * n_max + c.epochs * n_min)
+        augment = augment_policy(ctx, c)
+        steps, max_steps = 0, 0
+        last_max, last_min = float("nan"), float("nan")
+        for epoch in range(c.epochs):
+            if epoch < c.max_epochs and len(ctx.forget):
+                student.train()
+                freeze_batchnorm_stats(student)
+                for x, _, _ in read_batches(ctx, ctx.forget, batch_size=c.forget_batch_size,
+                                            generator=g, shuffle=True, augment=augment):
+                    x = x.to(ctx.device)
+                    with torch.no_grad():
+                        t = teacher(x)
+                    loss = -distill_kl(student(x), t, c.temperature)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(student.parameters(), c.max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    steps += 1
+                    max_steps += 1
+                    last_max = -float(loss.detach())
+            student.train()
+            for x, y, _ in read_batches(ctx, retain, batch_size=c.batch_size, generator=g,
+                                        shuffle=True, augment=augment):
+                x, y = x.to(ctx.device), y.to(ctx.device)
+                with torch.no_grad():
+                    t = teacher(x)
+                s = student(x)
+                loss = c.gamma * F.cross_entropy(s, y, weight=w) + \
+                    c.alpha_kl * distill_kl(s, t, c.temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                steps += 1
+                last_min = float(loss.detach())
+        return outcome(student, steps, watch, max_steps=max_steps, min_steps=steps - max_steps,
+                       retain_used=len(retain), last_forget_kl=last_max,
+                       last_retain_loss=last_min)
