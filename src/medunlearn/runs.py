@@ -48,6 +48,21 @@ def write_manifest(path: Path, dataset: MedDataset) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def finished_run_metrics(out: Path, key: str) -> dict | None:
+    """Metrics of the finished run in ``out`` if its config fingerprint is ``key``, else None.
+
+    Run folders appear only when complete (staged_output), so a matching fingerprint means the
+    same run has already been done and need not be repeated.
+    """
+    out = Path(out)
+    try:
+        if read_json(out / CONFIG_FILE).get("fingerprint") == key:
+            return read_json(out / METRICS_FILE)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
 def split_metrics(model, dataset: MedDataset) -> dict:
     return {name: evaluate_split(model, dataset.splits[name]) for name in ("train", "val", "test")}
 
@@ -68,13 +83,10 @@ def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainC
     key = fingerprint({"kind": "train", "data": dataset.config.identity(),
                        "model": dataclasses.asdict(model_cfg), "train": recipe(train_cfg),
                        "seed": seed})
-    if not overwrite and (out / CONFIG_FILE).is_file() and (out / METRICS_FILE).is_file():
-        try:
-            old = read_json(out / CONFIG_FILE)
-        except ValueError:
-            old = {}
-        if old.get("fingerprint") == key:
-            return read_json(out / METRICS_FILE) | {"reused": True}
+    if not overwrite:
+        previous = finished_run_metrics(out, key)
+        if previous is not None:
+            return previous | {"reused": True}
     with staged_output(out, overwrite=overwrite, what="run") as stage:
         t0 = time.perf_counter()
         cpu0 = time.process_time()

@@ -236,6 +236,10 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     key = fingerprint({"kind": "unlearn", "original": weights_sha, "method": method,
                        "options": resolved, "seed": seed,
                        "forget": forget_set.forget.tolist(), "retain": len(forget_set.retain)})
+    if not overwrite:
+        previous = finished_run_metrics(out, key)
+        if previous is not None:
+            return previous | {"reused": True}
     with staged_output(out, overwrite=overwrite, what="unlearning run") as stage:
         result, cost = execute(algo, run.model, ctx)
         model = result.model.eval()

@@ -67,3 +67,50 @@ def summarize(probs: np.ndarray, labels: np.ndarray) -> dict:
         "per_class_recall": per_class_recall(probs, labels),
         "n": int(len(labels)),
     }
+
+
+def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean recall over the classes present in ``labels`` (as scikit-learn's
+    ``balanced_accuracy_score``); ``nan`` for no samples. Higher is better.
+    """
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    pred = np.asarray(probs).argmax(axis=1)
+    recalls = [float((pred[labels == k] == k).mean()) for k in np.unique(labels)]
+    return float(np.mean(recalls))
+
+
+def unlearning_accuracy(forget_probs: np.ndarray, forget_labels: np.ndarray) -> float:
+    """UA = 1 - accuracy on the forget set.
+
+    Direction: closer to the retrained reference is better (a UA above the reference's means the
+    model "over-forgets", which is itself a membership signal).
+    """
+    acc = accuracy(forget_probs, forget_labels)
+    return 1.0 - acc if np.isfinite(acc) else float("nan")
+
+
+def unlearning_utility(*, forget_probs: np.ndarray, forget_labels: np.ndarray,
+                       retain_probs: np.ndarray, retain_labels: np.ndarray,
+                       test_probs: np.ndarray, test_labels: np.ndarray,
+                       val_probs: np.ndarray | None = None,
+                       val_labels: np.ndarray | None = None) -> dict:
+    """UA, RA, TA (fractions in [0, 1]), validation accuracy, test AUC, balanced accuracy and
+    per-class recall on the test set, plus the forget-set loss.
+
+    Directions: UA and forget loss closer-to-reference; RA, TA, val accuracy, test AUC, balanced
+    accuracy and recall higher-is-better (see ``directions.DIRECTIONS``).
+    """
+    out = {
+        "UA": unlearning_accuracy(forget_probs, forget_labels),
+        "RA": accuracy(retain_probs, retain_labels),
+        "TA": accuracy(test_probs, test_labels),
+        "val_accuracy": accuracy(val_probs, val_labels) if val_probs is not None else None,
+        "test_auc": auc(test_probs, test_labels),
+        "balanced_accuracy": balanced_accuracy(test_probs, test_labels),
+        "per_class_recall": per_class_recall(test_probs, test_labels),
+        "forget_accuracy": accuracy(forget_probs, forget_labels),
+        "forget_loss": cross_entropy(forget_probs, forget_labels),
+    }
+    return out

@@ -1,0 +1,490 @@
+"""``evaluate_run``: every evaluation of an unlearned model in one call.
+
+The unlearned model's run folder names its forget set (``forget.csv``); the original model and
+the retrained reference are optional. Each model's logits and features are computed once
+(:mod:`medunlearn.evaluation.outputs`) and passed to pure metric functions. The result is a
+nested dict (strict JSON once written with :func:`medunlearn.io.atomic_write_json`):
+
+* ``models.{model,original,reference}``: ``utility``, ``clinical.{test,forget}``, ``privacy``,
+  ``representation``, ``calibration`` of each model on the same forget/retain/test samples;
+* ``changes.vs_original`` / ``changes.vs_reference``: model minus comparison for scalar metrics;
+* ``fidelity``: average gap (percentage points), agreement and KL to the reference;
+* ``representation``: CKA with the reference and the original;
+* ``bias``: difficulty terciles, per class, per metadata subgroup;
+* ``efficiency``: run times and the ratio to retraining;
+* ``directions``: metric name -> "higher" / "lower" / "reference" / "info";
+* ``skipped``: section -> why it was not computed.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medunlearn.checkpoint import Run, check_compatible, load_run, load_run_and_data
+from medunlearn.config import from_dict
+from medunlearn.data import MedDataset
+from medunlearn.errors import CheckpointError, ConfigError, ForgetSetError
+from medunlearn.evaluation import bias as B
+from medunlearn.evaluation.calibration import expected_calibration_error
+from medunlearn.evaluation.clinical import DEFAULT_C_FN, DEFAULT_C_FP, clinical_metrics
+from medunlearn.evaluation.directions import DIRECTIONS
+from medunlearn.evaluation.efficiency import efficiency
+from medunlearn.evaluation.fidelity import average_gap, mean_kl, prediction_agreement
+from medunlearn.evaluation.outputs import Outputs, model_outputs
+from medunlearn.evaluation.privacy import (
+    attack_auc,
+    auc_standard_error,
+    lira_offline_scores,
+    logit_confidence,
+    per_sample_loss,
+    privacy_metrics,
+)
+from medunlearn.evaluation.representation import linear_cka, probe_auc
+from medunlearn.evaluation.utility import unlearning_utility
+
+SCHEMA_VERSION = 1
+FORGET_FILE = "forget.csv"
+EXCLUDED_FILE = "excluded.csv"
+DATA_IDENTITY = ("dataset", "size", "view", "positive_classes", "train_limit", "eval_limit")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Options of :func:`evaluate_run`."""
+
+    c_fn: float = DEFAULT_C_FN  # cost of a missed disease (see evaluation.clinical)
+    c_fp: float = DEFAULT_C_FP  # cost of a false alarm
+    seed: int = 0  # seeds attack subsets, probe folds and LiRA shadows
+    attack_retain_cap: int = 2000  # retain samples (seeded subset) used to train the MIA
+    retain_limit: int | None = None  # None: RA on every retain sample; else a seeded subset
+    ece_bins: int = 15
+    probe_folds: int = 5
+    probe_max_per_group: int = 1000
+    difficulty_groups: int = 3  # easy / medium / hard by the original model's loss
+    metadata: str | None = None  # CSV with subgroup columns (sex, site, ...)
+    metadata_key: str = "index"  # "index" (training-split index, or split+index) or "sha256"
+    lira_shadows: int = 0  # 0 = off; K shadow models for the offline LiRA attack
+    lira_epochs: int | None = None  # None: the original recipe's epochs
+    batch_size: int = 512
+    threads: int | None = None
+
+
+def _options(options) -> EvalOptions:
+    if options is None:
+        opts = EvalOptions()
+    elif isinstance(options, EvalOptions):
+        opts = options
+    elif isinstance(options, Mapping):
+        opts = from_dict(EvalOptions, dict(options), where="evaluation options")
+    else:
+        raise ConfigError("options must be an EvalOptions or a dict, got "
+                          f"{type(options).__name__}.")
+    if opts.c_fn < 0 or opts.c_fp < 0:
+        raise ConfigError(f"Error costs must be non-negative, got c_FN={opts.c_fn}, "
+                          f"c_FP={opts.c_fp}.")
+    if opts.retain_limit is not None and opts.retain_limit < 1:
+        raise ConfigError(f"retain_limit must be at least 1, got {opts.retain_limit}.")
+    for name in ("attack_retain_cap", "ece_bins", "difficulty_groups", "batch_size"):
+        if getattr(opts, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(opts, name)}.")
+    if opts.probe_folds < 2:
+        raise ConfigError(f"probe_folds must be at least 2, got {opts.probe_folds}.")
+    if opts.lira_shadows < 0 or opts.lira_shadows == 1:
+        raise ConfigError(f"lira_shadows must be 0 (off) or at least 2 (a Gaussian needs two "
+                          f"shadows), got {opts.lira_shadows}.")
+    if opts.metadata_key not in B.METADATA_KEYS:
+        raise ConfigError(f"metadata_key must be one of {B.METADATA_KEYS}, got "
+                          f"{opts.metadata_key!r}.")
+    return opts
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def read_index_csv(path: Path, dataset: MedDataset, *, what: str = "forget set") -> np.ndarray:
+    """Training-split indices from an ``index,sha256,label`` CSV, checked against the data.
+
+    Raises:
+        ForgetSetError: missing columns, out-of-range indices, or hashes that do not match.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise ForgetSetError(f"Cannot read the {what} file {path}: {exc}.") from exc
+    if rows and "index" not in rows[0]:
+        raise ForgetSetError(f"{path} has no 'index' column; expected index,sha256,label rows "
+                             "as written by 'medunlearn unlearn'.")
+    n = len(dataset.train)
+    hashes = dataset.train.hashes
+    idx = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            i = int(row["index"])
+        except (TypeError, ValueError):
+            raise ForgetSetError(f"{path} line {line}: index {row['index']!r} is not an "
+                                 "integer.") from None
+        if not 0 <= i < n:
+            raise ForgetSetError(f"{path} line {line}: index {i} is outside the training split "
+                                 f"(0..{n - 1}). The file belongs to other data.")
+        h = (row.get("sha256") or "").strip().lower()
+        if h and h != hashes[i]:
+            raise ForgetSetError(
+                f"{path} line {line}: training image {i} has SHA-256 {hashes[i][:12]}..., the "
+                f"{what} says {h[:12]}.... The run folder was made with different data (another "
+                "file version, train_limit or seed); evaluate it on the data it was trained on."
+            )
+        idx.append(i)
+    return np.unique(np.asarray(idx, dtype=np.int64))
+
+
+def _forget_and_retain(run: Run, dataset: MedDataset, notes: list[str]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    path = run.path / FORGET_FILE
+    if not path.is_file():
+        raise ForgetSetError(
+            f"{run.path} has no {FORGET_FILE}, so it is not an unlearning run and has no forget "
+            "set to evaluate. Pass the --out folder of 'medunlearn unlearn' as --model (the "
+            "original model goes to --original)."
+        )
+    forget = read_index_csv(path, dataset)
+    if len(forget) == 0:
+        raise ForgetSetError(f"{path} lists no samples; there is nothing to evaluate.")
+    excluded = np.zeros(0, dtype=np.int64)
+    if (run.path / EXCLUDED_FILE).is_file():
+        excluded = read_index_csv(run.path / EXCLUDED_FILE, dataset, what="excluded set")
+    else:
+        count = int(((run.config.get("forget") or {}).get("excluded_count")) or 0)
+        if count:
+            notes.append(f"{count} earlier-forgotten samples are excluded from training but not "
+                         f"listed ({EXCLUDED_FILE} missing): they are counted in the retain set.")
+    retain = np.setdiff1d(np.arange(len(dataset.train)), np.union1d(forget, excluded))
+    return forget, retain
+
+
+def _load_other(path, dataset: MedDataset, model_run: Run, role: str) -> Run:
+    run = load_run(path)
+    check_compatible(run, dataset)
+    a = {k: (model_run.config.get("data") or {}).get(k) for k in DATA_IDENTITY}
+    b = {k: (run.config.get("data") or {}).get(k) for k in DATA_IDENTITY}
+    diff = [k for k in DATA_IDENTITY if a[k] != b[k] and not (
+        k == "positive_classes" and (a[k] or []) == (b[k] or []))]
+    if diff:
+        raise CheckpointError(
+            f"The {role} model {run.path} was trained on different data than {model_run.path} "
+            f"({', '.join(f'{k}: {b[k]!r} vs {a[k]!r}' for k in diff)}). Compare models of the "
+            "same dataset, view and limits."
+        )
+    return run
+
+
+# --------------------------------------------------------------------------- per model
+
+
+def _per_model(o: dict[str, Outputs], *, attack_idx: np.ndarray, positives, opts: EvalOptions
+               ) -> dict:
+    f, r, v, t = o["forget"], o["retain"], o["val"], o["test"]
+    fp, rp, vp, tp = f.probs, r.probs, v.probs, t.probs
+    out = {"utility": unlearning_utility(
+        forget_probs=fp, forget_labels=f.labels, retain_probs=rp, retain_labels=r.labels,
+        test_probs=tp, test_labels=t.labels, val_probs=vp, val_labels=v.labels)}
+    if positives:
+        out["clinical"] = {
+            name: clinical_metrics(p, y, positives, c_fn=opts.c_fn, c_fp=opts.c_fp)
+            for name, p, y in (("test", tp, t.labels), ("forget", fp, f.labels))}
+    else:
+        out["clinical"] = None
+    out["privacy"] = privacy_metrics(
+        forget_probs=fp, forget_labels=f.labels, retain_probs=rp[attack_idx],
+        retain_labels=r.labels[attack_idx], test_probs=tp, test_labels=t.labels, seed=opts.seed)
+    pa = probe_auc(f.features, t.features, folds=opts.probe_folds, seed=opts.seed,
+                   max_per_group=opts.probe_max_per_group)
+    # The validation split is unseen too but comes from the same pool as the training split;
+    # where MedMNIST's test split differs in distribution (PneumoniaMNIST), forget-vs-val
+    # separates memorisation from dataset shift. The gate compares the test versions with the
+    # reference, or the validation versions with 0.5 when there is no reference.
+    cap = opts.probe_max_per_group
+    av = attack_auc(-per_sample_loss(fp, f.labels), -per_sample_loss(vp, v.labels))
+    out["privacy"]["attack_auc_val"] = av
+    out["privacy"]["attack_auc_val_se"] = auc_standard_error(av, len(f), len(v))
+    pv = probe_auc(f.features, v.features, folds=opts.probe_folds, seed=opts.seed,
+                   max_per_group=cap)
+    out["representation"] = {
+        "probe_auc": pa,
+        "probe_auc_se": auc_standard_error(pa, min(len(f), cap), min(len(t), cap)),
+        "probe_auc_val": pv,
+        "probe_auc_val_se": auc_standard_error(pv, min(len(f), cap), min(len(v), cap)),
+    }
+    out["calibration"] = {"ece": expected_calibration_error(tp, t.labels, n_bins=opts.ece_bins),
+                          "ece_forget": expected_calibration_error(fp, f.labels,
+                                                                   n_bins=opts.ece_bins)}
+    return out
+
+
+def _flat_scalars(m: dict) -> dict[str, float]:
+    """Scalar metrics of one model, flattened for deltas (``test.fnr``, ``TA``, ...)."""
+    out = {}
+    for k, v in m["utility"].items():
+        if isinstance(v, (int, float)) and v is not None:
+            out[k] = v
+    for where, c in (m.get("clinical") or {}).items():
+        for k in ("sensitivity", "specificity", "fnr", "fpr", "ppv", "npv", "global_risk"):
+            out[f"{where}.{k}"] = c[k]
+    for sec in ("privacy", "representation", "calibration"):
+        for k, v in m[sec].items():
+            if not k.endswith("_se"):
+                out[k] = v
+    return out
+
+
+def _deltas(a: dict, b: dict) -> dict:
+    fa, fb = _flat_scalars(a), _flat_scalars(b)
+    return {k: (fa[k] - fb[k]) if fa[k] is not None and fb.get(k) is not None else None
+            for k in fa if k in fb}
+
+
+# --------------------------------------------------------------------------- bias
+
+
+def _group_table(o: Outputs, groups: np.ndarray, names, positives, opts: EvalOptions) -> dict:
+    """Accuracy (and FNR for clinical views) per group, plus the accuracy ``spread``."""
+    table = B.group_accuracy(o.probs, o.labels, groups, names)
+    if positives:
+        for g in sorted(set(groups.tolist()), key=str):
+            m = groups == g
+            c = clinical_metrics(o.probs[m], o.labels[m], positives, c_fn=opts.c_fn,
+                                 c_fp=opts.c_fp)
+            table[str(names[g] if names is not None else g)]["fnr"] = c["fnr"]
+    table["spread"] = B.accuracy_spread(table)
+    return table
+
+
+def _read_subgroups(opts: EvalOptions, dataset: MedDataset, forget: np.ndarray
+                    ) -> tuple[list[str], dict, dict] | None:
+    """Read and match the metadata CSV (before any model runs, so bad files fail fast)."""
+    if not opts.metadata:
+        return None
+    columns, table = B.read_metadata(opts.metadata, key=opts.metadata_key)
+    if opts.metadata_key == "sha256":
+        keys = {s: dataset.splits[s].hashes for s in ("train", "val", "test")}
+    else:
+        keys = {s: [f"{s}:{i}" for i in range(len(dataset.splits[s]))]
+                for s in ("train", "val", "test")}
+    matched = B.match_metadata(table, keys, key=opts.metadata_key, path=str(opts.metadata))
+    per_set = {"forget": [matched["train"][i] for i in forget], "test": matched["test"]}
+    return columns, table, per_set
+
+
+def _bias(outs: dict[str, dict[str, Outputs]], dataset: MedDataset, subgroups,
+          positives, opts: EvalOptions, skipped: dict) -> dict:
+    res: dict = {}
+    class_names = list(dataset.view.class_names)
+    # difficulty terciles by the ORIGINAL model's per-sample loss
+    if "original" in outs:
+        n_g = opts.difficulty_groups
+        names = list(B.DIFFICULTY_NAMES) if n_g == 3 else [f"q{i + 1}" for i in range(n_g)]
+        diff = {}
+        for where in ("forget", "test"):
+            o0 = outs["original"][where]
+            groups = B.difficulty_groups(per_sample_loss(o0.probs, o0.labels), n_g)
+            diff[where] = {role: _group_table(o[where], groups, names, positives, opts)
+                           for role, o in outs.items()}
+        res["difficulty"] = diff
+    else:
+        skipped["bias.difficulty"] = "no --original model: difficulty is the original's loss"
+    res["per_class"] = {where: {role: _group_table(o[where], o[where].labels, class_names,
+                                                   positives, opts)
+                                for role, o in outs.items()} for where in ("forget", "test")}
+    if subgroups is not None:
+        columns, table, per_set = subgroups
+        sub: dict = {}
+        for col in columns:
+            sub[col] = {}
+            for where, rows in per_set.items():
+                vals = np.array([table[k][col] if k is not None else "(missing)" for k in rows],
+                                dtype=object)
+                levels = sorted(set(vals.tolist()))
+                codes = np.array([levels.index(v) for v in vals], dtype=np.int64)
+                sub[col][where] = {role: _group_table(o[where], codes, levels, positives, opts)
+                                   for role, o in outs.items()}
+        res["subgroups"] = sub
+    return res
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | None = None,
+                 reference: str | os.PathLike | None = None,
+                 options: EvalOptions | Mapping | None = None,
+                 data_root: str | None = None) -> dict:
+    """Evaluate an unlearned model, optionally against the original and the retrained reference.
+
+    Args:
+        model_dir: Unlearn run folder (its ``forget.csv`` names the forget set).
+        original: Run folder of the model before unlearning.
+        reference: Run folder of the model retrained without the forget set (the gold standard).
+        options: :class:`EvalOptions` or a dict of its fields.
+        data_root: Folder with the MedMNIST files (default: as recorded / ``$MEDMNIST_ROOT``).
+
+    Returns:
+        The nested metrics dict described in this module's docstring.
+
+    Raises:
+        CheckpointError: unreadable or mismatched run folders.
+        ForgetSetError: missing or inconsistent ``forget.csv``.
+        ConfigError: invalid options or metadata.
+    """
+    opts = _options(options)
+    t0 = time.perf_counter()
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    notes: list[str] = []
+    skipped: dict[str, str] = {}
+    run, dataset = load_run_and_data(model_dir, data_root=data_root)
+    forget, retain = _forget_and_retain(run, dataset, notes)
+    runs = {"model": run}
+    if original is not None:
+        runs["original"] = _load_other(original, dataset, run, "original")
+        want = (run.config.get("original") or {}).get("weights_sha256")
+        if want:
+            from medunlearn.io import sha256_file
+
+            got = sha256_file(runs["original"].path / "model.safetensors")
+            if got != want:
+                notes.append(f"--original {runs['original'].path} is not the model this run "
+                             "was unlearned from (weights hash differs).")
+    if reference is not None:
+        runs["reference"] = _load_other(reference, dataset, run, "reference")
+        ref_forget = runs["reference"].path / FORGET_FILE
+        if ref_forget.is_file():
+            rf = read_index_csv(ref_forget, dataset)
+            if not np.array_equal(rf, forget):
+                raise ForgetSetError(
+                    f"The reference {runs['reference'].path} forgot a different set "
+                    f"({len(rf)} samples) than {run.path} ({len(forget)}). Retrain the "
+                    "reference with the same forget set."
+                )
+        else:
+            notes.append(f"The reference {runs['reference'].path} has no {FORGET_FILE}; it is "
+                         "assumed to be trained without the forget set.")
+    subgroups = _read_subgroups(opts, dataset, forget)
+    positives = dataset.view.positive_labels
+    rng = np.random.default_rng(opts.seed)
+    n_retain, retain_all = len(retain), retain
+    if opts.retain_limit is not None and opts.retain_limit < len(retain):
+        retain = np.sort(rng.choice(retain, opts.retain_limit, replace=False))
+        notes.append(f"RA is measured on a seeded subset of {len(retain)} of the {n_retain} "
+                     "retain samples (retain_limit).")
+    cap = min(opts.attack_retain_cap, len(retain))
+    attack_idx = np.sort(rng.choice(len(retain), cap, replace=False))
+
+    # a folder given in two roles (e.g. a reference evaluated against itself) runs once
+    by_path: dict[Path, tuple[dict, dict]] = {}
+    outs, models = {}, {}
+    for role, r in runs.items():
+        key = r.path.resolve()
+        if key not in by_path:
+            o = model_outputs(r.model, dataset, forget=forget, retain=retain,
+                              batch_size=opts.batch_size)
+            by_path[key] = (o, _per_model(o, attack_idx=attack_idx, positives=positives,
+                                          opts=opts))
+        outs[role] = by_path[key][0]
+        models[role] = copy.deepcopy(by_path[key][1])
+    if not positives:
+        skipped["clinical"] = ("no disease classes: the view is native and no positive classes "
+                               "were given (train with --view binary or --positive-classes)")
+
+    if opts.lira_shadows:
+        from medunlearn.evaluation.lira import shadow_confidences
+
+        src = runs.get("original", run)
+        f_out, t_out, info = shadow_confidences(
+            dataset, src.config, retain=retain_all, forget=forget, shadows=opts.lira_shadows,
+            seed=opts.seed, epochs=opts.lira_epochs)
+        for role, o in outs.items():
+            sf = lira_offline_scores(logit_confidence(o["forget"].probs, o["forget"].labels),
+                                     f_out)
+            st = lira_offline_scores(logit_confidence(o["test"].probs, o["test"].labels), t_out)
+            models[role]["privacy"]["lira_auc"] = attack_auc(sf, st)
+        lira_info = info
+    else:
+        lira_info = None
+        skipped["privacy.lira"] = "off (pass --lira-shadows K >= 2 for the LiRA attack)"
+
+    changes = {}
+    for other in ("original", "reference"):
+        if other in models:
+            changes[f"vs_{other}"] = _deltas(models["model"], models[other])
+        else:
+            skipped[f"changes.vs_{other}"] = f"no --{other} model given"
+
+    fidelity = None
+    representation: dict = {}
+    if "reference" in outs:
+        m, r = outs["model"], outs["reference"]
+        mu, ru = models["model"], models["reference"]
+        fidelity = {
+            "average_gap_pp": average_gap(mu["utility"] | mu["privacy"],
+                                          ru["utility"] | ru["privacy"]),
+            "gap_keys": ["UA", "RA", "TA", "mia_efficacy"],
+            "agreement_forget": prediction_agreement(m["forget"].probs, r["forget"].probs),
+            "agreement_test": prediction_agreement(m["test"].probs, r["test"].probs),
+            "kl_forget": mean_kl(r["forget"].probs, m["forget"].probs),
+            "kl_test": mean_kl(r["test"].probs, m["test"].probs),
+        }
+    else:
+        skipped["fidelity"] = "no --reference model given"
+    for other in ("reference", "original"):
+        if other in outs:
+            for where in ("forget", "test"):
+                representation[f"cka_{other}_{where}"] = linear_cka(
+                    outs["model"][where].features, outs[other][where].features)
+        else:
+            skipped[f"representation.cka_{other}"] = f"no --{other} model given"
+
+    bias = _bias(outs, dataset, subgroups, positives, opts, skipped)
+    eff = efficiency(run.metrics, runs["reference"].metrics if "reference" in runs else None)
+    if eff["rte_ratio"] is None:
+        skipped["efficiency.rte_ratio"] = (
+            "no --reference run with a recorded time" if "reference" not in runs
+            else "run time missing from metrics.json")
+
+    def describe(r: Run) -> dict:
+        c = r.config
+        return {"path": str(r.path), "kind": c.get("kind"), "fingerprint": c.get("fingerprint"),
+                "method": c.get("method"), "seed": c.get("seed")}
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "runs": {role: describe(r) for role, r in runs.items()},
+        "dataset": {"name": dataset.info.flag, "view": dataset.view.to_dict(),
+                    "positive_labels": list(positives) if positives else None},
+        "counts": {"forget": len(forget), "retain": n_retain, "retain_evaluated": len(retain),
+                   "retain_attack": int(cap),
+                   "val": len(dataset.val), "test": len(dataset.test)},
+        "options": dataclasses.asdict(opts),
+        "costs": {"c_fn": opts.c_fn, "c_fp": opts.c_fp},
+        "models": models,
+        "changes": changes,
+        "fidelity": fidelity,
+        "representation": representation,
+        "bias": bias,
+        "efficiency": eff,
+        "lira": lira_info,
+        "directions": dict(DIRECTIONS),
+        "skipped": skipped,
+        "notes": notes,
+        "evaluate_seconds": time.perf_counter() - t0,
+    }

@@ -1,0 +1,96 @@
+"""Machine-readable direction of every metric that ``evaluate`` reports.
+
+Reports and the safety gate read :data:`DIRECTIONS` to know whether a larger value is good:
+
+* ``"higher"``: larger is better (e.g. test accuracy, sensitivity);
+* ``"lower"``: smaller is better (e.g. false-negative rate, Global Risk, ECE, run time);
+* ``"reference"``: closest to the retrained reference model is best (unlearning's goal: behave
+  as if the data had never been seen). Without a reference, attack and probe AUCs fall back to
+  0.5 ("indistinguishable from unseen data");
+* ``"info"``: descriptive, no better/worse (sample counts, the costs used).
+
+Names are the leaf keys used in the metrics dict written by
+:func:`medunlearn.evaluation.api.evaluate_run`.
+"""
+
+from __future__ import annotations
+
+HIGHER = "higher"
+LOWER = "lower"
+REFERENCE = "reference"
+INFO = "info"
+
+DIRECTIONS: dict[str, str] = {
+    # utility
+    "UA": REFERENCE,  # 1 - forget accuracy: as high as the retrained model's, no higher
+    "RA": HIGHER,
+    "TA": HIGHER,
+    "val_accuracy": HIGHER,
+    "test_auc": HIGHER,
+    "balanced_accuracy": HIGHER,
+    "per_class_recall": HIGHER,
+    "forget_accuracy": REFERENCE,
+    "forget_loss": REFERENCE,
+    # clinical (binary view or positive classes)
+    "sensitivity": HIGHER,
+    "specificity": HIGHER,
+    "fnr": LOWER,
+    "fpr": LOWER,
+    "ppv": HIGHER,
+    "npv": HIGHER,
+    "global_risk": LOWER,
+    # privacy
+    "mia_efficacy": REFERENCE,
+    "mia_efficacy_entropy": REFERENCE,
+    "mia_efficacy_m_entropy": REFERENCE,
+    "attack_auc": REFERENCE,  # 0.5 without a reference
+    "attack_auc_val": REFERENCE,  # forget vs validation (same pool as training: no split shift)
+    "lira_auc": REFERENCE,  # 0.5 without a reference
+    # fidelity to the retrained reference
+    "average_gap_pp": LOWER,
+    "agreement_forget": HIGHER,
+    "agreement_test": HIGHER,
+    "kl_forget": LOWER,
+    "kl_test": LOWER,
+    # representation
+    "cka_reference_forget": HIGHER,
+    "cka_reference_test": HIGHER,
+    "cka_original_forget": INFO,  # low on forget = moved away from the original; not a goal alone
+    "cka_original_test": HIGHER,
+    "probe_auc": REFERENCE,  # 0.5 without a reference
+    "probe_auc_val": REFERENCE,
+    # bias: max - min group accuracy (difficulty terciles, classes, subgroups)
+    "spread": LOWER,
+    # calibration
+    "ece": LOWER,
+    "ece_forget": REFERENCE,
+    # efficiency
+    "unlearn_seconds": LOWER,
+    "cpu_seconds": LOWER,
+    "peak_memory_mb": LOWER,
+    "retrain_seconds": INFO,
+    "rte_ratio": LOWER,
+    "speedup": HIGHER,
+}
+
+
+def direction(name: str) -> str:
+    """Direction of a metric by its key; ``"info"`` for names not listed."""
+    return DIRECTIONS.get(name, INFO)
+
+
+def is_better(name: str, value: float, other: float, *, reference: float | None = None) -> bool:
+    """Whether ``value`` is at least as good as ``other`` for metric ``name``.
+
+    For ``"reference"`` metrics "good" means close to ``reference`` (0.5 for AUC-like metrics
+    when no reference is given).
+    """
+    d = direction(name)
+    if d == HIGHER:
+        return value >= other
+    if d == LOWER:
+        return value <= other
+    if d == REFERENCE:
+        ref = 0.5 if reference is None else reference
+        return abs(value - ref) <= abs(other - ref)
+    return True

@@ -1,0 +1,218 @@
+"""Safety verdict: is an unlearned model safe to deploy in place of the original?
+
+:func:`gate` reads the metrics dict of :func:`medunlearn.evaluation.api.evaluate_run` and runs
+each check against tolerances (:class:`GateTolerances`, defaults in ``defaults/gate.toml``):
+
+* ``fnr_vs_original`` / ``fnr_vs_reference``: test FNR <= comparison's FNR + ``fnr_tolerance``;
+* ``global_risk_vs_original`` / ``global_risk_vs_reference``: likewise for Global Risk;
+* ``ta_drop``: original TA - TA <= ``ta_drop_tolerance``;
+* ``attack_auc``: |loss-attack AUC (forget vs test) - the reference's| <= tolerance;
+  without a reference, |AUC (forget vs validation) - 0.5| (validation samples come from the
+  training pool, so 0.5 is the right target even when the test split is shifted);
+* ``probe_auc``: likewise for the linear probe on penultimate features.
+
+AUC tolerances are widened to ``auc_noise_sigmas`` standard errors for small sets. A check that
+cannot be computed is ``skipped`` with its reason, never silently passed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from medunlearn.config import from_dict
+from medunlearn.errors import ConfigError
+
+PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
+
+
+@dataclass(frozen=True)
+class GateTolerances:
+    """Tolerances of the safety gate (fractions unless stated; see ``defaults/gate.toml``)."""
+
+    fnr_tolerance: float = 0.05  # FNR may exceed original's / reference's by this much
+    global_risk_tolerance: float = 0.05  # Global Risk (cost units per patient)
+    ta_drop_tolerance: float = 0.03  # test-accuracy drop against the original
+    attack_auc_tolerance: float = 0.05  # |attack AUC - reference's (or 0.5)|
+    probe_auc_tolerance: float = 0.05  # |probe AUC - reference's (or 0.5)|
+    auc_noise_sigmas: float = 2.0  # widen AUC tolerances to this many standard errors
+    fail_on_skipped: bool = False  # a skipped check fails the gate
+
+
+@dataclass
+class Verdict:
+    """Outcome of :func:`gate`."""
+
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read_toml(path: Path | None, text: str | None = None) -> dict:
+    try:
+        import tomllib
+    except ImportError as exc:  # Python 3.10
+        raise ConfigError("Reading a gate config needs Python 3.11+ (tomllib).") from exc
+    try:
+        return tomllib.loads(text if text is not None else path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the gate config {path}: {exc}.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"The gate config {path} is not valid TOML: {exc}.") from exc
+
+
+def default_tolerances() -> GateTolerances:
+    """The tolerances shipped in ``medunlearn/defaults/gate.toml``."""
+    text = resources.files("medunlearn").joinpath("defaults/gate.toml").read_text("utf-8")
+    return from_dict(GateTolerances, _read_toml(None, text), where="defaults/gate.toml")
+
+
+def load_tolerances(path: str | os.PathLike | None = None) -> GateTolerances:
+    """Defaults overlaid with the keys of a user TOML file (unknown keys are an error).
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, unknown keys, negative tolerances.
+    """
+    tol = default_tolerances()
+    if path is not None:
+        user = _read_toml(Path(path))
+        tol = from_dict(GateTolerances, asdict(tol) | user, where=str(path))
+    _validate(tol)
+    return tol
+
+
+def _validate(tol: GateTolerances) -> None:
+    for k, v in asdict(tol).items():
+        if isinstance(v, float) and not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"Gate tolerance {k} must be a non-negative number, got {v}.")
+
+
+def _get(metrics: Mapping, *path: str):
+    cur = metrics
+    for p in path:
+        if not isinstance(cur, Mapping) or cur.get(p) is None:
+            return None
+        cur = cur[p]
+    if isinstance(cur, (int, float)) and not isinstance(cur, bool):
+        return float(cur) if math.isfinite(cur) else None
+    return cur
+
+
+def _skip(name: str, reason: str) -> dict:
+    return {"name": name, "status": SKIPPED, "value": None, "limit": None, "reason": reason,
+            "message": f"{name}: skipped ({reason})"}
+
+
+def _upper_check(name: str, label: str, value, other, tol: float, other_name: str,
+                 missing: str | None) -> dict:
+    """value must be <= other + tol."""
+    if missing:
+        return _skip(name, missing)
+    if value is None or other is None:
+        return _skip(name, f"{label} not computed for "
+                     f"{'this model' if value is None else 'the ' + other_name}")
+    limit = other + tol
+    ok = value <= limit + 1e-12
+    msg = (f"{name}: {'pass' if ok else 'FAIL'} - {label} {value:.4f} vs {other_name} "
+           f"{other:.4f} (limit {limit:.4f} = {other_name} + {tol:g})")
+    return {"name": name, "status": PASS if ok else FAIL, "value": value, "limit": limit,
+            "compare_to": other, "tolerance": tol, "message": msg}
+
+
+def _closeness_check(name: str, label: str, value, target, tol: float, se, sigmas: float,
+                     target_name: str, missing: str | None) -> dict:
+    """|value - target| must be <= max(tol, sigmas * se)."""
+    if missing:
+        return _skip(name, missing)
+    if value is None or target is None:
+        return _skip(name, f"{label} not computed (too few forget or test samples?)")
+    eff = max(tol, sigmas * se) if se is not None else tol
+    gap = abs(value - target)
+    ok = gap <= eff + 1e-12
+    widened = f", widened from {tol:g} for sample size" if eff > tol else ""
+    msg = (f"{name}: {'pass' if ok else 'FAIL'} - {label} {value:.4f} vs {target_name} "
+           f"{target:.4f}: |gap| {gap:.4f} (tolerance {eff:.4f}{widened})")
+    return {"name": name, "status": PASS if ok else FAIL, "value": value, "limit": eff,
+            "compare_to": target, "tolerance": eff, "message": msg}
+
+
+def gate(metrics: Mapping, tolerances: GateTolerances | Mapping | None = None) -> Verdict:
+    """Run the safety checks on an ``evaluate_run`` metrics dict.
+
+    Args:
+        metrics: The dict returned by :func:`~medunlearn.evaluation.api.evaluate_run`.
+        tolerances: A :class:`GateTolerances`, a dict of overrides, or None for the defaults.
+
+    Returns:
+        A :class:`Verdict`; ``passed`` is false when any check fails (or, with
+        ``fail_on_skipped``, is skipped). ``reasons`` lists the failing checks' messages.
+    """
+    if tolerances is None:
+        tol = default_tolerances()
+    elif isinstance(tolerances, GateTolerances):
+        tol = tolerances
+    else:
+        tol = from_dict(GateTolerances, asdict(default_tolerances()) | dict(tolerances),
+                        where="gate tolerances")
+    _validate(tol)
+    models = metrics.get("models") or {}
+    has_orig = models.get("original") is not None
+    has_ref = models.get("reference") is not None
+    clinical = _get(metrics, "models", "model", "clinical", "test") is not None
+    no_clin = (None if clinical else
+               "no disease classes: the view is not binary and no positive classes were given")
+    checks = []
+    for key, label, t in (("fnr", "test FNR", tol.fnr_tolerance),
+                          ("global_risk", "test Global Risk", tol.global_risk_tolerance)):
+        value = _get(metrics, "models", "model", "clinical", "test", key)
+        for other, have in (("original", has_orig), ("reference", has_ref)):
+            missing = no_clin or (None if have else f"no --{other} model given")
+            checks.append(_upper_check(
+                f"{key}_vs_{other}", label, value,
+                _get(metrics, "models", other, "clinical", "test", key), t, other, missing))
+    ta = _get(metrics, "models", "model", "utility", "TA")
+    ta0 = _get(metrics, "models", "original", "utility", "TA")
+    if not has_orig:
+        checks.append(_skip("ta_drop", "no --original model given"))
+    elif ta is None or ta0 is None:
+        checks.append(_skip("ta_drop", "test accuracy not computed"))
+    else:
+        drop = ta0 - ta
+        ok = drop <= tol.ta_drop_tolerance + 1e-12
+        checks.append({
+            "name": "ta_drop", "status": PASS if ok else FAIL, "value": drop,
+            "limit": tol.ta_drop_tolerance, "compare_to": ta0, "tolerance": tol.ta_drop_tolerance,
+            "message": (f"ta_drop: {'pass' if ok else 'FAIL'} - TA {ta:.4f} vs original "
+                        f"{ta0:.4f}: drop {drop:.4f} (limit {tol.ta_drop_tolerance:g})"),
+        })
+    for name, section, label, t in (
+            ("attack_auc", "privacy", "loss-attack AUC (forget vs test)", tol.attack_auc_tolerance),
+            ("probe_auc", "representation", "feature-probe AUC (forget vs test)",
+             tol.probe_auc_tolerance)):
+        key = name
+        if has_ref:
+            target, tname = _get(metrics, "models", "reference", section, name), "reference"
+        else:
+            # Without a reference the target is 0.5, which only holds when the non-members come
+            # from the same pool as the training data: prefer the validation split (MedMNIST
+            # test splits can be shifted, e.g. PneumoniaMNIST's).
+            target, tname = 0.5, "0.5 (no reference given)"
+            if _get(metrics, "models", "model", section, f"{name}_val") is not None:
+                key, label = f"{name}_val", label.replace("vs test", "vs validation")
+        value = _get(metrics, "models", "model", section, key)
+        se = _get(metrics, "models", "model", section, f"{key}_se")
+        checks.append(_closeness_check(name, label, value, target, t, se, tol.auc_noise_sigmas,
+                                       tname, None))
+    failed = [c for c in checks if c["status"] == FAIL]
+    skipped = [c for c in checks if c["status"] == SKIPPED]
+    reasons = [c["message"] for c in failed]
+    if tol.fail_on_skipped:
+        reasons += [c["message"] + " [fail_on_skipped]" for c in skipped]
+    return Verdict(passed=not reasons, reasons=reasons, checks=checks)

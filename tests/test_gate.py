@@ -1,0 +1,114 @@
+"""The safety gate on hand-made metrics dicts, and its TOML configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from medunlearn.errors import ConfigError
+from medunlearn.evaluation.gate import (
+    GateTolerances,
+    default_tolerances,
+    gate,
+    load_tolerances,
+)
+
+
+def _model(fnr=0.10, risk=0.60, ta=0.85, attack=0.52, probe=0.50):
+    return {
+        "utility": {"TA": ta},
+        "clinical": {"test": {"fnr": fnr, "global_risk": risk}},
+        "privacy": {"attack_auc": attack, "attack_auc_se": 0.01},
+        "representation": {"probe_auc": probe, "probe_auc_se": 0.01},
+    }
+
+
+def _metrics(model=None, original=None, reference=None):
+    return {"models": {"model": model or _model(), "original": original or _model(),
+                       "reference": reference}}
+
+
+def _status(v):
+    return {c["name"]: c["status"] for c in v.checks}
+
+
+def test_defaults_file_matches_dataclass():
+    assert default_tolerances() == GateTolerances()
+
+
+def test_all_pass_with_reference():
+    v = gate(_metrics(reference=_model(attack=0.50)))
+    assert v.passed and not v.reasons
+    assert set(_status(v).values()) == {"pass"}
+    assert len(v.checks) == 7
+
+
+def test_fnr_rise_fails_with_numbers():
+    v = gate(_metrics(model=_model(fnr=0.30), reference=_model()))
+    assert not v.passed
+    s = _status(v)
+    assert s["fnr_vs_original"] == "fail" and s["fnr_vs_reference"] == "fail"
+    assert any("0.3000" in r and "0.1000" in r for r in v.reasons)
+
+
+def test_ta_drop_and_privacy_fail():
+    v = gate(_metrics(model=_model(ta=0.70, attack=0.75, probe=0.80), reference=_model()))
+    s = _status(v)
+    assert s["ta_drop"] == s["attack_auc"] == s["probe_auc"] == "fail"
+
+
+def test_missing_reference_is_skipped_not_passed():
+    v = gate({"models": {"model": _model(attack=0.53), "original": _model()}})
+    s = _status(v)
+    assert s["fnr_vs_reference"] == "skipped" and s["global_risk_vs_reference"] == "skipped"
+    assert s["attack_auc"] == "pass"  # against 0.5
+    assert any("no --reference" in c["message"] for c in v.checks)
+    assert v.passed
+    strict = gate({"models": {"model": _model(), "original": _model()}},
+                  {"fail_on_skipped": True})
+    assert not strict.passed and any("skipped" in r for r in strict.reasons)
+
+
+def test_no_clinical_view_is_skipped():
+    m = _model()
+    m["clinical"] = None
+    v = gate({"models": {"model": m, "original": _model(), "reference": _model()}})
+    assert _status(v)["fnr_vs_original"] == "skipped"
+
+
+def test_auc_tolerance_widened_by_noise():
+    m = _model(attack=0.58)
+    m["privacy"]["attack_auc_se"] = 0.05  # small forget set: 2 SE = 0.10 > 0.05
+    v = gate({"models": {"model": m, "original": _model()}})
+    assert _status(v)["attack_auc"] == "pass"
+    v = gate({"models": {"model": m, "original": _model()}}, {"auc_noise_sigmas": 0.0})
+    assert _status(v)["attack_auc"] == "fail"
+
+
+def test_user_toml(tmp_path):
+    f = tmp_path / "g.toml"
+    f.write_text("fnr_tolerance = 0.2\n")
+    tol = load_tolerances(f)
+    assert tol == dataclasses.replace(GateTolerances(), fnr_tolerance=0.2)
+    f.write_text("fnr_tolerence = 0.2\n")
+    with pytest.raises(ConfigError, match="Unknown option"):
+        load_tolerances(f)
+    f.write_text("fnr_tolerance = -1\n")
+    with pytest.raises(ConfigError, match="non-negative"):
+        load_tolerances(f)
+    f.write_text("fnr_tolerance = = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_tolerances(f)
+
+
+def test_without_reference_uses_validation_auc_against_half():
+    m = _model(attack=0.70, probe=0.68)  # forget vs a shifted test split
+    m["privacy"] |= {"attack_auc_val": 0.51, "attack_auc_val_se": 0.01}
+    m["representation"] |= {"probe_auc_val": 0.52, "probe_auc_val_se": 0.01}
+    v = gate({"models": {"model": m, "original": _model()}})
+    s = _status(v)
+    assert s["attack_auc"] == s["probe_auc"] == "pass"
+    assert any("vs validation" in c["message"] for c in v.checks)
+    v = gate({"models": {"model": m, "original": _model(), "reference": _model(attack=0.50)}})
+    assert _status(v)["attack_auc"] == "fail"  # with a reference: test AUC vs the reference's
