@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Set up the environment and run the main job on the bundled PneumoniaMNIST data:
-# train a classifier, forget 10% of its training images, verify and save the results.
+# Set up the environment and run the main job on the bundled PneumoniaMNIST data: train a
+# classifier, retrain the exact reference, forget 10% of the training images with SalUn-CRA,
+# then evaluate (utility, clinical risk, privacy, representation) and apply the safety gate.
+# Extra arguments go to 'medunlearn pipeline' (e.g. --method newton --forget positive:0.2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-OUT=${OUT:-runs/quickstart}
-.venv/bin/medunlearn train --dataset pneumoniamnist --view binary --epochs 10 --seed 0 \
-  --out "$OUT/original" "$@"
+.venv/bin/medunlearn pipeline --dataset pneumoniamnist --view binary --forget random:0.1 \
+  --method salun-cra --epochs 10 --seed 0 --out "${OUT:-runs/quickstart}" "$@"

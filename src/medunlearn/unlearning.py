@@ -52,7 +52,7 @@ from medunlearn.io import atomic_write_json, fingerprint, sha256_file, staged_ou
 from medunlearn.methods import Method, UnlearnContext, UnlearnOutcome, create_method
 from medunlearn.methods.base import config_dict, get_method_class
 from medunlearn.provenance import environment
-from medunlearn.runs import now_iso, split_metrics
+from medunlearn.runs import finished_run_metrics, now_iso, split_metrics
 from medunlearn.training import evaluate_split
 
 if sys.version_info >= (3, 11):

@@ -1,0 +1,104 @@
+"""``medunlearn pipeline``: the main job in one command.
+
+Train (or reuse) the original model, retrain the exact reference without the forget set, unlearn
+the forget set with a chosen method, then evaluate the result against both and apply the safety
+gate. Every step writes its own run folder under ``--out``; rerunning with the same options
+reuses finished steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medunlearn.commands._common import (
+    Augment, DataRoot, Dataset, EvalLimit, NoDownload, NoVerify, Positive, Size, TrainLimit, View,
+    data_config,
+)
+from medunlearn.config import ModelConfig, TrainConfig
+
+
+def pipeline(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for all run folders.")],
+    dataset: Dataset = "pneumoniamnist",
+    size: Size = 28,
+    view: View = "auto",
+    positive_classes: Positive = None,
+    augment: Augment = "basic",
+    train_limit: TrainLimit = None,
+    eval_limit: EvalLimit = None,
+    data_root: DataRoot = None,
+    no_download: NoDownload = False,
+    no_verify: NoVerify = False,
+    width: Annotated[int, typer.Option(help="Base width of resnet18.")] = ModelConfig.width,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the original and the "
+                                        "reference.")] = TrainConfig.epochs,
+    forget: Annotated[str, typer.Option(help="Forget set, e.g. random:0.1, positive:0.2, "
+                                        "hashes:FILE.")] = "random:0.1",
+    method: Annotated[str, typer.Option(help="Unlearning method (see 'medunlearn methods').")
+                      ] = "salun-cra",
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="Method option key=value (repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    retain_limit: Annotated[int | None, typer.Option(
+        help="Evaluate RA on a seeded subset of this many retain samples.")] = 2000,
+    strict: Annotated[bool, typer.Option(help="Exit 3 when the safety gate fails.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo every step.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train, retrain the reference, unlearn, evaluate and gate: the whole workflow."""
+    from medunlearn.commands.evaluate import GATE_FAILED_EXIT, print_summary
+    from medunlearn.evaluation.api import EvalOptions, evaluate_run
+    from medunlearn.evaluation.gate import gate
+    from medunlearn.io import atomic_write_json
+    from medunlearn.runs import run_training
+    from medunlearn.unlearning import parse_option_pairs, run_unlearning
+
+    data = data_config(dataset, size, view, positive_classes, augment, train_limit, eval_limit,
+                       data_root, no_download, no_verify)
+    tcfg = TrainConfig(epochs=epochs, progress=not quiet)
+    options = parse_option_pairs(option or [])
+    original, reference, unlearned = out / "original", out / "retrain", out / method
+    if method == "retrain":
+        raise typer.BadParameter("the pipeline compares a method with retraining; choose "
+                                 "another --method", param_hint="--method")
+
+    typer.secho(f"[1/4] training the original model -> {original}", bold=True)
+    m = run_training(data, ModelConfig(width=width), tcfg, seed=seed, out=original,
+                     overwrite=overwrite)
+    typer.echo(f"      test accuracy {m['splits']['test']['accuracy']:.4f}, AUC "
+               f"{m['splits']['test']['auc']:.4f}, {m['train_seconds']:.1f} s"
+               + (" (reused)" if m.get("reused") else ""))
+    steps = [("2/4", "retraining the reference without the forget set", "retrain", reference,
+              {}), ("3/4", f"unlearning with {method}", method, unlearned, options)]
+    for tag, what, name, folder, opts in steps:
+        typer.secho(f"[{tag}] {what} -> {folder}", bold=True)
+        r = run_unlearning(original, method=name, forget=forget, seed=seed, out=folder,
+                           options=opts, overwrite=overwrite, data_root=data_root,
+                           progress=not quiet)
+        typer.echo(f"      forgot {r['forget_count']} images in {r['unlearn_seconds']:.1f} s; "
+                   f"forget accuracy {r['forget_accuracy']:.4f}, test accuracy "
+                   f"{r['test_accuracy']:.4f}" + (" (reused)" if r.get("reused") else ""))
+
+    typer.secho("[4/4] evaluating against the original and the reference", bold=True)
+    metrics = evaluate_run(unlearned, original=original, reference=reference,
+                           options=EvalOptions(seed=seed, retain_limit=retain_limit),
+                           data_root=data_root)
+    verdict = gate(metrics)
+    metrics["gate"] = verdict.to_dict()
+    atomic_write_json(unlearned / "evaluation.json", metrics)
+    print_summary(metrics)
+    typer.echo("safety gate:")
+    for c in verdict.checks:
+        typer.echo(f"  {c['message']}")
+    colour = "green" if verdict.passed else "red"
+    typer.secho(f"GATE {'PASSED' if verdict.passed else 'FAILED'}; all results in "
+                f"{unlearned / 'evaluation.json'}", fg=colour, bold=True)
+    if strict and not verdict.passed:
+        raise typer.Exit(GATE_FAILED_EXIT)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(pipeline)

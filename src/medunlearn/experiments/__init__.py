@@ -1,0 +1,23 @@
+"""Experiment grids: study configs, a resumable runner, a results table and reports.
+
+* :mod:`~medunlearn.experiments.config` parses a YAML/TOML study into jobs;
+* :mod:`~medunlearn.experiments.pipeline` holds the per-job work (train, retrain, unlearn,
+  evaluate) behind small replaceable functions;
+* :mod:`~medunlearn.experiments.runner` runs a grid locally or on Ray, resumably;
+* :mod:`~medunlearn.experiments.store` is the SQLite results table and its CSV export;
+* :mod:`~medunlearn.experiments.report` turns a results table into HTML and Markdown.
+"""
+
+from medunlearn.experiments.config import (
+    ExperimentConfig,
+    ExperimentConfigError,
+    load_experiment,
+    parse_experiment,
+)
+from medunlearn.experiments.runner import ExperimentSummary, run_experiment
+from medunlearn.experiments.store import ResultsStore
+
+__all__ = [
+    "ExperimentConfig", "ExperimentConfigError", "ExperimentSummary", "ResultsStore",
+    "load_experiment", "parse_experiment", "run_experiment",
+]

@@ -1,0 +1,456 @@
+"""Reports of an experiment: tables (mean ± std over seeds) and figures, as HTML and Markdown.
+
+``write_report(results, out)`` reads the results table and writes
+
+* ``report.html``: one self-contained page (CSS inline, figures embedded as base64 PNG);
+* ``report.md``: the same tables in Markdown, with the PNGs in ``figures/`` beside it.
+
+Tables: one per dataset, augmentation and forget selection; one row per method. The best value
+of each column is marked, taking each metric's direction into account: for UA, RA, TA,
+MIA-efficacy and attack AUC the best is the one *closest to the retrained reference* (the goal
+of unlearning is to behave as if the data had never been seen); for FNR, FPR, Global Risk,
+average gap, FNR change and time lower is better; for AUC and speedup higher is better. The
+``retrain`` row is the reference itself and is not ranked. Methods whose safety verdict failed
+for any seed are flagged.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medunlearn.experiments.store import ResultsStore
+from medunlearn.io import atomic_write_text
+from medunlearn.plots import _pyplot, save_figure
+
+CLOSEST, HIGHER, LOWER = "reference", "higher", "lower"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: row field, header, direction, display scale and digits."""
+
+    field: str
+    header: str
+    direction: str
+    scale: float = 100.0  # fractions are shown in percent
+    digits: int = 1
+
+
+COLUMNS = (
+    Column("UA", "UA %", CLOSEST),
+    Column("RA", "RA %", CLOSEST),
+    Column("TA", "TA %", CLOSEST),
+    Column("test_auc", "AUC %", HIGHER),
+    Column("mia_efficacy", "MIA-eff. %", CLOSEST),
+    Column("attack_auc", "attack AUC", CLOSEST, 1.0, 3),
+    Column("average_gap_pp", "avg gap (pp)", LOWER, 1.0, 2),
+    Column("fnr", "FNR %", LOWER),
+    Column("fpr", "FPR %", LOWER),
+    Column("global_risk", "Global Risk", LOWER, 1.0, 3),
+    Column("fnr_change", "ΔFNR vs orig. (pp)", LOWER),
+    Column("unlearn_seconds", "time (s)", LOWER, 1.0, 2),
+    Column("speedup", "speedup ×", HIGHER, 1.0, 1),
+)
+REFERENCE_METHOD = "retrain"
+DIFFICULTY = ("easy", "medium", "hard")
+
+
+# -- aggregation ----------------------------------------------------------------------------------
+def _finite(values) -> list[float]:
+    return [float(v) for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def mean_std(values) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
+    v = _finite(values)
+    if not v:
+        return None, None, 0
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else 0.0), len(v)
+
+
+def _method_order(labels: list[str], methods: dict[str, str]) -> list[str]:
+    from medunlearn.methods import CANONICAL_ORDER
+
+    rank = {m: i for i, m in enumerate(CANONICAL_ORDER)}
+    return sorted(labels, key=lambda lab: (rank.get(methods.get(lab, lab), len(rank)), lab))
+
+
+@dataclass
+class Table:
+    """One table: a (dataset, augmentation, forget) setting, one row per method."""
+
+    title: str
+    dataset: str
+    augment: str
+    forget: str
+    rows: list[dict]  # {label, method, n, stats: {field: (mean, std)}, gate_failed, reasons}
+    best: dict[str, set[str]]  # field -> labels marked best
+
+
+def _difficulty_bias(row: dict) -> dict[str, float]:
+    """Forget accuracy minus the reference's per difficulty tercile, in percentage points."""
+    m = row.get("metrics") or {}
+    out = {}
+    for d in DIFFICULTY:
+        a = m.get(f"bias.difficulty.forget.model.{d}.accuracy")
+        r = m.get(f"bias.difficulty.forget.reference.{d}.accuracy")
+        if isinstance(a, (int, float)) and isinstance(r, (int, float)):
+            out[d] = 100.0 * (a - r)
+    return out
+
+
+def _dataset_name(r: dict) -> str:
+    return f"{r['dataset']} ({r['view']})"
+
+
+def build_tables(rows: list[dict]) -> list[Table]:
+    """Group rows by (dataset, augmentation, forget) and aggregate each method over seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(_dataset_name(r), r["augment"], r["forget_ratio"] is None, r["forget_ratio"] or 0,
+                r["forget"])].append(r)
+    tables = []
+    for (ds, aug, _, _, forget), grp in sorted(groups.items(), key=lambda kv: kv[0]):
+        by_label: dict[str, list[dict]] = defaultdict(list)
+        for r in grp:
+            by_label[r["label"]].append(r)
+        methods = {lab: rs[0]["method"] for lab, rs in by_label.items()}
+        out_rows = []
+        for lab in _method_order(list(by_label), methods):
+            rs = by_label[lab]
+            stats = {c.field: mean_std([r.get(c.field) for r in rs])[:2] for c in COLUMNS}
+            failed = [r for r in rs if r.get("gate_passed") is False]
+            reasons = sorted({x for r in failed for x in r.get("gate_reasons") or []})
+            out_rows.append({"label": lab, "method": methods[lab], "n": len(rs),
+                             "seeds": sorted(r["seed"] for r in rs), "stats": stats,
+                             "gate_failed": len(failed), "reasons": reasons})
+        tables.append(Table(title=f"{ds}, augmentation {aug}, forget {forget}", dataset=ds,
+                            augment=aug, forget=forget, rows=out_rows,
+                            best=_best(out_rows)))
+    return tables
+
+
+def _best(rows: list[dict]) -> dict[str, set[str]]:
+    ref = next((r for r in rows if r["method"] == REFERENCE_METHOD and r["label"] ==
+                REFERENCE_METHOD), None)
+    best: dict[str, set[str]] = {}
+    for c in COLUMNS:
+        cands = [(r["label"], r["stats"][c.field][0]) for r in rows
+                 if r is not ref and r["stats"][c.field][0] is not None]
+        if not cands:
+            continue
+        if c.direction == CLOSEST:
+            target = ref["stats"][c.field][0] if ref else (0.5 if "auc" in c.field else None)
+            if target is None:
+                continue
+            score = {lab: abs(v - target) for lab, v in cands}
+        elif c.direction == HIGHER:
+            score = {lab: -v for lab, v in cands}
+        else:
+            score = dict(cands)
+        top = min(score.values())
+        marked = {lab for lab, s in score.items() if math.isclose(s, top, abs_tol=1e-12)}
+        if len(marked) < len(score) or len(score) == 1:  # a tie of every method marks nothing
+            best[c.field] = marked
+    return best
+
+
+def _fmt(mean: float | None, std: float | None, c: Column) -> str:
+    if mean is None:
+        return "–"
+    m = mean * c.scale
+    s = (std or 0.0) * c.scale
+    return f"{m:.{c.digits}f} ± {s:.{c.digits}f}"
+
+
+# -- figures --------------------------------------------------------------------------------------
+def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    g: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        g[tuple(r[k] for k in keys)].append(r)
+    return g
+
+
+def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
+    """Write every figure as PNG into ``folder``; returns ``(caption, path)`` pairs."""
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    figs: list[tuple[str, Path]] = []
+    for r in rows:
+        r["_ds"] = _dataset_name(r)
+    datasets = sorted({r["_ds"] for r in rows})
+    labels_all = _method_order(sorted({r["label"] for r in rows}),
+                               {r["label"]: r["method"] for r in rows})
+    colors = {lab: plt.get_cmap("tab20")(i % 20) for i, lab in enumerate(labels_all)}
+
+    def slug(text: str) -> str:
+        return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
+
+    for ds in datasets:
+        drows = [r for r in rows if r["_ds"] == ds]
+        # 1. Global Risk and FNR against forget ratio, per method (mean ± std over seeds)
+        ratio_rows = [r for r in drows if r["forget_ratio"] is not None]
+        if ratio_rows:
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+            for ax, field, name in ((axes[0], "global_risk", "Global Risk (test)"),
+                                    (axes[1], "fnr", "FNR (test)")):
+                for lab in labels_all:
+                    pts = _by([r for r in ratio_rows if r["label"] == lab], "forget_ratio")
+                    xs = sorted(pts)
+                    stats = [mean_std([r.get(field) for r in pts[x]]) for x in xs]
+                    keep = [(x[0], m, s) for x, (m, s, _) in zip(xs, stats, strict=True)
+                            if m is not None]
+                    if keep:
+                        x, m, s = map(np.asarray, zip(*keep, strict=True))
+                        ax.errorbar(x * 100, m, yerr=s, marker="o", capsize=3, label=lab,
+                                    color=colors[lab])
+                ax.set_xlabel("forget set (% of training data)")
+                ax.set_ylabel(name)
+                ax.grid(alpha=0.3)
+            axes[1].legend(fontsize=7, ncol=2)
+            fig.suptitle(f"{ds}: clinical risk against forget-set size")
+            figs.append((f"{ds}: Global Risk and FNR against forget ratio (mean ± std over "
+                         "seeds)", save_figure(fig, folder / f"risk_vs_ratio_{slug(ds)}.png")))
+        # 2. Pareto view: average gap against unlearning time
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        pts = []
+        for lab in labels_all:
+            rs = [r for r in drows if r["label"] == lab]
+            t, _, _ = mean_std([r.get("unlearn_seconds") for r in rs])
+            g, gs, _ = mean_std([r.get("average_gap_pp") for r in rs])
+            if t is None or g is None:
+                continue
+            pts.append((t, g, lab))
+            ax.errorbar([t], [g], yerr=[gs], marker="o", capsize=3, color=colors[lab], label=lab)
+        if pts:
+            front, best_gap = [], math.inf
+            for t, g, _ in sorted(pts):
+                if g < best_gap:
+                    front.append((t, g))
+                    best_gap = g
+            ax.step(*zip(*front, strict=True), where="post", color="grey", ls="--", lw=1,
+                    label="Pareto front")
+            if all(t > 0 for t, _, _ in pts):
+                ax.set_xscale("log")
+        ax.set_xlabel("unlearning time (s, log scale)")
+        ax.set_ylabel("average gap to retraining (pp)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"{ds}: quality against cost (lower left is better)")
+        figs.append((f"{ds}: average gap against unlearning time (Pareto view)",
+                     save_figure(fig, folder / f"pareto_{slug(ds)}.png")))
+        # 3. FNR change against the original model, per method and forget selection
+        forgets = sorted({(r["forget_ratio"] or 0, r["forget"]) for r in drows})
+        labs = [lab for lab in labels_all if any(r["label"] == lab for r in drows)]
+        fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(labs) * max(1, len(forgets))), 3.8))
+        width = 0.8 / max(1, len(forgets))
+        for j, (_, forget) in enumerate(forgets):
+            ms, ss = [], []
+            for lab in labs:
+                m, s, _ = mean_std([100 * r["fnr_change"] for r in drows
+                                    if r["label"] == lab and r["forget"] == forget
+                                    and r.get("fnr_change") is not None])
+                ms.append(np.nan if m is None else m)
+                ss.append(0 if s is None else s)
+            ax.bar(np.arange(len(labs)) + j * width, ms, width, yerr=ss, capsize=2,
+                   label=f"forget {forget}")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(np.arange(len(labs)) + width * (len(forgets) - 1) / 2)
+        ax.set_xticklabels(labs, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("FNR − original FNR (pp)")
+        ax.set_title(f"{ds}: change in missed-disease rate (above 0 = more missed)")
+        ax.legend(fontsize=7)
+        figs.append((f"{ds}: FNR change against the original model",
+                     save_figure(fig, folder / f"fnr_change_{slug(ds)}.png")))
+        # 4. easy / medium / hard bias
+        fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(labs)), 3.8))
+        width = 0.8 / len(DIFFICULTY)
+        for j, d in enumerate(DIFFICULTY):
+            ms, ss = [], []
+            for lab in labs:
+                m, s, _ = mean_std([_difficulty_bias(r).get(d) for r in drows
+                                    if r["label"] == lab])
+                ms.append(np.nan if m is None else m)
+                ss.append(0 if s is None else s)
+            ax.bar(np.arange(len(labs)) + j * width, ms, width, yerr=ss, capsize=2, label=d)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(np.arange(len(labs)) + width)
+        ax.set_xticklabels(labs, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("forget accuracy − retrained (pp)")
+        ax.set_title(f"{ds}: forgetting by sample difficulty (0 = as retraining)")
+        ax.legend(fontsize=7, title="difficulty (original loss)")
+        figs.append((f"{ds}: easy/medium/hard bias (forget-set accuracy against the retrained "
+                     "model, terciles of the original model's loss)",
+                     save_figure(fig, folder / f"difficulty_{slug(ds)}.png")))
+        # 5. augmentation on/off (only when the grid varies it)
+        augs = sorted({r["augment"] for r in drows})
+        if len(augs) > 1:
+            fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(labs)), 3.8))
+            width = 0.8 / len(augs)
+            for j, a in enumerate(augs):
+                ms = [mean_std([r.get("average_gap_pp") for r in drows
+                                if r["label"] == lab and r["augment"] == a])[0] for lab in labs]
+                ax.bar(np.arange(len(labs)) + j * width,
+                       [np.nan if m is None else m for m in ms], width, label=f"augment {a}")
+            ax.set_xticks(np.arange(len(labs)) + width * (len(augs) - 1) / 2)
+            ax.set_xticklabels(labs, rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel("average gap to retraining (pp)")
+            ax.set_title(f"{ds}: effect of data augmentation")
+            ax.legend(fontsize=7)
+            figs.append((f"{ds}: average gap with and without augmentation",
+                         save_figure(fig, folder / f"augmentation_{slug(ds)}.png")))
+    for r in rows:
+        r.pop("_ds", None)
+    return figs
+
+
+# -- writers --------------------------------------------------------------------------------------
+LEGEND = ("Mean ± standard deviation over seeds. **Bold** (HTML: highlighted) = best in the "
+          "column among the unlearning methods: closest to the retrained model for UA, RA, TA, "
+          "MIA-efficacy and attack AUC; higher for AUC and speedup; lower for average gap, FNR, "
+          "FPR, Global Risk, FNR change and time. The retrain row is the reference and is not "
+          "ranked. ⚠ = the safety gate failed for at least one seed.")
+
+
+def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out: Path,
+              meta: str) -> str:
+    lines = [f"# {title}", "", meta, "", LEGEND, ""]
+    for t in tables:
+        lines += [f"## {t.title}", ""]
+        head = ["method", "seeds"] + [c.header for c in COLUMNS] + ["safety"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for r in t.rows:
+            cells = [r["label"], str(r["n"])]
+            for c in COLUMNS:
+                txt = _fmt(*r["stats"][c.field], c)
+                cells.append(f"**{txt}**" if r["label"] in t.best.get(c.field, ()) else txt)
+            cells.append(f"⚠ fails ({r['gate_failed']}/{r['n']})" if r["gate_failed"]
+                         else "pass")
+            lines.append("| " + " | ".join(cells) + " |")
+        failing = [r for r in t.rows if r["gate_failed"]]
+        if failing:
+            lines += ["", "Safety verdict failures:", ""]
+            lines += [f"- {r['label']}: {'; '.join(r['reasons'])}" for r in failing]
+        lines.append("")
+    lines += ["## Figures", ""]
+    for cap, p in figs:
+        lines += [f"![{cap}]({os.path.relpath(p, out)})", "", f"*{cap}*", ""]
+    return "\n".join(lines)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1400px;
+color:#222;padding:0 1em}
+table.results{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}
+table.results th,table.results td{border:1px solid #ccc;padding:3px 7px;text-align:right;
+white-space:nowrap}
+table.results th{background:#f0f0f0}
+table.results td.method{text-align:left;font-weight:600}
+td.best{background:#d7f5dc;font-weight:700}
+tr.unsafe td.method::after{content:" ⚠";color:#b00}
+tr.reference td{color:#555;font-style:italic}
+td.unsafe{color:#b00}
+div.scroll{overflow-x:auto}
+figure{margin:1em 0}
+figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:0.85em;color:#555}
+.legend{font-size:0.85em;color:#444;max-width:70em}
+"""
+
+
+def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: str) -> str:
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}"
+             f"</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
+             f"<p>{e(meta)}</p>",
+             f"<p class='legend'>{e(LEGEND).replace('**Bold** (HTML: highlighted)', 'Green')}"
+             "</p>"]
+    for i, t in enumerate(tables):
+        parts.append(f"<h2 id='table-{i}'>{e(t.title)}</h2>")
+        parts.append("<div class='scroll'>")
+        parts.append(f"<table class='results' data-dataset='{e(t.dataset)}' "
+                     f"data-augment='{e(t.augment)}' data-forget='{e(t.forget)}'><thead><tr>"
+                     "<th>method</th><th>seeds</th>"
+                     + "".join(f"<th>{e(c.header)}</th>" for c in COLUMNS)
+                     + "<th>safety</th></tr></thead><tbody>")
+        for r in t.rows:
+            cls = []
+            if r["gate_failed"]:
+                cls.append("unsafe")
+            if r["method"] == REFERENCE_METHOD:
+                cls.append("reference")
+            tds = [f"<td class='method'>{e(r['label'])}</td><td>{r['n']}</td>"]
+            for c in COLUMNS:
+                best = " class='best'" if r["label"] in t.best.get(c.field, ()) else ""
+                tds.append(f"<td data-metric='{c.field}'{best}>"
+                           f"{e(_fmt(*r['stats'][c.field], c))}</td>")
+            if r["gate_failed"]:
+                tds.append(f"<td class='unsafe' title='{e('; '.join(r['reasons']))}'>fails "
+                           f"({r['gate_failed']}/{r['n']})</td>")
+            else:
+                tds.append("<td>pass</td>")
+            parts.append(f"<tr class='{' '.join(cls)}' data-method='{e(r['label'])}'>"
+                         + "".join(tds) + "</tr>")
+        parts.append("</tbody></table></div>")
+        failing = [r for r in t.rows if r["gate_failed"]]
+        if failing:
+            parts.append("<details><summary>Safety verdict failures</summary><ul>"
+                         + "".join(f"<li><b>{e(r['label'])}</b>: {e('; '.join(r['reasons']))}"
+                                   "</li>" for r in failing) + "</ul></details>")
+    parts.append("<h2>Figures</h2>")
+    for cap, p in figs:
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        parts.append(f"<figure><img alt='{e(cap)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{e(cap)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(results: str | os.PathLike, out: str | os.PathLike, *,
+                 title: str | None = None) -> dict:
+    """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) into ``out``.
+
+    Args:
+        results: An experiment's results folder (or its ``results.sqlite``).
+        out: The report folder.
+        title: Page title (default: the experiment names in the table).
+
+    Returns:
+        ``{"html": Path, "markdown": Path, "figures": [Path], "tables": int, "rows": int}``.
+
+    Raises:
+        ResultsStoreError: no results table at ``results``.
+        MedUnlearnError: the table has no rows yet.
+    """
+    from medunlearn.errors import MedUnlearnError
+
+    out = Path(out)
+    with ResultsStore(results, create=False) as store:
+        rows = store.rows()
+        failures = store.failures()
+    if not rows:
+        raise MedUnlearnError(f"The results table in {results} has no finished cells yet; run "
+                              "'medunlearn experiment' first (or wait for it to finish a cell).")
+    names = sorted({r["experiment"] for r in rows})
+    title = title or f"Unlearning experiment: {', '.join(names)}"
+    seeds = sorted({r["seed"] for r in rows})
+    meta = (f"{len(rows)} finished cells, {len({r['label'] for r in rows})} methods, "
+            f"seeds {', '.join(map(str, seeds))}; source {Path(results)}."
+            + (f" {len(failures)} cell(s) failed and are missing (rerun the experiment)."
+               if failures else ""))
+    tables = build_tables(rows)
+    figs = make_figures(rows, out / "figures")
+    md = atomic_write_text(out / "report.md", _markdown(title, tables, figs, out, meta))
+    page = atomic_write_text(out / "report.html", _html(title, tables, figs, meta))
+    return {"html": page, "markdown": md, "figures": [p for _, p in figs],
+            "tables": len(tables), "rows": len(rows)}

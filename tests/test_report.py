@@ -1,0 +1,154 @@
+"""``medunlearn report``: tables with mean ± std and direction-aware best marks, figures, and a
+self-contained HTML page checked in headless Chromium.
+
+The results table here is synthetic (rows inserted directly), so every value and hence every
+best mark is known; the real pipeline's report is exercised in test_experiment_integration.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from medunlearn.cli import main
+from medunlearn.errors import MedUnlearnError
+from medunlearn.experiments.report import write_report
+from medunlearn.experiments.store import ResultsStore
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
+    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+# method -> (UA, FNR, unlearn seconds, gate passes); retrain is the reference (UA 0.30)
+METHODS = {
+    "retrain": (0.30, 0.20, 40.0, True),
+    "finetune": (0.10, 0.25, 4.0, True),
+    "salun": (0.28, 0.35, 6.0, True),  # UA closest to retrain
+    "salun-cra": (0.40, 0.15, 7.0, True),  # lowest FNR
+    "random-label": (0.50, 0.45, 3.0, False),  # fastest, but fails the safety gate
+}
+
+
+def _row(method, ua, fnr, secs, passed, *, ratio, augment, seed):
+    jitter = 0.01 * seed
+    return {
+        "key": f"{method}-{ratio}-{augment}-{seed}", "experiment": "synthetic",
+        "dataset": "breastmnist", "view": "binary", "augment": augment,
+        "forget": f"random:{ratio}", "forget_ratio": ratio, "method": method, "label": method,
+        "seed": seed, "UA": ua + jitter, "RA": 0.9, "TA": 0.8, "test_auc": 0.85,
+        "mia_efficacy": ua, "attack_auc": 0.5 + ua / 10, "average_gap_pp": 100 * abs(ua - 0.3),
+        "fnr": fnr + ratio / 10, "fpr": 0.1, "global_risk": 5 * fnr * 0.3 + 0.07,
+        "original_fnr": 0.2, "fnr_change": fnr + ratio / 10 - 0.2, "unlearn_seconds": secs,
+        "retrain_seconds": 40.0, "speedup": 40.0 / secs, "gate_passed": passed,
+        "gate_reasons": [] if passed else ["ta_drop: FAIL - TA dropped 0.2 (limit 0.03)"],
+        "metrics": {f"bias.difficulty.forget.{role}.{d}.accuracy": acc
+                    for role, accs in (("model", (0.9, 0.7, 0.4)), ("reference", (0.8, 0.6, 0.3)))
+                    for d, acc in zip(("easy", "medium", "hard"), accs, strict=True)},
+    }
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("results")
+    with ResultsStore(folder) as store:
+        for ratio in (0.2, 0.5):
+            for augment in ("none", "basic"):
+                for seed in range(3):
+                    for m, (ua, fnr, secs, ok) in METHODS.items():
+                        store.insert(_row(m, ua, fnr, secs, ok, ratio=ratio, augment=augment,
+                                          seed=seed))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(results, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    return out
+
+
+def _table(md: str, title_part: str) -> dict[str, list[str]]:
+    block = md.split(f"## {title_part}")[1].split("\n## ")[0]
+    rows = [ln for ln in block.splitlines() if ln.startswith("| ") and "---" not in ln]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    return {r.strip("|").split("|")[0].strip(): dict(zip(header, [c.strip() for c in
+                                                                  r.strip("|").split("|")],
+                                                         strict=True))
+            for r in rows[1:]}
+
+
+def test_markdown_tables_mark_the_best_per_direction(report):
+    md = (report / "report.md").read_text()
+    # one table per dataset x augmentation x forget ratio
+    assert md.count("## breastmnist (binary)") == 4
+    t = _table(md, "breastmnist (binary), augmentation none, forget random:0.2")
+    assert set(t) == set(METHODS)
+    # mean ± std over the three seeds (UA jitter 0, 1, 2 pp)
+    assert t["salun"]["UA %"] == "**29.0 ± 1.0**"  # closest to retrain's 31.0
+    assert t["finetune"]["UA %"] == "11.0 ± 1.0"
+    assert t["salun-cra"]["FNR %"].startswith("**")  # lower is better
+    assert t["random-label"]["time (s)"].startswith("**")  # fastest
+    assert t["random-label"]["speedup ×"].startswith("**")  # higher is better
+    assert not any(v.startswith("**") for v in t["retrain"].values())  # the reference
+    assert t["random-label"]["safety"].startswith("⚠ fails (3/3)")
+    assert t["salun"]["safety"] == "pass"
+    assert "ta_drop: FAIL" in md
+    # figures are PNG files beside the Markdown, linked relatively
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 5  # risk vs ratio, Pareto, FNR change, difficulty, augmentation
+    for link in links:
+        png = (report / link).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_html_is_self_contained(report):
+    page = (report / "report.html").read_text()
+    assert page.count("<table class='results'") == 4
+    assert page.count("<img ") == 5
+    assert page.count("src='data:image/png;base64,") == 5
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing fetched from elsewhere
+    assert "class='best'" in page and "class='unsafe" in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                    "(scripts/ci-system-deps.sh installs it)")
+def test_html_renders_in_headless_chromium(report, tmp_path):
+    # write the decoded size of every image into the DOM once the page has loaded
+    probe = ("<script>window.addEventListener('load', function () {var s = [];"
+             "for (const i of document.images) s.push(i.naturalWidth + 'x' + i.naturalHeight);"
+             "var p = document.createElement('pre'); p.id = 'img-sizes';"
+             "p.textContent = s.join(' '); document.body.appendChild(p);});</script>")
+    page = (report / "report.html").read_text().replace("</body>", probe + "</body>")
+    probe_file = tmp_path / "probe.html"
+    probe_file.write_text(page)
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}",
+             "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000",
+             "--dump-dom", probe_file.as_uri()],
+            capture_output=True, text=True, timeout=120)
+    dom = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sizes = re.search(r'<pre id="img-sizes">([^<]*)</pre>', dom)
+    assert sizes, dom[-2000:]
+    dims = [tuple(map(int, s.split("x"))) for s in sizes.group(1).split()]
+    assert len(dims) == 5 and all(w > 100 and h > 100 for w, h in dims)
+    # the tables were parsed: one row per method in each of the four tables
+    assert len(re.findall(r'<tr class="[^"]*" data-method="', dom)) == 4 * len(METHODS)
+    assert dom.count('class="best"') >= 4 * 8
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(MedUnlearnError, match="No results table"):
+        write_report(tmp_path / "nothing", tmp_path / "out")
+    ResultsStore(tmp_path / "empty").close()
+    with pytest.raises(MedUnlearnError, match="no finished cells"):
+        write_report(tmp_path / "empty", tmp_path / "out")
+    assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
