@@ -7,7 +7,7 @@ import platform
 import re
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def machine() -> str:
 
 
 def stamp(command: str) -> str:
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"- Date: {date}\n- Machine: {machine()}\n- Command: `{command}`\n"
 
 
@@ -52,15 +52,15 @@ def command_line() -> str:
     return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section ``name`` of BENCHMARKS.md, atomically."""
+def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
+    """Replace (or append) the section ``name`` of BENCHMARKS.md (or ``path``), atomically."""
     sys.path.insert(0, str(REPO / "src"))
     from medunlearn.io import atomic_write_text
 
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
+    text = path.read_text() if path.exists() else HEADER
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else \
         text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(BENCHMARKS, text)
+    atomic_write_text(path, text)

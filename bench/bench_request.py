@@ -15,29 +15,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
-import shlex
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- bench_request:begin -->", "<!-- bench_request:end -->"
+sys.path.insert(0, str(REPO / "bench"))
+from _report import command_line, stamp, write_section  # noqa: E402
+
 TARGET_SECONDS = 10.0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def train_model(out: Path, *, quick: bool, data_root: str | None) -> Path:
@@ -91,20 +79,11 @@ def _f(v) -> str:
 
 
 def render(results: list[dict], *, model: Path, n_images: int, quick: bool) -> str:
-    import torch
-
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_request.py",
-                                            *sys.argv[1:]])
     lines = [
-        BEGIN,
         "## Deletion request end to end (`bench/bench_request.py`)",
         "",
-        f"- date: {date}" + (" (**--quick smoke run, not a measurement**)" if quick else ""),
-        f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}",
-        f"- command: `{cmd}`",
+        stamp(command_line()).rstrip("\n")
+        + ("\n- **--quick smoke run, not a measurement**" if quick else ""),
         f"- model: `{model}`; request: {n_images} training images of one (simulated) patient, "
         "named by SHA-256",
         "",
@@ -130,21 +109,8 @@ def render(results: list[dict], *, model: Path, n_images: int, quick: bool) -> s
                      f"{retrain['wall_seconds'] / default['wall_seconds']:.1f}x.")
     lines += ["", "End to end = `medunlearn.registry.forget` wall time: lock, recovery check, "
               "validation, unlearning from the active version, evaluation against it with the "
-              "safety gate, promotion (rename + one SQLite transaction with the ledger entries).",
-              END]
+              "safety gate, promotion (rename + one SQLite transaction with the ledger entries)."]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    from medunlearn.io import atomic_write_text
-
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                                 seed=args.seed, data_root=args.data_root))
     section = render(results, model=model, n_images=args.images, quick=args.quick)
     target = args.benchmarks or (work / "BENCHMARKS.md" if args.quick else REPO / "BENCHMARKS.md")
-    write_section(target, section)
+    write_section("request", section, target)
     print(section)
     print(f"wrote the bench_request section of {target}", file=sys.stderr)
     return 0 if all(r["status"] == "completed" for r in results) else 1

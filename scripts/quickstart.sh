@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 .venv/bin/medunlearn pipeline --dataset pneumoniamnist --view binary --forget random:0.1 \
-  --method salun-cra --epochs 10 --seed 0 --out "${OUT:-runs/quickstart}" "$@"
+  --method salun-cra --seed 0 --out "${OUT:-runs/quickstart}" "$@"

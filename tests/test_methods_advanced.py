@@ -30,7 +30,7 @@ from medunlearn.methods.newton import newton_scrub
 from medunlearn.methods.ssd import ssd_dampen_
 from medunlearn.training import evaluate_split, train_model
 
-TRAIN = TrainConfig(epochs=3, batch_size=32, progress=False)
+TRAIN = TrainConfig(epochs=3, batch_size=32, progress=False, precision="fp32")
 
 # Small budgets so every end-to-end run takes well under a second.
 FAST = {

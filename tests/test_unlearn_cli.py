@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import tomllib
 
 import pytest
-import tomllib
 import torch
 
 from medunlearn.checkpoint import load_run, load_run_and_data

@@ -49,7 +49,9 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation recipe, shared by training and the ``retrain`` reference."""
 
-    epochs: int = 10
+    # None: enough epochs for ~20k training samples, at least 10 (resolve_epochs); tiny
+    # datasets such as BreastMNIST (546 images) need ~40 epochs to converge
+    epochs: int | None = None
     batch_size: int = 128
     lr: float = 0.1  # peak learning rate of the one-cycle schedule
     momentum: float = 0.9
@@ -58,6 +60,8 @@ class TrainConfig:
     class_weights: str = "balanced"  # "balanced" (inverse class frequency) or "none"
     schedule: str = "onecycle"  # "onecycle", "cosine" or "constant"
     select: str = "val_auc"  # checkpoint kept: "val_auc", "val_acc", "val_loss" or "last"
+    # "auto": bfloat16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else fp32
+    precision: str = "auto"
     threads: int | None = None  # torch CPU threads (None: leave torch's default)
     progress: bool = True
 

@@ -7,7 +7,7 @@ import dataclasses
 import io
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from medunlearn.checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, save_weights
@@ -22,11 +22,16 @@ from medunlearn.io import (
 )
 from medunlearn.plots import training_curve
 from medunlearn.provenance import environment
-from medunlearn.training import evaluate_split, train_model
+from medunlearn.training import (
+    evaluate_split,
+    resolve_epochs,
+    train_model,
+    validate_train_config,
+)
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def recipe(train_cfg: TrainConfig) -> dict:
@@ -80,6 +85,10 @@ def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainC
     """
     out = Path(out)
     dataset = dataset or load_dataset(data_cfg, seed=seed)
+    validate_train_config(train_cfg)
+    # record the concrete recipe, so that retraining repeats it exactly
+    train_cfg = dataclasses.replace(train_cfg,
+                                    epochs=resolve_epochs(train_cfg.epochs, len(dataset.train)))
     key = fingerprint({"kind": "train", "data": dataset.config.identity(),
                        "model": dataclasses.asdict(model_cfg), "train": recipe(train_cfg),
                        "seed": seed})

@@ -8,6 +8,7 @@ the best one on the validation split (``TrainConfig.select``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from medunlearn.evaluation.utility import softmax, summarize
 from medunlearn.models import Classifier, build_model, resolve_arch
 
 SELECT = ("val_auc", "val_acc", "val_loss", "last")
+PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 BatchHook = Callable[[torch.Tensor], None]
@@ -35,6 +37,20 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     return torch.Generator().manual_seed(seed)
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` means bf16 mixed precision where the CPU computes bf16 natively (about 2x the
+    fp32 training throughput of the default model on an AVX512-BF16 CPU), else fp32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"Unknown precision {precision!r}; choose one of {PRECISIONS}.")
+    if precision != "auto":
+        return precision
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
 
 
 def set_threads(threads: int | None) -> None:
@@ -79,8 +95,20 @@ def model_from_spec(spec: dict) -> Classifier:
                        mean=spec["mean"], std=spec["std"])
 
 
+MIN_EPOCHS = 10
+MIN_SAMPLES_SEEN = 20_000
+
+
+def resolve_epochs(epochs: int | None, n_train: int) -> int:
+    """``None`` means ``max(10, ceil(20000 / n_train))``: at least 10 epochs, and on small
+    datasets enough of them for the optimiser to see ~20k samples (BreastMNIST: 37)."""
+    if epochs is not None:
+        return epochs
+    return max(MIN_EPOCHS, -(-MIN_SAMPLES_SEEN // max(n_train, 1)))
+
+
 def validate_train_config(cfg: TrainConfig) -> None:
-    if cfg.epochs < 1:
+    if cfg.epochs is not None and cfg.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {cfg.epochs}.")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {cfg.batch_size}.")
@@ -90,6 +118,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"Unknown checkpoint selection {cfg.select!r}; choose one of {SELECT}.")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"Unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}.")
+    resolve_precision(cfg.precision)
 
 
 def one_cycle(step: int, total: int, *, warmup: float = 0.25, start: float = 0.1,
@@ -167,6 +196,7 @@ def fit(model: Classifier, dataset: MedDataset, train_indices: torch.Tensor | No
         on_batch: Called with each batch's training-split indices (used to audit data access).
     """
     validate_train_config(cfg)
+    cfg = dataclasses.replace(cfg, epochs=resolve_epochs(cfg.epochs, len(dataset.train)))
     set_threads(cfg.threads)
     g = torch.Generator().manual_seed(seed)
     augment = dataset.config.augment if augment is None else augment
@@ -179,6 +209,8 @@ def fit(model: Classifier, dataset: MedDataset, train_indices: torch.Tensor | No
     steps_per_epoch = max(1, len(idx) // bs)
     opt, sched = make_optimizer(model.parameters(), cfg, cfg.epochs * steps_per_epoch)
     best_state, best_score, best_epoch = None, -np.inf, 0
+    bf16 = resolve_precision(cfg.precision) == "bf16"
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU
     history: list[dict] = []
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc, disable=not cfg.progress,
@@ -191,7 +223,9 @@ def fit(model: Classifier, dataset: MedDataset, train_indices: torch.Tensor | No
                                        generator=g, augment=augment, drop_last=True):
             if on_batch is not None:
                 on_batch(b)
-            logits = model(x)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x).float()
             loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,6 +247,7 @@ def fit(model: Classifier, dataset: MedDataset, train_indices: torch.Tensor | No
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
     bar.close()
+    model.to(memory_format=torch.contiguous_format)
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(model, history, best_epoch, steps, time.perf_counter() - t0)

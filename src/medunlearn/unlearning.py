@@ -24,6 +24,7 @@ import dataclasses
 import os
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -54,11 +55,6 @@ from medunlearn.methods.base import config_dict, get_method_class
 from medunlearn.provenance import environment
 from medunlearn.runs import finished_run_metrics, now_iso, split_metrics
 from medunlearn.training import evaluate_split
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULTS_VERSION = 1
 

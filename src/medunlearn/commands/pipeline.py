@@ -14,7 +14,16 @@ from typing import Annotated
 import typer
 
 from medunlearn.commands._common import (
-    Augment, DataRoot, Dataset, EvalLimit, NoDownload, NoVerify, Positive, Size, TrainLimit, View,
+    Augment,
+    DataRoot,
+    Dataset,
+    EvalLimit,
+    NoDownload,
+    NoVerify,
+    Positive,
+    Size,
+    TrainLimit,
+    View,
     data_config,
 )
 from medunlearn.config import ModelConfig, TrainConfig
@@ -33,8 +42,9 @@ def pipeline(
     no_download: NoDownload = False,
     no_verify: NoVerify = False,
     width: Annotated[int, typer.Option(help="Base width of resnet18.")] = ModelConfig.width,
-    epochs: Annotated[int, typer.Option(help="Training epochs of the original and the "
-                                        "reference.")] = TrainConfig.epochs,
+    epochs: Annotated[int | None, typer.Option(
+        help="Training epochs of the original and the reference (default: at least 10, more on "
+        "small datasets).")] = None,
     forget: Annotated[str, typer.Option(help="Forget set, e.g. random:0.1, positive:0.2, "
                                         "hashes:FILE.")] = "random:0.1",
     method: Annotated[str, typer.Option(help="Unlearning method (see 'medunlearn methods').")

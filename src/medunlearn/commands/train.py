@@ -39,7 +39,8 @@ def train(
     arch: Annotated[str, typer.Option(
         help="auto, resnet18, tv-resnet18 or tv-resnet50.")] = "auto",
     width: Annotated[int, typer.Option(help="Base width of resnet18 (64 = full width).")] = 16,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = TrainConfig.epochs,
+    epochs: Annotated[int | None, typer.Option(
+        help="Training epochs (default: at least 10, more on small datasets).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = TrainConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TrainConfig.lr,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = TrainConfig.weight_decay,
@@ -47,6 +48,8 @@ def train(
     select: Annotated[str, typer.Option(help="Checkpoint kept: val_auc, val_acc, val_loss or "
                                         "last.")] = "val_auc",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU has it), fp32 or "
+                                           "bf16.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -59,6 +62,7 @@ def train(
     model = ModelConfig(arch=arch, width=width)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                        class_weights=class_weights, select=select, threads=threads,
+                       precision=precision,
                        progress=not quiet)
     metrics = run_training(data, model, tcfg, seed=seed, out=out, overwrite=overwrite)
     if metrics.get("reused"):
