@@ -14,7 +14,7 @@ import sys
 import typer
 
 from medunlearn import __version__
-from medunlearn.errors import MedUnlearnError
+from medunlearn.commands._common import run_app
 
 app = typer.Typer(
     name="medunlearn",
@@ -56,18 +56,7 @@ _register_commands()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    try:
-        app(args=argv, prog_name="medunlearn")
-    except MedUnlearnError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        return 2
-    except SystemExit as exc:  # typer's standalone mode ends with SystemExit
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
-    return 0
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

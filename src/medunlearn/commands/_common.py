@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medunlearn.config import DataConfig
-from medunlearn.errors import ConfigError
+from medunlearn.errors import ConfigError, MedUnlearnError
 
 
 def parse_int_list(text: str | None, what: str = "--positive-classes") -> tuple[int, ...] | None:
@@ -61,3 +61,19 @@ def fmt(v, digits: int = 4) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
+
+
+def run_app(typer_app: typer.Typer, argv: list[str] | None = None) -> int:
+    """Run a typer app and turn its outcome into an exit code (user errors: 2, no traceback)."""
+    try:
+        typer_app(args=argv, prog_name="medunlearn")
+    except MedUnlearnError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        return 2
+    except SystemExit as exc:  # typer's standalone mode ends with SystemExit
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    return 0

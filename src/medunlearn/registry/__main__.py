@@ -8,22 +8,14 @@ import sys
 import typer
 
 from medunlearn.commands import registry as commands
-from medunlearn.errors import MedUnlearnError
+from medunlearn.commands._common import run_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        app(args=argv, prog_name="medunlearn")
-    except MedUnlearnError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        return 2
-    except SystemExit as exc:
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":
