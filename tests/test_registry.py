@@ -54,7 +54,8 @@ def manifest(tiny_model):
 @pytest.fixture
 def reg(tiny_model, tmp_path, medmnist_root):
     path = tmp_path / "reg"
-    init_registry(tiny_model, path, data_root=str(medmnist_root))
+    # the workflow tests pin the chain; test_default_chain_* checks the recommendation
+    init_registry(tiny_model, path, data_root=str(medmnist_root), methods=["salun-cra", "retrain"])
     return path
 
 
@@ -88,11 +89,20 @@ def snapshot(reg):
 # --------------------------------------------------------------------------- init / status
 
 
+def test_default_chain_is_the_recommendation(tiny_model, tmp_path, medmnist_root):
+    from medunlearn.registry.core import RECOMMENDED
+
+    init_registry(tiny_model, tmp_path / "r", data_root=str(medmnist_root))
+    # BreastMNIST is a binary clinical view: Newton step, then SalUn-CRA, then retraining
+    assert status(tmp_path / "r")["methods"] == RECOMMENDED["binary"]
+    assert RECOMMENDED["binary"] == ["newton", "salun-cra", "retrain"]
+
+
 def test_init_records_model_and_manifest(reg, tiny_model, manifest):
     st = status(reg)
     assert st["active_version"]["n"] == 1
     assert st["active_version"]["weights_sha256"] == sha256_file(tiny_model / "model.safetensors")
-    assert st["methods"] == ["salun-cra", "retrain"]  # BreastMNIST is a binary clinical view
+    assert st["methods"] == ["salun-cra", "retrain"]
     assert st["samples"] == {"total": len(manifest), "forgotten": 0, "withdrawn": 0}
     assert (reg / "versions" / "1" / "model.safetensors").is_file()
     conn = sqlite3.connect(reg / "registry.db")
@@ -456,7 +466,7 @@ def test_end_to_end_with_real_unlearning_and_gate(tiny_model, manifest, tmp_path
     pytest.importorskip("medunlearn.evaluation.gate")
     reg = tmp_path / "reg"
     assert main(["registry", "init", "--model", str(tiny_model), "--out", str(reg),
-                 "--data-root", str(medmnist_root)]) == 0
+                 "--data-root", str(medmnist_root), "--methods", "salun-cra,retrain"]) == 0
     assert "salun-cra -> retrain" in capsys.readouterr().out
     a, b = distinct(manifest, 4), distinct(manifest, 3, start=40)
     (tmp_path / "a.json").write_text(json.dumps(req("E-1", manifest, a)))

@@ -54,7 +54,7 @@ def model_dir(tmp_path_factory, medmnist_root):
 
 @pytest.fixture
 def reg(model_dir, tmp_path):
-    init_registry(model_dir, tmp_path / "reg")
+    init_registry(model_dir, tmp_path / "reg", methods=["salun-cra", "retrain"])
     return tmp_path / "reg"
 
 

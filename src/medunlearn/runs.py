@@ -68,8 +68,9 @@ def finished_run_metrics(out: Path, key: str) -> dict | None:
     return None
 
 
-def split_metrics(model, dataset: MedDataset) -> dict:
-    return {name: evaluate_split(model, dataset.splits[name]) for name in ("train", "val", "test")}
+def split_metrics(model, dataset: MedDataset,
+                  names: tuple[str, ...] = ("train", "val", "test")) -> dict:
+    return {name: evaluate_split(model, dataset.splits[name]) for name in names}
 
 
 def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,

@@ -64,7 +64,10 @@ def predict_logits(model: nn.Module, split: Split, indices: torch.Tensor | None 
     """Logits (N, K) of ``model`` on a split (or the ``indices`` subset), in eval mode."""
     was_training = model.training
     model.eval()
-    out = [model(x) for x, _, _ in iterate_batches(split, indices, batch_size=batch_size)]
+    model.to(memory_format=torch.channels_last)  # faster CPU convolutions; same numbers
+    out = [model(x.contiguous(memory_format=torch.channels_last))
+           for x, _, _ in iterate_batches(split, indices, batch_size=batch_size)]
+    model.to(memory_format=torch.contiguous_format)
     model.train(was_training)
     k = model.head.out_features if hasattr(model, "head") else 0
     return torch.cat(out).numpy() if out else np.zeros((0, k), dtype=np.float32)

@@ -27,8 +27,8 @@ def init(
                                         "(from 'medunlearn train').")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Registry folder to create.")],
     methods: Annotated[str | None, typer.Option(
-        help="Method chain, first = default, rest = fallbacks (default: salun-cra,retrain for "
-             "binary clinical views, salun,retrain otherwise).")] = None,
+        help="Method chain, first = default, rest = fallbacks (default: newton,salun-cra,retrain "
+             "for binary clinical views, newton,salun,retrain otherwise).")] = None,
     data_root: DataRoot = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing registry.")] = False,
 ) -> None:

@@ -40,12 +40,14 @@ def split_outputs(model: torch.nn.Module, split: Split, indices: np.ndarray | No
     that order), in eval mode."""
     was_training = model.training
     model.eval()
+    model.to(memory_format=torch.channels_last)  # faster CPU convolutions; same numbers
     logits, feats = [], []
     idx = None if indices is None else torch.as_tensor(np.asarray(indices), dtype=torch.long)
     for x, _, _ in iterate_batches(split, idx, batch_size=batch_size):
-        f = model.features(x)  # (B, D)
+        f = model.features(x.contiguous(memory_format=torch.channels_last))  # (B, D)
         feats.append(f)
         logits.append(model.head(f))  # (B, K)
+    model.to(memory_format=torch.contiguous_format)
     model.train(was_training)
     k = model.head.out_features
     d = model.head.in_features

@@ -62,8 +62,12 @@ MODEL_FILE = "model.safetensors"
 CRASH_ENV = "MEDUNLEARN_REGISTRY_CRASH_AT"  # test hook: os._exit at a named point
 
 #: Recommended method chains: the first method that passes the safety gate is promoted.
-#: Binary clinical views use SalUn-CRA (it never teaches "malignant looks benign").
-RECOMMENDED = {"binary": ["salun-cra", "retrain"], "native": ["salun", "retrain"]}
+#: A deletion request usually names one patient's few images, so the chain starts with the
+#: Newton-step weight scrub (seconds, a bounded update; the TB-detection study's method), falls
+#: back to SalUn-CRA on binary clinical views (it never teaches "malignant looks benign") or
+#: SalUn on multi-class views, and finally to exact retraining without every forgotten image.
+RECOMMENDED = {"binary": ["newton", "salun-cra", "retrain"],
+               "native": ["newton", "salun", "retrain"]}
 
 
 def _crashpoint(name: str) -> None:
@@ -152,7 +156,7 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
             present, otherwise the hashes are computed from the data).
         out: The registry folder to create (must be new or empty unless ``overwrite``).
         methods: The method chain (first = default method, the rest = fallbacks); default: the
-            recommendation for the model's task view, e.g. ``["salun-cra", "retrain"]``.
+            recommendation for the model's task view, e.g. ``["newton", "salun-cra", "retrain"]``.
         data_root: Where the MedMNIST files are (recorded and used by later requests).
         overwrite: Replace an existing registry at ``out``.
 
