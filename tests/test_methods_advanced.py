@@ -307,7 +307,7 @@ def test_newton_raises_forget_loss_and_keeps_test_accuracy(setup, extra, moved_p
     d = out.details
     assert d["delta_norm"] > 0 and np.isfinite(d["cg_residual"])
     assert d["cg_iterations"] >= 1 or d["solver"] == "diag"
-    assert d["delta_norm"] <= 0.1 * d["param_norm"] + 1e-9  # trust region
+    assert d["delta_norm"] <= 0.1 * d["param_norm"] * (1 + 1e-5)  # trust region (fp32 norms)
     b_f, a_f = (evaluate_split(m, ds.train, forget) for m in (model, out.model))
     b_t, a_t = (evaluate_split(m, ds.test) for m in (model, out.model))
     assert a_f["loss"] > b_f["loss"]  # the step ascends the forget loss (to first order)
