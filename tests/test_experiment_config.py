@@ -150,6 +150,13 @@ def test_cli_reports_bad_study_and_lists_jobs(tmp_path, capsys):
     assert out.count("breastmnist-binary-aug_none-random_0.2-") == 4
     assert main(["experiment", str(STUDIES / "tiny.yaml"), "--out", str(tmp_path / "r"),
                  "--backend", "spark"]) == 2
+    capsys.readouterr()
+    assert main(["experiment", str(STUDIES / "clinical_risk.yaml"), "--out",
+                 str(tmp_path / "r"), "--seeds", "1", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "x 1 seed(s)" in out and "-s1-" in out and "-s0-" not in out
+    assert main(["experiment", str(STUDIES / "tiny.yaml"), "--out", str(tmp_path / "r"),
+                 "--seeds", "x"]) == 2
 
 
 def test_studies_share_models_and_cells_in_one_results_folder():

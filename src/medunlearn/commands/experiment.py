@@ -24,12 +24,16 @@ def experiment(
     data_root: Annotated[str | None, typer.Option(
         "--data-root", help="Folder with the MedMNIST .npz files (overrides the study file; "
         "default $MEDMNIST_ROOT).")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Run only these seeds, e.g. 0 or 0,1 (overrides the study's list; finished cells "
+        "are shared with runs of the full list).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the jobs and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run (or resume) a grid of unlearning experiments into one results table."""
     import dataclasses
 
+    from medunlearn.commands._common import parse_int_list
     from medunlearn.errors import ConfigError
     from medunlearn.experiments import load_experiment, run_experiment
     from medunlearn.experiments.runner import BACKENDS
@@ -40,6 +44,11 @@ def experiment(
     cfg = load_experiment(config)
     if data_root:
         cfg = dataclasses.replace(cfg, data_root=data_root)
+    if seeds:
+        picked = parse_int_list(seeds, "--seeds")
+        if not picked or min(picked) < 0:
+            raise ConfigError(f"--seeds takes non-negative integers such as 0,1; got {seeds!r}.")
+        cfg = dataclasses.replace(cfg, seeds=tuple(dict.fromkeys(picked)))
     originals, references, cells = cfg.plan()
     typer.echo(f"{cfg.name}: {len(originals)} original model(s), {len(references)} retrained "
                f"reference(s), {len(cells)} cell(s) ({len(cfg.methods)} method(s) x "
