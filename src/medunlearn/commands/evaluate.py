@@ -10,6 +10,7 @@ import typer
 
 from medunlearn.commands._common import DataRoot, fmt
 from medunlearn.errors import OutputExistsError
+from medunlearn.evaluation.clinical import DEFAULT_C_FN, DEFAULT_C_FP
 
 GATE_FAILED_EXIT = 3
 
@@ -81,8 +82,9 @@ def evaluate(
     lira_epochs: Annotated[int | None, typer.Option(help="Epochs per shadow model (default: "
                                                     "the original recipe's).")] = None,
     c_fn: Annotated[float, typer.Option("--c-fn", help="Cost of a false negative (missed "
-                                        "disease).")] = 5.0,
-    c_fp: Annotated[float, typer.Option("--c-fp", help="Cost of a false positive.")] = 1.0,
+                                        "disease).")] = DEFAULT_C_FN,
+    c_fp: Annotated[float, typer.Option("--c-fp", help="Cost of a false positive.")
+                    ] = DEFAULT_C_FP,
     attack_retain_cap: Annotated[int, typer.Option(help="Retain samples used to train the "
                                                    "membership attack.")] = 2000,
     retain_limit: Annotated[int | None, typer.Option(help="Measure RA on a seeded subset of "
