@@ -342,6 +342,83 @@ def test_forgotten_images_never_come_back_to_a_retrain(reg, manifest):
     assert set(a) | set(b) <= set(calls[-1]["exclude"])
 
 
+def test_consolidation_retrains_exactly_without_every_withdrawn_image(reg, manifest, capsys,
+                                                                     monkeypatch, tmp_path):
+    calls = []
+
+    def recording(model_dir, **kw):
+        calls.append(kw)
+        return fake_unlearn(model_dir, **kw)
+
+    # nothing forgotten yet: the registered model is exact and there is nothing to consolidate
+    assert status(reg)["exactness"] == {"approximate_steps": 0, "withdrawn_not_forgotten": 0,
+                                        "exact": True}
+    before = snapshot(reg)
+    with pytest.raises(RequestError, match="no image has been forgotten"):
+        forget(reg, {"id": "C-0", "subject": "ops", "consolidate": True}, unlearn=recording,
+               verify=fake_verify)
+    assert snapshot(reg) == before
+    # two approximate steps, then a request whose every method fails (images stay in the model)
+    a, b, c = distinct(manifest, 2), distinct(manifest, 3, start=10), distinct(manifest, 2,
+                                                                               start=20)
+    forget(reg, req("DR-A", manifest, a), unlearn=recording, verify=fake_verify)
+    forget(reg, req("DR-B", manifest, b), unlearn=recording, verify=fake_verify)
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra,retrain")
+    assert forget(reg, req("DR-C", manifest, c), unlearn=recording,
+                  verify=fake_verify)["status"] == "failed"
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "")
+    x = status(reg)["exactness"]
+    assert x == {"approximate_steps": 2, "withdrawn_not_forgotten": 2, "exact": False}
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_STEPS", "fake")
+    assert main(["registry", "status", str(reg)]) == 0
+    assert "2 approximate unlearning step(s)" in capsys.readouterr().out
+    # consolidate: one retraining from scratch that leaves out all seven images
+    assert main(["registry", "consolidate", str(reg), "--id", "CONS-1", "--note", "monthly"]) == 0
+    assert "retrained without the 7 image(s)" in capsys.readouterr().out
+    call = json.loads((reg / "versions" / "4" / "fake_call.json").read_text())
+    assert call["method"] == "retrain" and call["forget"] == sorted(a + b + c)
+    assert call["exclude"] == []
+    st = status(reg)
+    assert st["active_version"]["n"] == 4 and st["active_version"]["method"] == "retrain"
+    assert st["exactness"] == {"approximate_steps": 0, "withdrawn_not_forgotten": 0,
+                               "exact": True}
+    assert st["samples"] == {"total": 120, "forgotten": 7, "withdrawn": 7}
+    # earlier images keep the version and request that forgot them; DR-C's are forgotten now
+    conn = sqlite3.connect(reg / "registry.db")
+    rows = dict(((i, (v, r)) for i, v, r in conn.execute(
+        "SELECT idx, forgotten_in, request_id FROM samples WHERE forgotten_in IS NOT NULL")))
+    conn.close()
+    assert {i: rows[i] for i in a} == {i: (2, "DR-A") for i in a}
+    assert {i: rows[i] for i in c} == {i: (4, "DR-C") for i in c}
+    assert verify_registry(reg).ok
+    cert = certificate(reg, "CONS-1")
+    assert [f["index"] for f in cert["consolidated"]] == sorted(a + b + c)
+    assert cert["request"]["body"]["consolidate"] is True and cert["method"] == "retrain"
+    write_certificate(reg, "CONS-1", tmp_path / "cert")
+    assert "Consolidation: exact retraining without the 7 images" in (
+        tmp_path / "cert" / "certificate.html").read_text()
+    # the same id again is a no-op; a later deletion request excludes everything as before
+    again = forget(reg, {"id": "CONS-1", "subject": "scheduled-consolidation", "note": "monthly",
+                         "consolidate": True})
+    assert again["reused"] and status(reg)["active_version"]["n"] == 4
+    forget(reg, req("DR-D", manifest, distinct(manifest, 1, start=40)), unlearn=recording,
+           verify=fake_verify)
+    assert set(a + b + c) == set(calls[-1]["exclude"])
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"images": ["a" * 64]}, "names no new images"),
+    ({"method": "salun"}, "always retrains"),
+    ({"consolidate": "yes"}, "must be true or false"),
+])
+def test_bad_consolidation_requests_are_refused(reg, body, message):
+    before = snapshot(reg)
+    with pytest.raises(RequestError, match=message):
+        forget(reg, {"id": "C-1", "subject": "ops", "consolidate": True} | body,
+               unlearn=fake_unlearn, verify=fake_verify)
+    assert snapshot(reg) == before
+
+
 def test_verify_step_receives_active_version_as_original(reg, manifest):
     seen = []
 

@@ -24,6 +24,7 @@ from medunlearn.experiments.store import ResultsStore
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
     "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 
+N_FIGURES = 10
 # method -> (UA, FNR, unlearn seconds, gate passes); retrain is the reference (UA 0.30)
 METHODS = {
     "retrain": (0.30, 0.20, 40.0, True),
@@ -44,7 +45,9 @@ def _row(method, ua, fnr, secs, passed, *, ratio, augment, seed):
         "mia_efficacy": ua, "attack_auc": 0.5 + ua / 10, "average_gap_pp": 100 * abs(ua - 0.3),
         "fnr": fnr + ratio / 10, "fpr": 0.1, "global_risk": 5 * fnr * 0.3 + 0.07,
         "original_fnr": 0.2, "fnr_change": fnr + ratio / 10 - 0.2, "unlearn_seconds": secs,
-        "retrain_seconds": 40.0, "speedup": 40.0 / secs, "gate_passed": passed,
+        "retrain_seconds": 40.0, "speedup": 40.0 / secs, "cell_seconds": secs + 2.0,
+        "original_train_seconds": 60.0, "original_dir": f"orig-{augment}-{seed}",
+        "reference_dir": f"ref-{augment}-{ratio}-{seed}", "gate_passed": passed,
         "gate_reasons": [] if passed else ["ta_drop: FAIL - TA dropped 0.2 (limit 0.03)"],
         "metrics": {f"bias.difficulty.forget.{role}.{d}.accuracy": acc
                     for role, accs in (("model", (0.9, 0.7, 0.4)), ("reference", (0.8, 0.6, 0.3)))
@@ -100,7 +103,10 @@ def test_markdown_tables_mark_the_best_per_direction(report):
     assert "ta_drop: FAIL" in md
     # figures are PNG files beside the Markdown, linked relatively
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == 5  # risk vs ratio, Pareto, FNR change, difficulty, augmentation
+    # per augmentation setting: risk, utility and difficulty against the ratio (2 x 3), then
+    # Pareto, FNR change, pooled difficulty and the augmentation comparison
+    assert len(links) == N_FIGURES
+    assert sum("against forget ratio" in cap for cap in re.findall(r"!\[([^\]]*)\]", md)) == 6
     for link in links:
         png = (report / link).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000
@@ -109,8 +115,8 @@ def test_markdown_tables_mark_the_best_per_direction(report):
 def test_html_is_self_contained(report):
     page = (report / "report.html").read_text()
     assert page.count("<table class='results'") == 4
-    assert page.count("<img ") == 5
-    assert page.count("src='data:image/png;base64,") == 5
+    assert page.count("<img ") == N_FIGURES
+    assert page.count("src='data:image/png;base64,") == N_FIGURES
     assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing fetched from elsewhere
     assert "class='best'" in page and "class='unsafe" in page
 
@@ -139,7 +145,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     sizes = re.search(r'<pre id="img-sizes">([^<]*)</pre>', dom)
     assert sizes, dom[-2000:]
     dims = [tuple(map(int, s.split("x"))) for s in sizes.group(1).split()]
-    assert len(dims) == 5 and all(w > 100 and h > 100 for w, h in dims)
+    assert len(dims) == N_FIGURES and all(w > 100 and h > 100 for w, h in dims)
     # the tables were parsed: one row per method in each of the four tables
     assert len(re.findall(r'<tr class="[^"]*" data-method="', dom)) == 4 * len(METHODS)
     assert dom.count('class="best"') >= 4 * 8
@@ -152,3 +158,49 @@ def test_report_errors(tmp_path):
     with pytest.raises(MedUnlearnError, match="no finished cells"):
         write_report(tmp_path / "empty", tmp_path / "out")
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_compute_time_counts_shared_jobs_once(report):
+    md = (report / "report.md").read_text()
+    # 6 originals (augment x seed) x 60 s, 12 references (x ratio) x 40 s, 60 cells x (s + 2) s
+    cells = 2 * 2 * 3 * sum(secs + 2.0 for _, _, secs, _ in METHODS.values())
+    total = 6 * 60.0 + 12 * 40.0 + cells
+    assert (f"Compute time on the machine that ran it: {total / 60:.1f} min (original models "
+            f"{6:.1f}, retrained references {8:.1f}, unlearning + evaluation cells "
+            f"{cells / 60:.1f})") in md
+
+
+def test_report_of_one_study_in_a_shared_results_folder(tmp_path):
+    from medunlearn.experiments.config import parse_experiment
+
+    study = parse_experiment({
+        "name": "small", "description": "Two methods.",
+        "datasets": [{"dataset": "breastmnist", "view": "binary"}],
+        "forget": ["random:0.2", "random:0.5"], "methods": ["retrain", "finetune"],
+        "seeds": [0], "train": {"epochs": 1}}, source="small.yaml")
+    cells = study.cells()
+    with ResultsStore(tmp_path / "res") as store:
+        for c in cells[:3]:  # three of the study's four cells, plus another study's rows
+            r = _row(c.method.name, *METHODS[c.method.name], ratio=float(c.reference.forget[7:]),
+                     augment="basic", seed=0)
+            store.insert(r | {"key": c.key, "experiment": "other"})
+        for m, (ua, fnr, secs, ok) in METHODS.items():
+            store.insert(_row(m, ua, fnr, secs, ok, ratio=0.1, augment="basic", seed=0))
+    paths = write_report(tmp_path / "res", tmp_path / "out", study=study)
+    assert paths["rows"] == 3 and paths["missing"] == 1
+    md = paths["markdown"].read_text()
+    assert md.startswith("# Unlearning experiment: small")
+    assert "Two methods. 1 cell(s) of the study are not in the results yet." in md
+    assert "forget random:0.1" not in md and "salun" not in md
+    # the CLI takes the study file; a study with no finished cell is a clear error
+    study_file = tmp_path / "small.yaml"
+    study_file.write_text("name: small\ndatasets: [{dataset: breastmnist, view: binary}]\n"
+                          "forget: [random:0.2]\nmethods: [finetune]\nseeds: [0]\n"
+                          "train: {epochs: 1}\n")
+    assert main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "o2"),
+                 "--study", str(study_file)]) == 0
+    assert "| finetune | 1 |" in (tmp_path / "o2" / "report.md").read_text()
+    other = parse_experiment({"name": "none", "datasets": [{"dataset": "breastmnist"}],
+                              "forget": ["random:0.3"], "methods": ["finetune"]})
+    with pytest.raises(MedUnlearnError, match="None of the 1 cells of study 'none'"):
+        write_report(tmp_path / "res", tmp_path / "o3", study=other)

@@ -77,13 +77,20 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.html, report.md "
                                       "and the figures.")],
     title: Annotated[str | None, typer.Option(help="Report title.")] = None,
+    study: Annotated[Path | None, typer.Option(
+        help="Study file (.yaml or .toml): report only its cells, e.g. when several studies "
+             "share one results folder.")] = None,
 ) -> None:
     """Write an HTML page (figures embedded) and a Markdown report of an experiment."""
+    from medunlearn.experiments import load_experiment
     from medunlearn.experiments.report import write_report
 
-    paths = write_report(results, out, title=title)
+    cfg = load_experiment(study) if study is not None else None
+    paths = write_report(results, out, title=title, study=cfg)
     typer.echo(f"report: {paths['html']} and {paths['markdown']} ({paths['rows']} rows, "
-               f"{len(paths['figures'])} figures)")
+               f"{len(paths['figures'])} figures"
+               + (f", {paths['missing']} cell(s) of the study not run yet" if paths["missing"]
+                  else "") + ")")
 
 
 def register(app: typer.Typer) -> None:

@@ -62,6 +62,19 @@ def status_cmd(
     s = st["samples"]
     typer.echo(f"images: {s['total']} in the manifest, {s['forgotten']} forgotten, "
                f"{s['withdrawn']} withdrawn from training")
+    x = st["exactness"]
+    if x["exact"]:
+        typer.echo("active model: exact (trained or retrained without every withdrawn image)")
+    else:
+        parts = []
+        if x["approximate_steps"]:
+            parts.append(f"{x['approximate_steps']} approximate unlearning step(s) since the "
+                         "last exact model")
+        if x["withdrawn_not_forgotten"]:
+            parts.append(f"{x['withdrawn_not_forgotten']} withdrawn image(s) whose request did "
+                         "not finish are still in it")
+        typer.echo(f"active model: {'; '.join(parts)}. 'medunlearn registry consolidate "
+                   f"{reg} --id ID' retrains it exactly.")
     for name in ("pending", "completed", "failed"):
         reqs = st["requests"].get(name, [])
         typer.echo(f"{name} requests: {len(reqs)}")
@@ -110,24 +123,63 @@ def forget(
 
     result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
                         log=lambda m: typer.echo(m, err=True))
+    _report_result(reg, result, as_json)
+
+
+@registry_app.command("consolidate")
+def consolidate_cmd(
+    reg: Reg,
+    request_id: Annotated[str, typer.Option("--id", help="Id of this consolidation in the "
+                                            "ledger, e.g. 'CONS-2026-11'.")],
+    subject: Annotated[str, typer.Option(
+        help="Opaque reference recorded with it (who asked, or the schedule).")] =
+        "scheduled-consolidation",
+    note: Annotated[str, typer.Option(help="Free-text note for the ledger.")] = "",
+    data_root: DataRoot = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Training seed (default: the model's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    wait: Annotated[float | None, typer.Option(
+        help="Seconds to wait for another process changing the registry (default: as long as "
+             "it takes).")] = None,
+) -> None:
+    """Retrain from scratch without every image forgotten so far, verify, promote.
+
+    Run it now and then (e.g. monthly) to replace approximate unlearning by exact retraining.
+    """
+    from medunlearn.registry import forget as run_forget
+
+    request = {"id": request_id, "subject": subject, "note": note, "consolidate": True}
+    result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
+                        log=lambda m: typer.echo(m, err=True))
+    _report_result(reg, result, as_json)
+
+
+def _report_result(reg: Path, result: dict, as_json: bool) -> None:
+    """Print a request's result; exit 1 when no method passed the safety gate."""
+    rid = result["request_id"]
     if as_json:
         echo_json(result)
     elif result.get("reused"):
-        typer.echo(f"request {result['request_id']} was already {result['status']} (version "
+        typer.echo(f"request {rid} was already {result['status']} (version "
                    f"{result['to_version']}); nothing to do")
+    elif result["status"] == "completed" and result.get("consolidated"):
+        typer.echo(f"request {rid}: retrained without the {result['consolidated']} image(s) "
+                   f"forgotten so far; version {result['to_version']} is active (weights "
+                   f"{_short(result['weights_after'])}...)")
     elif result["status"] == "completed" and result["from_version"] == result["to_version"]:
-        typer.echo(f"request {result['request_id']}: all {result['already_forgotten']} image(s) "
-                   f"were already forgotten; version {result['to_version']} stays active")
+        typer.echo(f"request {rid}: all {result['already_forgotten']} image(s) were already "
+                   f"forgotten; version {result['to_version']} stays active")
     elif result["status"] == "completed":
-        typer.echo(f"request {result['request_id']}: forgot {result['forgotten']} image(s) with "
+        typer.echo(f"request {rid}: forgot {result['forgotten']} image(s) with "
                    f"{result['method']}; version {result['to_version']} is active (weights "
                    f"{_short(result['weights_after'])}...)")
     if result["status"] != "completed":
-        typer.secho(f"request {result['request_id']}: no method passed the safety gate "
+        typer.secho(f"request {rid}: no method passed the safety gate "
                     f"({', '.join(a['method'] for a in result['attempts'])}); version "
                     f"{result['from_version']} stays active and the images are withdrawn from all "
-                    f"further training. See 'medunlearn audit show {reg} "
-                    f"{result['request_id']} --out DIR'.", err=True, fg="red")
+                    f"further training. See 'medunlearn audit show {reg} {rid} --out DIR'.",
+                    err=True, fg="red")
         raise typer.Exit(1)
 
 

@@ -21,6 +21,7 @@ import html
 import math
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,57 +181,94 @@ def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     return g
 
 
-def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
-    """Write every figure as PNG into ``folder``; returns ``(caption, path)`` pairs."""
-    plt = _pyplot()
-    folder.mkdir(parents=True, exist_ok=True)
-    figs: list[tuple[str, Path]] = []
-    for r in rows:
-        r["_ds"] = _dataset_name(r)
-    datasets = sorted({r["_ds"] for r in rows})
-    labels_all = _method_order(sorted({r["label"] for r in rows}),
+def _field(name: str, scale: float = 1.0) -> Callable[[dict], float | None]:
+    def value(r: dict) -> float | None:
+        v = r.get(name)
+        return None if v is None else scale * v
+    return value
+
+
+def _bias(tercile: str) -> Callable[[dict], float | None]:
+    return lambda r: _difficulty_bias(r).get(tercile)
+
+
+def _values(rows: list[dict], lab: str, value: Callable, **match) -> list:
+    """``value(row)`` for the rows of one method label that match every ``field=value``."""
+    return [value(r) for r in rows if r["label"] == lab
+            and all(r[k] == v for k, v in match.items())]
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
+
+
+class _Figures:
+    """Draws the report's figures for one results table, with one colour per method."""
+
+    def __init__(self, rows: list[dict], folder: Path) -> None:
+        self.plt = _pyplot()
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        labels = _method_order(sorted({r["label"] for r in rows}),
                                {r["label"]: r["method"] for r in rows})
-    colors = {lab: plt.get_cmap("tab20")(i % 20) for i, lab in enumerate(labels_all)}
+        self.labels = labels
+        self.colors = {lab: self.plt.get_cmap("tab20")(i % 20) for i, lab in enumerate(labels)}
+        self.out: list[tuple[str, Path]] = []
 
-    def slug(text: str) -> str:
-        return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
+    def save(self, fig, caption: str, name: str) -> None:
+        self.out.append((caption, save_figure(fig, self.folder / f"{_slug(name)}.png")))
 
-    for ds in datasets:
-        drows = [r for r in rows if r["_ds"] == ds]
-        # 1. Global Risk and FNR against forget ratio, per method (mean ± std over seeds)
-        ratio_rows = [r for r in drows if r["forget_ratio"] is not None]
-        if ratio_rows:
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-            for ax, field, name in ((axes[0], "global_risk", "Global Risk (test)"),
-                                    (axes[1], "fnr", "FNR (test)")):
-                for lab in labels_all:
-                    pts = _by([r for r in ratio_rows if r["label"] == lab], "forget_ratio")
-                    xs = sorted(pts)
-                    stats = [mean_std([r.get(field) for r in pts[x]]) for x in xs]
-                    keep = [(x[0], m, s) for x, (m, s, _) in zip(xs, stats, strict=True)
-                            if m is not None]
-                    if keep:
-                        x, m, s = map(np.asarray, zip(*keep, strict=True))
-                        ax.errorbar(x * 100, m, yerr=s, marker="o", capsize=3, label=lab,
-                                    color=colors[lab])
-                ax.set_xlabel("forget set (% of training data)")
-                ax.set_ylabel(name)
-                ax.grid(alpha=0.3)
-            axes[1].legend(fontsize=7, ncol=2)
-            fig.suptitle(f"{ds}: clinical risk against forget-set size")
-            figs.append((f"{ds}: Global Risk and FNR against forget ratio (mean ± std over "
-                         "seeds)", save_figure(fig, folder / f"risk_vs_ratio_{slug(ds)}.png")))
-        # 2. Pareto view: average gap against unlearning time
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    def against_ratio(self, rows: list[dict], panels: list[tuple[Callable, str]], title: str,
+                      caption: str, name: str) -> None:
+        """One line per method over the forget ratio, one panel per metric (mean ± std)."""
+        fig, axes = self.plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8),
+                                      squeeze=False)
+        for ax, (value, ylabel) in zip(axes[0], panels, strict=True):
+            for lab in self.labels:
+                pts = _by([r for r in rows if r["label"] == lab], "forget_ratio")
+                keep = []
+                for (x,) in sorted(pts):
+                    m, s, _ = mean_std([value(r) for r in pts[(x,)]])
+                    if m is not None:
+                        keep.append((100 * x, m, s))
+                if keep:
+                    x, m, s = map(np.asarray, zip(*keep, strict=True))
+                    ax.errorbar(x, m, yerr=s, marker="o", ms=4, capsize=2, label=lab,
+                                color=self.colors[lab],
+                                ls="--" if lab == REFERENCE_METHOD else "-")
+            ax.set_xlabel("forget set (% of training data)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7, ncol=2)
+        fig.suptitle(title)
+        self.save(fig, caption, name)
+
+    def grouped_bars(self, ax, rows: list[dict], labs: list[str],
+                     series: list[tuple[str, Callable, dict]]) -> None:
+        """Bars per method (mean ± std), one bar per ``(name, value, match)`` series: the
+        values of the method's rows that match every ``field: value`` of ``match``."""
+        width = 0.8 / max(1, len(series))
+        for j, (name, value, match) in enumerate(series):
+            stats = [mean_std(_values(rows, lab, value, **match)) for lab in labs]
+            ax.bar(np.arange(len(labs)) + j * width,
+                   [np.nan if m is None else m for m, _, _ in stats], width,
+                   yerr=[0 if s is None else s for _, s, _ in stats], capsize=2, label=name)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(np.arange(len(labs)) + width * (len(series) - 1) / 2)
+        ax.set_xticklabels(labs, rotation=30, ha="right", fontsize=8)
+
+    def pareto(self, rows: list[dict], ds: str) -> None:
+        fig, ax = self.plt.subplots(figsize=(6.5, 4.2))
         pts = []
-        for lab in labels_all:
-            rs = [r for r in drows if r["label"] == lab]
+        for lab in self.labels:
+            rs = [r for r in rows if r["label"] == lab]
             t, _, _ = mean_std([r.get("unlearn_seconds") for r in rs])
             g, gs, _ = mean_std([r.get("average_gap_pp") for r in rs])
             if t is None or g is None:
                 continue
             pts.append((t, g, lab))
-            ax.errorbar([t], [g], yerr=[gs], marker="o", capsize=3, color=colors[lab], label=lab)
+            ax.errorbar([t], [g], yerr=[gs], marker="o", capsize=3, color=self.colors[lab],
+                        label=lab)
         if pts:
             front, best_gap = [], math.inf
             for t, g, _ in sorted(pts):
@@ -246,71 +284,78 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         ax.set_title(f"{ds}: quality against cost (lower left is better)")
-        figs.append((f"{ds}: average gap against unlearning time (Pareto view)",
-                     save_figure(fig, folder / f"pareto_{slug(ds)}.png")))
-        # 3. FNR change against the original model, per method and forget selection
-        forgets = sorted({(r["forget_ratio"] or 0, r["forget"]) for r in drows})
-        labs = [lab for lab in labels_all if any(r["label"] == lab for r in drows)]
-        fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(labs) * max(1, len(forgets))), 3.8))
-        width = 0.8 / max(1, len(forgets))
-        for j, (_, forget) in enumerate(forgets):
-            ms, ss = [], []
-            for lab in labs:
-                m, s, _ = mean_std([100 * r["fnr_change"] for r in drows
-                                    if r["label"] == lab and r["forget"] == forget
-                                    and r.get("fnr_change") is not None])
-                ms.append(np.nan if m is None else m)
-                ss.append(0 if s is None else s)
-            ax.bar(np.arange(len(labs)) + j * width, ms, width, yerr=ss, capsize=2,
-                   label=f"forget {forget}")
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(np.arange(len(labs)) + width * (len(forgets) - 1) / 2)
-        ax.set_xticklabels(labs, rotation=30, ha="right", fontsize=8)
+        self.save(fig, f"{ds}: average gap against unlearning time (Pareto view)",
+                  f"pareto_{ds}")
+
+
+def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
+    """Write every figure as PNG into ``folder``; returns ``(caption, path)`` pairs."""
+    f = _Figures(rows, folder)
+    by_ds = _by([r | {"_ds": _dataset_name(r)} for r in rows], "_ds")
+    for (ds,), drows in sorted(by_ds.items()):
+        labs = [lab for lab in f.labels if any(r["label"] == lab for r in drows)]
+        augs = sorted({r["augment"] for r in drows})
+
+        # 1-3. against the forget ratio (when the grid has at least two ratios)
+        for aug in augs:
+            ratio_rows = [r for r in drows if r["forget_ratio"] is not None
+                          and r["augment"] == aug]
+            if len({r["forget_ratio"] for r in ratio_rows}) < 2:
+                continue
+            where = ds if len(augs) == 1 else f"{ds}, augmentation {aug}"
+            f.against_ratio(ratio_rows, [(_field("global_risk"), "Global Risk (test)"),
+                                         (_field("fnr", 100), "FNR (test, %)")],
+                            f"{where}: clinical risk against forget-set size",
+                            f"{where}: Global Risk and FNR against forget ratio (mean ± std "
+                            "over seeds; dashed = retrained reference)", f"risk_vs_ratio_{where}")
+            f.against_ratio(ratio_rows, [(_field("TA", 100), "test accuracy (%)"),
+                                         (_field("UA", 100), "UA = forget-set error (%)"),
+                                         (_field("average_gap_pp"),
+                                          "average gap to retraining (pp)")],
+                            f"{where}: generalisation and forgetting against forget-set size",
+                            f"{where}: test accuracy, UA (forget-set error) and average gap "
+                            "against forget ratio", f"utility_vs_ratio_{where}")
+            f.against_ratio(ratio_rows, [(_bias(d), f"{d}: forget acc. − retrained (pp)")
+                                         for d in DIFFICULTY],
+                            f"{where}: forgetting by sample difficulty against forget-set size",
+                            f"{where}: easy/medium/hard bias against forget ratio (forget-set "
+                            "accuracy minus the retrained model's, terciles of the original "
+                            "model's loss; 0 = as retraining)", f"difficulty_vs_ratio_{where}")
+        # 4. Pareto view: average gap against unlearning time
+        f.pareto(drows, ds)
+        # 5. FNR change against the original model, per method and forget selection
+        forgets = [fg for _, fg in sorted({(r["forget_ratio"] or 0, r["forget"]) for r in drows})]
+        fig, ax = f.plt.subplots(figsize=(max(6, 0.7 * len(labs) * max(1, len(forgets))), 3.8))
+        f.grouped_bars(ax, drows, labs, [(f"forget {fg}", _field("fnr_change", 100), {"forget": fg})
+                                        for fg in forgets])
         ax.set_ylabel("FNR − original FNR (pp)")
         ax.set_title(f"{ds}: change in missed-disease rate (above 0 = more missed)")
         ax.legend(fontsize=7)
-        figs.append((f"{ds}: FNR change against the original model",
-                     save_figure(fig, folder / f"fnr_change_{slug(ds)}.png")))
-        # 4. easy / medium / hard bias
-        fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(labs)), 3.8))
-        width = 0.8 / len(DIFFICULTY)
-        for j, d in enumerate(DIFFICULTY):
-            ms, ss = [], []
-            for lab in labs:
-                m, s, _ = mean_std([_difficulty_bias(r).get(d) for r in drows
-                                    if r["label"] == lab])
-                ms.append(np.nan if m is None else m)
-                ss.append(0 if s is None else s)
-            ax.bar(np.arange(len(labs)) + j * width, ms, width, yerr=ss, capsize=2, label=d)
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(np.arange(len(labs)) + width)
-        ax.set_xticklabels(labs, rotation=30, ha="right", fontsize=8)
+        f.save(fig, f"{ds}: FNR change against the original model", f"fnr_change_{ds}")
+        # 6. easy / medium / hard bias, pooled over the grid's settings
+        fig, ax = f.plt.subplots(figsize=(max(6, 0.8 * len(labs)), 3.8))
+        f.grouped_bars(ax, drows, labs, [(d, _bias(d), {}) for d in DIFFICULTY])
         ax.set_ylabel("forget accuracy − retrained (pp)")
         ax.set_title(f"{ds}: forgetting by sample difficulty (0 = as retraining)")
         ax.legend(fontsize=7, title="difficulty (original loss)")
-        figs.append((f"{ds}: easy/medium/hard bias (forget-set accuracy against the retrained "
-                     "model, terciles of the original model's loss)",
-                     save_figure(fig, folder / f"difficulty_{slug(ds)}.png")))
-        # 5. augmentation on/off (only when the grid varies it)
-        augs = sorted({r["augment"] for r in drows})
+        f.save(fig, f"{ds}: easy/medium/hard bias (forget-set accuracy against the retrained "
+               "model, terciles of the original model's loss; all settings pooled)",
+               f"difficulty_{ds}")
+        # 7. augmentation on/off (only when the grid varies it)
         if len(augs) > 1:
-            fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(labs)), 3.8))
-            width = 0.8 / len(augs)
-            for j, a in enumerate(augs):
-                ms = [mean_std([r.get("average_gap_pp") for r in drows
-                                if r["label"] == lab and r["augment"] == a])[0] for lab in labs]
-                ax.bar(np.arange(len(labs)) + j * width,
-                       [np.nan if m is None else m for m in ms], width, label=f"augment {a}")
-            ax.set_xticks(np.arange(len(labs)) + width * (len(augs) - 1) / 2)
-            ax.set_xticklabels(labs, rotation=30, ha="right", fontsize=8)
-            ax.set_ylabel("average gap to retraining (pp)")
-            ax.set_title(f"{ds}: effect of data augmentation")
-            ax.legend(fontsize=7)
-            figs.append((f"{ds}: average gap with and without augmentation",
-                         save_figure(fig, folder / f"augmentation_{slug(ds)}.png")))
-    for r in rows:
-        r.pop("_ds", None)
-    return figs
+            fig, axes = f.plt.subplots(1, 2, figsize=(max(10, 1.4 * len(labs)), 3.8))
+            for ax, (value, ylabel) in zip(axes, ((_field("average_gap_pp"),
+                                                   "average gap to retraining (pp)"),
+                                                  (_field("TA", 100), "test accuracy (%)")),
+                                           strict=True):
+                f.grouped_bars(ax, drows, labs, [(f"augment {a}", value, {"augment": a})
+                                                for a in augs])
+                ax.set_ylabel(ylabel)
+            axes[1].legend(fontsize=7)
+            fig.suptitle(f"{ds}: effect of data augmentation (mean ± std over seeds)")
+            f.save(fig, f"{ds}: average gap and test accuracy with and without augmentation",
+                   f"augmentation_{ds}")
+    return f.out
 
 
 # -- writers --------------------------------------------------------------------------------------
@@ -416,21 +461,45 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
     return "\n".join(parts)
 
 
+def compute_time(rows: list[dict]) -> dict[str, float]:
+    """Seconds of work behind ``rows``: each original and reference counted once, plus cells.
+
+    Shared jobs (one original model serves every forget set; one reference every method) are
+    counted once per run folder, so the total is the grid's cost on one machine, whichever
+    study computed a job first.
+    """
+    originals = {r.get("original_dir"): r.get("original_train_seconds") for r in rows}
+    references = {r.get("reference_dir"): r.get("retrain_seconds") for r in rows}
+    out = {"originals": sum(_finite(originals.values())),
+           "references": sum(_finite(references.values())),
+           "cells": sum(_finite(r.get("cell_seconds") for r in rows))}
+    out["total"] = sum(out.values())
+    return out
+
+
+def study_keys(study) -> set[str]:
+    """The results-table keys of every cell of a parsed study (an ``ExperimentConfig``)."""
+    return {c.key for c in study.cells()}
+
+
 def write_report(results: str | os.PathLike, out: str | os.PathLike, *,
-                 title: str | None = None) -> dict:
+                 title: str | None = None, study=None) -> dict:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) into ``out``.
 
     Args:
         results: An experiment's results folder (or its ``results.sqlite``).
         out: The report folder.
-        title: Page title (default: the experiment names in the table).
+        title: Page title (default: the study's or the experiments' names).
+        study: An ``ExperimentConfig``: report only its cells (a results folder can hold
+            several studies that share cells); missing cells are counted in the report.
 
     Returns:
-        ``{"html": Path, "markdown": Path, "figures": [Path], "tables": int, "rows": int}``.
+        ``{"html": Path, "markdown": Path, "figures": [Path], "tables": int, "rows": int,
+        "missing": int, "compute_seconds": {...}}``.
 
     Raises:
         ResultsStoreError: no results table at ``results``.
-        MedUnlearnError: the table has no rows yet.
+        MedUnlearnError: the table has no (matching) rows yet.
     """
     from medunlearn.errors import MedUnlearnError
 
@@ -438,19 +507,38 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike, *,
     with ResultsStore(results, create=False) as store:
         rows = store.rows()
         failures = store.failures()
+    missing = 0
+    if study is not None:
+        keys = study_keys(study)
+        rows = [r for r in rows if r["key"] in keys]
+        failures = [f for f in failures if f.get("key") in keys]
+        missing = len(keys) - len(rows)
+        if not rows:
+            raise MedUnlearnError(
+                f"None of the {len(keys)} cells of study '{study.name}' is in {results} yet; "
+                f"run 'medunlearn experiment {study.source or 'STUDY'} --out {results}' first.")
     if not rows:
         raise MedUnlearnError(f"The results table in {results} has no finished cells yet; run "
                               "'medunlearn experiment' first (or wait for it to finish a cell).")
-    names = sorted({r["experiment"] for r in rows})
+    names = [study.name] if study is not None else sorted({r["experiment"] for r in rows})
     title = title or f"Unlearning experiment: {', '.join(names)}"
     seeds = sorted({r["seed"] for r in rows})
+    cost = compute_time(rows)
     meta = (f"{len(rows)} finished cells, {len({r['label'] for r in rows})} methods, "
             f"seeds {', '.join(map(str, seeds))}; source {Path(results)}."
+            + (f" {study.description}" if study is not None and study.description else "")
+            + (f" {missing} cell(s) of the study are not in the results yet."
+               if missing else "")
             + (f" {len(failures)} cell(s) failed and are missing (rerun the experiment)."
-               if failures else ""))
+               if failures else "")
+            + f" Compute time on the machine that ran it: {cost['total'] / 60:.1f} min "
+            f"(original models {cost['originals'] / 60:.1f}, retrained references "
+            f"{cost['references'] / 60:.1f}, unlearning + evaluation cells "
+            f"{cost['cells'] / 60:.1f}).")
     tables = build_tables(rows)
     figs = make_figures(rows, out / "figures")
     md = atomic_write_text(out / "report.md", _markdown(title, tables, figs, out, meta))
     page = atomic_write_text(out / "report.html", _html(title, tables, figs, meta))
     return {"html": page, "markdown": md, "figures": [p for _, p in figs],
-            "tables": len(tables), "rows": len(rows)}
+            "tables": len(tables), "rows": len(rows), "missing": missing,
+            "compute_seconds": cost}

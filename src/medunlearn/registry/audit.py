@@ -222,6 +222,8 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
                           for i in items if i["role"] == "forget"],
             "already_forgotten": [{"index": i["idx"], "sha256": i["sha256"]}
                                   for i in items if i["role"] == "already"],
+            "consolidated": [{"index": i["idx"], "sha256": i["sha256"]}
+                             for i in items if i["role"] == "consolidate"],
             "model_before": before and {"version": before["n"],
                                         "weights_sha256": before["weights_sha256"]},
             "model_after": after and {"version": after["n"],
@@ -275,6 +277,14 @@ def render_html(cert: dict) -> str:
     already = (_table([[f["index"], f["sha256"]] for f in cert["already_forgotten"]],
                       ["training index", "image SHA-256"])
                if cert["already_forgotten"] else "<p>None.</p>")
+    if cert.get("consolidated"):
+        images = (f"<h2>Consolidation: exact retraining without the "
+                  f"{len(cert['consolidated'])} images forgotten so far (hashes only)</h2>"
+                  + _table([[f["index"], f["sha256"]] for f in cert["consolidated"]],
+                           ["training index", "image SHA-256"]))
+    else:
+        images = (f"<h2>Images forgotten ({len(cert['forgotten'])}; hashes only, no pixels)"
+                  f"</h2>\n{forgotten}\n<h2>Already forgotten earlier (no-op)</h2>\n{already}")
     led = _table([[e["seq"], e["kind"], e["created"], e["hash"]]
                   for e in cert["ledger"]["entries"]], ["seq", "kind", "time", "entry hash"])
     before, after = cert["model_before"] or {}, cert["model_after"] or {}
@@ -303,10 +313,7 @@ dataset {_esc(cert['dataset'])}. Submitted {_esc(req['submitted'])}, completed
          ["after", after.get("version"), after.get("weights_sha256")]],
         ["", "version", "weights SHA-256"])}
 <p>Method promoted: <b>{_esc(cert['method'])}</b>.</p>
-<h2>Images forgotten ({len(cert['forgotten'])}; hashes only, no pixels)</h2>
-{forgotten}
-<h2>Already forgotten earlier (no-op)</h2>
-{already}
+{images}
 <h2>Attempts and safety verdicts</h2>
 {attempts}
 {checks}

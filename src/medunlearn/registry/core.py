@@ -257,6 +257,28 @@ def withdrawn_indices(conn: sqlite3.Connection) -> list[int]:
         "SELECT idx FROM samples WHERE request_id IS NOT NULL ORDER BY idx")]
 
 
+def _not_forgotten(conn: sqlite3.Connection) -> list[int]:
+    """Withdrawn images the active model may still contain (their request failed)."""
+    return [r[0] for r in conn.execute(
+        "SELECT idx FROM samples WHERE request_id IS NOT NULL AND forgotten_in IS NULL "
+        "ORDER BY idx")]
+
+
+def approximate_steps(conn: sqlite3.Connection) -> int:
+    """Approximate unlearning steps between the active version and the last exact model
+    (version 1 trained on its data, or a version made by retraining)."""
+    versions = {r["n"]: r for r in conn.execute("SELECT n, parent, method FROM versions")}
+    pre = conn.execute("SELECT COUNT(*) FROM samples WHERE request_id = ?", (BEFORE,)).fetchone()[0]
+    n, steps = active_version(conn), 0
+    while n is not None:
+        v = versions[n]
+        if v["method"] == "retrain" or (n == 1 and not pre):
+            return steps
+        steps += 1
+        n = v["parent"]
+    return steps
+
+
 def retain_indices(reg: str | os.PathLike) -> list[int]:
     """The training indices any (re)training through the registry may use: the manifest minus
     every image ever withdrawn or forgotten."""
@@ -314,6 +336,7 @@ def status(reg: str | os.PathLike) -> dict:
         withdrawn = conn.execute(
             "SELECT COUNT(*) FROM samples WHERE request_id IS NOT NULL").fetchone()[0]
         seq, head = ledger.head(conn)
+        steps, unforgotten = approximate_steps(conn), _not_forgotten(conn)
         by_status: dict[str, list] = {"pending": [], "completed": [], "failed": []}
         for r in reqs:
             by_status.setdefault(r["status"], []).append(_request_summary(r))
@@ -323,6 +346,9 @@ def status(reg: str | os.PathLike) -> dict:
             "active_version": next((v for v in versions if v["n"] == active), {"n": active}),
             "versions": versions, "requests": by_status,
             "samples": {"total": n_samples, "forgotten": forgotten, "withdrawn": withdrawn},
+            "exactness": {"approximate_steps": steps,
+                          "withdrawn_not_forgotten": len(unforgotten),
+                          "exact": steps == 0 and not unforgotten},
             "ledger": {"entries": seq, "head": head},
         }
     finally:
@@ -425,6 +451,9 @@ def method_chain(conn: sqlite3.Connection, requested: str | None) -> list[str]:
 
 def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
     """Validate and record a new request as pending (or complete it as a no-op)."""
+    if req.consolidate:
+        _submit_consolidation(reg, conn, req)
+        return
     new, already, sha = _resolve(conn, req)  # raises before anything is written
     chain = method_chain(conn, req.method)
     active = active_version(conn)
@@ -452,6 +481,34 @@ def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
             ledger.append(conn, "complete", {"status": "completed", "noop": True,
                                              "version": active, "forgotten": [],
                                              "result_sha256": _sha(result)}, request_id=req.id)
+    ledger.write_head(reg, conn)
+    _crashpoint("after-submit")
+
+
+def _submit_consolidation(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
+    """Record a consolidation: an exact retraining without every image withdrawn so far."""
+    withdrawn = withdrawn_indices(conn)
+    if not withdrawn:
+        raise RequestError(f"Consolidation {req.id} was refused and nothing changed: no image "
+                           "has been forgotten in this registry yet, so the registered model "
+                           "is already exact.")
+    sha = {}
+    for chunk in _chunks(withdrawn):
+        sha.update(conn.execute(f"SELECT idx, sha256 FROM samples WHERE idx IN "
+                                f"({','.join('?' * len(chunk))})", chunk).fetchall())
+    active = active_version(conn)
+    with transaction(conn):
+        conn.execute("INSERT INTO requests(id, subject, content_sha256, body, status, submitted, "
+                     "from_version) VALUES(?, ?, ?, ?, 'pending', ?, ?)",
+                     (req.id, req.subject, req.content_sha256, ledger.canonical_json(req.body()),
+                      ledger.now_iso(), active))
+        conn.executemany("INSERT INTO request_items(request_id, idx, role) VALUES(?, ?, ?)",
+                         [(req.id, i, "consolidate") for i in withdrawn])
+        ledger.append(conn, "request", {
+            "request": req.body(), "content_sha256": req.content_sha256,
+            "consolidate": [{"index": i, "sha256": sha[i]} for i in withdrawn],
+            "active_version": active, "methods": ["retrain"],
+        }, request_id=req.id)
     ledger.write_head(reg, conn)
     _crashpoint("after-submit")
 
@@ -488,6 +545,7 @@ def _build_result(conn: sqlite3.Connection, rid: str, status_: str, from_v: int,
         "weights_after": versions.get(to_v) if to_v is not None else None,
         "forgotten": len(_items(conn, rid, "forget")),
         "already_forgotten": len(_items(conn, rid, "already")),
+        "consolidated": len(_items(conn, rid, "consolidate")),
         "attempts": [{"n": a["n"], "method": a["method"], "status": a["status"],
                       "passed": a["passed"], "reasons": a["reasons"],
                       "unlearn_seconds": a["summary"].get("unlearn_seconds"),
@@ -559,12 +617,14 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
     """Run the attempts of a pending request until one passes or the chain is exhausted."""
     row = conn.execute("SELECT * FROM requests WHERE id = ?", (rid,)).fetchone()
     body = json.loads(row["body"])
-    forget_idx = _items(conn, rid, "forget")
+    consolidate = bool(body.get("consolidate"))
+    # a consolidation retrains without every earlier-forgotten image: they are its forget set
+    forget_idx = _items(conn, rid, "consolidate" if consolidate else "forget")
     forget_set = set(forget_idx)
     exclude = [i for i in withdrawn_indices(conn) if i not in forget_set]
     active = active_version(conn)
     active_path = reg / _version_row(conn, active)["path"]
-    chain = method_chain(conn, body.get("method"))
+    chain = ["retrain"] if consolidate else method_chain(conn, body.get("method"))
     seed = int(get_meta(conn, "seed", "0")) if seed is None else seed
     data_root = data_root or get_meta(conn, "data_root") or None
     done = len(_attempt_rows(conn, rid))
@@ -639,9 +699,17 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
                          (new_n, f"versions/{new_n}", summary["weights_sha256"], active, rid,
                           method, now))
             set_meta(conn, "active_version", str(new_n))
-            for chunk in _chunks(forget_idx):
-                conn.execute(f"UPDATE samples SET forgotten_in = ?, request_id = ? WHERE idx IN "
-                             f"({','.join('?' * len(chunk))})", [new_n, rid, *chunk])
+            if consolidate:  # images of failed requests are now out of the model as well
+                still_in = set(_not_forgotten(conn))
+                newly = [i for i in forget_idx if i in still_in]
+                for chunk in _chunks(newly):
+                    conn.execute(f"UPDATE samples SET forgotten_in = ? WHERE idx IN "
+                                 f"({','.join('?' * len(chunk))})", [new_n, *chunk])
+            else:
+                newly = forget_idx
+                for chunk in _chunks(forget_idx):
+                    conn.execute(f"UPDATE samples SET forgotten_in = ?, request_id = ? WHERE idx "
+                                 f"IN ({','.join('?' * len(chunk))})", [new_n, rid, *chunk])
             ledger.append(conn, "promote", {
                 "version": new_n, "parent": active, "weights_sha256": summary["weights_sha256"],
                 "config_sha256": sha256_file(final / "config.json"), "method": method,
@@ -652,7 +720,8 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
                          (ledger.canonical_json(result), rid))
             ledger.append(conn, "complete", {
                 "status": "completed", "noop": False, "version": new_n,
-                "forgotten": forget_idx, "result_sha256": _sha(result)}, request_id=rid)
+                "forgotten": newly, **({"consolidated": forget_idx} if consolidate else {}),
+                "result_sha256": _sha(result)}, request_id=rid)
         ledger.write_head(reg, conn)
         _crashpoint("after-commit")
         if log:

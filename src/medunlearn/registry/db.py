@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS requests (
     to_version INTEGER,
     result TEXT
 );
--- role: 'forget' (forgotten by this request) or 'already' (forgotten earlier: a no-op).
+-- role: 'forget' (forgotten by this request), 'already' (forgotten earlier: a no-op) or
+-- 'consolidate' (left out of a consolidation's exact retraining; forgotten earlier).
 CREATE TABLE IF NOT EXISTS request_items (
     request_id TEXT NOT NULL,
     idx INTEGER NOT NULL,

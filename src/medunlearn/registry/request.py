@@ -12,6 +12,10 @@ Example ``request.json``::
 ``subject`` is a required opaque reference (never a name); ``images`` are SHA-256 hashes as
 listed in the registry's manifest (``indices`` into the training split may be given instead or
 as well); ``method`` is optional (default: the registry's recommended method and fallbacks).
+
+A *consolidation* request (``"consolidate": true``, no images) names no new images: it retrains
+the model from scratch without every image forgotten so far, so that a model reached through
+approximate unlearning steps is replaced by an exact one (``medunlearn registry consolidate``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from medunlearn.registry.ledger import canonical_json, sha256_text
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-KEYS = ("id", "subject", "images", "hashes", "indices", "method", "note")
+KEYS = ("id", "subject", "images", "hashes", "indices", "method", "note", "consolidate")
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,13 @@ class DeletionRequest:
     indices: tuple[int, ...]  # sorted unique training-split indices
     method: str | None
     note: str = ""
+    consolidate: bool = False  # retrain exactly without every image forgotten so far
 
     def body(self) -> dict:
         """The normalised content that identifies the request (hashed for idempotency)."""
-        return {"id": self.id, "subject": self.subject, "images": list(self.images),
+        body = {"id": self.id, "subject": self.subject, "images": list(self.images),
                 "indices": list(self.indices), "method": self.method, "note": self.note}
+        return body | ({"consolidate": True} if self.consolidate else {})
 
     @property
     def content_sha256(self) -> str:
@@ -103,12 +109,25 @@ def parse_request(data: dict, *, source: str = "the request") -> DeletionRequest
     note = data.get("note", "")
     if not isinstance(note, str):
         raise RequestError(f"{source}: 'note' must be a string.")
-    if not images and not indices:
+    consolidate = data.get("consolidate", False)
+    if not isinstance(consolidate, bool):
+        raise RequestError(f"{source}: 'consolidate' must be true or false.")
+    if consolidate:
+        if images or indices:
+            raise RequestError(f"{source} ({rid}): a consolidation request retrains without "
+                               "every image forgotten so far and names no new images; submit "
+                               "the images as a deletion request first, then consolidate.")
+        if method not in (None, "retrain"):
+            raise RequestError(f"{source} ({rid}): a consolidation request always retrains "
+                               f"from scratch; leave 'method' out (got {method!r}).")
+        method = "retrain"
+    elif not images and not indices:
         raise RequestError(f"{source} ({rid}) names no images: give the SHA-256 hashes of the "
                            "images to forget in 'images' (or training indices in 'indices').")
     return DeletionRequest(id=rid, subject=subject,
                            images=tuple(sorted({h.lower() for h in images})),
-                           indices=tuple(sorted(set(indices))), method=method, note=note)
+                           indices=tuple(sorted(set(indices))), method=method, note=note,
+                           consolidate=consolidate)
 
 
 def load_request(source: str | os.PathLike | dict) -> DeletionRequest:
