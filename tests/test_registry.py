@@ -459,6 +459,43 @@ def test_certificate_json_and_html(reg, manifest, tmp_path, capsys):
     assert "known requests: DR-1" in capsys.readouterr().err
 
 
+def test_external_anchors_catch_a_rewritten_ledger(reg, manifest, tmp_path, capsys):
+    from medunlearn.registry import ledger
+
+    fake(reg, req("DR-1", manifest, distinct(manifest, 2)))
+    assert main(["audit", "show", str(reg), "DR-1", "--out", str(tmp_path / "cert")]) == 0
+    cert_file = tmp_path / "cert" / "certificate.json"
+    head = status(reg)["ledger"]
+    fake(reg, req("DR-2", manifest, distinct(manifest, 2, start=10)))
+    anchor = f"{head['entries']}:{head['head']}"
+    assert main(["audit", "verify", str(reg), "--anchor", anchor, "--certificate",
+                 str(cert_file)]) == 0
+    assert "2 external anchor(s)" in capsys.readouterr().out
+    # someone with write access re-dates every entry and recomputes the whole chain and head
+    conn = sqlite3.connect(reg / "registry.db")
+    conn.row_factory = sqlite3.Row
+    prev = ledger.GENESIS
+    for r in conn.execute("SELECT * FROM ledger ORDER BY seq").fetchall():
+        created = "2020-01-01T00:00:00+00:00"
+        h = ledger.entry_hash(r["seq"], r["kind"], r["request_id"], created,
+                              json.loads(r["body"]), prev)
+        conn.execute("UPDATE ledger SET created = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                     (created, prev, h, r["seq"]))
+        prev = h
+    conn.commit()
+    ledger.write_head(reg, conn)
+    conn.close()
+    assert verify_registry(reg).ok  # internally consistent: only an outside anchor can tell
+    report = verify_registry(reg, anchors=[(head["entries"], head["head"])])
+    assert not report.ok and "the ledger was rewritten" in report.problems[0]
+    assert main(["audit", "verify", str(reg), "--certificate", str(cert_file)]) == 1
+    assert "the ledger was rewritten" in capsys.readouterr().err
+    assert not verify_registry(reg, anchors=[(999, "0" * 64)]).ok  # entries removed
+    assert main(["audit", "verify", str(reg), "--anchor", "12-abc"]) == 2
+    assert "is not SEQ:HASH" in capsys.readouterr().err
+    assert main(["audit", "verify", str(reg), "--certificate", str(tmp_path / "no.json")]) == 2
+
+
 @pytest.fixture
 def busy_reg(reg, manifest):
     fake(reg, req("DR-1", manifest, distinct(manifest, 2)))

@@ -82,7 +82,9 @@ def status_cmd(
             typer.echo(f"  {r['id']:<24} subject {r['subject'] or '-':<16} v{r['from_version']} -> "
                        f"v{r['to_version'] if r['to_version'] is not None else '?'}  "
                        f"{r['completed'] or r['submitted']}")
-    typer.echo(f"ledger: {st['ledger']['entries']} entries, head {st['ledger']['head']}")
+    typer.echo(f"ledger: {st['ledger']['entries']} entries; head (keep a copy outside the "
+               f"registry, check with 'audit verify --anchor'): "
+               f"{st['ledger']['entries']}:{st['ledger']['head']}")
 
 
 @registry_app.command("manifest")
@@ -188,11 +190,27 @@ def verify_cmd(
     reg: Reg,
     load_models: Annotated[bool, typer.Option(help="Also load every version's weights "
                                               "(safetensors, no pickle).")] = False,
+    anchor: Annotated[list[str] | None, typer.Option(
+        help="SEQ:HASH of a ledger entry kept outside the registry (e.g. the head printed by "
+             "'registry status'); repeatable.")] = None,
+    certificate: Annotated[list[Path] | None, typer.Option(
+        help="A certificate.json issued earlier: its ledger head must still be in the ledger; "
+             "repeatable.")] = None,
 ) -> None:
     """Check the ledger's hash chain, every model file's SHA-256 and the tables (exit 1 if not)."""
+    from medunlearn.errors import ConfigError
     from medunlearn.registry import verify_registry
+    from medunlearn.registry.audit import certificate_anchor
 
-    report = verify_registry(reg, load_models=load_models)
+    anchors = []
+    for a in anchor or []:
+        seq, _, h = a.partition(":")
+        if not seq.isdigit() or len(h) != 64:
+            raise ConfigError(f"--anchor {a!r} is not SEQ:HASH (an entry number, a colon and "
+                              "the 64-character hash), e.g. 12:3f5a...")
+        anchors.append((int(seq), h.lower()))
+    anchors += [certificate_anchor(c) for c in certificate or []]
+    report = verify_registry(reg, load_models=load_models, anchors=anchors)
     if not report.ok:
         for p in report.problems:
             typer.secho(f"FAIL {p}", err=True, fg="red")
@@ -203,8 +221,8 @@ def verify_cmd(
         typer.secho(f"WARNING {w}", err=True, fg="yellow")
     c = report.checked
     typer.echo(f"audit of {reg} OK: {c['ledger_entries']} ledger entries, {c['versions']} model "
-               f"versions, {c['samples']} manifest images ({c['forgotten']} forgotten); head "
-               f"{c['head']}")
+               f"versions, {c['samples']} manifest images ({c['forgotten']} forgotten), "
+               f"{c['anchors']} external anchor(s); head {c['head']}")
 
 
 @audit_app.command("show")

@@ -36,13 +36,18 @@ class AuditReport:
     checked: dict = field(default_factory=dict)
 
 
-def verify_registry(reg: str | os.PathLike, *, load_models: bool = False) -> AuditReport:
+def verify_registry(reg: str | os.PathLike, *, load_models: bool = False,
+                    anchors: list[tuple[int, str]] | None = None) -> AuditReport:
     """Check the ledger chain, model files and tables of a registry.
 
     Args:
         reg: The registry folder.
         load_models: Also load every version with ``checkpoint.load_run`` (safetensors, no
             pickle) to prove the weights fit their config.
+        anchors: ``(seq, hash)`` pairs kept outside the registry (a certificate's ledger head,
+            a hash sent in a ticket): each entry must still exist with that hash. A chain
+            rewritten from scratch by someone with write access passes every internal check but
+            not an anchor taken before the rewrite.
 
     Returns:
         An :class:`AuditReport`; ``problems`` name each bad entry, row or file.
@@ -50,13 +55,44 @@ def verify_registry(reg: str | os.PathLike, *, load_models: bool = False) -> Aud
     reg = Path(reg)
     connect(reg).close()  # a clear error if reg is not a registry
     with writer_lock(reg, shared=True):  # wait for a running request: see a committed state
-        return _verify(reg, load_models)
+        return _verify(reg, load_models, anchors or [])
 
 
-def _verify(reg: Path, load_models: bool) -> AuditReport:
+def certificate_anchor(path: str | os.PathLike) -> tuple[int, str]:
+    """The ledger head ``(seq, hash)`` recorded in a ``certificate.json``.
+
+    Raises:
+        RegistryError: the file is missing or is not a certificate.
+    """
+    path = Path(path)
+    try:
+        cert = json.loads(path.read_text(encoding="utf-8"))
+        return int(cert["ledger"]["head_seq"]), str(cert["ledger"]["head_hash"])
+    except FileNotFoundError:
+        raise RegistryError(f"Certificate {path} does not exist.") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise RegistryError(f"{path} is not a medunlearn certificate.json (no ledger head "
+                            "in it); pass the certificate.json written by 'medunlearn audit "
+                            "show'.") from None
+
+
+def _check_anchors(conn, anchors: list[tuple[int, str]]) -> list[str]:
+    problems = []
+    for seq, h in anchors:
+        row = conn.execute("SELECT hash FROM ledger WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            problems.append(f"anchor {seq}:{h[:16]}...: the ledger has no entry {seq} any more "
+                            "(entries were removed)")
+        elif row["hash"] != h:
+            problems.append(f"anchor {seq}:{h[:16]}...: ledger entry {seq} now has hash "
+                            f"{row['hash'][:16]}... (the ledger was rewritten)")
+    return problems
+
+
+def _verify(reg: Path, load_models: bool, anchors: list[tuple[int, str]]) -> AuditReport:
     conn = connect(reg)
     try:
-        problems = ledger.verify_chain(conn, reg)
+        problems = ledger.verify_chain(conn, reg) + _check_anchors(conn, anchors)
         entries = ledger.entries(conn)
         by_kind: dict[str, list[dict]] = {}
         for e in entries:
@@ -168,7 +204,8 @@ def _verify(reg: Path, load_models: bool) -> AuditReport:
                             f"table holds {len(att_rows)}")
         return AuditReport(ok=not problems, problems=problems, warnings=warnings, checked={
             "ledger_entries": len(entries), "versions": len(rows), "samples": len(samples),
-            "forgotten": len(table_forgotten), "head": ledger.head(conn)[1]})
+            "forgotten": len(table_forgotten), "head": ledger.head(conn)[1],
+            "anchors": len(anchors)})
     finally:
         conn.close()
 
