@@ -350,14 +350,14 @@ def test_consolidation_retrains_exactly_without_every_withdrawn_image(reg, manif
         calls.append(kw)
         return fake_unlearn(model_dir, **kw)
 
-    # nothing forgotten yet: the registered model is exact and there is nothing to consolidate
+    # nothing forgotten yet: the registered model is exact, so a consolidation is a recorded
+    # no-op (a monthly job must not fail or retrain for nothing)
     assert status(reg)["exactness"] == {"approximate_steps": 0, "withdrawn_not_forgotten": 0,
                                         "exact": True}
-    before = snapshot(reg)
-    with pytest.raises(RequestError, match="no image has been forgotten"):
-        forget(reg, {"id": "C-0", "subject": "ops", "consolidate": True}, unlearn=recording,
-               verify=fake_verify)
-    assert snapshot(reg) == before
+    noop = forget(reg, {"id": "C-0", "subject": "ops", "consolidate": True}, unlearn=recording,
+                  verify=fake_verify)
+    assert noop["status"] == "completed" and noop["to_version"] == 1 and not calls
+    assert noop["noop_reason"] == "the active model is exact already"
     # two approximate steps, then a request whose every method fails (images stay in the model)
     a, b, c = distinct(manifest, 2), distinct(manifest, 3, start=10), distinct(manifest, 2,
                                                                                start=20)
@@ -404,6 +404,70 @@ def test_consolidation_retrains_exactly_without_every_withdrawn_image(reg, manif
     forget(reg, req("DR-D", manifest, distinct(manifest, 1, start=40)), unlearn=recording,
            verify=fake_verify)
     assert set(a + b + c) == set(calls[-1]["exclude"])
+
+
+def test_exact_retraining_also_forgets_failed_requests_images(reg, manifest, monkeypatch):
+    a, b = distinct(manifest, 2), distinct(manifest, 2, start=10)
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra,retrain")
+    assert fake(reg, req("DR-A", manifest, a))["status"] == "failed"
+    assert status(reg)["exactness"]["withdrawn_not_forgotten"] == 2
+    # the next request falls back to retraining, which leaves out DR-A's images as well
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra")
+    r = fake(reg, req("DR-B", manifest, b))
+    assert r["method"] == "retrain" and r["to_version"] == 2
+    st = status(reg)
+    assert st["exactness"] == {"approximate_steps": 0, "withdrawn_not_forgotten": 0,
+                               "exact": True}
+    assert st["samples"]["forgotten"] == 4 and verify_registry(reg).ok
+    # resubmitting DR-A now has nothing left to do: a recorded no-op, no new version
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "")
+    again = fake(reg, req("DR-A", manifest, a))
+    assert again["status"] == "completed" and again["to_version"] == 2
+    assert "forgotten meanwhile" in again["noop_reason"] and again["attempts"][-1]["n"] == 2
+    assert status(reg)["active_version"]["n"] == 2 and verify_registry(reg).ok
+
+
+def test_failed_consolidation_retried_covers_images_withdrawn_since(reg, manifest, monkeypatch,
+                                                                   capsys):
+    a, b = distinct(manifest, 2), distinct(manifest, 2, start=10)
+    fake(reg, req("DR-A", manifest, a))
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_STEPS", "fake")
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "retrain")
+    assert main(["registry", "consolidate", str(reg), "--id", "C-1"]) == 1
+    assert "the exact retraining did not pass the safety gate" in capsys.readouterr().err
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra,retrain")
+    assert fake(reg, req("DR-B", manifest, b))["status"] == "failed"
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "")
+    assert main(["registry", "consolidate", str(reg), "--id", "C-1"]) == 0
+    assert "retrained without the 4 image(s)" in capsys.readouterr().out
+    call = json.loads((reg / "versions" / "3" / "fake_call.json").read_text())
+    assert call["forget"] == sorted(a + b) and call["exclude"] == []
+    st = status(reg)
+    assert st["exactness"]["exact"] and st["samples"]["forgotten"] == 4
+    assert verify_registry(reg).ok
+    # and once exact, consolidating again is a no-op that says why
+    assert main(["registry", "consolidate", str(reg), "--id", "C-2"]) == 0
+    assert "nothing to do (the active model is exact already)" in capsys.readouterr().out
+
+
+def test_consolidation_with_the_real_unlearn_step(reg, manifest):
+    from medunlearn.registry.steps import real_unlearn
+
+    a, b = distinct(manifest, 2), distinct(manifest, 3, start=10)
+    fake(reg, req("DR-A", manifest, a))
+    fake(reg, req("DR-B", manifest, b))
+    r = forget(reg, {"id": "C-1", "subject": "ops", "consolidate": True}, unlearn=real_unlearn,
+               verify=fake_verify)
+    assert r["status"] == "completed" and r["to_version"] == 4 and r["consolidated"] == 5
+    # the retrained run forgot (and so evaluates) all five images and excluded none
+    v4 = reg / "versions" / "4"
+    with open(v4 / "forget.csv") as fh:
+        assert sorted(int(x["index"]) for x in csv.DictReader(fh)) == sorted(a + b)
+    assert not (v4 / "excluded.csv").exists() or len((v4 / "excluded.csv").read_text()
+                                                      .splitlines()) <= 1
+    config = json.loads((v4 / "config.json").read_text())
+    assert config["method"]["name"] == "retrain" and config["forget"]["count"] == 5
+    assert status(reg)["exactness"]["exact"] and verify_registry(reg).ok
 
 
 @pytest.mark.parametrize("body, message", [
@@ -470,7 +534,8 @@ def test_external_anchors_catch_a_rewritten_ledger(reg, manifest, tmp_path, caps
     anchor = f"{head['entries']}:{head['head']}"
     assert main(["audit", "verify", str(reg), "--anchor", anchor, "--certificate",
                  str(cert_file)]) == 0
-    assert "2 external anchor(s)" in capsys.readouterr().out
+    # the head anchor, the certificate's four request entries and its head
+    assert "6 external anchor(s) matched" in capsys.readouterr().out
     # someone with write access re-dates every entry and recomputes the whole chain and head
     conn = sqlite3.connect(reg / "registry.db")
     conn.row_factory = sqlite3.Row
@@ -491,8 +556,9 @@ def test_external_anchors_catch_a_rewritten_ledger(reg, manifest, tmp_path, caps
     assert main(["audit", "verify", str(reg), "--certificate", str(cert_file)]) == 1
     assert "the ledger was rewritten" in capsys.readouterr().err
     assert not verify_registry(reg, anchors=[(999, "0" * 64)]).ok  # entries removed
-    assert main(["audit", "verify", str(reg), "--anchor", "12-abc"]) == 2
-    assert "is not SEQ:HASH" in capsys.readouterr().err
+    for bad in ("12-abc", f"0:{'0' * 64}"):
+        assert main(["audit", "verify", str(reg), "--anchor", bad]) == 2
+        assert "is not SEQ:HASH" in capsys.readouterr().err
     assert main(["audit", "verify", str(reg), "--certificate", str(tmp_path / "no.json")]) == 2
 
 

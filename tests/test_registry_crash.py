@@ -178,6 +178,31 @@ def test_crash_points_resume(reg, tmp_path, point, state_after_crash):
     assert verify_registry(reg).ok and not list((reg / "staging").iterdir())
 
 
+@pytest.mark.parametrize("point,state_after_crash", [
+    ("after-submit", "pending"),
+    ("after-unlearn", "pending"),
+    ("after-rename", "pending"),
+    ("after-commit", "completed"),
+])
+def test_consolidation_crash_points_resume(reg, tmp_path, point, state_after_crash):
+    finish(reg, request_file(tmp_path, "R1", [3, 4]))
+    p = subprocess.Popen([sys.executable, "-m", "medunlearn.registry", "registry", "consolidate",
+                          str(reg), "--id", "C1"],
+                         env=fake_env(MEDUNLEARN_REGISTRY_CRASH_AT=point),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.wait(timeout=60) == 137, p.stderr.read().decode()
+    state, forgotten = assert_consistent(reg, "C1", 2)
+    assert state == state_after_crash and forgotten == 2
+    done = subprocess.run([sys.executable, "-m", "medunlearn.registry", "registry",
+                           "consolidate", str(reg), "--id", "C1"], env=fake_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    st = status(reg)
+    assert st["active_version"]["n"] == 3 and st["active_version"]["method"] == "retrain"
+    assert st["exactness"]["exact"] and len(st["versions"]) == 3
+    assert verify_registry(reg).ok and not list((reg / "staging").iterdir())
+
+
 def test_two_forget_processes_serialise(reg, tmp_path):
     a, b = request_file(tmp_path, "RA", [1, 2, 3]), request_file(tmp_path, "RB", [10, 11])
     procs = [spawn(reg, a, MEDUNLEARN_REGISTRY_FAKE_DELAY=0.2),

@@ -204,3 +204,19 @@ def test_report_of_one_study_in_a_shared_results_folder(tmp_path):
                               "forget": ["random:0.3"], "methods": ["finetune"]})
     with pytest.raises(MedUnlearnError, match="None of the 1 cells of study 'none'"):
         write_report(tmp_path / "res", tmp_path / "o3", study=other)
+
+
+def test_ratio_figures_keep_kinds_of_forget_set_apart(tmp_path):
+    with ResultsStore(tmp_path / "res") as store:
+        for kind in ("random", "positive"):
+            for ratio in (0.2, 0.5):
+                for m, (ua, fnr, secs, ok) in METHODS.items():
+                    r = _row(m, ua, fnr, secs, ok, ratio=ratio, augment="basic", seed=0)
+                    store.insert(r | {"key": f"{r['key']}-{kind}", "forget": f"{kind}:{ratio}"})
+    paths = write_report(tmp_path / "res", tmp_path / "out")
+    md = paths["markdown"].read_text()
+    caps = re.findall(r"!\[([^\]]*)\]", md)
+    # risk, utility and difficulty against the ratio, once per kind of selection
+    assert sum("against forget ratio" in c for c in caps) == 6
+    assert sum("forget positive:" in c for c in caps) == 3
+    assert paths["missing"] == 0

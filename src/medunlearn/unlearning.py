@@ -206,7 +206,8 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
         exclude: Training indices forgotten earlier: in neither forget nor retain set. When
             ``model_dir`` is itself an unlearning run, the samples it forgot (its
             ``forget.csv`` and inherited ``excluded.csv``) are always added, so a chain of
-            unlearning runs never forgets a sample twice and never retrains on one.
+            unlearning runs never forgets a sample twice and never retrains on one (with
+            ``retrain``, such samples listed in ``forget`` stay in the forget set instead).
         retain_budget: Maximum retain samples per epoch, for methods that take one (ignored,
             and recorded as not applied, for ``retrain`` and methods that read no retain data).
         overwrite: Replace an existing non-empty ``out``.
@@ -226,7 +227,13 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
     flag = dataset.info.flag
     algo = resolve_method(method, dataset=flag, options=options, retain_budget=retain_budget)
-    excluded = sorted(set(exclude or []) | set(previously_forgotten(model_dir)))
+    inherited = set(previously_forgotten(model_dir))
+    if method == "retrain" and not isinstance(forget, str):
+        # Retraining reads neither set, so samples the model forgot earlier that are named again
+        # stay in the forget set and its evaluation covers them (a registry consolidation
+        # retrains without every withdrawn image and verifies all of them).
+        inherited -= {int(i) for i in forget}
+    excluded = sorted(set(exclude or []) | inherited)
     forget_set = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
     ctx = build_context(run, dataset, forget_set, seed=seed, progress=progress,
                         on_batch=on_batch)

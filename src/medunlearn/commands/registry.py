@@ -160,29 +160,39 @@ def consolidate_cmd(
 def _report_result(reg: Path, result: dict, as_json: bool) -> None:
     """Print a request's result; exit 1 when no method passed the safety gate."""
     rid = result["request_id"]
+    what = "consolidation" if result.get("consolidate") else "request"
     if as_json:
         echo_json(result)
     elif result.get("reused"):
-        typer.echo(f"request {rid} was already {result['status']} (version "
+        typer.echo(f"{what} {rid} was already {result['status']} (version "
                    f"{result['to_version']}); nothing to do")
-    elif result["status"] == "completed" and result.get("consolidated"):
-        typer.echo(f"request {rid}: retrained without the {result['consolidated']} image(s) "
-                   f"forgotten so far; version {result['to_version']} is active (weights "
-                   f"{_short(result['weights_after'])}...)")
     elif result["status"] == "completed" and result["from_version"] == result["to_version"]:
-        typer.echo(f"request {rid}: all {result['already_forgotten']} image(s) were already "
-                   f"forgotten; version {result['to_version']} stays active")
+        why = result.get("noop_reason") or (f"all {result['already_forgotten']} image(s) were "
+                                            "already forgotten")
+        typer.echo(f"{what} {rid}: nothing to do ({why}); version {result['to_version']} stays "
+                   "active")
+    elif result["status"] == "completed" and result.get("consolidate"):
+        typer.echo(f"consolidation {rid}: retrained without the {result['consolidated']} "
+                   f"image(s) forgotten so far; version {result['to_version']} is active "
+                   f"(weights {_short(result['weights_after'])}...)")
     elif result["status"] == "completed":
         typer.echo(f"request {rid}: forgot {result['forgotten']} image(s) with "
                    f"{result['method']}; version {result['to_version']} is active (weights "
                    f"{_short(result['weights_after'])}...)")
-    if result["status"] != "completed":
+    if result["status"] == "completed":
+        return
+    if result.get("consolidate"):
+        typer.secho(f"consolidation {rid}: the exact retraining did not pass the safety gate; "
+                    f"version {result['from_version']} stays active. See 'medunlearn audit "
+                    f"show {reg} {rid} --out DIR'; rerun the same command to retry.",
+                    err=True, fg="red")
+    else:
         typer.secho(f"request {rid}: no method passed the safety gate "
                     f"({', '.join(a['method'] for a in result['attempts'])}); version "
-                    f"{result['from_version']} stays active and the images are withdrawn from all "
-                    f"further training. See 'medunlearn audit show {reg} {rid} --out DIR'.",
+                    f"{result['from_version']} stays active and the images are withdrawn from "
+                    f"all further training. See 'medunlearn audit show {reg} {rid} --out DIR'.",
                     err=True, fg="red")
-        raise typer.Exit(1)
+    raise typer.Exit(1)
 
 
 @audit_app.command("verify")
@@ -200,16 +210,17 @@ def verify_cmd(
     """Check the ledger's hash chain, every model file's SHA-256 and the tables (exit 1 if not)."""
     from medunlearn.errors import ConfigError
     from medunlearn.registry import verify_registry
-    from medunlearn.registry.audit import certificate_anchor
+    from medunlearn.registry.audit import certificate_anchors
 
     anchors = []
     for a in anchor or []:
         seq, _, h = a.partition(":")
-        if not seq.isdigit() or len(h) != 64:
-            raise ConfigError(f"--anchor {a!r} is not SEQ:HASH (an entry number, a colon and "
-                              "the 64-character hash), e.g. 12:3f5a...")
+        if not seq.isdigit() or int(seq) < 1 or len(h) != 64:
+            raise ConfigError(f"--anchor {a!r} is not SEQ:HASH (a ledger entry number from 1, "
+                              "a colon and the 64-character hash), e.g. 12:3f5a...")
         anchors.append((int(seq), h.lower()))
-    anchors += [certificate_anchor(c) for c in certificate or []]
+    for c in certificate or []:
+        anchors += certificate_anchors(c)
     report = verify_registry(reg, load_models=load_models, anchors=anchors)
     if not report.ok:
         for p in report.problems:
@@ -222,7 +233,7 @@ def verify_cmd(
     c = report.checked
     typer.echo(f"audit of {reg} OK: {c['ledger_entries']} ledger entries, {c['versions']} model "
                f"versions, {c['samples']} manifest images ({c['forgotten']} forgotten), "
-               f"{c['anchors']} external anchor(s); head {c['head']}")
+               f"{c['anchors']} external anchor(s) matched; head {c['head']}")
 
 
 @audit_app.command("show")

@@ -198,6 +198,13 @@ def _values(rows: list[dict], lab: str, value: Callable, **match) -> list:
             and all(r[k] == v for k, v in match.items())]
 
 
+def _family(forget: str) -> str:
+    """A forget spec without its fraction: ``random:0.2`` -> ``random``,
+    ``random:0.2:stratified`` -> ``random:stratified``."""
+    parts = forget.split(":")
+    return ":".join([parts[0]] + parts[2:])
+
+
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
 
@@ -296,13 +303,16 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
         labs = [lab for lab in f.labels if any(r["label"] == lab for r in drows)]
         augs = sorted({r["augment"] for r in drows})
 
-        # 1-3. against the forget ratio (when the grid has at least two ratios)
-        for aug in augs:
+        # 1-3. against the forget ratio, per augmentation and kind of selection (random,
+        # positive, ...), when the grid has at least two ratios of that kind
+        families = sorted({_family(r["forget"]) for r in drows if r["forget_ratio"] is not None})
+        for aug, fam in [(a, f) for a in augs for f in families]:
             ratio_rows = [r for r in drows if r["forget_ratio"] is not None
-                          and r["augment"] == aug]
+                          and r["augment"] == aug and _family(r["forget"]) == fam]
             if len({r["forget_ratio"] for r in ratio_rows}) < 2:
                 continue
-            where = ds if len(augs) == 1 else f"{ds}, augmentation {aug}"
+            where = ", ".join([ds] + ([f"augmentation {aug}"] if len(augs) > 1 else [])
+                              + ([f"forget {fam}"] if len(families) > 1 else []))
             f.against_ratio(ratio_rows, [(_field("global_risk"), "Global Risk (test)"),
                                          (_field("fnr", 100), "FNR (test, %)")],
                             f"{where}: clinical risk against forget-set size",
@@ -468,8 +478,9 @@ def compute_time(rows: list[dict]) -> dict[str, float]:
     counted once per run folder, so the total is the grid's cost on one machine, whichever
     study computed a job first.
     """
-    originals = {r.get("original_dir"): r.get("original_train_seconds") for r in rows}
-    references = {r.get("reference_dir"): r.get("retrain_seconds") for r in rows}
+    # rows without a folder (written by other tools) count on their own
+    originals = {r.get("original_dir") or id(r): r.get("original_train_seconds") for r in rows}
+    references = {r.get("reference_dir") or id(r): r.get("retrain_seconds") for r in rows}
     out = {"originals": sum(_finite(originals.values())),
            "references": sum(_finite(references.values())),
            "cells": sum(_finite(r.get("cell_seconds") for r in rows))}
@@ -512,7 +523,7 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike, *,
         keys = study_keys(study)
         rows = [r for r in rows if r["key"] in keys]
         failures = [f for f in failures if f.get("key") in keys]
-        missing = len(keys) - len(rows)
+        missing = len(keys) - len(rows) - len({f.get("key") for f in failures})
         if not rows:
             raise MedUnlearnError(
                 f"None of the {len(keys)} cells of study '{study.name}' is in {results} yet; "

@@ -58,20 +58,22 @@ def verify_registry(reg: str | os.PathLike, *, load_models: bool = False,
         return _verify(reg, load_models, anchors or [])
 
 
-def certificate_anchor(path: str | os.PathLike) -> tuple[int, str]:
-    """The ledger head ``(seq, hash)`` recorded in a ``certificate.json``.
+def certificate_anchors(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """The ledger entries ``(seq, hash)`` a ``certificate.json`` recorded: the request's own
+    entries and the ledger head at issue.
 
     Raises:
         RegistryError: the file is missing or is not a certificate.
     """
     path = Path(path)
     try:
-        cert = json.loads(path.read_text(encoding="utf-8"))
-        return int(cert["ledger"]["head_seq"]), str(cert["ledger"]["head_hash"])
+        led = json.loads(path.read_text(encoding="utf-8"))["ledger"]
+        out = [(int(e["seq"]), str(e["hash"])) for e in led["entries"]]
+        return out + [(int(led["head_seq"]), str(led["head_hash"]))]
     except FileNotFoundError:
         raise RegistryError(f"Certificate {path} does not exist.") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise RegistryError(f"{path} is not a medunlearn certificate.json (no ledger head "
+        raise RegistryError(f"{path} is not a medunlearn certificate.json (no ledger entries "
                             "in it); pass the certificate.json written by 'medunlearn audit "
                             "show'.") from None
 

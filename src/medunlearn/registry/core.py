@@ -270,7 +270,7 @@ def approximate_steps(conn: sqlite3.Connection) -> int:
     versions = {r["n"]: r for r in conn.execute("SELECT n, parent, method FROM versions")}
     pre = conn.execute("SELECT COUNT(*) FROM samples WHERE request_id = ?", (BEFORE,)).fetchone()[0]
     n, steps = active_version(conn), 0
-    while n is not None:
+    while n in versions:
         v = versions[n]
         if v["method"] == "retrain" or (n == 1 and not pre):
             return steps
@@ -486,17 +486,12 @@ def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
 
 
 def _submit_consolidation(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
-    """Record a consolidation: an exact retraining without every image withdrawn so far."""
+    """Record a consolidation: an exact retraining without every image withdrawn so far (a
+    completed no-op when the active model is exact already)."""
     withdrawn = withdrawn_indices(conn)
-    if not withdrawn:
-        raise RequestError(f"Consolidation {req.id} was refused and nothing changed: no image "
-                           "has been forgotten in this registry yet, so the registered model "
-                           "is already exact.")
-    sha = {}
-    for chunk in _chunks(withdrawn):
-        sha.update(conn.execute(f"SELECT idx, sha256 FROM samples WHERE idx IN "
-                                f"({','.join('?' * len(chunk))})", chunk).fetchall())
+    sha = _hashes(conn, withdrawn)
     active = active_version(conn)
+    noop = approximate_steps(conn) == 0 and not _not_forgotten(conn)
     with transaction(conn):
         conn.execute("INSERT INTO requests(id, subject, content_sha256, body, status, submitted, "
                      "from_version) VALUES(?, ?, ?, ?, 'pending', ?, ?)",
@@ -509,8 +504,30 @@ def _submit_consolidation(reg: Path, conn: sqlite3.Connection, req: DeletionRequ
             "consolidate": [{"index": i, "sha256": sha[i]} for i in withdrawn],
             "active_version": active, "methods": ["retrain"],
         }, request_id=req.id)
+        if noop:
+            _complete_noop(conn, req.id, active, "the active model is exact already")
     ledger.write_head(reg, conn)
     _crashpoint("after-submit")
+
+
+def _hashes(conn: sqlite3.Connection, indices: list[int]) -> dict[int, str]:
+    sha: dict[int, str] = {}
+    for chunk in _chunks(indices):
+        sha.update(conn.execute(f"SELECT idx, sha256 FROM samples WHERE idx IN "
+                                f"({','.join('?' * len(chunk))})", chunk).fetchall())
+    return sha
+
+
+def _complete_noop(conn: sqlite3.Connection, rid: str, active: int, why: str) -> dict:
+    """Finish a request without a new version (inside the caller's transaction)."""
+    result = _finish(conn, rid, "completed", active, active, None, ledger.now_iso())
+    result["noop_reason"] = why
+    conn.execute("UPDATE requests SET result = ? WHERE id = ?",
+                 (ledger.canonical_json(result), rid))
+    ledger.append(conn, "complete", {"status": "completed", "noop": True, "version": active,
+                                     "reason": why, "forgotten": [],
+                                     "result_sha256": _sha(result)}, request_id=rid)
+    return result
 
 
 def _sha(obj) -> str:
@@ -539,8 +556,10 @@ def _build_result(conn: sqlite3.Connection, rid: str, status_: str, from_v: int,
     attempts = _attempt_rows(conn, rid)
     versions = {r["n"]: r["weights_sha256"] for r in conn.execute(
         "SELECT n, weights_sha256 FROM versions")}
+    body = json.loads(conn.execute("SELECT body FROM requests WHERE id = ?", (rid,)).fetchone()[0])
     return {
-        "request_id": rid, "status": status_, "from_version": from_v, "to_version": to_v,
+        "request_id": rid, "consolidate": bool(body.get("consolidate")), "status": status_,
+        "from_version": from_v, "to_version": to_v,
         "method": method, "weights_before": versions.get(from_v),
         "weights_after": versions.get(to_v) if to_v is not None else None,
         "forgotten": len(_items(conn, rid, "forget")),
@@ -624,6 +643,14 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
     exclude = [i for i in withdrawn_indices(conn) if i not in forget_set]
     active = active_version(conn)
     active_path = reg / _version_row(conn, active)["path"]
+    if not consolidate and forget_set and not forget_set & set(_not_forgotten(conn)):
+        # a retried request whose images an exact retraining (a consolidation, or the retrain
+        # fallback of a later request) has forgotten meanwhile: nothing is left to do
+        with transaction(conn):
+            result = _complete_noop(conn, rid, active, "its images were forgotten meanwhile by "
+                                    "an exact retraining")
+        ledger.write_head(reg, conn)
+        return result
     chain = ["retrain"] if consolidate else method_chain(conn, body.get("method"))
     seed = int(get_meta(conn, "seed", "0")) if seed is None else seed
     data_root = data_root or get_meta(conn, "data_root") or None
@@ -699,17 +726,19 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
                          (new_n, f"versions/{new_n}", summary["weights_sha256"], active, rid,
                           method, now))
             set_meta(conn, "active_version", str(new_n))
-            if consolidate:  # images of failed requests are now out of the model as well
-                still_in = set(_not_forgotten(conn))
-                newly = [i for i in forget_idx if i in still_in]
-                for chunk in _chunks(newly):
-                    conn.execute(f"UPDATE samples SET forgotten_in = ? WHERE idx IN "
-                                 f"({','.join('?' * len(chunk))})", [new_n, *chunk])
-            else:
-                newly = forget_idx
+            # An exact retraining also leaves out the images of failed requests (they are in
+            # its forget or exclude list): they are out of the model now, so mark them too.
+            still_in = set(_not_forgotten(conn))
+            swept = [i for i in (forget_idx if consolidate else exclude) if i in still_in] \
+                if method == "retrain" else []
+            if not consolidate:
                 for chunk in _chunks(forget_idx):
                     conn.execute(f"UPDATE samples SET forgotten_in = ?, request_id = ? WHERE idx "
                                  f"IN ({','.join('?' * len(chunk))})", [new_n, rid, *chunk])
+            for chunk in _chunks(swept):
+                conn.execute(f"UPDATE samples SET forgotten_in = ? WHERE idx IN "
+                             f"({','.join('?' * len(chunk))})", [new_n, *chunk])
+            newly = sorted(set(swept) | (set() if consolidate else forget_set))
             ledger.append(conn, "promote", {
                 "version": new_n, "parent": active, "weights_sha256": summary["weights_sha256"],
                 "config_sha256": sha256_file(final / "config.json"), "method": method,
@@ -826,10 +855,20 @@ def _check_method(req: DeletionRequest) -> None:
 def _retry(reg: Path, conn: sqlite3.Connection, rid: str) -> None:
     """Re-open a failed request (same content resubmitted): its method chain starts again."""
     base = len(_attempt_rows(conn, rid))
+    row = conn.execute("SELECT body FROM requests WHERE id = ?", (rid,)).fetchone()
+    added: list[int] = []
+    if json.loads(row["body"]).get("consolidate"):  # images withdrawn since the first try
+        have = set(_items(conn, rid, "consolidate"))
+        added = [i for i in withdrawn_indices(conn) if i not in have]
     with transaction(conn):
         conn.execute("UPDATE requests SET status = 'pending', completed = NULL, result = ? "
                      "WHERE id = ?", (ledger.canonical_json({"retry_base": base}), rid))
-        ledger.append(conn, "retry", {"previous_attempts": base}, request_id=rid)
+        conn.executemany("INSERT INTO request_items(request_id, idx, role) VALUES(?, ?, ?)",
+                         [(rid, i, "consolidate") for i in added])
+        sha = _hashes(conn, added)
+        ledger.append(conn, "retry", {"previous_attempts": base} | (
+            {"consolidate_added": [{"index": i, "sha256": sha[i]} for i in added]}
+            if added else {}), request_id=rid)
     ledger.write_head(reg, conn)
 
 
