@@ -27,7 +27,7 @@ from medunlearn.data import iterate_batches
 from medunlearn.errors import ConfigError, ForgetSetError
 from medunlearn.methods.base import UnlearnContext, UnlearnOutcome
 from medunlearn.models import Classifier
-from medunlearn.training import class_weights, make_optimizer, set_threads
+from medunlearn.training import class_weights, make_optimizer, resolve_precision, set_threads
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -72,6 +72,30 @@ def clone_model(model: nn.Module) -> Classifier:
     return m
 
 
+class Forward:
+    """A training forward pass as :func:`medunlearn.training.fit` runs it: channels-last
+    inputs and, where the original's recipe resolves to ``bf16`` (CPUs with native bf16),
+    bfloat16 autocast; logits come back in float32 so losses and gradients stay float32.
+
+    Using the same arithmetic as training keeps the time of an unlearning method comparable to
+    the time of retraining. Call :meth:`prepare` on each model first (channels-last weights);
+    :func:`outcome` returns models to the contiguous layout the checkpoint writer needs.
+    """
+
+    def __init__(self, ctx: UnlearnContext) -> None:
+        self.bf16 = (ctx.device.type == "cpu"
+                     and resolve_precision(ctx.train_config.precision) == "bf16")
+
+    @staticmethod
+    def prepare(model: nn.Module) -> nn.Module:
+        return model.to(memory_format=torch.channels_last)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return model(x).float()
+
+
 def freeze_batchnorm_stats(model: nn.Module) -> None:
     """Put every BatchNorm layer in eval mode: running statistics stop updating."""
     for mod in model.modules():
@@ -90,6 +114,7 @@ class Stopwatch:
 
 
 def outcome(model: Classifier, steps: int, watch: Stopwatch, **details) -> UnlearnOutcome:
+    model.to(memory_format=torch.contiguous_format)
     model.eval()
     return UnlearnOutcome(model=model, steps=steps, seconds=watch.seconds(), details=details)
 
@@ -196,6 +221,8 @@ def train_on(model: Classifier, ctx: UnlearnContext, cfg, *,
     total = sum(math.ceil(len(ix) / bs) for ix in epoch_indices)
     opt, sched = sgd(model, cfg, total)
     augment = augment_policy(ctx, cfg)
+    forward = Forward(ctx)
+    forward.prepare(model)
     steps = 0
     bar = tqdm(total=total, desc=desc, disable=not ctx.progress, leave=False, unit="step")
     for ix in epoch_indices:
@@ -204,7 +231,7 @@ def train_on(model: Classifier, ctx: UnlearnContext, cfg, *,
             freeze_batchnorm_stats(model)
         for x, y, b in read_batches(ctx, ix, batch_size=bs, generator=generator, shuffle=True,
                                     augment=augment):
-            loss = loss_fn(model(x), y, b)
+            loss = loss_fn(forward(model, x), y, b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if before_step is not None:
@@ -246,7 +273,7 @@ class MaskGuard:
 
 
 __all__ = [
-    "MaskGuard", "SGDOptions", "Stopwatch", "check_options", "clamped_ascent_loss",
+    "Forward", "MaskGuard", "SGDOptions", "Stopwatch", "check_options", "clamped_ascent_loss",
     "clone_model", "cycle_batches", "freeze_batchnorm_stats", "loss_weights", "need_retain",
     "outcome", "random_wrong_labels", "read_batches", "subsample", "train_on",
 ]

@@ -8,6 +8,7 @@ import torch
 
 from medunlearn.errors import ConfigError
 from medunlearn.methods._common import (
+    Forward,
     SGDOptions,
     Stopwatch,
     check_options,
@@ -55,6 +56,8 @@ class GradientAscent(Method):
         set_threads(ctx.train_config.threads)
         watch = Stopwatch()
         net = clone_model(model)
+        forward = Forward(ctx)
+        forward.prepare(net)
         g = ctx.generator(2)
         per_epoch = -(-len(ctx.forget) // cfg.batch_size)
         opt, sched = sgd(net, cfg, cfg.epochs * per_epoch)
@@ -64,7 +67,7 @@ class GradientAscent(Method):
             total, n = 0.0, 0
             for x, y, _b in read_batches(ctx, ctx.forget, batch_size=cfg.batch_size,
                                          generator=g, shuffle=True):
-                loss = clamped_ascent_loss(net(x), y, cfg.loss_ceiling)
+                loss = clamped_ascent_loss(forward(net, x), y, cfg.loss_ceiling)
                 opt.zero_grad(set_to_none=True)
                 (-loss).backward()
                 if cfg.clip_norm > 0:

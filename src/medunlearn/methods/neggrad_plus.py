@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from medunlearn.errors import ConfigError
 from medunlearn.methods._common import (
+    Forward,
     SGDOptions,
     Stopwatch,
     check_options,
@@ -59,6 +60,8 @@ class NegGradPlus(Method):
         set_threads(ctx.train_config.threads)
         watch = Stopwatch()
         net = clone_model(model)
+        forward = Forward(ctx)
+        forward.prepare(net)
         g, gf = ctx.generator(3), ctx.generator(4)
         epochs = [subsample(ctx.retain, cfg.retain_budget, g) for _ in range(cfg.epochs)]
         opt, sched = sgd(net, cfg, sum(-(-len(e) // cfg.batch_size) for e in epochs))
@@ -72,7 +75,7 @@ class NegGradPlus(Method):
             for x, y, _b in read_batches(ctx, ix, batch_size=cfg.batch_size, generator=g,
                                          shuffle=True, augment=augment):
                 xf, yf, _bf = next(forget_stream)
-                logits = net(torch.cat([x, xf]))
+                logits = forward(net, torch.cat([x, xf]))
                 retain_loss = F.cross_entropy(logits[:len(y)], y, weight=w)
                 forget_loss = clamped_ascent_loss(logits[len(y):], yf, cfg.loss_ceiling)
                 loss = cfg.alpha * retain_loss - (1 - cfg.alpha) * forget_loss

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from medunlearn.errors import ConfigError
 from medunlearn.methods._common import (
+    Forward,
     SGDOptions,
     Stopwatch,
     augment_policy,
@@ -97,6 +98,9 @@ class Scrub(Method):
         for p in teacher.parameters():
             p.requires_grad_(False)
         student = clone_model(model).to(ctx.device)
+        forward = Forward(ctx)
+        forward.prepare(student)
+        forward.prepare(teacher)
         g = ctx.generator(41)
         retain = subsample(ctx.retain, c.retain_budget, g)
         w = loss_weights(ctx, ctx.retain)
@@ -115,8 +119,8 @@ class Scrub(Method):
                                             generator=g, shuffle=True, augment=augment):
                     x = x.to(ctx.device)
                     with torch.no_grad():
-                        t = teacher(x)
-                    loss = -distill_kl(student(x), t, c.temperature)
+                        t = forward(teacher, x)
+                    loss = -distill_kl(forward(student, x), t, c.temperature)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(student.parameters(), c.max_grad_norm)
@@ -130,8 +134,8 @@ class Scrub(Method):
                                         shuffle=True, augment=augment):
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 with torch.no_grad():
-                    t = teacher(x)
-                s = student(x)
+                    t = forward(teacher, x)
+                s = forward(student, x)
                 loss = c.gamma * F.cross_entropy(s, y, weight=w) + \
                     c.alpha_kl * distill_kl(s, t, c.temperature)
                 opt.zero_grad(set_to_none=True)
