@@ -125,7 +125,7 @@ def test_report_of_real_results(killed_and_resumed, tmp_path):
     assert page.count("<table class='results'") == 1
     for m in METHODS:
         assert f"data-method='{m}'" in page
-    assert page.count("<img ") == 4  # risk vs ratio, Pareto, FNR change, difficulty
+    assert page.count("<img ") == 3  # Pareto, FNR change, difficulty (one ratio: no ratio plots)
     assert "| salun-cra | 1 |" in (tmp_path / "report.md").read_text()
 
 
