@@ -335,7 +335,9 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
         f.pareto(drows, ds)
         # 5. FNR change against the original model, per method and forget selection
         forgets = [fg for _, fg in sorted({(r["forget_ratio"] or 0, r["forget"]) for r in drows})]
-        fig, ax = f.plt.subplots(figsize=(max(6, 0.7 * len(labs) * max(1, len(forgets))), 3.8))
+        # wide enough for the bars, but never wider than a page
+        fig, ax = f.plt.subplots(figsize=(min(16, max(6, 0.3 * len(labs) * (1 + len(forgets)))),
+                                          4.2))
         f.grouped_bars(ax, drows, labs, [(f"forget {fg}", _field("fnr_change", 100), {"forget": fg})
                                         for fg in forgets])
         ax.set_ylabel("FNR − original FNR (pp)")
@@ -353,7 +355,7 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
                f"difficulty_{ds}")
         # 7. augmentation on/off (only when the grid varies it)
         if len(augs) > 1:
-            fig, axes = f.plt.subplots(1, 2, figsize=(max(10, 1.4 * len(labs)), 3.8))
+            fig, axes = f.plt.subplots(1, 2, figsize=(min(16, max(10, 1.4 * len(labs))), 3.8))
             for ax, (value, ylabel) in zip(axes, ((_field("average_gap_pp"),
                                                    "average gap to retraining (pp)"),
                                                   (_field("TA", 100), "test accuracy (%)")),
