@@ -178,3 +178,15 @@ def test_single_step_training_runs(synth_root):
     fit, _ = train_model(ds, ModelConfig(width=4),
                          TrainConfig(epochs=1, batch_size=64, progress=False), seed=0)
     assert fit.steps == 1
+
+
+def test_training_layout_avoids_the_channels_last_strided_1x1_backward_bug():
+    # torch 2.14's channels-last backward of a strided 1x1 convolution with < 16 input channels
+    # corrupts memory on odd batch sizes: width-8 models (8 -> 16 shortcut) train contiguous
+    from medunlearn.models import build_model
+    from medunlearn.training import training_layout
+
+    narrow = build_model("resnet18", in_channels=1, num_classes=2, width=8)
+    default = build_model("resnet18", in_channels=1, num_classes=2, width=16)
+    assert training_layout(narrow) == torch.contiguous_format
+    assert training_layout(default) == torch.channels_last

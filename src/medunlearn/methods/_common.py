@@ -27,7 +27,13 @@ from medunlearn.data import iterate_batches
 from medunlearn.errors import ConfigError, ForgetSetError
 from medunlearn.methods.base import UnlearnContext, UnlearnOutcome
 from medunlearn.models import Classifier
-from medunlearn.training import class_weights, make_optimizer, resolve_precision, set_threads
+from medunlearn.training import (
+    class_weights,
+    make_optimizer,
+    resolve_precision,
+    set_threads,
+    training_layout,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -78,20 +84,22 @@ class Forward:
     bfloat16 autocast; logits come back in float32 so losses and gradients stay float32.
 
     Using the same arithmetic as training keeps the time of an unlearning method comparable to
-    the time of retraining. Call :meth:`prepare` on each model first (channels-last weights);
-    :func:`outcome` returns models to the contiguous layout the checkpoint writer needs.
+    the time of retraining. Call :meth:`prepare` on each model first (training layout, see
+    :func:`medunlearn.training.training_layout`); :func:`outcome` returns models to the
+    contiguous layout the checkpoint writer needs.
     """
 
     def __init__(self, ctx: UnlearnContext) -> None:
         self.bf16 = (ctx.device.type == "cpu"
                      and resolve_precision(ctx.train_config.precision) == "bf16")
+        self.layout = torch.channels_last
 
-    @staticmethod
-    def prepare(model: nn.Module) -> nn.Module:
-        return model.to(memory_format=torch.channels_last)
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self.layout = training_layout(model)
+        return model.to(memory_format=self.layout)
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=self.layout)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             return model(x).float()
 
