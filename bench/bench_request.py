@@ -14,7 +14,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import random
 import shutil
 import sys
@@ -23,27 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from _report import command_line, stamp, write_section  # noqa: E402
+from _report import command_line, model_parser, publish, stamp, work_and_model  # noqa: E402
 
 TARGET_SECONDS = 10.0
-
-
-def train_model(out: Path, *, quick: bool, data_root: str | None) -> Path:
-    from medunlearn.config import DataConfig, ModelConfig, TrainConfig
-    from medunlearn.runs import run_training
-
-    if quick:
-        data = DataConfig(dataset="pneumoniamnist", train_limit=400, eval_limit=200,
-                          data_root=data_root)
-        model, train = ModelConfig(width=8), TrainConfig(epochs=2, progress=False)
-    else:
-        data = DataConfig(dataset="pneumoniamnist", data_root=data_root)
-        model, train = ModelConfig(), TrainConfig(progress=False)
-    t0 = time.perf_counter()
-    metrics = run_training(data, model, train, seed=0, out=out)
-    what = "reused" if metrics.get("reused") else f"trained in {time.perf_counter() - t0:.1f} s"
-    print(f"model {out}: {what}", file=sys.stderr)
-    return out
 
 
 def patient_request(model: Path, n_images: int, seed: int, rid: str, method: str | None) -> dict:
@@ -114,35 +95,19 @@ def render(results: list[dict], *, model: Path, n_images: int, quick: bool) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, help="Run folder of a PneumoniaMNIST model "
-                   "(default: train one into WORK/model).")
-    p.add_argument("--work", type=Path, default=None,
-                   help="Scratch folder (default: runs/bench_request[_quick]).")
+    p = model_parser(__doc__, "request")
     p.add_argument("--images", type=int, default=10, help="Images in the request (default 10).")
     p.add_argument("--seed", type=int, default=0, help="Chooses the patient's images.")
-    p.add_argument("--data-root", default=None, help="MedMNIST folder (default: $MEDMNIST_ROOT).")
     p.add_argument("--skip-retrain", action="store_true", help="Only the default path.")
-    p.add_argument("--quick", action="store_true",
-                   help="Tiny model (400 images, width 8, 2 epochs) for a smoke test; writes to "
-                        "WORK/BENCHMARKS.md unless --benchmarks is given.")
-    p.add_argument("--benchmarks", type=Path, default=None,
-                   help="Markdown file whose bench_request section is replaced (default: "
-                        "BENCHMARKS.md at the repository root).")
     args = p.parse_args(argv)
-    work = args.work or REPO / "runs" / ("bench_request_quick" if args.quick else "bench_request")
-    work.mkdir(parents=True, exist_ok=True)
-    model = args.model or train_model(work / "model", quick=args.quick, data_root=args.data_root)
+    work, model = work_and_model(args, "request")
     results = [run_path(model, work, method=None, n_images=args.images, seed=args.seed,
                         data_root=args.data_root)]
     if not args.skip_retrain:
         results.append(run_path(model, work, method="retrain", n_images=args.images,
                                 seed=args.seed, data_root=args.data_root))
-    section = render(results, model=model, n_images=args.images, quick=args.quick)
-    target = args.benchmarks or (work / "BENCHMARKS.md" if args.quick else REPO / "BENCHMARKS.md")
-    write_section("request", section, target)
-    print(section)
-    print(f"wrote the bench_request section of {target}", file=sys.stderr)
+    publish("request", render(results, model=model, n_images=args.images, quick=args.quick),
+            args, work)
     return 0 if all(r["status"] == "completed" for r in results) else 1
 
 

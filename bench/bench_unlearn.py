@@ -17,15 +17,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from _report import command_line, stamp, write_section  # noqa: E402
-from bench_request import train_model  # noqa: E402
+from _report import command_line, model_parser, publish, stamp, work_and_model  # noqa: E402
 
 METHODS = ("retrain", "finetune", "random-label", "salun", "salun-cra", "gradient-ascent",
            "neggrad-plus", "l1-sparse", "scrub", "boundary-shrink")
@@ -97,34 +95,18 @@ def render(rows: list[dict], *, native: str, model: Path, forget: str, quick: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, help="Run folder of a PneumoniaMNIST model "
-                   "(default: train one into WORK/model).")
-    p.add_argument("--work", type=Path, default=None,
-                   help="Scratch folder (default: runs/bench_unlearn[_quick]).")
+    p = model_parser(__doc__, "unlearn")
     p.add_argument("--forget", default="random:0.2", help="Forget spec (default random:0.2).")
     p.add_argument("--seed", type=int, default=0, help="Seeds the forget set and the methods.")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="Comma-separated methods (default: the gradient-based ones + retrain).")
-    p.add_argument("--data-root", default=None, help="MedMNIST folder (default: $MEDMNIST_ROOT).")
-    p.add_argument("--quick", action="store_true",
-                   help="Tiny model (400 images, width 8, 2 epochs) for a smoke test; writes to "
-                        "WORK/BENCHMARKS.md unless --benchmarks is given.")
-    p.add_argument("--benchmarks", type=Path, default=None,
-                   help="Markdown file whose unlearn section is replaced (default: BENCHMARKS.md "
-                        "at the repository root).")
     args = p.parse_args(argv)
-    work = args.work or REPO / "runs" / ("bench_unlearn_quick" if args.quick else "bench_unlearn")
-    work.mkdir(parents=True, exist_ok=True)
-    model = args.model or train_model(work / "model", quick=args.quick, data_root=args.data_root)
+    work, model = work_and_model(args, "unlearn")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows, native = measure(model, methods, forget=args.forget, seed=args.seed,
                            data_root=args.data_root)
-    section = render(rows, native=native, model=model, forget=args.forget, quick=args.quick)
-    target = args.benchmarks or (work / "BENCHMARKS.md" if args.quick else REPO / "BENCHMARKS.md")
-    write_section("unlearn", section, target)
-    print(section)
-    print(f"wrote the unlearn section of {target}", file=sys.stderr)
+    publish("unlearn", render(rows, native=native, model=model, forget=args.forget,
+                              quick=args.quick), args, work)
     return 0
 
 

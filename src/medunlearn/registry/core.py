@@ -449,63 +449,46 @@ def method_chain(conn: sqlite3.Connection, requested: str | None) -> list[str]:
     return [requested] + ([chain[-1]] if chain[-1] != requested else [])
 
 
+#: Request-item role -> key of the item list in the ledger's request entry.
+LEDGER_ITEM_KEYS = {"forget": "forget", "already": "already_forgotten",
+                    "consolidate": "consolidate"}
+
+
 def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
-    """Validate and record a new request as pending (or complete it as a no-op)."""
+    """Validate and record a new request as pending (or complete it as a no-op).
+
+    A deletion request withdraws its new images; a consolidation lists every image withdrawn so
+    far and is a no-op when the active model is exact already.
+    """
+    active = active_version(conn)
     if req.consolidate:
-        _submit_consolidation(reg, conn, req)
-        return
-    new, already, sha = _resolve(conn, req)  # raises before anything is written
-    chain = method_chain(conn, req.method)
-    active = active_version(conn)
-    now = ledger.now_iso()
-    noop = not new
-    with transaction(conn):
-        conn.execute("INSERT INTO requests(id, subject, content_sha256, body, status, submitted, "
-                     "from_version) VALUES(?, ?, ?, ?, 'pending', ?, ?)",
-                     (req.id, req.subject, req.content_sha256, ledger.canonical_json(req.body()),
-                      now, active))
-        conn.executemany("INSERT INTO request_items(request_id, idx, role) VALUES(?, ?, ?)",
-                         [(req.id, i, "forget") for i in new]
-                         + [(req.id, i, "already") for i in already])
-        for chunk in _chunks(new):
-            conn.execute(f"UPDATE samples SET request_id = ? WHERE idx IN "
-                         f"({','.join('?' * len(chunk))})", [req.id, *chunk])
-        ledger.append(conn, "request", {
-            "request": req.body(), "content_sha256": req.content_sha256,
-            "forget": [{"index": i, "sha256": sha[i]} for i in new],
-            "already_forgotten": [{"index": i, "sha256": sha[i]} for i in already],
-            "active_version": active, "methods": chain,
-        }, request_id=req.id)
-        if noop:
-            result = _finish(conn, req.id, "completed", active, active, None, now)
-            ledger.append(conn, "complete", {"status": "completed", "noop": True,
-                                             "version": active, "forgotten": [],
-                                             "result_sha256": _sha(result)}, request_id=req.id)
-    ledger.write_head(reg, conn)
-    _crashpoint("after-submit")
-
-
-def _submit_consolidation(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
-    """Record a consolidation: an exact retraining without every image withdrawn so far (a
-    completed no-op when the active model is exact already)."""
-    withdrawn = withdrawn_indices(conn)
-    sha = _hashes(conn, withdrawn)
-    active = active_version(conn)
-    noop = approximate_steps(conn) == 0 and not _not_forgotten(conn)
+        withdrawn = withdrawn_indices(conn)
+        items, sha, chain = {"consolidate": withdrawn}, _hashes(conn, withdrawn), ["retrain"]
+        noop = approximate_steps(conn) == 0 and not _not_forgotten(conn)
+        why = "the active model is exact already" if noop else None
+    else:
+        new, already, sha = _resolve(conn, req)  # raises before anything is written
+        items, chain = {"forget": new, "already": already}, method_chain(conn, req.method)
+        noop, why = not new, None
+    withdraw = items.get("forget", [])
     with transaction(conn):
         conn.execute("INSERT INTO requests(id, subject, content_sha256, body, status, submitted, "
                      "from_version) VALUES(?, ?, ?, ?, 'pending', ?, ?)",
                      (req.id, req.subject, req.content_sha256, ledger.canonical_json(req.body()),
                       ledger.now_iso(), active))
         conn.executemany("INSERT INTO request_items(request_id, idx, role) VALUES(?, ?, ?)",
-                         [(req.id, i, "consolidate") for i in withdrawn])
+                         [(req.id, i, role) for role, idx in items.items() for i in idx])
+        for chunk in _chunks(withdraw):
+            conn.execute(f"UPDATE samples SET request_id = ? WHERE idx IN "
+                         f"({','.join('?' * len(chunk))})", [req.id, *chunk])
         ledger.append(conn, "request", {
             "request": req.body(), "content_sha256": req.content_sha256,
-            "consolidate": [{"index": i, "sha256": sha[i]} for i in withdrawn],
-            "active_version": active, "methods": ["retrain"],
+            **{LEDGER_ITEM_KEYS[role]: [{"index": i, "sha256": sha[i]} for i in idx]
+               for role, idx in items.items()},
+            "active_version": active, "methods": chain,
         }, request_id=req.id)
         if noop:
-            _complete_noop(conn, req.id, active, "the active model is exact already")
+            _complete_noop(conn, req.id, active, why)
     ledger.write_head(reg, conn)
     _crashpoint("after-submit")
 
@@ -518,15 +501,18 @@ def _hashes(conn: sqlite3.Connection, indices: list[int]) -> dict[int, str]:
     return sha
 
 
-def _complete_noop(conn: sqlite3.Connection, rid: str, active: int, why: str) -> dict:
-    """Finish a request without a new version (inside the caller's transaction)."""
+def _complete_noop(conn: sqlite3.Connection, rid: str, active: int, why: str | None) -> dict:
+    """Finish a request without a new version (inside the caller's transaction); ``why`` is
+    recorded when the reason is not simply that every image was forgotten already."""
     result = _finish(conn, rid, "completed", active, active, None, ledger.now_iso())
-    result["noop_reason"] = why
-    conn.execute("UPDATE requests SET result = ? WHERE id = ?",
-                 (ledger.canonical_json(result), rid))
+    reason = {}
+    if why is not None:
+        result["noop_reason"] = reason["reason"] = why
+        conn.execute("UPDATE requests SET result = ? WHERE id = ?",
+                     (ledger.canonical_json(result), rid))
     ledger.append(conn, "complete", {"status": "completed", "noop": True, "version": active,
-                                     "reason": why, "forgotten": [],
-                                     "result_sha256": _sha(result)}, request_id=rid)
+                                     **reason, "forgotten": [], "result_sha256": _sha(result)},
+                  request_id=rid)
     return result
 
 
