@@ -21,8 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from medunlearn.config import DataConfig, from_dict
-from medunlearn.data import MedDataset, load_dataset
+from medunlearn.data import Dataset, load_from_record
 from medunlearn.errors import CheckpointError, ConfigError
 from medunlearn.io import atomic_write_bytes, read_json
 from medunlearn.models import Classifier
@@ -61,16 +60,24 @@ class Run:
     metrics: dict | None
 
     @property
-    def data_config(self) -> DataConfig:
-        return from_dict(DataConfig, self.config["data"], where=f"{self.path}/config.json data")
+    def data_record(self) -> dict:
+        """How to load the data this run was trained on (``config.json`` ``data``)."""
+        data = self.config.get("data")
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"{self.path / CONFIG_FILE} has no 'data' section, so the data this model was "
+                "trained on is unknown. Point at a run folder written by 'medunlearn train' or "
+                "'medunlearn unlearn' (or restore its config.json)."
+            )
+        return data
 
     @property
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
 
-    def load_dataset(self, **overrides) -> MedDataset:
+    def load_dataset(self, **overrides) -> Dataset:
         """Load the data this run was trained on (``overrides`` e.g. ``data_root=...``)."""
-        dataset = load_dataset(self.data_config, seed=self.seed, **overrides)
+        dataset = load_from_record(self.data_record, seed=self.seed, **overrides)
         check_compatible(self, dataset)
         return dataset
 
@@ -121,7 +128,7 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
     return Run(path, config, model, metrics)
 
 
-def check_compatible(run: Run, dataset: MedDataset) -> None:
+def check_compatible(run: Run, dataset: Dataset) -> None:
     """Refuse a model whose input channels or classes differ from the data's.
 
     Raises:
@@ -130,11 +137,11 @@ def check_compatible(run: Run, dataset: MedDataset) -> None:
     spec = run.config["model"]
     problems = []
     if spec["in_channels"] != dataset.in_channels:
-        problems.append(f"it takes {spec['in_channels']}-channel images but {dataset.info.flag} "
+        problems.append(f"it takes {spec['in_channels']}-channel images but {dataset.name} "
                         f"has {dataset.in_channels} channel(s)")
     if spec["num_classes"] != dataset.num_classes:
         problems.append(f"it has {spec['num_classes']} output classes but the {dataset.view.kind} "
-                        f"view of {dataset.info.flag} has {dataset.num_classes}")
+                        f"view of {dataset.name} has {dataset.num_classes}")
     if spec.get("size", dataset.size) != dataset.size:
         problems.append(f"it was trained on {spec['size']} px images, the data are "
                         f"{dataset.size} px")
@@ -147,7 +154,7 @@ def check_compatible(run: Run, dataset: MedDataset) -> None:
 
 
 def load_run_and_data(path: str | os.PathLike, *, data_root: str | None = None,
-                      **overrides) -> tuple[Run, MedDataset]:
+                      **overrides) -> tuple[Run, Dataset]:
     """Load a run folder and the dataset it was trained on, checked against each other."""
     run = load_run(path)
     if data_root:

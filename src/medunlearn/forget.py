@@ -168,7 +168,7 @@ def _indices_from_hashes(path_text: str, dataset: MedDataset, spec: str) -> np.n
         first = ", ".join(unknown[:3])
         raise ForgetSetError(
             f"Forget spec {spec!r}: {len(unknown)} of {len(wanted)} hash(es) match no training "
-            f"image of {dataset.info.flag} (first: {first}). Hashes are SHA-256 of the stored "
+            f"image of {dataset.name} (first: {first}). Hashes are SHA-256 of the stored "
             "image bytes, as in a run's manifest.csv; check the dataset, size and train_limit."
         )
     return np.asarray(sorted(i for h in wanted for i in by_hash[h]), dtype=np.int64)
@@ -254,7 +254,7 @@ def select_forget(dataset: MedDataset, *, forget: str | Sequence[int], seed: int
             positives = dataset.view.positive_labels
             if not positives:
                 raise ForgetSetError(
-                    f"Forget spec {spec!r}: the {dataset.view.kind} view of {dataset.info.flag} "
+                    f"Forget spec {spec!r}: the {dataset.view.kind} view of {dataset.name} "
                     "has "
                     "no disease-positive labels. Train with --view binary or --positive-classes, "
                     "or use random:F or class:K."

@@ -90,7 +90,7 @@ def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainC
     # record the concrete recipe, so that retraining repeats it exactly
     train_cfg = dataclasses.replace(train_cfg,
                                     epochs=resolve_epochs(train_cfg.epochs, len(dataset.train)))
-    key = fingerprint({"kind": "train", "data": dataset.config.identity(),
+    key = fingerprint({"kind": "train", "data": dataset.identity(),
                        "model": dataclasses.asdict(model_cfg), "train": recipe(train_cfg),
                        "seed": seed})
     if not overwrite:
@@ -112,7 +112,7 @@ def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainC
         }
         config = {
             "kind": "train", "fingerprint": key, "seed": seed, "created": now_iso(),
-            "data": dataclasses.asdict(dataset.config), "model": spec,
+            "data": dataset.source, "model": spec,
             "model_config": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
             "dataset": dataset.describe(), "environment": environment(),
         }
@@ -121,6 +121,6 @@ def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainC
         atomic_write_json(stage / "history.json", fit.history)
         write_manifest(stage / "manifest.csv", dataset)
         training_curve(fit.history, stage / "curve.png",
-                       title=f"{dataset.info.flag} ({dataset.view.kind}), seed {seed}")
+                       title=f"{dataset.name} ({dataset.view.kind}), seed {seed}")
         atomic_write_json(stage / METRICS_FILE, metrics)
     return metrics

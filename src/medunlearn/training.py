@@ -215,7 +215,7 @@ def fit(model: Classifier, dataset: MedDataset, train_indices: torch.Tensor | No
     cfg = dataclasses.replace(cfg, epochs=resolve_epochs(cfg.epochs, len(dataset.train)))
     set_threads(cfg.threads)
     g = torch.Generator().manual_seed(seed)
-    augment = dataset.config.augment if augment is None else augment
+    augment = dataset.augment if augment is None else augment
     idx = torch.arange(len(dataset.train)) if train_indices is None else \
         torch.as_tensor(train_indices, dtype=torch.long)
     if len(idx) == 0:

@@ -225,7 +225,7 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     """
     out = Path(out)
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
-    flag = dataset.info.flag
+    flag = dataset.name
     algo = resolve_method(method, dataset=flag, options=options, retain_budget=retain_budget)
     inherited = set(previously_forgotten(model_dir))
     if method == "retrain" and not isinstance(forget, str):
@@ -342,7 +342,7 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
     from medunlearn.training import predict_logits
 
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
-    flag = dataset.info.flag
+    flag = dataset.name
     base = resolve_method(method, dataset=flag, options=options)
     fields = set(config_dict(base))
     if not {"lr", "epochs"} <= fields:

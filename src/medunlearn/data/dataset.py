@@ -1,16 +1,21 @@
-"""In-memory MedMNIST datasets: whole splits as tensors, subsets as index tensors.
+"""In-memory datasets: whole splits as tensors, subsets as index tensors.
 
-Images stay ``uint8`` in memory (a 224 px PathMNIST would not fit as float) and are converted,
-augmented and normalised a batch at a time. Each training sample has a stable identity: its
-index in the training split and the SHA-256 of its image bytes as stored in the MedMNIST file
-(the ``uint8`` array in (H, W) or (H, W, C) layout, C-contiguous), so that a deletion request can
-name images by hash.
+Every source (MedMNIST ``.npz`` files, CSV manifests, class folders, DICOM, arrays given in
+Python) ends in the same :class:`Dataset`: ``uint8`` images (N, C, H, W) per split, labels in a
+task view's label space, and per image a stable identity (a SHA-256), a patient id and metadata
+columns (sex, age band, view, ...). Images stay ``uint8`` in memory (a 224 px set would not fit
+as float) and are converted, augmented and normalised a batch at a time.
+
+Identity: for MedMNIST the SHA-256 of an image's stored bytes (the ``uint8`` array in (H, W) or
+(H, W, C) layout, C-contiguous) and one patient per image; for file sources the SHA-256 of the
+source file and the patient id of its manifest row. A deletion request can name either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,15 +40,36 @@ class Split:
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64, in the view's label space
     native_labels: np.ndarray  # (N, L) labels as stored in the file
-    source_index: np.ndarray  # (N,) row of each sample in the file's split
+    source_index: np.ndarray  # (N,) row of each sample in the source's split
     _hashes: list[str] | None = field(default=None, repr=False)
+    # (N,) patient id of each image; None: one patient per image (MedMNIST)
+    patient_ids: np.ndarray | None = None
+    # column name -> (N,) values as strings (sex, age band, view, site, ...)
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     @property
+    def patients(self) -> np.ndarray:
+        """Patient id of each image (``<split>-<row>`` where the source has one per image)."""
+        if self.patient_ids is None:
+            return np.array([f"{self.name}-{int(i)}" for i in self.source_index], dtype=object)
+        return self.patient_ids
+
+    def take(self, keep: np.ndarray) -> Split:
+        """The samples at positions ``keep`` (a new split of the same name)."""
+        keep = np.asarray(keep, dtype=np.int64)
+        t = torch.from_numpy(keep)
+        return Split(self.name, self.images[t].contiguous(), self.labels[t].contiguous(),
+                     self.native_labels[keep], self.source_index[keep],
+                     None if self._hashes is None else [self._hashes[i] for i in keep],
+                     None if self.patient_ids is None else self.patient_ids[keep],
+                     {k: v[keep] for k, v in self.metadata.items()})
+
+    @property
     def hashes(self) -> list[str]:
-        """SHA-256 of each image's stored bytes (computed once)."""
+        """SHA-256 identity of each image (for MedMNIST its stored bytes; computed once)."""
         if self._hashes is None:
             hwc = self.images.permute(0, 2, 3, 1)  # back to the stored (N, H, W, C) layout
             if hwc.shape[-1] == 1:
@@ -53,16 +79,43 @@ class Split:
         return self._hashes
 
 
-@dataclass
-class MedDataset:
-    """A MedMNIST dataset under a task view, all splits in memory."""
+LOCATION_KEYS = ("data_root", "download", "verify_md5", "cache_dir")
 
-    info: DatasetInfo
-    config: DataConfig
+
+@dataclass
+class Dataset:
+    """A labelled image dataset under a task view, every split in memory.
+
+    Attributes:
+        name: Short name used in messages and reports (a MedMNIST flag, or the manifest's name).
+        view: How native labels map to the trained labels, and which labels mean disease.
+        splits: ``train``, ``val`` and ``test`` (:data:`SPLITS`).
+        augment: Augmentation policy of the training recipe (``none``, ``basic``, ``strong``).
+        source: A JSON-able record of how to load the same data again (``source`` names the
+            loader; see :mod:`medunlearn.data.sources`). Run folders store it as ``data``.
+        info, path, md5: MedMNIST metadata, file and checksum (None for other sources).
+    """
+
+    name: str
     view: TaskView
-    path: Path
-    md5: str | None
     splits: dict[str, Split]
+    augment: str = "basic"
+    source: dict = field(default_factory=lambda: {"source": "arrays"})
+    info: DatasetInfo | None = None
+    path: Path | None = None
+    md5: str | None = None
+
+    def __post_init__(self) -> None:
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise DataError(f"Dataset {self.name!r} has no {', '.join(missing)} split; every "
+                            f"dataset needs {', '.join(SPLITS)}.")
+        if self.augment not in POLICIES:
+            raise DataError(f"Unknown augmentation {self.augment!r}; choose one of {POLICIES}.")
+        shapes = {tuple(sp.images.shape[1:]) for sp in self.splits.values()}
+        if len(shapes) != 1:
+            raise DataError(f"The splits of {self.name!r} hold images of different shapes "
+                            f"{sorted(shapes)}; resize them to one size (e.g. --size 64).")
 
     @property
     def train(self) -> Split:
@@ -78,7 +131,7 @@ class MedDataset:
 
     @property
     def in_channels(self) -> int:
-        return self.info.n_channels
+        return int(self.train.images.shape[1])
 
     @property
     def num_classes(self) -> int:
@@ -86,7 +139,35 @@ class MedDataset:
 
     @property
     def size(self) -> int:
-        return self.config.size
+        """Image height in pixels (images are square for every built-in source)."""
+        return int(self.train.images.shape[2])
+
+    @property
+    def config(self) -> DataConfig:
+        """The MedMNIST :class:`DataConfig` (an error for other sources)."""
+        if self.source.get("source", "medmnist") != "medmnist":
+            raise DataError(f"Dataset {self.name!r} comes from a {self.source.get('source')} "
+                            "source, not MedMNIST; it has no MedMNIST DataConfig.")
+        return from_record(DataConfig, self.source)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """Metadata columns present in every split (subgroup analysis uses these)."""
+        cols = [set(sp.metadata) for sp in self.splits.values()]
+        return sorted(set.intersection(*cols)) if cols else []
+
+    def identity(self) -> dict:
+        """What decides which samples and labels a model sees (not where they live)."""
+        d = {k: v for k, v in self.source.items() if k not in LOCATION_KEYS}
+        if d.get("source", "medmnist") == "arrays":
+            h = hashlib.sha256()
+            for s in SPLITS:
+                h.update(s.encode())
+                for x in self.splits[s].hashes:
+                    h.update(x.encode())
+                h.update(self.splits[s].labels.numpy().tobytes())
+            d["content_sha256"] = h.hexdigest()
+        return d
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images in [0, 1]."""
@@ -97,11 +178,31 @@ class MedDataset:
         """A JSON-able summary recorded with every run."""
         counts = {s: np.bincount(self.splits[s].labels.numpy(), minlength=self.num_classes).tolist()
                   for s in SPLITS}
-        return {
-            "dataset": self.info.flag, "size": self.size, "task": self.info.task,
-            "view": self.view.to_dict(), "file": str(self.path), "md5": self.md5,
-            "n_samples": {s: len(self.splits[s]) for s in SPLITS}, "class_counts": counts,
+        out = {
+            "dataset": self.name, "source": self.source.get("source", "medmnist"),
+            "size": self.size, "channels": self.in_channels,
+            "task": self.info.task if self.info else "single-label",
+            "view": self.view.to_dict(), "file": str(self.path) if self.path else None,
+            "md5": self.md5, "n_samples": {s: len(self.splits[s]) for s in SPLITS},
+            "class_counts": counts,
         }
+        if any(sp.patient_ids is not None for sp in self.splits.values()):
+            out["n_patients"] = {s: len(set(self.splits[s].patients.tolist())) for s in SPLITS}
+        if self.metadata_columns:
+            out["metadata_columns"] = self.metadata_columns
+        return out
+
+
+#: The name used before other sources existed; the same class.
+MedDataset = Dataset
+
+
+def from_record(cls, record: Mapping):
+    """Build a config dataclass from a ``data`` record, ignoring its ``source`` key."""
+    from medunlearn.config import from_dict
+
+    return from_dict(cls, {k: v for k, v in record.items() if k != "source"},
+                     where="the data record")
 
 
 def _subset(split: Split, limit: int | None, seed: int) -> Split:
@@ -110,13 +211,10 @@ def _subset(split: Split, limit: int | None, seed: int) -> Split:
     if limit <= 0:
         raise DataError(f"A sample limit must be positive, got {limit}.")
     rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(len(split), size=limit, replace=False))
-    t = torch.from_numpy(keep)
-    return Split(split.name, split.images[t].contiguous(), split.labels[t].contiguous(),
-                 split.native_labels[keep], split.source_index[keep])
+    return split.take(np.sort(rng.choice(len(split), size=limit, replace=False)))
 
 
-def load_dataset(config: DataConfig | None = None, *, seed: int = 0, **overrides) -> MedDataset:
+def load_dataset(config: DataConfig | None = None, *, seed: int = 0, **overrides) -> Dataset:
     """Load a MedMNIST 2D dataset into memory under a task view.
 
     Args:
@@ -127,8 +225,6 @@ def load_dataset(config: DataConfig | None = None, *, seed: int = 0, **overrides
     Raises:
         DataError: unknown dataset, missing/corrupt/wrong-checksum file, bad view.
     """
-    import dataclasses
-
     config = dataclasses.replace(config or DataConfig(), **overrides)
     info = get_info(config.dataset)
     config = dataclasses.replace(config, dataset=info.flag)
@@ -148,7 +244,116 @@ def load_dataset(config: DataConfig | None = None, *, seed: int = 0, **overrides
         split = Split(name, images, labels, r.labels, np.arange(len(labels)))
         limit = config.train_limit if name == "train" else config.eval_limit
         splits[name] = _subset(split, limit, seed + SPLITS.index(name))
-    return MedDataset(info, config, view, path, md5, splits)
+    return Dataset(info.flag, view, splits, augment=config.augment,
+                   source={"source": "medmnist", **dataclasses.asdict(config)},
+                   info=info, path=path, md5=md5)
+
+
+def _as_uint8_images(images, where: str) -> torch.Tensor:
+    """(N, C, H, W) uint8 from arrays in NCHW, NHWC (C <= 4) or NHW layout, uint8 or [0, 1]."""
+    x = torch.as_tensor(np.asarray(images))
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"{where}: images must have shape (N, C, H, W), (N, H, W, C) or "
+                        f"(N, H, W); got {tuple(x.shape)}.")
+    if x.shape[1] > 4 and x.shape[-1] <= 4:
+        x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
+    if x.dtype == torch.uint8:
+        return x.contiguous()
+    if not torch.is_floating_point(x):
+        raise DataError(f"{where}: images must be uint8 (0..255) or float in [0, 1]; got "
+                        f"{x.dtype}.")
+    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise DataError(f"{where}: float images must lie in [0, 1] (got {float(x.min()):.3g}.."
+                        f"{float(x.max()):.3g}); divide by 255 or pass uint8.")
+    return x.mul(255).round_().to(torch.uint8).contiguous()
+
+
+def from_arrays(splits: Mapping[str, Mapping], *, name: str = "arrays",
+                num_classes: int | None = None, positive_labels: Sequence[int] | None = None,
+                class_names: Sequence[str] | None = None, augment: str = "basic",
+                source: dict | None = None) -> Dataset:
+    """Build a :class:`Dataset` from tensors or arrays held in Python.
+
+    Args:
+        splits: ``{"train": {...}, "val": {...}, "test": {...}}``; each holds ``images``
+            ((N, C, H, W), (N, H, W, C) or (N, H, W); uint8 or float in [0, 1]) and ``labels``
+            ((N,) integers in ``0..num_classes-1``), optionally ``patient_ids`` ((N,) strings)
+            and ``metadata`` (column name -> (N,) values, e.g. ``{"sex": [...]}``).
+        name: Name used in messages and reports.
+        num_classes: Number of classes (default: the largest label + 1).
+        positive_labels: Labels that mean disease (clinical metrics and SalUn-CRA); for two
+            classes the default is ``(1,)``.
+        class_names: Names of the classes (default: ``"0"``, ``"1"``, ...).
+        augment: Augmentation policy used when training on these data.
+        source: Record of where the data came from (file sources fill it in).
+
+    Raises:
+        DataError: a missing split, mismatched lengths, bad shapes or labels out of range.
+    """
+    built: dict[str, Split] = {}
+    k_max = 0
+    for s in SPLITS:
+        if s not in splits:
+            raise DataError(f"from_arrays needs a {s!r} split (with 'images' and 'labels'); "
+                            f"got {sorted(splits)}.")
+        part = splits[s]
+        unknown = set(part) - {"images", "labels", "patient_ids", "metadata", "hashes"}
+        if unknown:
+            raise DataError(f"Split {s!r} has unknown field(s) {sorted(unknown)}; use images, "
+                            "labels, patient_ids, metadata, hashes.")
+        images = _as_uint8_images(part["images"], f"split {s!r}")
+        labels = torch.as_tensor(np.asarray(part["labels"]))
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataError(f"Split {s!r}: labels must be a vector with one entry per image "
+                            f"({len(images)}); got shape {tuple(labels.shape)}.")
+        if labels.is_floating_point():
+            if not torch.equal(labels, labels.round()):
+                raise DataError(f"Split {s!r}: labels must be whole class indices; found "
+                                "fractional values.")
+        labels = labels.long()
+        if len(labels) and int(labels.min()) < 0:
+            raise DataError(f"Split {s!r}: labels must be class indices >= 0.")
+        k_max = max(k_max, int(labels.max()) + 1 if len(labels) else 0)
+        n = len(labels)
+        pids = part.get("patient_ids")
+        if pids is not None:
+            pids = np.asarray([str(p) for p in pids], dtype=object)
+            if len(pids) != n:
+                raise DataError(f"Split {s!r}: {len(pids)} patient ids for {n} images.")
+        meta = {}
+        for col, values in (part.get("metadata") or {}).items():
+            vals = np.asarray(["" if v is None else str(v) for v in values], dtype=object)
+            if len(vals) != n:
+                raise DataError(f"Split {s!r}: metadata column {col!r} has {len(vals)} values "
+                                f"for {n} images.")
+            meta[str(col)] = vals
+        hashes = part.get("hashes")
+        if hashes is not None and len(hashes) != n:
+            raise DataError(f"Split {s!r}: {len(hashes)} hashes for {n} images.")
+        built[s] = Split(s, images, labels, labels.numpy()[:, None].copy(), np.arange(n),
+                         list(hashes) if hashes is not None else None, pids, meta)
+    k = num_classes if num_classes is not None else max(k_max, 2)
+    if k_max > k:
+        raise DataError(f"Labels go up to {k_max - 1} but num_classes is {k}.")
+    for s in SPLITS:
+        if s == "train" and len(built[s]) == 0:
+            raise DataError("The training split is empty; give at least one image per class.")
+    names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(k))
+    if len(names) != k:
+        raise DataError(f"{len(names)} class names for {k} classes.")
+    if positive_labels is None and k == 2:
+        positive_labels = (1,)
+    pos = tuple(sorted({int(p) for p in positive_labels})) if positive_labels else None
+    if pos and not all(0 <= p < k for p in pos):
+        raise DataError(f"Positive labels {pos} are outside 0..{k - 1}.")
+    kind = "binary" if k == 2 and pos == (1,) else "native"
+    view = TaskView(kind, pos, k, names)
+    return Dataset(name, view, built, augment=augment,
+                   source=dict(source) if source else {"source": "arrays", "name": name})
 
 
 def iterate_batches(split: Split, indices: torch.Tensor | None = None, *, batch_size: int = 256,

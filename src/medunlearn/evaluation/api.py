@@ -31,7 +31,7 @@ import numpy as np
 
 from medunlearn.checkpoint import Run, check_compatible, load_run, load_run_and_data
 from medunlearn.config import from_dict
-from medunlearn.data import MedDataset
+from medunlearn.data import MedDataset, data_identity
 from medunlearn.errors import CheckpointError, ConfigError, ForgetSetError
 from medunlearn.evaluation import bias as B
 from medunlearn.evaluation.calibration import expected_calibration_error
@@ -54,7 +54,6 @@ from medunlearn.evaluation.utility import unlearning_utility
 SCHEMA_VERSION = 1
 FORGET_FILE = "forget.csv"
 EXCLUDED_FILE = "excluded.csv"
-DATA_IDENTITY = ("dataset", "size", "view", "positive_classes", "train_limit", "eval_limit")
 
 
 @dataclass(frozen=True)
@@ -174,10 +173,9 @@ def _forget_and_retain(run: Run, dataset: MedDataset, notes: list[str]
 def _load_other(path, dataset: MedDataset, model_run: Run, role: str) -> Run:
     run = load_run(path)
     check_compatible(run, dataset)
-    a = {k: (model_run.config.get("data") or {}).get(k) for k in DATA_IDENTITY}
-    b = {k: (run.config.get("data") or {}).get(k) for k in DATA_IDENTITY}
-    diff = [k for k in DATA_IDENTITY if a[k] != b[k] and not (
-        k == "positive_classes" and (a[k] or []) == (b[k] or []))]
+    a = data_identity(model_run.data_record)
+    b = data_identity(run.data_record)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "augment")
     if diff:
         raise CheckpointError(
             f"The {role} model {run.path} was trained on different data than {model_run.path} "
@@ -469,7 +467,7 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
     return {
         "schema_version": SCHEMA_VERSION,
         "runs": {role: describe(r) for role, r in runs.items()},
-        "dataset": {"name": dataset.info.flag, "view": dataset.view.to_dict(),
+        "dataset": {"name": dataset.name, "view": dataset.view.to_dict(),
                     "positive_labels": list(positives) if positives else None},
         "counts": {"forget": len(forget), "retain": n_retain, "retain_evaluated": len(retain),
                    "retain_attack": int(cap),

@@ -165,7 +165,7 @@ def cycle_batches(ctx: UnlearnContext, indices: torch.Tensor, *, batch_size: int
 
 
 def augment_policy(ctx: UnlearnContext, cfg) -> str:
-    return ctx.dataset.config.augment if getattr(cfg, "augment", False) else "none"
+    return ctx.dataset.augment if getattr(cfg, "augment", False) else "none"
 
 
 def sgd(model: nn.Module, cfg, total_steps: int):

@@ -68,7 +68,7 @@ class NegGradPlus(Method):
         w = loss_weights(ctx, ctx.retain)
         forget_stream = cycle_batches(ctx, ctx.forget, batch_size=cfg.forget_batch_size,
                                       generator=gf)
-        augment = ctx.dataset.config.augment if cfg.augment else "none"
+        augment = ctx.dataset.augment if cfg.augment else "none"
         steps = 0
         for ix in epochs:
             net.train()

@@ -96,7 +96,7 @@ class SalUnCRA(SalUn):
         if not positives:
             raise ConfigError(
                 f"salun-cra needs to know which labels mean disease, but the "
-                f"{ctx.dataset.view.kind} view of {ctx.dataset.info.flag} has none. Train the "
+                f"{ctx.dataset.view.kind} view of {ctx.dataset.name} has none. Train the "
                 "model with --view binary or --positive-classes, or use salun."
             )
         targets, entropy = cra_targets(ctx.dataset.train.labels, ctx.forget,

@@ -1,0 +1,97 @@
+"""Data sources: how a run folder's ``data`` record turns back into a :class:`Dataset`.
+
+Every run folder stores the record of the data it was trained on (``Dataset.source``) as
+``config.json`` ``data``; its ``source`` key names the loader (``medmnist`` when absent, as in
+run folders written before other sources existed). A loader takes the record, the run's seed
+and overrides such as ``data_root`` and returns the same samples in the same order.
+
+Register a new loader with :func:`register_source`; :func:`load_from_record` refuses an unknown
+source by listing the known ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from medunlearn.config import DataConfig
+from medunlearn.data.dataset import LOCATION_KEYS, Dataset, from_record, load_dataset
+from medunlearn.errors import DataError
+
+Loader = Callable[..., Dataset]
+
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_source(name: str, loader: Loader) -> None:
+    """Register ``loader(record, *, seed, **overrides) -> Dataset`` under ``name``."""
+    if name in _LOADERS and _LOADERS[name] is not loader:
+        raise ValueError(f"a data source named {name!r} is already registered")
+    _LOADERS[name] = loader
+
+
+def source_names() -> list[str]:
+    _load_builtin()
+    return sorted(_LOADERS)
+
+
+def source_of(record: Mapping) -> str:
+    return str(record.get("source", "medmnist"))
+
+
+def data_identity(record: Mapping) -> dict:
+    """The part of a data record that decides which samples a model sees (not where they
+    live): two runs are comparable only when these are equal."""
+    out = {k: v for k, v in record.items() if k not in LOCATION_KEYS}
+    out.setdefault("source", "medmnist")
+    if out.get("positive_classes") is None and "positive_classes" in record:
+        out["positive_classes"] = []
+    return out
+
+
+def load_from_record(record: Mapping, *, seed: int = 0, **overrides) -> Dataset:
+    """Load the dataset a ``data`` record describes.
+
+    Raises:
+        DataError: an unknown source, or a source that cannot be loaded again (arrays).
+    """
+    _load_builtin()
+    name = source_of(record)
+    if name not in _LOADERS:
+        raise DataError(f"Unknown data source {name!r} in the run's config.json; known sources: "
+                        f"{', '.join(sorted(_LOADERS))}. The run was written by a newer "
+                        "medunlearn or its config.json was edited.")
+    return _LOADERS[name](dict(record), seed=seed, **overrides)
+
+
+def _medmnist(record: dict, *, seed: int, **overrides) -> Dataset:
+    return load_dataset(from_record(DataConfig, record), seed=seed, **overrides)
+
+
+def _arrays(record: dict, *, seed: int, **overrides) -> Dataset:
+    raise DataError(
+        f"This run was trained on data held in memory ({record.get('name', 'arrays')!r}, built "
+        "with medunlearn.data.from_arrays), which has no file to load again. Pass the same "
+        "Dataset object in Python (medunlearn.unlearn(model, data, ...)), or build the data "
+        "from files (a CSV manifest or a folder) so that run folders can reload it."
+    )
+
+
+_BUILTIN = False
+
+
+def _load_builtin() -> None:
+    global _BUILTIN
+    if _BUILTIN:
+        return
+    _BUILTIN = True
+    register_source("medmnist", _medmnist)
+    register_source("arrays", _arrays)
+    import importlib
+    import importlib.util
+
+    # file sources (CSV manifests, class folders, DICOM) register themselves on import
+    if importlib.util.find_spec("medunlearn.data.manifest") is not None:
+        importlib.import_module("medunlearn.data.manifest")
+
+
+__all__ = ["data_identity", "load_from_record", "register_source", "source_names", "source_of"]
