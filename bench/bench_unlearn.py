@@ -52,7 +52,7 @@ def measure(model_dir: Path, methods: list[str], *, forget: str, seed: int,
         for precision in order:
             ctx = dataclasses.replace(base, train_config=dataclasses.replace(
                 base.train_config, precision=precision))
-            algo = resolve_method(name, dataset=dataset.info.flag)
+            algo = resolve_method(name, dataset=dataset.name)
             result, cost = execute(algo, run.model, ctx)
             model = result.model.eval()
             tag = "fp32" if precision == "fp32" else "auto"

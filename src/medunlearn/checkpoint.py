@@ -33,10 +33,28 @@ METRICS_FILE = "metrics.json"
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module,
                  metadata: dict | None = None) -> Path:
-    """Write a model's state dict to ``path`` as safetensors, atomically."""
+    """Write a model's state dict to ``path`` as safetensors, atomically and byte-reproducibly
+    (the same weights and metadata always give the same file, so model hashes in certificates
+    and checks agree for identical models)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "medunlearn"} | {k: str(v) for k, v in (metadata or {}).items()}
-    return atomic_write_bytes(path, save(state, metadata=meta))
+    return atomic_write_bytes(path, canonical_safetensors(save(state, metadata=meta)))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header written with sorted keys.
+
+    The writer serialises the header (tensor table and ``__metadata__``) from a hash map, so its
+    key order, and with it the file's bytes, can change from one call to the next. A
+    safetensors file is an 8-byte little-endian header length, the header (JSON, padded with
+    spaces to a multiple of 8 bytes) and the tensor bytes, which the header addresses relative
+    to their own start; rewriting the header leaves them valid.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -60,8 +60,10 @@ class TrainConfig:
     class_weights: str = "balanced"  # "balanced" (inverse class frequency) or "none"
     schedule: str = "onecycle"  # "onecycle", "cosine" or "constant"
     select: str = "val_auc"  # checkpoint kept: "val_auc", "val_acc", "val_loss" or "last"
-    # "auto": bfloat16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else fp32
+    # "auto": bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX) or the GPU has it,
+    # fp16 on other CUDA GPUs, else fp32 (see medunlearn.loop.resolve_precision)
     precision: str = "auto"
+    device: str = "auto"  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps"
     threads: int | None = None  # torch CPU threads (None: leave torch's default)
     progress: bool = True
 

@@ -20,6 +20,7 @@ from medunlearn.io import (
     read_json,
     staged_output,
 )
+from medunlearn.loop import Runtime
 from medunlearn.plots import training_curve
 from medunlearn.provenance import environment
 from medunlearn.training import (
@@ -35,10 +36,11 @@ def now_iso() -> str:
 
 
 def recipe(train_cfg: TrainConfig) -> dict:
-    """The parts of a training config that change results (not threads or progress bars)."""
+    """The parts of a training config that change results (not the device, threads or
+    progress bars)."""
     d = dataclasses.asdict(train_cfg)
-    d.pop("threads")
-    d.pop("progress")
+    for k in ("threads", "progress", "device"):
+        d.pop(k)
     return d
 
 
@@ -68,9 +70,10 @@ def finished_run_metrics(out: Path, key: str) -> dict | None:
     return None
 
 
-def split_metrics(model, dataset: MedDataset,
-                  names: tuple[str, ...] = ("train", "val", "test")) -> dict:
-    return {name: evaluate_split(model, dataset.splits[name]) for name in names}
+def split_metrics(model, dataset: MedDataset, names: tuple[str, ...] = ("train", "val", "test"),
+                  *, runtime: Runtime | None = None) -> dict:
+    kw = {"runtime": runtime} if runtime is not None else {}
+    return {name: evaluate_split(model, dataset.splits[name], **kw) for name in names}
 
 
 def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
@@ -97,24 +100,27 @@ def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainC
         previous = finished_run_metrics(out, key)
         if previous is not None:
             return previous | {"reused": True}
+    rt = Runtime.create(train_cfg.device, train_cfg.precision, train_cfg.threads)
     with staged_output(out, overwrite=overwrite, what="run") as stage:
         t0 = time.perf_counter()
         cpu0 = time.process_time()
-        fit, spec = train_model(dataset, model_cfg, train_cfg, seed=seed)
+        fit, spec = train_model(dataset, model_cfg, train_cfg, seed=seed, runtime=rt)
         wall = time.perf_counter() - t0
         metrics = {
-            "splits": split_metrics(fit.model, dataset),
+            "splits": split_metrics(fit.model, dataset, runtime=rt),
             "best_epoch": fit.best_epoch,
             "steps": fit.steps,
             "train_seconds": wall,
             "cpu_seconds": time.process_time() - cpu0,
             "images_per_second": fit.steps * min(train_cfg.batch_size, len(dataset.train)) / wall,
+            "runtime": rt.describe(),
         }
         config = {
             "kind": "train", "fingerprint": key, "seed": seed, "created": now_iso(),
             "data": dataset.source, "model": spec,
             "model_config": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
-            "dataset": dataset.describe(), "environment": environment(),
+            "runtime": rt.describe(), "dataset": dataset.describe(),
+            "environment": environment(),
         }
         save_weights(stage / MODEL_FILE, fit.model, {"fingerprint": key})
         atomic_write_json(stage / CONFIG_FILE, config)

@@ -17,16 +17,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
-from medunlearn.data import MedDataset, Split, iterate_batches
+from medunlearn.data import Dataset, Split, iterate_batches
 from medunlearn.errors import ConfigError
 from medunlearn.evaluation.utility import softmax, summarize
+from medunlearn.loop import (
+    CPU_FP32,
+    Runtime,
+    infer,
+    resolve_device,
+    resolve_precision,
+    set_threads,
+    sgd_steps,
+    training_layout,
+)
 from medunlearn.models import Classifier, build_model, resolve_arch
+from medunlearn.progress import progress_bar
 
+MedDataset = Dataset
 SELECT = ("val_auc", "val_acc", "val_loss", "last")
-PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 BatchHook = Callable[[torch.Tensor], None]
@@ -39,56 +49,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` means bf16 mixed precision where the CPU computes bf16 natively (about 2x the
-    fp32 training throughput of the default model on an AVX512-BF16 CPU), else fp32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"Unknown precision {precision!r}; choose one of {PRECISIONS}.")
-    if precision != "auto":
-        return precision
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "fp32"
-
-
-def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def training_layout(model: nn.Module) -> torch.memory_format:
-    """The memory format to train ``model`` in: channels-last (faster CPU convolutions) unless
-    it has a strided 1x1 convolution with fewer than 16 input channels. The channels-last
-    backward pass of such a convolution in torch 2.14's CPU kernels corrupts memory when the
-    batch size is odd (seen with width-8 ResNets: the first shortcut is 8 -> 16 channels), so
-    those models train in the default layout. Inference is not affected."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) \
-                and m.in_channels < 16:
-            return torch.contiguous_format
-    return torch.channels_last
-
-
-@torch.no_grad()
 def predict_logits(model: nn.Module, split: Split, indices: torch.Tensor | None = None,
-                   *, batch_size: int = 512) -> np.ndarray:
+                   *, batch_size: int = 512, runtime: Runtime = CPU_FP32) -> np.ndarray:
     """Logits (N, K) of ``model`` on a split (or the ``indices`` subset), in eval mode."""
-    was_training = model.training
-    model.eval()
-    model.to(memory_format=torch.channels_last)  # faster CPU convolutions; same numbers
-    out = [model(x.contiguous(memory_format=torch.channels_last))
-           for x, _, _ in iterate_batches(split, indices, batch_size=batch_size)]
-    model.to(memory_format=torch.contiguous_format)
-    model.train(was_training)
-    k = model.head.out_features if hasattr(model, "head") else 0
-    return torch.cat(out).numpy() if out else np.zeros((0, k), dtype=np.float32)
+    return infer(model, split, indices, runtime=runtime, batch_size=batch_size)[0]
 
 
-def evaluate_split(model: nn.Module, split: Split, indices: torch.Tensor | None = None) -> dict:
+def evaluate_split(model: nn.Module, split: Split, indices: torch.Tensor | None = None, *,
+                   runtime: Runtime = CPU_FP32) -> dict:
     """Accuracy, AUC, loss and per-class recall of ``model`` on a split or subset."""
-    probs = softmax(predict_logits(model, split, indices))
+    probs = softmax(predict_logits(model, split, indices, runtime=runtime))
     labels = split.labels.numpy() if indices is None else split.labels[indices].numpy()
     return summarize(probs, labels)
 
@@ -134,7 +104,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"Unknown checkpoint selection {cfg.select!r}; choose one of {SELECT}.")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"Unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}.")
-    resolve_precision(cfg.precision)
+    resolve_precision(cfg.precision, resolve_device(cfg.device))
 
 
 def one_cycle(step: int, total: int, *, warmup: float = 0.25, start: float = 0.1,
@@ -196,9 +166,9 @@ class FitResult:
     seconds: float = 0.0
 
 
-def fit(model: Classifier, dataset: MedDataset, train_indices: torch.Tensor | None,
+def fit(model: nn.Module, dataset: Dataset, train_indices: torch.Tensor | None,
         cfg: TrainConfig, *, seed: int, augment: str | None = None, desc: str = "train",
-        on_batch: BatchHook | None = None) -> FitResult:
+        on_batch: BatchHook | None = None, runtime: Runtime | None = None) -> FitResult:
     """Train ``model`` in place on ``train_indices`` of the training split.
 
     Args:
@@ -207,54 +177,55 @@ def fit(model: Classifier, dataset: MedDataset, train_indices: torch.Tensor | No
         train_indices: Training-split indices to learn from (None: all of them).
         cfg: Optimisation recipe.
         seed: Seeds data order and augmentation (not weight initialisation; seed before building).
-        augment: Augmentation policy; defaults to the dataset config's.
+        augment: Augmentation policy; defaults to the dataset's.
         desc: Label of the progress bar.
         on_batch: Called with each batch's training-split indices (used to audit data access).
+        runtime: Device and arithmetic (default: from ``cfg.device``/``cfg.precision``).
     """
     validate_train_config(cfg)
     cfg = dataclasses.replace(cfg, epochs=resolve_epochs(cfg.epochs, len(dataset.train)))
-    set_threads(cfg.threads)
+    rt = runtime or Runtime.create(cfg.device, cfg.precision, cfg.threads)
     g = torch.Generator().manual_seed(seed)
     augment = dataset.augment if augment is None else augment
-    idx = torch.arange(len(dataset.train)) if train_indices is None else \
-        torch.as_tensor(train_indices, dtype=torch.long)
+    idx = (torch.arange(len(dataset.train))  # cpu: indices into the in-memory data
+           if train_indices is None else torch.as_tensor(train_indices, dtype=torch.long))  # cpu:
     if len(idx) == 0:
         raise ConfigError("Nothing to train on: the training index set is empty.")
     bs = min(cfg.batch_size, len(idx))
     weight = class_weights(dataset.train.labels[idx], dataset.num_classes, cfg.class_weights)
+    weight = weight.to(rt.device) if weight is not None else None
     steps_per_epoch = max(1, len(idx) // bs)
     opt, sched = make_optimizer(model.parameters(), cfg, cfg.epochs * steps_per_epoch)
+    scaler = rt.grad_scaler()
     best_state, best_score, best_epoch = None, -np.inf, 0
-    bf16 = resolve_precision(cfg.precision) == "bf16"
-    layout = training_layout(model)
-    model.to(memory_format=layout)
+    layout = rt.prepare(model)
     history: list[dict] = []
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc, disable=not cfg.progress,
-               leave=False, unit="step")
+    bar = progress_bar(cfg.epochs * steps_per_epoch, desc, enabled=cfg.progress)
     steps = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for x, y, b in iterate_batches(dataset.train, idx, batch_size=bs, shuffle=True,
-                                       generator=g, augment=augment, drop_last=True):
+        correct = torch.zeros((), dtype=torch.long, device=rt.device)
+
+        def loss_fn(batch):
+            nonlocal correct
+            x, y, b = batch
             if on_batch is not None:
                 on_batch(b)
-            x = x.contiguous(memory_format=layout)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x).float()
-            loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            steps += 1
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            bar.update(1)
-        val = evaluate_split(model, dataset.val)
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            y = y.to(rt.device)
+            logits = rt.forward(model, rt.batch(x, layout))
+            correct = correct + (logits.argmax(1) == y).sum()
+            return F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
+
+        batches = iterate_batches(dataset.train, idx, batch_size=bs, shuffle=True, generator=g,
+                                  augment=augment, drop_last=True)
+        stats = sgd_steps(model, batches, loss_fn, optimizer=opt, scheduler=sched, runtime=rt,
+                          scaler=scaler, on_step=lambda *_: bar.update(1))
+        steps += stats.steps
+        val = evaluate_split(model, dataset.val, runtime=rt)
+        rt.prepare(model)  # inference left the default layout
+        row = {"epoch": epoch, "train_loss": stats.mean_loss,
+               "train_acc": int(correct) / max(stats.seen, 1),
                "val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"],
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         history.append(row)
@@ -264,23 +235,25 @@ def fit(model: Classifier, dataset: MedDataset, train_indices: torch.Tensor | No
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
     bar.close()
-    model.to(memory_format=torch.contiguous_format)
+    rt.release(model)
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(model, history, best_epoch, steps, time.perf_counter() - t0)
 
 
-def train_model(dataset: MedDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+def train_model(dataset: Dataset, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                 seed: int, train_indices: torch.Tensor | None = None, desc: str = "train",
-                on_batch: BatchHook | None = None) -> tuple[FitResult, dict]:
+                on_batch: BatchHook | None = None, runtime: Runtime | None = None
+                ) -> tuple[FitResult, dict]:
     """Build a model from ``seed`` and train it; return the fit result and the model spec."""
     seed_everything(seed)
     model, spec = build_for(dataset, model_cfg)
     return fit(model, dataset, train_indices, train_cfg, seed=seed, desc=desc,
-               on_batch=on_batch), spec
+               on_batch=on_batch, runtime=runtime), spec
 
 
 __all__ = [
-    "DataConfig", "FitResult", "build_for", "evaluate_split", "fit", "make_optimizer",
-    "model_from_spec", "predict_logits", "seed_everything", "train_model",
+    "DataConfig", "FitResult", "Runtime", "build_for", "evaluate_split", "fit", "make_optimizer",
+    "model_from_spec", "predict_logits", "resolve_precision", "seed_everything", "set_threads",
+    "train_model", "training_layout",
 ]

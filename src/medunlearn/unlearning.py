@@ -40,7 +40,7 @@ from medunlearn.checkpoint import (
     save_weights,
 )
 from medunlearn.config import ModelConfig, TrainConfig, from_dict
-from medunlearn.data import MedDataset
+from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError
 from medunlearn.forget import (
     ForgetSet,
@@ -50,6 +50,7 @@ from medunlearn.forget import (
     write_index_csv,
 )
 from medunlearn.io import atomic_write_json, fingerprint, sha256_file, staged_output
+from medunlearn.loop import Runtime
 from medunlearn.methods import Method, UnlearnContext, UnlearnOutcome, create_method
 from medunlearn.methods.base import config_dict, get_method_class
 from medunlearn.provenance import environment
@@ -143,15 +144,19 @@ def _model_config(run: Run) -> ModelConfig:
     return ModelConfig(arch=spec.get("arch", "auto"), width=spec.get("width", 16))
 
 
-def build_context(run: Run, dataset: MedDataset, forget_set: ForgetSet, *, seed: int,
-                  progress: bool = True,
+def build_context(run: Run, dataset: Dataset, forget_set: ForgetSet, *, seed: int,
+                  progress: bool = True, device: str | None = None,
                   on_batch: Callable[[torch.Tensor], None] | None = None) -> UnlearnContext:
-    """The :class:`UnlearnContext` for a loaded run and forget set (recipe from config.json)."""
+    """The :class:`UnlearnContext` for a loaded run and forget set (recipe from config.json;
+    ``device`` overrides the recipe's device, None keeps it)."""
     train_cfg = from_dict(TrainConfig, run.config.get("train", {}), where="config.json train")
+    if device is not None:
+        train_cfg = dataclasses.replace(train_cfg, device=device)
     return UnlearnContext(
         dataset=dataset, forget=forget_set.forget, retain=forget_set.retain, seed=seed,
         train_config=dataclasses.replace(train_cfg, progress=progress),
         model_config=_model_config(run), model_spec=run.config["model"], progress=progress,
+        runtime=Runtime.create(train_cfg.device, train_cfg.precision, train_cfg.threads),
         on_batch=on_batch,
     )
 
@@ -192,7 +197,7 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
                    exclude: Iterable[int] | None = None, retain_budget: int | None = None,
                    overwrite: bool = False, data_root: str | None = None, progress: bool = True,
                    on_batch: Callable[[torch.Tensor], None] | None = None,
-                   retain_limit: int | None = None) -> dict:
+                   retain_limit: int | None = None, device: str | None = None) -> dict:
     """Unlearn a forget set from a trained model and write a run folder at ``out``.
 
     Args:
@@ -216,6 +221,7 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
         on_batch: Called with the training indices of every batch the method reads (audit).
         retain_limit: Report retain accuracy on a seeded subset of at most this many retain
             samples (the method itself is unaffected); None: all of them.
+        device: ``auto``, ``cpu``, ``cuda``, ``mps`` (None: the original recipe's, ``auto``).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -236,7 +242,7 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     excluded = sorted(set(exclude or []) | inherited)
     forget_set = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
     ctx = build_context(run, dataset, forget_set, seed=seed, progress=progress,
-                        on_batch=on_batch)
+                        device=device, on_batch=on_batch)
     weights_sha = sha256_file(Path(model_dir) / MODEL_FILE)
     resolved = config_dict(algo)
     key = fingerprint({"kind": "unlearn", "original": weights_sha, "method": method,
@@ -250,17 +256,18 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
         result, cost = execute(algo, run.model, ctx)
         model = result.model.eval()
         # the training split is forget + retain: evaluate those two, not all of it again
-        splits = split_metrics(model, dataset, ("val", "test"))
-        splits["forget"] = evaluate_split(model, dataset.train, forget_set.forget)
+        rt = ctx.runtime
+        splits = split_metrics(model, dataset, ("val", "test"), runtime=rt)
+        splits["forget"] = evaluate_split(model, dataset.train, forget_set.forget, runtime=rt)
         retain_eval = forget_set.retain
         if retain_limit is not None and len(retain_eval) > retain_limit:
             pick = torch.randperm(len(retain_eval), generator=ctx.generator(7))[:retain_limit]
             retain_eval = retain_eval[pick.sort().values]
-        splits["retain"] = evaluate_split(model, dataset.train, retain_eval) \
+        splits["retain"] = evaluate_split(model, dataset.train, retain_eval, runtime=rt) \
             if len(retain_eval) else None
         original_seconds = (run.metrics or {}).get("train_seconds")
         metrics = {
-            "method": method, **cost,
+            "method": method, **cost, "runtime": rt.describe(),
             "splits": splits,
             "forget_accuracy": splits["forget"]["accuracy"],
             "retain_accuracy": splits["retain"]["accuracy"] if splits["retain"] else None,
@@ -280,7 +287,8 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
             "seed": run.seed, "unlearn_seed": seed, "created": now_iso(),
             "data": run.config["data"], "model": run.config["model"],
             "model_config": run.config.get("model_config"), "train": run.config.get("train"),
-            "dataset": dataset.describe(), "environment": environment(),
+            "runtime": rt.describe(), "dataset": dataset.describe(),
+            "environment": environment(),
             "original": {"path": str(Path(model_dir).resolve()), "weights_sha256": weights_sha,
                          "fingerprint": run.config.get("fingerprint"),
                          "kind": run.config.get("kind")},

@@ -31,7 +31,7 @@ import numpy as np
 
 from medunlearn.checkpoint import Run, check_compatible, load_run, load_run_and_data
 from medunlearn.config import from_dict
-from medunlearn.data import MedDataset, data_identity
+from medunlearn.data import Dataset, data_identity
 from medunlearn.errors import CheckpointError, ConfigError, ForgetSetError
 from medunlearn.evaluation import bias as B
 from medunlearn.evaluation.calibration import expected_calibration_error
@@ -63,7 +63,8 @@ class EvalOptions:
     c_fn: float = DEFAULT_C_FN  # cost of a missed disease (see evaluation.clinical)
     c_fp: float = DEFAULT_C_FP  # cost of a false alarm
     seed: int = 0  # seeds attack subsets, probe folds and LiRA shadows
-    attack_retain_cap: int = 2000  # retain samples (seeded subset) used to train the MIA
+    # retain samples (seeded subset) the membership attack is fitted on; None: all of them
+    attack_retain_cap: int | None = 2000
     retain_limit: int | None = None  # None: RA on every retain sample; else a seeded subset
     ece_bins: int = 15
     probe_folds: int = 5
@@ -75,6 +76,7 @@ class EvalOptions:
     lira_epochs: int | None = None  # None: the original recipe's epochs
     batch_size: int = 512
     threads: int | None = None
+    device: str = "auto"  # where models run for their outputs ("auto", "cpu", "cuda", "mps")
 
 
 def _options(options) -> EvalOptions:
@@ -93,7 +95,7 @@ def _options(options) -> EvalOptions:
     if opts.retain_limit is not None and opts.retain_limit < 1:
         raise ConfigError(f"retain_limit must be at least 1, got {opts.retain_limit}.")
     for name in ("attack_retain_cap", "ece_bins", "difficulty_groups", "batch_size"):
-        if getattr(opts, name) < 1:
+        if getattr(opts, name) is not None and getattr(opts, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(opts, name)}.")
     if opts.probe_folds < 2:
         raise ConfigError(f"probe_folds must be at least 2, got {opts.probe_folds}.")
@@ -109,7 +111,7 @@ def _options(options) -> EvalOptions:
 # --------------------------------------------------------------------------- run folders
 
 
-def read_index_csv(path: Path, dataset: MedDataset, *, what: str = "forget set") -> np.ndarray:
+def read_index_csv(path: Path, dataset: Dataset, *, what: str = "forget set") -> np.ndarray:
     """Training-split indices from an ``index,sha256,label`` CSV, checked against the data.
 
     Raises:
@@ -146,7 +148,7 @@ def read_index_csv(path: Path, dataset: MedDataset, *, what: str = "forget set")
     return np.unique(np.asarray(idx, dtype=np.int64))
 
 
-def _forget_and_retain(run: Run, dataset: MedDataset, notes: list[str]
+def _forget_and_retain(run: Run, dataset: Dataset, notes: list[str]
                        ) -> tuple[np.ndarray, np.ndarray]:
     path = run.path / FORGET_FILE
     if not path.is_file():
@@ -170,7 +172,7 @@ def _forget_and_retain(run: Run, dataset: MedDataset, notes: list[str]
     return forget, retain
 
 
-def _load_other(path, dataset: MedDataset, model_run: Run, role: str) -> Run:
+def _load_other(path, dataset: Dataset, model_run: Run, role: str) -> Run:
     run = load_run(path)
     check_compatible(run, dataset)
     a = data_identity(model_run.data_record)
@@ -266,7 +268,7 @@ def _group_table(o: Outputs, groups: np.ndarray, names, positives, opts: EvalOpt
     return table
 
 
-def _read_subgroups(opts: EvalOptions, dataset: MedDataset, forget: np.ndarray
+def _read_subgroups(opts: EvalOptions, dataset: Dataset, forget: np.ndarray
                     ) -> tuple[list[str], dict, dict] | None:
     """Read and match the metadata CSV (before any model runs, so bad files fail fast)."""
     if not opts.metadata:
@@ -282,7 +284,27 @@ def _read_subgroups(opts: EvalOptions, dataset: MedDataset, forget: np.ndarray
     return columns, table, per_set
 
 
-def _bias(outs: dict[str, dict[str, Outputs]], dataset: MedDataset, subgroups,
+def _dataset_subgroups(dataset: Dataset, forget: np.ndarray
+                       ) -> tuple[list[str], dict, dict] | None:
+    """Subgroups from the dataset's own metadata columns (sex, age band, view, ...), in the
+    shape :func:`_read_subgroups` gives for a metadata CSV; None when it has none."""
+    columns = dataset.metadata_columns
+    if not columns:
+        return None
+    table: dict[str, dict[str, str]] = {}
+    per_set: dict[str, list[str]] = {}
+    for where, split, rows in (("forget", dataset.train, np.asarray(forget, dtype=np.int64)),
+                               ("test", dataset.test, np.arange(len(dataset.test)))):
+        keys = []
+        for i in rows:
+            key = f"{split.name}:{int(i)}"
+            table[key] = {c: str(split.metadata[c][i]) for c in columns}
+            keys.append(key)
+        per_set[where] = keys
+    return columns, table, per_set
+
+
+def _bias(outs: dict[str, dict[str, Outputs]], dataset: Dataset, subgroups,
           positives, opts: EvalOptions, skipped: dict) -> dict:
     res: dict = {}
     class_names = list(dataset.view.class_names)
@@ -344,12 +366,7 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
     """
     opts = _options(options)
     t0 = time.perf_counter()
-    if opts.threads:
-        import torch
-
-        torch.set_num_threads(opts.threads)
     notes: list[str] = []
-    skipped: dict[str, str] = {}
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
     forget, retain = _forget_and_retain(run, dataset, notes)
     runs = {"model": run}
@@ -378,47 +395,111 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
             notes.append(f"The reference {runs['reference'].path} has no {FORGET_FILE}; it is "
                          "assumed to be trained without the forget set.")
     subgroups = _read_subgroups(opts, dataset, forget)
-    positives = dataset.view.positive_labels
-    rng = np.random.default_rng(opts.seed)
-    n_retain, retain_all = len(retain), retain
-    if opts.retain_limit is not None and opts.retain_limit < len(retain):
-        retain = np.sort(rng.choice(retain, opts.retain_limit, replace=False))
-        notes.append(f"RA is measured on a seeded subset of {len(retain)} of the {n_retain} "
-                     "retain samples (retain_limit).")
-    cap = min(opts.attack_retain_cap, len(retain))
-    attack_idx = np.sort(rng.choice(len(retain), cap, replace=False))
-
+    retain_eval = _retain_subset(retain, opts, notes)
+    rt = _runtime(opts)
     # a folder given in two roles (e.g. a reference evaluated against itself) runs once
-    by_path: dict[Path, tuple[dict, dict]] = {}
-    outs, models = {}, {}
+    by_path: dict[Path, dict[str, Outputs]] = {}
+    outs = {}
     for role, r in runs.items():
         key = r.path.resolve()
         if key not in by_path:
-            o = model_outputs(r.model, dataset, forget=forget, retain=retain,
-                              batch_size=opts.batch_size)
-            by_path[key] = (o, _per_model(o, attack_idx=attack_idx, positives=positives,
-                                          opts=opts))
-        outs[role] = by_path[key][0]
-        models[role] = copy.deepcopy(by_path[key][1])
-    if not positives:
-        skipped["clinical"] = ("no disease classes: the view is native and no positive classes "
-                               "were given (train with --view binary or --positive-classes)")
-
+            by_path[key] = model_outputs(r.model, dataset, forget=forget, retain=retain_eval,
+                                         batch_size=opts.batch_size, runtime=rt)
+        outs[role] = by_path[key]
+    shadows = None
     if opts.lira_shadows:
         from medunlearn.evaluation.lira import shadow_confidences
 
         src = runs.get("original", run)
-        f_out, t_out, info = shadow_confidences(
-            dataset, src.config, retain=retain_all, forget=forget, shadows=opts.lira_shadows,
+        shadows = shadow_confidences(
+            dataset, src.config, retain=retain, forget=forget, shadows=opts.lira_shadows,
             seed=opts.seed, epochs=opts.lira_epochs)
+    record = evaluate_outputs(
+        outs, dataset, forget=forget, n_retain=len(retain), options=opts,
+        times={role: r.metrics for role, r in runs.items()}, shadows=shadows,
+        subgroups=subgroups, notes=notes)
+    record["runs"] = {role: _describe_run(r) for role, r in runs.items()}
+    record["evaluate_seconds"] = time.perf_counter() - t0
+    return record
+
+
+def _describe_run(r: Run) -> dict:
+    c = r.config
+    return {"path": str(r.path), "kind": c.get("kind"), "fingerprint": c.get("fingerprint"),
+            "method": c.get("method"), "seed": c.get("seed")}
+
+
+def _runtime(opts: EvalOptions):
+    from medunlearn.loop import Runtime
+
+    return Runtime.create(opts.device, "fp32", opts.threads)
+
+
+def _retain_subset(retain: np.ndarray, opts: EvalOptions, notes: list[str]) -> np.ndarray:
+    """The retain samples RA is measured on (all of them unless ``retain_limit``)."""
+    if opts.retain_limit is not None and opts.retain_limit < len(retain):
+        rng = np.random.default_rng(opts.seed)
+        notes.append(f"RA is measured on a seeded subset of {opts.retain_limit} of the "
+                     f"{len(retain)} retain samples (retain_limit).")
+        return np.sort(rng.choice(retain, opts.retain_limit, replace=False))
+    return retain
+
+
+def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset, *,
+                     forget: np.ndarray, n_retain: int, options: EvalOptions | Mapping | None,
+                     times: Mapping[str, Mapping | None] | None = None, shadows=None,
+                     subgroups=None, notes: list[str] | None = None) -> dict:
+    """Every metric from model outputs already computed: no model runs here.
+
+    Args:
+        outs: Role (``model``, and optionally ``original``, ``reference``) -> the outputs of
+            that model on ``forget``, ``retain``, ``val`` and ``test`` samples
+            (:func:`medunlearn.evaluation.outputs.model_outputs`).
+        dataset: The data (view, class names, metadata columns).
+        forget: Training-split indices of the forget set (for metadata subgroups).
+        n_retain: Size of the whole retain set (``outs`` may hold a subset).
+        options: :class:`EvalOptions` or a dict of its fields.
+        times: Role -> a metrics dict with ``unlearn_seconds``/``train_seconds`` (efficiency).
+        shadows: ``(forget_out_confidences, test_out_confidences, info)`` of LiRA shadow
+            models (:func:`medunlearn.evaluation.lira.shadow_confidences`), or None.
+        subgroups: Matched metadata (see ``_read_subgroups``); None: the dataset's own metadata
+            columns are used when it has any.
+        notes: Notes to carry into the record.
+
+    Returns:
+        The nested metrics dict described in this module's docstring (without ``runs``).
+    """
+    opts = _options(options)
+    notes = list(notes or [])
+    skipped: dict[str, str] = {}
+    positives = dataset.view.positive_labels
+    model_o = outs["model"]
+    rng = np.random.default_rng(opts.seed)
+    # the membership attack is trained on ALL retain outputs given (see EvalOptions)
+    n_r = len(model_o["retain"])
+    cap = n_r if opts.attack_retain_cap is None else min(opts.attack_retain_cap, n_r)
+    attack_idx = np.sort(rng.choice(n_r, cap, replace=False)) if cap < n_r else np.arange(n_r)
+    if subgroups is None:
+        subgroups = _dataset_subgroups(dataset, forget)
+    cache: dict[int, dict] = {}
+    models = {}
+    for role, o in outs.items():
+        if id(o) not in cache:
+            cache[id(o)] = _per_model(o, attack_idx=attack_idx, positives=positives, opts=opts)
+        models[role] = copy.deepcopy(cache[id(o)])
+    if not positives:
+        skipped["clinical"] = ("no disease classes: the view is native and no positive classes "
+                               "were given (train with --view binary or --positive-classes)")
+
+    lira_info = None
+    if shadows is not None:
+        f_out, t_out, lira_info = shadows
         for role, o in outs.items():
             sf = lira_offline_scores(logit_confidence(o["forget"].probs, o["forget"].labels),
                                      f_out)
             st = lira_offline_scores(logit_confidence(o["test"].probs, o["test"].labels), t_out)
             models[role]["privacy"]["lira_auc"] = attack_auc(sf, st)
-        lira_info = info
     else:
-        lira_info = None
         skipped["privacy.lira"] = "off (pass --lira-shadows K >= 2 for the LiRA attack)"
 
     changes = {}
@@ -452,26 +533,20 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
         else:
             skipped[f"representation.cka_{other}"] = f"no --{other} model given"
 
-    bias = _bias(outs, dataset, subgroups, positives, opts, skipped)
-    eff = efficiency(run.metrics, runs["reference"].metrics if "reference" in runs else None)
+    bias = _bias(dict(outs), dataset, subgroups, positives, opts, skipped)
+    times = dict(times or {})
+    eff = efficiency(times.get("model"), times.get("reference"))
     if eff["rte_ratio"] is None:
         skipped["efficiency.rte_ratio"] = (
-            "no --reference run with a recorded time" if "reference" not in runs
-            else "run time missing from metrics.json")
-
-    def describe(r: Run) -> dict:
-        c = r.config
-        return {"path": str(r.path), "kind": c.get("kind"), "fingerprint": c.get("fingerprint"),
-                "method": c.get("method"), "seed": c.get("seed")}
-
+            "no reference with a recorded time" if not times.get("reference")
+            else "run time missing")
     return {
         "schema_version": SCHEMA_VERSION,
-        "runs": {role: describe(r) for role, r in runs.items()},
         "dataset": {"name": dataset.name, "view": dataset.view.to_dict(),
                     "positive_labels": list(positives) if positives else None},
-        "counts": {"forget": len(forget), "retain": n_retain, "retain_evaluated": len(retain),
-                   "retain_attack": int(cap),
-                   "val": len(dataset.val), "test": len(dataset.test)},
+        "counts": {"forget": len(model_o["forget"]), "retain": int(n_retain),
+                   "retain_evaluated": n_r, "retain_attack": int(cap),
+                   "val": len(model_o["val"]), "test": len(model_o["test"])},
         "options": dataclasses.asdict(opts),
         "costs": {"c_fn": opts.c_fn, "c_fp": opts.c_fp},
         "models": models,
@@ -484,5 +559,4 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
         "directions": dict(DIRECTIONS),
         "skipped": skipped,
         "notes": notes,
-        "evaluate_seconds": time.perf_counter() - t0,
     }

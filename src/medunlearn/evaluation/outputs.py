@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medunlearn.data import MedDataset, Split, iterate_batches
+from medunlearn.data import Dataset, Split
 from medunlearn.evaluation.utility import softmax
+from medunlearn.loop import CPU_FP32, Runtime, infer
 
 
 @dataclass
@@ -33,41 +34,27 @@ class Outputs:
         return len(self.labels)
 
 
-@torch.no_grad()
 def split_outputs(model: torch.nn.Module, split: Split, indices: np.ndarray | None = None, *,
-                  batch_size: int = 512) -> Outputs:
-    """Logits and ``model.features`` of the samples of ``split`` (or its ``indices`` subset, in
-    that order), in eval mode."""
-    was_training = model.training
-    model.eval()
-    model.to(memory_format=torch.channels_last)  # faster CPU convolutions; same numbers
-    logits, feats = [], []
-    idx = None if indices is None else torch.as_tensor(np.asarray(indices), dtype=torch.long)
-    for x, _, _ in iterate_batches(split, idx, batch_size=batch_size):
-        f = model.features(x.contiguous(memory_format=torch.channels_last))  # (B, D)
-        feats.append(f)
-        logits.append(model.head(f))  # (B, K)
-    model.to(memory_format=torch.contiguous_format)
-    model.train(was_training)
-    k = model.head.out_features
-    d = model.head.in_features
-    lo = torch.cat(logits).numpy() if logits else np.zeros((0, k), np.float32)
-    fe = torch.cat(feats).numpy() if feats else np.zeros((0, d), np.float32)
+                  batch_size: int = 512, runtime: Runtime = CPU_FP32) -> Outputs:
+    """Logits and penultimate features of the samples of ``split`` (or its ``indices`` subset,
+    in that order), in eval mode (:func:`medunlearn.loop.infer`)."""
+    lo, fe = infer(model, split, indices, runtime=runtime, batch_size=batch_size, features=True)
     labels = split.labels.numpy()
     return Outputs(lo, fe, labels if indices is None else labels[np.asarray(indices)])
 
 
-def model_outputs(model: torch.nn.Module, dataset: MedDataset, *, forget: np.ndarray,
-                  retain: np.ndarray, batch_size: int = 512) -> dict[str, Outputs]:
+def model_outputs(model: torch.nn.Module, dataset: Dataset, *, forget: np.ndarray,
+                  retain: np.ndarray, batch_size: int = 512,
+                  runtime: Runtime = CPU_FP32) -> dict[str, Outputs]:
     """``forget``, ``retain``, ``val`` and ``test`` outputs of ``model`` (each sample once)."""
-    forget = np.asarray(forget)
-    retain = np.asarray(retain)
-    train = split_outputs(model, dataset.train, np.concatenate([forget, retain]),
-                          batch_size=batch_size)
+    forget = np.asarray(forget, dtype=np.int64)
+    retain = np.asarray(retain, dtype=np.int64)
+    kw = {"batch_size": batch_size, "runtime": runtime}
+    train = split_outputs(model, dataset.train, np.concatenate([forget, retain]), **kw)
     n_f = len(forget)
     return {
         "forget": train.subset(np.arange(n_f)),
         "retain": train.subset(np.arange(n_f, n_f + len(retain))),
-        "val": split_outputs(model, dataset.val, batch_size=batch_size),
-        "test": split_outputs(model, dataset.test, batch_size=batch_size),
+        "val": split_outputs(model, dataset.val, **kw),
+        "test": split_outputs(model, dataset.test, **kw),
     }

@@ -4,8 +4,9 @@
   method's ``Config`` and override the defaults).
 * :func:`read_batches` batches of training-split indices that report every batch to
   ``ctx.seen`` (the data-access audit).
-* :func:`train_on` one SGD loop for every "train on (re)labelled indices" method: it takes the
-  index set of each epoch, a loss function and an optional hook after each optimiser step.
+* :func:`train_on` "train on (re)labelled indices" on top of the one loop
+  (:func:`medunlearn.loop.sgd_steps`): it takes the index set of each epoch, a loss function
+  and optional hooks around each optimiser step.
 * :class:`MaskGuard` keeps parameter entries outside a mask bit-identical (SalUn).
 """
 
@@ -20,20 +21,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from medunlearn.config import TrainConfig
 from medunlearn.data import iterate_batches
 from medunlearn.errors import ConfigError, ForgetSetError
+from medunlearn.loop import sgd_steps
 from medunlearn.methods.base import UnlearnContext, UnlearnOutcome
 from medunlearn.models import Classifier
-from medunlearn.training import (
-    class_weights,
-    make_optimizer,
-    resolve_precision,
-    set_threads,
-    training_layout,
-)
+from medunlearn.progress import progress_bar
+from medunlearn.training import class_weights, make_optimizer
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -79,29 +75,26 @@ def clone_model(model: nn.Module) -> Classifier:
 
 
 class Forward:
-    """A training forward pass as :func:`medunlearn.training.fit` runs it: channels-last
-    inputs and, where the original's recipe resolves to ``bf16`` (CPUs with native bf16),
-    bfloat16 autocast; logits come back in float32 so losses and gradients stay float32.
+    """A training forward pass as :func:`medunlearn.training.fit` runs it, in the context's
+    :class:`~medunlearn.loop.Runtime`: inputs moved to the device in the training layout,
+    autocast where the recipe resolves to bf16/fp16, logits back in float32 (losses and
+    gradients stay float32). Using the same arithmetic as training keeps an unlearning method's
+    time comparable to retraining's.
 
-    Using the same arithmetic as training keeps the time of an unlearning method comparable to
-    the time of retraining. Call :meth:`prepare` on each model first (training layout, see
-    :func:`medunlearn.training.training_layout`); :func:`outcome` returns models to the
-    contiguous layout the checkpoint writer needs.
+    Call :meth:`prepare` on each model first (device and layout); :func:`outcome` returns
+    models to the contiguous layout the checkpoint writer needs.
     """
 
     def __init__(self, ctx: UnlearnContext) -> None:
-        self.bf16 = (ctx.device.type == "cpu"
-                     and resolve_precision(ctx.train_config.precision) == "bf16")
-        self.layout = torch.channels_last
+        self.rt = ctx.runtime
+        self.layout = torch.contiguous_format
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        self.layout = training_layout(model)
-        return model.to(memory_format=self.layout)
+        self.layout = self.rt.prepare(model)
+        return model
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=self.layout)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return model(x).float()
+        return self.rt.forward(model, self.rt.batch(x, self.layout))
 
 
 def freeze_batchnorm_stats(model: nn.Module) -> None:
@@ -122,7 +115,7 @@ class Stopwatch:
 
 
 def outcome(model: Classifier, steps: int, watch: Stopwatch, **details) -> UnlearnOutcome:
-    model.to(memory_format=torch.contiguous_format)
+    model.to(memory_format=torch.contiguous_format)  # the layout checkpoints are written in
     model.eval()
     return UnlearnOutcome(model=model, steps=steps, seconds=watch.seconds(), details=details)
 
@@ -148,11 +141,12 @@ def read_batches(ctx: UnlearnContext, indices: torch.Tensor, *, batch_size: int,
                  generator: torch.Generator | None = None, shuffle: bool = False,
                  augment: str = "none") -> Iterator[tuple[torch.Tensor, torch.Tensor,
                                                           torch.Tensor]]:
-    """``iterate_batches`` over the training split that reports each batch to ``ctx.seen``."""
+    """``iterate_batches`` over the training split that reports each batch to ``ctx.seen``;
+    images and labels come on the context's device (indices stay on the CPU)."""
     for x, y, b in iterate_batches(ctx.dataset.train, indices, batch_size=batch_size,
                                    shuffle=shuffle, generator=generator, augment=augment):
         ctx.seen(b)
-        yield x, y, b
+        yield x.to(ctx.device, non_blocking=True), y.to(ctx.device), b
 
 
 def cycle_batches(ctx: UnlearnContext, indices: torch.Tensor, *, batch_size: int,
@@ -179,8 +173,9 @@ def loss_weights(ctx: UnlearnContext, indices: torch.Tensor) -> torch.Tensor | N
     """Class weights as in the original recipe (``balanced`` or none), from ``indices``' labels."""
     if len(indices) == 0:
         return None
-    return class_weights(ctx.dataset.train.labels[indices], ctx.dataset.num_classes,
-                         ctx.train_config.class_weights)
+    w = class_weights(ctx.dataset.train.labels[indices], ctx.dataset.num_classes,
+                      ctx.train_config.class_weights)
+    return w.to(ctx.device) if w is not None else None
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator
@@ -188,7 +183,7 @@ def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch
     """A uniformly random label different from each true label."""
     if num_classes < 2:
         return labels.clone()
-    shift = torch.randint(1, num_classes, labels.shape, generator=generator)
+    shift = torch.randint(1, num_classes, labels.shape, generator=generator)  # cpu: labels
     return (labels + shift) % num_classes
 
 
@@ -210,7 +205,7 @@ def train_on(model: Classifier, ctx: UnlearnContext, cfg, *,
 
     Args:
         model: The (copied) model to update.
-        ctx: The unlearning context (data, ``ctx.seen`` audit, progress flag).
+        ctx: The unlearning context (data, runtime, ``ctx.seen`` audit, progress flag).
         cfg: A config with the :class:`SGDOptions` fields.
         epoch_indices: Training-split indices of each epoch (shuffled and batched here).
         loss_fn: ``loss_fn(logits, labels, indices) -> scalar``; ``indices`` lets it look up
@@ -224,32 +219,25 @@ def train_on(model: Classifier, ctx: UnlearnContext, cfg, *,
     Returns:
         The number of optimiser steps taken.
     """
-    set_threads(ctx.train_config.threads)
     bs = cfg.batch_size
     total = sum(math.ceil(len(ix) / bs) for ix in epoch_indices)
     opt, sched = sgd(model, cfg, total)
+    scaler = ctx.runtime.grad_scaler()
     augment = augment_policy(ctx, cfg)
     forward = Forward(ctx)
     forward.prepare(model)
     steps = 0
-    bar = tqdm(total=total, desc=desc, disable=not ctx.progress, leave=False, unit="step")
+    bar = progress_bar(total, desc, enabled=ctx.progress)
     for ix in epoch_indices:
         model.train()
         if freeze_bn:
             freeze_batchnorm_stats(model)
-        for x, y, b in read_batches(ctx, ix, batch_size=bs, generator=generator, shuffle=True,
-                                    augment=augment):
-            loss = loss_fn(forward(model, x), y, b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if before_step is not None:
-                before_step()
-            opt.step()
-            sched.step()
-            if after_step is not None:
-                after_step()
-            steps += 1
-            bar.update(1)
+        batches = read_batches(ctx, ix, batch_size=bs, generator=generator, shuffle=True,
+                               augment=augment)
+        steps += sgd_steps(model, batches, lambda b: loss_fn(forward(model, b[0]), b[1], b[2]),
+                           optimizer=opt, scheduler=sched, runtime=ctx.runtime, scaler=scaler,
+                           before_step=before_step, after_step=after_step,
+                           on_step=lambda *_: bar.update(1)).steps
     bar.close()
     return steps
 

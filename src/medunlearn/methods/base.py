@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 import torch
 
 from medunlearn.config import ModelConfig, TrainConfig, from_dict
-from medunlearn.data import MedDataset
+from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError
+from medunlearn.loop import CPU_FP32, Runtime
 from medunlearn.models import Classifier
 
 
@@ -29,17 +30,24 @@ from medunlearn.models import Classifier
 class UnlearnContext:
     """Everything a method may use besides the model itself."""
 
-    dataset: MedDataset
+    dataset: Dataset
     forget: torch.Tensor  # (F,) int64 indices into dataset.train
     retain: torch.Tensor  # (R,) int64 indices into dataset.train, disjoint from forget
     seed: int
     train_config: TrainConfig  # the original model's recipe (used by ``retrain``)
     model_config: ModelConfig = field(default_factory=ModelConfig)
     model_spec: dict | None = None  # the original model's resolved spec (arch, width, ...)
-    device: torch.device = torch.device("cpu")
+    runtime: Runtime = CPU_FP32  # device and arithmetic every method runs in
+    # builds a fresh, untrained model of the original's architecture (``retrain``); None:
+    # from ``model_spec`` for medunlearn's models, else the original with reset parameters
+    model_factory: Callable[[], torch.nn.Module] | None = None
     progress: bool = True
     # Called with the training-split indices of every batch a method reads (audits data access).
     on_batch: Callable[[torch.Tensor], None] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A fresh generator derived from the seed (``offset`` separates independent streams)."""
@@ -72,6 +80,17 @@ class Method(ABC):
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()
+
+    def validate(self) -> None:
+        """Check option values (ranges, choices). The shared SGD options are checked for every
+        method that has them; override to add a method's own checks (call ``super()``).
+
+        Raises:
+            ConfigError: naming the option, the value and the valid range.
+        """
+        from medunlearn.methods._common import check_options
+
+        check_options(self.config, self.name)
 
     @abstractmethod
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
@@ -112,14 +131,18 @@ def get_method_class(name: str) -> type[Method]:
 
 
 def create_method(name: str, options: dict | None = None) -> Method:
-    """Build a registered method with its defaults replaced by ``options``.
+    """Build a registered method with its defaults replaced by ``options``, and validate them
+    (so a bad option fails before any model is touched).
 
     Raises:
-        ConfigError: unknown method name (lists the valid ones) or unknown/ill-typed option.
+        ConfigError: unknown method name (lists the valid ones) or unknown, ill-typed or
+            out-of-range option.
     """
     cls = get_method_class(name)
     cfg = from_dict(cls.Config, options or {}, where=f"options of method {name!r}")
-    return cls(cfg)
+    method = cls(cfg)
+    method.validate()
+    return method
 
 
 def config_dict(method: Method) -> dict:

@@ -11,7 +11,6 @@ from medunlearn.errors import ConfigError
 from medunlearn.methods._common import (
     SGDOptions,
     Stopwatch,
-    check_options,
     clone_model,
     loss_weights,
     outcome,
@@ -40,8 +39,8 @@ def nearest_wrong_labels(model: Classifier, ctx: UnlearnContext, indices: torch.
         (grad,) = torch.autograd.grad(loss, x)
         with torch.no_grad():
             logits = model((x + eps * grad.sign()).clamp(0, 1))
-            logits[torch.arange(len(y)), y] = -torch.inf
-            out.append(logits.argmax(1))
+            logits[torch.arange(len(y), device=logits.device), y] = -torch.inf
+            out.append(logits.argmax(1).cpu())  # labels live with the data, on the CPU
     model.train(was)
     return torch.cat(out) if out else indices.new_zeros(0)
 
@@ -75,17 +74,21 @@ class BoundaryShrink(Method):
         eps: float = 0.1  # FGSM step size
         retain_budget: int | None = 0  # retain samples mixed in per epoch (None: all, 0: none)
 
-    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+    def validate(self) -> None:
+        super().validate()
         cfg = self.config
-        check_options(cfg, self.name)
         if cfg.eps <= 0:
             raise ConfigError(f"eps must be positive, got {cfg.eps}.")
+
+    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+        cfg = self.config
         watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(6)
         targets = ctx.dataset.train.labels.clone()
         nearest = nearest_wrong_labels(net, ctx, ctx.forget, eps=cfg.eps)
         targets[ctx.forget] = nearest
+        targets = targets.to(ctx.device)
         epochs = [torch.cat([ctx.forget, subsample(ctx.retain, cfg.retain_budget, g)])
                   for _ in range(cfg.epochs)]
         w = loss_weights(ctx, ctx.retain) if cfg.retain_budget != 0 else None

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from medunlearn.methods._common import (
     SGDOptions,
     Stopwatch,
-    check_options,
     clone_model,
     loss_weights,
     need_retain,
@@ -36,7 +35,6 @@ class Finetune(Method):
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
-        check_options(cfg, self.name)
         need_retain(ctx, self.name)
         watch = Stopwatch()
         net = clone_model(model)

@@ -25,11 +25,10 @@ import torch
 
 from medunlearn.data import iterate_batches
 from medunlearn.errors import ConfigError
-from medunlearn.methods._common import check_options, need_retain, subsample
+from medunlearn.methods._common import need_retain, subsample
 from medunlearn.methods._hessian import FISHER_MODES, per_sample_fisher_diag
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
-from medunlearn.training import set_threads
 
 
 def fisher_noise_variance(params: dict[str, torch.Tensor], fisher: dict[str, torch.Tensor], *,
@@ -67,17 +66,19 @@ class Fisher(Method):
         retain_budget: int | None = 512  # retain samples for the Fisher estimate (None: all)
         chunk_size: int = 32  # samples per vmapped per-sample-gradient batch
 
-    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+    def validate(self) -> None:
+        super().validate()
         c = self.config
-        check_options(c, self.name)
-        need_retain(ctx, self.name)
         if c.alpha < 0 or c.max_var <= 0 or c.max_var_head <= 0 or c.boost <= 0:
             raise ConfigError("fisher needs alpha >= 0 and positive max_var, max_var_head, boost.")
         if c.fisher not in FISHER_MODES:
             raise ConfigError(f"Unknown Fisher mode {c.fisher!r}; choose one of {FISHER_MODES}.")
         if c.chunk_size < 1:
             raise ConfigError(f"chunk_size must be at least 1, got {c.chunk_size}.")
-        set_threads(ctx.train_config.threads)
+
+    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+        c = self.config
+        need_retain(ctx, self.name)
         t0 = time.perf_counter()
         new = copy.deepcopy(model).to(ctx.device).eval()
         sub = subsample(ctx.retain, c.retain_budget, ctx.generator(31))
@@ -99,7 +100,7 @@ class Fisher(Method):
         with torch.no_grad():
             for n in names:  # fixed order: the same seed gives the same noise
                 p = params[n]
-                e = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)
+                e = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)  # cpu: seeded
                 d = var[n].sqrt() * e
                 noise_sq += float(d.pow(2).sum())
                 weight_sq += float(p.pow(2).sum())

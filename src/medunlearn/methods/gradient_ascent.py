@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from medunlearn.errors import ConfigError
+from medunlearn.loop import sgd_steps
 from medunlearn.methods._common import (
     Forward,
     SGDOptions,
     Stopwatch,
-    check_options,
     clamped_ascent_loss,
     clone_model,
     outcome,
@@ -20,7 +18,6 @@ from medunlearn.methods._common import (
 )
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
-from medunlearn.training import set_threads
 
 
 @register_method("gradient-ascent")
@@ -48,12 +45,14 @@ class GradientAscent(Method):
         loss_ceiling: float = 2.0  # stop ascending a sample once its loss exceeds this
         clip_norm: float = 1.0  # max gradient norm per step (0: no clipping)
 
-    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+    def validate(self) -> None:
+        super().validate()
         cfg = self.config
-        check_options(cfg, self.name)
         if cfg.loss_ceiling <= 0:
             raise ConfigError(f"loss_ceiling must be positive, got {cfg.loss_ceiling}.")
-        set_threads(ctx.train_config.threads)
+
+    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+        cfg = self.config
         watch = Stopwatch()
         net = clone_model(model)
         forward = Forward(ctx)
@@ -61,21 +60,18 @@ class GradientAscent(Method):
         g = ctx.generator(2)
         per_epoch = -(-len(ctx.forget) // cfg.batch_size)
         opt, sched = sgd(net, cfg, cfg.epochs * per_epoch)
+        scaler = ctx.runtime.grad_scaler()
         steps, last = 0, float("nan")
         for _ in range(cfg.epochs):
             net.train()
-            total, n = 0.0, 0
-            for x, y, _b in read_batches(ctx, ctx.forget, batch_size=cfg.batch_size,
-                                         generator=g, shuffle=True):
-                loss = clamped_ascent_loss(forward(net, x), y, cfg.loss_ceiling)
-                opt.zero_grad(set_to_none=True)
-                (-loss).backward()
-                if cfg.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_norm)
-                opt.step()
-                sched.step()
-                steps += 1
-                total += float(loss.detach()) * len(y)
-                n += len(y)
-            last = total / max(n, 1)
+            batches = read_batches(ctx, ctx.forget, batch_size=cfg.batch_size, generator=g,
+                                   shuffle=True)
+            # minimise the negated (clamped) loss: ascend the forget loss
+            stats = sgd_steps(net, batches,
+                              lambda b: -clamped_ascent_loss(forward(net, b[0]), b[1],
+                                                             cfg.loss_ceiling),
+                              optimizer=opt, scheduler=sched, runtime=ctx.runtime,
+                              clip_norm=cfg.clip_norm, scaler=scaler)
+            steps += stats.steps
+            last = -stats.mean_loss
         return outcome(net, steps, watch, last_epoch_clamped_forget_loss=last)

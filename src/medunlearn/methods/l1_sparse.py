@@ -11,7 +11,6 @@ from medunlearn.errors import ConfigError
 from medunlearn.methods._common import (
     SGDOptions,
     Stopwatch,
-    check_options,
     clone_model,
     loss_weights,
     need_retain,
@@ -39,11 +38,14 @@ class L1Sparse(Method):
         alpha: float = 5e-5  # initial l1 coefficient
         retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
 
-    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+    def validate(self) -> None:
+        super().validate()
         cfg = self.config
-        check_options(cfg, self.name)
         if cfg.alpha < 0:
             raise ConfigError(f"alpha must be non-negative, got {cfg.alpha}.")
+
+    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+        cfg = self.config
         need_retain(ctx, self.name)
         watch = Stopwatch()
         net = clone_model(model)

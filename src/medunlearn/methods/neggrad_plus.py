@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from medunlearn.errors import ConfigError
+from medunlearn.loop import sgd_steps
 from medunlearn.methods._common import (
     Forward,
     SGDOptions,
     Stopwatch,
-    check_options,
+    augment_policy,
     clamped_ascent_loss,
     clone_model,
     cycle_batches,
@@ -25,7 +26,6 @@ from medunlearn.methods._common import (
 )
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
-from medunlearn.training import set_threads
 
 
 @register_method("neggrad-plus")
@@ -51,13 +51,15 @@ class NegGradPlus(Method):
         clip_norm: float = 5.0  # 0: no clipping
         retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
 
-    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+    def validate(self) -> None:
+        super().validate()
         cfg = self.config
-        check_options(cfg, self.name)
         if not 0.0 <= cfg.alpha <= 1.0:
             raise ConfigError(f"alpha must lie in [0, 1], got {cfg.alpha}.")
+
+    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+        cfg = self.config
         need_retain(ctx, self.name)
-        set_threads(ctx.train_config.threads)
         watch = Stopwatch()
         net = clone_model(model)
         forward = Forward(ctx)
@@ -68,22 +70,23 @@ class NegGradPlus(Method):
         w = loss_weights(ctx, ctx.retain)
         forget_stream = cycle_batches(ctx, ctx.forget, batch_size=cfg.forget_batch_size,
                                       generator=gf)
-        augment = ctx.dataset.augment if cfg.augment else "none"
+        augment = augment_policy(ctx, cfg)
+        scaler = ctx.runtime.grad_scaler()
+
+        def loss_fn(batch):
+            x, y, _b, xf, yf = batch
+            logits = forward(net, torch.cat([x, xf]))
+            retain_loss = F.cross_entropy(logits[:len(y)], y, weight=w)
+            forget_loss = clamped_ascent_loss(logits[len(y):], yf, cfg.loss_ceiling)
+            return cfg.alpha * retain_loss - (1 - cfg.alpha) * forget_loss
+
         steps = 0
         for ix in epochs:
             net.train()
-            for x, y, _b in read_batches(ctx, ix, batch_size=cfg.batch_size, generator=g,
-                                         shuffle=True, augment=augment):
-                xf, yf, _bf = next(forget_stream)
-                logits = forward(net, torch.cat([x, xf]))
-                retain_loss = F.cross_entropy(logits[:len(y)], y, weight=w)
-                forget_loss = clamped_ascent_loss(logits[len(y):], yf, cfg.loss_ceiling)
-                loss = cfg.alpha * retain_loss - (1 - cfg.alpha) * forget_loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_norm)
-                opt.step()
-                sched.step()
-                steps += 1
+            # each retain batch paired with the next batch of the (cycled) forget set
+            paired = (retain + next(forget_stream)[:2]
+                      for retain in read_batches(ctx, ix, batch_size=cfg.batch_size, generator=g,
+                                                 shuffle=True, augment=augment))
+            steps += sgd_steps(net, paired, loss_fn, optimizer=opt, scheduler=sched,
+                               runtime=ctx.runtime, clip_norm=cfg.clip_norm, scaler=scaler).steps
         return outcome(net, steps, watch)

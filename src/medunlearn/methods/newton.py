@@ -69,7 +69,7 @@ from medunlearn.methods._hessian import (
 )
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
-from medunlearn.training import class_weights, set_threads
+from medunlearn.training import class_weights
 
 SOLVERS = ("cg", "diag")
 GRADIENTS = ("forget", "retain")
@@ -192,7 +192,7 @@ class Newton(Method):
         step_scale: float = 1.0  # multiplies the (clamped) Newton step
         batch_size: int = 256  # images per forward pass in gradient/HVP evaluations
 
-    def _validate(self) -> None:
+    def validate(self) -> None:
         c = self.config
         check_options(c, self.name)
         if c.solver not in SOLVERS:
@@ -207,9 +207,7 @@ class Newton(Method):
             raise ConfigError("trust_radius must be positive (or null for no clamp).")
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
-        self._validate()
         c = self.config
-        set_threads(ctx.train_config.threads)
         t0 = time.perf_counter()
         new = copy.deepcopy(model).to(ctx.device).eval()
         for p in new.parameters():

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from medunlearn.methods._common import (
     SGDOptions,
     Stopwatch,
-    check_options,
     clone_model,
     loss_weights,
     outcome,
@@ -47,11 +46,10 @@ class RandomLabel(Method):
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
-        check_options(cfg, self.name)
         watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(5)
-        targets = relabelled_targets(ctx, g)
+        targets = relabelled_targets(ctx, g).to(ctx.device)
         epochs = [torch.cat([ctx.forget, subsample(ctx.retain, cfg.retain_budget, g)])
                   for _ in range(cfg.epochs)]
         w = loss_weights(ctx, ctx.retain)

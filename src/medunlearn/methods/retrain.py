@@ -8,16 +8,19 @@ from dataclasses import dataclass
 from medunlearn.methods._common import Stopwatch, need_retain, outcome
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
-from medunlearn.training import build_for, fit, model_from_spec, seed_everything
+from medunlearn.models.adapter import reinitialized
+from medunlearn.training import fit, model_from_spec, seed_everything
 
 
 @register_method("retrain")
 class Retrain(Method):
     """Exact unlearning: the model the data owner would have had without the forget set.
 
-    Uses the original model's recipe (``ctx.train_config``) and architecture (``ctx.model_spec``,
-    including its normalisation statistics, so only the training data differ), seeded with
-    ``ctx.seed``. It never reads a forget or excluded sample.
+    Uses the original model's recipe (``ctx.train_config``) and architecture, seeded with
+    ``ctx.seed``: ``ctx.model_factory`` when given (any ``nn.Module``), else the spec of a
+    medunlearn model (``ctx.model_spec``, including its normalisation statistics, so only the
+    training data differ), else the original itself with every layer re-initialised. It never
+    reads a forget or excluded sample.
     """
 
     summary = "train from scratch on the retain set with the original recipe (exact reference)"
@@ -30,12 +33,14 @@ class Retrain(Method):
         need_retain(ctx, self.name)
         watch = Stopwatch()
         seed_everything(ctx.seed)
-        if ctx.model_spec is not None:
+        if ctx.model_factory is not None:
+            fresh = ctx.model_factory()
+        elif ctx.model_spec is not None:
             fresh = model_from_spec(ctx.model_spec)
         else:
-            fresh, _ = build_for(ctx.dataset, ctx.model_config)
+            fresh = reinitialized(model, ctx.seed)
         cfg = dataclasses.replace(ctx.train_config, progress=ctx.progress)
         result = fit(fresh, ctx.dataset, ctx.retain, cfg, seed=ctx.seed, desc="retrain",
-                     on_batch=ctx.seen)
+                     on_batch=ctx.seen, runtime=ctx.runtime)
         return outcome(result.model, result.steps, watch, best_epoch=result.best_epoch,
                        epochs=cfg.epochs)

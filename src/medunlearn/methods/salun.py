@@ -29,7 +29,6 @@ from medunlearn.methods._common import (
     MaskGuard,
     SGDOptions,
     Stopwatch,
-    check_options,
     clone_model,
     loss_weights,
     outcome,
@@ -60,7 +59,7 @@ def saliency_masks(model: Classifier, ctx: UnlearnContext, indices: torch.Tensor
     model.train(was)
     flat = torch.cat([g.abs().flatten() for g in grads.values()])  # (P,)
     k = min(len(flat), max(1, round(fraction * len(flat))))
-    chosen = torch.zeros(len(flat), dtype=torch.bool)
+    chosen = torch.zeros(len(flat), dtype=torch.bool, device=flat.device)
     chosen[torch.topk(flat, k, sorted=False).indices] = True
     masks, start = {}, 0
     for n, p in params.items():
@@ -89,14 +88,17 @@ class SalUn(Method):
                     ) -> tuple[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                                dict]:
         """The loss over mixed forget/retain batches: random wrong labels on forget samples."""
-        targets = relabelled_targets(ctx, generator)
+        targets = relabelled_targets(ctx, generator).to(ctx.device)
         return (lambda logits, y, b: F.cross_entropy(logits, targets[b], weight=weight)), {}
+
+    def validate(self) -> None:
+        super().validate()
+        cfg = self.config
+        if not 0.0 < cfg.mask_fraction <= 1.0:
+            raise ConfigError(f"mask_fraction must lie in (0, 1], got {cfg.mask_fraction}.")
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
-        check_options(cfg, self.name)
-        if not 0.0 < cfg.mask_fraction <= 1.0:
-            raise ConfigError(f"mask_fraction must lie in (0, 1], got {cfg.mask_fraction}.")
         watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(8)

@@ -48,8 +48,9 @@ def cra_targets(labels: torch.Tensor, forget: torch.Tensor, *, positive_labels: 
         entropy-maximisation loss.
     """
     targets = labels.clone()
-    entropy = torch.zeros(len(labels), dtype=torch.bool)
-    is_pos = torch.isin(labels[forget], torch.tensor(positive_labels, dtype=labels.dtype))
+    entropy = torch.zeros(len(labels), dtype=torch.bool)  # cpu: per training sample
+    is_pos = torch.isin(labels[forget], torch.tensor(positive_labels, dtype=labels.dtype,
+                                                     device=labels.device))
     pos, neg = forget[is_pos], forget[~is_pos]
     targets[neg] = random_wrong_labels(labels[neg], num_classes, generator)
     targets[pos] = IGNORE
@@ -103,6 +104,8 @@ class SalUnCRA(SalUn):
                                        positive_labels=tuple(positives),
                                        num_classes=ctx.dataset.num_classes, generator=generator)
         n_ent = int(entropy.sum())
+        targets, entropy = targets.to(ctx.device), entropy.to(ctx.device)
         details = {"entropy_forget_samples": n_ent,
                    "random_label_forget_samples": len(ctx.forget) - n_ent}
-        return (lambda logits, y, b: cra_loss(logits, targets[b], entropy[b], weight)), details
+        return (lambda logits, y, b: cra_loss(logits, targets[b],
+                                                       entropy[b], weight)), details

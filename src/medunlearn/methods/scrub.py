@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from medunlearn.errors import ConfigError
+from medunlearn.loop import sgd_steps
 from medunlearn.methods._common import (
     Forward,
     SGDOptions,
     Stopwatch,
     augment_policy,
-    check_options,
     clone_model,
     freeze_batchnorm_stats,
     loss_weights,
@@ -47,7 +47,6 @@ from medunlearn.methods._common import (
 )
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
-from medunlearn.training import set_threads
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -82,17 +81,19 @@ class Scrub(Method):
         augment: bool = False  # augment retain batches with the dataset's policy
         retain_budget: int | None = 1024  # retain samples used (seeded subset; None: all)
 
-    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+    def validate(self) -> None:
+        super().validate()
         c = self.config
-        check_options(c, self.name)
-        need_retain(ctx, self.name)
         if not 0 <= c.max_epochs <= c.epochs:
             raise ConfigError(f"max_epochs must be between 0 and epochs ({c.epochs}), "
                               f"got {c.max_epochs}.")
         if c.temperature <= 0 or c.forget_batch_size < 1 or c.max_grad_norm <= 0:
             raise ConfigError("scrub needs temperature > 0, forget_batch_size >= 1 and "
                               "max_grad_norm > 0.")
-        set_threads(ctx.train_config.threads)
+
+    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+        c = self.config
+        need_retain(ctx, self.name)
         watch = Stopwatch()
         teacher = copy.deepcopy(model).to(ctx.device).eval()
         for p in teacher.parameters():
@@ -104,46 +105,47 @@ class Scrub(Method):
         g = ctx.generator(41)
         retain = subsample(ctx.retain, c.retain_budget, g)
         w = loss_weights(ctx, ctx.retain)
-        w = w.to(ctx.device) if w is not None else None
         n_max = math.ceil(len(ctx.forget) / c.forget_batch_size) if len(ctx.forget) else 0
         n_min = math.ceil(len(retain) / c.batch_size)
         opt, sched = sgd(student, c, c.max_epochs * n_max + c.epochs * n_min)
         augment = augment_policy(ctx, c)
+        scaler = ctx.runtime.grad_scaler()
         steps, max_steps = 0, 0
         last_max, last_min = float("nan"), float("nan")
+
+        def max_loss(batch):  # push the student away from the teacher on forget images
+            x = batch[0]
+            with torch.no_grad():
+                t = forward(teacher, x)
+            return -distill_kl(forward(student, x), t, c.temperature)
+
+        def min_loss(batch):  # stay close to the teacher and the labels on retain images
+            x, y = batch[0], batch[1]
+            with torch.no_grad():
+                t = forward(teacher, x)
+            s = forward(student, x)
+            return c.gamma * F.cross_entropy(s, y, weight=w) + \
+                c.alpha_kl * distill_kl(s, t, c.temperature)
+
         for epoch in range(c.epochs):
             if epoch < c.max_epochs and len(ctx.forget):
                 student.train()
                 freeze_batchnorm_stats(student)
-                for x, _, _ in read_batches(ctx, ctx.forget, batch_size=c.forget_batch_size,
-                                            generator=g, shuffle=True, augment=augment):
-                    x = x.to(ctx.device)
-                    with torch.no_grad():
-                        t = forward(teacher, x)
-                    loss = -distill_kl(forward(student, x), t, c.temperature)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(student.parameters(), c.max_grad_norm)
-                    opt.step()
-                    sched.step()
-                    steps += 1
-                    max_steps += 1
-                    last_max = -float(loss.detach())
+                st = sgd_steps(student, read_batches(ctx, ctx.forget,
+                                                     batch_size=c.forget_batch_size, generator=g,
+                                                     shuffle=True, augment=augment),
+                               max_loss, optimizer=opt, scheduler=sched, runtime=ctx.runtime,
+                               clip_norm=c.max_grad_norm, scaler=scaler)
+                steps += st.steps
+                max_steps += st.steps
+                last_max = -st.mean_loss
             student.train()
-            for x, y, _ in read_batches(ctx, retain, batch_size=c.batch_size, generator=g,
-                                        shuffle=True, augment=augment):
-                x, y = x.to(ctx.device), y.to(ctx.device)
-                with torch.no_grad():
-                    t = forward(teacher, x)
-                s = forward(student, x)
-                loss = c.gamma * F.cross_entropy(s, y, weight=w) + \
-                    c.alpha_kl * distill_kl(s, t, c.temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                steps += 1
-                last_min = float(loss.detach())
+            st = sgd_steps(student, read_batches(ctx, retain, batch_size=c.batch_size,
+                                                 generator=g, shuffle=True, augment=augment),
+                           min_loss, optimizer=opt, scheduler=sched, runtime=ctx.runtime,
+                           scaler=scaler)
+            steps += st.steps
+            last_min = st.mean_loss
         return outcome(student, steps, watch, max_steps=max_steps, min_steps=steps - max_steps,
                        retain_used=len(retain), last_forget_kl=last_max,
                        last_retain_loss=last_min)

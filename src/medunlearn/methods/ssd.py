@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import torch
 
 from medunlearn.errors import ConfigError
-from medunlearn.methods._common import check_options, subsample
+from medunlearn.methods._common import subsample
 from medunlearn.methods._hessian import squared_grad_importance
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
-from medunlearn.training import set_threads
 
 REFERENCES = ("train", "retain")
 
@@ -74,16 +73,18 @@ class SSD(Method):
         retain_budget: int | None = None  # retain samples in the reference (None: all)
         batch_size: int = 64  # mini-batch size of both importance estimates
 
-    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+    def validate(self) -> None:
+        super().validate()
         c = self.config
-        check_options(c, self.name)
         if c.alpha <= 0 or c.dampening <= 0:
             raise ConfigError("ssd needs alpha > 0 and dampening > 0.")
         if c.reference not in REFERENCES:
             raise ConfigError(f"Unknown reference {c.reference!r}; choose one of {REFERENCES}.")
+
+    def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
+        c = self.config
         if len(ctx.forget) == 0:
             raise ConfigError("ssd needs a non-empty forget set.")
-        set_threads(ctx.train_config.threads)
         t0 = time.perf_counter()
         new = copy.deepcopy(model).to(ctx.device).eval()
         retain = subsample(ctx.retain, c.retain_budget, ctx.generator(21))

@@ -71,4 +71,5 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, size: int = 28
     return Classifier(backbone, n_feat, num_classes, mean, std)
 
 
-__all__ = ["ARCHS", "Classifier", "build_model", "resolve_arch"]
+__all__ = ["ARCHS", "Classifier", "as_classifier", "build_model", "resolve_arch"]
+from medunlearn.models.adapter import as_classifier  # noqa: E402
