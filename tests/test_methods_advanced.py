@@ -44,9 +44,9 @@ FAST = {
 class _Trap:
     """Stands in for a split's tensors: any read is a test failure."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, shape: tuple[int, ...]) -> None:
         self.n = n
-        self.shape = (n,)
+        self.shape = shape
 
     def __len__(self) -> int:
         return self.n
@@ -57,7 +57,8 @@ class _Trap:
 
 def _trapped(split: Split) -> Split:
     n = len(split)
-    return Split(split.name, _Trap(n), _Trap(n), split.native_labels, split.source_index)
+    return Split(split.name, _Trap(n, tuple(split.images.shape)), _Trap(n, (n,)),
+                 split.native_labels, split.source_index)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -35,6 +35,8 @@ EvalLimit = Annotated[int | None, typer.Option(help="Likewise for validation and
 DataRoot = Annotated[str | None, typer.Option(
     "--data-root", help="Folder with the MedMNIST .npz files (default: $MEDMNIST_ROOT, else "
     "medmnist's ~/.medmnist).")]
+Device = Annotated[str, typer.Option(
+    help="Where to run: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps.")]
 NoDownload = Annotated[bool, typer.Option("--no-download", help="Never download missing files.")]
 NoVerify = Annotated[bool, typer.Option("--no-verify", help="Skip the MD5 check (for your own "
                                         "files in MedMNIST format).")]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from medunlearn.commands._common import DataRoot, fmt
+from medunlearn.commands._common import DataRoot, Device, fmt
 from medunlearn.errors import OutputExistsError
 from medunlearn.evaluation.clinical import DEFAULT_C_FN, DEFAULT_C_FP
 
@@ -94,6 +94,7 @@ def evaluate(
     data_root: DataRoot = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    device: Device = "auto",
 ) -> None:
     """Evaluate an unlearned model (and compare it with the original and the retrained
     reference); write all metrics to --out."""
@@ -112,7 +113,8 @@ def evaluate(
     opts = EvalOptions(c_fn=c_fn, c_fp=c_fp, seed=seed, attack_retain_cap=attack_retain_cap,
                        retain_limit=retain_limit,
                        metadata=str(metadata) if metadata else None, metadata_key=metadata_key,
-                       lira_shadows=lira_shadows, lira_epochs=lira_epochs, threads=threads)
+                       lira_shadows=lira_shadows, lira_epochs=lira_epochs, threads=threads,
+                       device=device)
     metrics = evaluate_run(model, original=original, reference=reference, options=opts,
                            data_root=data_root)
     verdict = None

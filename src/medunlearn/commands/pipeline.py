@@ -17,6 +17,7 @@ from medunlearn.commands._common import (
     Augment,
     DataRoot,
     Dataset,
+    Device,
     EvalLimit,
     NoDownload,
     NoVerify,
@@ -57,6 +58,7 @@ def pipeline(
     strict: Annotated[bool, typer.Option(help="Exit 3 when the safety gate fails.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo every step.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    device: Device = "auto",
 ) -> None:
     """Train, retrain the reference, unlearn, evaluate and gate: the whole workflow."""
     from medunlearn.commands.evaluate import GATE_FAILED_EXIT, print_summary
@@ -68,7 +70,7 @@ def pipeline(
 
     data = data_config(dataset, size, view, positive_classes, augment, train_limit, eval_limit,
                        data_root, no_download, no_verify)
-    tcfg = TrainConfig(epochs=epochs, progress=not quiet)
+    tcfg = TrainConfig(epochs=epochs, progress=not quiet, device=device)
     options = parse_option_pairs(option or [])
     original, reference, unlearned = out / "original", out / "retrain", out / method
     if method == "retrain":
@@ -87,14 +89,15 @@ def pipeline(
         typer.secho(f"[{tag}] {what} -> {folder}", bold=True)
         r = run_unlearning(original, method=name, forget=forget, seed=seed, out=folder,
                            options=opts, overwrite=overwrite, data_root=data_root,
-                           progress=not quiet)
+                           progress=not quiet, device=device)
         typer.echo(f"      forgot {r['forget_count']} images in {r['unlearn_seconds']:.1f} s; "
                    f"forget accuracy {r['forget_accuracy']:.4f}, test accuracy "
                    f"{r['test_accuracy']:.4f}" + (" (reused)" if r.get("reused") else ""))
 
     typer.secho("[4/4] evaluating against the original and the reference", bold=True)
     metrics = evaluate_run(unlearned, original=original, reference=reference,
-                           options=EvalOptions(seed=seed, retain_limit=retain_limit),
+                           options=EvalOptions(seed=seed, retain_limit=retain_limit,
+                                               device=device),
                            data_root=data_root)
     verdict = gate(metrics)
     metrics["gate"] = verdict.to_dict()

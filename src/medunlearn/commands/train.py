@@ -11,6 +11,7 @@ from medunlearn.commands._common import (
     Augment,
     DataRoot,
     Dataset,
+    Device,
     EvalLimit,
     NoDownload,
     NoVerify,
@@ -53,6 +54,7 @@ def train(
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    device: Device = "auto",
 ) -> None:
     """Train a classifier and write model.safetensors, config.json and metrics.json to --out."""
     from medunlearn.runs import run_training
@@ -62,7 +64,7 @@ def train(
     model = ModelConfig(arch=arch, width=width)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                        class_weights=class_weights, select=select, threads=threads,
-                       precision=precision,
+                       precision=precision, device=device,
                        progress=not quiet)
     metrics = run_training(data, model, tcfg, seed=seed, out=out, overwrite=overwrite)
     if metrics.get("reused"):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medunlearn.commands._common import DataRoot, fmt
+from medunlearn.commands._common import DataRoot, Device, fmt
 from medunlearn.errors import ConfigError
 
 Model = Annotated[Path, typer.Option("--model", "-m", help="Run folder of the trained model "
@@ -60,6 +60,7 @@ def unlearn(
     data_root: DataRoot = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    device: Device = "auto",
 ) -> None:
     """Make a trained model forget training samples; write a run folder to --out."""
     from medunlearn.unlearning import parse_option_pairs, run_unlearning
@@ -67,7 +68,8 @@ def unlearn(
     metrics = run_unlearning(model, method=method, forget=forget, seed=seed, out=out,
                              options=parse_option_pairs(option or []),
                              exclude=_read_exclude(exclude), retain_budget=retain_budget,
-                             overwrite=overwrite, data_root=data_root, progress=not quiet)
+                             overwrite=overwrite, data_root=data_root, progress=not quiet,
+                             device=device)
     from medunlearn.unlearning import takes_retain_budget
 
     typer.echo(f"{method}: forgot {metrics['forget_count']} samples, retained "
