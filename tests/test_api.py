@@ -211,3 +211,18 @@ def test_no_loop_method_or_output_code_hard_codes_the_cpu():
     # the runtime module itself decides about the CPU
     bad = [b for b in bad if not b.startswith("loop.py")]
     assert not bad, "tensors created without a device:\n" + "\n".join(bad)
+
+
+def test_readme_python_example_runs_as_written():
+    """The README's Python example (section "Python: any model, any data, any device")."""
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    text = readme.read_text()
+    start = text.index("### Python: any model, any data, any device")
+    block = text[text.index("```python", start) + len("```python"):]
+    block = block[:block.index("```")]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    result, report = namespace["result"], namespace["report"]
+    assert len(result.forget) == 4
+    assert isinstance(report.verdict.passed, bool)
+    assert report.record["fidelity"]["average_gap_pp"] >= 0
