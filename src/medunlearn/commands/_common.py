@@ -33,8 +33,9 @@ TrainLimit = Annotated[int | None, typer.Option(help="Use a seeded random subset
                                                 "training images.")]
 EvalLimit = Annotated[int | None, typer.Option(help="Likewise for validation and test.")]
 DataRoot = Annotated[str | None, typer.Option(
-    "--data-root", help="Folder with the MedMNIST .npz files (default: $MEDMNIST_ROOT, else "
-    "medmnist's ~/.medmnist).")]
+    "--data-root", metavar="DIR", help="Folder with the MedMNIST .npz files (default: "
+    "$MEDMNIST_ROOT, else the checkout's ../shared/data/medmnist, else medmnist's "
+    "~/.medmnist).")]
 NoDownload = Annotated[bool, typer.Option("--no-download", help="Never download missing files.")]
 NoVerify = Annotated[bool, typer.Option("--no-verify", help="Skip the MD5 check (for your own "
                                         "files in MedMNIST format).")]
