@@ -59,7 +59,7 @@ def pipeline(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train, retrain the reference, unlearn, evaluate and gate: the whole workflow."""
-    from medunlearn.commands.evaluate import GATE_FAILED_EXIT, print_summary
+    from medunlearn.commands.evaluate import GATE_FAILED_EXIT, echo_gate_failure, print_summary
     from medunlearn.evaluation.api import EvalOptions, evaluate_run
     from medunlearn.evaluation.gate import gate
     from medunlearn.io import atomic_write_json
@@ -106,6 +106,8 @@ def pipeline(
     colour = "green" if verdict.passed else "red"
     typer.secho(f"GATE {'PASSED' if verdict.passed else 'FAILED'}; all results in "
                 f"{unlearned / 'evaluation.json'}", fg=colour, bold=True)
+    if not verdict.passed:
+        echo_gate_failure(verdict.checks, err=False)
     if strict and not verdict.passed:
         raise typer.Exit(GATE_FAILED_EXIT)
 
