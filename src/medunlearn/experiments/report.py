@@ -525,6 +525,32 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
     return "\n".join(parts)
 
 
+# The columns of the summary printed at the end of 'medunlearn experiment'.
+SUMMARY_FIELDS = ("UA", "TA", "fnr", "global_risk", "average_gap_pp", "speedup")
+
+
+def summary_text(rows: list[dict]) -> str:
+    """A plain-text table per setting: one line per method with its key metrics (mean over
+    seeds) and its safety verdict; ``*`` marks the best per column, as in the report."""
+    cols = [c for c in COLUMNS if c.field in SUMMARY_FIELDS]
+    widths = [max(len(c.header), 6) + 2 for c in cols]
+    lines = []
+    for t in build_tables(rows):
+        mw = max(len("method"), *(len(r["label"]) for r in t.rows)) + 2
+        lines += ["", t.title]
+        lines.append(f"  {'method':<{mw}}{'seeds':>5}" + "".join(
+            f"{c.header:>{w}}" for c, w in zip(cols, widths, strict=True)) + "  safety")
+        for r in t.rows:
+            vals = []
+            for c, w in zip(cols, widths, strict=True):
+                txt = _fmt(r["stats"][c.field][0], None, c, 1)
+                vals.append(f"{txt + ('*' if r['label'] in t.best.get(c.field, ()) else ''):>{w}}")
+            safety = (f"fails {r['gate_failed']}/{r['n']}" if r["gate_failed"] else "pass")
+            ref = " (reference)" if r["method"] == REFERENCE_METHOD else ""
+            lines.append(f"  {r['label']:<{mw}}{r['n']:>5}" + "".join(vals) + f"  {safety}{ref}")
+    return "\n".join(lines)
+
+
 def compute_time(rows: list[dict]) -> dict[str, float]:
     """Seconds of work behind ``rows``: each original and reference counted once, plus cells.
 
