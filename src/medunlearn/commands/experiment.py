@@ -82,8 +82,8 @@ def _print_summary(cfg, out: Path) -> None:
         rows = [r for r in store.rows() if r["key"] in keys]
     if not rows:
         return
-    typer.echo("\nSummary (mean over seeds; UA = forget-set error, TA = test accuracy, * = best "
-               "in the column as in the report):" + summary_text(rows))
+    typer.echo("\nSummary (mean over seeds; UA = forget-set error, TA = test accuracy;\n"
+               "* = best in the column, as in the report):" + summary_text(rows))
     typer.echo(f"\nFull tables and figures: medunlearn report {out} --study {cfg.source or 'STUDY'} "
                "--out REPORT_DIR")
 

@@ -533,7 +533,7 @@ def summary_text(rows: list[dict]) -> str:
     """A plain-text table per setting: one line per method with its key metrics (mean over
     seeds) and its safety verdict; ``*`` marks the best per column, as in the report."""
     cols = [c for c in COLUMNS if c.field in SUMMARY_FIELDS]
-    widths = [max(len(c.header), 6) + 2 for c in cols]
+    widths = [max(len(c.header), 5) + 1 for c in cols]
     lines = []
     for t in build_tables(rows):
         mw = max(len("method"), *(len(r["label"]) for r in t.rows)) + 2
