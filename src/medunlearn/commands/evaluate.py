@@ -163,7 +163,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of attack subsets and probe folds.")] = 0,
     data_root: DataRoot = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing --out file.")] = False,
 ) -> None:
     """Evaluate an unlearned model (and compare it with the original and the retrained
     reference); write all metrics to --out."""

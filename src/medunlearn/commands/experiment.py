@@ -74,7 +74,7 @@ def experiment(
 
 def _print_summary(cfg, out: Path) -> None:
     """Key metrics per method (mean over seeds) of this study's finished cells."""
-    from medunlearn.experiments.report import summary_text, study_keys
+    from medunlearn.experiments.report import study_keys, summary_text
     from medunlearn.experiments.store import ResultsStore
 
     keys = study_keys(cfg)
@@ -84,8 +84,8 @@ def _print_summary(cfg, out: Path) -> None:
         return
     typer.echo("\nSummary (mean over seeds; UA = forget-set error, TA = test accuracy;\n"
                "* = best in the column, as in the report):" + summary_text(rows))
-    typer.echo(f"\nFull tables and figures: medunlearn report {out} --study {cfg.source or 'STUDY'} "
-               "--out REPORT_DIR")
+    typer.echo(f"\nFull tables and figures: medunlearn report {out} --study "
+               f"{cfg.source or 'STUDY'} --out REPORT_DIR")
 
 
 def report(

@@ -54,7 +54,8 @@ def pipeline(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     retain_limit: Annotated[int | None, typer.Option(
         help="Evaluate RA on a seeded subset of this many retain samples.")] = 2000,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when the safety gate fails.")] = False,
+    strict: Annotated[bool, typer.Option("--strict",
+                                         help="Exit 3 when the safety gate fails.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo every step.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:

@@ -51,7 +51,8 @@ def train(
     precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU has it), fp32 or "
                                            "bf16.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a classifier and write model.safetensors, config.json and metrics.json to --out."""
@@ -78,12 +79,11 @@ def train(
 
 def datasets(data_root: DataRoot = None) -> None:
     """List the MedMNIST 2D datasets, their tasks and sizes, and which files are here."""
-    from medunlearn.data import DEFAULT_POSITIVE_CLASSES, dataset_flags, get_info
-    from medunlearn.data.files import resolve_root
-
     import textwrap
 
     from medunlearn.cli import bundled_data_root
+    from medunlearn.data import DEFAULT_POSITIVE_CLASSES, dataset_flags, get_info
+    from medunlearn.data.files import resolve_root
 
     root, origin = resolve_root(data_root)
     if data_root is None and root == bundled_data_root():

@@ -10,19 +10,22 @@ import typer
 from medunlearn.commands._common import DataRoot, fmt
 from medunlearn.errors import ConfigError
 
-Model = Annotated[Path, typer.Option("--model", "-m", metavar="RUN", help="Run folder of the trained model "
-                                     "(output of 'medunlearn train' or 'unlearn').")]
-MethodName = Annotated[str, typer.Option("--method", metavar="NAME", help="Unlearning method (see 'medunlearn "
-                                         "methods').")]
+Model = Annotated[Path, typer.Option("--model", "-m", metavar="RUN", help="Run folder of the "
+                                     "trained model (output of 'medunlearn train' or "
+                                     "'unlearn').")]
+MethodName = Annotated[str, typer.Option("--method", metavar="NAME", help="Unlearning method "
+                                         "(see 'medunlearn methods').")]
 Forget = Annotated[str, typer.Option(
     "--forget", metavar="SPEC", help="Samples to forget: random:0.2, random:0.2:stratified, "
     "class:K, positive:0.3, negative:0.3, indices:FILE or hashes:FILE.")]
-Seed = Annotated[int, typer.Option(metavar="INT", help="Seeds the forget-set choice and the method.")]
+Seed = Annotated[int, typer.Option(metavar="INT",
+                                   help="Seeds the forget-set choice and the method.")]
 Options = Annotated[list[str] | None, typer.Option(
-    "--option", "-O", metavar="KEY=VALUE", help="Method option key=value (repeatable), e.g. --option lr=0.01.")]
+    "--option", "-O", metavar="KEY=VALUE", help="Method option key=value (repeatable), e.g. "
+    "--option lr=0.01.")]
 Exclude = Annotated[Path | None, typer.Option(
-    "--exclude", metavar="FILE", help="File of training indices forgotten earlier (one per line, or a "
-    "forget.csv): in neither the forget nor the retain set.")]
+    "--exclude", metavar="FILE", help="File of training indices forgotten earlier (one per "
+    "line, or a forget.csv): in neither the forget nor the retain set.")]
 
 
 def _read_exclude(path: Path | None) -> list[int] | None:
@@ -58,7 +61,8 @@ def unlearn(
         "gradient-ascent ignore it).")] = None,
     exclude: Exclude = None,
     data_root: DataRoot = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Make a trained model forget training samples; write a run folder to --out."""
