@@ -42,7 +42,8 @@ GATE_ADVICE = {
                                  "the retrained reference's", _CLINICAL_ADVICE),
     "ta_drop": ("its test accuracy dropped too far below the original's",
                 "give the method more retain data (--retain-budget N, or a larger "
-                "retain_budget option) or fewer/smaller steps (--option epochs=... / lr=...)"),
+                "retain_budget option), take fewer/smaller steps (--option epochs=... / lr=...) "
+                "or try another method (e.g. newton or fisher)"),
     "attack_auc": ("a membership attack separates the forgotten images from unseen ones "
                    "differently than for a model that never saw them (too little forgotten, or "
                    "so much that forgetting itself shows)",
@@ -135,9 +136,12 @@ def evaluate(
                                         "forget.csv).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Metrics JSON file to write.")],
     original: Annotated[Path | None, typer.Option(help="Run folder of the model before "
-                                                  "unlearning.")] = None,
-    reference: Annotated[Path | None, typer.Option(help="Run folder of the model retrained "
-                                                   "without the forget set.")] = None,
+                                                  "unlearning (warned if it is not the one "
+                                                  "--model was unlearned from).")] = None,
+    reference: Annotated[Path | None, typer.Option(
+        help="Run folder of the original retrained without the same forget set ('medunlearn "
+        "unlearn --method retrain' with the same --forget and --seed); any other run is "
+        "refused.")] = None,
     gate: Annotated[bool, typer.Option("--gate", help="Run the safety gate; exit 3 if it "
                                        "fails.")] = False,
     gate_config: Annotated[Path | None, typer.Option(help="TOML file overriding gate "
