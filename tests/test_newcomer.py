@@ -273,7 +273,8 @@ def test_one_seed_report_without_retrain_row(tmp_path):
     methods = {m: v for m, v in METHODS.items() if m != "retrain"}
     paths = write_report(_store(tmp_path / "res", seeds=1, methods=methods), tmp_path / "out")
     md = paths["markdown"].read_text()
-    assert "±" not in md.split("## ")[1]  # no "± 0.0" for a single seed
+    assert "±" not in md  # no "± 0.0" for a single seed, in tables or captions
+    assert "dashed = retrained reference" not in md  # no reference line is drawn
     assert "One seed per method" in md
     assert "retrain row is the reference" not in md and "no retrain row" in md
     page = paths["html"].read_text()

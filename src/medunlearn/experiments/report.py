@@ -341,8 +341,12 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
             f.against_ratio(ratio_rows, [(_field("global_risk"), "Global Risk (test)"),
                                          (_field("fnr", 100), "FNR (test, %)")],
                             f"{where}: clinical risk against forget-set size",
-                            f"{where}: Global Risk and FNR against forget ratio (mean ± std "
-                            "over seeds; dashed = retrained reference)", f"risk_vs_ratio_{where}")
+                            f"{where}: Global Risk and FNR against forget ratio ("
+                            + ("mean ± std over seeds" if len({r["seed"] for r in ratio_rows}) > 1
+                               else "one seed")
+                            + ("; dashed = retrained reference" if any(
+                                r["method"] == REFERENCE_METHOD for r in ratio_rows) else "")
+                            + ")", f"risk_vs_ratio_{where}")
             f.against_ratio(ratio_rows, [(_field("TA", 100), "test accuracy (%)"),
                                          (_field("UA", 100), "UA = forget-set error (%)"),
                                          (_field("average_gap_pp"),
@@ -391,7 +395,9 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
                                                 for a in augs])
                 ax.set_ylabel(ylabel)
             axes[1].legend(fontsize=8)
-            fig.suptitle(f"{ds}: effect of data augmentation (mean ± std over seeds)")
+            fig.suptitle(f"{ds}: effect of data augmentation"
+                         + (" (mean ± std over seeds)" if len({r["seed"] for r in drows}) > 1
+                            else ""))
             f.save(fig, f"{ds}: average gap and test accuracy with and without augmentation",
                    f"augmentation_{ds}")
     return f.out
