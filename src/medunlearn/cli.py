@@ -33,6 +33,7 @@ app = typer.Typer(
 
 # The checkout layout the scripts use (scripts/env.sh): MedMNIST files in ../shared/data/medmnist
 BUNDLED_DATA = Path("..") / "shared" / "data" / "medmnist"
+bundled_in_use: Path | None = None  # set while main() runs with the bundled folder as default
 
 
 def _version(value: bool) -> None:
@@ -96,11 +97,14 @@ def _default_data_root():
     if os.environ.get(ROOT_ENV) or (root := bundled_data_root()) is None:
         yield
         return
+    global bundled_in_use
     os.environ[ROOT_ENV] = str(root)
+    bundled_in_use = root
     try:
         yield
     finally:
         os.environ.pop(ROOT_ENV, None)
+        bundled_in_use = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,4 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from medunlearn.cli import main as _main  # the importable module, not this __main__ copy
+
+    sys.exit(_main())
