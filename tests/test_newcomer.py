@@ -365,3 +365,12 @@ def test_forget_prints_the_gate_checks_and_the_certificate(medmnist_root, tmp_pa
     assert "attempt 2 (retrain): passed the safety gate" in out
     assert "version 2 is active" in out
     assert f"medunlearn audit show {reg} DR-1 --out DIR" in out
+    # every method fails: the next step is named
+    request.write_text(json.dumps({"id": "DR-2", "subject": "s", "images": [
+        h for h in hashes if hashes.count(h) == 1][2:4]}))
+    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra,retrain")
+    assert main(["forget", str(reg), "--request", str(request)]) == 1
+    out = capsys.readouterr()
+    assert "attempt 2 (retrain): did not pass the safety gate" in out.out
+    assert f"medunlearn registry consolidate {reg}" in out.out
+    assert "no method passed the safety gate" in out.err and "certificate:" in out.out

@@ -154,6 +154,11 @@ def _echo_attempts(reg: Path, result: dict) -> None:
         if not a["passed"]:
             for line in gate_failures_in_words(a.get("checks") or []):
                 typer.echo(f"  -> {line}")
+    if result["status"] != "completed":
+        typer.echo(f"next: 'medunlearn registry consolidate {reg} --id ID' retrains exactly "
+                   "without every withdrawn image (these included); to make that the automatic "
+                   "last resort, register with a method chain ending in retrain ('registry init "
+                   "--methods ...,retrain').")
 
 
 @registry_app.command("consolidate")
