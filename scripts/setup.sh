@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install medunlearn with its test tools into it.
-# Re-running is cheap: the install is skipped while pyproject.toml is unchanged.
+# Create .venv (once) and install medunlearn into it, with the optional extras named in
+# MEDUNLEARN_EXTRAS (comma-separated: dev = test tools, ray = the Ray backend of
+# 'medunlearn experiment'). scripts/quickstart.sh installs no extras; scripts/test.sh installs
+# dev,ray (the test suite includes a Ray-backend test).
+# Re-running is cheap: nothing is installed while pyproject.toml is unchanged and the wanted
+# extras are already in; extras installed earlier are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -8,12 +12,29 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.medunlearn-installed
-want=$(sha256sum pyproject.toml | cut -c1-16)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+want_hash=$(sha256sum pyproject.toml | cut -c1-16)
+have_hash="" have_extras=""
+if [ -f "$stamp" ]; then
+  read -r have_hash have_extras < "$stamp" || true
+fi
+[ "$have_hash" = "$want_hash" ] || have_extras=""
+extras="$have_extras"
+missing=0
+[ "$have_hash" = "$want_hash" ] || missing=1
+for e in $(echo "${MEDUNLEARN_EXTRAS:-}" | tr ',' ' '); do
+  case ",$extras," in
+    *",$e,"*) ;;
+    *) extras="${extras:+$extras,}$e"; missing=1 ;;
+  esac
+done
+if [ "$missing" = 1 ]; then
+  echo "setup: installing medunlearn${extras:+ with [$extras]} into .venv (first time: a few" \
+       "minutes; about 6 GB, mostly the CUDA build of torch, see README 'Install cost')" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-  # torch/torchvision: the releases on this machine's disk (see README, "Installing").
-  .venv/bin/python -m pip install --quiet -e "${MEDUNLEARN_EXTRAS:-.[dev,ray]}" 2>&1 | grep -v "is ignored" || true
+  # torch/torchvision: the releases on this machine's disk (see README, "Install cost").
+  .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}" 2>&1 \
+    | grep -v "is ignored" || true
   .venv/bin/python -c "import medunlearn, torch, torchvision, medmnist, safetensors" \
     || { echo "setup: installation failed" >&2; exit 1; }
-  echo "$want" > "$stamp"
+  echo "$want_hash $extras" > "$stamp"
 fi

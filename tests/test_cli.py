@@ -52,4 +52,4 @@ def test_version_and_datasets(capsys):
     assert main(["--version"]) == 0
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
-    assert "pneumoniamnist" in out and "disease classes [0, 1, 4]" in out
+    assert "pneumoniamnist" in out and "[0, 1, 4]" in out and "data folder:" in out

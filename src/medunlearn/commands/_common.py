@@ -33,9 +33,11 @@ TrainLimit = Annotated[int | None, typer.Option(help="Use a seeded random subset
                                                 "training images.")]
 EvalLimit = Annotated[int | None, typer.Option(help="Likewise for validation and test.")]
 DataRoot = Annotated[str | None, typer.Option(
-    "--data-root", help="Folder with the MedMNIST .npz files (default: $MEDMNIST_ROOT, else "
-    "medmnist's ~/.medmnist).")]
+    "--data-root", metavar="DIR", help="Folder with the MedMNIST .npz files (default: "
+    "$MEDMNIST_ROOT, else the checkout's ../shared/data/medmnist, else medmnist's "
+    "~/.medmnist).")]
 Device = Annotated[str, typer.Option(
+    metavar="DEVICE",
     help="Where to run: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps.")]
 NoDownload = Annotated[bool, typer.Option("--no-download", help="Never download missing files.")]
 NoVerify = Annotated[bool, typer.Option("--no-verify", help="Skip the MD5 check (for your own "

@@ -63,12 +63,29 @@ def experiment(
     typer.echo(f"{summary.completed} cell(s) finished now, {summary.already_done} earlier, "
                f"{len(summary.failed)} failed, in {summary.seconds:.1f} s. Results: "
                f"{out / DB_FILE} and {out / CSV_FILE}.")
+    _print_summary(cfg, out)
     if summary.failed:
         for f in summary.failed:
             typer.secho(f"  failed {f['kind']} {f['slug']}: {f['error']} (log: {f['log']})",
                         err=True, fg="red")
         typer.echo("Rerun the same command to retry the failed jobs.", err=True)
         raise typer.Exit(1)
+
+
+def _print_summary(cfg, out: Path) -> None:
+    """Key metrics per method (mean over seeds) of this study's finished cells."""
+    from medunlearn.experiments.report import study_keys, summary_text
+    from medunlearn.experiments.store import ResultsStore
+
+    keys = study_keys(cfg)
+    with ResultsStore(out, create=False) as store:
+        rows = [r for r in store.rows() if r["key"] in keys]
+    if not rows:
+        return
+    typer.echo("\nSummary (mean over seeds; UA = forget-set error, TA = test accuracy;\n"
+               "* = best in the column, as in the report):" + summary_text(rows))
+    typer.echo(f"\nFull tables and figures: medunlearn report {out} --study "
+               f"{cfg.source or 'STUDY'} --out REPORT_DIR")
 
 
 def report(

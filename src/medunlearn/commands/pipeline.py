@@ -55,13 +55,14 @@ def pipeline(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     retain_limit: Annotated[int | None, typer.Option(
         help="Evaluate RA on a seeded subset of this many retain samples.")] = 2000,
-    strict: Annotated[bool, typer.Option(help="Exit 3 when the safety gate fails.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Redo every step.")] = False,
+    strict: Annotated[bool, typer.Option("--strict",
+                                         help="Exit 3 when the safety gate fails.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo every step.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     device: Device = "auto",
 ) -> None:
     """Train, retrain the reference, unlearn, evaluate and gate: the whole workflow."""
-    from medunlearn.commands.evaluate import GATE_FAILED_EXIT, print_summary
+    from medunlearn.commands.evaluate import GATE_FAILED_EXIT, echo_gate_failure, print_summary
     from medunlearn.evaluation.api import EvalOptions, evaluate_run
     from medunlearn.evaluation.gate import gate
     from medunlearn.io import atomic_write_json
@@ -109,6 +110,8 @@ def pipeline(
     colour = "green" if verdict.passed else "red"
     typer.secho(f"GATE {'PASSED' if verdict.passed else 'FAILED'}; all results in "
                 f"{unlearned / 'evaluation.json'}", fg=colour, bold=True)
+    if not verdict.passed:
+        echo_gate_failure(verdict.checks, err=False)
     if strict and not verdict.passed:
         raise typer.Exit(GATE_FAILED_EXIT)
 

@@ -125,7 +125,40 @@ def forget(
 
     result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
                         log=lambda m: typer.echo(m, err=True))
-    _report_result(reg, result, as_json)
+    if as_json or result.get("reused") or not result.get("attempts"):
+        _report_result(reg, result, as_json)
+        return
+    _echo_attempts(reg, result)
+    try:
+        _report_result(reg, result, as_json)
+    finally:
+        rid = result["request_id"]
+        where = result.get("certificate")
+        typer.echo(f"certificate: {where}" if where else
+                   f"certificate: 'medunlearn audit show {reg} {rid} --out DIR' writes "
+                   "DIR/certificate.json and DIR/certificate.html for this request")
+
+
+def _echo_attempts(reg: Path, result: dict) -> None:
+    """Each attempt's safety-gate checks, and for failed ones what failed in words."""
+    from medunlearn.commands.evaluate import gate_failures_in_words
+    from medunlearn.registry import certificate
+
+    for a in certificate(reg, result["request_id"])["attempts"]:
+        verdict = "passed the safety gate" if a["passed"] else "did not pass the safety gate"
+        typer.echo(f"attempt {a['attempt']} ({a['method']}): {verdict}")
+        if a.get("error"):
+            typer.echo(f"  error: {a['error']}")
+        for c in a.get("checks") or []:
+            typer.echo(f"  {c.get('message') or c.get('name')}")
+        if not a["passed"]:
+            for line in gate_failures_in_words(a.get("checks") or []):
+                typer.echo(f"  -> {line}")
+    if result["status"] != "completed":
+        typer.echo(f"next: 'medunlearn registry consolidate {reg} --id ID' retrains exactly "
+                   "without every withdrawn image (these included); to make that the automatic "
+                   "last resort, register with a method chain ending in retrain ('registry init "
+                   "--methods ...,retrain').")
 
 
 @registry_app.command("consolidate")

@@ -52,7 +52,8 @@ def train(
     precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU has it), fp32 or "
                                            "bf16.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     device: Device = "auto",
 ) -> None:
@@ -78,16 +79,33 @@ def train(
                f"; run folder: {out}")
 
 
-def datasets() -> None:
-    """List the MedMNIST 2D datasets medunlearn can use, with their tasks and sizes."""
-    from medunlearn.data import DEFAULT_POSITIVE_CLASSES, dataset_flags, get_info
+def datasets(data_root: DataRoot = None) -> None:
+    """List the MedMNIST 2D datasets, their tasks and sizes, and which files are here."""
+    import textwrap
 
+    from medunlearn import cli
+    from medunlearn.data import DEFAULT_POSITIVE_CLASSES, dataset_flags, get_info
+    from medunlearn.data.files import resolve_root
+
+    root, origin = resolve_root(data_root)
+    if data_root is None and cli.bundled_in_use is not None and root == cli.bundled_in_use:
+        origin = "the bundled data next to this checkout, as scripts/env.sh finds it"
+    typer.echo(f"data folder: {root} (from {origin})")
+    typer.echo(f"{'dataset':<16} {'task':<26} {'ch':>2} {'classes':>7}  {'local sizes':<12} "
+               "disease classes")
+    missing = 0
     for flag in dataset_flags():
         info = get_info(flag)
+        here = [n for n in info.sizes if (root / info.file_name(n)).is_file()]
+        missing += not here
         pos = DEFAULT_POSITIVE_CLASSES.get(flag)
-        pos_txt = f"  disease classes {list(pos)}" if pos else ""
-        typer.echo(f"{flag:<16} {info.task:<26} {info.n_channels}ch {info.num_classes:>2} classes "
-                   f"sizes {','.join(map(str, info.sizes))}{pos_txt}")
+        typer.echo(f"{flag:<16} {info.task:<26} {info.n_channels:>2} {info.num_classes:>7}  "
+                   f"{','.join(map(str, here)) or '-':<12} {list(pos) if pos else '-'}")
+    if missing:
+        typer.echo(textwrap.fill(
+            f"'-' = no file in {root}. medunlearn downloads a missing file on first use where a "
+            "network exists; otherwise pass --data-root DIR (or set MEDMNIST_ROOT) to a folder "
+            "that holds it.", 79))
 
 
 def register(app: typer.Typer) -> None:

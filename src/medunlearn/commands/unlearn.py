@@ -10,19 +10,22 @@ import typer
 from medunlearn.commands._common import DataRoot, Device, fmt
 from medunlearn.errors import ConfigError
 
-Model = Annotated[Path, typer.Option("--model", "-m", help="Run folder of the trained model "
-                                     "(output of 'medunlearn train' or 'unlearn').")]
-MethodName = Annotated[str, typer.Option("--method", help="Unlearning method (see 'medunlearn "
-                                         "methods').")]
+Model = Annotated[Path, typer.Option("--model", "-m", metavar="RUN", help="Run folder of the "
+                                     "trained model (output of 'medunlearn train' or "
+                                     "'unlearn').")]
+MethodName = Annotated[str, typer.Option("--method", metavar="NAME", help="Unlearning method "
+                                         "(see 'medunlearn methods').")]
 Forget = Annotated[str, typer.Option(
-    "--forget", help="Samples to forget: random:0.2, random:0.2:stratified, class:K, "
-    "positive:0.3, negative:0.3, indices:FILE or hashes:FILE.")]
-Seed = Annotated[int, typer.Option(help="Seeds the forget-set choice and the method.")]
+    "--forget", metavar="SPEC", help="Samples to forget: random:0.2, random:0.2:stratified, "
+    "class:K, positive:0.3, negative:0.3, indices:FILE or hashes:FILE.")]
+Seed = Annotated[int, typer.Option(metavar="INT",
+                                   help="Seeds the forget-set choice and the method.")]
 Options = Annotated[list[str] | None, typer.Option(
-    "--option", "-O", help="Method option key=value (repeatable), e.g. --option lr=0.01.")]
+    "--option", "-O", metavar="KEY=VALUE", help="Method option key=value (repeatable), e.g. "
+    "--option lr=0.01.")]
 Exclude = Annotated[Path | None, typer.Option(
-    "--exclude", help="File of training indices forgotten earlier (one per line, or a "
-    "forget.csv): in neither the forget nor the retain set.")]
+    "--exclude", metavar="FILE", help="File of training indices forgotten earlier (one per "
+    "line, or a forget.csv): in neither the forget nor the retain set.")]
 
 
 def _read_exclude(path: Path | None) -> list[int] | None:
@@ -50,15 +53,16 @@ def unlearn(
     model: Model,
     method: MethodName,
     forget: Forget,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output run folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output run folder.")],
     seed: Seed = 0,
     option: Options = None,
     retain_budget: Annotated[int | None, typer.Option(
-        help="Max retain samples per epoch, for methods that take one (retrain and "
+        metavar="N", help="Max retain samples per epoch, for methods that take one (retrain and "
         "gradient-ascent ignore it).")] = None,
     exclude: Exclude = None,
     data_root: DataRoot = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     device: Device = "auto",
 ) -> None:
@@ -86,21 +90,48 @@ def unlearn(
                f"{metrics['peak_memory_mb']:.0f} MB; run folder: {out}")
 
 
-def methods() -> None:
-    """List the unlearning methods with one-line summaries and their default options."""
+def methods(
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", "-d", metavar="FLAG", help="Show the values 'medunlearn unlearn' uses for "
+        "models trained on this dataset (e.g. pneumoniamnist); default: the dataset-independent "
+        "defaults.")] = None,
+) -> None:
+    """List the unlearning methods with one-line summaries and the options they run with."""
     import dataclasses
+    import textwrap
 
     from medunlearn.methods import get_method_class, method_names
-    from medunlearn.unlearning import default_options
+    from medunlearn.unlearning import default_options, load_defaults
 
+    def say(text: str, indent: int = 0) -> None:
+        typer.echo(textwrap.fill(text, 79, initial_indent=" " * indent,
+                                 subsequent_indent=" " * indent, break_on_hyphens=False))
+
+    tuned = sorted(k for k, v in load_defaults().items()
+                   if isinstance(v, dict) and k != "default")
+    if dataset is not None:
+        from medunlearn.data import get_info
+
+        dataset = get_info(dataset).flag  # unknown names: one-paragraph error with the list
+        say(f"Options used for models trained on {dataset} (method Config < "
+            "defaults/methods.toml [default] < "
+            + (f"[{dataset}]" if dataset in tuned else f"no [{dataset}] section") + "):")
+    else:
+        say("Dataset-independent defaults (method Config < defaults/methods.toml [default]); "
+            "per-dataset values differ for " + ", ".join(tuned) + ": pass --dataset to see "
+            "them.")
     for name in method_names():
         cls = get_method_class(name)
         typer.echo(f"{name:<16} {cls.summary}")
-        opts = dataclasses.asdict(cls.Config()) | default_options(name)
+        own = default_options(name, dataset)
+        base = default_options(name)
+        opts = dataclasses.asdict(cls.Config()) | own
         if opts:
-            typer.echo(" " * 17 + ", ".join(f"{k}={v}" for k, v in opts.items()))
-    typer.echo("\nOptions: --option key=value; per-dataset defaults: 'medunlearn unlearn' reads "
-               "defaults/methods.toml ([default.<method>], then [<dataset>.<method>]).")
+            say(", ".join(
+                f"{k}={v}" + ("*" if dataset and k in own and own[k] != base.get(k) else "")
+                for k, v in opts.items()), 17)
+    typer.echo("\nOverride with --option key=value." + (
+        f" * = set for {dataset} in defaults/methods.toml." if dataset else ""))
 
 
 def _float_list(text: str | None) -> list[float]:

@@ -61,6 +61,9 @@ COLUMNS = (
     Column("speedup", "speedup ×", HIGHER, 1.0, 1),
 )
 REFERENCE_METHOD = "retrain"
+# Figures are drawn at least this wide (inches; at 110 dpi about 1100 px), so that in a 1400 px
+# window they are read at their drawn size, not as ~400 px thumbnails.
+MIN_FIG_WIDTH = 10.0
 DIFFICULTY = ("easy", "medium", "hard")
 
 
@@ -128,11 +131,14 @@ def build_tables(rows: list[dict]) -> list[Table]:
         out_rows = []
         for lab in _method_order(list(by_label), methods):
             rs = by_label[lab]
-            stats = {c.field: mean_std([r.get(c.field) for r in rs])[:2] for c in COLUMNS}
+            full = {c.field: mean_std([r.get(c.field) for r in rs]) for c in COLUMNS}
+            stats = {f: v[:2] for f, v in full.items()}
+            counts = {f: v[2] for f, v in full.items()}
             failed = [r for r in rs if r.get("gate_passed") is False]
             reasons = sorted({x for r in failed for x in r.get("gate_reasons") or []})
             out_rows.append({"label": lab, "method": methods[lab], "n": len(rs),
                              "seeds": sorted(r["seed"] for r in rs), "stats": stats,
+                             "counts": counts,
                              "gate_failed": len(failed), "reasons": reasons})
         tables.append(Table(title=f"{ds}, augmentation {aug}, forget {forget}", dataset=ds,
                             augment=aug, forget=forget, rows=out_rows,
@@ -165,12 +171,19 @@ def _best(rows: list[dict]) -> dict[str, set[str]]:
     return best
 
 
-def _fmt(mean: float | None, std: float | None, c: Column) -> str:
+def _fmt_parts(mean: float | None, std: float | None, c: Column, n: int) -> tuple[str, str]:
+    """``("29.0", "± 1.0")``; no spread for a single seed (a standard deviation of one value
+    says nothing) and none for a missing value."""
     if mean is None:
-        return "–"
-    m = mean * c.scale
-    s = (std or 0.0) * c.scale
-    return f"{m:.{c.digits}f} ± {s:.{c.digits}f}"
+        return "–", ""
+    m = f"{mean * c.scale:.{c.digits}f}"
+    if n < 2 or std is None:
+        return m, ""
+    return m, f"± {std * c.scale:.{c.digits}f}"
+
+
+def _fmt(mean: float | None, std: float | None, c: Column, n: int = 2) -> str:
+    return " ".join(p for p in _fmt_parts(mean, std, c, n) if p)
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -209,6 +222,16 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (time, gap) points that no other point beats on both, fastest first."""
+    front, best_gap = [], math.inf
+    for t, g in sorted(points):
+        if g < best_gap:
+            front.append((t, g))
+            best_gap = g
+    return front
+
+
 class _Figures:
     """Draws the report's figures for one results table, with one colour per method."""
 
@@ -228,7 +251,8 @@ class _Figures:
     def against_ratio(self, rows: list[dict], panels: list[tuple[Callable, str]], title: str,
                       caption: str, name: str) -> None:
         """One line per method over the forget ratio, one panel per metric (mean ± std)."""
-        fig, axes = self.plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8),
+        fig, axes = self.plt.subplots(1, len(panels), figsize=(max(MIN_FIG_WIDTH,
+                                                                   5 * len(panels)), 4.2),
                                       squeeze=False)
         for ax, (value, ylabel) in zip(axes[0], panels, strict=True):
             for lab in self.labels:
@@ -246,7 +270,7 @@ class _Figures:
             ax.set_xlabel("forget set (% of training data)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7, ncol=2)
+        axes[0][-1].legend(fontsize=8, ncol=2)
         fig.suptitle(title)
         self.save(fig, caption, name)
 
@@ -265,7 +289,7 @@ class _Figures:
         ax.set_xticklabels(labs, rotation=30, ha="right", fontsize=8)
 
     def pareto(self, rows: list[dict], ds: str) -> None:
-        fig, ax = self.plt.subplots(figsize=(6.5, 4.2))
+        fig, ax = self.plt.subplots(figsize=(MIN_FIG_WIDTH, 5.0))
         pts = []
         for lab in self.labels:
             rs = [r for r in rows if r["label"] == lab]
@@ -276,20 +300,21 @@ class _Figures:
             pts.append((t, g, lab))
             ax.errorbar([t], [g], yerr=[gs], marker="o", capsize=3, color=self.colors[lab],
                         label=lab)
-        if pts:
-            front, best_gap = [], math.inf
-            for t, g, _ in sorted(pts):
-                if g < best_gap:
-                    front.append((t, g))
-                    best_gap = g
+        front = pareto_front([(t, g) for t, g, _ in pts])
+        if len(front) >= 2:  # one point is no front: nothing drawn, nothing in the legend
             ax.step(*zip(*front, strict=True), where="post", color="grey", ls="--", lw=1,
-                    label="Pareto front")
-            if all(t > 0 for t, _, _ in pts):
-                ax.set_xscale("log")
+                    label="Pareto front (no method both faster and closer)")
+        if pts and all(t > 0 for t, _, _ in pts):
+            from matplotlib.ticker import ScalarFormatter
+
+            ax.set_xscale("log")
+            for axis in (ax.xaxis,):
+                axis.set_major_formatter(ScalarFormatter())
+                axis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("unlearning time (s, log scale)")
         ax.set_ylabel("average gap to retraining (pp)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=8, ncol=2)
         ax.set_title(f"{ds}: quality against cost (lower left is better)")
         self.save(fig, f"{ds}: average gap against unlearning time (Pareto view)",
                   f"pareto_{ds}")
@@ -316,8 +341,12 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
             f.against_ratio(ratio_rows, [(_field("global_risk"), "Global Risk (test)"),
                                          (_field("fnr", 100), "FNR (test, %)")],
                             f"{where}: clinical risk against forget-set size",
-                            f"{where}: Global Risk and FNR against forget ratio (mean ± std "
-                            "over seeds; dashed = retrained reference)", f"risk_vs_ratio_{where}")
+                            f"{where}: Global Risk and FNR against forget ratio ("
+                            + ("mean ± std over seeds" if len({r["seed"] for r in ratio_rows}) > 1
+                               else "one seed")
+                            + ("; dashed = retrained reference" if any(
+                                r["method"] == REFERENCE_METHOD for r in ratio_rows) else "")
+                            + ")", f"risk_vs_ratio_{where}")
             f.against_ratio(ratio_rows, [(_field("TA", 100), "test accuracy (%)"),
                                          (_field("UA", 100), "UA = forget-set error (%)"),
                                          (_field("average_gap_pp"),
@@ -336,26 +365,28 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
         # 5. FNR change against the original model, per method and forget selection
         forgets = [fg for _, fg in sorted({(r["forget_ratio"] or 0, r["forget"]) for r in drows})]
         # wide enough for the bars, but never wider than a page
-        fig, ax = f.plt.subplots(figsize=(min(16, max(6, 0.3 * len(labs) * (1 + len(forgets)))),
-                                          4.2))
+        fig, ax = f.plt.subplots(figsize=(min(16, max(MIN_FIG_WIDTH,
+                                                      0.3 * len(labs) * (1 + len(forgets)))),
+                                          4.6))
         f.grouped_bars(ax, drows, labs, [(f"forget {fg}", _field("fnr_change", 100), {"forget": fg})
                                         for fg in forgets])
         ax.set_ylabel("FNR − original FNR (pp)")
         ax.set_title(f"{ds}: change in missed-disease rate (above 0 = more missed)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
         f.save(fig, f"{ds}: FNR change against the original model", f"fnr_change_{ds}")
         # 6. easy / medium / hard bias, pooled over the grid's settings
-        fig, ax = f.plt.subplots(figsize=(max(6, 0.8 * len(labs)), 3.8))
+        fig, ax = f.plt.subplots(figsize=(min(16, max(MIN_FIG_WIDTH, 0.8 * len(labs))), 4.6))
         f.grouped_bars(ax, drows, labs, [(d, _bias(d), {}) for d in DIFFICULTY])
         ax.set_ylabel("forget accuracy − retrained (pp)")
         ax.set_title(f"{ds}: forgetting by sample difficulty (0 = as retraining)")
-        ax.legend(fontsize=7, title="difficulty (original loss)")
+        ax.legend(fontsize=8, title="difficulty (original loss)")
         f.save(fig, f"{ds}: easy/medium/hard bias (forget-set accuracy against the retrained "
                "model, terciles of the original model's loss; all settings pooled)",
                f"difficulty_{ds}")
         # 7. augmentation on/off (only when the grid varies it)
         if len(augs) > 1:
-            fig, axes = f.plt.subplots(1, 2, figsize=(min(16, max(10, 1.4 * len(labs))), 3.8))
+            fig, axes = f.plt.subplots(1, 2, figsize=(min(16, max(MIN_FIG_WIDTH,
+                                                                  1.4 * len(labs))), 4.6))
             for ax, (value, ylabel) in zip(axes, ((_field("average_gap_pp"),
                                                    "average gap to retraining (pp)"),
                                                   (_field("TA", 100), "test accuracy (%)")),
@@ -363,36 +394,57 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
                 f.grouped_bars(ax, drows, labs, [(f"augment {a}", value, {"augment": a})
                                                 for a in augs])
                 ax.set_ylabel(ylabel)
-            axes[1].legend(fontsize=7)
-            fig.suptitle(f"{ds}: effect of data augmentation (mean ± std over seeds)")
+            axes[1].legend(fontsize=8)
+            fig.suptitle(f"{ds}: effect of data augmentation"
+                         + (" (mean ± std over seeds)" if len({r["seed"] for r in drows}) > 1
+                            else ""))
             f.save(fig, f"{ds}: average gap and test accuracy with and without augmentation",
                    f"augmentation_{ds}")
     return f.out
 
 
 # -- writers --------------------------------------------------------------------------------------
-LEGEND = ("Mean ± standard deviation over seeds. **Bold** (HTML: highlighted) = best in the "
-          "column among the unlearning methods: closest to the retrained model for UA, RA, TA, "
-          "MIA-efficacy and attack AUC; higher for AUC and speedup; lower for average gap, FNR, "
-          "FPR, Global Risk, FNR change and time. The retrain row is the reference and is not "
-          "ranked. ⚠ = the safety gate failed for at least one seed.")
+def legend(tables: list[Table]) -> str:
+    """What the tables show, true for these tables: the spread is mentioned only when some
+    row has several seeds, the reference row only when there is one."""
+    many = any(r["n"] > 1 for t in tables for r in t.rows)
+    has_ref = any(r["method"] == REFERENCE_METHOD for t in tables for r in t.rows)
+    parts = ["Mean ± standard deviation over seeds (one seed: the value alone)." if many else
+             "One seed per method: single values, no spread."]
+    closest = [c.header for c in COLUMNS if c.direction == CLOSEST]
+    higher = [c.header for c in COLUMNS if c.direction == HIGHER]
+    lower = [c.header for c in COLUMNS if c.direction == LOWER]
+    if has_ref:
+        parts.append(f"**Bold** (HTML: green) = best in the column among the unlearning "
+                     f"methods: closest to the retrained model (the {REFERENCE_METHOD} row, "
+                     f"which is not ranked) for {', '.join(closest)}; higher for "
+                     f"{', '.join(higher)}; lower for {', '.join(lower)}.")
+    else:
+        auc = [c.header for c in COLUMNS if c.direction == CLOSEST and "auc" in c.field]
+        parts.append(f"**Bold** (HTML: green) = best in the column: higher for "
+                     f"{', '.join(higher)}; lower for {', '.join(lower)}; closest to 0.5 for "
+                     f"{', '.join(auc)}. These results have no {REFERENCE_METHOD} row, so "
+                     f"{', '.join(h for h in closest if h not in auc)} (best = closest to the "
+                     "retrained model) are not ranked; add the method "
+                     f"'{REFERENCE_METHOD}' to the study to rank them.")
+    parts.append("⚠ = the safety gate failed for at least one seed.")
+    return " ".join(parts)
 
 
 def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out: Path,
               meta: str) -> str:
-    lines = [f"# {title}", "", meta, "", LEGEND, ""]
+    lines = [f"# {title}", "", meta, "", legend(tables), ""]
     for t in tables:
         lines += [f"## {t.title}", ""]
-        head = ["method", "seeds"] + [c.header for c in COLUMNS] + ["safety"]
+        head = ["method", "seeds", "safety"] + [c.header for c in COLUMNS]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for r in t.rows:
-            cells = [r["label"], str(r["n"])]
+            cells = [r["label"], str(r["n"]),
+                     f"⚠ fails ({r['gate_failed']}/{r['n']})" if r["gate_failed"] else "pass"]
             for c in COLUMNS:
-                txt = _fmt(*r["stats"][c.field], c)
+                txt = _fmt(*r["stats"][c.field], c, r["counts"][c.field])
                 cells.append(f"**{txt}**" if r["label"] in t.best.get(c.field, ()) else txt)
-            cells.append(f"⚠ fails ({r['gate_failed']}/{r['n']})" if r["gate_failed"]
-                         else "pass")
             lines.append("| " + " | ".join(cells) + " |")
         failing = [r for r in t.rows if r["gate_failed"]]
         if failing:
@@ -405,22 +457,26 @@ def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out
     return "\n".join(lines)
 
 
+# Tables fit a 1400 px window: headers wrap, the spread sits under the mean in small type, and
+# the safety verdict comes right after the method. Figures are shown at their drawn size (up to
+# the page width), never shrunk to a thumbnail.
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1400px;
-color:#222;padding:0 1em}
+color:#222;padding:0 1em;box-sizing:border-box}
 table.results{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}
-table.results th,table.results td{border:1px solid #ccc;padding:3px 7px;text-align:right;
-white-space:nowrap}
-table.results th{background:#f0f0f0}
+table.results th,table.results td{border:1px solid #ccc;padding:3px 6px;text-align:right}
+table.results td{white-space:nowrap}
+table.results th{background:#f0f0f0;white-space:normal;max-width:6.5em;vertical-align:bottom}
 table.results td.method{text-align:left;font-weight:600}
+table.results span.sd{display:block;font-size:0.8em;color:#666}
 td.best{background:#d7f5dc;font-weight:700}
 tr.unsafe td.method::after{content:" ⚠";color:#b00}
 tr.reference td{color:#555;font-style:italic}
 td.unsafe{color:#b00}
 div.scroll{overflow-x:auto}
-figure{margin:1em 0}
-figure img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:0.85em;color:#555}
+figure{margin:1.5em 0}
+figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:0.85em;color:#555;max-width:70em}
 .legend{font-size:0.85em;color:#444;max-width:70em}
 """
 
@@ -430,16 +486,16 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}"
              f"</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
              f"<p>{e(meta)}</p>",
-             f"<p class='legend'>{e(LEGEND).replace('**Bold** (HTML: highlighted)', 'Green')}"
+             f"<p class='legend'>{e(legend(tables)).replace('**Bold** (HTML: green)', 'Green')}"
              "</p>"]
     for i, t in enumerate(tables):
         parts.append(f"<h2 id='table-{i}'>{e(t.title)}</h2>")
         parts.append("<div class='scroll'>")
         parts.append(f"<table class='results' data-dataset='{e(t.dataset)}' "
                      f"data-augment='{e(t.augment)}' data-forget='{e(t.forget)}'><thead><tr>"
-                     "<th>method</th><th>seeds</th>"
+                     "<th>method</th><th>seeds</th><th>safety</th>"
                      + "".join(f"<th>{e(c.header)}</th>" for c in COLUMNS)
-                     + "<th>safety</th></tr></thead><tbody>")
+                     + "</tr></thead><tbody>")
         for r in t.rows:
             cls = []
             if r["gate_failed"]:
@@ -447,15 +503,17 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
             if r["method"] == REFERENCE_METHOD:
                 cls.append("reference")
             tds = [f"<td class='method'>{e(r['label'])}</td><td>{r['n']}</td>"]
-            for c in COLUMNS:
-                best = " class='best'" if r["label"] in t.best.get(c.field, ()) else ""
-                tds.append(f"<td data-metric='{c.field}'{best}>"
-                           f"{e(_fmt(*r['stats'][c.field], c))}</td>")
             if r["gate_failed"]:
-                tds.append(f"<td class='unsafe' title='{e('; '.join(r['reasons']))}'>fails "
+                tds.append(f"<td class='unsafe' data-metric='safety' "
+                           f"title='{e('; '.join(r['reasons']))}'>fails "
                            f"({r['gate_failed']}/{r['n']})</td>")
             else:
-                tds.append("<td>pass</td>")
+                tds.append("<td data-metric='safety'>pass</td>")
+            for c in COLUMNS:
+                best = " class='best'" if r["label"] in t.best.get(c.field, ()) else ""
+                mean, sd = _fmt_parts(*r["stats"][c.field], c, r["counts"][c.field])
+                tds.append(f"<td data-metric='{c.field}'{best}>{e(mean)}"
+                           + (f"<span class='sd'>{e(sd)}</span>" if sd else "") + "</td>")
             parts.append(f"<tr class='{' '.join(cls)}' data-method='{e(r['label'])}'>"
                          + "".join(tds) + "</tr>")
         parts.append("</tbody></table></div>")
@@ -471,6 +529,32 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
                      f"<figcaption>{e(cap)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# The columns of the summary printed at the end of 'medunlearn experiment'.
+SUMMARY_FIELDS = ("UA", "TA", "fnr", "global_risk", "average_gap_pp", "speedup")
+
+
+def summary_text(rows: list[dict]) -> str:
+    """A plain-text table per setting: one line per method with its key metrics (mean over
+    seeds) and its safety verdict; ``*`` marks the best per column, as in the report."""
+    cols = [c for c in COLUMNS if c.field in SUMMARY_FIELDS]
+    widths = [max(len(c.header), 5) + 1 for c in cols]
+    lines = []
+    for t in build_tables(rows):
+        mw = max(len("method"), *(len(r["label"]) for r in t.rows)) + 2
+        lines += ["", t.title]
+        lines.append(f"  {'method':<{mw}}{'seeds':>5}" + "".join(
+            f"{c.header:>{w}}" for c, w in zip(cols, widths, strict=True)) + "  safety")
+        for r in t.rows:
+            vals = []
+            for c, w in zip(cols, widths, strict=True):
+                txt = _fmt(r["stats"][c.field][0], None, c, 1)
+                vals.append(f"{txt + ('*' if r['label'] in t.best.get(c.field, ()) else ''):>{w}}")
+            safety = (f"fails {r['gate_failed']}/{r['n']}" if r["gate_failed"] else "pass")
+            ref = " (reference)" if r["method"] == REFERENCE_METHOD else ""
+            lines.append(f"  {r['label']:<{mw}}{r['n']:>5}" + "".join(vals) + f"  {safety}{ref}")
+    return "\n".join(lines)
 
 
 def compute_time(rows: list[dict]) -> dict[str, float]:
