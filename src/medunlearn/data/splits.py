@@ -1,0 +1,69 @@
+"""Patient-grouped, stratified splits for file sources.
+
+Images are grouped so that no group straddles two splits: two images belong to the same group
+when they share a patient id *or* are byte-identical files (the same SHA-256), so that neither a
+patient nor a copied image can leak from training into evaluation. Groups are assigned with
+scikit-learn's ``StratifiedGroupKFold`` (shuffled with a fixed seed): the held-out part is the
+first of ``round(1 / fraction)`` folds, so fractions are approximate (0.2 -> 1/5, 0.1 -> 1/10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from medunlearn.errors import DataError
+
+
+def groups_of(patients: Sequence[str], hashes: Sequence[str]) -> np.ndarray:
+    """(N,) int group of each image: connected components of shared patients and hashes."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for p, h in zip(patients, hashes, strict=True):
+        a, b = find("p:" + p), find("h:" + h)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    roots = [find("p:" + p) for p in patients]
+    _, inverse = np.unique(np.asarray(roots, dtype=object), return_inverse=True)
+    return inverse.astype(np.int64)
+
+
+def leaking(split_of: Sequence[str], patients: Sequence[str], hashes: Sequence[str]
+            ) -> list[str]:
+    """Patient ids (or ``file <sha>`` for copied images) that occur in more than one split."""
+    seen: dict[str, set[str]] = {}
+    for s, p, h in zip(split_of, patients, hashes, strict=True):
+        seen.setdefault("patient " + p, set()).add(s)
+        seen.setdefault("file " + h[:12], set()).add(s)
+    return sorted(k for k, v in seen.items() if len(v) > 1)
+
+
+def holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
+            what: str) -> np.ndarray:
+    """Boolean mask of a patient-grouped, label-stratified held-out part of about ``fraction``."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"The {what} fraction must lie strictly between 0 and 1, got "
+                        f"{fraction}.")
+    n_groups = len(np.unique(groups))
+    k = max(2, int(round(1.0 / fraction)))
+    if n_groups < k:
+        raise DataError(f"Cannot carve a {what} split of {fraction:.0%}: only {n_groups} "
+                        f"patients (groups of images) are available and {k} are needed. Add "
+                        "images, or give the split in the manifest's split column.")
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    _, held = next(cv.split(np.zeros(len(labels)), labels, groups))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+__all__ = ["groups_of", "holdout", "leaking"]
