@@ -34,7 +34,7 @@ import hashlib
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,11 +254,13 @@ def _binary_labels(rows: list[Row], positive, negative, what: str) -> tuple[np.n
 
 
 def _decode_all(rows: list[Row], hashes: list[str], size: int | None, channels: str,
-                cache_dir: str | None) -> tuple[np.ndarray, list[dict]]:
+                cache_dir: str | None) -> tuple[np.ndarray, list[dict], Callable[[], object]]:
+    """Images (N, C, H, W) and DICOM tags per row, and a function that caches them (called
+    once the whole dataset has been checked, so that refused data leave no cache entry)."""
     key = image_cache.cache_key(hashes, size=size, channels=channels, resample="bilinear")
     hit = image_cache.load(cache_dir, key)
     if hit is not None:
-        return hit
+        return (*hit, lambda: None)
     first: dict[str, int] = {}
     for i, h in enumerate(hashes):
         first.setdefault(h, i)
@@ -293,8 +295,7 @@ def _decode_all(rows: list[Row], hashes: list[str], size: int | None, channels: 
     arrays = {i: to_channels(d, c) for i, d in decoded.items()}
     images = np.stack([arrays[first[h]] for h in hashes])
     tags = [decoded[first[h]].tags for h in hashes]
-    image_cache.save(cache_dir, key, images, tags)
-    return images, tags
+    return images, tags, lambda: image_cache.save(cache_dir, key, images, tags)
 
 
 def _split_names(rows: list[Row], column: str | None) -> list[str] | None:
@@ -356,7 +357,8 @@ def _build(rows: list[Row], record: dict, *, seed: int, expect: str | None,
     labels, class_names = _binary_labels(rows, opts.get("positive_values"),
                                          opts.get("negative_values"), what)
     size = opts.get("size")
-    images, tags = _decode_all(rows, hashes, size, str(opts["channels"]), opts.get("cache_dir"))
+    images, tags, save = _decode_all(rows, hashes, size, str(opts["channels"]),
+                                     opts.get("cache_dir"))
     # patient ids: column, else DICOM tag, else one patient per image
     pids = [r.patient or t.get("patient_id") for r, t in zip(rows, tags, strict=True)]
     has_patients = any(p is not None for p in pids)
@@ -398,6 +400,7 @@ def _build(rows: list[Row], record: dict, *, seed: int, expect: str | None,
     record = {**record, "content_sha256": content, "size": int(images.shape[-1])}
     ds = from_arrays(parts, name=record["name"], num_classes=2, positive_labels=(1,),
                      class_names=class_names, augment=opts["augment"], source=record)
+    save()
     for s in SPLITS:
         ds.splits[s].source_index = np.flatnonzero(split_of == s)
         limit = opts.get("train_limit") if s == "train" else opts.get("eval_limit")

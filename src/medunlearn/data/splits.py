@@ -4,7 +4,8 @@ Images are grouped so that no group straddles two splits: two images belong to t
 when they share a patient id *or* are byte-identical files (the same SHA-256), so that neither a
 patient nor a copied image can leak from training into evaluation. Groups are assigned with
 scikit-learn's ``StratifiedGroupKFold`` (shuffled with a fixed seed): the held-out part is the
-first of ``round(1 / fraction)`` folds, so fractions are approximate (0.2 -> 1/5, 0.1 -> 1/10).
+one of ``round(1 / fraction)`` folds closest to the wanted size, so fractions are approximate
+(0.2 -> 1/5, 0.1 -> 1/10).
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ def holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
                         f"patients (groups of images) are available and {k} are needed. Add "
                         "images, or give the split in the manifest's split column.")
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    _, held = next(cv.split(np.zeros(len(labels)), labels, groups))
+    folds = [held for _, held in cv.split(np.zeros(len(labels)), labels, groups)]
+    # sklearn puts the largest, most skewed groups into the first folds; hold out the fold
+    # closest to the wanted size (ties: the seed decides) so one large patient cannot fill it
+    target = fraction * len(labels)
+    tie = np.random.default_rng(seed).permutation(k)
+    held = folds[min(range(k), key=lambda i: (abs(len(folds[i]) - target), tie[i]))]
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
