@@ -18,6 +18,7 @@ Channels are chosen by :func:`to_channels` once the whole dataset is decoded (se
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,10 +89,17 @@ def _decode_dicom(data: bytes, path: Path) -> tuple[Image.Image, dict[str, str]]
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about each odd value it tolerates
+            ds = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise _fail(path, f"is a corrupt DICOM file ({type(exc).__name__}: {exc})",
                     "Export it again from the PACS or remove its row from the manifest.") from None
+    if "PixelData" not in ds and "SOPClassUID" not in ds:
+        # pydicom stops quietly at the first unreadable element: nothing usable was read
+        raise _fail(path, "is a corrupt or truncated DICOM file (its header is followed by no "
+                    "readable data elements)",
+                    "Export it again from the PACS or remove its row from the manifest.")
     if "PixelData" not in ds:
         raise _fail(path, "is a DICOM file without pixel data (a structured report, "
                     "presentation state or other non-image object)",
