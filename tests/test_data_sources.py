@@ -129,6 +129,11 @@ def test_record_reloads_identically_and_refuses_changed_files(tiny):
     again = load_from_record(json.loads(json.dumps(ds.source)), seed=0)
     assert again.train.hashes == ds.train.hashes and again.size == 8
     assert bool((again.test.images == ds.test.images).all())
+    import shutil
+
+    moved = shutil.copytree(tiny.parent, tiny.parent.parent / "moved")
+    again = load_from_record(ds.source, seed=0, data_root=str(moved))  # --data-root: new place
+    assert again.train.hashes == ds.train.hashes
     _png(tiny.parent / "img/p3_1.png", 10, seed=5)
     with pytest.raises(DataError, match="changed since this run was made"):
         load_from_record(ds.source, seed=0)

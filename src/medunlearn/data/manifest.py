@@ -162,7 +162,7 @@ def _read_manifest(manifest: Path, opts: dict) -> tuple[list[Row], dict]:
             raise DataError(f"{where} has an empty patient id in {patient_col!r}. Fill it in "
                             "(a patient's images must share one id) or pass --patient-column "
                             "none to treat every image as its own patient.")
-        rows.append(Row(where, (base / r[path_col]).resolve(), r[label_col], patient,
+        rows.append(Row(where, Path(os.path.abspath(base / r[path_col])), r[label_col], patient,
                         r[split_col] if split_col else None,
                         {c: r[c] for c in meta_cols}))
     resolved = {"path_column": path_col, "label_column": label_col, "patient_column": patient_col,
@@ -215,7 +215,8 @@ def _hash_files(rows: list[Row]) -> list[str]:
     return [sha256_file(r.path) for r in rows]
 
 
-def _binary_labels(rows: list[Row], positive, negative, what: str) -> tuple[np.ndarray, tuple]:
+def _binary_labels(rows: list[Row], positive, negative, what: str
+                   ) -> tuple[np.ndarray, tuple, list[str]]:
     values = [r.label for r in rows]
     found = sorted(set(values))
     blank = [r.line for r in rows if r.label == ""]
@@ -250,7 +251,7 @@ def _binary_labels(rows: list[Row], positive, negative, what: str) -> tuple[np.n
                 "--positive-values (values are compared as exact text) and the label column.")
     neg_names = negative or [v for v in found if v not in positive]
     names = (",".join(neg_names)[:40] or "negative", ",".join(positive)[:40])
-    return labels, names
+    return labels, names, positive
 
 
 def _decode_all(rows: list[Row], hashes: list[str], size: int | None, channels: str,
@@ -354,8 +355,8 @@ def _build(rows: list[Row], record: dict, *, seed: int, expect: str | None,
             f"file differs (content SHA-256 {content[:16]}... now, {expect[:16]}... recorded). "
             "Restore the original files, or train a new model on the changed data.")
     what = "class folders" if record["source"] == "folder" else "label values"
-    labels, class_names = _binary_labels(rows, opts.get("positive_values"),
-                                         opts.get("negative_values"), what)
+    labels, class_names, positive = _binary_labels(rows, opts.get("positive_values"),
+                                                   opts.get("negative_values"), what)
     size = opts.get("size")
     images, tags, save = _decode_all(rows, hashes, size, str(opts["channels"]),
                                      opts.get("cache_dir"))
@@ -397,7 +398,8 @@ def _build(rows: list[Row], record: dict, *, seed: int, expect: str | None,
                     "patient_ids": [patients[i] for i in idx] if has_patients else None,
                     "metadata": {k: [v[i] for i in idx] for k, v in meta.items()},
                     "hashes": [hashes[i] for i in idx]}
-    record = {**record, "content_sha256": content, "size": int(images.shape[-1])}
+    record = {**record, "positive_values": positive, "content_sha256": content,
+              "size": int(images.shape[-1])}
     ds = from_arrays(parts, name=record["name"], num_classes=2, positive_labels=(1,),
                      class_names=class_names, augment=opts["augment"], source=record)
     save()
