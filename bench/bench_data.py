@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
 import tempfile
@@ -90,6 +91,17 @@ def throughput(ds, steps: int, bs: int) -> tuple[float, str]:
     return steps * bs / (time.perf_counter() - t0), spec["arch"]
 
 
+def flops_per_image(ds) -> float:
+    """Training FLOPs (forward + backward) per image of the default model for ``ds``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, _ = build_for(ds, ModelConfig())
+    x = torch.rand(2, ds.in_channels, ds.size, ds.size)
+    with FlopCounterMode(display=False) as fc:
+        F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
+    return fc.get_total_flops() / 2
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--manifest", type=Path, default=TB, help="CSV manifest (default: TB set).")
@@ -105,6 +117,9 @@ def main() -> None:
                    help="Markdown file whose data section is replaced (default: BENCHMARKS.md).")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    shared = REPO.parent / "shared" / "data" / "medmnist"
+    if args.data_root is None and not os.environ.get("MEDMNIST_ROOT") and shared.is_dir():
+        args.data_root = str(shared)
     manifest = args.manifest
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -137,6 +152,7 @@ def main() -> None:
             rates[key].append(rate)
             print(f"round {r + 1}: {key} {rate:.0f} images/s ({arch[key]})", flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
+    flops = {"files": flops_per_image(ds), "medmnist": flops_per_image(pneu)}
     body = (
         f"## Data sources: CSV manifest of real X-rays (issue #11)\n\n"
         f"{stamp(command_line())}\n"
@@ -152,14 +168,20 @@ def main() -> None:
         f"| PneumoniaMNIST 28 px `.npz` | {pneu_load:.2f} | for comparison |\n\n"
         f"### Training throughput (median of {args.rounds} interleaved round(s) of "
         f"{args.steps} steps, batch {args.batch_size}, basic augmentation, default model)\n\n"
-        "| data | model | images/s |\n|---|---|---|\n"
+        "| data | model | training GFLOP / image | images/s | GFLOP/s |\n|---|---|---|---|---|\n"
         f"| {ds.name} {args.size} px, {ds.in_channels} ch | {arch['files']} | "
-        f"{med['files']:.0f} |\n"
-        f"| PneumoniaMNIST 28 px | {arch['medmnist']} | {med['medmnist']:.0f} |\n\n"
+        f"{flops['files'] / 1e9:.2f} | {med['files']:.1f} | "
+        f"{med['files'] * flops['files'] / 1e9:.1f} |\n"
+        f"| PneumoniaMNIST 28 px | {arch['medmnist']} | {flops['medmnist'] / 1e9:.2f} | "
+        f"{med['medmnist']:.1f} | {med['medmnist'] * flops['medmnist'] / 1e9:.1f} |\n\n"
         f"The default model at {args.size} px is `{arch['files']}` (`resnet18`, the small-stem "
         "network, up to 64 px; torchvision's above) and each image holds "
         f"{(args.size / 28) ** 2:.0f}x the pixels of a 28 px one: training takes "
-        f"{med['medmnist'] / med['files']:.1f}x longer per image than on PneumoniaMNIST.\n"
+        f"{med['medmnist'] / med['files']:.1f}x longer per image than on PneumoniaMNIST "
+        f"({flops['files'] / flops['medmnist']:.1f}x the FLOPs). Per-round rates: "
+        f"{', '.join(f'{r:.1f}' for r in rates['files'])} (files) and "
+        f"{', '.join(f'{r:.1f}' for r in rates['medmnist'])} (PneumoniaMNIST) images/s; the "
+        "machine is shared, so absolute rates vary between runs and the ratio is the figure.\n"
     )
     print(body)
     if args.quick and args.benchmarks is None:

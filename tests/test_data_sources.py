@@ -64,6 +64,12 @@ def make_manifest(root: Path, *, n_patients: int = 24, per_patient: int = 2,
     return _write_csv(root / "labels.csv", rows)
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """A cache folder per test, so that tests can count its entries."""
+    monkeypatch.setenv("MEDUNLEARN_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def tiny(tmp_path) -> Path:
     return make_manifest(tmp_path / "data")
@@ -128,6 +134,9 @@ def test_record_reloads_identically_and_refuses_changed_files(tiny):
     ds = load_manifest(tiny, positive_values="TB", size=8, train_limit=20)
     again = load_from_record(json.loads(json.dumps(ds.source)), seed=0)
     assert again.train.hashes == ds.train.hashes and again.size == 8
+    native = load_manifest(tiny, positive_values="TB")  # no size: the files' 16 px
+    assert native.size == 16 and load_from_record(native.source).size == 16
+    assert len(list(mf.image_cache.cache_root(None).glob("*.npz"))) == 2  # reloads hit the cache
     assert bool((again.test.images == ds.test.images).all())
     import shutil
 

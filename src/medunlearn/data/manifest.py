@@ -398,8 +398,8 @@ def _build(rows: list[Row], record: dict, *, seed: int, expect: str | None,
                     "patient_ids": [patients[i] for i in idx] if has_patients else None,
                     "metadata": {k: [v[i] for i in idx] for k, v in meta.items()},
                     "hashes": [hashes[i] for i in idx]}
-    record = {**record, "positive_values": positive, "content_sha256": content,
-              "size": int(images.shape[-1])}
+    # size stays as given (None: the files' own), so that reloads hit the same cache entry
+    record = {**record, "positive_values": positive, "content_sha256": content}
     ds = from_arrays(parts, name=record["name"], num_classes=2, positive_labels=(1,),
                      class_names=class_names, augment=opts["augment"], source=record)
     save()
