@@ -209,6 +209,18 @@ def test_leaking_splits_refused_unless_resplit(tmp_path):
     assert not set(ds.test.patient_ids) & set(ds.train.patient_ids)
 
 
+def test_a_patient_with_many_images_stays_in_training(tmp_path):
+    m = make_manifest(tmp_path, n_patients=30)
+    rows = list(csv.DictReader(open(m)))
+    for k in range(12):
+        _png(tmp_path / f"img/big{k}.png", 180, seed=500 + k)
+        rows.append({**rows[1], "path": f"img/big{k}.png", "patient_id": "BIG"})
+    _write_csv(m, rows)
+    for seed in range(5):
+        ds = load_manifest(m, positive_values="TB", split_seed=seed)
+        assert int((ds.train.patient_ids == "BIG").sum()) == 12
+
+
 def test_identical_files_stay_in_one_split(tmp_path):
     rows = []
     for i in range(20):
@@ -383,8 +395,10 @@ def test_nih_subset_leaks_are_refused_and_patients_forgotten(tmp_path):
     all_pids = [set(ds.splits[s].patient_ids) for s in ("train", "val", "test")]
     assert not (all_pids[0] & all_pids[1] or all_pids[0] & all_pids[2]
                 or all_pids[1] & all_pids[2])
-    where = next(s for s in ("train", "val", "test") if "181" in set(ds.splits[s].patient_ids))
-    assert int((ds.splits[where].patient_ids == "181").sum()) == 66
+    # patient 181 (66 images) is too large to hold out: it stays in training, and can be forgotten
+    assert int((ds.train.patient_ids == "181").sum()) == 66
+    (tmp_path / "p.txt").write_text("181\n")
+    assert len(select_forget(ds, forget=f"patients:{tmp_path / 'p.txt'}")) == 66
 
 
 @needs_shared
