@@ -416,3 +416,14 @@ def test_tb_subset_is_grey_and_keeps_identical_copies_together(tmp_path):
     h = dup[0]["sha256"]
     assert sorted(sum(x == h for x in ds.splits[s].hashes) for s in ("train", "val", "test")) \
         == [0, 0, 2]
+
+
+def test_forget_patients_needs_patient_ids(tmp_path):
+    rows = []
+    for i in range(20):
+        _png(tmp_path / f"n{i}.png", 60 + 120 * (i % 2), seed=i)
+        rows.append({"path": f"n{i}.png", "label": i % 2})
+    ds = load_manifest(_write_csv(tmp_path / "m.csv", rows))
+    (tmp_path / "p.txt").write_text("P1\n")
+    with pytest.raises(ForgetSetError, match="has no patient ids.*--patient-column"):
+        select_forget(ds, forget=f"patients:{tmp_path / 'p.txt'}")
