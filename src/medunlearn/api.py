@@ -31,7 +31,7 @@ from torch import nn
 from medunlearn.config import TrainConfig, from_dict
 from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError, ForgetSetError
-from medunlearn.forget import ForgetSet, select_forget
+from medunlearn.forget import ForgetSet, hash_indices, patient_indices, select_forget
 from medunlearn.loop import Runtime
 from medunlearn.methods import UnlearnContext
 from medunlearn.models.adapter import WrappedClassifier, as_classifier
@@ -85,36 +85,16 @@ def resolve_forget(data: Dataset, forget: ForgetSpec, *, seed: int = 0,
 def indices_of(data: Dataset, *, hashes: Sequence[str] | None = None,
                patients: Sequence[str] | None = None) -> list[int]:
     """Training-split indices of images named by hash or by patient, with every byte-identical
-    copy (a copy under another patient id is the same image).
+    copy (:func:`medunlearn.forget.hash_indices`, :func:`medunlearn.forget.patient_indices`).
 
     Raises:
-        ForgetSetError: nothing named, or unknown hashes/patients (the first few listed).
+        ForgetSetError: nothing named, or unknown hashes/patients (listed).
     """
-    train = data.train
     if hashes is not None:
-        wanted = {str(h).strip().lower() for h in hashes}
-        what, known = "image hash", set(train.hashes)
-    elif patients is not None:
-        wanted = {str(p).strip() for p in patients}
-        pids = train.patients
-        what, known = "patient id", set(pids.tolist())
-    else:
-        raise ForgetSetError("Name the images to forget by hashes or patients.")
-    if not wanted:
-        raise ForgetSetError(f"The list of {what}s to forget is empty.")
-    unknown = sorted(wanted - known)
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5
-                                          else "")
-        raise ForgetSetError(
-            f"{len(unknown)} {what}(s) are not in the training split of {data.name}: {shown}. "
-            f"Check the {what}s against the training manifest (manifest.csv of the run)."
-        )
-    if hashes is not None:
-        named = wanted
-    else:
-        named = {train.hashes[i] for i, p in enumerate(train.patients.tolist()) if p in wanted}
-    return [i for i, h in enumerate(train.hashes) if h in named]
+        return hash_indices(data, list(hashes)).tolist()
+    if patients is not None:
+        return patient_indices(data, list(patients)).tolist()
+    raise ForgetSetError("Name the images to forget by hashes or patients.")
 
 
 def _train_config(train_config: TrainConfig | Mapping | None, device, progress: bool

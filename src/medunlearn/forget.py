@@ -13,6 +13,8 @@ Spec strings (``--forget``):
   samples, using ``dataset.view.positive_labels`` (an error for views without positive labels).
 * ``indices:FILE`` one training index (position in ``dataset.train``) per line.
 * ``hashes:FILE`` one SHA-256 image hash per line, matched against ``dataset.train.hashes``.
+* ``patients:FILE`` one patient id per line: every training image of each patient, and every
+  byte-identical copy of those images (``dataset.train.patients`` and ``hashes``).
 
 In index and hash files, blank lines and text after ``#`` are ignored.
 """
@@ -34,7 +36,7 @@ from medunlearn.data import MedDataset
 from medunlearn.errors import ForgetSetError
 from medunlearn.io import atomic_write_text
 
-KINDS = ("random", "class", "positive", "negative", "indices", "hashes")
+KINDS = ("random", "class", "positive", "negative", "indices", "hashes", "patients")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -149,6 +151,21 @@ def _indices_from_hashes(path_text: str, dataset: MedDataset, spec: str) -> np.n
                 "(64 hexadecimal characters). The file must hold one image hash per line."
             )
         wanted.append(h)
+    return hash_indices(dataset, wanted, where=f"Forget spec {spec!r}")
+
+
+def hash_indices(dataset: MedDataset, wanted: Sequence[str], *, where: str = "Forget set"
+                 ) -> np.ndarray:
+    """Training indices of the images with these SHA-256 hashes, every identical copy included.
+
+    Raises:
+        ForgetSetError: a malformed, repeated or unknown hash (listed).
+    """
+    wanted = [str(h).strip().lower() for h in wanted]
+    bad = [h for h in wanted if not _HEX64.match(h)]
+    if bad:
+        raise ForgetSetError(f"{where}: {bad[0][:70]!r} is not a SHA-256 hex digest (64 "
+                             "hexadecimal characters).")
     seen, dups = set(), []
     for h in wanted:
         if h in seen:
@@ -156,7 +173,7 @@ def _indices_from_hashes(path_text: str, dataset: MedDataset, spec: str) -> np.n
         seen.add(h)
     if dups:
         raise ForgetSetError(
-            f"Forget spec {spec!r}: hash(es) {', '.join(d[:12] + '...' for d in dups[:5])} are "
+            f"{where}: hash(es) {', '.join(d[:12] + '...' for d in dups[:5])} are "
             "listed more than once. List each image hash once (a hash already selects every "
             "identical image)."
         )
@@ -167,11 +184,50 @@ def _indices_from_hashes(path_text: str, dataset: MedDataset, spec: str) -> np.n
     if unknown:
         first = ", ".join(unknown[:3])
         raise ForgetSetError(
-            f"Forget spec {spec!r}: {len(unknown)} of {len(wanted)} hash(es) match no training "
+            f"{where}: {len(unknown)} of {len(wanted)} hash(es) match no training "
             f"image of {dataset.name} (first: {first}). Hashes are SHA-256 of the stored "
             "image bytes, as in a run's manifest.csv; check the dataset, size and train_limit."
         )
     return np.asarray(sorted(i for h in wanted for i in by_hash[h]), dtype=np.int64)
+
+
+def _indices_from_patients(path_text: str, dataset: MedDataset, spec: str) -> np.ndarray:
+    wanted = [text for _, text in _read_lines(path_text, spec)]
+    return patient_indices(dataset, wanted, where=f"Forget spec {spec!r}")
+
+
+def patient_indices(dataset: MedDataset, patients: Sequence[str], *, where: str = "Forget set"
+                    ) -> np.ndarray:
+    """Training indices of every image of these patients and every byte-identical copy.
+
+    Raises:
+        ForgetSetError: no patient ids in the data, or unknown patients (listed).
+    """
+    wanted = list(dict.fromkeys(str(p).strip() for p in patients))
+    if not wanted:
+        raise ForgetSetError(f"{where}: the list of patients to forget is empty.")
+    train = dataset.train
+    if train.patient_ids is None:
+        raise ForgetSetError(
+            f"{where}: {dataset.name} has no patient ids (one patient per image), so "
+            "no patient can be named. Load the data with a patient column (--patient-column) or "
+            "from DICOM files with PatientID, or forget images with hashes:FILE.")
+    patients = train.patients
+    chosen = np.flatnonzero(np.isin(patients, np.asarray(wanted, dtype=object)))
+    unknown = sorted(set(wanted) - set(patients[chosen].tolist()))
+    if unknown:
+        elsewhere = {p for s in ("val", "test") if dataset.splits[s].patient_ids is not None
+                     for p in dataset.splits[s].patient_ids.tolist()} & set(unknown)
+        note = (f" ({len(elsewhere)} of them only in the validation/test split, which the "
+                "model never trained on)" if elsewhere else "")
+        raise ForgetSetError(
+            f"{where}: {len(unknown)} of {len(wanted)} patient id(s) have no "
+            f"training image in {dataset.name}: {', '.join(unknown[:20])}"
+            f"{' ...' if len(unknown) > 20 else ''}{note}. Check the ids against the patient "
+            "column of the data the model was trained on.")
+    hashes = train.hashes
+    copies = {hashes[i] for i in chosen}
+    return np.flatnonzero([h in copies for h in hashes]).astype(np.int64)
 
 
 def select_forget(dataset: MedDataset, *, forget: str | Sequence[int], seed: int = 0,
@@ -221,7 +277,7 @@ def select_forget(dataset: MedDataset, *, forget: str | Sequence[int], seed: int
         if kind not in KINDS or not rest:
             raise ForgetSetError(
                 f"Unknown forget spec {spec!r}. Use one of random:0.2, random:0.2:stratified, "
-                "class:K, positive:0.3, negative:0.3, indices:FILE, hashes:FILE."
+                "class:K, positive:0.3, negative:0.3, indices:FILE, hashes:FILE, patients:FILE."
             )
         if kind == "random":
             frac_text, _, mode = rest.partition(":")
@@ -264,6 +320,9 @@ def select_forget(dataset: MedDataset, *, forget: str | Sequence[int], seed: int
             chosen = _sample(sub, frac, rng)
         elif kind == "indices":
             chosen = _indices_from_file(rest, n, spec)
+            chosen = chosen[~excl[chosen]]
+        elif kind == "patients":
+            chosen = _indices_from_patients(rest, dataset, spec)
             chosen = chosen[~excl[chosen]]
         else:
             chosen = _indices_from_hashes(rest, dataset, spec)
