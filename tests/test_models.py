@@ -36,6 +36,7 @@ def test_torchvision_variant_any_channels():
 
 def test_auto_arch_and_unknown_arch():
     assert resolve_arch("auto", 28) == "resnet18"
+    assert resolve_arch("auto", 64) == "resnet18-s2"
     assert resolve_arch("auto", 224) == "tv-resnet18"
     with pytest.raises(ConfigError, match="Unknown architecture"):
         resolve_arch("vgg", 28)

@@ -41,7 +41,9 @@ class DataConfig:
 class ModelConfig:
     """Network architecture."""
 
-    arch: str = "auto"  # "resnet18" (small-image stem), "tv-resnet18", "tv-resnet50", "auto"
+    # "resnet18" (stride-1 stem), "resnet18-s2" (stride-2 stem), "tv-resnet18", "tv-resnet50",
+    # "auto" (by image size, see models.resolve_arch)
+    arch: str = "auto"
     width: int = 16  # base channel count of resnet18 (64 = the full-width network)
 
 
