@@ -18,11 +18,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medunlearn.io import atomic_write_json, atomic_write_text, sha256_file
-from medunlearn.registry import ledger
-from medunlearn.registry.core import MODEL_FILE, manifest_sha256
+from medunlearn.io import atomic_write_json, atomic_write_text
+from medunlearn.registry import ledger, replay, store
+from medunlearn.registry.core import MODEL_FILE
 from medunlearn.registry.db import connect, get_meta, writer_lock
-from medunlearn.registry.errors import RegistryError
+from medunlearn.registry.errors import AuditError, RegistryError
 from medunlearn.registry.steps import REAL_STEPS
 
 
@@ -91,123 +91,63 @@ def _check_anchors(conn, anchors: list[tuple[int, str]]) -> list[str]:
     return problems
 
 
+def _file_problems(reg: Path, conn, expected: dict, load_models: bool) -> list[str]:
+    """Every file of every model version against the hashes its init/promote entry recorded."""
+    problems = []
+    for n, recorded in sorted(expected["files"].items(), key=lambda kv: str(kv[0])):
+        folder = reg / "versions" / str(n)
+        if not isinstance(recorded, dict):
+            problems.append(f"model version {n}: its ledger entry lists no file hashes")
+            continue
+        actual = store.folder_hashes(folder) if folder.is_dir() else {}
+        for name in sorted(set(recorded) | set(actual)):
+            if name not in actual:
+                problems.append(f"model version {n}: {folder / name} is missing")
+            elif name not in recorded:
+                problems.append(f"model version {n}: {folder / name} was added after the "
+                                "version was recorded")
+            elif actual[name] != recorded[name]:
+                problems.append(f"model version {n}: {folder / name} has SHA-256 "
+                                f"{actual[name]} but {recorded[name]} was recorded (the file "
+                                "was changed)")
+        if load_models and MODEL_FILE in actual:
+            from medunlearn.checkpoint import load_run
+            from medunlearn.errors import CheckpointError
+
+            try:
+                load_run(folder)
+            except CheckpointError as exc:
+                problems.append(f"model version {n}: {exc}")
+    return problems
+
+
 def _verify(reg: Path, load_models: bool, anchors: list[tuple[int, str]]) -> AuditReport:
     conn = connect(reg)
     try:
-        problems = ledger.verify_chain(conn, reg) + _check_anchors(conn, anchors)
+        head_problems, crashed = store.head_state(reg, conn)
         entries = ledger.entries(conn)
-        by_kind: dict[str, list[dict]] = {}
-        for e in entries:
-            if isinstance(e["body"], dict):
-                by_kind.setdefault(e["kind"], []).append(e)
-        # model versions: file hashes and ledger agreement
-        ledger_versions = {e["body"].get("version"): e for e in by_kind.get("init", []) +
-                           by_kind.get("promote", [])}
-        rows = conn.execute("SELECT * FROM versions ORDER BY n").fetchall()
-        for r in rows:
-            n, path = r["n"], reg / r["path"]
-            weights = path / MODEL_FILE
-            if not weights.is_file():
-                problems.append(f"model version {n}: {weights} is missing")
-            else:
-                actual = sha256_file(weights)
-                if actual != r["weights_sha256"]:
-                    problems.append(f"model version {n}: {weights} has SHA-256 {actual} but "
-                                    f"{r['weights_sha256']} was recorded (the file was changed)")
-            e = ledger_versions.get(n)
-            if e is None:
-                problems.append(f"model version {n} has no init/promote entry in the ledger")
-            elif e["body"].get("weights_sha256") != r["weights_sha256"]:
-                problems.append(f"model version {n}: the versions table records weights "
-                                f"{r['weights_sha256']} but ledger entry {e['seq']} records "
-                                f"{e['body'].get('weights_sha256')} (the table was edited)")
-            config = path / "config.json"
-            if e is not None and e["body"].get("config_sha256") and (
-                    not config.is_file() or sha256_file(config) != e["body"]["config_sha256"]):
-                problems.append(f"model version {n}: {config} is missing or differs from the "
-                                f"config recorded in ledger entry {e['seq']} (the file was "
-                                "changed)")
-            if load_models and weights.is_file():
-                from medunlearn.checkpoint import load_run
-                from medunlearn.errors import CheckpointError
-
-                try:
-                    load_run(path)
-                except CheckpointError as exc:
-                    problems.append(f"model version {n}: {exc}")
-        for n in sorted(set(ledger_versions) - {r["n"] for r in rows}, key=str):
-            problems.append(f"model version {n} is in the ledger (entry "
-                            f"{ledger_versions[n]['seq']}) but missing from the versions table")
-        active = int(get_meta(conn, "active_version", "0"))
-        latest = max((n for n in ledger_versions if isinstance(n, int)), default=None)
-        if active != latest:
-            problems.append(f"the active version is {active} but the ledger's latest promoted "
-                            f"version is {latest}")
-        # manifest and forgotten images
-        samples = conn.execute("SELECT idx, sha256, label, forgotten_in FROM samples "
-                               "ORDER BY idx").fetchall()
-        inits = by_kind.get("init", [])
-        if inits:
-            want = inits[0]["body"].get("manifest", {}).get("sha256")
-            got = manifest_sha256([(s[0], s[1], s[2]) for s in samples])
-            if want != got:
-                problems.append(f"the training manifest (samples table) hashes to {got} but ledger "
-                                f"entry {inits[0]['seq']} recorded {want} (hashes or labels were "
-                                "edited)")
-        else:
-            problems.append("the ledger has no init entry")
-        ledger_forgotten = {i for e in by_kind.get("complete", [])
-                            for i in e["body"].get("forgotten", [])}
-        ledger_forgotten |= {i for e in inits for i in e["body"].get("forgotten_before", [])}
-        table_forgotten = {s[0] for s in samples if s[3] is not None}
-        if ledger_forgotten != table_forgotten:
-            back = sorted(ledger_forgotten - table_forgotten)
-            extra = sorted(table_forgotten - ledger_forgotten)
-            if back:
-                problems.append(f"images {back[:10]} were forgotten according to the ledger but "
-                                "are no longer marked forgotten (they could come back)")
-            if extra:
-                problems.append(f"images {extra[:10]} are marked forgotten without a ledger entry")
-        # requests and attempts against their ledger entries
-        req_entries = {e["request_id"]: e for e in by_kind.get("request", [])}
-        done_entries = {e["request_id"] for e in by_kind.get("complete", [])}
-        for r in conn.execute("SELECT * FROM requests ORDER BY num"):
-            e = req_entries.get(r["id"])
-            if e is None:
-                problems.append(f"request {r['id']} has no request entry in the ledger")
-            elif e["body"].get("content_sha256") != r["content_sha256"]:
-                problems.append(f"request {r['id']}: its content hash differs from ledger entry "
-                                f"{e['seq']} (the request was edited)")
-            if (r["status"] == "completed") != (r["id"] in done_entries):
-                problems.append(f"request {r['id']} has status {r['status']} but the ledger "
-                                f"{'has' if r['id'] in done_entries else 'has no'} completion "
-                                "entry")
-        att_entries = {(e["request_id"], e["body"].get("attempt")): e
-                       for e in by_kind.get("attempt", [])}
-        att_rows = conn.execute("SELECT * FROM attempts").fetchall()
-        for a in att_rows:
-            e = att_entries.get((a["request_id"], a["n"]))
-            if e is None:
-                problems.append(f"attempt {a['n']} of request {a['request_id']} has no ledger "
-                                "entry")
-            elif e["body"].get("summary_sha256") != ledger.sha256_text(a["summary"]) or \
-                    bool(e["body"].get("passed")) != bool(a["passed"]):
-                problems.append(f"attempt {a['n']} of request {a['request_id']} differs from "
-                                f"ledger entry {e['seq']} (metrics or verdict edited)")
+        expected = replay.expected_tables(entries)
+        problems = (head_problems + _check_anchors(conn, anchors) + replay.ledger_problems(conn)
+                    + _file_problems(reg, conn, expected, load_models))
         warnings = []
-        for (rid, n), e in sorted(att_entries.items(), key=lambda kv: kv[1]["seq"]):
-            steps = e["body"].get("steps") or {}
+        if crashed:
+            warnings.append(f"{reg / store.HEAD_FILE} is one commit behind because a run was "
+                            "interrupted after its commit; the next 'forget' or 'registry "
+                            "resume' brings it up to date")
+        for e in entries:
+            steps = e["body"].get("steps") or {} if isinstance(e["body"], dict) else {}
             odd = [v for v in steps.values() if v not in REAL_STEPS]
-            if e["body"].get("passed") and odd:
-                warnings.append(f"attempt {n} of request {rid} (ledger entry {e['seq']}) was "
-                                f"promoted using non-standard steps {', '.join(odd)}")
-        if len(att_rows) != len(att_entries):
-            problems.append(f"the ledger records {len(att_entries)} attempts but the attempts "
-                            f"table holds {len(att_rows)}")
+            if e["kind"] == "attempt" and e["body"].get("passed") and odd:
+                warnings.append(f"attempt {e['body'].get('attempt')} of request "
+                                f"{e['request_id']} (ledger entry {e['seq']}) was promoted "
+                                f"using non-standard steps {', '.join(odd)}")
+        counts = {k: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for k, t in
+                  (("versions", "versions"), ("samples", "samples"))}
+        forgotten = conn.execute("SELECT COUNT(*) FROM samples WHERE forgotten_in IS NOT NULL"
+                                 ).fetchone()[0]
         return AuditReport(ok=not problems, problems=problems, warnings=warnings, checked={
-            "ledger_entries": len(entries), "versions": len(rows), "samples": len(samples),
-            "forgotten": len(table_forgotten), "head": ledger.head(conn)[1],
-            "anchors": len(anchors)})
+            "ledger_entries": len(entries), **counts, "forgotten": forgotten,
+            "head": ledger.head(conn)[1], "anchors": len(anchors)})
     finally:
         conn.close()
 
@@ -215,10 +155,21 @@ def _verify(reg: Path, load_models: bool, anchors: list[tuple[int, str]]) -> Aud
 def certificate(reg: str | os.PathLike, request_id: str) -> dict:
     """The certificate of one request as a dict (see :func:`write_certificate`).
 
+    Every value comes from table rows that ``audit verify`` checks against the ledger; the
+    certificate is refused when that check fails, so it never vouches for an edited registry.
+
     Raises:
         RegistryError: unknown request id (the known ids are listed).
+        AuditError: the registry does not pass ``audit verify``.
     """
     reg = Path(reg)
+    report = verify_registry(reg)
+    if not report.ok:
+        more = len(report.problems) - 1
+        raise AuditError(
+            f"No certificate was written: the registry {reg} fails its audit "
+            f"({report.problems[0]}{f'; and {more} more' if more else ''}). Run 'medunlearn "
+            f"audit verify {reg}' for the full list and restore the registry from a backup.")
     conn = connect(reg)
     try:
         r = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()

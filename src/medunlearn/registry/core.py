@@ -33,21 +33,20 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 from medunlearn.errors import CheckpointError, DataError, MedUnlearnError, OutputExistsError
 from medunlearn.io import _fsync_dir, sha256_file, staged_output
-from medunlearn.registry import ledger
+from medunlearn.registry import ledger, replay, store
 from medunlearn.registry.db import (
     SCHEMA_VERSION,
     connect,
     get_meta,
     set_meta,
-    transaction,
     writer_lock,
 )
-from medunlearn.registry.errors import RegistryError, RequestError
+from medunlearn.registry.errors import AuditError, RegistryError, RequestError
+from medunlearn.registry.replay import BEFORE, LEDGER_ITEM_KEYS, manifest_sha256, result_sha256
 from medunlearn.registry.request import DeletionRequest, load_request
 from medunlearn.registry.steps import (
     UnlearnStep,
@@ -57,9 +56,9 @@ from medunlearn.registry.steps import (
     resolve_steps,
     step_name,
 )
+from medunlearn.registry.store import select_in
 
 MODEL_FILE = "model.safetensors"
-CRASH_ENV = "MEDUNLEARN_REGISTRY_CRASH_AT"  # test hook: os._exit at a named point
 
 #: Recommended method chains: the first method that passes the safety gate is promoted.
 #: A deletion request usually names one patient's few images, so the chain starts with the
@@ -68,16 +67,6 @@ CRASH_ENV = "MEDUNLEARN_REGISTRY_CRASH_AT"  # test hook: os._exit at a named poi
 #: SalUn on multi-class views, and finally to exact retraining without every forgotten image.
 RECOMMENDED = {"binary": ["newton", "salun-cra", "retrain"],
                "native": ["newton", "salun", "retrain"]}
-
-
-def _crashpoint(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(137)
-
-
-def _chunks(items: list, n: int = 500) -> Iterable[list]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
 
 
 # --------------------------------------------------------------------------- init
@@ -111,18 +100,11 @@ def read_manifest(path: Path) -> list[tuple[int, str, int]]:
     return rows
 
 
-def manifest_sha256(rows: list[tuple[int, str, int]]) -> str:
-    return ledger.sha256_text(ledger.canonical_json([list(r) for r in rows]))
-
-
 def recommended_methods(config: dict) -> list[str]:
     """The method chain recommended for a model's task view (see :data:`RECOMMENDED`)."""
     kind = (config.get("dataset", {}).get("view", {}) or {}).get("kind") or \
         config.get("data", {}).get("view")
     return list(RECOMMENDED["binary" if kind == "binary" else "native"])
-
-
-BEFORE = "(before registration)"  # samples.request_id of images an unlearn run forgot already
 
 
 def _forgotten_before(model_dir: Path, config: dict) -> list[int]:
@@ -201,21 +183,20 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
         weights = sha256_file(v1 / MODEL_FILE)
         conn = connect(stage, create=True)
         try:
-            with transaction(conn):
+            with store.write(stage, conn):
                 meta = {"schema_version": SCHEMA_VERSION, "created": ledger.now_iso(),
                         "source_model": str(model_dir.resolve()), "methods": json.dumps(chain),
                         "seed": str(run.seed), "data_root": data_root or "",
                         "dataset": str(config.get("data", {}).get("dataset", "")),
-                        "active_version": "1", "manifest_sha256": manifest_sha256(rows)}
-                for k, v in meta.items():
+                        "manifest_sha256": manifest_sha256(rows)}
+                for k, v in {**meta, "active_version": "1"}.items():
                     set_meta(conn, k, v)
                 conn.executemany("INSERT INTO samples(idx, sha256, label) VALUES(?, ?, ?)", rows)
                 if any(i >= len(rows) for i in pre_forgotten):
                     raise RegistryError(f"{model_dir / 'forget.csv'} lists indices beyond the "
                                         f"{len(rows)} training images; the folder is damaged.")
-                for chunk in _chunks(pre_forgotten):
-                    conn.execute(f"UPDATE samples SET request_id = ?, forgotten_in = 1 WHERE idx "
-                                 f"IN ({','.join('?' * len(chunk))})", [BEFORE, *chunk])
+                select_in(conn, "UPDATE samples SET request_id = ?, forgotten_in = 1 WHERE idx "
+                          "IN ({in})", pre_forgotten, [BEFORE])
                 conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
                              "method, created) VALUES(1, 'versions/1', ?, NULL, NULL, NULL, ?)",
                              (weights, meta["created"]))
@@ -228,9 +209,9 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                     "manifest": {"count": len(rows), "sha256": meta["manifest_sha256"],
                                  "source": manifest_source},
                     "methods": chain, "source_model": meta["source_model"],
-                    "forgotten_before": pre_forgotten,
-                })
-            ledger.write_head(stage, conn)
+                    "forgotten_before": pre_forgotten, "meta": meta,
+                    "files": store.folder_hashes(v1),
+                }, created=meta["created"])
         finally:
             conn.close()
     return status(out)
@@ -337,6 +318,7 @@ def status(reg: str | os.PathLike) -> dict:
             "SELECT COUNT(*) FROM samples WHERE request_id IS NOT NULL").fetchone()[0]
         seq, head = ledger.head(conn)
         steps, unforgotten = approximate_steps(conn), _not_forgotten(conn)
+        problems = store.head_state(reg, conn)[0] + replay.ledger_problems(conn)
         by_status: dict[str, list] = {"pending": [], "completed": [], "failed": []}
         for r in reqs:
             by_status.setdefault(r["status"], []).append(_request_summary(r))
@@ -348,8 +330,9 @@ def status(reg: str | os.PathLike) -> dict:
             "samples": {"total": n_samples, "forgotten": forgotten, "withdrawn": withdrawn},
             "exactness": {"approximate_steps": steps,
                           "withdrawn_not_forgotten": len(unforgotten),
-                          "exact": steps == 0 and not unforgotten},
+                          "exact": steps == 0 and not unforgotten and not problems},
             "ledger": {"entries": seq, "head": head},
+            "audit": {"ok": not problems, "problems": problems},
         }
     finally:
         conn.close()
@@ -361,13 +344,23 @@ def status(reg: str | os.PathLike) -> dict:
 def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
     """Remove what a crashed run left behind (call with the writer lock held).
 
-    Removes every folder under ``REG/staging`` and every ``REG/versions/<n>`` without a database
-    row (a crash between renaming a candidate into place and committing its promotion), and
-    brings a lagging ``LEDGER_HEAD`` up to date.
+    First refuses a registry whose ``LEDGER_HEAD`` is missing or behind, or whose tables do
+    not match its ledger (:class:`AuditError`; nothing is changed), and brings a head left behind
+    by a crash up to date. Then removes every folder under ``REG/staging`` and every
+    ``REG/versions/<n>`` without a database row (a crash between renaming a candidate into
+    place and committing its promotion).
 
     Returns:
         The paths removed.
     """
+    store.check_head(reg, conn)
+    problems = replay.ledger_problems(conn)
+    if problems:
+        raise AuditError(
+            f"Refusing to change the registry {reg}: its tables do not match its audit ledger "
+            f"({problems[0]}{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}). "
+            f"Run 'medunlearn audit verify {reg}' for the full list and restore the registry "
+            "from a backup.")
     removed = []
     staging = reg / "staging"
     staging.mkdir(exist_ok=True)
@@ -383,17 +376,6 @@ def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
     if removed:
         _fsync_dir(staging)
         _fsync_dir(versions)
-    head_file = reg / ledger.HEAD_FILE
-    seq, _ = ledger.head(conn)
-    try:
-        text_seq, text_hash = head_file.read_text().split()
-        hseq = int(text_seq)
-    except (OSError, ValueError):
-        return removed  # missing or damaged: left for 'audit verify' to report
-    if hseq < seq:  # a crash between a commit and the head update: catch up, if consistent
-        row = conn.execute("SELECT hash FROM ledger WHERE seq = ?", (hseq,)).fetchone()
-        if hseq == 0 or (row is not None and row[0] == text_hash):
-            ledger.write_head(reg, conn)
     return removed
 
 
@@ -408,10 +390,9 @@ def _resolve(conn: sqlite3.Connection, req: DeletionRequest) -> tuple[list[int],
         RequestError: unknown hashes or out-of-range indices (all listed).
     """
     found: dict[str, list[int]] = {}
-    for chunk in _chunks(list(req.images)):
-        marks = ",".join("?" * len(chunk))
-        for r in conn.execute(f"SELECT idx, sha256 FROM samples WHERE sha256 IN ({marks})", chunk):
-            found.setdefault(r["sha256"], []).append(r["idx"])
+    for r in select_in(conn, "SELECT idx, sha256 FROM samples WHERE sha256 IN ({in})",
+                       req.images):
+        found.setdefault(r["sha256"], []).append(r["idx"])
     unknown = [h for h in req.images if h not in found]
     n = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
     bad = [i for i in req.indices if i >= n]
@@ -429,12 +410,10 @@ def _resolve(conn: sqlite3.Connection, req: DeletionRequest) -> tuple[list[int],
                            "manifest.csv (medunlearn registry status shows the dataset).")
     targets = sorted({i for ids in found.values() for i in ids} | set(req.indices))
     new, already, sha = [], [], {}
-    for chunk in _chunks(targets):
-        marks = ",".join("?" * len(chunk))
-        for r in conn.execute(f"SELECT idx, sha256, forgotten_in FROM samples WHERE idx IN "
-                              f"({marks}) ORDER BY idx", chunk):
-            sha[r["idx"]] = r["sha256"]
-            (already if r["forgotten_in"] is not None else new).append(r["idx"])
+    for r in sorted(select_in(conn, "SELECT idx, sha256, forgotten_in FROM samples WHERE idx "
+                              "IN ({in})", targets), key=lambda r: r["idx"]):
+        sha[r["idx"]] = r["sha256"]
+        (already if r["forgotten_in"] is not None else new).append(r["idx"])
     return new, already, sha
 
 
@@ -447,11 +426,6 @@ def method_chain(conn: sqlite3.Connection, requested: str | None) -> list[str]:
     if requested in chain:
         return chain[chain.index(requested):]
     return [requested] + ([chain[-1]] if chain[-1] != requested else [])
-
-
-#: Request-item role -> key of the item list in the ledger's request entry.
-LEDGER_ITEM_KEYS = {"forget": "forget", "already": "already_forgotten",
-                    "consolidate": "consolidate"}
 
 
 def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
@@ -471,53 +445,47 @@ def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
         items, chain = {"forget": new, "already": already}, method_chain(conn, req.method)
         noop, why = not new, None
     withdraw = items.get("forget", [])
-    with transaction(conn):
+    now = ledger.now_iso()
+    with store.write(reg, conn):
         conn.execute("INSERT INTO requests(id, subject, content_sha256, body, status, submitted, "
                      "from_version) VALUES(?, ?, ?, ?, 'pending', ?, ?)",
                      (req.id, req.subject, req.content_sha256, ledger.canonical_json(req.body()),
-                      ledger.now_iso(), active))
+                      now, active))
         conn.executemany("INSERT INTO request_items(request_id, idx, role) VALUES(?, ?, ?)",
                          [(req.id, i, role) for role, idx in items.items() for i in idx])
-        for chunk in _chunks(withdraw):
-            conn.execute(f"UPDATE samples SET request_id = ? WHERE idx IN "
-                         f"({','.join('?' * len(chunk))})", [req.id, *chunk])
+        select_in(conn, "UPDATE samples SET request_id = ? WHERE idx IN ({in})", withdraw,
+                  [req.id])
         ledger.append(conn, "request", {
             "request": req.body(), "content_sha256": req.content_sha256,
             **{LEDGER_ITEM_KEYS[role]: [{"index": i, "sha256": sha[i]} for i in idx]
                for role, idx in items.items()},
             "active_version": active, "methods": chain,
-        }, request_id=req.id)
+        }, request_id=req.id, created=now)
         if noop:
             _complete_noop(conn, req.id, active, why)
-    ledger.write_head(reg, conn)
-    _crashpoint("after-submit")
+    store.stage("after-submit")
 
 
 def _hashes(conn: sqlite3.Connection, indices: list[int]) -> dict[int, str]:
-    sha: dict[int, str] = {}
-    for chunk in _chunks(indices):
-        sha.update(conn.execute(f"SELECT idx, sha256 FROM samples WHERE idx IN "
-                                f"({','.join('?' * len(chunk))})", chunk).fetchall())
-    return sha
+    return dict(tuple(r) for r in select_in(conn, "SELECT idx, sha256 FROM samples WHERE idx "
+                                             "IN ({in})", indices))
 
 
 def _complete_noop(conn: sqlite3.Connection, rid: str, active: int, why: str | None) -> dict:
     """Finish a request without a new version (inside the caller's transaction); ``why`` is
     recorded when the reason is not simply that every image was forgotten already."""
-    result = _finish(conn, rid, "completed", active, active, None, ledger.now_iso())
+    now = ledger.now_iso()
+    result = _finish(conn, rid, "completed", active, active, None, now)
     reason = {}
     if why is not None:
         result["noop_reason"] = reason["reason"] = why
         conn.execute("UPDATE requests SET result = ? WHERE id = ?",
                      (ledger.canonical_json(result), rid))
     ledger.append(conn, "complete", {"status": "completed", "noop": True, "version": active,
-                                     **reason, "forgotten": [], "result_sha256": _sha(result)},
-                  request_id=rid)
+                                     **reason, "forgotten": [],
+                                     "result_sha256": result_sha256(result)},
+                  request_id=rid, created=now)
     return result
-
-
-def _sha(obj) -> str:
-    return ledger.sha256_text(ledger.canonical_json(obj))
 
 
 def _attempt_rows(conn: sqlite3.Connection, rid: str) -> list[dict]:
@@ -582,10 +550,10 @@ def _record_attempt(conn: sqlite3.Connection, rid: str, n: int, method: str, sta
         "attempt": n, "method": method, "status": status_, "passed": passed, "reasons": reasons,
         "candidate_sha256": summary.get("weights_sha256"), "exclude_count":
         summary.get("exclude_count"), "forget_count": summary.get("forget_count"),
-        "summary_sha256": ledger.sha256_text(summary_json),
+        "summary_sha256": ledger.sha256_text(summary_json), "started": started,
         "unlearn_seconds": summary.get("unlearn_seconds"),
         "verify_seconds": summary.get("verify_seconds"), "steps": summary.get("steps"),
-    }, request_id=rid)
+    }, request_id=rid, created=finished)
 
 
 EXCLUDED_FILE = "excluded.csv"  # read by evaluate_run: earlier-forgotten images, not retain
@@ -604,10 +572,8 @@ def _write_excluded(conn: sqlite3.Connection, run_dir: Path, exclude: list[int])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["index", "sha256", "label"])
-    for chunk in _chunks(exclude):
-        w.writerows(tuple(r) for r in conn.execute(
-            f"SELECT idx, sha256, label FROM samples WHERE idx IN ({','.join('?' * len(chunk))}) "
-            "ORDER BY idx", chunk))
+    w.writerows(sorted(tuple(r) for r in select_in(
+        conn, "SELECT idx, sha256, label FROM samples WHERE idx IN ({in})", exclude)))
     atomic_write_text(run_dir / EXCLUDED_FILE, buf.getvalue())
 
 
@@ -632,10 +598,9 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
     if not consolidate and forget_set and not forget_set & set(_not_forgotten(conn)):
         # a retried request whose images an exact retraining (a consolidation, or the retrain
         # fallback of a later request) has forgotten meanwhile: nothing is left to do
-        with transaction(conn):
+        with store.write(reg, conn):
             result = _complete_noop(conn, rid, active, "its images were forgotten meanwhile by "
                                     "an exact retraining")
-        ledger.write_head(reg, conn)
         return result
     chain = ["retrain"] if consolidate else method_chain(conn, body.get("method"))
     seed = int(get_meta(conn, "seed", "0")) if seed is None else seed
@@ -662,7 +627,7 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
                               out=stage, seed=seed, data_root=data_root)
             summary["unlearn_seconds"] = time.perf_counter() - t0
             summary["unlearn_metrics"] = metrics
-            _crashpoint("after-unlearn")
+            store.stage("after-unlearn")
             _write_excluded(conn, stage, exclude)
             t1 = time.perf_counter()
             ver = verify(stage, original=active_path, data_root=data_root)
@@ -671,25 +636,23 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
                                   "checks": list(ver.checks)}
             summary["metrics"] = getattr(ver, "metrics", None)
             summary["weights_sha256"] = sha256_file(stage / MODEL_FILE)
-            _crashpoint("after-verify")
+            store.stage("after-verify")
         except ENVIRONMENT_ERRORS:
             remove_tree(stage)
             raise
         except Exception as exc:  # a method or the evaluation failed: record it, fall back
             summary.setdefault("unlearn_seconds", time.perf_counter() - t0)
             summary["error"] = f"{type(exc).__name__}: {exc}"
-            with transaction(conn):
+            with store.write(reg, conn):
                 _record_attempt(conn, rid, n, method, "error", None, summary, started)
-            ledger.write_head(reg, conn)
             remove_tree(stage)
             if log:
                 log(f"  attempt {n} ({method}) failed: {summary['error']}")
             continue
         if not ver.passed:
-            with transaction(conn):
+            with store.write(reg, conn):
                 _record_attempt(conn, rid, n, method, "failed", ver, summary, started)
-            ledger.write_head(reg, conn)
-            _crashpoint("after-failed-attempt")
+            store.stage("after-failed-attempt")
             remove_tree(stage)
             if log:
                 log(f"  attempt {n} ({method}) did not pass the safety gate: "
@@ -703,9 +666,10 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
         remove_tree(final)
         os.replace(stage, final)
         _fsync_dir(final.parent)
-        _crashpoint("after-rename")
+        store.stage("after-rename")
+        files = store.folder_hashes(final)
         now = ledger.now_iso()
-        with transaction(conn):
+        with store.write(reg, conn):
             _record_attempt(conn, rid, n, method, "passed", ver, summary, started)
             conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
                          "method, created) VALUES(?, ?, ?, ?, ?, ?, ?)",
@@ -718,17 +682,15 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
             swept = [i for i in (forget_idx if consolidate else exclude) if i in still_in] \
                 if method == "retrain" else []
             if not consolidate:
-                for chunk in _chunks(forget_idx):
-                    conn.execute(f"UPDATE samples SET forgotten_in = ?, request_id = ? WHERE idx "
-                                 f"IN ({','.join('?' * len(chunk))})", [new_n, rid, *chunk])
-            for chunk in _chunks(swept):
-                conn.execute(f"UPDATE samples SET forgotten_in = ? WHERE idx IN "
-                             f"({','.join('?' * len(chunk))})", [new_n, *chunk])
+                select_in(conn, "UPDATE samples SET forgotten_in = ?, request_id = ? WHERE idx "
+                          "IN ({in})", forget_idx, [new_n, rid])
+            select_in(conn, "UPDATE samples SET forgotten_in = ? WHERE idx IN ({in})", swept,
+                      [new_n])
             newly = sorted(set(swept) | (set() if consolidate else forget_set))
             ledger.append(conn, "promote", {
                 "version": new_n, "parent": active, "weights_sha256": summary["weights_sha256"],
-                "config_sha256": sha256_file(final / "config.json"), "method": method,
-                "attempt": n}, request_id=rid)
+                "config_sha256": files.get("config.json"), "method": method,
+                "attempt": n, "files": files}, request_id=rid, created=now)
             result = _finish(conn, rid, "completed", active, new_n, method, now)
             result["promote_seconds"] = time.perf_counter() - t2
             conn.execute("UPDATE requests SET result = ? WHERE id = ?",
@@ -736,18 +698,17 @@ def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep
             ledger.append(conn, "complete", {
                 "status": "completed", "noop": False, "version": new_n,
                 "forgotten": newly, **({"consolidated": forget_idx} if consolidate else {}),
-                "result_sha256": _sha(result)}, request_id=rid)
-        ledger.write_head(reg, conn)
-        _crashpoint("after-commit")
+                "result_sha256": result_sha256(result)}, request_id=rid, created=now)
+        store.stage("after-commit")
         if log:
             log(f"  promoted version {new_n} ({method})")
         return result
     now = ledger.now_iso()
-    with transaction(conn):
+    with store.write(reg, conn):
         result = _finish(conn, rid, "failed", active, None, None, now)
         ledger.append(conn, "failed", {"status": "failed", "version": active,
-                                       "result_sha256": _sha(result)}, request_id=rid)
-    ledger.write_head(reg, conn)
+                                       "result_sha256": result_sha256(result)}, request_id=rid,
+                      created=now)
     return result
 
 
@@ -846,7 +807,7 @@ def _retry(reg: Path, conn: sqlite3.Connection, rid: str) -> None:
     if json.loads(row["body"]).get("consolidate"):  # images withdrawn since the first try
         have = set(_items(conn, rid, "consolidate"))
         added = [i for i in withdrawn_indices(conn) if i not in have]
-    with transaction(conn):
+    with store.write(reg, conn):
         conn.execute("UPDATE requests SET status = 'pending', completed = NULL, result = ? "
                      "WHERE id = ?", (ledger.canonical_json({"retry_base": base}), rid))
         conn.executemany("INSERT INTO request_items(request_id, idx, role) VALUES(?, ?, ?)",
@@ -855,7 +816,6 @@ def _retry(reg: Path, conn: sqlite3.Connection, rid: str) -> None:
         ledger.append(conn, "retry", {"previous_attempts": base} | (
             {"consolidate_added": [{"index": i, "sha256": sha[i]} for i in added]}
             if added else {}), request_id=rid)
-    ledger.write_head(reg, conn)
 
 
 def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
