@@ -54,6 +54,8 @@ def status_cmd(
     st = status(reg)
     if as_json:
         echo_json(st)
+        if not st["audit"]["ok"]:
+            raise typer.Exit(1)
         return
     v = st["active_version"]
     typer.echo(f"registry {reg} ({st['dataset']}); methods {' -> '.join(st['methods'])}")
@@ -85,6 +87,13 @@ def status_cmd(
     typer.echo(f"ledger: {st['ledger']['entries']} entries; head (keep a copy outside the "
                f"registry, check with 'audit verify --anchor'): "
                f"{st['ledger']['entries']}:{st['ledger']['head']}")
+    if not st["audit"]["ok"]:
+        for p in st["audit"]["problems"]:
+            typer.secho(f"FAIL {p}", err=True, fg="red")
+        typer.secho(f"the registry {reg} does not match its audit ledger: what is shown above "
+                    f"cannot be trusted. Run 'medunlearn audit verify {reg}'.", err=True,
+                    fg="red")
+        raise typer.Exit(1)
 
 
 @registry_app.command("manifest")

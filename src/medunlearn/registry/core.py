@@ -318,7 +318,7 @@ def status(reg: str | os.PathLike) -> dict:
             "SELECT COUNT(*) FROM samples WHERE request_id IS NOT NULL").fetchone()[0]
         seq, head = ledger.head(conn)
         steps, unforgotten = approximate_steps(conn), _not_forgotten(conn)
-        problems = store.head_state(reg, conn)[0] + replay.ledger_problems(conn)
+        problems = store.head_state(reg, conn)[0] + replay.ledger_problems(conn, Path(reg))
         by_status: dict[str, list] = {"pending": [], "completed": [], "failed": []}
         for r in reqs:
             by_status.setdefault(r["status"], []).append(_request_summary(r))
@@ -354,7 +354,7 @@ def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
         The paths removed.
     """
     store.check_head(reg, conn)
-    problems = replay.ledger_problems(conn)
+    problems = replay.ledger_problems(conn, reg)
     if problems:
         raise AuditError(
             f"Refusing to change the registry {reg}: its tables do not match its audit ledger "

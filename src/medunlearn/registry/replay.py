@@ -11,6 +11,7 @@ chain, the head file and anchors kept outside the registry expose.
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 from medunlearn.registry import ledger
 
@@ -30,9 +31,9 @@ def manifest_sha256(rows: list[tuple[int, str, int]]) -> str:
     return ledger.sha256_text(ledger.canonical_json([list(r) for r in rows]))
 
 
-def ledger_problems(conn: sqlite3.Connection) -> list[str]:
-    """The hash chain, the manifest and every table row checked against the ledger (not the
-    files: see :func:`medunlearn.registry.audit.verify_registry`). Empty when all agree."""
+def ledger_problems(conn: sqlite3.Connection, reg: str | Path | None = None) -> list[str]:
+    """The hash chain, the manifest, every table row and (given the registry folder ``reg``)
+    every file of every model version, checked against the ledger. Empty when all agree."""
     problems = ledger.verify_chain(conn)
     entries = ledger.entries(conn)
     inits = [e for e in entries if e["kind"] == "init" and isinstance(e["body"], dict)]
@@ -44,7 +45,34 @@ def ledger_problems(conn: sqlite3.Connection) -> list[str]:
     if want != got:
         problems.append(f"the training manifest (samples table) hashes to {got} but ledger entry "
                         f"{inits[0]['seq']} recorded {want} (hashes or labels were edited)")
-    return problems + table_problems(conn, expected_tables(entries))
+    expected = expected_tables(entries)
+    return problems + table_problems(conn, expected) + (
+        file_problems(Path(reg), expected) if reg is not None else [])
+
+
+def file_problems(reg: Path, expected: dict) -> list[str]:
+    """Every file of every model version against the hashes its init/promote entry recorded
+    (a version folder is never changed after it is recorded)."""
+    from medunlearn.registry.store import folder_hashes
+
+    problems = []
+    for n, recorded in sorted(expected["files"].items(), key=lambda kv: str(kv[0])):
+        folder = reg / "versions" / str(n)
+        if not isinstance(recorded, dict):
+            problems.append(f"model version {n}: its ledger entry lists no file hashes")
+            continue
+        actual = folder_hashes(folder) if folder.is_dir() else {}
+        for name in sorted(set(recorded) | set(actual)):
+            if name not in actual:
+                problems.append(f"model version {n}: {folder / name} is missing")
+            elif name not in recorded:
+                problems.append(f"model version {n}: {folder / name} was added after the "
+                                "version was recorded")
+            elif actual[name] != recorded[name]:
+                problems.append(f"model version {n}: {folder / name} has SHA-256 "
+                                f"{actual[name]} but {recorded[name]} was recorded (the file "
+                                "was changed)")
+    return problems
 
 
 def expected_tables(entries: list[dict]) -> dict:
