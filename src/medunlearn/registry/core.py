@@ -39,6 +39,7 @@ from medunlearn.errors import CheckpointError, DataError, MedUnlearnError, Outpu
 from medunlearn.io import _fsync_dir, sha256_file, staged_output
 from medunlearn.registry import ledger, replay, store
 from medunlearn.registry.db import (
+    LOCK_FILE,
     SCHEMA_VERSION,
     connect,
     get_meta,
@@ -47,7 +48,7 @@ from medunlearn.registry.db import (
 )
 from medunlearn.registry.errors import AuditError, RegistryError, RequestError
 from medunlearn.registry.replay import BEFORE, LEDGER_ITEM_KEYS, manifest_sha256, result_sha256
-from medunlearn.registry.request import DeletionRequest, load_request
+from medunlearn.registry.request import HASH_PATTERN, DeletionRequest, load_request
 from medunlearn.registry.steps import (
     UnlearnStep,
     Verification,
@@ -87,17 +88,40 @@ def read_manifest(path: Path) -> list[tuple[int, str, int]]:
                 raise RegistryError(f"{path} must have the columns index,sha256,label.")
             for r in reader:
                 rows.append((int(r["index"]), r["sha256"].strip().lower(), int(r["label"])))
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RegistryError(
-            f"{path} is not a valid training manifest ({exc}). Restore it from the training run, "
-            "or delete it to recompute it from the data.") from exc
+            f"{path} is not a valid training manifest ({_short_exc(exc)}). Restore it from the "
+            "training run, or delete it to recompute it from the data.") from exc
     if [r[0] for r in rows] != list(range(len(rows))):
         raise RegistryError(f"{path} does not list training indices 0..{len(rows) - 1} in "
                             "order; restore it from the training run.")
-    bad = [r[0] for r in rows if len(r[1]) != 64]
+    bad = [r[0] for r in rows if not HASH_PATTERN.fullmatch(r[1])]
     if bad:
-        raise RegistryError(f"{path}: rows {bad[:5]} do not hold SHA-256 hashes.")
+        raise RegistryError(f"{path}: rows {bad[:5]} do not hold SHA-256 hashes (64 hex "
+                            "digits); restore the file from the training run.")
     return rows
+
+
+def _short_exc(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _check_registrable(model_dir: Path, config: dict) -> None:
+    """Refuse a run folder whose config.json does not say which data it was trained on: every
+    later request reloads that data (it would fail after withdrawing the images)."""
+    from medunlearn.config import DataConfig, from_dict
+
+    data = config.get("data")
+    try:
+        if not isinstance(data, dict) or not data.get("dataset"):
+            raise ValueError("it has no 'data' section naming the dataset")
+        from_dict(DataConfig, data, where="data")
+    except (MedUnlearnError, ValueError, TypeError) as exc:
+        raise RegistryError(
+            f"{model_dir / 'config.json'} cannot be registered: {_short_exc(exc)}. Every "
+            "deletion request retrains or unlearns on the model's data, so register the "
+            "unchanged --out folder of 'medunlearn train'.") from None
 
 
 def recommended_methods(config: dict) -> list[str]:
@@ -124,8 +148,9 @@ def _forgotten_before(model_dir: Path, config: dict) -> list[int]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             return sorted({int(r["index"]) for r in csv.DictReader(fh)})
-    except (ValueError, KeyError) as exc:
-        raise RegistryError(f"{path} is not a valid forget list ({exc}).") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{path} is not a valid forget list ({_short_exc(exc)}); restore it "
+                            "from the unlearning run.") from exc
 
 
 def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
@@ -154,6 +179,7 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
     model_dir = Path(model_dir)
     run = load_run(model_dir)
     config = run.config
+    _check_registrable(model_dir, config)
     chain = list(methods) if methods else recommended_methods(config)
     if not chain or any(not isinstance(m, str) or not m for m in chain) or len(set(chain)) != len(
             chain):
@@ -180,6 +206,7 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
         v1 = stage / "versions" / "1"
         shutil.copytree(model_dir, v1, ignore=shutil.ignore_patterns(".*"))
         (stage / "staging").mkdir()
+        (stage / LOCK_FILE).touch()
         weights = sha256_file(v1 / MODEL_FILE)
         conn = connect(stage, create=True)
         try:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from medunlearn.io import atomic_write_text
 from medunlearn.registry import ledger
-from medunlearn.registry.errors import AuditError
+from medunlearn.registry.errors import AuditError, RegistryError
 
 HEAD_FILE = ledger.HEAD_FILE
 INTENT_FILE = HEAD_FILE + ".next"
@@ -77,7 +77,11 @@ def _write_head_file(path: Path, seq: int, h: str) -> None:
 def write(reg: str | Path, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction that also moves ``LEDGER_HEAD`` to the ledger's new last entry."""
     reg = Path(reg)
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise RegistryError(f"The registry {reg} cannot be changed ({exc}); its folder and "
+                            "registry.db must be writable by you.") from None
     try:
         yield conn
         seq, h = ledger.head(conn)
