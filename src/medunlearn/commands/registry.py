@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medunlearn.commands._common import DataRoot, echo_json
+from medunlearn.commands._common import DataRoot, NoDownload, echo_json
 
 registry_app = typer.Typer(help="Register a deployed model and inspect its deletion requests.",
                            no_args_is_help=True)
@@ -109,11 +109,12 @@ def manifest_cmd(
 
 
 @registry_app.command("resume")
-def resume_cmd(reg: Reg, data_root: DataRoot = None) -> None:
+def resume_cmd(reg: Reg, data_root: DataRoot = None, no_download: NoDownload = False) -> None:
     """Clean up after an interrupted run and finish every pending request."""
     from medunlearn.registry import resume
 
-    results = resume(reg, data_root=data_root, log=lambda m: typer.echo(m, err=True))
+    results = resume(reg, data_root=data_root, download=not no_download,
+                     log=lambda m: typer.echo(m, err=True))
     typer.echo(f"finished {len(results)} pending request(s)")
 
 
@@ -122,6 +123,7 @@ def forget(
     request: Annotated[Path, typer.Option("--request", "-r", help="Deletion request JSON: id, "
                                           "subject, images (SHA-256 hashes), optional method.")],
     data_root: DataRoot = None,
+    no_download: NoDownload = False,
     seed: Annotated[int | None, typer.Option(
         help="Unlearning seed (default: the model's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -133,7 +135,7 @@ def forget(
     from medunlearn.registry import forget as run_forget
 
     result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
-                        log=lambda m: typer.echo(m, err=True))
+                        download=not no_download, log=lambda m: typer.echo(m, err=True))
     _report_result(reg, result, as_json)
 
 
@@ -147,6 +149,7 @@ def consolidate_cmd(
         "scheduled-consolidation",
     note: Annotated[str, typer.Option(help="Free-text note for the ledger.")] = "",
     data_root: DataRoot = None,
+    no_download: NoDownload = False,
     seed: Annotated[int | None, typer.Option(
         help="Training seed (default: the model's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -162,7 +165,7 @@ def consolidate_cmd(
 
     request = {"id": request_id, "subject": subject, "note": note, "consolidate": True}
     result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
-                        log=lambda m: typer.echo(m, err=True))
+                        download=not no_download, log=lambda m: typer.echo(m, err=True))
     _report_result(reg, result, as_json)
 
 
@@ -220,11 +223,12 @@ def verify_cmd(
     from medunlearn.errors import ConfigError
     from medunlearn.registry import verify_registry
     from medunlearn.registry.audit import certificate_anchors
+    from medunlearn.registry.request import HASH_PATTERN
 
     anchors = []
     for a in anchor or []:
         seq, _, h = a.partition(":")
-        if not seq.isdigit() or int(seq) < 1 or len(h) != 64:
+        if not seq.isdigit() or int(seq) < 1 or not HASH_PATTERN.fullmatch(h.lower()):
             raise ConfigError(f"--anchor {a!r} is not SEQ:HASH (a ledger entry number from 1, "
                               "a colon and the 64-character hash), e.g. 12:3f5a...")
         anchors.append((int(seq), h.lower()))

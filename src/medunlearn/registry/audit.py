@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medunlearn.errors import OutputExistsError
 from medunlearn.io import atomic_write_json, atomic_write_text
 from medunlearn.registry import ledger, replay, store
 from medunlearn.registry.core import MODEL_FILE
@@ -311,9 +312,11 @@ def write_certificate(reg: str | os.PathLike, request_id: str, out: str | os.Pat
     Returns:
         The certificate dict.
     """
-    cert = certificate(reg, request_id)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file; give a folder for certificate.json and "
+                                "certificate.html (it is created if needed).")
+    cert = certificate(reg, request_id)
     atomic_write_json(out / "certificate.json", cert)
     atomic_write_text(out / "certificate.html", render_html(cert))
     return cert

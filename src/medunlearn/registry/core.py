@@ -747,7 +747,7 @@ def _stored_result(row: sqlite3.Row) -> dict:
 def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionRequest, *,
            unlearn: UnlearnStep | None = None, verify: VerifyStep | None = None,
            data_root: str | None = None, seed: int | None = None,
-           lock_timeout: float | None = None, log=None) -> dict:
+           lock_timeout: float | None = None, download: bool = True, log=None) -> dict:
     """Process a deletion request: validate, unlearn, verify, promote (or fall back).
 
     Args:
@@ -758,6 +758,8 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
         data_root: MedMNIST folder (default: the one recorded at ``init``).
         seed: Seed of the unlearning (default: the registered model's seed).
         lock_timeout: Seconds to wait for another writer (default: wait).
+        download: ``False``: refuse (before anything is written) when the model's data file is
+            not on disk, instead of downloading it.
         log: Optional ``callable(str)`` for progress messages.
 
     Returns:
@@ -780,6 +782,8 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
         conn = connect(reg)
         try:
             recover(reg, conn)
+            if not download:
+                _require_local_data(reg, conn, data_root)
             row = conn.execute("SELECT * FROM requests WHERE id = ?", (req.id,)).fetchone()
             if row is not None and row["content_sha256"] != req.content_sha256:
                 raise RequestError(
@@ -812,6 +816,19 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
             return result
         finally:
             conn.close()
+
+
+def _require_local_data(reg: Path, conn: sqlite3.Connection, data_root: str | None) -> None:
+    """Raise :class:`DataError` unless the active model's data file is on disk already."""
+    from medunlearn.config import DataConfig, from_dict
+    from medunlearn.data.files import locate
+    from medunlearn.data.info import get_info
+    from medunlearn.io import read_json
+
+    config = read_json(reg / _version_row(conn, active_version(conn))["path"] / "config.json")
+    cfg = from_dict(DataConfig, config["data"], where="data")
+    locate(get_info(cfg.dataset), cfg.size,
+           data_root or get_meta(conn, "data_root") or cfg.data_root, download=False)
 
 
 def _check_method(req: DeletionRequest) -> None:
@@ -847,8 +864,9 @@ def _retry(reg: Path, conn: sqlite3.Connection, rid: str) -> None:
 
 def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
            verify: VerifyStep | None = None, data_root: str | None = None,
-           seed: int | None = None, log=None) -> list[dict]:
-    """Clean up after a crash and finish every pending request.
+           seed: int | None = None, download: bool = True, log=None) -> list[dict]:
+    """Clean up after a crash and finish every pending request (``download``: see
+    :func:`forget`).
 
     Returns:
         The results of the requests finished now.
@@ -859,6 +877,8 @@ def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
         conn = connect(reg)
         try:
             recover(reg, conn)
+            if not download:
+                _require_local_data(reg, conn, data_root)
             return [_process(reg, conn, p["id"], unlearn, verify, data_root=data_root, seed=seed,
                              log=log)
                     for p in conn.execute("SELECT id FROM requests WHERE status = 'pending' "
