@@ -20,7 +20,7 @@ from pathlib import Path
 
 from medunlearn.errors import OutputExistsError
 from medunlearn.io import atomic_write_json, atomic_write_text
-from medunlearn.registry import ledger, replay, store
+from medunlearn.registry import ledger, replay, store, wording
 from medunlearn.registry.core import MODEL_FILE
 from medunlearn.registry.db import connect, get_meta, writer_lock
 from medunlearn.registry.errors import AuditError, RegistryError
@@ -169,6 +169,7 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
             "SELECT ri.idx, ri.role, s.sha256, s.label FROM request_items ri JOIN samples s "
             "ON s.idx = ri.idx WHERE ri.request_id = ? ORDER BY ri.idx", (request_id,)).fetchall()
         versions = {v["n"]: dict(v) for v in conn.execute("SELECT * FROM versions")}
+        n_images = sum(1 for i in items if i["role"] in ("forget", "consolidate"))
         attempts = []
         for a in conn.execute("SELECT * FROM attempts WHERE request_id = ? ORDER BY n",
                               (request_id,)):
@@ -177,14 +178,17 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
                 "attempt": a["n"], "method": a["method"], "status": a["status"],
                 "passed": bool(a["passed"]), "reasons": json.loads(a["reasons"]),
                 "started": a["started"], "finished": a["finished"],
-                "unlearn_seconds": summary.get("unlearn_seconds"),
-                "verify_seconds": summary.get("verify_seconds"),
+                "unlearn_seconds": _seconds(summary.get("unlearn_seconds")),
+                "verify_seconds": _seconds(summary.get("verify_seconds")),
                 "candidate_sha256": summary.get("weights_sha256"),
                 "forget_count": summary.get("forget_count"),
                 "exclude_count": summary.get("exclude_count"),
-                "checks": (summary.get("verdict") or {}).get("checks", []),
+                "checks": [wording.plain_check(c, n_images) for c in
+                           (summary.get("verdict") or {}).get("checks", [])
+                           if isinstance(c, dict)],
                 "steps": summary.get("steps"),
-                "metrics": summary.get("metrics"), "error": summary.get("error"),
+                "key_metrics": wording.key_metrics(summary.get("metrics")),
+                "error": summary.get("error"),
             })
         result = json.loads(r["result"]) if r["result"] else {}
         before, after = versions.get(r["from_version"]), versions.get(r["to_version"])
@@ -209,9 +213,9 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
                                       "method": after["method"]},
             "method": result.get("method"), "attempts": attempts,
             "timings": {"submitted": r["submitted"], "completed": r["completed"],
-                        "unlearn_seconds": result.get("unlearn_seconds"),
-                        "verify_seconds": result.get("verify_seconds"),
-                        "promote_seconds": result.get("promote_seconds")},
+                        "unlearn_seconds": _seconds(result.get("unlearn_seconds")),
+                        "verify_seconds": _seconds(result.get("verify_seconds")),
+                        "promote_seconds": _seconds(result.get("promote_seconds"))},
             "ledger": {"entries": [{k: e[k] for k in ("seq", "kind", "created", "prev_hash",
                                                        "hash")} for e in entries],
                        "head_seq": seq, "head_hash": head},
@@ -220,88 +224,128 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
         conn.close()
 
 
+def _seconds(v) -> float | None:
+    return round(v, 2) if isinstance(v, (int, float)) else None
+
+
 def _esc(v) -> str:
     return html.escape("-" if v is None else str(v))
 
 
-def _table(rows: list[list], header: list[str]) -> str:
+def _table(rows: list[list], header: list[str], hashes: tuple[int, ...] = ()) -> str:
+    """An HTML table; the columns in ``hashes`` hold long hex strings that may wrap anywhere."""
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(
+        f"<td{' class=h' if k in hashes else ''}>{_esc(c)}</td>" for k, c in enumerate(row))
+        + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _num(v) -> str:
-    return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+    return wording.fmt(v) if isinstance(v, (int, float)) else "-"
+
+
+OUTCOME_CLASS = {"passed": "ok", "failed": "bad", "cannot say": "warn", "not run": "muted"}
+
+CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:64em;color:#222;"
+       "line-height:1.45;padding:0 1em}"
+       "table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em;width:100%}"
+       "td,th{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}"
+       "th{background:#f2f2f2;white-space:nowrap}td.h{font-family:monospace;font-size:.85em;"
+       "overflow-wrap:anywhere}code{overflow-wrap:anywhere}"
+       ".badge{padding:.15em .6em;border-radius:.3em;color:#fff;white-space:nowrap}"
+       ".ok{background:#2a7d2e}.bad{background:#b3261e}.warn{background:#9a6700}"
+       ".muted{background:#6b6b6b}.note{background:#fff8e1;border-left:4px solid #9a6700;"
+       "padding:.5em 1em}")
+
+
+def _outcome(o: str) -> str:
+    return f"<span class='badge {OUTCOME_CLASS.get(o, 'muted')}'>{_esc(o)}</span>"
+
+
+def _checks_table(a: dict) -> str:
+    head = ["check", "question", "outcome", "measured", "limit", "what it means"]
+    rows = "".join(
+        f"<tr><td>{_esc(c['check'])}</td><td>{_esc(c['question'])}</td>"
+        f"<td>{_outcome(c['outcome'])}</td><td>{_num(c['measured'])}</td>"
+        f"<td>{_esc(c.get('limit_text', '-'))}</td><td>{_esc(c['explanation'])}</td></tr>"
+        for c in a["checks"])
+    return (f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
 
 
 def render_html(cert: dict) -> str:
     """A self-contained HTML page (inline CSS, no scripts, no external resources)."""
     req = cert["request"]
     ok = req["status"] == "completed"
-    badge = (f"<span class='badge {'ok' if ok else 'bad'}'>{_esc(req['status'].upper())}</span>")
-    attempts = _table([[a["attempt"], a["method"], a["status"], "; ".join(a["reasons"]) or "-",
-                        _num(a["unlearn_seconds"]), _num(a["verify_seconds"]),
-                        a["candidate_sha256"]] for a in cert["attempts"]],
-                      ["#", "method", "outcome", "reasons", "unlearn s", "verify s",
-                       "candidate SHA-256"])
+    badge = f"<span class='badge {'ok' if ok else 'bad'}'>{_esc(req['status'].upper())}</span>"
+    attempts = _table([[a["attempt"], a["method"], a["status"], _num(a["unlearn_seconds"]),
+                        _num(a["verify_seconds"]), a["candidate_sha256"]]
+                       for a in cert["attempts"]],
+                      ["#", "method", "outcome", "unlearning (s)", "checks (s)",
+                       "candidate model SHA-256"], hashes=(5,))
     checks = "".join(
-        f"<h3>Attempt {a['attempt']} ({_esc(a['method'])}) checks</h3>" + _table(
-            [[c.get("name"), c.get("status", c.get("passed")), c.get("value"), c.get("limit"),
-              c.get("message", c.get("reason", ""))] for c in a["checks"] if isinstance(c, dict)],
-            ["check", "outcome", "value", "limit", "message"])
-        for a in cert["attempts"] if a["checks"])
-    forgotten = _table([[f["index"], f["sha256"]] for f in cert["forgotten"]],
-                       ["training index", "image SHA-256"])
-    already = (_table([[f["index"], f["sha256"]] for f in cert["already_forgotten"]],
-                      ["training index", "image SHA-256"])
-               if cert["already_forgotten"] else "<p>None.</p>")
+        f"<h3>Attempt {a['attempt']} ({_esc(a['method'])}): safety checks</h3>"
+        + (_checks_table(a) if a["checks"] else f"<p>No checks ran: {_esc(a['error'])}</p>")
+        for a in cert["attempts"])
+    low_power = any(c["outcome"] == "cannot say" for a in cert["attempts"] for c in a["checks"])
+    power = ("<p class='note'>Some checks <b>cannot say</b> anything about so few images: their "
+             "measurement is too uncertain to tell a model that forgot the images from one that "
+             f"remembers them. {_esc(wording.STRONGER_CHECK)}</p>") if low_power else ""
+    hashes = lambda items: _table([[f["index"], f["sha256"]] for f in items],  # noqa: E731
+                                  ["training index", "image SHA-256"], hashes=(1,))
     if cert.get("consolidated"):
         images = (f"<h2>Consolidation: exact retraining without the "
-                  f"{len(cert['consolidated'])} images forgotten so far (hashes only)</h2>"
-                  + _table([[f["index"], f["sha256"]] for f in cert["consolidated"]],
-                           ["training index", "image SHA-256"]))
+                  f"{len(cert['consolidated'])} images forgotten so far</h2>"
+                  + hashes(cert["consolidated"]))
     else:
-        images = (f"<h2>Images forgotten ({len(cert['forgotten'])}; hashes only, no pixels)"
-                  f"</h2>\n{forgotten}\n<h2>Already forgotten earlier (no-op)</h2>\n{already}")
+        images = (f"<h2>Images forgotten ({len(cert['forgotten'])})</h2>"
+                  "<p>Identified by the SHA-256 hash of their pixels; the registry never stores "
+                  "the images themselves.</p>" + hashes(cert["forgotten"]))
+        if cert["already_forgotten"]:
+            images += ("<h2>Already forgotten by an earlier request</h2>"
+                       + hashes(cert["already_forgotten"]))
     led = _table([[e["seq"], e["kind"], e["created"], e["hash"]]
-                  for e in cert["ledger"]["entries"]], ["seq", "kind", "time", "entry hash"])
+                  for e in cert["ledger"]["entries"]], ["entry", "kind", "time (UTC)",
+                                                        "entry hash"], hashes=(3,))
     before, after = cert["model_before"] or {}, cert["model_after"] or {}
     odd = sorted({v for a in cert["attempts"] if a["passed"]
                   for v in (a.get("steps") or {}).values() if v not in REAL_STEPS})
     warn = (f"<p class='badge bad'>Promoted with non-standard steps: {_esc(', '.join(odd))}"
             "</p>") if odd else ""
-    metrics = json.dumps(next((a["metrics"] for a in reversed(cert["attempts"]) if a["passed"]),
-                              None), indent=2, default=str)
-    css = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}"
-           "table{border-collapse:collapse;margin:.5em 0;font-size:.85em}"
-           "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;word-break:break-all}"
-           "th{background:#f2f2f2}.badge{padding:.2em .6em;border-radius:.3em;color:#fff}"
-           ".ok{background:#2a7d2e}.bad{background:#b3261e}code,pre{font-size:.85em}"
-           "pre{background:#f7f7f7;padding:.5em;overflow:auto;max-height:30em}")
+    promoted = next((a for a in reversed(cert["attempts"]) if a["passed"]), None)
+    metrics = ""
+    if promoted and promoted["key_metrics"]:
+        metrics = ("<h2>The model before and after</h2>" + _table(
+            [[m["metric"], _num(m["before"]), _num(m["after"])]
+             for m in promoted["key_metrics"]], ["measure", "before", "after"]))
+    head = cert["ledger"]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Deletion certificate {_esc(req['id'])}</title>
-<style>{css}</style></head><body>
+<style>{CSS}</style></head><body>
 <h1>Deletion certificate {badge}</h1>
 {warn}
 <p>Request <b>{_esc(req['id'])}</b> for subject reference <code>{_esc(req['subject'])}</code>,
 dataset {_esc(cert['dataset'])}. Submitted {_esc(req['submitted'])}, completed
-{_esc(req['completed'])}. Request content SHA-256 <code>{_esc(req['content_sha256'])}</code>.</p>
+{_esc(req['completed'])} (UTC). Request content SHA-256
+<code>{_esc(req['content_sha256'])}</code>.</p>
 <h2>Models</h2>
 {_table([["before", before.get("version"), before.get("weights_sha256")],
          ["after", after.get("version"), after.get("weights_sha256")]],
-        ["", "version", "weights SHA-256"])}
-<p>Method promoted: <b>{_esc(cert['method'])}</b>.</p>
+        ["", "version", "weights SHA-256"], hashes=(2,))}
+<p>Method that produced the new model: <b>{_esc(cert['method'] or 'none')}</b>.</p>
 {images}
-<h2>Attempts and safety verdicts</h2>
+<h2>Attempts</h2>
 {attempts}
 {checks}
-<h2>Metrics of the promoted model</h2>
-<pre>{_esc(metrics)}</pre>
-<h2>Audit ledger entries</h2>
+{power}
+{metrics}
+<h2>Audit ledger entries of this request</h2>
 {led}
-<p>Ledger head at issue: entry {_esc(cert['ledger']['head_seq'])},
-<code>{_esc(cert['ledger']['head_hash'])}</code>. Check with
-<code>medunlearn audit verify REG</code>.</p>
+<p>Ledger head when this certificate was issued: entry {_esc(head['head_seq'])},
+<code>{_esc(head['head_hash'])}</code>. Anyone holding this certificate can check that the
+registry still contains these entries unchanged with
+<code>medunlearn audit verify REG --certificate certificate.json</code>.</p>
 </body></html>
 """
 
