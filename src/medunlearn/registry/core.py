@@ -33,6 +33,7 @@ import os
 import shutil
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from medunlearn.errors import CheckpointError, DataError, MedUnlearnError, OutputExistsError
@@ -609,133 +610,179 @@ def _write_excluded(conn: sqlite3.Connection, run_dir: Path, exclude: list[int])
 ENVIRONMENT_ERRORS = (DataError, CheckpointError, OutputExistsError, RegistryError)
 
 
-def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep,
-             verify: VerifyStep, *, data_root: str | None, seed: int | None,
-             log=None) -> dict:
-    """Run the attempts of a pending request until one passes or the chain is exhausted."""
+@dataclass
+class Plan:
+    """What a pending request asks of the model (the policy; no SQL or files here).
+
+    A deletion request forgets its own new images (``own``) with its method chain; a
+    consolidation owns no images and retrains without every image withdrawn so far.
+    """
+
+    rid: str
+    num: int
+    consolidate: bool
+    forget: list[int]  # left out of the candidate's training: the request's images
+    exclude: list[int]  # withdrawn earlier: in neither the forget nor the retain set
+    chain: list[str]
+    first_attempt: int  # attempts before a retry are kept; this one's numbers follow them
+
+    @property
+    def own(self) -> list[int]:
+        """Images this request withdraws (marked forgotten by it on promotion)."""
+        return [] if self.consolidate else self.forget
+
+    def taken_out(self, method: str, still_in: set[int]) -> list[int]:
+        """Images out of a promoted candidate that the registry did not yet count as forgotten:
+        the request's own, and after an exact retraining every withdrawn image it left out."""
+        swept = set(self.forget) | set(self.exclude) if method == "retrain" else set()
+        return sorted(set(self.own) | (swept & still_in))
+
+
+def _plan(conn: sqlite3.Connection, rid: str) -> Plan:
     row = conn.execute("SELECT * FROM requests WHERE id = ?", (rid,)).fetchone()
     body = json.loads(row["body"])
     consolidate = bool(body.get("consolidate"))
     # a consolidation retrains without every earlier-forgotten image: they are its forget set
     forget_idx = _items(conn, rid, "consolidate" if consolidate else "forget")
-    forget_set = set(forget_idx)
-    exclude = [i for i in withdrawn_indices(conn) if i not in forget_set]
+    exclude = [i for i in withdrawn_indices(conn) if i not in set(forget_idx)]
+    chain = ["retrain"] if consolidate else method_chain(conn, body.get("method"))
+    base = int(json.loads(row["result"] or "{}").get("retry_base", 0)) if row["status"] == \
+        "pending" and row["result"] else 0
+    return Plan(rid, row["num"], consolidate, forget_idx, exclude, chain, base)
+
+
+def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep,
+             verify: VerifyStep, *, data_root: str | None, seed: int | None,
+             log=None) -> dict:
+    """Run the attempts of a pending request until one passes or the chain is exhausted."""
+    plan = _plan(conn, rid)
     active = active_version(conn)
-    active_path = reg / _version_row(conn, active)["path"]
-    if not consolidate and forget_set and not forget_set & set(_not_forgotten(conn)):
+    if plan.own and not set(plan.own) & set(_not_forgotten(conn)):
         # a retried request whose images an exact retraining (a consolidation, or the retrain
         # fallback of a later request) has forgotten meanwhile: nothing is left to do
         with store.write(reg, conn):
-            result = _complete_noop(conn, rid, active, "its images were forgotten meanwhile by "
-                                    "an exact retraining")
-        return result
-    chain = ["retrain"] if consolidate else method_chain(conn, body.get("method"))
+            return _complete_noop(conn, rid, active, "its images were forgotten meanwhile by "
+                                  "an exact retraining")
     seed = int(get_meta(conn, "seed", "0")) if seed is None else seed
     data_root = data_root or get_meta(conn, "data_root") or None
     done = len(_attempt_rows(conn, rid))
-    base = int(json.loads(row["result"] or "{}").get("retry_base", 0)) if row["status"] == \
-        "pending" and row["result"] else 0
-    for k in range(done - base, len(chain)):
-        method = chain[k]
-        n = base + k + 1
-        stage = reg / "staging" / f"r{row['num']}-a{n}"
-        remove_tree(stage)
+    for k in range(done - plan.first_attempt, len(plan.chain)):
+        method, n = plan.chain[k], plan.first_attempt + k + 1
+        if log:
+            log(f"request {rid}: attempt {n} with {method} (forget {len(plan.forget)}, "
+                f"exclude {len(plan.exclude)} earlier images)")
         started = ledger.now_iso()
-        summary = {"forget_count": len(forget_idx), "exclude_count": len(exclude),
-                   "from_version": active, "steps": {"unlearn": step_name(unlearn),
-                                                     "verify": step_name(verify)}}
-        if log:
-            log(f"request {rid}: attempt {n} with {method} (forget {len(forget_idx)}, "
-                f"exclude {len(exclude)} earlier images)")
-        t0 = time.perf_counter()
-        ver = None
-        try:
-            metrics = unlearn(active_path, method=method, forget=forget_idx, exclude=exclude,
-                              out=stage, seed=seed, data_root=data_root)
-            summary["unlearn_seconds"] = time.perf_counter() - t0
-            summary["unlearn_metrics"] = metrics
-            store.stage("after-unlearn")
-            _write_excluded(conn, stage, exclude)
-            t1 = time.perf_counter()
-            ver = verify(stage, original=active_path, data_root=data_root)
-            summary["verify_seconds"] = time.perf_counter() - t1
-            summary["verdict"] = {"passed": bool(ver.passed), "reasons": list(ver.reasons),
-                                  "checks": list(ver.checks)}
-            summary["metrics"] = getattr(ver, "metrics", None)
-            summary["weights_sha256"] = sha256_file(stage / MODEL_FILE)
-            store.stage("after-verify")
-        except ENVIRONMENT_ERRORS:
-            remove_tree(stage)
-            raise
-        except Exception as exc:  # a method or the evaluation failed: record it, fall back
-            summary.setdefault("unlearn_seconds", time.perf_counter() - t0)
-            summary["error"] = f"{type(exc).__name__}: {exc}"
-            with store.write(reg, conn):
-                _record_attempt(conn, rid, n, method, "error", None, summary, started)
-            remove_tree(stage)
-            if log:
-                log(f"  attempt {n} ({method}) failed: {summary['error']}")
-            continue
-        if not ver.passed:
-            with store.write(reg, conn):
-                _record_attempt(conn, rid, n, method, "failed", ver, summary, started)
-            store.stage("after-failed-attempt")
-            remove_tree(stage)
-            if log:
-                log(f"  attempt {n} ({method}) did not pass the safety gate: "
-                    f"{'; '.join(ver.reasons)}")
-            continue
-        # Promote: rename into place, then one transaction makes it official. A crash between
-        # the two leaves an orphan folder that recover() removes; the attempt is then redone.
-        t2 = time.perf_counter()
-        new_n = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] + 1
-        final = reg / "versions" / str(new_n)
-        remove_tree(final)
-        os.replace(stage, final)
-        _fsync_dir(final.parent)
-        store.stage("after-rename")
-        files = store.folder_hashes(final)
-        now = ledger.now_iso()
+        stage, ver, summary = _attempt(reg, conn, plan, method, n, active, unlearn, verify,
+                                       seed=seed, data_root=data_root)
+        if ver is not None and ver.passed:
+            return _promote(reg, conn, plan, method, n, active, stage, ver, summary, started,
+                            log=log)
+        outcome = "error" if ver is None else "failed"
         with store.write(reg, conn):
-            _record_attempt(conn, rid, n, method, "passed", ver, summary, started)
-            conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
-                         "method, created) VALUES(?, ?, ?, ?, ?, ?, ?)",
-                         (new_n, f"versions/{new_n}", summary["weights_sha256"], active, rid,
-                          method, now))
-            set_meta(conn, "active_version", str(new_n))
-            # An exact retraining also leaves out the images of failed requests (they are in
-            # its forget or exclude list): they are out of the model now, so mark them too.
-            still_in = set(_not_forgotten(conn))
-            swept = [i for i in (forget_idx if consolidate else exclude) if i in still_in] \
-                if method == "retrain" else []
-            if not consolidate:
-                select_in(conn, "UPDATE samples SET forgotten_in = ?, request_id = ? WHERE idx "
-                          "IN ({in})", forget_idx, [new_n, rid])
-            select_in(conn, "UPDATE samples SET forgotten_in = ? WHERE idx IN ({in})", swept,
-                      [new_n])
-            newly = sorted(set(swept) | (set() if consolidate else forget_set))
-            ledger.append(conn, "promote", {
-                "version": new_n, "parent": active, "weights_sha256": summary["weights_sha256"],
-                "config_sha256": files.get("config.json"), "method": method,
-                "attempt": n, "files": files}, request_id=rid, created=now)
-            result = _finish(conn, rid, "completed", active, new_n, method, now)
-            result["promote_seconds"] = time.perf_counter() - t2
-            conn.execute("UPDATE requests SET result = ? WHERE id = ?",
-                         (ledger.canonical_json(result), rid))
-            ledger.append(conn, "complete", {
-                "status": "completed", "noop": False, "version": new_n,
-                "forgotten": newly, **({"consolidated": forget_idx} if consolidate else {}),
-                "result_sha256": result_sha256(result)}, request_id=rid, created=now)
-        store.stage("after-commit")
+            _record_attempt(conn, rid, n, method, outcome, ver, summary, started)
+        store.stage(f"after-{outcome}-attempt")
+        remove_tree(stage)
         if log:
-            log(f"  promoted version {new_n} ({method})")
-        return result
+            log(f"  attempt {n} ({method}) " + (f"failed: {summary['error']}" if ver is None
+                else f"did not pass the safety gate: {'; '.join(ver.reasons)}"))
     now = ledger.now_iso()
     with store.write(reg, conn):
         result = _finish(conn, rid, "failed", active, None, None, now)
         ledger.append(conn, "failed", {"status": "failed", "version": active,
                                        "result_sha256": result_sha256(result)}, request_id=rid,
                       created=now)
+    return result
+
+
+def _attempt(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: int, active: int,
+             unlearn: UnlearnStep, verify: VerifyStep, *, seed: int,
+             data_root: str | None) -> tuple[Path, Verification | None, dict]:
+    """Unlearn from the active version into ``REG/staging`` and verify the candidate.
+
+    Returns:
+        ``(candidate folder, verification or None when a step raised, attempt summary)``.
+
+    Raises:
+        One of :data:`ENVIRONMENT_ERRORS`: the request stays pending (nothing recorded).
+    """
+    stage = reg / "staging" / f"r{plan.num}-a{n}"
+    remove_tree(stage)
+    active_path = reg / _version_row(conn, active)["path"]
+    summary = {"forget_count": len(plan.forget), "exclude_count": len(plan.exclude),
+               "from_version": active, "steps": {"unlearn": step_name(unlearn),
+                                                 "verify": step_name(verify)}}
+    t0 = time.perf_counter()
+    try:
+        summary["unlearn_metrics"] = unlearn(active_path, method=method, forget=plan.forget,
+                                             exclude=plan.exclude, out=stage, seed=seed,
+                                             data_root=data_root)
+        summary["unlearn_seconds"] = time.perf_counter() - t0
+        store.stage("after-unlearn")
+        _write_excluded(conn, stage, plan.exclude)
+        t1 = time.perf_counter()
+        ver = verify(stage, original=active_path, data_root=data_root)
+        summary["verify_seconds"] = time.perf_counter() - t1
+        summary["verdict"] = {"passed": bool(ver.passed), "reasons": list(ver.reasons),
+                              "checks": list(ver.checks)}
+        summary["metrics"] = getattr(ver, "metrics", None)
+        summary["weights_sha256"] = sha256_file(stage / MODEL_FILE)
+        store.stage("after-verify")
+        return stage, ver, summary
+    except ENVIRONMENT_ERRORS:
+        remove_tree(stage)
+        raise
+    except Exception as exc:  # a method or the evaluation failed: record it, fall back
+        summary.setdefault("unlearn_seconds", time.perf_counter() - t0)
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        return stage, None, summary
+
+
+def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: int, active: int,
+             stage: Path, ver: Verification, summary: dict, started: str, log=None) -> dict:
+    """Rename the candidate into ``REG/versions`` and make it official in one transaction.
+
+    A crash between the two leaves an orphan folder that :func:`recover` removes; the attempt
+    is then redone.
+    """
+    rid = plan.rid
+    t2 = time.perf_counter()
+    new_n = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] + 1
+    final = reg / "versions" / str(new_n)
+    remove_tree(final)
+    os.replace(stage, final)
+    _fsync_dir(final.parent)
+    store.stage("after-rename")
+    files = store.folder_hashes(final)
+    now = ledger.now_iso()
+    with store.write(reg, conn):
+        _record_attempt(conn, rid, n, method, "passed", ver, summary, started)
+        conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
+                     "method, created) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                     (new_n, f"versions/{new_n}", summary["weights_sha256"], active, rid,
+                      method, now))
+        set_meta(conn, "active_version", str(new_n))
+        # An exact retraining also leaves out the images of failed requests (they are in its
+        # forget or exclude list): they are out of the model now, so they are marked too.
+        newly = plan.taken_out(method, set(_not_forgotten(conn)))
+        select_in(conn, "UPDATE samples SET forgotten_in = ? WHERE idx IN ({in})", newly,
+                  [new_n])
+        select_in(conn, "UPDATE samples SET request_id = ? WHERE idx IN ({in})", plan.own,
+                  [rid])
+        ledger.append(conn, "promote", {
+            "version": new_n, "parent": active, "weights_sha256": summary["weights_sha256"],
+            "config_sha256": files.get("config.json"), "method": method,
+            "attempt": n, "files": files}, request_id=rid, created=now)
+        result = _finish(conn, rid, "completed", active, new_n, method, now)
+        result["promote_seconds"] = time.perf_counter() - t2
+        conn.execute("UPDATE requests SET result = ? WHERE id = ?",
+                     (ledger.canonical_json(result), rid))
+        ledger.append(conn, "complete", {
+            "status": "completed", "noop": False, "version": new_n, "forgotten": newly,
+            **({"consolidated": plan.forget} if plan.consolidate else {}),
+            "result_sha256": result_sha256(result)}, request_id=rid, created=now)
+    store.stage("after-commit")
+    if log:
+        log(f"  promoted version {new_n} ({method})")
     return result
 
 
