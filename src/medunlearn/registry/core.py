@@ -822,7 +822,7 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
     t0 = time.perf_counter()
     reg = Path(reg)
     req = request if isinstance(request, DeletionRequest) else load_request(request)
-    if req.method is not None:
+    if req.method is not None and not req.consolidate:  # a consolidation always retrains
         _check_method(req)
     unlearn, verify = resolve_steps(unlearn, verify)
     with writer_lock(reg, timeout=lock_timeout):
