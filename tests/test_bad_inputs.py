@@ -92,6 +92,9 @@ def base(model_dir, tmp_path_factory):  # noqa: F811
     init_registry(model_dir, ws / "reg", methods=["salun-cra", "retrain"])
     forget(ws / "reg", {"id": "R1", "subject": "s1", "indices": [1, 2]}, unlearn=fake_unlearn,
            verify=fake_verify)
+    # a registry whose journal cannot be created: what SQLite reports for a read-only registry
+    shutil.copytree(ws / "reg", ws / "reg-locked")
+    (ws / "reg-locked" / "registry.db-wal").mkdir()
     frac = make_synthetic_npz(ws / "frac" / "breastmnist.npz", n_classes=2)
     arrays = dict(np.load(frac))
     arrays["train_labels"] = arrays["train_labels"].astype(np.float64) + 0.5
@@ -106,7 +109,7 @@ def snapshot(ws: Path) -> dict:
         rel = p.relative_to(ws).as_posix()
         if p.name.endswith(("-wal", "-shm")):
             continue
-        if p.name == "registry.db":
+        if p.name == "registry.db" and not (p.parent / "registry.db-wal").is_dir():
             conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
             out[rel] = "\n".join(conn.iterdump())
             conn.close()
@@ -211,6 +214,21 @@ CASES = [
     ("forget-no-download-missing-data", ["forget", R, "--request", "{ws}/req-ok.json",
                                          "--no-download", "--data-root", "{ws}/empty"],
      "breastmnist"),
+    # a registry SQLite cannot open (as for a read-only folder); outputs that cannot be written
+    ("status-unopenable-registry", ["registry", "status", "{ws}/reg-locked"],
+     "cannot be opened or changed"),
+    ("verify-unopenable-registry", ["audit", "verify", "{ws}/reg-locked"],
+     "cannot be opened or changed"),
+    ("forget-unopenable-registry", ["forget", "{ws}/reg-locked", "--request",
+                                    "{ws}/req-ok.json"], "cannot be opened or changed"),
+    ("init-out-under-a-file", ["registry", "init", "--model", "{ws}/model", "--out",
+                               "{ws}/file.txt/reg"], "Cannot write"),
+    ("show-out-under-a-file", ["audit", "show", R, "R1", "--out", "{ws}/file.txt/cert"],
+     "Cannot write"),
+    ("manifest-out-under-a-file", ["registry", "manifest", R, "--out",
+                                   "{ws}/file.txt/m.csv"], "Cannot write"),
+    ("train-out-under-a-file", ["train", "--dataset", "breastmnist", "--train-limit", "40",
+                                "--epochs", "1", "--out", "{ws}/file.txt/run"], "Cannot write"),
     # train, unlearn, experiment
     ("unlearn-indices-not-utf8", ["unlearn", "--model", "{ws}/model", "--method", "retrain",
                                   "--forget", "indices:{ws}/not-utf8.txt", "--out", "{ws}/u"],

@@ -21,6 +21,13 @@ def _short(h: str | None) -> str:
     return (h or "-")[:16]
 
 
+def _one_line(text: str | None, limit: int = 80) -> str:
+    """``text`` on one line with control characters escaped (stored values are printed as
+    data, never as extra output lines), cut to ``limit`` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in (text or ""))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 @registry_app.command("init")
 def init(
     model: Annotated[Path, typer.Option("--model", "-m", help="Run folder of the deployed model "
@@ -81,7 +88,8 @@ def status_cmd(
         reqs = st["requests"].get(name, [])
         typer.echo(f"{name} requests: {len(reqs)}")
         for r in reqs:
-            typer.echo(f"  {r['id']:<24} subject {r['subject'] or '-':<16} v{r['from_version']} -> "
+            typer.echo(f"  {_one_line(r['id']):<24} subject {_one_line(r['subject']) or '-':<16} "
+                       f"v{r['from_version']} -> "
                        f"v{r['to_version'] if r['to_version'] is not None else '?'}  "
                        f"{r['completed'] or r['submitted']}")
     typer.echo(f"ledger: {st['ledger']['entries']} entries; head (keep a copy outside the "
