@@ -63,7 +63,7 @@ def head(reg):
 TAMPERING = [
     ("items, subject and method", sql(
         "DELETE FROM request_items WHERE request_id='R1'; "
-        "UPDATE requests SET subject='x' WHERE id='R1'; "
+        "UPDATE requests SET subject='x' || char(10) || 'active model: exact' WHERE id='R1'; "
         "UPDATE versions SET method='retrain' WHERE n=2;"),
      ["images listed for it", "column subject", "column method"]),
     ("attempt reasons", sql("UPDATE attempts SET reasons='[]' WHERE request_id='R1';"),
@@ -111,6 +111,7 @@ def test_tampering_fails_the_audit_even_with_a_current_anchor(reg, tmp_path, cap
     st = status(reg)
     assert not st["audit"]["ok"] and not st["exactness"]["exact"]
     assert main(["registry", "status", str(reg)]) == 1
+    assert "\nactive model: exact" not in capsys.readouterr().out  # no injected lines
     with pytest.raises(AuditError, match="fails its audit"):
         write_certificate(reg, "R1", tmp_path / "cert")
     assert not (tmp_path / "cert").exists()
