@@ -1,13 +1,14 @@
 """Audit: verify a registry against its ledger, and write deletion certificates.
 
-:func:`verify_registry` recomputes the ledger's hash chain and cross-checks every table against
-it: each model version's weights file must still have the SHA-256 recorded at promotion, the
-manifest must hash to the value recorded at ``init``, the forgotten images must be exactly those
-the ledger says were forgotten, and every request and attempt row must match its ledger entry.
+:func:`verify_registry` recomputes the ledger's hash chain, checks the head file and any anchors
+kept outside the registry, replays the ledger into the rows every table must hold and compares
+them column by column (:mod:`.replay`), and hashes every file of every model version against the
+hashes its ledger entry recorded. See docs/registry.md for what this does and does not catch.
 
 :func:`write_certificate` writes ``certificate.json`` and a self-contained ``certificate.html``
-for one request: what was forgotten (hashes only), the model hashes before and after, the
-method, metrics, verdicts and timings, and the ledger entries with their hashes.
+for one request, only for a registry that passes that audit: what was forgotten (hashes only),
+the model hashes before and after, the method, each safety check in plain words
+(:mod:`.wording`), the key metrics before and after, timings, and the request's ledger entries.
 """
 
 from __future__ import annotations

@@ -3,15 +3,16 @@
 A registry folder ``REG`` holds::
 
     REG/registry.db        SQLite: manifest, versions, requests, attempts, audit ledger
-    REG/LEDGER_HEAD        sequence number and hash of the last ledger entry
+    REG/LEDGER_HEAD        sequence number and hash of the last ledger entry (see .store)
     REG/lock               writer lock (fcntl.flock), held for a whole request
     REG/versions/<n>/      model version n, a complete run folder (v1 = the registered model)
     REG/staging/           candidate models being built (orphans are removed on the next run)
 
 The workflow of :func:`forget` (all under the writer lock):
 
-1. recover: remove orphan staging folders and version folders without a database row;
-   finish pending requests left by a crashed run;
+1. recover: refuse a registry whose head file or tables do not match its ledger; remove orphan
+   staging folders and version folders without a database row; finish pending requests left
+   by a crashed run;
 2. validate the request (nothing is written when it is refused);
 3. record it as *pending* (one transaction: request, its images, ledger entry); its images are
    withdrawn from every later retain set at once;
@@ -23,6 +24,11 @@ The workflow of :func:`forget` (all under the writer lock):
 
 A crash anywhere leaves the previous version active and the request pending (or complete); the
 next ``forget`` or ``registry resume`` finishes it.
+
+Layers: :mod:`.store` (transactions, ledger head, chunked ``IN`` lists, test stage hooks);
+:class:`Plan` (the policy: which images a request forgets or excludes, its method chain, what a
+promoted retraining takes out); :func:`_attempt` (unlearn + verify, files only) and
+:func:`_promote` (rename + one transaction).
 """
 
 from __future__ import annotations
