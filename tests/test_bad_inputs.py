@@ -40,6 +40,8 @@ FILES = {
                        b"size: abc\n",
     "study-method-option.yaml": b"datasets: [breastmnist]\nforget: ['random:0.1']\n"
                                 b"methods: [{name: salun, options: {epochs: 0}}]\n",
+    "study-gate.yaml": b"datasets: [breastmnist]\nforget: ['random:0.1']\nmethods: [retrain]\n"
+                       b"gate: {fnr_tolerance: -1}\n",
     "study.yaml": b"datasets: [breastmnist]\nforget: ['random:0.1']\nmethods: [retrain]\n",
     "req-ok.json": _req(),
     "req-not-utf8.json": NOT_UTF8,
@@ -248,6 +250,8 @@ CASES = [
                                  "--dry-run"], "size must be a positive whole number"),
     ("study-bad-method-option", ["experiment", "{ws}/study-method-option.yaml", "--out",
                                  "{ws}/x", "--dry-run"], "epochs of method 'salun'"),
+    ("study-negative-gate-tolerance", ["experiment", "{ws}/study-gate.yaml", "--out", "{ws}/x",
+                                       "--dry-run"], "fnr_tolerance must be a non-negative"),
     ("study-seeds-not-numbers", ["experiment", "{ws}/study.yaml", "--out", "{ws}/x", "--seeds",
                                  "abc"], "whole numbers"),
     ("study-not-utf8", ["experiment", "{ws}/not-utf8.txt", "--out", "{ws}/x"], "not UTF-8"),

@@ -449,6 +449,10 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
         validate_train_config(train)
         if model.width < 1:
             raise ExperimentConfigError(f"model.width must be at least 1, got {model.width}.")
+        if isinstance(raw.get("gate"), dict) and raw["gate"]:
+            from medunlearn.evaluation.gate import gate
+
+            gate({}, raw["gate"])  # checks the tolerance names and values (no metrics needed)
     except MedUnlearnError as exc:
         raise ExperimentConfigError(str(exc)) from None
     for sec in ("evaluation", "gate"):
