@@ -536,19 +536,23 @@ def test_external_anchors_catch_a_rewritten_ledger(reg, manifest, tmp_path, caps
                  str(cert_file)]) == 0
     # the head anchor, the certificate's four request entries and its head
     assert "6 external anchor(s) matched" in capsys.readouterr().out
-    # someone with write access re-dates every entry and recomputes the whole chain and head
+    # someone with write access changes DR-1's subject in its table row and in its ledger
+    # entry, then recomputes the whole chain and the head file
     conn = sqlite3.connect(reg / "registry.db")
     conn.row_factory = sqlite3.Row
     prev = ledger.GENESIS
     for r in conn.execute("SELECT * FROM ledger ORDER BY seq").fetchall():
-        created = "2020-01-01T00:00:00+00:00"
-        h = ledger.entry_hash(r["seq"], r["kind"], r["request_id"], created,
-                              json.loads(r["body"]), prev)
-        conn.execute("UPDATE ledger SET created = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-                     (created, prev, h, r["seq"]))
+        body = json.loads(r["body"])
+        if r["kind"] == "request" and r["request_id"] == "DR-1":
+            body["request"]["subject"] = "someone-else"
+            conn.execute("UPDATE requests SET subject = ?, body = ? WHERE id = 'DR-1'",
+                         ("someone-else", ledger.canonical_json(body["request"])))
+        h = ledger.entry_hash(r["seq"], r["kind"], r["request_id"], r["created"], body, prev)
+        conn.execute("UPDATE ledger SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                     (ledger.canonical_json(body), prev, h, r["seq"]))
         prev = h
     conn.commit()
-    ledger.write_head(reg, conn)
+    (reg / "LEDGER_HEAD").write_text(f"{r['seq']} {prev}\n")
     conn.close()
     assert verify_registry(reg).ok  # internally consistent: only an outside anchor can tell
     report = verify_registry(reg, anchors=[(head["entries"], head["head"])])
@@ -673,5 +677,6 @@ def test_end_to_end_with_real_unlearning_and_gate(tiny_model, manifest, tmp_path
     assert report.ok and len(report.warnings) == 1 and "request E-2" in report.warnings[0]
     cert = write_certificate(reg, "E-2", tmp_path / "cert")
     checks = cert["attempts"][-1]["checks"]
-    assert any(c["name"] == "attack_auc" for c in checks)  # privacy check on the forgotten images
-    assert cert["attempts"][-1]["metrics"]
+    # the privacy check on the forgotten images, in plain words, and the key metrics
+    assert any(c["check"] == "Membership attack" for c in checks)
+    assert cert["attempts"][-1]["key_metrics"]

@@ -1,20 +1,19 @@
 """Crash safety and concurrency of ``forget``: kill -9 at random points, crash points, two writers.
 
-Each ``forget`` runs in a subprocess (``python -m medunlearn.registry forget ...``) with the fast
-fake unlearn/verify steps selected by ``MEDUNLEARN_REGISTRY_STEPS=fake``; the fakes sleep
-``MEDUNLEARN_REGISTRY_FAKE_DELAY`` seconds per step so that kills land in every phase.
+Each ``forget`` runs in a subprocess with the fast fake unlearn/verify steps selected by
+``MEDUNLEARN_REGISTRY_STEPS=fake``. Kills land at the stages the child reports
+(``_registry_child.py``), never after a delay, so no test depends on timing or machine load.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
@@ -64,9 +63,11 @@ def request_file(tmp_path, rid, indices):
     return path
 
 
+CHILD = Path(__file__).with_name("_registry_child.py")
+
+
 def fake_env(**extra):
     env = dict(os.environ, MEDUNLEARN_REGISTRY_STEPS="fake", PYTHONUNBUFFERED="1")
-    env.pop("MEDUNLEARN_REGISTRY_CRASH_AT", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -75,6 +76,33 @@ def spawn(reg, request, **env):
     return subprocess.Popen([sys.executable, "-m", "medunlearn.registry", "forget", str(reg),
                              "--request", str(request)], env=fake_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_to_stage(argv, target, **env):
+    """Run a registry command in a child and SIGKILL it when it reports stage ``target``
+    (``name#k``: the k-th time it reaches ``name``; ``-``: run to the end).
+
+    Returns:
+        The stages the child reported, in order.
+    """
+    p = subprocess.Popen([sys.executable, str(CHILD), target, *map(str, argv)],
+                         env=fake_env(**env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    stages = []
+    for line in p.stdout:
+        if line.startswith("STAGE "):
+            stages.append(line.split()[1])
+        elif line.strip() == "STOPPED":
+            p.kill()
+            break
+    p.wait(timeout=60)
+    err = p.stderr.read()
+    p.stdout.close(), p.stderr.close(), p.stdin.close()
+    if target == "-":
+        assert p.returncode == 0, err
+    else:
+        assert stages[-1:] == [target] and p.returncode == -signal.SIGKILL, (stages, err)
+    return stages
 
 
 def request_status(reg, rid):
@@ -106,66 +134,55 @@ def finish(reg, request):
     return forget(reg, request, unlearn=fake_unlearn, verify=fake_verify)
 
 
-def test_kill_9_at_random_points_never_corrupts_the_registry(reg, tmp_path):
-    trials = 20
-    rng = random.Random(1234)
-    # one uninterrupted run to measure how long a request takes in a subprocess
-    t0 = time.perf_counter()
-    p = spawn(reg, request_file(tmp_path, "R0", [0, 1]), MEDUNLEARN_REGISTRY_FAKE_DELAY=0.1)
-    assert p.wait(timeout=60) == 0, p.stderr.read().decode()
-    span = time.perf_counter() - t0
-    # and how long the interpreter takes to start, so that most kills land in the request itself
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "medunlearn.registry", "forget", "--help"],
-                   env=fake_env(), capture_output=True, check=True)
-    start = min(0.8 * (time.perf_counter() - t0), 0.5 * span)
+def test_kill_9_at_every_stage_never_corrupts_the_registry(reg, tmp_path):
+    # one uninterrupted request lists the stages a request goes through
+    stages = run_to_stage(["forget", reg, "--request", request_file(tmp_path, "R0", [0, 1])], "-")
+    assert {"after-submit#1", "after-unlearn#1", "after-verify#1", "after-rename#1",
+            "before-commit#2", "after-commit-before-head#2", "after-commit#1"} <= set(stages)
     states = {None: 0, "pending": 0, "completed": 0}
-    orphans = 0
-    for t in range(1, trials + 1):
+    for t, target in enumerate(stages, start=1):
         prev = status(reg)["active_version"]["n"]
         request = request_file(tmp_path, f"R{t}", [2 * t, 2 * t + 1])
-        p = spawn(reg, request, MEDUNLEARN_REGISTRY_FAKE_DELAY=0.1)
-        time.sleep(start + (span - start) * (t - 1 + rng.random()) / trials)  # stratified
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=60)
+        run_to_stage(["forget", reg, "--request", request], target)
         state, _ = assert_consistent(reg, f"R{t}", prev)
         states[state] += 1
-        orphans += any((reg / "staging").iterdir()) or len(list((reg / "versions").iterdir())) \
-            > status(reg)["active_version"]["n"]
         # rerunning finishes the request (or reports the finished one) exactly once
         result = finish(reg, request)
         assert result["status"] == "completed" and result["to_version"] == prev + 1
         assert status(reg)["active_version"]["n"] == prev + 1
         assert not list((reg / "staging").iterdir())
+        assert not (reg / "LEDGER_HEAD.next").exists()
+    n = len(stages)
     st = status(reg)
-    assert len(st["versions"]) == trials + 2 and st["samples"]["forgotten"] == 2 * (trials + 1)
-    assert [v["parent"] for v in st["versions"][1:]] == list(range(1, trials + 2))
+    assert len(st["versions"]) == n + 2 and st["samples"]["forgotten"] == 2 * (n + 1)
+    assert [v["parent"] for v in st["versions"][1:]] == list(range(1, n + 2))
     assert verify_registry(reg).ok
-    print(f"kill -9 trials: {trials}, request state at kill: {states}, orphans: {orphans}")
-    # the kills landed before, during and after requests (stratified delays)
-    assert states["pending"] >= 1 and states["completed"] >= 1, (states, orphans)
+    # kills before the first commit leave no request, later ones a pending or completed one
+    assert states[None] >= 1 and states["pending"] >= 3 and states["completed"] >= 2, states
 
 
 @pytest.mark.parametrize("point,state_after_crash", [
-    ("after-submit", "pending"),
-    ("after-unlearn", "pending"),
-    ("after-verify", "pending"),
-    ("after-failed-attempt", "pending"),
-    ("after-rename", "pending"),
-    ("after-commit", "completed"),
+    ("after-submit#1", "pending"),
+    ("after-unlearn#1", "pending"),
+    ("after-verify#1", "pending"),
+    ("after-failed-attempt#1", "pending"),
+    ("after-rename#1", "pending"),
+    ("after-commit-before-head#2", "completed"),
+    ("after-commit#1", "completed"),
 ])
 def test_crash_points_resume(reg, tmp_path, point, state_after_crash):
     request = request_file(tmp_path, "R1", [3, 4])
-    extra = {"MEDUNLEARN_REGISTRY_CRASH_AT": point}
-    if point == "after-failed-attempt":
+    extra = {}
+    if point == "after-failed-attempt#1":
         extra["MEDUNLEARN_REGISTRY_FAKE_FAIL"] = "salun-cra"
-    p = spawn(reg, request, **extra)
-    assert p.wait(timeout=60) == 137, p.stderr.read().decode()
+    run_to_stage(["forget", reg, "--request", request], point, **extra)
     state, _ = assert_consistent(reg, "R1", 1)
     assert state == state_after_crash
-    if point == "after-rename":  # the candidate is in versions/ but not recorded: an orphan
+    if point.startswith("after-commit-before-head"):  # committed, head file one step behind
+        assert "interrupted after its commit" in verify_registry(reg).warnings[0]
+    if point == "after-rename#1":  # the candidate is in versions/ but not recorded: an orphan
         assert (reg / "versions" / "2").is_dir() and status(reg)["active_version"]["n"] == 1
-    if point == "after-unlearn":  # 'medunlearn registry resume' finishes it without the file
+    if point == "after-unlearn#1":  # 'medunlearn registry resume' finishes it without the file
         env = fake_env()
         done = subprocess.run([sys.executable, "-m", "medunlearn.registry", "registry", "resume",
                                str(reg)], env=env, capture_output=True, text=True, timeout=60)
@@ -173,24 +190,20 @@ def test_crash_points_resume(reg, tmp_path, point, state_after_crash):
     result = finish(reg, request)
     assert result["status"] == "completed" and result["to_version"] == 2
     methods = [a["method"] for a in result["attempts"]]
-    assert methods == (["salun-cra", "retrain"] if point == "after-failed-attempt"
+    assert methods == (["salun-cra", "retrain"] if point == "after-failed-attempt#1"
                        else ["salun-cra"])
     assert verify_registry(reg).ok and not list((reg / "staging").iterdir())
 
 
 @pytest.mark.parametrize("point,state_after_crash", [
-    ("after-submit", "pending"),
-    ("after-unlearn", "pending"),
-    ("after-rename", "pending"),
-    ("after-commit", "completed"),
+    ("after-submit#1", "pending"),
+    ("after-unlearn#1", "pending"),
+    ("after-rename#1", "pending"),
+    ("after-commit#1", "completed"),
 ])
 def test_consolidation_crash_points_resume(reg, tmp_path, point, state_after_crash):
     finish(reg, request_file(tmp_path, "R1", [3, 4]))
-    p = subprocess.Popen([sys.executable, "-m", "medunlearn.registry", "registry", "consolidate",
-                          str(reg), "--id", "C1"],
-                         env=fake_env(MEDUNLEARN_REGISTRY_CRASH_AT=point),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert p.wait(timeout=60) == 137, p.stderr.read().decode()
+    run_to_stage(["registry", "consolidate", reg, "--id", "C1"], point)
     state, forgotten = assert_consistent(reg, "C1", 2)
     assert state == state_after_crash and forgotten == 2
     done = subprocess.run([sys.executable, "-m", "medunlearn.registry", "registry",

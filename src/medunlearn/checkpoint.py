@@ -126,11 +126,11 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
         config = read_json(path / CONFIG_FILE)
         spec = config["model"]
         model = model_from_spec(spec)
-    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
+    except (ValueError, KeyError, TypeError, ConfigError) as exc:  # incl. not UTF-8, not JSON
         raise CheckpointError(
-            f"{path / CONFIG_FILE} is not a valid medunlearn run config ({exc}). Restore it or "
-            "train the model again."
-        ) from exc
+            f"{path / CONFIG_FILE} is not a valid medunlearn run config ({str(exc)[:200]}). "
+            "Restore it or train the model again."
+        ) from None
     state = load_weights(path / MODEL_FILE)
     try:
         model.load_state_dict(state, strict=True)
@@ -142,7 +142,13 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
             " train again or restore the matching files."
         ) from exc
     model.to(device).eval()
-    metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else None
+    try:
+        metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else None
+    except ValueError as exc:  # not UTF-8 or not JSON
+        raise CheckpointError(
+            f"{path / METRICS_FILE} is not valid JSON ({str(exc)[:200]}). Restore it from the "
+            "run, or delete it (it is rewritten by 'medunlearn evaluate')."
+        ) from None
     return Run(path, config, model, metrics)
 
 

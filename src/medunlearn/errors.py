@@ -28,6 +28,10 @@ class CheckpointError(MedUnlearnError):
     """A saved model is missing, corrupt, or does not fit the data it is used with."""
 
 
+class OutputError(MedUnlearnError):
+    """An output file or folder cannot be written (permissions, a file where a folder belongs)."""
+
+
 class OutputExistsError(MedUnlearnError):
     """An output folder already holds a different run."""
 

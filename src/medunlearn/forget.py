@@ -85,11 +85,15 @@ def _read_lines(path_text: str, spec: str) -> list[tuple[int, str]]:
             "file with one entry per line."
         )
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            text = line.split("#", 1)[0].strip()
-            if text:
-                out.append((n, text))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                text = line.split("#", 1)[0].strip()
+                if text:
+                    out.append((n, text))
+    except UnicodeDecodeError:
+        raise ForgetSetError(f"Forget spec {spec!r}: {path_text} is not UTF-8 text; give a text "
+                             "file with one entry per line.") from None
     return out
 
 
@@ -346,8 +350,13 @@ def select_forget(dataset: MedDataset, *, forget: str | Sequence[int], seed: int
 
 def read_forget_csv(path: str | os.PathLike) -> torch.Tensor:
     """Training indices listed in a run's ``forget.csv`` (``index,sha256,label``)."""
-    with open(path, encoding="utf-8", newline="") as fh:
-        return torch.tensor([int(row["index"]) for row in csv.DictReader(fh)], dtype=torch.long)
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return torch.tensor([int(row["index"]) for row in csv.DictReader(fh)],
+                                dtype=torch.long)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ForgetSetError(f"{path} is not a forget list (a UTF-8 CSV with an 'index' column "
+                             f"of whole numbers): {str(exc)[:120]}.") from None
 
 
 def write_index_csv(path: str | os.PathLike, dataset: MedDataset,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -23,7 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from medunlearn.errors import OutputExistsError
+from medunlearn.errors import OutputError, OutputExistsError
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _cannot_write(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"Cannot write {path}: {exc.strerror or exc}. Choose an output path in "
+                       "a folder you can write to (and that is not an existing file where a "
+                       "folder is expected, or the reverse).")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -36,19 +49,35 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
+
+    The file gets the usual permissions of a new file (``0666`` minus the umask), so reports and
+    certificates meant to be handed out are readable like any other file the user writes.
+
+    Raises:
+        OutputError: the folder cannot be created or written, or ``path`` is a folder.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"Cannot write the file {path}: it is a folder. Give a file name, "
+                          f"e.g. {path / 'out'}{path.suffix or ''}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from None
         raise
     _fsync_dir(path.parent)
     return path
@@ -119,6 +148,35 @@ def folder_is_empty(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove the hidden ``.NAME.staging-PID-*`` / ``.NAME.replaced-PID-*`` folders that a
+    killed run (``kill -9``, power loss) left beside ``out``; folders of live processes stay.
+
+    Returns:
+        The folders removed.
+    """
+    removed = []
+    # a replaced folder is the only copy of the old output if the run died before the new one
+    # was renamed into place: it is kept then
+    for kind in ("staging", "replaced") if out.exists() else ("staging",):
+        for p in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            pid = p.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
+            if p.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_output(out: str | os.PathLike, *, overwrite: bool = False,
                   what: str = "run") -> Iterator[Path]:
@@ -143,16 +201,20 @@ def staged_output(out: str | os.PathLike, *, overwrite: bool = False,
             f"The output folder {out} already holds files from another {what}. "
             "Choose a new --out folder, or pass --overwrite to replace its contents."
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
-    stage.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(out)
+        stage = out.parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        stage.mkdir()
+    except OSError as exc:
+        raise _cannot_write(out, exc) from None
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     if out.exists():
-        trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
+        trash = out.parent / f".{out.name}.replaced-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(out, trash)
         os.replace(stage, out)
         shutil.rmtree(trash, ignore_errors=True)

@@ -18,8 +18,8 @@ def parse_int_list(text: str | None, what: str = "--positive-classes") -> tuple[
     try:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise ConfigError(f"{what} takes comma-separated class indices such as 0,1,4; "
-                          f"got {text!r}.") from None
+        raise ConfigError(f"{what} takes comma-separated whole numbers such as 0,1,4; "
+                          f"got {text[:60]!r}.") from None
 
 
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help="MedMNIST 2D dataset flag, e.g. "

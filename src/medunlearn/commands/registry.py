@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medunlearn.commands._common import DataRoot, echo_json
+from medunlearn.commands._common import DataRoot, NoDownload, echo_json
 
 registry_app = typer.Typer(help="Register a deployed model and inspect its deletion requests.",
                            no_args_is_help=True)
@@ -19,6 +19,13 @@ Reg = Annotated[Path, typer.Argument(help="Registry folder (from 'medunlearn reg
 
 def _short(h: str | None) -> str:
     return (h or "-")[:16]
+
+
+def _one_line(text: str | None, limit: int = 80) -> str:
+    """``text`` on one line with control characters escaped (stored values are printed as
+    data, never as extra output lines), cut to ``limit`` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in (text or ""))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @registry_app.command("init")
@@ -54,6 +61,8 @@ def status_cmd(
     st = status(reg)
     if as_json:
         echo_json(st)
+        if not st["audit"]["ok"]:
+            raise typer.Exit(1)
         return
     v = st["active_version"]
     typer.echo(f"registry {reg} ({st['dataset']}); methods {' -> '.join(st['methods'])}")
@@ -79,12 +88,20 @@ def status_cmd(
         reqs = st["requests"].get(name, [])
         typer.echo(f"{name} requests: {len(reqs)}")
         for r in reqs:
-            typer.echo(f"  {r['id']:<24} subject {r['subject'] or '-':<16} v{r['from_version']} -> "
+            typer.echo(f"  {_one_line(r['id']):<24} subject {_one_line(r['subject']) or '-':<16} "
+                       f"v{r['from_version']} -> "
                        f"v{r['to_version'] if r['to_version'] is not None else '?'}  "
                        f"{r['completed'] or r['submitted']}")
     typer.echo(f"ledger: {st['ledger']['entries']} entries; head (keep a copy outside the "
                f"registry, check with 'audit verify --anchor'): "
                f"{st['ledger']['entries']}:{st['ledger']['head']}")
+    if not st["audit"]["ok"]:
+        for p in st["audit"]["problems"]:
+            typer.secho(f"FAIL {p}", err=True, fg="red")
+        typer.secho(f"the registry {reg} does not match its audit ledger: what is shown above "
+                    f"cannot be trusted. Run 'medunlearn audit verify {reg}'.", err=True,
+                    fg="red")
+        raise typer.Exit(1)
 
 
 @registry_app.command("manifest")
@@ -100,11 +117,12 @@ def manifest_cmd(
 
 
 @registry_app.command("resume")
-def resume_cmd(reg: Reg, data_root: DataRoot = None) -> None:
+def resume_cmd(reg: Reg, data_root: DataRoot = None, no_download: NoDownload = False) -> None:
     """Clean up after an interrupted run and finish every pending request."""
     from medunlearn.registry import resume
 
-    results = resume(reg, data_root=data_root, log=lambda m: typer.echo(m, err=True))
+    results = resume(reg, data_root=data_root, download=not no_download,
+                     log=lambda m: typer.echo(m, err=True))
     typer.echo(f"finished {len(results)} pending request(s)")
 
 
@@ -113,6 +131,7 @@ def forget(
     request: Annotated[Path, typer.Option("--request", "-r", help="Deletion request JSON: id, "
                                           "subject, images (SHA-256 hashes), optional method.")],
     data_root: DataRoot = None,
+    no_download: NoDownload = False,
     seed: Annotated[int | None, typer.Option(
         help="Unlearning seed (default: the model's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -124,7 +143,7 @@ def forget(
     from medunlearn.registry import forget as run_forget
 
     result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
-                        log=lambda m: typer.echo(m, err=True))
+                        download=not no_download, log=lambda m: typer.echo(m, err=True))
     if as_json or result.get("reused") or not result.get("attempts"):
         _report_result(reg, result, as_json)
         return
@@ -171,6 +190,7 @@ def consolidate_cmd(
         "scheduled-consolidation",
     note: Annotated[str, typer.Option(help="Free-text note for the ledger.")] = "",
     data_root: DataRoot = None,
+    no_download: NoDownload = False,
     seed: Annotated[int | None, typer.Option(
         help="Training seed (default: the model's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -186,7 +206,7 @@ def consolidate_cmd(
 
     request = {"id": request_id, "subject": subject, "note": note, "consolidate": True}
     result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
-                        log=lambda m: typer.echo(m, err=True))
+                        download=not no_download, log=lambda m: typer.echo(m, err=True))
     _report_result(reg, result, as_json)
 
 
@@ -244,11 +264,12 @@ def verify_cmd(
     from medunlearn.errors import ConfigError
     from medunlearn.registry import verify_registry
     from medunlearn.registry.audit import certificate_anchors
+    from medunlearn.registry.request import HASH_PATTERN
 
     anchors = []
     for a in anchor or []:
         seq, _, h = a.partition(":")
-        if not seq.isdigit() or int(seq) < 1 or len(h) != 64:
+        if not seq.isdigit() or int(seq) < 1 or not HASH_PATTERN.fullmatch(h.lower()):
             raise ConfigError(f"--anchor {a!r} is not SEQ:HASH (a ledger entry number from 1, "
                               "a colon and the 64-character hash), e.g. 12:3f5a...")
         anchors.append((int(seq), h.lower()))

@@ -38,7 +38,12 @@ def _read_exclude(path: Path | None) -> list[int] | None:
 
         return read_forget_csv(path).tolist()
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"--exclude file {path} is not UTF-8 text; give one index per line, "
+                          "or a forget.csv.") from None
+    for n, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].strip()
         if text:
             try:

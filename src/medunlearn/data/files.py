@@ -198,6 +198,11 @@ def read_npz(path: Path, info: DatasetInfo, size: int) -> dict[str, RawSplit]:
             raise DataError(
                 f"{path}: {name}_labels has {lab.shape[1]} columns, expected {n_cols}. {fix}"
             )
+        if not np.issubdtype(lab.dtype, np.integer) and not np.array_equal(lab, np.floor(lab)):
+            raise DataError(
+                f"{path}: {name}_labels holds fractional values; labels must be whole class "
+                f"numbers. {fix}"
+            )
         hi = 1 if info.multilabel else info.num_classes - 1
         if lab.min() < 0 or lab.max() > hi:
             raise DataError(

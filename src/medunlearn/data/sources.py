@@ -63,6 +63,31 @@ def load_from_record(record: Mapping, *, seed: int = 0, **overrides) -> Dataset:
     return _LOADERS[name](dict(record), seed=seed, **overrides)
 
 
+def validate_record(record) -> None:
+    """Check that a ``data`` record names a known source and, for MedMNIST, valid options,
+    without loading anything.
+
+    Raises:
+        DataError: not a mapping, an unknown source, or invalid MedMNIST options.
+    """
+    from medunlearn.errors import ConfigError
+
+    if not isinstance(record, Mapping) or not record:
+        raise DataError("it has no 'data' section saying which data the model was trained on")
+    _load_builtin()
+    name = source_of(record)
+    if name not in _LOADERS:
+        raise DataError(f"its data source {name!r} is unknown (known: "
+                        f"{', '.join(sorted(_LOADERS))})")
+    if name == "medmnist":
+        if not record.get("dataset"):
+            raise DataError("its 'data' section names no dataset")
+        try:
+            from_record(DataConfig, record)
+        except ConfigError as exc:
+            raise DataError(str(exc)) from None
+
+
 def _medmnist(record: dict, *, seed: int, **overrides) -> Dataset:
     return load_dataset(from_record(DataConfig, record), seed=seed, **overrides)
 
@@ -94,4 +119,5 @@ def _load_builtin() -> None:
         importlib.import_module("medunlearn.data.manifest")
 
 
-__all__ = ["data_identity", "load_from_record", "register_source", "source_names", "source_of"]
+__all__ = ["data_identity", "load_from_record", "register_source", "source_names", "source_of",
+           "validate_record"]

@@ -379,7 +379,10 @@ def _parse_method(item: Any, valid: list[str], check_options: bool, i: int) -> M
         from medunlearn.methods import get_method_class
 
         try:
-            from_dict(get_method_class(name).Config, options, where=f"{where}.options ({name})")
+            from medunlearn.methods._common import check_options
+
+            check_options(from_dict(get_method_class(name).Config, options,
+                                    where=f"{where}.options ({name})"), name)
         except MedUnlearnError as exc:
             raise ExperimentConfigError(str(exc)) from None
     return MethodSpec(name=name, options=_frozen_items(options), label=str(item.get("label", "")))
@@ -398,6 +401,12 @@ def _parse_augment(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExperimentConfigError(f"{key} must be a positive whole number, got {value!r}.")
+    return value
+
+
 def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfig:
     """Validate a study mapping and build an :class:`ExperimentConfig`.
 
@@ -411,7 +420,7 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
     for required in ("datasets", "forget", "methods"):
         if required not in raw:
             raise ExperimentConfigError(f"The study file needs a {required!r} list.")
-    size = int(raw.get("size", 28))
+    size = _positive_int(raw.get("size", 28), "size")
     datasets = tuple(_parse_dataset(d, size, i)
                      for i, d in enumerate(_as_list(raw["datasets"], "datasets")))
     forget = tuple(dict.fromkeys(_parse_forget(f, i)
@@ -435,6 +444,15 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
         from_dict(DataConfig, data, where="data")
         model = from_dict(ModelConfig, raw.get("model") or {}, where="model")
         train = from_dict(TrainConfig, raw.get("train") or {}, where="train")
+        from medunlearn.training import validate_train_config
+
+        validate_train_config(train)
+        if model.width < 1:
+            raise ExperimentConfigError(f"model.width must be at least 1, got {model.width}.")
+        if isinstance(raw.get("gate"), dict) and raw["gate"]:
+            from medunlearn.evaluation.gate import gate
+
+            gate({}, raw["gate"])  # checks the tolerance names and values (no metrics needed)
     except MedUnlearnError as exc:
         raise ExperimentConfigError(str(exc)) from None
     for sec in ("evaluation", "gate"):
@@ -442,6 +460,12 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
             raise ExperimentConfigError(f"{sec} must be a mapping of options.")
     budget = raw.get("retain_budget")
     threads = raw.get("threads")
+    if budget is not None:
+        _positive_int(budget, "retain_budget")
+    if threads is not None:
+        _positive_int(threads, "threads")
+    if raw.get("data_root") is not None and not isinstance(raw["data_root"], str):
+        raise ExperimentConfigError(f"data_root must be a folder path, got {raw['data_root']!r}.")
     return ExperimentConfig(
         name=str(raw.get("name") or (Path(source).stem if source else "experiment")),
         description=str(raw.get("description") or ""),
@@ -464,7 +488,11 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
         raise ExperimentConfigError(f"Study file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ExperimentConfigError(f"Study file {path} is not UTF-8 text; save it as UTF-8."
+                                    ) from None
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):

@@ -1,13 +1,14 @@
 """Audit: verify a registry against its ledger, and write deletion certificates.
 
-:func:`verify_registry` recomputes the ledger's hash chain and cross-checks every table against
-it: each model version's weights file must still have the SHA-256 recorded at promotion, the
-manifest must hash to the value recorded at ``init``, the forgotten images must be exactly those
-the ledger says were forgotten, and every request and attempt row must match its ledger entry.
+:func:`verify_registry` recomputes the ledger's hash chain, checks the head file and any anchors
+kept outside the registry, replays the ledger into the rows every table must hold and compares
+them column by column (:mod:`.replay`), and hashes every file of every model version against the
+hashes its ledger entry recorded. See docs/registry.md for what this does and does not catch.
 
 :func:`write_certificate` writes ``certificate.json`` and a self-contained ``certificate.html``
-for one request: what was forgotten (hashes only), the model hashes before and after, the
-method, metrics, verdicts and timings, and the ledger entries with their hashes.
+for one request, only for a registry that passes that audit: what was forgotten (hashes only),
+the model hashes before and after, the method, each safety check in plain words
+(:mod:`.wording`), the key metrics before and after, timings, and the request's ledger entries.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medunlearn.io import atomic_write_json, atomic_write_text, sha256_file
-from medunlearn.registry import ledger
-from medunlearn.registry.core import MODEL_FILE, manifest_sha256
+from medunlearn.errors import OutputExistsError
+from medunlearn.io import atomic_write_json, atomic_write_text
+from medunlearn.registry import ledger, replay, store, wording
+from medunlearn.registry.core import MODEL_FILE
 from medunlearn.registry.db import connect, get_meta, writer_lock
-from medunlearn.registry.errors import RegistryError
+from medunlearn.registry.errors import AuditError, RegistryError
 from medunlearn.registry.steps import REAL_STEPS
 
 
@@ -91,123 +93,50 @@ def _check_anchors(conn, anchors: list[tuple[int, str]]) -> list[str]:
     return problems
 
 
+def _load_problems(reg: Path, expected: dict) -> list[str]:
+    """Load every version with ``checkpoint.load_run`` (safetensors, no pickle)."""
+    from medunlearn.checkpoint import load_run
+    from medunlearn.errors import CheckpointError
+
+    problems = []
+    for n in sorted(expected["versions"], key=str):
+        folder = reg / "versions" / str(n)
+        if (folder / MODEL_FILE).is_file():
+            try:
+                load_run(folder)
+            except CheckpointError as exc:
+                problems.append(f"model version {n}: {exc}")
+    return problems
+
+
 def _verify(reg: Path, load_models: bool, anchors: list[tuple[int, str]]) -> AuditReport:
     conn = connect(reg)
     try:
-        problems = ledger.verify_chain(conn, reg) + _check_anchors(conn, anchors)
+        head_problems, crashed = store.head_state(reg, conn)
         entries = ledger.entries(conn)
-        by_kind: dict[str, list[dict]] = {}
-        for e in entries:
-            if isinstance(e["body"], dict):
-                by_kind.setdefault(e["kind"], []).append(e)
-        # model versions: file hashes and ledger agreement
-        ledger_versions = {e["body"].get("version"): e for e in by_kind.get("init", []) +
-                           by_kind.get("promote", [])}
-        rows = conn.execute("SELECT * FROM versions ORDER BY n").fetchall()
-        for r in rows:
-            n, path = r["n"], reg / r["path"]
-            weights = path / MODEL_FILE
-            if not weights.is_file():
-                problems.append(f"model version {n}: {weights} is missing")
-            else:
-                actual = sha256_file(weights)
-                if actual != r["weights_sha256"]:
-                    problems.append(f"model version {n}: {weights} has SHA-256 {actual} but "
-                                    f"{r['weights_sha256']} was recorded (the file was changed)")
-            e = ledger_versions.get(n)
-            if e is None:
-                problems.append(f"model version {n} has no init/promote entry in the ledger")
-            elif e["body"].get("weights_sha256") != r["weights_sha256"]:
-                problems.append(f"model version {n}: the versions table records weights "
-                                f"{r['weights_sha256']} but ledger entry {e['seq']} records "
-                                f"{e['body'].get('weights_sha256')} (the table was edited)")
-            config = path / "config.json"
-            if e is not None and e["body"].get("config_sha256") and (
-                    not config.is_file() or sha256_file(config) != e["body"]["config_sha256"]):
-                problems.append(f"model version {n}: {config} is missing or differs from the "
-                                f"config recorded in ledger entry {e['seq']} (the file was "
-                                "changed)")
-            if load_models and weights.is_file():
-                from medunlearn.checkpoint import load_run
-                from medunlearn.errors import CheckpointError
-
-                try:
-                    load_run(path)
-                except CheckpointError as exc:
-                    problems.append(f"model version {n}: {exc}")
-        for n in sorted(set(ledger_versions) - {r["n"] for r in rows}, key=str):
-            problems.append(f"model version {n} is in the ledger (entry "
-                            f"{ledger_versions[n]['seq']}) but missing from the versions table")
-        active = int(get_meta(conn, "active_version", "0"))
-        latest = max((n for n in ledger_versions if isinstance(n, int)), default=None)
-        if active != latest:
-            problems.append(f"the active version is {active} but the ledger's latest promoted "
-                            f"version is {latest}")
-        # manifest and forgotten images
-        samples = conn.execute("SELECT idx, sha256, label, forgotten_in FROM samples "
-                               "ORDER BY idx").fetchall()
-        inits = by_kind.get("init", [])
-        if inits:
-            want = inits[0]["body"].get("manifest", {}).get("sha256")
-            got = manifest_sha256([(s[0], s[1], s[2]) for s in samples])
-            if want != got:
-                problems.append(f"the training manifest (samples table) hashes to {got} but ledger "
-                                f"entry {inits[0]['seq']} recorded {want} (hashes or labels were "
-                                "edited)")
-        else:
-            problems.append("the ledger has no init entry")
-        ledger_forgotten = {i for e in by_kind.get("complete", [])
-                            for i in e["body"].get("forgotten", [])}
-        ledger_forgotten |= {i for e in inits for i in e["body"].get("forgotten_before", [])}
-        table_forgotten = {s[0] for s in samples if s[3] is not None}
-        if ledger_forgotten != table_forgotten:
-            back = sorted(ledger_forgotten - table_forgotten)
-            extra = sorted(table_forgotten - ledger_forgotten)
-            if back:
-                problems.append(f"images {back[:10]} were forgotten according to the ledger but "
-                                "are no longer marked forgotten (they could come back)")
-            if extra:
-                problems.append(f"images {extra[:10]} are marked forgotten without a ledger entry")
-        # requests and attempts against their ledger entries
-        req_entries = {e["request_id"]: e for e in by_kind.get("request", [])}
-        done_entries = {e["request_id"] for e in by_kind.get("complete", [])}
-        for r in conn.execute("SELECT * FROM requests ORDER BY num"):
-            e = req_entries.get(r["id"])
-            if e is None:
-                problems.append(f"request {r['id']} has no request entry in the ledger")
-            elif e["body"].get("content_sha256") != r["content_sha256"]:
-                problems.append(f"request {r['id']}: its content hash differs from ledger entry "
-                                f"{e['seq']} (the request was edited)")
-            if (r["status"] == "completed") != (r["id"] in done_entries):
-                problems.append(f"request {r['id']} has status {r['status']} but the ledger "
-                                f"{'has' if r['id'] in done_entries else 'has no'} completion "
-                                "entry")
-        att_entries = {(e["request_id"], e["body"].get("attempt")): e
-                       for e in by_kind.get("attempt", [])}
-        att_rows = conn.execute("SELECT * FROM attempts").fetchall()
-        for a in att_rows:
-            e = att_entries.get((a["request_id"], a["n"]))
-            if e is None:
-                problems.append(f"attempt {a['n']} of request {a['request_id']} has no ledger "
-                                "entry")
-            elif e["body"].get("summary_sha256") != ledger.sha256_text(a["summary"]) or \
-                    bool(e["body"].get("passed")) != bool(a["passed"]):
-                problems.append(f"attempt {a['n']} of request {a['request_id']} differs from "
-                                f"ledger entry {e['seq']} (metrics or verdict edited)")
+        expected = replay.expected_tables(entries)
+        problems = (head_problems + _check_anchors(conn, anchors)
+                    + replay.ledger_problems(conn, reg)
+                    + (_load_problems(reg, expected) if load_models else []))
         warnings = []
-        for (rid, n), e in sorted(att_entries.items(), key=lambda kv: kv[1]["seq"]):
-            steps = e["body"].get("steps") or {}
+        if crashed:
+            warnings.append(f"{reg / store.HEAD_FILE} is one commit behind because a run was "
+                            "interrupted after its commit; the next 'forget' or 'registry "
+                            "resume' brings it up to date")
+        for e in entries:
+            steps = e["body"].get("steps") or {} if isinstance(e["body"], dict) else {}
             odd = [v for v in steps.values() if v not in REAL_STEPS]
-            if e["body"].get("passed") and odd:
-                warnings.append(f"attempt {n} of request {rid} (ledger entry {e['seq']}) was "
-                                f"promoted using non-standard steps {', '.join(odd)}")
-        if len(att_rows) != len(att_entries):
-            problems.append(f"the ledger records {len(att_entries)} attempts but the attempts "
-                            f"table holds {len(att_rows)}")
+            if e["kind"] == "attempt" and e["body"].get("passed") and odd:
+                warnings.append(f"attempt {e['body'].get('attempt')} of request "
+                                f"{e['request_id']} (ledger entry {e['seq']}) was promoted "
+                                f"using non-standard steps {', '.join(odd)}")
+        counts = {k: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for k, t in
+                  (("versions", "versions"), ("samples", "samples"))}
+        forgotten = conn.execute("SELECT COUNT(*) FROM samples WHERE forgotten_in IS NOT NULL"
+                                 ).fetchone()[0]
         return AuditReport(ok=not problems, problems=problems, warnings=warnings, checked={
-            "ledger_entries": len(entries), "versions": len(rows), "samples": len(samples),
-            "forgotten": len(table_forgotten), "head": ledger.head(conn)[1],
-            "anchors": len(anchors)})
+            "ledger_entries": len(entries), **counts, "forgotten": forgotten,
+            "head": ledger.head(conn)[1], "anchors": len(anchors)})
     finally:
         conn.close()
 
@@ -215,10 +144,21 @@ def _verify(reg: Path, load_models: bool, anchors: list[tuple[int, str]]) -> Aud
 def certificate(reg: str | os.PathLike, request_id: str) -> dict:
     """The certificate of one request as a dict (see :func:`write_certificate`).
 
+    Every value comes from table rows that ``audit verify`` checks against the ledger; the
+    certificate is refused when that check fails, so it never vouches for an edited registry.
+
     Raises:
         RegistryError: unknown request id (the known ids are listed).
+        AuditError: the registry does not pass ``audit verify``.
     """
     reg = Path(reg)
+    report = verify_registry(reg)
+    if not report.ok:
+        more = len(report.problems) - 1
+        raise AuditError(
+            f"No certificate was written: the registry {reg} fails its audit "
+            f"({report.problems[0]}{f'; and {more} more' if more else ''}). Run 'medunlearn "
+            f"audit verify {reg}' for the full list and restore the registry from a backup.")
     conn = connect(reg)
     try:
         r = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
@@ -230,6 +170,7 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
             "SELECT ri.idx, ri.role, s.sha256, s.label FROM request_items ri JOIN samples s "
             "ON s.idx = ri.idx WHERE ri.request_id = ? ORDER BY ri.idx", (request_id,)).fetchall()
         versions = {v["n"]: dict(v) for v in conn.execute("SELECT * FROM versions")}
+        n_images = sum(1 for i in items if i["role"] in ("forget", "consolidate"))
         attempts = []
         for a in conn.execute("SELECT * FROM attempts WHERE request_id = ? ORDER BY n",
                               (request_id,)):
@@ -238,14 +179,17 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
                 "attempt": a["n"], "method": a["method"], "status": a["status"],
                 "passed": bool(a["passed"]), "reasons": json.loads(a["reasons"]),
                 "started": a["started"], "finished": a["finished"],
-                "unlearn_seconds": summary.get("unlearn_seconds"),
-                "verify_seconds": summary.get("verify_seconds"),
+                "unlearn_seconds": _seconds(summary.get("unlearn_seconds")),
+                "verify_seconds": _seconds(summary.get("verify_seconds")),
                 "candidate_sha256": summary.get("weights_sha256"),
                 "forget_count": summary.get("forget_count"),
                 "exclude_count": summary.get("exclude_count"),
-                "checks": (summary.get("verdict") or {}).get("checks", []),
+                "checks": [wording.plain_check(c, n_images) for c in
+                           (summary.get("verdict") or {}).get("checks", [])
+                           if isinstance(c, dict)],
                 "steps": summary.get("steps"),
-                "metrics": summary.get("metrics"), "error": summary.get("error"),
+                "key_metrics": wording.key_metrics(summary.get("metrics")),
+                "error": summary.get("error"),
             })
         result = json.loads(r["result"]) if r["result"] else {}
         before, after = versions.get(r["from_version"]), versions.get(r["to_version"])
@@ -270,9 +214,9 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
                                       "method": after["method"]},
             "method": result.get("method"), "attempts": attempts,
             "timings": {"submitted": r["submitted"], "completed": r["completed"],
-                        "unlearn_seconds": result.get("unlearn_seconds"),
-                        "verify_seconds": result.get("verify_seconds"),
-                        "promote_seconds": result.get("promote_seconds")},
+                        "unlearn_seconds": _seconds(result.get("unlearn_seconds")),
+                        "verify_seconds": _seconds(result.get("verify_seconds")),
+                        "promote_seconds": _seconds(result.get("promote_seconds"))},
             "ledger": {"entries": [{k: e[k] for k in ("seq", "kind", "created", "prev_hash",
                                                        "hash")} for e in entries],
                        "head_seq": seq, "head_hash": head},
@@ -281,88 +225,128 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
         conn.close()
 
 
+def _seconds(v) -> float | None:
+    return round(v, 2) if isinstance(v, (int, float)) else None
+
+
 def _esc(v) -> str:
     return html.escape("-" if v is None else str(v))
 
 
-def _table(rows: list[list], header: list[str]) -> str:
+def _table(rows: list[list], header: list[str], hashes: tuple[int, ...] = ()) -> str:
+    """An HTML table; the columns in ``hashes`` hold long hex strings that may wrap anywhere."""
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(
+        f"<td{' class=h' if k in hashes else ''}>{_esc(c)}</td>" for k, c in enumerate(row))
+        + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _num(v) -> str:
-    return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+    return wording.fmt(v) if isinstance(v, (int, float)) else "-"
+
+
+OUTCOME_CLASS = {"passed": "ok", "failed": "bad", "cannot say": "warn", "not run": "muted"}
+
+CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:64em;color:#222;"
+       "line-height:1.45;padding:0 1em}"
+       "table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em;width:100%}"
+       "td,th{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}"
+       "th{background:#f2f2f2;white-space:nowrap}td.h{font-family:monospace;font-size:.85em;"
+       "overflow-wrap:anywhere}code{overflow-wrap:anywhere}"
+       ".badge{padding:.15em .6em;border-radius:.3em;color:#fff;white-space:nowrap}"
+       ".ok{background:#2a7d2e}.bad{background:#b3261e}.warn{background:#9a6700}"
+       ".muted{background:#6b6b6b}.note{background:#fff8e1;border-left:4px solid #9a6700;"
+       "padding:.5em 1em}")
+
+
+def _outcome(o: str) -> str:
+    return f"<span class='badge {OUTCOME_CLASS.get(o, 'muted')}'>{_esc(o)}</span>"
+
+
+def _checks_table(a: dict) -> str:
+    head = ["check", "question", "outcome", "measured", "limit", "what it means"]
+    rows = "".join(
+        f"<tr><td>{_esc(c['check'])}</td><td>{_esc(c['question'])}</td>"
+        f"<td>{_outcome(c['outcome'])}</td><td>{_num(c['measured'])}</td>"
+        f"<td>{_esc(c.get('limit_text', '-'))}</td><td>{_esc(c['explanation'])}</td></tr>"
+        for c in a["checks"])
+    return (f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
 
 
 def render_html(cert: dict) -> str:
     """A self-contained HTML page (inline CSS, no scripts, no external resources)."""
     req = cert["request"]
     ok = req["status"] == "completed"
-    badge = (f"<span class='badge {'ok' if ok else 'bad'}'>{_esc(req['status'].upper())}</span>")
-    attempts = _table([[a["attempt"], a["method"], a["status"], "; ".join(a["reasons"]) or "-",
-                        _num(a["unlearn_seconds"]), _num(a["verify_seconds"]),
-                        a["candidate_sha256"]] for a in cert["attempts"]],
-                      ["#", "method", "outcome", "reasons", "unlearn s", "verify s",
-                       "candidate SHA-256"])
+    badge = f"<span class='badge {'ok' if ok else 'bad'}'>{_esc(req['status'].upper())}</span>"
+    attempts = _table([[a["attempt"], a["method"], a["status"], _num(a["unlearn_seconds"]),
+                        _num(a["verify_seconds"]), a["candidate_sha256"]]
+                       for a in cert["attempts"]],
+                      ["#", "method", "outcome", "unlearning (s)", "checks (s)",
+                       "candidate model SHA-256"], hashes=(5,))
     checks = "".join(
-        f"<h3>Attempt {a['attempt']} ({_esc(a['method'])}) checks</h3>" + _table(
-            [[c.get("name"), c.get("status", c.get("passed")), c.get("value"), c.get("limit"),
-              c.get("message", c.get("reason", ""))] for c in a["checks"] if isinstance(c, dict)],
-            ["check", "outcome", "value", "limit", "message"])
-        for a in cert["attempts"] if a["checks"])
-    forgotten = _table([[f["index"], f["sha256"]] for f in cert["forgotten"]],
-                       ["training index", "image SHA-256"])
-    already = (_table([[f["index"], f["sha256"]] for f in cert["already_forgotten"]],
-                      ["training index", "image SHA-256"])
-               if cert["already_forgotten"] else "<p>None.</p>")
+        f"<h3>Attempt {a['attempt']} ({_esc(a['method'])}): safety checks</h3>"
+        + (_checks_table(a) if a["checks"] else f"<p>No checks ran: {_esc(a['error'])}</p>")
+        for a in cert["attempts"])
+    low_power = any(c["outcome"] == "cannot say" for a in cert["attempts"] for c in a["checks"])
+    power = ("<p class='note'>Some checks <b>cannot say</b> anything about so few images: their "
+             "measurement is too uncertain to tell a model that forgot the images from one that "
+             f"remembers them. {_esc(wording.STRONGER_CHECK)}</p>") if low_power else ""
+    hashes = lambda items: _table([[f["index"], f["sha256"]] for f in items],  # noqa: E731
+                                  ["training index", "image SHA-256"], hashes=(1,))
     if cert.get("consolidated"):
         images = (f"<h2>Consolidation: exact retraining without the "
-                  f"{len(cert['consolidated'])} images forgotten so far (hashes only)</h2>"
-                  + _table([[f["index"], f["sha256"]] for f in cert["consolidated"]],
-                           ["training index", "image SHA-256"]))
+                  f"{len(cert['consolidated'])} images forgotten so far</h2>"
+                  + hashes(cert["consolidated"]))
     else:
-        images = (f"<h2>Images forgotten ({len(cert['forgotten'])}; hashes only, no pixels)"
-                  f"</h2>\n{forgotten}\n<h2>Already forgotten earlier (no-op)</h2>\n{already}")
+        images = (f"<h2>Images forgotten ({len(cert['forgotten'])})</h2>"
+                  "<p>Identified by the SHA-256 hash of their pixels; the registry never stores "
+                  "the images themselves.</p>" + hashes(cert["forgotten"]))
+        if cert["already_forgotten"]:
+            images += ("<h2>Already forgotten by an earlier request</h2>"
+                       + hashes(cert["already_forgotten"]))
     led = _table([[e["seq"], e["kind"], e["created"], e["hash"]]
-                  for e in cert["ledger"]["entries"]], ["seq", "kind", "time", "entry hash"])
+                  for e in cert["ledger"]["entries"]], ["entry", "kind", "time (UTC)",
+                                                        "entry hash"], hashes=(3,))
     before, after = cert["model_before"] or {}, cert["model_after"] or {}
     odd = sorted({v for a in cert["attempts"] if a["passed"]
                   for v in (a.get("steps") or {}).values() if v not in REAL_STEPS})
     warn = (f"<p class='badge bad'>Promoted with non-standard steps: {_esc(', '.join(odd))}"
             "</p>") if odd else ""
-    metrics = json.dumps(next((a["metrics"] for a in reversed(cert["attempts"]) if a["passed"]),
-                              None), indent=2, default=str)
-    css = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}"
-           "table{border-collapse:collapse;margin:.5em 0;font-size:.85em}"
-           "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;word-break:break-all}"
-           "th{background:#f2f2f2}.badge{padding:.2em .6em;border-radius:.3em;color:#fff}"
-           ".ok{background:#2a7d2e}.bad{background:#b3261e}code,pre{font-size:.85em}"
-           "pre{background:#f7f7f7;padding:.5em;overflow:auto;max-height:30em}")
+    promoted = next((a for a in reversed(cert["attempts"]) if a["passed"]), None)
+    metrics = ""
+    if promoted and promoted["key_metrics"]:
+        metrics = ("<h2>The model before and after</h2>" + _table(
+            [[m["metric"], _num(m["before"]), _num(m["after"])]
+             for m in promoted["key_metrics"]], ["measure", "before", "after"]))
+    head = cert["ledger"]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Deletion certificate {_esc(req['id'])}</title>
-<style>{css}</style></head><body>
+<style>{CSS}</style></head><body>
 <h1>Deletion certificate {badge}</h1>
 {warn}
 <p>Request <b>{_esc(req['id'])}</b> for subject reference <code>{_esc(req['subject'])}</code>,
 dataset {_esc(cert['dataset'])}. Submitted {_esc(req['submitted'])}, completed
-{_esc(req['completed'])}. Request content SHA-256 <code>{_esc(req['content_sha256'])}</code>.</p>
+{_esc(req['completed'])} (UTC). Request content SHA-256
+<code>{_esc(req['content_sha256'])}</code>.</p>
 <h2>Models</h2>
 {_table([["before", before.get("version"), before.get("weights_sha256")],
          ["after", after.get("version"), after.get("weights_sha256")]],
-        ["", "version", "weights SHA-256"])}
-<p>Method promoted: <b>{_esc(cert['method'])}</b>.</p>
+        ["", "version", "weights SHA-256"], hashes=(2,))}
+<p>Method that produced the new model: <b>{_esc(cert['method'] or 'none')}</b>.</p>
 {images}
-<h2>Attempts and safety verdicts</h2>
+<h2>Attempts</h2>
 {attempts}
 {checks}
-<h2>Metrics of the promoted model</h2>
-<pre>{_esc(metrics)}</pre>
-<h2>Audit ledger entries</h2>
+{power}
+{metrics}
+<h2>Audit ledger entries of this request</h2>
 {led}
-<p>Ledger head at issue: entry {_esc(cert['ledger']['head_seq'])},
-<code>{_esc(cert['ledger']['head_hash'])}</code>. Check with
-<code>medunlearn audit verify REG</code>.</p>
+<p>Ledger head when this certificate was issued: entry {_esc(head['head_seq'])},
+<code>{_esc(head['head_hash'])}</code>. Anyone holding this certificate can check that the
+registry still contains these entries unchanged with
+<code>medunlearn audit verify REG --certificate certificate.json</code>.</p>
 </body></html>
 """
 
@@ -373,9 +357,11 @@ def write_certificate(reg: str | os.PathLike, request_id: str, out: str | os.Pat
     Returns:
         The certificate dict.
     """
-    cert = certificate(reg, request_id)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file; give a folder for certificate.json and "
+                                "certificate.html (it is created if needed).")
+    cert = certificate(reg, request_id)
     atomic_write_json(out / "certificate.json", cert)
     atomic_write_text(out / "certificate.html", render_html(cert))
     return cert

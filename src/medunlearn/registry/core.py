@@ -3,15 +3,16 @@
 A registry folder ``REG`` holds::
 
     REG/registry.db        SQLite: manifest, versions, requests, attempts, audit ledger
-    REG/LEDGER_HEAD        sequence number and hash of the last ledger entry
+    REG/LEDGER_HEAD        sequence number and hash of the last ledger entry (see .store)
     REG/lock               writer lock (fcntl.flock), held for a whole request
     REG/versions/<n>/      model version n, a complete run folder (v1 = the registered model)
     REG/staging/           candidate models being built (orphans are removed on the next run)
 
 The workflow of :func:`forget` (all under the writer lock):
 
-1. recover: remove orphan staging folders and version folders without a database row;
-   finish pending requests left by a crashed run;
+1. recover: refuse a registry whose head file or tables do not match its ledger; remove orphan
+   staging folders and version folders without a database row; finish pending requests left
+   by a crashed run;
 2. validate the request (nothing is written when it is refused);
 3. record it as *pending* (one transaction: request, its images, ledger entry); its images are
    withdrawn from every later retain set at once;
@@ -23,6 +24,11 @@ The workflow of :func:`forget` (all under the writer lock):
 
 A crash anywhere leaves the previous version active and the request pending (or complete); the
 next ``forget`` or ``registry resume`` finishes it.
+
+Layers: :mod:`.store` (transactions, ledger head, chunked ``IN`` lists, test stage hooks);
+:class:`Plan` (the policy: which images a request forgets or excludes, its method chain, what a
+promoted retraining takes out); :func:`_attempt` (unlearn + verify, files only) and
+:func:`_promote` (rename + one transaction).
 """
 
 from __future__ import annotations
@@ -33,22 +39,23 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from medunlearn.errors import CheckpointError, DataError, MedUnlearnError, OutputExistsError
 from medunlearn.io import _fsync_dir, sha256_file, staged_output
-from medunlearn.registry import ledger
+from medunlearn.registry import ledger, replay, store
 from medunlearn.registry.db import (
+    LOCK_FILE,
     SCHEMA_VERSION,
     connect,
     get_meta,
     set_meta,
-    transaction,
     writer_lock,
 )
-from medunlearn.registry.errors import RegistryError, RequestError
-from medunlearn.registry.request import DeletionRequest, load_request
+from medunlearn.registry.errors import AuditError, RegistryError, RequestError
+from medunlearn.registry.replay import BEFORE, LEDGER_ITEM_KEYS, manifest_sha256, result_sha256
+from medunlearn.registry.request import HASH_PATTERN, DeletionRequest, load_request
 from medunlearn.registry.steps import (
     UnlearnStep,
     Verification,
@@ -57,9 +64,9 @@ from medunlearn.registry.steps import (
     resolve_steps,
     step_name,
 )
+from medunlearn.registry.store import select_in
 
 MODEL_FILE = "model.safetensors"
-CRASH_ENV = "MEDUNLEARN_REGISTRY_CRASH_AT"  # test hook: os._exit at a named point
 
 #: Recommended method chains: the first method that passes the safety gate is promoted.
 #: A deletion request usually names one patient's few images, so the chain starts with the
@@ -68,16 +75,6 @@ CRASH_ENV = "MEDUNLEARN_REGISTRY_CRASH_AT"  # test hook: os._exit at a named poi
 #: SalUn on multi-class views, and finally to exact retraining without every forgotten image.
 RECOMMENDED = {"binary": ["newton", "salun-cra", "retrain"],
                "native": ["newton", "salun", "retrain"]}
-
-
-def _crashpoint(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(137)
-
-
-def _chunks(items: list, n: int = 500) -> Iterable[list]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
 
 
 # --------------------------------------------------------------------------- init
@@ -98,21 +95,37 @@ def read_manifest(path: Path) -> list[tuple[int, str, int]]:
                 raise RegistryError(f"{path} must have the columns index,sha256,label.")
             for r in reader:
                 rows.append((int(r["index"]), r["sha256"].strip().lower(), int(r["label"])))
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RegistryError(
-            f"{path} is not a valid training manifest ({exc}). Restore it from the training run, "
-            "or delete it to recompute it from the data.") from exc
+            f"{path} is not a valid training manifest ({_short_exc(exc)}). Restore it from the "
+            "training run, or delete it to recompute it from the data.") from exc
     if [r[0] for r in rows] != list(range(len(rows))):
         raise RegistryError(f"{path} does not list training indices 0..{len(rows) - 1} in "
                             "order; restore it from the training run.")
-    bad = [r[0] for r in rows if len(r[1]) != 64]
+    bad = [r[0] for r in rows if not HASH_PATTERN.fullmatch(r[1])]
     if bad:
-        raise RegistryError(f"{path}: rows {bad[:5]} do not hold SHA-256 hashes.")
+        raise RegistryError(f"{path}: rows {bad[:5]} do not hold SHA-256 hashes (64 hex "
+                            "digits); restore the file from the training run.")
     return rows
 
 
-def manifest_sha256(rows: list[tuple[int, str, int]]) -> str:
-    return ledger.sha256_text(ledger.canonical_json([list(r) for r in rows]))
+def _short_exc(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _check_registrable(model_dir: Path, config: dict) -> None:
+    """Refuse a run folder whose config.json does not say which data it was trained on: every
+    later request reloads that data (it would fail after withdrawing the images)."""
+    from medunlearn.data.sources import validate_record
+
+    try:
+        validate_record(config.get("data"))
+    except (MedUnlearnError, ValueError, TypeError) as exc:
+        raise RegistryError(
+            f"{model_dir / 'config.json'} cannot be registered: {_short_exc(exc)}. Every "
+            "deletion request retrains or unlearns on the model's data, so register the "
+            "unchanged --out folder of 'medunlearn train'.") from None
 
 
 def recommended_methods(config: dict) -> list[str]:
@@ -120,9 +133,6 @@ def recommended_methods(config: dict) -> list[str]:
     kind = (config.get("dataset", {}).get("view", {}) or {}).get("kind") or \
         config.get("data", {}).get("view")
     return list(RECOMMENDED["binary" if kind == "binary" else "native"])
-
-
-BEFORE = "(before registration)"  # samples.request_id of images an unlearn run forgot already
 
 
 def _forgotten_before(model_dir: Path, config: dict) -> list[int]:
@@ -142,8 +152,9 @@ def _forgotten_before(model_dir: Path, config: dict) -> list[int]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             return sorted({int(r["index"]) for r in csv.DictReader(fh)})
-    except (ValueError, KeyError) as exc:
-        raise RegistryError(f"{path} is not a valid forget list ({exc}).") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{path} is not a valid forget list ({_short_exc(exc)}); restore it "
+                            "from the unlearning run.") from exc
 
 
 def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
@@ -172,6 +183,7 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
     model_dir = Path(model_dir)
     run = load_run(model_dir)
     config = run.config
+    _check_registrable(model_dir, config)
     chain = list(methods) if methods else recommended_methods(config)
     if not chain or any(not isinstance(m, str) or not m for m in chain) or len(set(chain)) != len(
             chain):
@@ -198,24 +210,24 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
         v1 = stage / "versions" / "1"
         shutil.copytree(model_dir, v1, ignore=shutil.ignore_patterns(".*"))
         (stage / "staging").mkdir()
+        (stage / LOCK_FILE).touch()
         weights = sha256_file(v1 / MODEL_FILE)
         conn = connect(stage, create=True)
         try:
-            with transaction(conn):
+            with store.write(stage, conn):
                 meta = {"schema_version": SCHEMA_VERSION, "created": ledger.now_iso(),
                         "source_model": str(model_dir.resolve()), "methods": json.dumps(chain),
                         "seed": str(run.seed), "data_root": data_root or "",
                         "dataset": str(config.get("data", {}).get("dataset", "")),
-                        "active_version": "1", "manifest_sha256": manifest_sha256(rows)}
-                for k, v in meta.items():
+                        "manifest_sha256": manifest_sha256(rows)}
+                for k, v in {**meta, "active_version": "1"}.items():
                     set_meta(conn, k, v)
                 conn.executemany("INSERT INTO samples(idx, sha256, label) VALUES(?, ?, ?)", rows)
                 if any(i >= len(rows) for i in pre_forgotten):
                     raise RegistryError(f"{model_dir / 'forget.csv'} lists indices beyond the "
                                         f"{len(rows)} training images; the folder is damaged.")
-                for chunk in _chunks(pre_forgotten):
-                    conn.execute(f"UPDATE samples SET request_id = ?, forgotten_in = 1 WHERE idx "
-                                 f"IN ({','.join('?' * len(chunk))})", [BEFORE, *chunk])
+                select_in(conn, "UPDATE samples SET request_id = ?, forgotten_in = 1 WHERE idx "
+                          "IN ({in})", pre_forgotten, [BEFORE])
                 conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
                              "method, created) VALUES(1, 'versions/1', ?, NULL, NULL, NULL, ?)",
                              (weights, meta["created"]))
@@ -228,9 +240,9 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                     "manifest": {"count": len(rows), "sha256": meta["manifest_sha256"],
                                  "source": manifest_source},
                     "methods": chain, "source_model": meta["source_model"],
-                    "forgotten_before": pre_forgotten,
-                })
-            ledger.write_head(stage, conn)
+                    "forgotten_before": pre_forgotten, "meta": meta,
+                    "files": store.folder_hashes(v1),
+                }, created=meta["created"])
         finally:
             conn.close()
     return status(out)
@@ -337,6 +349,7 @@ def status(reg: str | os.PathLike) -> dict:
             "SELECT COUNT(*) FROM samples WHERE request_id IS NOT NULL").fetchone()[0]
         seq, head = ledger.head(conn)
         steps, unforgotten = approximate_steps(conn), _not_forgotten(conn)
+        problems = store.head_state(reg, conn)[0] + replay.ledger_problems(conn, Path(reg))
         by_status: dict[str, list] = {"pending": [], "completed": [], "failed": []}
         for r in reqs:
             by_status.setdefault(r["status"], []).append(_request_summary(r))
@@ -348,8 +361,9 @@ def status(reg: str | os.PathLike) -> dict:
             "samples": {"total": n_samples, "forgotten": forgotten, "withdrawn": withdrawn},
             "exactness": {"approximate_steps": steps,
                           "withdrawn_not_forgotten": len(unforgotten),
-                          "exact": steps == 0 and not unforgotten},
+                          "exact": steps == 0 and not unforgotten and not problems},
             "ledger": {"entries": seq, "head": head},
+            "audit": {"ok": not problems, "problems": problems},
         }
     finally:
         conn.close()
@@ -361,13 +375,23 @@ def status(reg: str | os.PathLike) -> dict:
 def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
     """Remove what a crashed run left behind (call with the writer lock held).
 
-    Removes every folder under ``REG/staging`` and every ``REG/versions/<n>`` without a database
-    row (a crash between renaming a candidate into place and committing its promotion), and
-    brings a lagging ``LEDGER_HEAD`` up to date.
+    First refuses a registry whose ``LEDGER_HEAD`` is missing or behind, or whose tables do
+    not match its ledger (:class:`AuditError`; nothing is changed), and brings a head left behind
+    by a crash up to date. Then removes every folder under ``REG/staging`` and every
+    ``REG/versions/<n>`` without a database row (a crash between renaming a candidate into
+    place and committing its promotion).
 
     Returns:
         The paths removed.
     """
+    store.check_head(reg, conn)
+    problems = replay.ledger_problems(conn, reg)
+    if problems:
+        raise AuditError(
+            f"Refusing to change the registry {reg}: its tables do not match its audit ledger "
+            f"({problems[0]}{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}). "
+            f"Run 'medunlearn audit verify {reg}' for the full list and restore the registry "
+            "from a backup.")
     removed = []
     staging = reg / "staging"
     staging.mkdir(exist_ok=True)
@@ -383,17 +407,6 @@ def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
     if removed:
         _fsync_dir(staging)
         _fsync_dir(versions)
-    head_file = reg / ledger.HEAD_FILE
-    seq, _ = ledger.head(conn)
-    try:
-        text_seq, text_hash = head_file.read_text().split()
-        hseq = int(text_seq)
-    except (OSError, ValueError):
-        return removed  # missing or damaged: left for 'audit verify' to report
-    if hseq < seq:  # a crash between a commit and the head update: catch up, if consistent
-        row = conn.execute("SELECT hash FROM ledger WHERE seq = ?", (hseq,)).fetchone()
-        if hseq == 0 or (row is not None and row[0] == text_hash):
-            ledger.write_head(reg, conn)
     return removed
 
 
@@ -408,10 +421,9 @@ def _resolve(conn: sqlite3.Connection, req: DeletionRequest) -> tuple[list[int],
         RequestError: unknown hashes or out-of-range indices (all listed).
     """
     found: dict[str, list[int]] = {}
-    for chunk in _chunks(list(req.images)):
-        marks = ",".join("?" * len(chunk))
-        for r in conn.execute(f"SELECT idx, sha256 FROM samples WHERE sha256 IN ({marks})", chunk):
-            found.setdefault(r["sha256"], []).append(r["idx"])
+    for r in select_in(conn, "SELECT idx, sha256 FROM samples WHERE sha256 IN ({in})",
+                       req.images):
+        found.setdefault(r["sha256"], []).append(r["idx"])
     unknown = [h for h in req.images if h not in found]
     n = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
     bad = [i for i in req.indices if i >= n]
@@ -429,12 +441,10 @@ def _resolve(conn: sqlite3.Connection, req: DeletionRequest) -> tuple[list[int],
                            "manifest.csv (medunlearn registry status shows the dataset).")
     targets = sorted({i for ids in found.values() for i in ids} | set(req.indices))
     new, already, sha = [], [], {}
-    for chunk in _chunks(targets):
-        marks = ",".join("?" * len(chunk))
-        for r in conn.execute(f"SELECT idx, sha256, forgotten_in FROM samples WHERE idx IN "
-                              f"({marks}) ORDER BY idx", chunk):
-            sha[r["idx"]] = r["sha256"]
-            (already if r["forgotten_in"] is not None else new).append(r["idx"])
+    for r in sorted(select_in(conn, "SELECT idx, sha256, forgotten_in FROM samples WHERE idx "
+                              "IN ({in})", targets), key=lambda r: r["idx"]):
+        sha[r["idx"]] = r["sha256"]
+        (already if r["forgotten_in"] is not None else new).append(r["idx"])
     return new, already, sha
 
 
@@ -447,11 +457,6 @@ def method_chain(conn: sqlite3.Connection, requested: str | None) -> list[str]:
     if requested in chain:
         return chain[chain.index(requested):]
     return [requested] + ([chain[-1]] if chain[-1] != requested else [])
-
-
-#: Request-item role -> key of the item list in the ledger's request entry.
-LEDGER_ITEM_KEYS = {"forget": "forget", "already": "already_forgotten",
-                    "consolidate": "consolidate"}
 
 
 def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
@@ -471,53 +476,47 @@ def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
         items, chain = {"forget": new, "already": already}, method_chain(conn, req.method)
         noop, why = not new, None
     withdraw = items.get("forget", [])
-    with transaction(conn):
+    now = ledger.now_iso()
+    with store.write(reg, conn):
         conn.execute("INSERT INTO requests(id, subject, content_sha256, body, status, submitted, "
                      "from_version) VALUES(?, ?, ?, ?, 'pending', ?, ?)",
                      (req.id, req.subject, req.content_sha256, ledger.canonical_json(req.body()),
-                      ledger.now_iso(), active))
+                      now, active))
         conn.executemany("INSERT INTO request_items(request_id, idx, role) VALUES(?, ?, ?)",
                          [(req.id, i, role) for role, idx in items.items() for i in idx])
-        for chunk in _chunks(withdraw):
-            conn.execute(f"UPDATE samples SET request_id = ? WHERE idx IN "
-                         f"({','.join('?' * len(chunk))})", [req.id, *chunk])
+        select_in(conn, "UPDATE samples SET request_id = ? WHERE idx IN ({in})", withdraw,
+                  [req.id])
         ledger.append(conn, "request", {
             "request": req.body(), "content_sha256": req.content_sha256,
             **{LEDGER_ITEM_KEYS[role]: [{"index": i, "sha256": sha[i]} for i in idx]
                for role, idx in items.items()},
             "active_version": active, "methods": chain,
-        }, request_id=req.id)
+        }, request_id=req.id, created=now)
         if noop:
             _complete_noop(conn, req.id, active, why)
-    ledger.write_head(reg, conn)
-    _crashpoint("after-submit")
+    store.stage("after-submit")
 
 
 def _hashes(conn: sqlite3.Connection, indices: list[int]) -> dict[int, str]:
-    sha: dict[int, str] = {}
-    for chunk in _chunks(indices):
-        sha.update(conn.execute(f"SELECT idx, sha256 FROM samples WHERE idx IN "
-                                f"({','.join('?' * len(chunk))})", chunk).fetchall())
-    return sha
+    return dict(tuple(r) for r in select_in(conn, "SELECT idx, sha256 FROM samples WHERE idx "
+                                             "IN ({in})", indices))
 
 
 def _complete_noop(conn: sqlite3.Connection, rid: str, active: int, why: str | None) -> dict:
     """Finish a request without a new version (inside the caller's transaction); ``why`` is
     recorded when the reason is not simply that every image was forgotten already."""
-    result = _finish(conn, rid, "completed", active, active, None, ledger.now_iso())
+    now = ledger.now_iso()
+    result = _finish(conn, rid, "completed", active, active, None, now)
     reason = {}
     if why is not None:
         result["noop_reason"] = reason["reason"] = why
         conn.execute("UPDATE requests SET result = ? WHERE id = ?",
                      (ledger.canonical_json(result), rid))
     ledger.append(conn, "complete", {"status": "completed", "noop": True, "version": active,
-                                     **reason, "forgotten": [], "result_sha256": _sha(result)},
-                  request_id=rid)
+                                     **reason, "forgotten": [],
+                                     "result_sha256": result_sha256(result)},
+                  request_id=rid, created=now)
     return result
-
-
-def _sha(obj) -> str:
-    return ledger.sha256_text(ledger.canonical_json(obj))
 
 
 def _attempt_rows(conn: sqlite3.Connection, rid: str) -> list[dict]:
@@ -582,10 +581,10 @@ def _record_attempt(conn: sqlite3.Connection, rid: str, n: int, method: str, sta
         "attempt": n, "method": method, "status": status_, "passed": passed, "reasons": reasons,
         "candidate_sha256": summary.get("weights_sha256"), "exclude_count":
         summary.get("exclude_count"), "forget_count": summary.get("forget_count"),
-        "summary_sha256": ledger.sha256_text(summary_json),
+        "summary_sha256": ledger.sha256_text(summary_json), "started": started,
         "unlearn_seconds": summary.get("unlearn_seconds"),
         "verify_seconds": summary.get("verify_seconds"), "steps": summary.get("steps"),
-    }, request_id=rid)
+    }, request_id=rid, created=finished)
 
 
 EXCLUDED_FILE = "excluded.csv"  # read by evaluate_run: earlier-forgotten images, not retain
@@ -604,10 +603,8 @@ def _write_excluded(conn: sqlite3.Connection, run_dir: Path, exclude: list[int])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["index", "sha256", "label"])
-    for chunk in _chunks(exclude):
-        w.writerows(tuple(r) for r in conn.execute(
-            f"SELECT idx, sha256, label FROM samples WHERE idx IN ({','.join('?' * len(chunk))}) "
-            "ORDER BY idx", chunk))
+    w.writerows(sorted(tuple(r) for r in select_in(
+        conn, "SELECT idx, sha256, label FROM samples WHERE idx IN ({in})", exclude)))
     atomic_write_text(run_dir / EXCLUDED_FILE, buf.getvalue())
 
 
@@ -616,138 +613,179 @@ def _write_excluded(conn: sqlite3.Connection, run_dir: Path, exclude: list[int])
 ENVIRONMENT_ERRORS = (DataError, CheckpointError, OutputExistsError, RegistryError)
 
 
-def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep,
-             verify: VerifyStep, *, data_root: str | None, seed: int | None,
-             log=None) -> dict:
-    """Run the attempts of a pending request until one passes or the chain is exhausted."""
+@dataclass
+class Plan:
+    """What a pending request asks of the model (the policy; no SQL or files here).
+
+    A deletion request forgets its own new images (``own``) with its method chain; a
+    consolidation owns no images and retrains without every image withdrawn so far.
+    """
+
+    rid: str
+    num: int
+    consolidate: bool
+    forget: list[int]  # left out of the candidate's training: the request's images
+    exclude: list[int]  # withdrawn earlier: in neither the forget nor the retain set
+    chain: list[str]
+    first_attempt: int  # attempts before a retry are kept; this one's numbers follow them
+
+    @property
+    def own(self) -> list[int]:
+        """Images this request withdraws (marked forgotten by it on promotion)."""
+        return [] if self.consolidate else self.forget
+
+    def taken_out(self, method: str, still_in: set[int]) -> list[int]:
+        """Images out of a promoted candidate that the registry did not yet count as forgotten:
+        the request's own, and after an exact retraining every withdrawn image it left out."""
+        swept = set(self.forget) | set(self.exclude) if method == "retrain" else set()
+        return sorted(set(self.own) | (swept & still_in))
+
+
+def _plan(conn: sqlite3.Connection, rid: str) -> Plan:
     row = conn.execute("SELECT * FROM requests WHERE id = ?", (rid,)).fetchone()
     body = json.loads(row["body"])
     consolidate = bool(body.get("consolidate"))
     # a consolidation retrains without every earlier-forgotten image: they are its forget set
     forget_idx = _items(conn, rid, "consolidate" if consolidate else "forget")
-    forget_set = set(forget_idx)
-    exclude = [i for i in withdrawn_indices(conn) if i not in forget_set]
+    exclude = [i for i in withdrawn_indices(conn) if i not in set(forget_idx)]
+    chain = ["retrain"] if consolidate else method_chain(conn, body.get("method"))
+    base = int(json.loads(row["result"] or "{}").get("retry_base", 0)) if row["status"] == \
+        "pending" and row["result"] else 0
+    return Plan(rid, row["num"], consolidate, forget_idx, exclude, chain, base)
+
+
+def _process(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep,
+             verify: VerifyStep, *, data_root: str | None, seed: int | None,
+             log=None) -> dict:
+    """Run the attempts of a pending request until one passes or the chain is exhausted."""
+    plan = _plan(conn, rid)
     active = active_version(conn)
-    active_path = reg / _version_row(conn, active)["path"]
-    if not consolidate and forget_set and not forget_set & set(_not_forgotten(conn)):
+    if plan.own and not set(plan.own) & set(_not_forgotten(conn)):
         # a retried request whose images an exact retraining (a consolidation, or the retrain
         # fallback of a later request) has forgotten meanwhile: nothing is left to do
-        with transaction(conn):
-            result = _complete_noop(conn, rid, active, "its images were forgotten meanwhile by "
-                                    "an exact retraining")
-        ledger.write_head(reg, conn)
-        return result
-    chain = ["retrain"] if consolidate else method_chain(conn, body.get("method"))
+        with store.write(reg, conn):
+            return _complete_noop(conn, rid, active, "its images were forgotten meanwhile by "
+                                  "an exact retraining")
     seed = int(get_meta(conn, "seed", "0")) if seed is None else seed
     data_root = data_root or get_meta(conn, "data_root") or None
     done = len(_attempt_rows(conn, rid))
-    base = int(json.loads(row["result"] or "{}").get("retry_base", 0)) if row["status"] == \
-        "pending" and row["result"] else 0
-    for k in range(done - base, len(chain)):
-        method = chain[k]
-        n = base + k + 1
-        stage = reg / "staging" / f"r{row['num']}-a{n}"
-        remove_tree(stage)
+    for k in range(done - plan.first_attempt, len(plan.chain)):
+        method, n = plan.chain[k], plan.first_attempt + k + 1
+        if log:
+            log(f"request {rid}: attempt {n} with {method} (forget {len(plan.forget)}, "
+                f"exclude {len(plan.exclude)} earlier images)")
         started = ledger.now_iso()
-        summary = {"forget_count": len(forget_idx), "exclude_count": len(exclude),
-                   "from_version": active, "steps": {"unlearn": step_name(unlearn),
-                                                     "verify": step_name(verify)}}
+        stage, ver, summary = _attempt(reg, conn, plan, method, n, active, unlearn, verify,
+                                       seed=seed, data_root=data_root)
+        if ver is not None and ver.passed:
+            return _promote(reg, conn, plan, method, n, active, stage, ver, summary, started,
+                            log=log)
+        outcome = "error" if ver is None else "failed"
+        with store.write(reg, conn):
+            _record_attempt(conn, rid, n, method, outcome, ver, summary, started)
+        store.stage(f"after-{outcome}-attempt")
+        remove_tree(stage)
         if log:
-            log(f"request {rid}: attempt {n} with {method} (forget {len(forget_idx)}, "
-                f"exclude {len(exclude)} earlier images)")
-        t0 = time.perf_counter()
-        ver = None
-        try:
-            metrics = unlearn(active_path, method=method, forget=forget_idx, exclude=exclude,
-                              out=stage, seed=seed, data_root=data_root)
-            summary["unlearn_seconds"] = time.perf_counter() - t0
-            summary["unlearn_metrics"] = metrics
-            _crashpoint("after-unlearn")
-            _write_excluded(conn, stage, exclude)
-            t1 = time.perf_counter()
-            ver = verify(stage, original=active_path, data_root=data_root)
-            summary["verify_seconds"] = time.perf_counter() - t1
-            summary["verdict"] = {"passed": bool(ver.passed), "reasons": list(ver.reasons),
-                                  "checks": list(ver.checks)}
-            summary["metrics"] = getattr(ver, "metrics", None)
-            summary["weights_sha256"] = sha256_file(stage / MODEL_FILE)
-            _crashpoint("after-verify")
-        except ENVIRONMENT_ERRORS:
-            remove_tree(stage)
-            raise
-        except Exception as exc:  # a method or the evaluation failed: record it, fall back
-            summary.setdefault("unlearn_seconds", time.perf_counter() - t0)
-            summary["error"] = f"{type(exc).__name__}: {exc}"
-            with transaction(conn):
-                _record_attempt(conn, rid, n, method, "error", None, summary, started)
-            ledger.write_head(reg, conn)
-            remove_tree(stage)
-            if log:
-                log(f"  attempt {n} ({method}) failed: {summary['error']}")
-            continue
-        if not ver.passed:
-            with transaction(conn):
-                _record_attempt(conn, rid, n, method, "failed", ver, summary, started)
-            ledger.write_head(reg, conn)
-            _crashpoint("after-failed-attempt")
-            remove_tree(stage)
-            if log:
-                log(f"  attempt {n} ({method}) did not pass the safety gate: "
-                    f"{'; '.join(ver.reasons)}")
-            continue
-        # Promote: rename into place, then one transaction makes it official. A crash between
-        # the two leaves an orphan folder that recover() removes; the attempt is then redone.
-        t2 = time.perf_counter()
-        new_n = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] + 1
-        final = reg / "versions" / str(new_n)
-        remove_tree(final)
-        os.replace(stage, final)
-        _fsync_dir(final.parent)
-        _crashpoint("after-rename")
-        now = ledger.now_iso()
-        with transaction(conn):
-            _record_attempt(conn, rid, n, method, "passed", ver, summary, started)
-            conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
-                         "method, created) VALUES(?, ?, ?, ?, ?, ?, ?)",
-                         (new_n, f"versions/{new_n}", summary["weights_sha256"], active, rid,
-                          method, now))
-            set_meta(conn, "active_version", str(new_n))
-            # An exact retraining also leaves out the images of failed requests (they are in
-            # its forget or exclude list): they are out of the model now, so mark them too.
-            still_in = set(_not_forgotten(conn))
-            swept = [i for i in (forget_idx if consolidate else exclude) if i in still_in] \
-                if method == "retrain" else []
-            if not consolidate:
-                for chunk in _chunks(forget_idx):
-                    conn.execute(f"UPDATE samples SET forgotten_in = ?, request_id = ? WHERE idx "
-                                 f"IN ({','.join('?' * len(chunk))})", [new_n, rid, *chunk])
-            for chunk in _chunks(swept):
-                conn.execute(f"UPDATE samples SET forgotten_in = ? WHERE idx IN "
-                             f"({','.join('?' * len(chunk))})", [new_n, *chunk])
-            newly = sorted(set(swept) | (set() if consolidate else forget_set))
-            ledger.append(conn, "promote", {
-                "version": new_n, "parent": active, "weights_sha256": summary["weights_sha256"],
-                "config_sha256": sha256_file(final / "config.json"), "method": method,
-                "attempt": n}, request_id=rid)
-            result = _finish(conn, rid, "completed", active, new_n, method, now)
-            result["promote_seconds"] = time.perf_counter() - t2
-            conn.execute("UPDATE requests SET result = ? WHERE id = ?",
-                         (ledger.canonical_json(result), rid))
-            ledger.append(conn, "complete", {
-                "status": "completed", "noop": False, "version": new_n,
-                "forgotten": newly, **({"consolidated": forget_idx} if consolidate else {}),
-                "result_sha256": _sha(result)}, request_id=rid)
-        ledger.write_head(reg, conn)
-        _crashpoint("after-commit")
-        if log:
-            log(f"  promoted version {new_n} ({method})")
-        return result
+            log(f"  attempt {n} ({method}) " + (f"failed: {summary['error']}" if ver is None
+                else f"did not pass the safety gate: {'; '.join(ver.reasons)}"))
     now = ledger.now_iso()
-    with transaction(conn):
+    with store.write(reg, conn):
         result = _finish(conn, rid, "failed", active, None, None, now)
         ledger.append(conn, "failed", {"status": "failed", "version": active,
-                                       "result_sha256": _sha(result)}, request_id=rid)
-    ledger.write_head(reg, conn)
+                                       "result_sha256": result_sha256(result)}, request_id=rid,
+                      created=now)
+    return result
+
+
+def _attempt(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: int, active: int,
+             unlearn: UnlearnStep, verify: VerifyStep, *, seed: int,
+             data_root: str | None) -> tuple[Path, Verification | None, dict]:
+    """Unlearn from the active version into ``REG/staging`` and verify the candidate.
+
+    Returns:
+        ``(candidate folder, verification or None when a step raised, attempt summary)``.
+
+    Raises:
+        One of :data:`ENVIRONMENT_ERRORS`: the request stays pending (nothing recorded).
+    """
+    stage = reg / "staging" / f"r{plan.num}-a{n}"
+    remove_tree(stage)
+    active_path = reg / _version_row(conn, active)["path"]
+    summary = {"forget_count": len(plan.forget), "exclude_count": len(plan.exclude),
+               "from_version": active, "steps": {"unlearn": step_name(unlearn),
+                                                 "verify": step_name(verify)}}
+    t0 = time.perf_counter()
+    try:
+        summary["unlearn_metrics"] = unlearn(active_path, method=method, forget=plan.forget,
+                                             exclude=plan.exclude, out=stage, seed=seed,
+                                             data_root=data_root)
+        summary["unlearn_seconds"] = time.perf_counter() - t0
+        store.stage("after-unlearn")
+        _write_excluded(conn, stage, plan.exclude)
+        t1 = time.perf_counter()
+        ver = verify(stage, original=active_path, data_root=data_root)
+        summary["verify_seconds"] = time.perf_counter() - t1
+        summary["verdict"] = {"passed": bool(ver.passed), "reasons": list(ver.reasons),
+                              "checks": list(ver.checks)}
+        summary["metrics"] = getattr(ver, "metrics", None)
+        summary["weights_sha256"] = sha256_file(stage / MODEL_FILE)
+        store.stage("after-verify")
+        return stage, ver, summary
+    except ENVIRONMENT_ERRORS:
+        remove_tree(stage)
+        raise
+    except Exception as exc:  # a method or the evaluation failed: record it, fall back
+        summary.setdefault("unlearn_seconds", time.perf_counter() - t0)
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        return stage, None, summary
+
+
+def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: int, active: int,
+             stage: Path, ver: Verification, summary: dict, started: str, log=None) -> dict:
+    """Rename the candidate into ``REG/versions`` and make it official in one transaction.
+
+    A crash between the two leaves an orphan folder that :func:`recover` removes; the attempt
+    is then redone.
+    """
+    rid = plan.rid
+    t2 = time.perf_counter()
+    new_n = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] + 1
+    final = reg / "versions" / str(new_n)
+    remove_tree(final)
+    os.replace(stage, final)
+    _fsync_dir(final.parent)
+    store.stage("after-rename")
+    files = store.folder_hashes(final)
+    now = ledger.now_iso()
+    with store.write(reg, conn):
+        _record_attempt(conn, rid, n, method, "passed", ver, summary, started)
+        conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
+                     "method, created) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                     (new_n, f"versions/{new_n}", summary["weights_sha256"], active, rid,
+                      method, now))
+        set_meta(conn, "active_version", str(new_n))
+        # An exact retraining also leaves out the images of failed requests (they are in its
+        # forget or exclude list): they are out of the model now, so they are marked too.
+        newly = plan.taken_out(method, set(_not_forgotten(conn)))
+        select_in(conn, "UPDATE samples SET forgotten_in = ? WHERE idx IN ({in})", newly,
+                  [new_n])
+        select_in(conn, "UPDATE samples SET request_id = ? WHERE idx IN ({in})", plan.own,
+                  [rid])
+        ledger.append(conn, "promote", {
+            "version": new_n, "parent": active, "weights_sha256": summary["weights_sha256"],
+            "config_sha256": files.get("config.json"), "method": method,
+            "attempt": n, "files": files}, request_id=rid, created=now)
+        result = _finish(conn, rid, "completed", active, new_n, method, now)
+        result["promote_seconds"] = time.perf_counter() - t2
+        conn.execute("UPDATE requests SET result = ? WHERE id = ?",
+                     (ledger.canonical_json(result), rid))
+        ledger.append(conn, "complete", {
+            "status": "completed", "noop": False, "version": new_n, "forgotten": newly,
+            **({"consolidated": plan.forget} if plan.consolidate else {}),
+            "result_sha256": result_sha256(result)}, request_id=rid, created=now)
+    store.stage("after-commit")
+    if log:
+        log(f"  promoted version {new_n} ({method})")
     return result
 
 
@@ -759,7 +797,7 @@ def _stored_result(row: sqlite3.Row) -> dict:
 def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionRequest, *,
            unlearn: UnlearnStep | None = None, verify: VerifyStep | None = None,
            data_root: str | None = None, seed: int | None = None,
-           lock_timeout: float | None = None, log=None) -> dict:
+           lock_timeout: float | None = None, download: bool = True, log=None) -> dict:
     """Process a deletion request: validate, unlearn, verify, promote (or fall back).
 
     Args:
@@ -770,6 +808,8 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
         data_root: MedMNIST folder (default: the one recorded at ``init``).
         seed: Seed of the unlearning (default: the registered model's seed).
         lock_timeout: Seconds to wait for another writer (default: wait).
+        download: ``False``: refuse (before anything is written) when the model's data file is
+            not on disk, instead of downloading it.
         log: Optional ``callable(str)`` for progress messages.
 
     Returns:
@@ -785,13 +825,15 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
     t0 = time.perf_counter()
     reg = Path(reg)
     req = request if isinstance(request, DeletionRequest) else load_request(request)
-    if req.method is not None:
+    if req.method is not None and not req.consolidate:  # a consolidation always retrains
         _check_method(req)
     unlearn, verify = resolve_steps(unlearn, verify)
     with writer_lock(reg, timeout=lock_timeout):
         conn = connect(reg)
         try:
             recover(reg, conn)
+            if not download:
+                _require_local_data(reg, conn, data_root)
             row = conn.execute("SELECT * FROM requests WHERE id = ?", (req.id,)).fetchone()
             if row is not None and row["content_sha256"] != req.content_sha256:
                 raise RequestError(
@@ -826,6 +868,19 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
             conn.close()
 
 
+def _require_local_data(reg: Path, conn: sqlite3.Connection, data_root: str | None) -> None:
+    """Raise :class:`DataError` unless the active model's data file is on disk already."""
+    from medunlearn.config import DataConfig, from_dict
+    from medunlearn.data.files import locate
+    from medunlearn.data.info import get_info
+    from medunlearn.io import read_json
+
+    config = read_json(reg / _version_row(conn, active_version(conn))["path"] / "config.json")
+    cfg = from_dict(DataConfig, config["data"], where="data")
+    locate(get_info(cfg.dataset), cfg.size,
+           data_root or get_meta(conn, "data_root") or cfg.data_root, download=False)
+
+
 def _check_method(req: DeletionRequest) -> None:
     """Refuse an unknown method name before anything is written (a typo must not silently fall
     back to retraining)."""
@@ -846,7 +901,7 @@ def _retry(reg: Path, conn: sqlite3.Connection, rid: str) -> None:
     if json.loads(row["body"]).get("consolidate"):  # images withdrawn since the first try
         have = set(_items(conn, rid, "consolidate"))
         added = [i for i in withdrawn_indices(conn) if i not in have]
-    with transaction(conn):
+    with store.write(reg, conn):
         conn.execute("UPDATE requests SET status = 'pending', completed = NULL, result = ? "
                      "WHERE id = ?", (ledger.canonical_json({"retry_base": base}), rid))
         conn.executemany("INSERT INTO request_items(request_id, idx, role) VALUES(?, ?, ?)",
@@ -855,13 +910,13 @@ def _retry(reg: Path, conn: sqlite3.Connection, rid: str) -> None:
         ledger.append(conn, "retry", {"previous_attempts": base} | (
             {"consolidate_added": [{"index": i, "sha256": sha[i]} for i in added]}
             if added else {}), request_id=rid)
-    ledger.write_head(reg, conn)
 
 
 def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
            verify: VerifyStep | None = None, data_root: str | None = None,
-           seed: int | None = None, log=None) -> list[dict]:
-    """Clean up after a crash and finish every pending request.
+           seed: int | None = None, download: bool = True, log=None) -> list[dict]:
+    """Clean up after a crash and finish every pending request (``download``: see
+    :func:`forget`).
 
     Returns:
         The results of the requests finished now.
@@ -872,6 +927,8 @@ def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
         conn = connect(reg)
         try:
             recover(reg, conn)
+            if not download:
+                _require_local_data(reg, conn, data_root)
             return [_process(reg, conn, p["id"], unlearn, verify, data_root=data_root, seed=seed,
                              log=log)
                     for p in conn.execute("SELECT id FROM requests WHERE status = 'pending' "

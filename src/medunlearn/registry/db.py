@@ -100,25 +100,49 @@ def connect(reg: str | os.PathLike, *, create: bool = False) -> sqlite3.Connecti
         RegistryError: ``reg`` is not a registry folder (and ``create`` is false).
     """
     path = Path(reg) / DB_FILE
-    if not create and not path.is_file():
-        raise RegistryError(
-            f"{reg} is not a medunlearn registry (no {DB_FILE}). Create one with "
-            "'medunlearn registry init --model RUN_FOLDER --out REG'."
-        )
-    conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 60000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    if create:
-        conn.executescript(SCHEMA)
-    else:
-        row = conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
-        if row is None:
-            conn.close()
-            raise RegistryError(f"{path} is not a medunlearn registry database (no meta table).")
+    if not create:
+        require_registry(reg)
+    try:
+        conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _db_error(path, exc) from None
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 60000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        if create:
+            conn.executescript(SCHEMA)
+        else:
+            row = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+            if row is None:
+                raise RegistryError(f"{path} is not a medunlearn registry database (no meta "
+                                    "table).")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _db_error(path, exc) from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def require_registry(reg: str | os.PathLike) -> None:
+    """Raise :class:`RegistryError` unless ``reg`` is a registry folder (nothing is created)."""
+    if not (Path(reg) / DB_FILE).is_file():
+        what = "does not exist" if not Path(reg).exists() else f"has no {DB_FILE}"
+        raise RegistryError(
+            f"{reg} is not a medunlearn registry (it {what}). Create one with "
+            "'medunlearn registry init --model RUN_FOLDER --out REG', or check the path.")
+
+
+def _db_error(path: Path, exc: sqlite3.Error) -> RegistryError:
+    return RegistryError(
+        f"The registry database {path} cannot be opened or changed ({exc}). The registry "
+        "folder and its files must be readable and writable by you (SQLite keeps its journal "
+        "next to the database), and the file must be a medunlearn registry database; check "
+        "the permissions, or copy the registry to a writable folder to inspect it.")
 
 
 @contextlib.contextmanager
@@ -161,8 +185,15 @@ def writer_lock(reg: str | os.PathLike, *, timeout: float | None = None,
     Raises:
         RegistryError: the lock was not obtained within ``timeout`` seconds.
     """
+    require_registry(reg)  # never create a lock file in a folder that is not a registry
     path = Path(reg) / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # a reader's shared lock works on a read-only file (a registry on a read-only disk)
+        flags = os.O_RDONLY if shared and path.exists() else os.O_RDWR | os.O_CREAT
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise RegistryError(f"Cannot open the registry's lock file {path} ({exc.strerror}); the "
+                            "registry folder must be writable by you.") from None
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

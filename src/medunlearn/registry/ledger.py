@@ -5,9 +5,10 @@ Each entry ``{seq, kind, request_id, created, body, prev_hash}`` is serialised a
 ``prev_hash``. Editing, removing or reordering any entry breaks the chain from that point on.
 
 Removing the *last* entries leaves a shorter valid chain, so the head (sequence number and hash)
-is also written to ``REG/LEDGER_HEAD`` after every commit; :func:`verify_chain` reports a
-database that is behind its head file. Anchor the head hash elsewhere (a ticket, an e-mail) for
-protection against someone who can rewrite both.
+is also written to ``REG/LEDGER_HEAD`` with every commit (see :mod:`medunlearn.registry.store`);
+``audit verify`` reports a ledger that is behind or ahead of its head file. Someone who can
+rewrite the database *and* the head file is caught only by an anchor kept outside the registry
+(see docs/registry.md).
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import hashlib
 import json
 import sqlite3
 from datetime import UTC, datetime
-from pathlib import Path
 
-from medunlearn.io import atomic_write_text, to_jsonable
+from medunlearn.io import to_jsonable
 
 GENESIS = "0" * 64
 HEAD_FILE = "LEDGER_HEAD"
@@ -48,8 +48,11 @@ def entry_hash(seq: int, kind: str, request_id: str | None, created: str, body: 
 
 
 def append(conn: sqlite3.Connection, kind: str, body: dict, *,
-           request_id: str | None = None) -> dict:
-    """Append an entry; call inside a :func:`~medunlearn.registry.db.transaction`.
+           request_id: str | None = None, created: str | None = None) -> dict:
+    """Append an entry; call inside a :func:`~medunlearn.registry.store.write` transaction.
+
+    ``created`` is the entry's time (default: now); pass the time stored in the table row the
+    entry vouches for, so that ``audit verify`` can check that row's timestamp.
 
     Returns:
         The entry as stored (with ``seq`` and ``hash``).
@@ -57,7 +60,7 @@ def append(conn: sqlite3.Connection, kind: str, body: dict, *,
     last = conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
     seq = last["seq"] + 1 if last else 1
     prev = last["hash"] if last else GENESIS
-    created = now_iso()
+    created = created or now_iso()
     body = json.loads(canonical_json(body))
     h = entry_hash(seq, kind, request_id, created, body, prev)
     conn.execute("INSERT INTO ledger(seq, kind, request_id, created, body, prev_hash, hash) "
@@ -91,14 +94,8 @@ def head(conn: sqlite3.Connection) -> tuple[int, str]:
     return (last["seq"], last["hash"]) if last else (0, GENESIS)
 
 
-def write_head(reg: str | Path, conn: sqlite3.Connection) -> None:
-    """Record the committed head in ``REG/LEDGER_HEAD`` (call after each commit)."""
-    seq, h = head(conn)
-    atomic_write_text(Path(reg) / HEAD_FILE, f"{seq} {h}\n")
-
-
-def verify_chain(conn: sqlite3.Connection, reg: str | Path | None = None) -> list[str]:
-    """Check the hash chain (and the head file when ``reg`` is given).
+def verify_chain(conn: sqlite3.Connection) -> list[str]:
+    """Check the hash chain (the head file is checked by :mod:`medunlearn.registry.store`).
 
     Returns:
         Human-readable problems, each naming the entry (empty when the ledger is intact).
@@ -107,11 +104,9 @@ def verify_chain(conn: sqlite3.Connection, reg: str | Path | None = None) -> lis
     prev = GENESIS
     expected_seq = 1
     rows = conn.execute("SELECT * FROM ledger ORDER BY seq").fetchall()
-    by_seq = {}
     for r in rows:
         seq, kind = r["seq"], r["kind"]
         name = f"ledger entry {seq} ({kind}, request {r['request_id']})"
-        by_seq[seq] = r["hash"]
         if seq != expected_seq:
             problems.append(f"{name}: expected sequence number {expected_seq}; entries "
                             f"{expected_seq}..{seq - 1} were removed or renumbered")
@@ -131,22 +126,4 @@ def verify_chain(conn: sqlite3.Connection, reg: str | Path | None = None) -> lis
         if recomputed != r["hash"]:
             problems.append(f"{name}: its content does not match its hash (the entry was edited)")
         prev = r["hash"]
-    if reg is not None:
-        path = Path(reg) / HEAD_FILE
-        if path.is_file():
-            try:
-                seq_txt, h = path.read_text().split()
-                hseq = int(seq_txt)
-            except ValueError:
-                problems.append(f"{path} is unreadable (edited)")
-            else:
-                if hseq > (rows[-1]["seq"] if rows else 0):
-                    problems.append(f"the ledger ends at entry {rows[-1]['seq'] if rows else 0} "
-                                    f"but {path} records entry {hseq}: entries were removed from "
-                                    "the end of the ledger")
-                elif hseq > 0 and by_seq.get(hseq) != h:
-                    problems.append(f"ledger entry {hseq} does not have the hash recorded in "
-                                    f"{path} (edited or replaced)")
-        else:
-            problems.append(f"{path} is missing (deleted)")
     return problems

@@ -29,8 +29,21 @@ from pathlib import Path
 from medunlearn.registry.errors import RequestError
 from medunlearn.registry.ledger import canonical_json, sha256_text
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
-HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")  # used with fullmatch
+HASH_PATTERN = re.compile(r"[0-9a-f]{64}")  # used with fullmatch
+MAX_SUBJECT = 256
+MAX_NOTE = 4000
+MAX_FILE_BYTES = 64 << 20  # a request for 1 million images is ~70 MB of JSON; refuse more
+
+
+def _preview(value, limit: int = 60) -> str:
+    """``repr`` of a value cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _has_control(text: str, allowed: str = "") -> bool:
+    return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
 KEYS = ("id", "subject", "images", "hashes", "indices", "method", "note", "consolidate")
 
 
@@ -71,15 +84,18 @@ def parse_request(data: dict, *, source: str = "the request") -> DeletionRequest
         raise RequestError(f"{source} has unknown key(s) {', '.join(unknown)}; valid keys: "
                            f"{', '.join(KEYS)}.")
     rid = data.get("id")
-    if not isinstance(rid, str) or not ID_PATTERN.match(rid):
+    if not isinstance(rid, str) or not ID_PATTERN.fullmatch(rid):
         raise RequestError(
             f"{source} needs an 'id': 1-128 characters of letters, digits and ._:@/- starting "
-            f"with a letter or digit (got {rid!r}). Use your ticket number, e.g. 'DR-2026-0042'.")
+            f"with a letter or digit, nothing else (got {_preview(rid)}). Use your ticket "
+            "number, e.g. 'DR-2026-0042'.")
     subject = data.get("subject")
-    if not isinstance(subject, str) or not subject.strip() or len(subject) > 256:
-        raise RequestError(f"{source}: 'subject' must be an opaque reference to the patient, a "
-                           f"non-empty string of at most 256 characters (got {subject!r}), e.g. "
-                           "a pseudonymous id from your consent system. Never put a name here.")
+    if (not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_SUBJECT
+            or _has_control(subject)):
+        raise RequestError(f"{source}: 'subject' must be an opaque reference to the patient: "
+                           f"one line of at most {MAX_SUBJECT} characters, not empty (got "
+                           f"{_preview(subject)}), e.g. a pseudonymous id from your consent "
+                           "system. Never put a name here.")
     if "images" in data and "hashes" in data:
         raise RequestError(f"{source} has both 'images' and 'hashes'; they mean the same thing, "
                            "give one list.")
@@ -88,12 +104,12 @@ def parse_request(data: dict, *, source: str = "the request") -> DeletionRequest
         images = []
     if not isinstance(images, list):
         raise RequestError(f"{source}: 'images' must be a list of SHA-256 hex strings.")
-    bad = [h for h in images if not isinstance(h, str) or not HASH_PATTERN.match(h.lower())]
+    bad = [h for h in images if not isinstance(h, str) or not HASH_PATTERN.fullmatch(h.lower())]
     if bad:
         raise RequestError(
             f"{source}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} of 'images' "
             f"{'is' if len(bad) == 1 else 'are'} not a 64-character SHA-256 hex digest: "
-            f"{', '.join(map(repr, bad[:5]))}{' ...' if len(bad) > 5 else ''}. Take the hashes "
+            f"{', '.join(map(_preview, bad[:5]))}{' ...' if len(bad) > 5 else ''}. Take the hashes "
             "from the model's manifest.csv.")
     indices = data.get("indices", [])
     if indices is None:
@@ -106,9 +122,14 @@ def parse_request(data: dict, *, source: str = "the request") -> DeletionRequest
     if method is not None and (not isinstance(method, str) or not method):
         raise RequestError(f"{source}: 'method' must be a method name such as 'salun-cra' or "
                            "'retrain', or left out to use the registry's default.")
+    if method is not None and (len(method) > 64 or _has_control(method)):
+        raise RequestError(f"{source}: 'method' {_preview(method)} is not a method name; see "
+                           "'medunlearn methods'.")
     note = data.get("note", "")
-    if not isinstance(note, str):
-        raise RequestError(f"{source}: 'note' must be a string.")
+    if not isinstance(note, str) or len(note) > MAX_NOTE or _has_control(note, "\n\t"):
+        raise RequestError(f"{source}: 'note' must be text of at most {MAX_NOTE} characters "
+                           f"without control characters (got {_preview(note)}); keep long "
+                           "documents in your ticket system and put its reference here.")
     consolidate = data.get("consolidate", False)
     if not isinstance(consolidate, bool):
         raise RequestError(f"{source}: 'consolidate' must be true or false.")
@@ -142,8 +163,17 @@ def load_request(source: str | os.PathLike | dict) -> DeletionRequest:
     if not path.is_file():
         raise RequestError(f"Request file {path} does not exist. Pass the JSON file of the "
                            "deletion request with --request.")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise RequestError(f"Request file {path} is larger than {MAX_FILE_BYTES >> 20} MB; a "
+                           "deletion request lists one patient's image hashes. Split it into "
+                           "several requests.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise RequestError(f"Request file {path} is nested too deeply to be a deletion request "
+                           "(expected one JSON object with keys id, subject and images).") from None
+    except OSError as exc:
+        raise RequestError(f"Request file {path} cannot be read ({exc.strerror}).") from None
     except UnicodeDecodeError:
         raise RequestError(f"Request file {path} is not UTF-8 text; save it as a UTF-8 JSON "
                            "file.") from None

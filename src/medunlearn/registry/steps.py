@@ -27,6 +27,7 @@ from typing import Any
 
 from medunlearn.errors import ConfigError
 from medunlearn.io import atomic_write_json, staged_output
+from medunlearn.registry import store
 
 STEPS_ENV = "MEDUNLEARN_REGISTRY_STEPS"
 DELAY_ENV = "MEDUNLEARN_REGISTRY_FAKE_DELAY"
@@ -118,6 +119,7 @@ def fake_unlearn(model_dir: str | os.PathLike, *, method: str, forget: Sequence[
                                                      "exclude": exclude, "seed": seed})
         metrics = {"unlearn_seconds": 0.0, "steps": 0, "fake": True}
         atomic_write_json(stage / "metrics.json", metrics)
+        store.stage("fake-unlearn-writing")  # a crash test can stop it with the folder half done
         _sleep()
     return metrics
 

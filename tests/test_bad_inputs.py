@@ -1,0 +1,275 @@
+"""A catalogue of bad inputs across the commands: each one must end with exit code 2, one clear
+message naming the problem, no traceback, and nothing changed on disk (every file, its mode, and
+the registry database's content compared before and after)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_registry_crash import model_dir  # noqa: F401  (fixture: an untrained run folder)
+
+from medunlearn.cli import main
+from medunlearn.registry import fake_unlearn, fake_verify, forget, init_registry
+from medunlearn.testing import make_synthetic_npz
+
+HEX = "ab" * 32
+NOT_UTF8 = b"\xff\xfe\x00bad\n"
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _req(**fields) -> bytes:
+    return _json({"id": "R9", "subject": "s9", "indices": [7]} | fields)
+
+
+#: Input files of the workspace (name -> bytes).
+FILES = {
+    "not-utf8.txt": NOT_UTF8,
+    "file.txt": b"an existing file\n",
+    "study-epochs.yaml": b"datasets: [breastmnist]\nforget: ['random:0.1']\nmethods: [retrain]\n"
+                         b"train: {epochs: -1}\n",
+    "study-size.yaml": b"datasets: [breastmnist]\nforget: ['random:0.1']\nmethods: [retrain]\n"
+                       b"size: abc\n",
+    "study-method-option.yaml": b"datasets: [breastmnist]\nforget: ['random:0.1']\n"
+                                b"methods: [{name: salun, options: {epochs: 0}}]\n",
+    "study-gate.yaml": b"datasets: [breastmnist]\nforget: ['random:0.1']\nmethods: [retrain]\n"
+                       b"gate: {fnr_tolerance: -1}\n",
+    "study.yaml": b"datasets: [breastmnist]\nforget: ['random:0.1']\nmethods: [retrain]\n",
+    "req-ok.json": _req(),
+    "req-not-utf8.json": NOT_UTF8,
+    "req-not-json.json": b"{id: R9",
+    "req-deep.json": b"[" * 200_000 + b"]" * 200_000,
+    "req-list.json": b"[1, 2]",
+    "req-newline-id.json": _req(id="DR-nl\n"),
+    "req-long-id.json": _req(id="D" * 200),
+    "req-big-subject.json": _req(subject="x" * 10_000_000),
+    "req-big-note.json": _req(note="n" * 10_000_000),
+    "req-newline-subject.json": _req(subject="ok\nactive version: 1 exact"),
+    "req-empty-subject.json": _req(subject="  "),
+    "req-not-hex.json": _req(indices=None, images=["zz" * 32]),
+    "req-unknown-hash.json": _req(indices=None, images=[HEX]),
+    "req-unknown-key.json": _req(patient="Jane Doe"),
+    "req-no-images.json": _req(indices=[]),
+    "req-bool-index.json": _req(indices=[True]),
+    "req-negative-index.json": _req(indices=[-1]),
+    "req-out-of-range.json": _req(indices=[10**6]),
+    "req-unknown-method.json": _req(method="nope"),
+    "req-reused-id.json": _req(id="R1"),
+    "req-consolidate-images.json": _req(consolidate=True),
+    "req-control-note.json": _req(note="bell\x07"),
+}
+
+
+@pytest.fixture(scope="module")
+def base(model_dir, tmp_path_factory):  # noqa: F811
+    """A workspace: run folders (good and damaged), a registry with one request, input files."""
+    ws = tmp_path_factory.mktemp("bad-inputs") / "ws"
+    ws.mkdir()
+    for name, data in FILES.items():
+        (ws / name).write_bytes(data)
+    (ws / "empty").mkdir()
+    shutil.copytree(model_dir, ws / "model")
+    variants = {
+        "model-cfg-not-utf8": ("config.json", NOT_UTF8),
+        "model-metrics-not-json": ("metrics.json", b"{not json"),
+        "model-no-data": ("config.json", _json({k: v for k, v in json.loads(
+            (model_dir / "config.json").read_text()).items() if k != "data"})),
+    }
+    for name, (file, data) in variants.items():
+        shutil.copytree(model_dir, ws / name)
+        (ws / name / file).write_bytes(data)
+    shutil.copytree(model_dir, ws / "model-manifest-not-hex")
+    manifest = ws / "model-manifest-not-hex" / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    i, _, label = lines[1].split(",")
+    manifest.write_text("\n".join([lines[0], f"{i},{'zz' * 32},{label}", *lines[2:]]) + "\n")
+    init_registry(model_dir, ws / "reg", methods=["salun-cra", "retrain"])
+    forget(ws / "reg", {"id": "R1", "subject": "s1", "indices": [1, 2]}, unlearn=fake_unlearn,
+           verify=fake_verify)
+    # a registry whose journal cannot be created: what SQLite reports for a read-only registry
+    shutil.copytree(ws / "reg", ws / "reg-locked")
+    (ws / "reg-locked" / "registry.db-wal").mkdir()
+    frac = make_synthetic_npz(ws / "frac" / "breastmnist.npz", n_classes=2)
+    arrays = dict(np.load(frac))
+    arrays["train_labels"] = arrays["train_labels"].astype(np.float64) + 0.5
+    np.savez_compressed(frac, **arrays)
+    return ws
+
+
+def snapshot(ws: Path) -> dict:
+    """Every path with its mode and content hash; registry databases by their SQL dump."""
+    out = {}
+    for p in sorted(ws.rglob("*")):
+        rel = p.relative_to(ws).as_posix()
+        if p.name.endswith(("-wal", "-shm")):
+            continue
+        if p.name == "registry.db" and not (p.parent / "registry.db-wal").is_dir():
+            conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+            out[rel] = "\n".join(conn.iterdump())
+            conn.close()
+        else:
+            out[rel] = (p.stat().st_mode, hashlib.sha256(p.read_bytes()).hexdigest()
+                        if p.is_file() else None)
+    return out
+
+
+R = "{ws}/reg"
+#: (case id, arguments, a fragment the message must contain)
+CASES = [
+    # registry commands pointed at something that is not a registry
+    ("forget-missing-folder", ["forget", "{ws}/nowhere", "--request", "{ws}/req-ok.json"],
+     "does not exist"),
+    ("forget-not-a-registry", ["forget", "{ws}/empty", "--request", "{ws}/req-ok.json"],
+     "is not a medunlearn registry"),
+    ("resume-not-a-registry", ["registry", "resume", "{ws}/empty"], "not a medunlearn registry"),
+    ("status-not-a-registry", ["registry", "status", "{ws}/empty"], "not a medunlearn registry"),
+    ("verify-not-a-registry", ["audit", "verify", "{ws}/model"], "not a medunlearn registry"),
+    ("manifest-not-a-registry", ["registry", "manifest", "{ws}/empty", "--out", "{ws}/m.csv"],
+     "not a medunlearn registry"),
+    # audit
+    ("verify-bad-anchor", ["audit", "verify", R, "--anchor", "12-abc"], "is not SEQ:HASH"),
+    ("verify-anchor-not-hex", ["audit", "verify", R, "--anchor", "1:" + "zz" * 32],
+     "is not SEQ:HASH"),
+    ("verify-certificate-not-utf8", ["audit", "verify", R, "--certificate",
+                                     "{ws}/not-utf8.txt"], "is not a medunlearn certificate"),
+    ("verify-certificate-missing", ["audit", "verify", R, "--certificate", "{ws}/nope.json"],
+     "does not exist"),
+    ("show-unknown-request", ["audit", "show", R, "NOPE", "--out", "{ws}/cert"],
+     "has no request 'NOPE'"),
+    ("show-out-is-a-file", ["audit", "show", R, "R1", "--out", "{ws}/file.txt"], "is a file"),
+    ("manifest-out-is-a-folder", ["registry", "manifest", R, "--out", "{ws}/empty"],
+     "it is a folder"),
+    # registry init
+    ("init-missing-model", ["registry", "init", "--model", "{ws}/nowhere", "--out",
+                            "{ws}/new"], "does not exist"),
+    ("init-config-not-utf8", ["registry", "init", "--model", "{ws}/model-cfg-not-utf8",
+                              "--out", "{ws}/new"], "is not a valid medunlearn run config"),
+    ("init-config-without-data", ["registry", "init", "--model", "{ws}/model-no-data",
+                                  "--out", "{ws}/new"], "no 'data' section"),
+    ("init-metrics-not-json", ["registry", "init", "--model", "{ws}/model-metrics-not-json",
+                               "--out", "{ws}/new"], "metrics.json is not valid JSON"),
+    ("init-manifest-not-hex", ["registry", "init", "--model", "{ws}/model-manifest-not-hex",
+                               "--out", "{ws}/new"], "do not hold SHA-256 hashes"),
+    ("init-out-not-empty", ["registry", "init", "--model", "{ws}/model", "--out", R],
+     "already holds files"),
+    ("init-unknown-method", ["registry", "init", "--model", "{ws}/model", "--out", "{ws}/new",
+                             "--methods", "nope"], "method chain nope is invalid"),
+    ("init-repeated-method", ["registry", "init", "--model", "{ws}/model", "--out", "{ws}/new",
+                              "--methods", "retrain,retrain"], "distinct method names"),
+    # consolidation options
+    ("consolidate-bad-id", ["registry", "consolidate", R, "--id", "C 1"], "needs an 'id'"),
+    ("consolidate-newline-id", ["registry", "consolidate", R, "--id", "C1\n"], "needs an 'id'"),
+    ("consolidate-newline-subject", ["registry", "consolidate", R, "--id", "C1", "--subject",
+                                     "a\nb"], "'subject' must be"),
+    # deletion requests
+    ("request-missing", ["forget", R, "--request", "{ws}/nope.json"], "does not exist"),
+    ("request-not-utf8", ["forget", R, "--request", "{ws}/req-not-utf8.json"], "not UTF-8"),
+    ("request-not-json", ["forget", R, "--request", "{ws}/req-not-json.json"],
+     "is not valid JSON"),
+    ("request-nested-200000-deep", ["forget", R, "--request", "{ws}/req-deep.json"],
+     "nested too deeply"),
+    ("request-is-a-list", ["forget", R, "--request", "{ws}/req-list.json"],
+     "must be a JSON object"),
+    ("request-id-trailing-newline", ["forget", R, "--request", "{ws}/req-newline-id.json"],
+     "needs an 'id'"),
+    ("request-id-too-long", ["forget", R, "--request", "{ws}/req-long-id.json"],
+     "needs an 'id'"),
+    ("request-10mb-subject", ["forget", R, "--request", "{ws}/req-big-subject.json"],
+     "at most 256 characters"),
+    ("request-10mb-note", ["forget", R, "--request", "{ws}/req-big-note.json"],
+     "at most 4000 characters"),
+    ("request-newline-subject", ["forget", R, "--request", "{ws}/req-newline-subject.json"],
+     "one line"),
+    ("request-blank-subject", ["forget", R, "--request", "{ws}/req-empty-subject.json"],
+     "not empty"),
+    ("request-control-character-note", ["forget", R, "--request",
+                                        "{ws}/req-control-note.json"], "control characters"),
+    ("request-hash-not-hex", ["forget", R, "--request", "{ws}/req-not-hex.json"],
+     "not a 64-character SHA-256 hex digest"),
+    ("request-unknown-hash", ["forget", R, "--request", "{ws}/req-unknown-hash.json"],
+     "not in this model's training manifest"),
+    ("request-unknown-key", ["forget", R, "--request", "{ws}/req-unknown-key.json"],
+     "unknown key(s) patient"),
+    ("request-no-images", ["forget", R, "--request", "{ws}/req-no-images.json"],
+     "names no images"),
+    ("request-boolean-index", ["forget", R, "--request", "{ws}/req-bool-index.json"],
+     "non-negative integers"),
+    ("request-negative-index", ["forget", R, "--request", "{ws}/req-negative-index.json"],
+     "non-negative integers"),
+    ("request-index-out-of-range", ["forget", R, "--request", "{ws}/req-out-of-range.json"],
+     "out of range"),
+    ("request-unknown-method", ["forget", R, "--request", "{ws}/req-unknown-method.json"],
+     "nope"),
+    ("request-id-reused", ["forget", R, "--request", "{ws}/req-reused-id.json"],
+     "already submitted with different content"),
+    ("request-consolidate-with-images", ["forget", R, "--request",
+                                         "{ws}/req-consolidate-images.json"],
+     "names no new images"),
+    ("forget-no-download-missing-data", ["forget", R, "--request", "{ws}/req-ok.json",
+                                         "--no-download", "--data-root", "{ws}/empty"],
+     "breastmnist"),
+    # a registry SQLite cannot open (as for a read-only folder); outputs that cannot be written
+    ("status-unopenable-registry", ["registry", "status", "{ws}/reg-locked"],
+     "cannot be opened or changed"),
+    ("verify-unopenable-registry", ["audit", "verify", "{ws}/reg-locked"],
+     "cannot be opened or changed"),
+    ("forget-unopenable-registry", ["forget", "{ws}/reg-locked", "--request",
+                                    "{ws}/req-ok.json"], "cannot be opened or changed"),
+    ("init-out-under-a-file", ["registry", "init", "--model", "{ws}/model", "--out",
+                               "{ws}/file.txt/reg"], "Cannot write"),
+    ("show-out-under-a-file", ["audit", "show", R, "R1", "--out", "{ws}/file.txt/cert"],
+     "Cannot write"),
+    ("manifest-out-under-a-file", ["registry", "manifest", R, "--out",
+                                   "{ws}/file.txt/m.csv"], "Cannot write"),
+    ("train-out-under-a-file", ["train", "--dataset", "breastmnist", "--train-limit", "40",
+                                "--epochs", "1", "--out", "{ws}/file.txt/run"], "Cannot write"),
+    # train, unlearn, experiment
+    ("unlearn-indices-not-utf8", ["unlearn", "--model", "{ws}/model", "--method", "retrain",
+                                  "--forget", "indices:{ws}/not-utf8.txt", "--out", "{ws}/u"],
+     "not UTF-8"),
+    ("unlearn-exclude-not-utf8", ["unlearn", "--model", "{ws}/model", "--method", "retrain",
+                                  "--forget", "random:0.1", "--exclude", "{ws}/not-utf8.txt",
+                                  "--out", "{ws}/u"], "not UTF-8"),
+    ("unlearn-config-not-utf8", ["unlearn", "--model", "{ws}/model-cfg-not-utf8", "--method",
+                                 "retrain", "--forget", "random:0.1", "--out", "{ws}/u"],
+     "is not a valid medunlearn run config"),
+    ("train-fractional-labels", ["train", "--dataset", "breastmnist", "--data-root",
+                                 "{ws}/frac", "--no-verify", "--epochs", "1", "--out", "{ws}/t"],
+     "fractional"),
+    ("study-negative-epochs", ["experiment", "{ws}/study-epochs.yaml", "--out", "{ws}/x",
+                               "--dry-run"], "epochs must be at least 1"),
+    ("study-size-not-a-number", ["experiment", "{ws}/study-size.yaml", "--out", "{ws}/x",
+                                 "--dry-run"], "size must be a positive whole number"),
+    ("study-bad-method-option", ["experiment", "{ws}/study-method-option.yaml", "--out",
+                                 "{ws}/x", "--dry-run"], "epochs of method 'salun'"),
+    ("study-negative-gate-tolerance", ["experiment", "{ws}/study-gate.yaml", "--out", "{ws}/x",
+                                       "--dry-run"], "fnr_tolerance must be a non-negative"),
+    ("study-seeds-not-numbers", ["experiment", "{ws}/study.yaml", "--out", "{ws}/x", "--seeds",
+                                 "abc"], "whole numbers"),
+    ("study-not-utf8", ["experiment", "{ws}/not-utf8.txt", "--out", "{ws}/x"], "not UTF-8"),
+]
+
+
+def test_the_catalogue_is_large_enough():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("argv,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_cleanly(base, tmp_path, capsys, argv, message):
+    ws = tmp_path / "ws"
+    shutil.copytree(base, ws, symlinks=True)
+    before = snapshot(ws)
+    code = main([a.replace("{ws}", str(ws)) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err and len(err) < 2000, err[:3000]
+    assert snapshot(ws) == before
