@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from medunlearn.cli import main
+from medunlearn.config import ModelConfig, TrainConfig
 from medunlearn.data import load_from_record
 from medunlearn.data import manifest as mf
 from medunlearn.data.manifest import age_band, load_folder, load_manifest
@@ -427,3 +428,48 @@ def test_forget_patients_needs_patient_ids(tmp_path):
     (tmp_path / "p.txt").write_text("P1\n")
     with pytest.raises(ForgetSetError, match="has no patient ids.*--patient-column"):
         select_forget(ds, forget=f"patients:{tmp_path / 'p.txt'}")
+
+
+def test_deletion_request_by_patient_forgets_every_image_and_copy(tmp_path):
+    """A registry request naming a patient withdraws every training image of that patient and
+    every byte-identical copy; the certificate names the patient; unknown ids are listed."""
+    from medunlearn.data.manifest import load_manifest
+    from medunlearn.registry import certificate, forget, init_registry
+    from medunlearn.registry.errors import RequestError
+    from medunlearn.registry.steps import fake_unlearn, fake_verify
+    from medunlearn.runs import run_training
+
+    labels = make_manifest(tmp_path / "data")
+    # a byte-identical copy of one image, filed under another patient id
+    # explicit splits (patients 0-13 train, 14-18 val, 19-23 test) and a byte-identical copy of
+    # a training image filed under another patient id
+    rows = list(csv.DictReader(open(labels)))
+    for r in rows:
+        n = int(r["patient_id"][1:])
+        r["split"] = "train" if n < 14 else "val" if n < 19 else "test"
+    first = rows[0]
+    (labels.parent / "img" / "copy.png").write_bytes((labels.parent / first["path"]).read_bytes())
+    _write_csv(labels, rows + [first | {"path": "img/copy.png", "patient_id": "P999"}])
+    ds = load_manifest(labels, positive_values="TB")
+    model = tmp_path / "model"
+    run_training(None, ModelConfig(width=4), TrainConfig(epochs=1, progress=False), seed=0,
+                 out=model, dataset=ds)
+    header = (model / "manifest.csv").read_text().splitlines()[0]
+    assert header == "index,sha256,label,patient_id"
+    reg = tmp_path / "reg"
+    init_registry(model, reg, methods=["salun-cra", "retrain"])
+    train = ds.train
+    patient = first["patient_id"]
+    assert patient in set(train.patient_ids) and "P999" in set(train.patient_ids)
+    mine = {i for i, p in enumerate(train.patient_ids) if p == patient}
+    copies = {i for i, h in enumerate(train.hashes) if h in {train.hashes[j] for j in mine}}
+    result = forget(reg, {"id": "DR-P1", "subject": "ref-1", "patients": [patient]},
+                    unlearn=fake_unlearn, verify=fake_verify)
+    assert result["status"] == "completed"
+    cert = certificate(reg, "DR-P1")
+    assert cert["request"]["patients"] == [patient]
+    assert {f["index"] for f in cert["forgotten"]} == copies
+    assert mine < copies  # the copy filed under P999 went too
+    with pytest.raises(RequestError, match="NOBODY"):
+        forget(reg, {"id": "DR-P2", "subject": "ref-2", "patients": ["NOBODY"]},
+               unlearn=fake_unlearn, verify=fake_verify)

@@ -360,15 +360,21 @@ def read_forget_csv(path: str | os.PathLike) -> torch.Tensor:
 
 
 def write_index_csv(path: str | os.PathLike, dataset: MedDataset,
-                    indices: Iterable[int]) -> Path:
-    """Write ``index,sha256,label`` of training samples (hashes, never pixels), atomically."""
+                    indices: Iterable[int], *, patients: bool = False) -> Path:
+    """Write ``index,sha256,label`` of training samples (hashes, never pixels), atomically;
+    with ``patients`` and data that has patient ids, a ``patient_id`` column too. The one
+    writer of this format (run manifests, forget sets, excluded sets)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "sha256", "label"])
-    hashes = dataset.train.hashes
-    labels = dataset.train.labels
+    train = dataset.train
+    with_patients = patients and train.patient_ids is not None
+    w.writerow(["index", "sha256", "label"] + (["patient_id"] if with_patients else []))
+    hashes = train.hashes
+    labels = train.labels.tolist()
+    pids = train.patient_ids
     for i in indices:
-        w.writerow([int(i), hashes[int(i)], int(labels[int(i)])])
+        i = int(i)
+        w.writerow([i, hashes[i], int(labels[i])] + ([pids[i]] if with_patients else []))
     return atomic_write_text(path, buf.getvalue())
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import os
 import time
 from datetime import UTC, datetime
@@ -13,9 +11,9 @@ from pathlib import Path
 from medunlearn.checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, save_weights
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.data import MedDataset, load_dataset
+from medunlearn.forget import write_index_csv
 from medunlearn.io import (
     atomic_write_json,
-    atomic_write_text,
     fingerprint,
     read_json,
     staged_output,
@@ -45,14 +43,9 @@ def recipe(train_cfg: TrainConfig) -> dict:
 
 
 def write_manifest(path: Path, dataset: MedDataset) -> None:
-    """``index,sha256,label`` of every training sample (hashes, never pixels)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "sha256", "label"])
-    split = dataset.train
-    for i, (h, y) in enumerate(zip(split.hashes, split.labels.tolist(), strict=True)):
-        w.writerow([i, h, y])
-    atomic_write_text(path, buf.getvalue())
+    """``index,sha256,label`` (and ``patient_id`` where the data has patient ids) of every
+    training sample: hashes, never pixels."""
+    write_index_csv(path, dataset, range(len(dataset.train)), patients=True)
 
 
 def finished_run_metrics(out: Path, key: str) -> dict | None:

@@ -200,7 +200,8 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
             "dataset": get_meta(conn, "dataset"),
             "request": {"id": r["id"], "subject": r["subject"], "status": r["status"],
                         "content_sha256": r["content_sha256"], "submitted": r["submitted"],
-                        "completed": r["completed"], "body": json.loads(r["body"])},
+                        "completed": r["completed"], "body": json.loads(r["body"]),
+                        "patients": json.loads(r["body"]).get("patients", [])},
             "forgotten": [{"index": i["idx"], "sha256": i["sha256"]}
                           for i in items if i["role"] == "forget"],
             "already_forgotten": [{"index": i["idx"], "sha256": i["sha256"]}
@@ -275,6 +276,14 @@ def _checks_table(a: dict) -> str:
             f"<tbody>{rows}</tbody></table>")
 
 
+def _patients_sentence(patients: list[str]) -> str:
+    """The patients a request named (every image of each, and every identical copy)."""
+    if not patients:
+        return ""
+    return (f" Patients named: <code>{_esc(', '.join(patients))}</code> (every training image "
+            "of each, and every byte-identical copy, listed below by hash).")
+
+
 def render_html(cert: dict) -> str:
     """A self-contained HTML page (inline CSS, no scripts, no external resources)."""
     req = cert["request"]
@@ -327,7 +336,8 @@ def render_html(cert: dict) -> str:
 <h1>Deletion certificate {badge}</h1>
 {warn}
 <p>Request <b>{_esc(req['id'])}</b> for subject reference <code>{_esc(req['subject'])}</code>,
-dataset {_esc(cert['dataset'])}. Submitted {_esc(req['submitted'])}, completed
+dataset {_esc(cert['dataset'])}.{_patients_sentence(req.get('patients') or [])}
+Submitted {_esc(req['submitted'])}, completed
 {_esc(req['completed'])} (UTC). Request content SHA-256
 <code>{_esc(req['content_sha256'])}</code>.</p>
 <h2>Models</h2>

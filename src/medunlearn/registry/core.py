@@ -413,8 +413,36 @@ def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
 # --------------------------------------------------------------------------- requests
 
 
-def _resolve(conn: sqlite3.Connection, req: DeletionRequest) -> tuple[list[int], list[int],
-                                                                       dict[int, str]]:
+def _patient_images(reg: Path, rid: str, patients: tuple[str, ...]) -> dict[str, list[int]]:
+    """Training indices of each named patient, from the registered model's manifest.csv (in
+    version 1, whose files the ledger vouches for).
+
+    Raises:
+        RequestError: the registered manifest has no patient_id column.
+    """
+    path = reg / "versions" / "1" / "manifest.csv"
+    wanted = set(patients)
+    out: dict[str, list[int]] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if "patient_id" not in (reader.fieldnames or []):
+                raise RequestError(
+                    f"Request {rid} names patients, but the registered model's manifest has no "
+                    "patient ids (its data was loaded without a patient column). Name the "
+                    "images by hash ('images') instead, or register a model trained with "
+                    "--patient-column.")
+            for r in reader:
+                if r["patient_id"] in wanted:
+                    out.setdefault(r["patient_id"], []).append(int(r["index"]))
+    except OSError as exc:
+        raise RequestError(f"Request {rid} names patients, but {path} cannot be read ({exc}); "
+                           "name the images by hash instead.") from None
+    return out
+
+
+def _resolve(conn: sqlite3.Connection, req: DeletionRequest, reg: Path
+             ) -> tuple[list[int], list[int], dict[int, str]]:
     """Map a request to training indices: ``(new, already_forgotten, sha256 by index)``.
 
     Raises:
@@ -427,8 +455,14 @@ def _resolve(conn: sqlite3.Connection, req: DeletionRequest) -> tuple[list[int],
     unknown = [h for h in req.images if h not in found]
     n = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
     bad = [i for i in req.indices if i >= n]
-    if unknown or bad:
+    by_patient = _patient_images(reg, req.id, req.patients) if req.patients else {}
+    unknown_patients = [p for p in req.patients if p not in by_patient]
+    if unknown or bad or unknown_patients:
         parts = []
+        if unknown_patients:
+            more = " ..." if len(unknown_patients) > 20 else ""
+            parts.append(f"{len(unknown_patients)} patient id(s) have no image in this model's "
+                         f"training manifest: {', '.join(unknown_patients[:20])}{more}")
         if unknown:
             more = " ..." if len(unknown) > 20 else ""
             parts.append(f"{len(unknown)} image hash(es) are not in this model's training "
@@ -439,7 +473,14 @@ def _resolve(conn: sqlite3.Connection, req: DeletionRequest) -> tuple[list[int],
         raise RequestError(f"Request {req.id} was refused and nothing changed: "
                            f"{'; '.join(parts)}. Check that the hashes come from this model's "
                            "manifest.csv (medunlearn registry status shows the dataset).")
-    targets = sorted({i for ids in found.values() for i in ids} | set(req.indices))
+    named = {i for ids in found.values() for i in ids} | set(req.indices)
+    named |= {i for ids in by_patient.values() for i in ids}
+    # every byte-identical copy of a named image goes too (a copy under another patient id or
+    # another index is the same image)
+    copies = {r["sha256"] for r in select_in(conn, "SELECT sha256 FROM samples WHERE idx IN "
+                                             "({in})", sorted(named))}
+    targets = sorted(named | {r["idx"] for r in select_in(
+        conn, "SELECT idx FROM samples WHERE sha256 IN ({in})", sorted(copies))})
     new, already, sha = [], [], {}
     for r in sorted(select_in(conn, "SELECT idx, sha256, forgotten_in FROM samples WHERE idx "
                               "IN ({in})", targets), key=lambda r: r["idx"]):
@@ -472,7 +513,7 @@ def _submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
         noop = approximate_steps(conn) == 0 and not _not_forgotten(conn)
         why = "the active model is exact already" if noop else None
     else:
-        new, already, sha = _resolve(conn, req)  # raises before anything is written
+        new, already, sha = _resolve(conn, req, reg)  # raises before anything is written
         items, chain = {"forget": new, "already": already}, method_chain(conn, req.method)
         noop, why = not new, None
     withdraw = items.get("forget", [])

@@ -10,8 +10,10 @@ Example ``request.json``::
     }
 
 ``subject`` is a required opaque reference (never a name); ``images`` are SHA-256 hashes as
-listed in the registry's manifest (``indices`` into the training split may be given instead or
-as well); ``method`` is optional (default: the registry's recommended method and fallbacks).
+listed in the registry's manifest (``indices`` into the training split, or ``patients``, the
+patient ids of the training manifest's ``patient_id`` column, may be given instead or as well:
+a patient stands for every image of that patient and every byte-identical copy); ``method`` is
+optional (default: the registry's recommended method and fallbacks).
 
 A *consolidation* request (``"consolidate": true``, no images) names no new images: it retrains
 the model from scratch without every image forgotten so far, so that a model reached through
@@ -44,7 +46,9 @@ def _preview(value, limit: int = 60) -> str:
 
 def _has_control(text: str, allowed: str = "") -> bool:
     return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
-KEYS = ("id", "subject", "images", "hashes", "indices", "method", "note", "consolidate")
+KEYS = ("id", "subject", "images", "hashes", "indices", "patients", "method", "note",
+        "consolidate")
+MAX_PATIENT_ID = 128
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,14 @@ class DeletionRequest:
     method: str | None
     note: str = ""
     consolidate: bool = False  # retrain exactly without every image forgotten so far
+    patients: tuple[str, ...] = ()  # sorted unique patient ids (training manifest's patient_id)
 
     def body(self) -> dict:
         """The normalised content that identifies the request (hashed for idempotency)."""
         body = {"id": self.id, "subject": self.subject, "images": list(self.images),
                 "indices": list(self.indices), "method": self.method, "note": self.note}
+        if self.patients:  # absent when empty: requests without patients hash as before
+            body["patients"] = list(self.patients)
         return body | ({"consolidate": True} if self.consolidate else {})
 
     @property
@@ -118,6 +125,15 @@ def parse_request(data: dict, *, source: str = "the request") -> DeletionRequest
             isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
         raise RequestError(f"{source}: 'indices' must be a list of non-negative integers "
                            "(training-split indices from manifest.csv).")
+    patients = data.get("patients", [])
+    if patients is None:
+        patients = []
+    if not isinstance(patients, list) or any(
+            not isinstance(p, str) or not p.strip() or len(p) > MAX_PATIENT_ID
+            or _has_control(p) for p in patients):
+        raise RequestError(f"{source}: 'patients' must be a list of patient ids (one line of at "
+                           f"most {MAX_PATIENT_ID} characters each), as in the patient_id column "
+                           "of the model's manifest.csv.")
     method = data.get("method")
     if method is not None and (not isinstance(method, str) or not method):
         raise RequestError(f"{source}: 'method' must be a method name such as 'salun-cra' or "
@@ -134,7 +150,7 @@ def parse_request(data: dict, *, source: str = "the request") -> DeletionRequest
     if not isinstance(consolidate, bool):
         raise RequestError(f"{source}: 'consolidate' must be true or false.")
     if consolidate:
-        if images or indices:
+        if images or indices or patients:
             raise RequestError(f"{source} ({rid}): a consolidation request retrains without "
                                "every image forgotten so far and names no new images; submit "
                                "the images as a deletion request first, then consolidate.")
@@ -142,13 +158,15 @@ def parse_request(data: dict, *, source: str = "the request") -> DeletionRequest
             raise RequestError(f"{source} ({rid}): a consolidation request always retrains "
                                f"from scratch; leave 'method' out (got {method!r}).")
         method = "retrain"
-    elif not images and not indices:
+    elif not images and not indices and not patients:
         raise RequestError(f"{source} ({rid}) names no images: give the SHA-256 hashes of the "
-                           "images to forget in 'images' (or training indices in 'indices').")
+                           "images to forget in 'images' (or training indices in 'indices', or "
+                           "patient ids in 'patients').")
     return DeletionRequest(id=rid, subject=subject,
                            images=tuple(sorted({h.lower() for h in images})),
                            indices=tuple(sorted(set(indices))), method=method, note=note,
-                           consolidate=consolidate)
+                           consolidate=consolidate,
+                           patients=tuple(sorted({p.strip() for p in patients})))
 
 
 def load_request(source: str | os.PathLike | dict) -> DeletionRequest:
