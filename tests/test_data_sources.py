@@ -473,3 +473,32 @@ def test_deletion_request_by_patient_forgets_every_image_and_copy(tmp_path):
     with pytest.raises(RequestError, match="NOBODY"):
         forget(reg, {"id": "DR-P2", "subject": "ref-2", "patients": ["NOBODY"]},
                unlearn=fake_unlearn, verify=fake_verify)
+
+
+def test_experiment_grid_runs_on_a_csv_manifest_with_subgroups(tmp_path):
+    """A study can name a CSV manifest with loader options; its cells train, unlearn and
+    evaluate, and the manifest's metadata (sex, age band) reaches the subgroup tables."""
+    from medunlearn.experiments import parse_experiment, run_experiment
+    from medunlearn.experiments.config import ExperimentConfigError
+    from medunlearn.experiments.store import ResultsStore
+
+    labels = make_manifest(tmp_path / "data")
+    raw = {"name": "files", "datasets": [{"dataset": str(labels), "size": 16,
+                                          "options": {"positive_values": "TB"}}],
+           "forget": ["random:0.2"], "methods": ["retrain", "finetune"], "augment": ["none"],
+           "seeds": [0], "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 16},
+           "threads": 1}
+    cfg = parse_experiment(raw)
+    assert cfg.datasets[0].name == "data-binary"
+    summary = run_experiment(cfg, tmp_path / "results", progress=False)
+    assert summary.failed == [] and summary.completed == 2
+    rows = ResultsStore(tmp_path / "results").rows()
+    assert {r["method"] for r in rows} == {"retrain", "finetune"}
+    metrics = next(r for r in rows if r["method"] == "finetune")["metrics"]  # flattened keys
+    assert any(k.startswith("bias.subgroups.sex.") for k in metrics)
+    assert any(k.startswith("bias.subgroups.age_band.") for k in metrics)
+    bad = raw | {"datasets": [{"dataset": str(labels), "options": {"colour": 3}}]}
+    with pytest.raises(ExperimentConfigError, match="colour"):
+        parse_experiment(bad)
+    with pytest.raises(ExperimentConfigError, match="does not exist"):
+        parse_experiment(raw | {"datasets": [{"dataset": str(tmp_path / "none.csv")}]})

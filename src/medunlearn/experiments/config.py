@@ -51,7 +51,11 @@ TOP_LEVEL_KEYS = (
     "name", "description", "datasets", "forget", "methods", "augment", "seeds", "size", "data",
     "model", "train", "evaluation", "gate", "retain_budget", "data_root", "threads",
 )
-DATASET_KEYS = ("dataset", "view", "positive_classes", "size", "label")
+DATASET_KEYS = ("dataset", "view", "positive_classes", "size", "label", "options")
+#: Loader options a study may give a CSV manifest or class folder (``datasets[i].options``).
+FILE_OPTIONS = ("path_column", "label_column", "patient_column", "split_column",
+                "metadata_columns", "positive_values", "negative_values", "channels", "resplit",
+                "val_fraction", "test_fraction", "split_seed", "cache_dir")
 METHOD_KEYS = ("name", "options", "label")
 #: DataConfig fields a study may set in its ``data`` section (the grid sets the others).
 DATA_KEYS = ("train_limit", "eval_limit", "download", "verify_md5")
@@ -63,15 +67,25 @@ AUGMENT_POLICIES = ("none", "basic", "strong")
 class DatasetSpec:
     """One dataset under one task view."""
 
-    dataset: str
+    dataset: str  # a MedMNIST flag, or the path of a CSV manifest or class folder
     view: str = "auto"
     positive_classes: tuple[int, ...] | None = None
     size: int = 28
     label: str = ""  # short name in reports (default: "<dataset>-<view>")
+    # loader options of a CSV manifest or class folder, as sorted (key, JSON value) pairs
+    files: tuple[tuple[str, str], ...] | None = None
 
     @property
     def name(self) -> str:
-        return self.label or f"{self.dataset}-{self.view}"
+        if self.label:
+            return self.label
+        if self.files is not None:  # labels.csv -> its folder's name; a folder -> its name
+            p = Path(self.dataset)
+            return f"{p.parent.name if p.suffix else p.name}-{self.view}"
+        return f"{self.dataset}-{self.view}"
+
+    def file_options(self) -> dict:
+        return {k: json.loads(v) for k, v in (self.files or ())}
 
 
 @dataclass(frozen=True)
@@ -99,9 +113,23 @@ class OriginalJob:
     dataset: DatasetSpec
     augment: str
     seed: int
-    data: DataConfig
+    data: DataConfig | None  # MedMNIST data (None for files)
     model: ModelConfig
     train: TrainConfig
+    files: tuple[tuple[str, str], ...] | None = None  # load_files(path, **options) for files
+
+    @property
+    def data_root(self) -> str | None:
+        return self.data.data_root if self.data is not None else None
+
+    def load_files(self):
+        """The dataset of a CSV manifest or class folder (None for MedMNIST)."""
+        if self.files is None:
+            return None
+        from medunlearn.data.manifest import load_files
+
+        opts = {k: json.loads(v) for k, v in self.files}
+        return load_files(opts.pop("path"), **opts, seed=self.seed)
 
     @property
     def slug(self) -> str:
@@ -215,10 +243,19 @@ class ExperimentConfig:
         return out
 
     def _original(self, ds: DatasetSpec, augment: str, seed: int) -> OriginalJob:
+        train = dataclasses.replace(self.train, progress=False, threads=self.threads)
+        if ds.files is not None:
+            opts = ds.file_options() | {"path": ds.dataset, "size": ds.size, "augment": augment}
+            limits = {k: v for k, v in self.data.items() if k in ("train_limit", "eval_limit")}
+            files = tuple(sorted((k, json.dumps(v)) for k, v in (opts | limits).items()))
+            key = fingerprint({"kind": "original", "files": dict(files),
+                               "model": dataclasses.asdict(self.model),
+                               "train": _recipe(train), "seed": seed})
+            return OriginalJob(key=key, dataset=ds, augment=augment, seed=seed, data=None,
+                               model=self.model, train=train, files=files)
         data = DataConfig(dataset=ds.dataset, size=ds.size, view=ds.view,
                           positive_classes=ds.positive_classes, augment=augment,
                           data_root=self.data_root, **self.data)
-        train = dataclasses.replace(self.train, progress=False, threads=self.threads)
         key = fingerprint({"kind": "original", "data": data.identity(),
                            "model": dataclasses.asdict(self.model),
                            "train": _recipe(train), "seed": seed})
@@ -314,6 +351,15 @@ def _parse_dataset(item: Any, size: int, i: int) -> DatasetSpec:
     _check_keys(item, DATASET_KEYS, where)
     if "dataset" not in item:
         raise ExperimentConfigError(f"{where} needs a 'dataset' key (e.g. breastmnist).")
+    from medunlearn.data.info import dataset_flags
+
+    name = str(item["dataset"])
+    if name.lower() not in dataset_flags() and ("/" in name or "." in name
+                                                 or Path(name).exists()):
+        return _parse_files_dataset(item, size, where)
+    if "options" in item:
+        raise ExperimentConfigError(f"{where}: 'options' are loader options of a CSV manifest "
+                                    "or class folder; MedMNIST datasets take none.")
     try:
         info = get_info(item["dataset"])
         pos = item.get("positive_classes")
@@ -330,6 +376,27 @@ def _parse_dataset(item: Any, size: int, i: int) -> DatasetSpec:
     return DatasetSpec(dataset=info.flag, view=view.kind,
                        positive_classes=pos if pos is not None else None,
                        size=ds_size, label=str(item.get("label", "")))
+
+
+def _parse_files_dataset(item: dict, size: int, where: str) -> DatasetSpec:
+    """A CSV manifest or class folder in a study: its path must exist and its loader options
+    must be known (checked before anything runs)."""
+    path = Path(str(item["dataset"])).expanduser()
+    if not path.exists():
+        raise ExperimentConfigError(
+            f"{where}: {path} does not exist. Give the path of a CSV manifest or a class folder "
+            "(relative to the folder you run 'medunlearn experiment' from), or a MedMNIST flag.")
+    if item.get("positive_classes") is not None or str(item.get("view", "auto")) not in (
+            "auto", "binary"):
+        raise ExperimentConfigError(f"{where}: image files use the binary clinical view; name "
+                                    "the disease labels with options.positive_values.")
+    options = item.get("options") or {}
+    if not isinstance(options, dict):
+        raise ExperimentConfigError(f"{where}.options must be a mapping of loader options.")
+    _check_keys(options, FILE_OPTIONS, f"{where}.options")
+    files = tuple(sorted((str(k), json.dumps(v)) for k, v in options.items()))
+    return DatasetSpec(dataset=str(path), view="binary", size=int(item.get("size", size)),
+                       label=str(item.get("label", "")), files=files)
 
 
 def _parse_forget(item: Any, i: int) -> str:

@@ -42,7 +42,8 @@ def train_original(job: OriginalJob, out: Path) -> dict:
     """Train the original model with :func:`medunlearn.runs.run_training`."""
     from medunlearn.runs import run_training
 
-    return run_training(job.data, job.model, job.train, seed=job.seed, out=out)
+    return run_training(job.data, job.model, job.train, seed=job.seed, out=out,
+                        dataset=job.load_files())
 
 
 def train_reference(job: ReferenceJob, original_dir: Path, out: Path) -> dict:
@@ -51,7 +52,7 @@ def train_reference(job: ReferenceJob, original_dir: Path, out: Path) -> dict:
 
     return run_unlearning(original_dir, method="retrain", forget=job.forget, seed=job.seed,
                           out=out, retain_budget=job.retain_budget,
-                          data_root=job.original.data.data_root, progress=False)
+                          data_root=job.original.data_root, progress=False)
 
 
 def forget_indices(reference_dir: Path) -> list[int]:
@@ -69,7 +70,7 @@ def unlearn(job: CellJob, original_dir: Path, reference_dir: Path, out: Path) ->
                           forget=forget_indices(reference_dir), seed=job.seed, out=out,
                           options=job.method.options_dict or None,
                           retain_budget=job.reference.retain_budget,
-                          data_root=job.original.data.data_root, progress=False)
+                          data_root=job.original.data_root, progress=False)
 
 
 def evaluate(job: CellJob, run_dir: Path, original_dir: Path, reference_dir: Path) -> dict:
@@ -78,7 +79,7 @@ def evaluate(job: CellJob, run_dir: Path, original_dir: Path, reference_dir: Pat
 
     return evaluate_run(run_dir, original=original_dir, reference=reference_dir,
                         options=job.evaluation_options or None,
-                        data_root=job.original.data.data_root)
+                        data_root=job.original.data_root)
 
 
 def verdict(metrics: dict, tolerances: dict | None = None) -> dict:

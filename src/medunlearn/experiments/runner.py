@@ -266,7 +266,8 @@ def build_row(job: CellJob, *, experiment: str, evaluation: dict, verdict: dict,
     row["options"] = job.method.options_dict
     row["metrics"] = flat | {f"run.{k}": v for k, v in flatten(unlearn_metrics).items()}
     row["config"] = {"original": o.key, "reference": job.reference.key,
-                     "data": o.data.identity(), "model": o.model, "train": o.train,
+                     "data": o.data.identity() if o.data is not None else dict(o.files),
+                     "model": o.model, "train": o.train,
                      "evaluation": job.evaluation_options, "gate": job.gate_tolerances}
     row["created"] = now_iso()
     return row
