@@ -226,3 +226,17 @@ def test_readme_python_example_runs_as_written():
     assert len(result.forget) == 4
     assert isinstance(report.verdict.passed, bool)
     assert report.record["fidelity"]["average_gap_pp"] >= 0
+
+
+def test_random_patients_forgets_whole_patients():
+    from medunlearn.forget import select_forget
+
+    data = tiny_arrays()  # 48 patients, two images each
+    fs = select_forget(data, forget="random-patients:0.25", seed=1)
+    pids = data.train.patients
+    chosen = set(pids[fs.forget.numpy()].tolist())
+    assert len(chosen) == 12 and len(fs.forget) == 24
+    for p in chosen:  # every image of each chosen patient
+        assert set(np.flatnonzero(pids == p).tolist()) <= set(fs.forget.tolist())
+    again = select_forget(data, forget="random-patients:0.25", seed=1)
+    assert torch.equal(fs.forget, again.forget)  # seeded

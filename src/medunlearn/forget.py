@@ -15,6 +15,8 @@ Spec strings (``--forget``):
 * ``hashes:FILE`` one SHA-256 image hash per line, matched against ``dataset.train.hashes``.
 * ``patients:FILE`` one patient id per line: every training image of each patient, and every
   byte-identical copy of those images (``dataset.train.patients`` and ``hashes``).
+* ``random-patients:F`` a fraction ``F`` of the training patients (seeded), each with every
+  image and every byte-identical copy (on data without patient ids: one patient per image).
 
 In index and hash files, blank lines and text after ``#`` are ignored.
 """
@@ -36,7 +38,8 @@ from medunlearn.data import MedDataset
 from medunlearn.errors import ForgetSetError
 from medunlearn.io import atomic_write_text
 
-KINDS = ("random", "class", "positive", "negative", "indices", "hashes", "patients")
+KINDS = ("random", "class", "positive", "negative", "indices", "hashes", "patients",
+         "random-patients")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -281,7 +284,8 @@ def select_forget(dataset: MedDataset, *, forget: str | Sequence[int], seed: int
         if kind not in KINDS or not rest:
             raise ForgetSetError(
                 f"Unknown forget spec {spec!r}. Use one of random:0.2, random:0.2:stratified, "
-                "class:K, positive:0.3, negative:0.3, indices:FILE, hashes:FILE, patients:FILE."
+                "class:K, positive:0.3, negative:0.3, indices:FILE, hashes:FILE, patients:FILE, "
+                "random-patients:0.1."
             )
         if kind == "random":
             frac_text, _, mode = rest.partition(":")
@@ -327,6 +331,17 @@ def select_forget(dataset: MedDataset, *, forget: str | Sequence[int], seed: int
             chosen = chosen[~excl[chosen]]
         elif kind == "patients":
             chosen = _indices_from_patients(rest, dataset, spec)
+            chosen = chosen[~excl[chosen]]
+        elif kind == "random-patients":
+            frac = _fraction(rest, spec)
+            pids = dataset.train.patients
+            people = np.asarray(sorted(set(pids[pool].tolist())), dtype=object)
+            k = max(1, round(frac * len(people)))
+            picked = people[np.sort(rng.choice(len(people), size=min(k, len(people)),
+                                               replace=False))]
+            chosen = patient_indices(dataset, picked.tolist(), where=f"Forget spec {spec!r}") \
+                if dataset.train.patient_ids is not None else \
+                np.flatnonzero(np.isin(pids, picked))
             chosen = chosen[~excl[chosen]]
         else:
             chosen = _indices_from_hashes(rest, dataset, spec)
