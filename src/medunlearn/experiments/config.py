@@ -59,7 +59,7 @@ FILE_OPTIONS = ("path_column", "label_column", "patient_column", "split_column",
 METHOD_KEYS = ("name", "options", "label")
 #: DataConfig fields a study may set in its ``data`` section (the grid sets the others).
 DATA_KEYS = ("train_limit", "eval_limit", "download", "verify_md5")
-FORGET_KINDS = ("random", "class", "positive", "negative", "indices", "hashes")
+FRACTION_KINDS = ("random", "positive", "negative", "random-patients")  # kind:F specs
 AUGMENT_POLICIES = ("none", "basic", "strong")
 
 
@@ -313,7 +313,7 @@ def forget_ratio(spec: str) -> float | None:
     0.2
     """
     parts = spec.split(":")
-    if parts[0] in ("random", "positive", "negative") and len(parts) > 1:
+    if parts[0] in FRACTION_KINDS and len(parts) > 1:
         try:
             return float(parts[1])
         except ValueError:
@@ -408,13 +408,15 @@ def _parse_forget(item: Any, i: int) -> str:
     if not isinstance(item, str) or not item.strip():
         raise ExperimentConfigError(f"{where} must be a spec such as random:0.2, got {item!r}.")
     spec = item.strip()
+    from medunlearn.forget import KINDS
+
     kind = spec.split(":")[0]
-    if kind not in FORGET_KINDS:
+    if kind not in KINDS:
         raise ExperimentConfigError(
             f"{where}: unknown forget selection {spec!r}; use one of "
-            f"{', '.join(k + ':...' for k in FORGET_KINDS)} (e.g. random:0.2).")
+            f"{', '.join(k + ':...' for k in KINDS)} (e.g. random:0.2).")
     ratio = forget_ratio(spec)
-    if kind in ("random", "positive", "negative"):
+    if kind in FRACTION_KINDS:
         if ratio is None:
             raise ExperimentConfigError(f"{where}: {spec!r} needs a fraction, e.g. {kind}:0.2.")
         if not 0 < ratio < 1:
