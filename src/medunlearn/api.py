@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medunlearn.config import TrainConfig, from_dict
+from medunlearn.config import TrainConfig, as_config
 from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError, ForgetSetError
 from medunlearn.forget import ForgetSet, hash_indices, patient_indices, select_forget
@@ -99,15 +99,7 @@ def indices_of(data: Dataset, *, hashes: Sequence[str] | None = None,
 
 def _train_config(train_config: TrainConfig | Mapping | None, device, progress: bool
                   ) -> TrainConfig:
-    if train_config is None:
-        cfg = TrainConfig()
-    elif isinstance(train_config, TrainConfig):
-        cfg = train_config
-    elif isinstance(train_config, Mapping):
-        cfg = from_dict(TrainConfig, dict(train_config), where="train_config")
-    else:
-        raise ConfigError("train_config must be a TrainConfig or a dict of its fields, got "
-                          f"{type(train_config).__name__}.")
+    cfg = as_config(TrainConfig, train_config, where="train_config")
     return dataclasses.replace(cfg, device=str(device) if device is not None else cfg.device,
                                progress=progress)
 

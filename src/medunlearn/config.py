@@ -120,9 +120,27 @@ def from_dict(cls, data: dict | None, *, where: str | None = None):
     return cls(**kwargs)
 
 
+def as_config(cls, value, *, where: str):
+    """``value`` as a ``cls`` config: None gives the defaults, an instance is kept, a mapping is
+    read with :func:`from_dict`.
+
+    Raises:
+        ConfigError: another type, or a mapping with unknown or ill-typed options.
+    """
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict) or hasattr(value, "keys"):
+        return from_dict(cls, dict(value), where=where)
+    raise ConfigError(f"{where} must be a {cls.__name__} or a dict of its fields, got "
+                      f"{type(value).__name__}.")
+
+
 def replace(cfg, **changes):
     """``dataclasses.replace`` that ignores ``None`` values (unset CLI options)."""
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
 
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "from_dict", "replace", "field"]
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "as_config", "from_dict", "replace",
+           "field"]

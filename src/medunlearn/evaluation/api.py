@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from medunlearn.checkpoint import Run, check_compatible, load_run, load_run_and_data
-from medunlearn.config import from_dict
+from medunlearn.config import as_config
 from medunlearn.data import Dataset, data_identity
 from medunlearn.errors import CheckpointError, ConfigError, ForgetSetError
 from medunlearn.evaluation import bias as B
@@ -80,15 +80,7 @@ class EvalOptions:
 
 
 def _options(options) -> EvalOptions:
-    if options is None:
-        opts = EvalOptions()
-    elif isinstance(options, EvalOptions):
-        opts = options
-    elif isinstance(options, Mapping):
-        opts = from_dict(EvalOptions, dict(options), where="evaluation options")
-    else:
-        raise ConfigError("options must be an EvalOptions or a dict, got "
-                          f"{type(options).__name__}.")
+    opts = as_config(EvalOptions, options, where="evaluation options")
     if opts.c_fn < 0 or opts.c_fp < 0:
         raise ConfigError(f"Error costs must be non-negative, got c_FN={opts.c_fn}, "
                           f"c_FP={opts.c_fp}.")
