@@ -58,6 +58,7 @@ def measure(model: Path, methods: list[str], *, work: Path, forget: str, n: int,
                "ci": r["forgetting_quality_ci"], "null": r.get("forgetting_quality_null"),
                "ratio": ratio, "adjusted": r.get("forgetting_quality_adjusted"),
                "eps_median": r["epsilon_median"], "capped": r["epsilon_capped_fraction"],
+               "peaky": r.get("epsilon_peaky_fraction", 0.0),
                "ulira": r.get("ulira_accuracy"), "identical": r["identical_unlearned_models"],
                "mia": priv.get("mia_efficacy"), "mia_ref": ref_priv.get("mia_efficacy"),
                "attack": attack["status"], "reused": r["runs"]["reused"], "seconds": wall,
@@ -86,7 +87,7 @@ def render(rows: list[dict], *, model: Path, forget: str, n: int, quick: bool) -
         f"{total / 60:.1f} min",
         "",
         "| method | forgetting quality [95% CI] | / retrain-null | adjusted (RA, TA) "
-        "| epsilon median | at cap | U-LiRA acc | MIA-eff. (ref.) | gate attack_auc "
+        "| epsilon median | at cap (point-mass rule) | U-LiRA acc | MIA-eff. (ref.) | gate attack_auc "
         "| per-example | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -97,7 +98,8 @@ def render(rows: list[dict], *, model: Path, forget: str, n: int, quick: bool) -
             verdict += " (identical models)"
         lines.append(
             f"| {r['method']} | {_f(r['score'])} [{_f(lo)}, {_f(hi)}] | {_f(r['ratio'], 2)} | "
-            f"{_f(r['adjusted'])} | {_f(r['eps_median'], 2)} | {r['capped']:.0%} | "
+            f"{_f(r['adjusted'])} | {_f(r['eps_median'], 2)} | {r['capped']:.0%} "
+            f"({r['peaky']:.0%}) | "
             f"{_f(r['ulira'])} | {_f(r['mia'])} ({_f(r['mia_ref'])}) | {r['attack']} | "
             f"{verdict} | {r['seconds']:.0f} |")
     caught = [r["method"] for r in rows if r["fails"] and r["attack"] == "pass"]
@@ -111,7 +113,9 @@ def render(rows: list[dict], *, model: Path, forget: str, n: int, quick: bool) -
         "(`retrain-null`: the score of the same outputs re-split at random; the `retrain` row "
         f"compares two independent sets of retrained models). Per-example FAIL = score below "
         f"{FAIL_RATIO:g} x that ceiling. A method that is deterministic given the original "
-        "(identical models) gets the cap epsilon on every image, by the challenge's rule. "
+        "(identical models) gets the cap epsilon on every image, by the challenge's rule; the same "
+        "point-mass rule caps any image whose unlearned outputs spread less than 1% of the "
+        "retrained ones' (in brackets: the share capped that way). "
         "Wall time includes training the shared retrained models for the first method only.",
     ]
     return "\n".join(lines) + "\n"

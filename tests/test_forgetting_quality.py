@@ -65,6 +65,8 @@ def test_separated_peaky_and_identical_samples():
     assert fq.example_epsilon(np.array([0., 1]), np.array([10., 11])) == fq.EPSILON_CAP
     # a point mass (e.g. the same model N times) against retraining's spread: the cap
     assert fq.example_epsilon(np.full(4, 1.0), np.array([0., 1, 2, 3])) == fq.EPSILON_CAP
+    assert fq.is_peaky(np.full(4, 1.0), np.array([0., 1, 2, 3]))
+    assert not fq.is_peaky(np.array([0., 1]), np.array([10., 11]))
     assert fq.example_epsilon(np.full(4, 1.0), np.full(4, 1.0)) == 0.0
     assert fq.example_epsilon(np.full(4, 1.0), np.full(4, 2.0)) == fq.EPSILON_CAP
     same = np.array([0.3, 1.2, -0.7, 2.0, 0.1])
@@ -185,6 +187,7 @@ def test_doing_nothing_is_caught_where_the_population_attack_passes(toy):
                                  train_config=RECIPE, device="cpu")
     assert nothing["forgetting_quality"] == 0.0
     assert nothing["epsilon_capped_fraction"] == 1.0 and nothing["identical_unlearned_models"]
+    assert nothing["epsilon_peaky_fraction"] == 1.0
     assert nothing["ulira_accuracy"] > 0.8
     assert nothing["forgetting_quality"] < ret["forgetting_quality_ci"][0]
     # the population attack (loss-attack AUC / MIA-efficacy) does not flag the original
@@ -255,3 +258,33 @@ def test_cli_refuses_too_few_models(tiny_run, tmp_path, capsys):
                  "--method", "finetune", "--n", "2", "--out", str(tmp_path / "x"), "-q"])
     assert code == 2
     assert "too few models" in capsys.readouterr().err
+
+
+def test_evaluate_attaches_the_result_and_the_gate_checks_it(tiny_run, tmp_path, capsys):
+    from medunlearn.cli import main
+
+    out = tmp_path / "fq"
+    assert main(["verify-forgetting", "--model", str(tiny_run), "--forget", "random:0.1",
+                 "--method", "finetune", "--n", "3", "--out", str(out), "-O", "epochs=1",
+                 "--device", "cpu", "-q"]) == 0
+    result = out / "finetune" / "forgetting_quality.json"
+    score = json.loads(result.read_text())["forgetting_quality"]
+    tol = tmp_path / "gate.toml"
+    tol.write_text("forgetting_quality_min = 0.0\n")
+    ev = tmp_path / "ev.json"
+    assert main(["evaluate", "--model", str(out / "finetune" / "seed-0"), "--out", str(ev),
+                 "--forgetting-quality", str(result), "--gate", "--gate-config", str(tol),
+                 "--device", "cpu"]) in (0, 3)
+    rec = json.loads(ev.read_text())
+    assert rec["models"]["model"]["forgetting_quality"]["forgetting_quality"] == score
+    check = next(c for c in rec["gate"]["checks"] if c["name"] == "forgetting_quality")
+    assert check["status"] == "pass" and check["value"] == score
+    # a result for another forget set is refused
+    other = json.loads(result.read_text())
+    other["per_example"]["index"] = other["per_example"]["index"][1:]
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps(other))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out / "finetune" / "seed-0"), "--out",
+                 str(tmp_path / "ev2.json"), "--forgetting-quality", str(bad)]) == 2
+    assert "another forget set" in capsys.readouterr().err

@@ -319,7 +319,8 @@ def record_section(result: Mapping) -> dict:
     headline numbers only, keyed like :data:`medunlearn.evaluation.directions.DIRECTIONS`."""
     keys = ("forgetting_quality", "forgetting_quality_ci", "forgetting_quality_adjusted",
             "forgetting_quality_null", "forgetting_quality_vs_null", "epsilon_mean",
-            "epsilon_median", "epsilon_capped_fraction", "ulira_accuracy", "n_models",
+            "epsilon_median", "epsilon_capped_fraction", "epsilon_peaky_fraction",
+            "ulira_accuracy", "n_models",
             "forget_count", "wall_seconds")
     return {k: result[k] for k in keys if k in result}
 
@@ -332,5 +333,39 @@ def attach_to_record(record: dict, result: Mapping) -> dict:
     return record
 
 
-__all__ = ["RESULT_FILE", "attach_to_record", "check_n", "forget_confidences",
+def load_result_for(path: str | os.PathLike, model_dir: str | os.PathLike) -> dict:
+    """Read a ``forgetting_quality.json`` and check it belongs to the unlearn run ``model_dir``
+    (same original weights, same forget set).
+
+    Raises:
+        ConfigError: unreadable file, or a result for another original or forget set.
+    """
+    from medunlearn.forget import read_forget_csv
+    from medunlearn.io import read_json
+
+    try:
+        result = read_json(path)
+        if result.get("kind") != "forgetting_quality":
+            raise ValueError("not a verify-forgetting result")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"--forgetting-quality {path} is not a readable "
+                          f"{RESULT_FILE} ({exc}); give the file that 'medunlearn "
+                          "verify-forgetting' wrote.") from None
+    model_dir = Path(model_dir)
+    cfg = read_json(model_dir / "config.json")
+    want = (cfg.get("original") or {}).get("weights_sha256")
+    if want and want != result["original"]["weights_sha256"]:
+        raise ConfigError(f"--forgetting-quality {path} was computed for another original model "
+                          f"than the one {model_dir} was unlearned from; run verify-forgetting "
+                          "with that model's original.")
+    forget_csv = model_dir / "forget.csv"
+    if forget_csv.is_file() and sorted(read_forget_csv(forget_csv).tolist()) != \
+            sorted(result["per_example"]["index"]):
+        raise ConfigError(f"--forgetting-quality {path} covers another forget set than "
+                          f"{forget_csv}; run verify-forgetting with the same --forget and "
+                          "--seed.")
+    return result
+
+
+__all__ = ["RESULT_FILE", "attach_to_record", "load_result_for", "check_n", "forget_confidences",
            "forgetting_quality", "record_section", "score_models", "seeds", "verify_forgetting"]

@@ -55,6 +55,7 @@ DIRECTIONS: dict[str, str] = {
     "epsilon_mean": LOWER,
     "epsilon_median": LOWER,
     "epsilon_capped_fraction": LOWER,
+    "epsilon_peaky_fraction": LOWER,  # capped because the unlearned outputs barely vary
     "ulira_accuracy": REFERENCE,  # per-example U-LiRA balanced accuracy; 0.5 = indistinguishable
     # fidelity to the retrained reference
     "average_gap_pp": LOWER,

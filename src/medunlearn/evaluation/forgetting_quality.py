@@ -111,6 +111,16 @@ def double_threshold_rates(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray
     return fpr, 1 - tpr
 
 
+def is_peaky(unlearned: np.ndarray, retrained: np.ndarray) -> bool:
+    """Whether the challenge's point-mass rule decides an example: one sample's range is below
+    1% of the other's (two constant samples of different values included)."""
+    a, b = np.ptp(np.asarray(unlearned, np.float64)), np.ptp(np.asarray(retrained, np.float64))
+    largest, smallest = max(a, b), min(a, b)
+    if largest == 0:
+        return bool(np.asarray(unlearned).flat[0] != np.asarray(retrained).flat[0])
+    return bool(smallest / largest < PEAKY_RATIO)
+
+
 def example_epsilon(unlearned: np.ndarray, retrained: np.ndarray, *, delta: float = DELTA,
                     cap: float = EPSILON_CAP) -> float:
     """Epsilon of one forget example from its scores under N unlearned and N retrained models.
@@ -322,6 +332,9 @@ def summarize(unlearned: np.ndarray, retrained: np.ndarray, *, delta: float = DE
         "forgetting_quality_ci": [lo, hi], "ci_level": level, "ci_resamples": resamples,
         "epsilon_mean": float(eps.mean()), "epsilon_median": float(np.median(eps)),
         "epsilon_capped_fraction": float((eps >= EPSILON_CAP).mean()),
+        # capped by the point-mass rule (unlearned spread < 1% of retraining's, or vice versa)
+        "epsilon_peaky_fraction": float(np.mean([is_peaky(u[:, i], r[:, i])
+                                                 for i in range(u.shape[1])])),
         "epsilon_buckets": histogram(eps, n),
         "per_example": {"epsilon": eps.tolist()},
         "identical_unlearned_models": bool(np.ptp(u, axis=0).max() == 0),
@@ -349,6 +362,6 @@ def summarize(unlearned: np.ndarray, retrained: np.ndarray, *, delta: float = DE
 __all__ = [
     "DELTA", "EPSILON_CAP", "adjusted_score", "bootstrap_ci", "bucket_points",
     "double_threshold_rates", "epsilons", "example_epsilon", "example_points",
-    "forgetting_score", "histogram", "null_score", "single_threshold_rates", "summarize", "ulira",
+    "forgetting_score", "histogram", "is_peaky", "null_score", "single_threshold_rates", "summarize", "ulira",
     "ulira_log_ratio",
 ]
