@@ -40,7 +40,8 @@ def verify_forgetting(
     """Prove forgetting per example: train N unlearned and N retrained models, and score how
     well each forget image's outputs tell them apart (epsilon, forgetting quality, U-LiRA)."""
     from medunlearn.unlearning import parse_option_pairs
-    from medunlearn.verify import RESULT_FILE, check_n, verify_forgetting as run_check
+    from medunlearn.verify import RESULT_FILE, check_n
+    from medunlearn.verify import verify_forgetting as run_check
 
     check_n(n)
     r = run_check(model, forget=forget, method=method, out=out, n=n, seed=seed,

@@ -362,6 +362,6 @@ def summarize(unlearned: np.ndarray, retrained: np.ndarray, *, delta: float = DE
 __all__ = [
     "DELTA", "EPSILON_CAP", "adjusted_score", "bootstrap_ci", "bucket_points",
     "double_threshold_rates", "epsilons", "example_epsilon", "example_points",
-    "forgetting_score", "histogram", "is_peaky", "null_score", "single_threshold_rates", "summarize", "ulira",
-    "ulira_log_ratio",
+    "forgetting_score", "histogram", "is_peaky", "null_score", "single_threshold_rates",
+    "summarize", "ulira", "ulira_log_ratio",
 ]
