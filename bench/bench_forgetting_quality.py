@@ -36,12 +36,12 @@ FAIL_RATIO = 0.5  # per-example "fail": score below this fraction of the permuta
 
 
 def measure(model: Path, methods: list[str], *, work: Path, forget: str, n: int, seed: int,
-            data_root: str | None, backend: str = "local") -> list[dict]:
+            data_root: str | None, backend: str = "local", figures: Path) -> list[dict]:
     from medunlearn.evaluation.api import evaluate_run
     from medunlearn.evaluation.gate import gate
     from medunlearn.verify import verify_forgetting
 
-    rows = []
+    rows, results = [], {}
     for name in methods:
         t0 = time.perf_counter()
         r = verify_forgetting(model, forget=forget, method=name, out=work / "fq", n=n,
@@ -49,6 +49,7 @@ def measure(model: Path, methods: list[str], *, work: Path, forget: str, n: int,
         wall = time.perf_counter() - t0
         rec = evaluate_run(r["runs"]["unlearned"][0], original=model,
                            reference=r["runs"]["retrained"][0], data_root=data_root)
+        results[name] = r
         verdict = gate(rec)
         attack = next(c for c in verdict.checks if c["name"] == "attack_auc")
         priv = rec["models"]["model"].get("privacy") or {}
@@ -68,6 +69,11 @@ def measure(model: Path, methods: list[str], *, work: Path, forget: str, n: int,
         print(f"{name:16s} score {row['score']:.3f} (null {row['null']:.3f}) eps median "
               f"{row['eps_median']:.2f} U-LiRA {row['ulira']:.3f} attack_auc {row['attack']} "
               f"{wall:.0f} s", file=sys.stderr)
+    if results:
+        from medunlearn.plots import forgetting_quality_figure
+
+        fig = forgetting_quality_figure(results, figures / "forgetting_quality.png")
+        print(f"figure: {fig}", file=sys.stderr)
     return rows
 
 
@@ -129,13 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=16, help="Models per side (default 16).")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="Comma-separated methods (default: all, retrain first).")
+    p.add_argument("--figures", type=Path, default=None,
+                   help="Folder for forgetting_quality.png (default: WORK), e.g. "
+                        "docs/results/forgetting_quality.")
     p.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="Run the models one after another (local) or as Ray tasks.")
     args = p.parse_args(argv)
     work, model = work_and_model(args, "forgetting_quality")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = measure(model, methods, work=work, forget=args.forget, n=args.n, seed=args.seed,
-                   data_root=args.data_root, backend=args.backend)
+                   data_root=args.data_root, backend=args.backend,
+                   figures=args.figures or work)
     publish("forgetting_quality", render(rows, model=model, forget=args.forget, n=args.n,
                                          quick=args.quick), args, work)
     return 0

@@ -244,6 +244,12 @@ def test_cli_writes_result_and_reuses_finished_runs(tiny_run, tmp_path, capsys):
     with np.load(out / "finetune" / "scores.npz") as z:
         assert z["unlearned"].shape == z["retrained"].shape == (3, 8)
     assert "forgetting quality" in capsys.readouterr().out
+    from medunlearn.verify import examples_for
+
+    pe = res["per_example"]
+    rows = examples_for(res, hashes=[pe["sha256"][2]], indices=[pe["index"][5]])
+    assert [r["index"] for r in rows] == [pe["index"][2], pe["index"][5]]
+    assert rows[0]["epsilon"] == pe["epsilon"][2] and 0 <= rows[0]["points"] <= 1
     # a second check reuses all six runs and gives the same per-example epsilons
     assert main(args) == 0
     again = json.loads((out / "finetune" / "forgetting_quality.json").read_text())

@@ -333,6 +333,26 @@ def attach_to_record(record: dict, result: Mapping) -> dict:
     return record
 
 
+def examples_for(result: Mapping, *, hashes: Sequence[str] | None = None,
+                 indices: Sequence[int] | None = None) -> list[dict]:
+    """Per-example rows (index, sha256, epsilon, points, U-LiRA) of the named forget images,
+    e.g. a deletion request's, for its certificate. Images not in the result are left out.
+    """
+    pe = result["per_example"]
+    n = result["n_models"]["unlearned"]
+    pts = fq.example_points(np.asarray(pe["epsilon"]), n)
+    want_h = set(hashes or [])
+    want_i = {int(i) for i in indices or []}
+    rows = []
+    for k, (i, h) in enumerate(zip(pe["index"], pe["sha256"], strict=True)):
+        if h in want_h or i in want_i:
+            row = {"index": i, "sha256": h, "epsilon": pe["epsilon"][k], "points": float(pts[k])}
+            if "ulira_accuracy" in pe:
+                row["ulira_accuracy"] = pe["ulira_accuracy"][k]
+            rows.append(row)
+    return rows
+
+
 def load_result_for(path: str | os.PathLike, model_dir: str | os.PathLike) -> dict:
     """Read a ``forgetting_quality.json`` and check it belongs to the unlearn run ``model_dir``
     (same original weights, same forget set).
@@ -367,5 +387,6 @@ def load_result_for(path: str | os.PathLike, model_dir: str | os.PathLike) -> di
     return result
 
 
-__all__ = ["RESULT_FILE", "attach_to_record", "load_result_for", "check_n", "forget_confidences",
-           "forgetting_quality", "record_section", "score_models", "seeds", "verify_forgetting"]
+__all__ = ["RESULT_FILE", "attach_to_record", "check_n", "examples_for", "forget_confidences",
+           "forgetting_quality", "load_result_for", "record_section", "score_models", "seeds",
+           "verify_forgetting"]
