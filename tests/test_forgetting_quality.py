@@ -73,6 +73,26 @@ def test_separated_peaky_and_identical_samples():
     assert fq.example_epsilon(same, same.copy()) == 0.0
 
 
+# scores of 8 unlearned (U) and 8 retrained (R) models on 6 examples; the expected epsilons
+# and score come from running the challenge's metric.py on them (CUDA calls removed, its
+# array assert fixed), not from this implementation: log 5, log 6, log 5, log 6, cap, log 5
+U = [[0.805, -0.54, 1.25, 1.441, -1.451, -0.802], [0.628, 0.184, 0.483, -0.353, 1.379, 1.278],
+     [0.566, 1.627, 0.968, -0.359, 0.869, -0.459], [1.378, 0.45, 0.315, -0.181, 1.723, 0.345],
+     [0.072, 0.148, 1.032, 0.865, 0.913, 0.931], [2.642, 0.094, -0.012, -0.314, 1.116, 1.629],
+     [0.386, -0.34, -0.324, 1.151, 1.243, 1.043], [-0.166, 0.732, 0.617, 0.719, 1.371, 0.724]]
+R = [[0.543, 0.054, 0.231, 0.505, -1.166, -0.256], [-0.376, -0.511, -0.22, 1.196, -0.693, 0.775],
+     [-1.346, -0.268, 0.13, 0.469, 0.569, 0.635], [-0.279, -0.37, 0.686, -0.153, -1.021, -0.907],
+     [-0.736, 0.398, 0.114, 0.552, -0.342, 0.127], [0.5, -0.247, 0.365, -0.53, -0.29, -0.305],
+     [-0.957, 0.39, -0.376, 0.01, 0.385, 0.357], [0.532, -0.079, -0.339, -0.064, -1.35, -1.158]]
+
+
+def test_epsilons_and_score_match_the_challenge_code():
+    eps = fq.epsilons(np.array(U), np.array(R))
+    want = [1.609421968, 1.791746020, 1.609421968, 1.791746020, 50.0, 1.609421968]
+    assert eps == pytest.approx(want, abs=1e-6)
+    assert fq.forgetting_score(eps, 8) == pytest.approx(0.10416666666666667)
+
+
 def test_score_buckets_by_hand():
     # N = 16: buckets of 0.5 up to ceil(log 15) = 3, points 1, 1/2, ..., 1/32, beyond: 0
     b = fq.bucket_points(16)
