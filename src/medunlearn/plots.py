@@ -45,3 +45,38 @@ def training_curve(history: list[dict], path: str | os.PathLike, *, title: str =
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def forgetting_quality_figure(results: dict[str, dict], path: str | os.PathLike) -> Path:
+    """Per-example forgetting quality of several methods (``verify-forgetting`` results by
+    method): the score with its interval and the permutation null (left), the histogram of
+    per-example epsilon with capped examples in the last bin (right)."""
+    import numpy as np
+
+    plt = _pyplot()
+    names = list(results)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    score = [results[m]["forgetting_quality"] for m in names]
+    lo = [results[m]["forgetting_quality_ci"][0] for m in names]
+    hi = [results[m]["forgetting_quality_ci"][1] for m in names]
+    x = np.arange(len(names))
+    a1.errorbar(x, score, yerr=[np.subtract(score, lo), np.subtract(hi, score)], fmt="o",
+                capsize=4, label="score (95% CI)")
+    null = [results[m].get("forgetting_quality_null") for m in names]
+    if all(v is not None for v in null):
+        a1.plot(x, null, "_", markersize=18, color="grey", label="retraining at this N (null)")
+    a1.set_xticks(x, names, rotation=45, ha="right")
+    a1.set_ylabel("forgetting quality")
+    a1.set_ylim(-0.02, max(0.5, max(hi) + 0.05))
+    a1.legend(fontsize=8)
+    top = 4.0
+    bins = np.append(np.arange(0, top + 0.25, 0.25), top + 0.5)
+    for m in names:
+        eps = np.minimum(np.asarray(results[m]["per_example"]["epsilon"]), top + 0.25)
+        a2.hist(eps, bins=bins, histtype="step", label=m)
+    a2.set_xlabel(f"per-example epsilon (last bin: > {top:g}, incl. the cap)")
+    a2.set_ylabel("forget images")
+    a2.legend(fontsize=7, ncol=2)
+    n = results[names[0]]["n_models"]["unlearned"] if names else 0
+    fig.suptitle(f"Per-example forgetting quality, N = {n} unlearned + {n} retrained models")
+    return save_figure(fig, path)

@@ -165,6 +165,10 @@ def evaluate(
                                                      "this many retain samples (faster on "
                                                      "large datasets; default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of attack subsets and probe folds.")] = 0,
+    forgetting_quality: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="A forgetting_quality.json of 'medunlearn verify-forgetting' for "
+        "this model's original, method and forget set: added to the record (and to the gate's "
+        "forgetting_quality_min check).")] = None,
     data_root: DataRoot = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite",
@@ -196,8 +200,15 @@ def evaluate(
                        metadata=str(metadata) if metadata else None, metadata_key=metadata_key,
                        lira_shadows=lira_shadows, lira_epochs=lira_epochs, threads=threads,
                        device=device)
+    fq_result = None
+    if forgetting_quality is not None:  # checked before the (slow) evaluation
+        from medunlearn.verify import attach_to_record, load_result_for
+
+        fq_result = load_result_for(forgetting_quality, model)
     metrics = evaluate_run(model, original=original, reference=reference, options=opts,
                            data_root=data_root)
+    if fq_result is not None:
+        attach_to_record(metrics, fq_result)
     verdict = None
     if gate:
         verdict = run_gate(metrics, tolerances)

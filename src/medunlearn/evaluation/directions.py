@@ -46,6 +46,17 @@ DIRECTIONS: dict[str, str] = {
     "attack_auc": REFERENCE,  # 0.5 without a reference
     "attack_auc_val": REFERENCE,  # forget vs validation (same pool as training: no split shift)
     "lira_auc": REFERENCE,  # 0.5 without a reference
+    # per-example forgetting quality from N unlearned vs N retrained models
+    # (medunlearn.evaluation.forgetting_quality; record section "forgetting_quality")
+    "forgetting_quality": HIGHER,  # challenge score in [0, 1]; 1 = indistinguishable
+    "forgetting_quality_adjusted": HIGHER,  # x (RA_u / RA_r) x (TA_u / TA_r)
+    "forgetting_quality_vs_null": HIGHER,  # score / what retraining itself scores at this N
+    "forgetting_quality_null": INFO,  # the ceiling at this N (permutation null)
+    "epsilon_mean": LOWER,
+    "epsilon_median": LOWER,
+    "epsilon_capped_fraction": LOWER,
+    "epsilon_peaky_fraction": LOWER,  # capped because the unlearned outputs barely vary
+    "ulira_accuracy": REFERENCE,  # per-example U-LiRA balanced accuracy; 0.5 = indistinguishable
     # fidelity to the retrained reference
     "average_gap_pp": LOWER,
     "agreement_forget": HIGHER,

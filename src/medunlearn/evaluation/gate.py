@@ -9,7 +9,11 @@ each check against tolerances (:class:`GateTolerances`, defaults in ``defaults/g
 * ``attack_auc``: |loss-attack AUC (forget vs test) - the reference's| <= tolerance;
   without a reference, |AUC (forget vs validation) - 0.5| (validation samples come from the
   training pool, so 0.5 is the right target even when the test split is shifted);
-* ``probe_auc``: likewise for the linear probe on penultimate features.
+* ``probe_auc``: likewise for the linear probe on penultimate features;
+* ``forgetting_quality``: (only when ``forgetting_quality_min`` is set; off by default, since
+  it needs N unlearned and N retrained models, see ``medunlearn verify-forgetting``) the
+  per-example forgetting-quality score >= ``forgetting_quality_min``; skipped when the record
+  has no ``forgetting_quality`` section.
 
 AUC tolerances are widened to ``auc_noise_sigmas`` standard errors for small sets. A check that
 cannot be computed is ``skipped`` with its reason, never silently passed.
@@ -41,6 +45,7 @@ class GateTolerances:
     probe_auc_tolerance: float = 0.05  # |probe AUC - reference's (or 0.5)|
     auc_noise_sigmas: float = 2.0  # widen AUC tolerances to this many standard errors
     fail_on_skipped: bool = False  # a skipped check fails the gate
+    forgetting_quality_min: float | None = None  # None: the costly check is not run
 
 
 @dataclass
@@ -143,6 +148,21 @@ def _closeness_check(name: str, label: str, value, target, tol: float, se, sigma
             "compare_to": target, "tolerance": eff, "message": msg}
 
 
+def _forgetting_quality_check(metrics: Mapping, minimum: float) -> dict:
+    name = "forgetting_quality"
+    value = _get(metrics, "models", "model", "forgetting_quality", "forgetting_quality")
+    if value is None:
+        return _skip(name, "no forgetting-quality section in the record (run 'medunlearn "
+                     "verify-forgetting' and attach its result)")
+    ok = value >= minimum - 1e-12
+    n = _get(metrics, "models", "model", "forgetting_quality", "n_models", "unlearned")
+    n_txt = f" from N = {int(n)} models per side" if n is not None else ""
+    return {"name": name, "status": PASS if ok else FAIL, "value": value, "limit": minimum,
+            "compare_to": None, "tolerance": None,
+            "message": (f"{name}: {'pass' if ok else 'FAIL'} - per-example forgetting quality "
+                        f"{value:.4f}{n_txt} (minimum {minimum:g})")}
+
+
 def gate(metrics: Mapping, tolerances: GateTolerances | Mapping | None = None) -> Verdict:
     """Run the safety checks on an ``evaluate_run`` metrics dict.
 
@@ -210,6 +230,8 @@ def gate(metrics: Mapping, tolerances: GateTolerances | Mapping | None = None) -
         se = _get(metrics, "models", "model", section, f"{key}_se")
         checks.append(_closeness_check(name, label, value, target, t, se, tol.auc_noise_sigmas,
                                        tname, None))
+    if tol.forgetting_quality_min is not None:
+        checks.append(_forgetting_quality_check(metrics, tol.forgetting_quality_min))
     failed = [c for c in checks if c["status"] == FAIL]
     skipped = [c for c in checks if c["status"] == SKIPPED]
     reasons = [c["message"] for c in failed]

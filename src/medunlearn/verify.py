@@ -1,0 +1,392 @@
+"""Verify forgetting per example: N unlearned and N retrained models, scored like the NeurIPS
+2023 unlearning challenge (:mod:`medunlearn.evaluation.forgetting_quality`).
+
+Semantics (what is compared with what):
+
+* **Unlearned models**: the *same* original model unlearned N times with seeds
+  ``seed, seed + 1, ..., seed + N - 1`` (only the method's randomness varies: batch order,
+  subsamples, noise). This asks the deployment question "does unlearning THIS model look like
+  retraining?". The challenge does the same (one original, N unlearning runs). A method that is
+  deterministic given the original (or does nothing) gives N identical models; the challenge's
+  rule then gives every example the cap epsilon (a point mass is perfectly distinguishable from
+  the spread of retraining), and the result says so (``identical_unlearned_models``).
+* **Retrained models**: ``retrain`` on the retain set with the original recipe, seeds
+  ``seed + 100000 + i`` (never a seed of the unlearned runs, so ``--method retrain`` compares
+  two independent sets of retrained models: the calibration point).
+* **Forget set**: chosen once, from the spec and ``seed``, and given to every run as explicit
+  indices, so all 2N runs forget the same images.
+
+Every run is a normal run folder (``run_unlearning``) under ``OUT/retrained/seed-S`` and
+``OUT/<method>/seed-S``, keyed by fingerprint: a finished run is reused, so an interrupted check
+resumes and methods checked into the same ``OUT`` share the retrained models. The result is
+``OUT/<method>/forgetting_quality.json`` (written atomically) and ``OUT/<method>/scores.npz``
+(the (N, F) logit-scaled confidences of both sides), so several methods can share one ``OUT``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medunlearn.errors import ConfigError
+from medunlearn.evaluation import forgetting_quality as fq
+from medunlearn.evaluation.privacy import logit_confidence
+from medunlearn.evaluation.utility import softmax
+from medunlearn.io import atomic_write_bytes, atomic_write_json
+from medunlearn.loop import CPU_FP32, Runtime, infer
+
+RETRAIN_SEED_OFFSET = 100_000
+RESULT_FILE = "forgetting_quality.json"
+MIN_MODELS = 3  # ceil(log(N - 1)) must reach one 0.5-wide bucket; leave-one-out U-LiRA needs 3
+
+
+def check_n(n: int) -> None:
+    """Refuse too few models.
+
+    Raises:
+        ConfigError: ``n < 3``.
+    """
+    if n < MIN_MODELS:
+        raise ConfigError(
+            f"--n {n} is too few models: the challenge's score buckets epsilon up to "
+            f"ceil(log(N - 1)), which is 0 for N = 2 (every example would score 0), and "
+            f"leave-one-out U-LiRA needs 3 models per side. Use --n {MIN_MODELS} or more "
+            "(16 is the default; more gives a finer estimate).")
+
+
+def seeds(seed: int, n: int) -> tuple[list[int], list[int]]:
+    """Seeds of the unlearned and of the retrained runs."""
+    return ([seed + i for i in range(n)],
+            [seed + RETRAIN_SEED_OFFSET + i for i in range(n)])
+
+
+def forget_confidences(model: torch.nn.Module, split, forget: np.ndarray, *,
+                       runtime: Runtime = CPU_FP32) -> np.ndarray:
+    """Logit-scaled true-class confidences ``(F,)`` of ``model`` on training samples ``forget``."""
+    logits, _ = infer(model, split, np.asarray(forget), runtime=runtime)
+    labels = split.labels.numpy()[np.asarray(forget)]
+    return logit_confidence(softmax(logits), labels)
+
+
+def _accuracy(model, split, indices=None, runtime: Runtime = CPU_FP32) -> float:
+    logits, _ = infer(model, split, indices, runtime=runtime)
+    labels = split.labels.numpy()
+    if indices is not None:
+        labels = labels[np.asarray(indices)]
+    if labels.ndim > 1:  # multi-label views: per-label accuracy at 0.5
+        return float(((logits > 0) == (labels > 0.5)).mean())
+    return float((logits.argmax(1) == labels).mean()) if len(labels) else float("nan")
+
+
+def score_models(models: Sequence[torch.nn.Module], data, forget: np.ndarray,
+                 retain: np.ndarray | None = None, *, runtime: Runtime = CPU_FP32) -> dict:
+    """Forget-set confidences ``(N, F)`` and retain/test accuracies of in-memory models.
+
+    ``retain`` (training indices) gives the RA list; without it RA is not computed.
+    """
+    conf, ra, ta = [], [], []
+    for m in models:
+        conf.append(forget_confidences(m, data.train, forget, runtime=runtime))
+        if retain is not None:
+            ra.append(_accuracy(m, data.train, retain, runtime))
+        ta.append(_accuracy(m, data.test, None, runtime))
+    return {"scores": np.stack(conf), "RA": ra, "TA": ta}
+
+
+def forgetting_quality(model: torch.nn.Module, data, *, forget, method: str, n: int = 16,
+                       seed: int = 0, options: Mapping | None = None, train_config=None,
+                       device: str | None = "auto", progress: bool = False,
+                       unlearned: Sequence[torch.nn.Module] | None = None,
+                       retrained: Sequence[torch.nn.Module] | None = None,
+                       resamples: int = 1000, null_permutations: int = 3) -> dict:
+    """In-memory check (no files): unlearn ``model`` N times with ``method`` and retrain N
+    times, then score (:func:`medunlearn.evaluation.forgetting_quality.summarize`).
+
+    ``unlearned`` / ``retrained`` skip the corresponding training with ready models (e.g. the
+    original itself as the "unlearned" side, to see a method that does nothing).
+    """
+    from medunlearn.api import resolve_forget, unlearn
+
+    check_n(n)
+    fs = resolve_forget(data, forget, seed=seed)
+    f_idx, r_idx = fs.forget.numpy(), fs.retain.numpy()
+    u_seeds, r_seeds = seeds(seed, n)
+    t0 = time.perf_counter()
+    if unlearned is None:
+        unlearned = [unlearn(model, data, forget=f_idx, method=method, options=options, seed=s,
+                             device=device, train_config=train_config, progress=progress).model
+                     for s in u_seeds]
+    if retrained is None:
+        retrained = [unlearn(model, data, forget=f_idx, method="retrain", seed=s, device=device,
+                             train_config=train_config, progress=progress).model
+                     for s in r_seeds]
+    u = score_models(unlearned, data, f_idx, r_idx)
+    r = score_models(retrained, data, f_idx, r_idx)
+    out = fq.summarize(u["scores"], r["scores"], seed=seed, resamples=resamples,
+                       null_permutations=null_permutations,
+                       accuracies={"unlearned": u, "retrained": r})
+    out.update(method=method, seed=seed, wall_seconds=time.perf_counter() - t0,
+               forget_indices=f_idx.tolist())
+    out["scores"] = {"unlearned": u["scores"], "retrained": r["scores"]}
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Run folders
+
+
+def _one_run(kwargs: dict) -> dict:
+    """One ``run_unlearning`` call (module level: picklable for Ray)."""
+    from medunlearn.unlearning import run_unlearning
+
+    threads = kwargs.pop("threads", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    metrics = run_unlearning(**kwargs)
+    return {"out": str(kwargs["out"]), "reused": bool(metrics.get("reused")),
+            "retain_accuracy": metrics.get("retain_accuracy"),
+            "test_accuracy": metrics.get("test_accuracy"),
+            "unlearn_seconds": metrics.get("unlearn_seconds")}
+
+
+def _run_all(calls: list[dict], *, backend: str, progress: bool,
+             ray_address: str | None = None) -> list[dict]:
+    from medunlearn.progress import progress_bar
+
+    bar = progress_bar(len(calls), "verify-forgetting", enabled=progress, unit="model")
+    results: list[dict] = []
+    try:
+        if backend == "local":
+            for c in calls:
+                results.append(_one_run(dict(c)))
+                bar.update(1)
+        elif backend == "ray":
+            from medunlearn.experiments.ray_backend import _forwarded_env, _import_ray
+
+            ray = _import_ray()
+            started = False
+            if not ray.is_initialized():
+                kw = {"runtime_env": {"env_vars": _forwarded_env()}, "log_to_driver": False,
+                      "include_dashboard": False, "configure_logging": False}
+                ray.init(address=ray_address, **kw) if ray_address else ray.init(**kw)
+                started = True
+            task = ray.remote(num_cpus=1, max_retries=0)(_one_run)
+            try:
+                # retrained folders first: several methods checked into one OUT share them
+                pending = [task.remote(dict(c) | {"threads": 1}) for c in calls]
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    results.extend(ray.get(done))
+                    bar.update(len(done))
+            finally:
+                if started:
+                    ray.shutdown()
+        else:
+            raise ConfigError(f"--backend must be 'local' or 'ray', got {backend!r}.")
+    finally:
+        bar.close()
+    return results
+
+
+def _save_scores(path: Path, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[int], method: str,
+                      out: str | os.PathLike, n: int = 16, seed: int = 0,
+                      options: Mapping | None = None, device: str | None = None,
+                      data_root: str | None = None, progress: bool = True,
+                      backend: str = "local", ray_address: str | None = None,
+                      retain_limit: int | None = 2000, resamples: int = 1000,
+                      null_permutations: int = 3,
+                      on_runs_done: Callable[[list[dict]], None] | None = None) -> dict:
+    """Train (or reuse) N unlearned and N retrained run folders and score forgetting per example.
+
+    Args:
+        model_dir: The original run folder (``medunlearn train``).
+        forget: Forget spec or training indices (chosen once with ``seed``).
+        method: The unlearning method to check.
+        out: Output folder; finished runs in it are reused.
+        n: Models per side (at least 3; 16 by default).
+        seed: Seeds the forget set, the first unlearning run (later ones ``seed + i``) and the
+            retrained runs (``seed + 100000 + i``).
+        options: Method options.
+        device: ``auto``, ``cpu``, ``cuda`` ... (None: the original recipe's).
+        data_root: Where the data files are.
+        progress: A progress bar (plain lines when not a terminal) over the 2N runs.
+        backend: ``local`` (one after the other) or ``ray`` (one CPU per run).
+        ray_address: A Ray cluster address (``ray`` backend; default: a local Ray).
+        retain_limit: Retain accuracy (RA) of each run on a seeded subset of at most this many
+            retain samples (None: all).
+        resamples: Bootstrap resamples of the score's interval.
+        null_permutations: Re-splits for the permutation null (0: skip).
+
+    Returns:
+        The dict written to ``OUT/<method>/forgetting_quality.json``.
+
+    Raises:
+        MedUnlearnError: bad model folder, forget spec, method, option or ``n``.
+    """
+    from medunlearn.checkpoint import MODEL_FILE, load_run, load_run_and_data
+    from medunlearn.forget import previously_forgotten, select_forget
+    from medunlearn.io import sha256_file
+    from medunlearn.methods import method_names
+    from medunlearn.runs import now_iso
+    from medunlearn.unlearning import resolve_method
+
+    check_n(n)
+    if method not in method_names():
+        raise ConfigError(f"Unknown method {method!r}; choose one of {', '.join(method_names())}.")
+    t0 = time.perf_counter()
+    out = Path(out)
+    run, dataset = load_run_and_data(model_dir, data_root=data_root)
+    algo = resolve_method(method, dataset=dataset.name, options=dict(options or {}))
+    excluded = previously_forgotten(model_dir)
+    fs = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
+    f_idx = fs.forget.numpy()
+    u_seeds, r_seeds = seeds(seed, n)
+    common = {"model_dir": str(model_dir), "forget": f_idx.tolist(), "data_root": data_root,
+              "progress": False, "device": device, "retain_limit": retain_limit}
+    calls = [common | {"method": "retrain", "seed": s, "out": out / "retrained" / f"seed-{s}"}
+             for s in r_seeds]
+    calls += [common | {"method": method, "seed": s, "options": dict(options or {}),
+                        "out": out / method / f"seed-{s}"} for s in u_seeds]
+    runs = _run_all(calls, backend=backend, progress=progress, ray_address=ray_address)
+    if on_runs_done is not None:
+        on_runs_done(runs)
+    by_out = {r["out"]: r for r in runs}
+    rt = Runtime.create("cpu" if device is None else device, "fp32", None)
+
+    def side(cs: list[dict]) -> dict:
+        conf, ra, ta = [], [], []
+        for c in cs:
+            m = load_run(c["out"]).model
+            conf.append(forget_confidences(m, dataset.train, f_idx, runtime=rt))
+            r = by_out[str(c["out"])]
+            ra.append(r["retain_accuracy"])
+            ta.append(r["test_accuracy"])
+        return {"scores": np.stack(conf), "RA": ra, "TA": ta}
+
+    r_side, u_side = side(calls[:n]), side(calls[n:])
+    train_seconds = time.perf_counter() - t0
+    result = fq.summarize(u_side["scores"], r_side["scores"], seed=seed, resamples=resamples,
+                          null_permutations=null_permutations,
+                          accuracies={"unlearned": u_side, "retrained": r_side})
+    hashes = dataset.train.hashes
+    result["per_example"] = {"index": f_idx.tolist(),
+                             "sha256": [hashes[int(i)] for i in f_idx]} | result["per_example"]
+    result = {
+        "kind": "forgetting_quality", "created": now_iso(), "method": method,
+        "options": dataclasses.asdict(algo.config), "user_options": dict(options or {}),
+        "n": n, "seed": seed, "seeds": {"unlearned": u_seeds, "retrained": r_seeds},
+        "forget": {"spec": forget if isinstance(forget, str) else "indices",
+                   "resolved": fs.spec, "count": len(fs), "excluded_count": fs.excluded_count},
+        "original": {"path": str(Path(model_dir).resolve()),
+                     "weights_sha256": sha256_file(Path(model_dir) / MODEL_FILE),
+                     "fingerprint": run.config.get("fingerprint")},
+        "dataset": dataset.name,
+        "semantics": ("unlearned: the same original unlearned N times (method seed varies); "
+                      "retrained: N retrain runs with other seeds; same forget set for all"),
+        "backend": backend,
+        "runs": {"retrained": [str(c["out"]) for c in calls[:n]],
+                 "unlearned": [str(c["out"]) for c in calls[n:]],
+                 "reused": sum(r["reused"] for r in runs)},
+        **result,
+        "wall_seconds": time.perf_counter() - t0,
+        "train_and_load_seconds": train_seconds,
+    }
+    if result["identical_unlearned_models"]:
+        result["note"] = ("the N unlearned models give identical outputs on every forget "
+                          "example (the method is deterministic given the original, or does "
+                          "nothing), so every example gets the cap epsilon")
+    _save_scores(out / method / "scores.npz", unlearned=u_side["scores"],
+                 retrained=r_side["scores"], forget_indices=f_idx)
+    atomic_write_json(out / method / RESULT_FILE, result)
+    return result
+
+
+def record_section(result: Mapping) -> dict:
+    """The evaluation-record section (``models.model.forgetting_quality``) of a result: the
+    headline numbers only, keyed like :data:`medunlearn.evaluation.directions.DIRECTIONS`."""
+    keys = ("forgetting_quality", "forgetting_quality_ci", "forgetting_quality_adjusted",
+            "forgetting_quality_null", "forgetting_quality_vs_null", "epsilon_mean",
+            "epsilon_median", "epsilon_capped_fraction", "epsilon_peaky_fraction",
+            "ulira_accuracy", "n_models",
+            "forget_count", "wall_seconds")
+    return {k: result[k] for k in keys if k in result}
+
+
+def attach_to_record(record: dict, result: Mapping) -> dict:
+    """Put :func:`record_section` into an evaluation record (``evaluate`` output) so reports
+    and the gate's ``forgetting_quality_min`` check see it."""
+    record.setdefault("models", {}).setdefault("model", {})["forgetting_quality"] = \
+        record_section(result)
+    return record
+
+
+def examples_for(result: Mapping, *, hashes: Sequence[str] | None = None,
+                 indices: Sequence[int] | None = None) -> list[dict]:
+    """Per-example rows (index, sha256, epsilon, points, U-LiRA) of the named forget images,
+    e.g. a deletion request's, for its certificate. Images not in the result are left out.
+    """
+    pe = result["per_example"]
+    n = result["n_models"]["unlearned"]
+    pts = fq.example_points(np.asarray(pe["epsilon"]), n)
+    want_h = set(hashes or [])
+    want_i = {int(i) for i in indices or []}
+    rows = []
+    for k, (i, h) in enumerate(zip(pe["index"], pe["sha256"], strict=True)):
+        if h in want_h or i in want_i:
+            row = {"index": i, "sha256": h, "epsilon": pe["epsilon"][k], "points": float(pts[k])}
+            if "ulira_accuracy" in pe:
+                row["ulira_accuracy"] = pe["ulira_accuracy"][k]
+            rows.append(row)
+    return rows
+
+
+def load_result_for(path: str | os.PathLike, model_dir: str | os.PathLike) -> dict:
+    """Read a ``forgetting_quality.json`` and check it belongs to the unlearn run ``model_dir``
+    (same original weights, same forget set).
+
+    Raises:
+        ConfigError: unreadable file, or a result for another original or forget set.
+    """
+    from medunlearn.forget import read_forget_csv
+    from medunlearn.io import read_json
+
+    try:
+        result = read_json(path)
+        if result.get("kind") != "forgetting_quality":
+            raise ValueError("not a verify-forgetting result")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"--forgetting-quality {path} is not a readable "
+                          f"{RESULT_FILE} ({exc}); give the file that 'medunlearn "
+                          "verify-forgetting' wrote.") from None
+    model_dir = Path(model_dir)
+    cfg = read_json(model_dir / "config.json")
+    want = (cfg.get("original") or {}).get("weights_sha256")
+    if want and want != result["original"]["weights_sha256"]:
+        raise ConfigError(f"--forgetting-quality {path} was computed for another original model "
+                          f"than the one {model_dir} was unlearned from; run verify-forgetting "
+                          "with that model's original.")
+    forget_csv = model_dir / "forget.csv"
+    if forget_csv.is_file() and sorted(read_forget_csv(forget_csv).tolist()) != \
+            sorted(result["per_example"]["index"]):
+        raise ConfigError(f"--forgetting-quality {path} covers another forget set than "
+                          f"{forget_csv}; run verify-forgetting with the same --forget and "
+                          "--seed.")
+    return result
+
+
+__all__ = ["RESULT_FILE", "attach_to_record", "check_n", "examples_for", "forget_confidences",
+           "forgetting_quality", "load_result_for", "record_section", "score_models", "seeds",
+           "verify_forgetting"]
