@@ -86,11 +86,14 @@ def bundled(monkeypatch, tmp_path):
 def test_readme_workflow_runs_as_written_with_the_bundled_data(bundled, tmp_path, capsys):
     """train -> retrain reference -> unlearn -> evaluate --gate, as the README writes them (only
     the training made tiny), run from a shell without MEDMNIST_ROOT."""
-    cmds = {tuple(a[:1]): a for a in readme_commands()}
+    cmds: dict = {}
+    for a in readme_commands():  # the main workflow: the first command of each kind
+        cmds.setdefault(tuple(a[:1]), a)
     tiny = ["--train-limit", "200", "--eval-limit", "100", "--epochs", "1", "--width", "4",
             "--quiet"]
     train = cmds[("train",)]
-    unlearns = [a for a in readme_commands() if a[0] == "unlearn"]
+    model = train[train.index("--out") + 1]
+    unlearns = [a for a in readme_commands() if a[0] == "unlearn" and model in a]
     retrain = next(a for a in unlearns if "retrain" in a)
     method = next(a for a in unlearns if "retrain" not in a)
     evaluate = cmds[("evaluate",)]
