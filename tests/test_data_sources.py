@@ -497,6 +497,16 @@ def test_experiment_grid_runs_on_a_csv_manifest_with_subgroups(tmp_path):
     metrics = next(r for r in rows if r["method"] == "finetune")["metrics"]  # flattened keys
     assert any(k.startswith("bias.subgroups.sex.") for k in metrics)
     assert any(k.startswith("bias.subgroups.age_band.") for k in metrics)
+    assert "bias.subgroups.sex.test.model.F.fpr" in metrics  # FNR, FPR and AUC per group
+    from medunlearn.experiments.report import write_report
+
+    write_report(tmp_path / "results", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Subgroups" in md and "by sex (test set)" in md and "by age_band" in md
+    assert "sex = F: acc / FNR / FPR (%) / AUC" in md and "| original |" in md
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "class='results subgroups' data-column='sex'" in html
+    assert list((tmp_path / "report" / "figures").glob("subgroups_sex_*.png"))
     bad = raw | {"datasets": [{"dataset": str(labels), "options": {"colour": 3}}]}
     with pytest.raises(ExperimentConfigError, match="colour"):
         parse_experiment(bad)

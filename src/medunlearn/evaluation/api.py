@@ -247,15 +247,30 @@ def _deltas(a: dict, b: dict) -> dict:
 # --------------------------------------------------------------------------- bias
 
 
+def disease_auc(probs: np.ndarray, labels: np.ndarray, positives) -> float:
+    """AUC of the summed disease probability for disease vs no disease (nan when a group has
+    only one of them)."""
+    from sklearn.metrics import roc_auc_score
+
+    pos = np.isin(labels, np.asarray(positives))
+    if pos.all() or not pos.any():
+        return float("nan")
+    return float(roc_auc_score(pos, probs[:, list(positives)].sum(axis=1)))
+
+
 def _group_table(o: Outputs, groups: np.ndarray, names, positives, opts: EvalOptions) -> dict:
-    """Accuracy (and FNR for clinical views) per group, plus the accuracy ``spread``."""
+    """Accuracy (and for clinical views FNR, FPR and AUC) per group, plus the accuracy
+    ``spread`` (max - min over groups)."""
     table = B.group_accuracy(o.probs, o.labels, groups, names)
     if positives:
+        probs = o.probs
         for g in sorted(set(groups.tolist()), key=str):
             m = groups == g
-            c = clinical_metrics(o.probs[m], o.labels[m], positives, c_fn=opts.c_fn,
+            c = clinical_metrics(probs[m], o.labels[m], positives, c_fn=opts.c_fn,
                                  c_fp=opts.c_fp)
-            table[str(names[g] if names is not None else g)]["fnr"] = c["fnr"]
+            row = table[str(names[g] if names is not None else g)]
+            row["fnr"], row["fpr"] = c["fnr"], c["fpr"]
+            row["auc"] = disease_auc(probs[m], o.labels[m], positives)
     table["spread"] = B.accuracy_spread(table)
     return table
 

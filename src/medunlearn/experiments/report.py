@@ -383,7 +383,18 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
         f.save(fig, f"{ds}: easy/medium/hard bias (forget-set accuracy against the retrained "
                "model, terciles of the original model's loss; all settings pooled)",
                f"difficulty_{ds}")
-        # 7. augmentation on/off (only when the grid varies it)
+        # 7. subgroups: test accuracy per level of each metadata column (sex, age band, ...)
+        for col, levels in _subgroup_levels(drows).items():
+            fig, ax = f.plt.subplots(figsize=(min(16, max(MIN_FIG_WIDTH, 0.8 * len(labs))), 4.6))
+            f.grouped_bars(ax, drows, labs, [(lv, lambda r, c=col, v=lv: None if
+                                              (x := _sub(c, "model", v, "accuracy")(r)) is None
+                                              else 100 * x, {}) for lv in levels])
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(f"{ds}: test accuracy by {col} after unlearning")
+            ax.legend(fontsize=8, title=col)
+            f.save(fig, f"{ds}: test accuracy per {col} group for every method (all forget "
+                   "settings pooled; mean ± std)", f"subgroups_{col}_{ds}")
+        # 8. augmentation on/off (only when the grid varies it)
         if len(augs) > 1:
             fig, axes = f.plt.subplots(1, 2, figsize=(min(16, max(MIN_FIG_WIDTH,
                                                                   1.4 * len(labs))), 4.6))
@@ -401,6 +412,103 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
             f.save(fig, f"{ds}: average gap and test accuracy with and without augmentation",
                    f"augmentation_{ds}")
     return f.out
+
+
+# -- subgroups (metadata columns such as sex and age band) ---------------------------------------
+SUBGROUP_PREFIX = "bias.subgroups."
+SUBGROUP_STATS = (("accuracy", "acc"), ("fnr", "FNR"), ("fpr", "FPR"), ("auc", "AUC"))
+
+
+def _subgroup_levels(rows: list[dict]) -> dict[str, list[str]]:
+    """Metadata column -> its levels, from the flattened test-set subgroup metrics."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        for k in (r.get("metrics") or {}):
+            if k.startswith(SUBGROUP_PREFIX) and k.endswith(".accuracy") and ".test.model." in k:
+                col, rest = k[len(SUBGROUP_PREFIX):].split(".test.model.", 1)
+                out[col].add(rest[: -len(".accuracy")])
+    return {c: sorted(v) for c, v in sorted(out.items())}
+
+
+def _sub(col: str, role: str, level: str, stat: str) -> Callable[[dict], float | None]:
+    key = f"{SUBGROUP_PREFIX}{col}.test.{role}.{level}.{stat}"
+
+    def value(r: dict) -> float | None:
+        v = (r.get("metrics") or {}).get(key)
+        return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
+    return value
+
+
+def _gap_change(col: str) -> Callable[[dict], float | None]:
+    """The model's accuracy gap between the column's levels minus the original's (pp)."""
+
+    def value(r: dict) -> float | None:
+        m = r.get("metrics") or {}
+        x = m.get(f"{SUBGROUP_PREFIX}{col}.test.model.spread")
+        y = m.get(f"{SUBGROUP_PREFIX}{col}.test.original.spread")
+        ok = all(isinstance(v, (int, float)) and np.isfinite(v) for v in (x, y))
+        return 100.0 * (x - y) if ok else None
+    return value
+
+
+def subgroup_tables(rows: list[dict]) -> list[dict]:
+    """Per dataset, forget setting and metadata column: test accuracy, FNR, FPR and AUC per
+    level for the original model and every method (mean ± std over seeds), the accuracy gap
+    between levels and its change against the original (percentage points)."""
+    out = []
+    labels = _method_order(sorted({r["label"] for r in rows}),
+                           {r["label"]: r["method"] for r in rows})
+    for (ds, aug, forget), srows in sorted(_by([r | {"_ds": _dataset_name(r)} for r in rows],
+                                               "_ds", "augment", "forget").items()):
+        for col, levels in _subgroup_levels(srows).items():
+            lines = []
+            for lab, role in [("original", "original")] + [(x, "model") for x in labels]:
+                rs = srows if role == "original" else [r for r in srows if r["label"] == lab]
+                if role == "original":  # the same original model in every cell of a seed
+                    rs = list({r["seed"]: r for r in srows}.values())
+                if not rs:
+                    continue
+                cells = {(lv, st): mean_std([_sub(col, role, lv, st)(r) for r in rs])
+                         for lv in levels for st, _ in SUBGROUP_STATS}
+                spread = mean_std([(r.get("metrics") or {}).get(
+                    f"{SUBGROUP_PREFIX}{col}.test.{role}.spread") for r in rs])
+                change = mean_std([_gap_change(col)(r) for r in rs]) if role == "model" \
+                    else (None, None, 0)
+                lines.append({"label": lab, "n": len(rs), "cells": cells, "spread": spread,
+                              "change": change})
+            out.append({"title": f"{ds}, augmentation {aug}, forget {forget}: by {col} "
+                                 "(test set)", "column": col, "levels": levels,
+                        "lines": lines})
+    return out
+
+
+def _ms(stat: tuple, scale: float = 1.0, digits: int = 1) -> str:
+    m, s, n = stat
+    if m is None:
+        return "–"
+    return f"{scale * m:.{digits}f}" + (f" ± {scale * s:.{digits}f}" if n > 1 and s else "")
+
+
+def _subgroup_row(line: dict, levels: list[str]) -> list[str]:
+    cells = [line["label"], str(line["n"])]
+    for lv in levels:
+        c = line["cells"]
+        cells.append(" / ".join([_ms(c[(lv, "accuracy")], 100), _ms(c[(lv, "fnr")], 100),
+                                 _ms(c[(lv, "fpr")], 100), _ms(c[(lv, "auc")], 1, 3)]))
+    cells += [_ms(line["spread"], 100), _ms(line["change"], 1)]
+    return cells
+
+
+def _subgroup_header(t: dict) -> list[str]:
+    return (["model", "seeds"] + [f"{t['column']} = {lv}: acc / FNR / FPR (%) / AUC"
+                                  for lv in t["levels"]]
+            + ["accuracy gap (pp)", "gap − original's (pp)"])
+
+
+SUBGROUP_NOTE = ("Per subgroup of the test set: accuracy, false-negative and false-positive "
+                 "rates (%) and AUC; the accuracy gap is the largest minus the smallest group "
+                 "accuracy; its change against the original model is above 0 when unlearning "
+                 "widened the gap. Mean ± std over seeds.")
 
 
 # -- writers --------------------------------------------------------------------------------------
@@ -432,7 +540,8 @@ def legend(tables: list[Table]) -> str:
 
 
 def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out: Path,
-              meta: str) -> str:
+              meta: str, rows: list[dict] | None = None) -> str:
+    rows = rows or []
     lines = [f"# {title}", "", meta, "", legend(tables), ""]
     for t in tables:
         lines += [f"## {t.title}", ""]
@@ -450,6 +559,15 @@ def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out
         if failing:
             lines += ["", "Safety verdict failures:", ""]
             lines += [f"- {r['label']}: {'; '.join(r['reasons'])}" for r in failing]
+        lines.append("")
+    subs = subgroup_tables(rows)
+    if subs:
+        lines += ["## Subgroups", "", SUBGROUP_NOTE, ""]
+    for t in subs:
+        head = _subgroup_header(t)
+        lines += [f"### {t['title']}", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(_subgroup_row(x, t["levels"])) + " |" for x in t["lines"]]
         lines.append("")
     lines += ["## Figures", ""]
     for cap, p in figs:
@@ -481,7 +599,8 @@ figcaption{font-size:0.85em;color:#555;max-width:70em}
 """
 
 
-def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: str) -> str:
+def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: str,
+          rows: list[dict] | None = None) -> str:
     e = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}"
              f"</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
@@ -522,6 +641,19 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
             parts.append("<details><summary>Safety verdict failures</summary><ul>"
                          + "".join(f"<li><b>{e(r['label'])}</b>: {e('; '.join(r['reasons']))}"
                                    "</li>" for r in failing) + "</ul></details>")
+    subs = subgroup_tables(rows or [])
+    if subs:
+        parts += ["<h2 id='subgroups'>Subgroups</h2>", f"<p class='legend'>{e(SUBGROUP_NOTE)}</p>"]
+    for t in subs:
+        parts.append(f"<h3>{e(t['title'])}</h3><div class='scroll'><table class='results "
+                     f"subgroups' data-column='{e(t['column'])}'><thead><tr>"
+                     + "".join(f"<th>{e(h)}</th>" for h in _subgroup_header(t))
+                     + "</tr></thead><tbody>")
+        for x in t["lines"]:
+            cells = _subgroup_row(x, t["levels"])
+            parts.append("<tr><td class='method'>" + e(cells[0]) + "</td>"
+                         + "".join(f"<td>{e(c)}</td>" for c in cells[1:]) + "</tr>")
+        parts.append("</tbody></table></div>")
     parts.append("<h2>Figures</h2>")
     for cap, p in figs:
         data = base64.b64encode(p.read_bytes()).decode("ascii")
@@ -634,8 +766,8 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike, *,
             f"{cost['cells'] / 60:.1f}).")
     tables = build_tables(rows)
     figs = make_figures(rows, out / "figures")
-    md = atomic_write_text(out / "report.md", _markdown(title, tables, figs, out, meta))
-    page = atomic_write_text(out / "report.html", _html(title, tables, figs, meta))
+    md = atomic_write_text(out / "report.md", _markdown(title, tables, figs, out, meta, rows))
+    page = atomic_write_text(out / "report.html", _html(title, tables, figs, meta, rows))
     return {"html": page, "markdown": md, "figures": [p for _, p in figs],
             "tables": len(tables), "rows": len(rows), "missing": missing,
             "compute_seconds": cost}

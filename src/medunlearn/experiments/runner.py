@@ -241,7 +241,10 @@ def build_row(job: CellJob, *, experiment: str, evaluation: dict, verdict: dict,
     flat = flatten(evaluation)
     o = job.original
     row: dict[str, Any] = {
-        "key": job.key, "experiment": experiment, "dataset": o.dataset.dataset,
+        # image files are named by the study's short name, MedMNIST sets by their flag
+        "key": job.key, "experiment": experiment,
+        "dataset": o.dataset.dataset if o.dataset.files is None
+        else (o.dataset.label or o.dataset.name.rsplit("-", 1)[0]),
         "view": o.dataset.view, "augment": o.augment, "forget": job.reference.forget,
         "forget_ratio": forget_ratio(job.reference.forget), "method": job.method.name,
         "label": job.method.display, "seed": job.seed,
