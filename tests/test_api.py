@@ -240,3 +240,19 @@ def test_random_patients_forgets_whole_patients():
         assert set(np.flatnonzero(pids == p).tolist()) <= set(fs.forget.tolist())
     again = select_forget(data, forget="random-patients:0.25", seed=1)
     assert torch.equal(fs.forget, again.forget)  # seeded
+
+
+def test_progress_in_logs_is_plain_periodic_lines(capsys):
+    """Written to a file or a pipe, progress is a line per tenth of the work, never a
+    carriage-return bar (pytest's captured stderr is not a terminal)."""
+    from medunlearn.progress import progress_bar
+
+    bar = progress_bar(50, "train", unit="step")
+    for _ in range(50):
+        bar.update(1)
+    bar.set_postfix(loss="0.1")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("train: 50/50 steps (100%)")

@@ -28,7 +28,6 @@ import fcntl
 import logging
 import os
 import shutil
-import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -344,11 +343,10 @@ def clean_stale(results: Path) -> int:
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from medunlearn.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="job",
-                desc="experiment", dynamic_ncols=True, file=sys.stderr,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
+    return progress_bar(total, "experiment", enabled=enabled, unit="job", initial=initial,
+                        leave=True)
 
 
 def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, backend: str = "local",
