@@ -39,6 +39,7 @@ DIRECTIONS: dict[str, str] = {
     "ppv": HIGHER,
     "npv": HIGHER,
     "global_risk": LOWER,
+    "fnr_change": LOWER,  # FNR minus the original model's: above 0 = more missed disease
     # privacy
     "mia_efficacy": REFERENCE,
     "mia_efficacy_entropy": REFERENCE,

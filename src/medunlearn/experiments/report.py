@@ -27,38 +27,42 @@ from pathlib import Path
 
 import numpy as np
 
+from medunlearn.evaluation.directions import DIRECTIONS, HIGHER, LOWER
+from medunlearn.evaluation.directions import REFERENCE as CLOSEST
 from medunlearn.experiments.store import ResultsStore
 from medunlearn.io import atomic_write_text
 from medunlearn.plots import _pyplot, save_figure
 
-CLOSEST, HIGHER, LOWER = "reference", "higher", "lower"
-
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: row field, header, direction, display scale and digits."""
+    """A table column: row field, header, display scale and digits. Its direction (which value
+    is best) comes from the one table of metric directions, ``evaluation.directions``."""
 
     field: str
     header: str
-    direction: str
     scale: float = 100.0  # fractions are shown in percent
     digits: int = 1
 
+    @property
+    def direction(self) -> str:
+        return DIRECTIONS[self.field]
+
 
 COLUMNS = (
-    Column("UA", "UA %", CLOSEST),
-    Column("RA", "RA %", CLOSEST),
-    Column("TA", "TA %", CLOSEST),
-    Column("test_auc", "AUC %", HIGHER),
-    Column("mia_efficacy", "MIA-eff. %", CLOSEST),
-    Column("attack_auc", "attack AUC", CLOSEST, 1.0, 3),
-    Column("average_gap_pp", "avg gap (pp)", LOWER, 1.0, 2),
-    Column("fnr", "FNR %", LOWER),
-    Column("fpr", "FPR %", LOWER),
-    Column("global_risk", "Global Risk", LOWER, 1.0, 3),
-    Column("fnr_change", "ΔFNR vs orig. (pp)", LOWER),
-    Column("unlearn_seconds", "time (s)", LOWER, 1.0, 2),
-    Column("speedup", "speedup ×", HIGHER, 1.0, 1),
+    Column("UA", "UA %"),
+    Column("RA", "RA %"),
+    Column("TA", "TA %"),
+    Column("test_auc", "AUC %"),
+    Column("mia_efficacy", "MIA-eff. %"),
+    Column("attack_auc", "attack AUC", 1.0, 3),
+    Column("average_gap_pp", "avg gap (pp)", 1.0, 2),
+    Column("fnr", "FNR %"),
+    Column("fpr", "FPR %"),
+    Column("global_risk", "Global Risk", 1.0, 3),
+    Column("fnr_change", "ΔFNR vs orig. (pp)"),
+    Column("unlearn_seconds", "time (s)", 1.0, 2),
+    Column("speedup", "speedup ×", 1.0, 1),
 )
 REFERENCE_METHOD = "retrain"
 # Figures are drawn at least this wide (inches; at 110 dpi about 1100 px), so that in a 1400 px
