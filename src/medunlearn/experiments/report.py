@@ -431,7 +431,10 @@ def _subgroup_levels(rows: list[dict]) -> dict[str, list[str]]:
             if k.startswith(SUBGROUP_PREFIX) and k.endswith(".accuracy") and ".test.model." in k:
                 col, rest = k[len(SUBGROUP_PREFIX):].split(".test.model.", 1)
                 out[col].add(rest[: -len(".accuracy")])
-    return {c: sorted(v) for c, v in sorted(out.items())}
+    # bands read in order: "<40", "40-60", ">60"
+    def order(level: str) -> tuple:
+        return (0 if level.startswith("<") else 2 if level.startswith(">") else 1, level)
+    return {c: sorted(v, key=order) for c, v in sorted(out.items())}
 
 
 def _sub(col: str, role: str, level: str, stat: str) -> Callable[[dict], float | None]:
