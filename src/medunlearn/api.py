@@ -20,7 +20,6 @@ without ``features``/``head`` are wrapped by :func:`medunlearn.models.as_classif
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -199,7 +198,6 @@ def unlearn(model: nn.Module, data: Dataset, *, forget: ForgetSpec, method: str 
                          train_config=cfg, runtime=runtime,
                          model_factory=_factory(model_factory, data), progress=progress,
                          on_batch=on_batch)
-    t0 = time.perf_counter()
     outcome, cost = execute(algo, net, ctx)
     result = outcome.model.eval()
     if isinstance(result, WrappedClassifier) and not isinstance(model, WrappedClassifier):
@@ -209,7 +207,6 @@ def unlearn(model: nn.Module, data: Dataset, *, forget: ForgetSpec, method: str 
         "forget": {"spec": fs.spec, "count": len(fs), "excluded": fs.excluded_count},
         "retain_count": int(len(fs.retain)), **cost, "details": outcome.details,
         "runtime": runtime.describe(), "dataset": data.name,
-        "wall_seconds": time.perf_counter() - t0,
     }
     return UnlearnResult(result, record, fs.forget.numpy())
 

@@ -143,14 +143,6 @@ class Dataset:
         return int(self.train.images.shape[2])
 
     @property
-    def config(self) -> DataConfig:
-        """The MedMNIST :class:`DataConfig` (an error for other sources)."""
-        if self.source.get("source", "medmnist") != "medmnist":
-            raise DataError(f"Dataset {self.name!r} comes from a {self.source.get('source')} "
-                            "source, not MedMNIST; it has no MedMNIST DataConfig.")
-        return from_record(DataConfig, self.source)
-
-    @property
     def metadata_columns(self) -> list[str]:
         """Metadata columns present in every split (subgroup analysis uses these)."""
         cols = [set(sp.metadata) for sp in self.splits.values()]
