@@ -246,7 +246,7 @@ def evaluate(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
     notes: list[str] = []
     from medunlearn.evaluation.api import _retain_subset, _runtime
 
-    retain_eval = _retain_subset(retain, opts, notes)
+    retain_eval = _retain_subset(retain, opts, notes, len(data.train))
     rt = _runtime(opts)
     models = {"model": model, "original": original, "reference": reference}
     outs, seen = {}, {}

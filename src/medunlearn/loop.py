@@ -267,7 +267,56 @@ def infer(model: nn.Module, split, indices=None, *, runtime: Runtime = CPU_FP32,
     split or its ``indices`` subset, in that order, in eval mode, as float32 numpy arrays.
 
     Inference runs in float32 whatever the training arithmetic, so metrics do not depend on it.
+    Inside a :func:`medunlearn.cache.session` the outputs are kept per image and reused.
     """
+    from medunlearn import cache
+
+    session = cache.current()
+    if session is not None:
+        return _infer_cached(session, model, split, indices, runtime=runtime,
+                             batch_size=batch_size, features=features)
+    return _infer(model, split, indices, runtime=runtime, batch_size=batch_size,
+                  features=features)
+
+
+def _infer_cached(session, model: nn.Module, split, indices, *, runtime: Runtime,
+                  batch_size: int, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`infer` through the session's per-image feature table of this model's backbone
+    (misses computed in one pass, in the order asked); logits = head(features)."""
+    from medunlearn.cache import feature_key
+
+    table = session.table(feature_key(model, runtime.device.type))
+    hashes = split.hashes
+    sel = (np.arange(len(split)) if indices is None
+           else np.asarray(indices, dtype=np.int64).reshape(-1))
+    wanted = [hashes[i] for i in sel]
+    missing, seen = [], set()
+    for i, h in zip(sel.tolist(), wanted, strict=True):
+        if h not in table.rows and h not in seen:
+            seen.add(h)
+            missing.append(i)
+    session.misses += len(missing)
+    session.hits += len(sel) - len(missing)
+    if missing:
+        _, fe = _infer(model, split, np.array(missing, dtype=np.int64), runtime=runtime,
+                       batch_size=batch_size, features=True)
+        table.add([hashes[i] for i in missing], fe)
+    if not wanted:
+        return _infer(model, split, sel, runtime=runtime, batch_size=batch_size,
+                      features=features)
+    fe = table.get(wanted)
+    _, head = model_parts(model)
+    was_training = head.training
+    head.eval()
+    w = next(head.parameters())
+    lo = head(torch.from_numpy(fe).to(device=w.device, dtype=w.dtype)).float().cpu().numpy()
+    head.train(was_training)
+    return lo, (fe if features else None)
+
+
+def _infer(model: nn.Module, split, indices=None, *, runtime: Runtime = CPU_FP32,
+           batch_size: int = 512, features: bool = False
+           ) -> tuple[np.ndarray, np.ndarray | None]:
     from medunlearn.data import iterate_batches
 
     was_training = model.training

@@ -261,8 +261,12 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
         splits["forget"] = evaluate_split(model, dataset.train, forget_set.forget, runtime=rt)
         retain_eval = forget_set.retain
         if retain_limit is not None and len(retain_eval) > retain_limit:
-            pick = torch.randperm(len(retain_eval), generator=ctx.generator(7))[:retain_limit]
-            retain_eval = retain_eval[pick.sort().values]
+            from medunlearn.evaluation.api import EvalOptions, retain_subset
+
+            # the evaluation's subset (its default seed), so a verification reuses these outputs
+            retain_eval = torch.from_numpy(retain_subset(
+                retain_eval.numpy(), retain_limit, seed=EvalOptions.seed,
+                n_train=len(dataset.train)))
         splits["retain"] = evaluate_split(model, dataset.train, retain_eval, runtime=rt) \
             if len(retain_eval) else None
         original_seconds = (run.metrics or {}).get("train_seconds")

@@ -60,7 +60,15 @@ def load_from_record(record: Mapping, *, seed: int = 0, **overrides) -> Dataset:
         raise DataError(f"Unknown data source {name!r} in the run's config.json; known sources: "
                         f"{', '.join(sorted(_LOADERS))}. The run was written by a newer "
                         "medunlearn or its config.json was edited.")
-    return _LOADERS[name](dict(record), seed=seed, **overrides)
+    from medunlearn import cache
+
+    session = cache.current()
+    if session is None:
+        return _LOADERS[name](dict(record), seed=seed, **overrides)
+    key = cache.dataset_key(record, seed, overrides)  # the record holds the files' hashes
+    if key not in session.datasets:
+        session.datasets[key] = _LOADERS[name](dict(record), seed=seed, **overrides)
+    return session.datasets[key]
 
 
 def validate_record(record) -> None:

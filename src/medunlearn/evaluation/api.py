@@ -402,7 +402,7 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
             notes.append(f"The reference {runs['reference'].path} has no {FORGET_FILE}; it is "
                          "assumed to be trained without the forget set.")
     subgroups = _read_subgroups(opts, dataset, forget)
-    retain_eval = _retain_subset(retain, opts, notes)
+    retain_eval = _retain_subset(retain, opts, notes, len(dataset.train))
     rt = _runtime(opts)
     # a folder given in two roles (e.g. a reference evaluated against itself) runs once
     by_path: dict[Path, dict[str, Outputs]] = {}
@@ -442,14 +442,29 @@ def _runtime(opts: EvalOptions):
     return Runtime.create(opts.device, "fp32", opts.threads)
 
 
-def _retain_subset(retain: np.ndarray, opts: EvalOptions, notes: list[str]) -> np.ndarray:
+def _retain_subset(retain: np.ndarray, opts: EvalOptions, notes: list[str],
+                   n_train: int) -> np.ndarray:
     """The retain samples RA is measured on (all of them unless ``retain_limit``)."""
     if opts.retain_limit is not None and opts.retain_limit < len(retain):
-        rng = np.random.default_rng(opts.seed)
         notes.append(f"RA is measured on a seeded subset of {opts.retain_limit} of the "
                      f"{len(retain)} retain samples (retain_limit).")
-        return np.sort(rng.choice(retain, opts.retain_limit, replace=False))
+        return retain_subset(retain, opts.retain_limit, seed=opts.seed, n_train=n_train)
     return retain
+
+
+def retain_subset(retain, limit: int, *, seed: int, n_train: int) -> np.ndarray:
+    """A seeded subset of at most ``limit`` retain indices, stable as the retain set shrinks.
+
+    The training indices are put in one seeded order and the first ``limit`` that are still
+    retain samples are taken (sorted). Forgetting a few images therefore swaps only those images
+    out of the subset, so consecutive deletion requests measure on nearly the same images (and
+    the active model's outputs on them can be reused; see :mod:`medunlearn.cache`).
+    """
+    retain = np.asarray(retain, dtype=np.int64)
+    if limit >= len(retain):
+        return retain
+    order = np.random.default_rng(seed).permutation(max(n_train, int(retain.max()) + 1))
+    return np.sort(order[np.isin(order, retain)][:limit])
 
 
 def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset, *,

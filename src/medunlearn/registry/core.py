@@ -42,6 +42,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from medunlearn import cache
 from medunlearn.errors import CheckpointError, DataError, MedUnlearnError, OutputExistsError
 from medunlearn.io import _fsync_dir, sha256_file, staged_output
 from medunlearn.registry import ledger, replay, store
@@ -159,7 +162,7 @@ def _forgotten_before(model_dir: Path, config: dict) -> list[int]:
 
 def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                   methods: list[str] | None = None, data_root: str | None = None,
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False, warm: bool = True) -> dict:
     """Register a deployed model: copy its run folder as version 1 and record its manifest.
 
     Args:
@@ -170,6 +173,9 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
             recommendation for the model's task view, e.g. ``["newton", "salun-cra", "retrain"]``.
         data_root: Where the MedMNIST files are (recorded and used by later requests).
         overwrite: Replace an existing registry at ``out``.
+        warm: Also compute the model's features on the verification images into ``OUT/cache``
+            (:func:`warm_features`), so the first request is as fast as the later ones. Skipped
+            when the data cannot be loaded here (the first request then computes them).
 
     Returns:
         The registry's status (see :func:`status`).
@@ -245,6 +251,11 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                 }, created=meta["created"])
         finally:
             conn.close()
+    if warm:
+        try:
+            warm_features(out, data_root=data_root)
+        except (DataError, CheckpointError):
+            pass  # an optimisation only: the first request computes what is missing
     return status(out)
 
 
@@ -869,7 +880,7 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
     if req.method is not None and not req.consolidate:  # a consolidation always retrains
         _check_method(req)
     unlearn, verify = resolve_steps(unlearn, verify)
-    with writer_lock(reg, timeout=lock_timeout):
+    with writer_lock(reg, timeout=lock_timeout), cache.session(reg / CACHE_DIR):
         conn = connect(reg)
         try:
             recover(reg, conn)
@@ -904,6 +915,7 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
             result["validate_seconds"] = validate_seconds
             result["total_seconds"] = time.perf_counter() - t0
             result["reused"] = False
+            keep_active_features(reg, conn)
             return result
         finally:
             conn.close()
@@ -964,19 +976,78 @@ def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
     """
     reg = Path(reg)
     unlearn, verify = resolve_steps(unlearn, verify)
-    with writer_lock(reg):
+    with writer_lock(reg), cache.session(reg / CACHE_DIR):
         conn = connect(reg)
         try:
             recover(reg, conn)
             if not download:
                 _require_local_data(reg, conn, data_root)
-            return [_process(reg, conn, p["id"], unlearn, verify, data_root=data_root, seed=seed,
-                             log=log)
+            done = [_process(reg, conn, p["id"], unlearn, verify, data_root=data_root,
+                             seed=seed, log=log)
                     for p in conn.execute("SELECT id FROM requests WHERE status = 'pending' "
                                           "ORDER BY num").fetchall()]
+            keep_active_features(reg, conn)
+            return done
         finally:
             conn.close()
 
 
+# --------------------------------------------------------------------------- output cache
+
+#: Derived data (``medunlearn.cache``): the active version's features on the verification images,
+#: so that a request runs only the candidate model over them (and not even that when the
+#: candidate's unlearning changed only the head). Safe to delete at any time; the
+#: audit neither reads nor hashes it.
+CACHE_DIR = "cache"
+
+
+def keep_active_features(reg: Path, conn: sqlite3.Connection) -> None:
+    """Write the active version's features computed in this session to ``REG/cache`` and delete
+    the tables of every other backbone (earlier versions, rejected candidates)."""
+    from medunlearn.checkpoint import load_run
+
+    session = cache.current()
+    if session is None or not session.features:
+        return
+    digest = cache.backbone_digest(load_run(reg / _version_row(conn, active_version(conn))["path"]
+                                            ).model)
+    for key in list(session.features):
+        if key.startswith(digest):
+            cache.save_features(key)
+    cache.prune(reg / CACHE_DIR, {digest})
+
+
+def warm_features(reg: str | os.PathLike, *, data_root: str | None = None) -> int:
+    """Compute the active version's features on the images every verification uses (validation,
+    test and the seeded retain subset; see ``steps.VERIFY_OPTIONS``) and keep them in
+    ``REG/cache``. Returns the number of images run (0 when they were cached already)."""
+    from medunlearn.checkpoint import load_run_and_data
+    from medunlearn.evaluation.api import EvalOptions, retain_subset
+    from medunlearn.loop import Runtime, infer
+    from medunlearn.registry.steps import VERIFY_OPTIONS
+
+    reg = Path(reg)
+    conn = connect(reg)
+    try:
+        with cache.session(reg / CACHE_DIR) as session:
+            run, dataset = load_run_and_data(reg / _version_row(conn, active_version(conn))["path"],
+                                             data_root=data_root or get_meta(conn, "data_root")
+                                             or None)
+            opts = EvalOptions(**VERIFY_OPTIONS)
+            rt = Runtime.create(opts.device, "fp32", opts.threads)
+            kept = [r[0] for r in conn.execute("SELECT idx FROM samples WHERE request_id IS NULL "
+                                               "ORDER BY idx")]
+            pool = retain_subset(np.asarray(kept, dtype=np.int64),
+                                 opts.retain_limit, seed=opts.seed, n_train=len(dataset.train))
+            before = session.misses
+            for split, idx in ((dataset.train, pool), (dataset.val, None), (dataset.test, None)):
+                infer(run.model, split, idx, runtime=rt, batch_size=opts.batch_size,
+                      features=True)
+            keep_active_features(reg, conn)
+            return session.misses - before
+    finally:
+        conn.close()
+
+
 __all__ = ["MedUnlearnError", "export_manifest", "forget", "init_registry", "recover", "resume",
-           "retain_indices", "status"]
+           "retain_indices", "status", "warm_features"]

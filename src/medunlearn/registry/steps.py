@@ -54,15 +54,27 @@ VerifyStep = Callable[..., Verification]
 VERIFY_OPTIONS = {"retain_limit": 1000, "attack_retain_cap": 1000}
 
 
+#: Method options of a deletion request that differ from the method's defaults (recorded in
+#: each candidate's config.json). The Newton step of a request updates the linear head on fixed
+#: features (``scope="head"``): the convex case, in which the step is the exact influence
+#: removal of certified-removal methods and CG converges (residual ~1e-5 in 8-10 products). It
+#: takes ~1-2 s where the last-block default takes 30-45 s on a 2-core CPU, and on the bundled
+#: models it kept test AUC unchanged where the last-block step at 5% of the TB patients flipped
+#: the model to "TB" for every image (bench/bench_request.py, docs/results section 4).
+REQUEST_OPTIONS: dict[str, dict] = {"newton": {"scope": "head"}}
+
+
 def real_unlearn(model_dir: str | os.PathLike, *, method: str, forget: Sequence[int],
                  exclude: Sequence[int], out: str | os.PathLike, seed: int = 0,
                  data_root: str | None = None) -> dict:
-    """Unlearn with ``medunlearn.unlearning.run_unlearning`` (no progress bar)."""
+    """Unlearn with ``medunlearn.unlearning.run_unlearning`` (no progress bar), with the
+    request options of :data:`REQUEST_OPTIONS`."""
     from medunlearn.unlearning import run_unlearning
 
     return run_unlearning(model_dir, method=method, forget=list(forget), seed=seed, out=out,
                           exclude=list(exclude), data_root=data_root, progress=False,
-                          retain_limit=VERIFY_OPTIONS["retain_limit"])
+                          retain_limit=VERIFY_OPTIONS["retain_limit"],
+                          options=REQUEST_OPTIONS.get(method))
 
 
 def real_verify(run_dir: str | os.PathLike, *, original: str | os.PathLike,
