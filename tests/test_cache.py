@@ -156,9 +156,12 @@ def test_a_cached_request_is_verified_as_an_uncached_evaluation(tmp_path, medmni
     assert gate(cached).passed == gate(fresh).passed
 
 
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and bool(np.isnan(v)))
+
+
 def _close(a, b, path="") -> None:
-    nan = (lambda v: v is None or (isinstance(v, float) and np.isnan(v)))
-    if nan(a) and nan(b):  # the stored record went through JSON: NaN is null there
+    if _missing(a) and _missing(b):  # the stored record went through JSON: NaN is null there
         return
     if isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), path

@@ -220,3 +220,40 @@ def test_ratio_figures_keep_kinds_of_forget_set_apart(tmp_path):
     assert sum("against forget ratio" in c for c in caps) == 6
     assert sum("forget positive:" in c for c in caps) == 3
     assert paths["missing"] == 0
+
+
+def test_degenerate_original_or_reference_is_flagged_not_ranked(tmp_path):
+    """A reference that calls almost everyone one class (or has balanced accuracy < 0.6) is
+    named under its table, and no method is marked best against it; older records without the
+    prediction share are judged from their binary per-class recalls."""
+    from medunlearn.evaluation.utility import degenerate_reason
+
+    assert degenerate_reason(0.9, 0.6) is None
+    assert "96%" in degenerate_reason(0.7, 0.96) and "0.55" in degenerate_reason(0.55, 0.5)
+    folder = tmp_path / "results"
+    with ResultsStore(folder) as store:
+        for ratio in (0.2, 0.5):
+            for m, (ua, fnr, secs, ok) in METHODS.items():
+                row = _row(m, ua, fnr, secs, ok, ratio=ratio, augment="none", seed=0)
+                healthy = ratio == 0.2
+                row["metrics"] |= {
+                    "models.original.utility.balanced_accuracy": 0.85,
+                    "models.original.utility.majority_prediction_share": 0.55,
+                    "models.reference.utility.balanced_accuracy": 0.8 if healthy else 0.52,
+                    # no share recorded: 96% of 100 recalls/counts -> derived as 0.96
+                    "bias.per_class.test.reference.0.accuracy": 0.5 if healthy else 0.04,
+                    "bias.per_class.test.reference.0.n": 50,
+                    "bias.per_class.test.reference.1.accuracy": 0.9 if healthy else 1.0,
+                    "bias.per_class.test.reference.1.n": 50}
+                store.insert(row)
+    out = tmp_path / "report"
+    write_report(folder, out)
+    md = (out / "report.md").read_text()
+    bad = md.split("forget random:0.5")[1]
+    good = md.split("forget random:0.2")[1].split("\n## ")[0]
+    assert "Not ranked" in bad and "seed 0: the retrained reference predicts one class for " \
+        "98% of the test images; has balanced accuracy 0.52 (< 0.6)" in bad
+    assert "Not ranked" not in good and "**" in good
+    assert "**" not in _table(md, "breastmnist (binary), augmentation none, forget random:0.5")[
+        "salun"]["UA %"]
+    assert "Not ranked" in (out / "report.html").read_text()

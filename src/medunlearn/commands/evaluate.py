@@ -159,8 +159,9 @@ def evaluate(
                                         "disease).")] = DEFAULT_C_FN,
     c_fp: Annotated[float, typer.Option("--c-fp", help="Cost of a false positive.")
                     ] = DEFAULT_C_FP,
-    attack_retain_cap: Annotated[int, typer.Option(help="Retain samples used to train the "
-                                                   "membership attack.")] = 2000,
+    attack_retain_cap: Annotated[int | None, typer.Option(
+        help="Most retain samples the membership attacks may use (default: all; they are cut "
+        "into blocks of the test set's size, one attack each, up to 8, averaged).")] = None,
     retain_limit: Annotated[int | None, typer.Option(help="Measure RA on a seeded subset of "
                                                      "this many retain samples (faster on "
                                                      "large datasets; default: all).")] = None,

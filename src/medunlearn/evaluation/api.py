@@ -63,8 +63,9 @@ class EvalOptions:
     c_fn: float = DEFAULT_C_FN  # cost of a missed disease (see evaluation.clinical)
     c_fp: float = DEFAULT_C_FP  # cost of a false alarm
     seed: int = 0  # seeds attack subsets, probe folds and LiRA shadows
-    # retain samples (seeded subset) the membership attack is fitted on; None: all of them
-    attack_retain_cap: int | None = 2000
+    # most retain samples (seeded subset) the membership attacks may use; None: all of them
+    # (privacy.mia_efficacy averages one attack per test-sized block of them, up to 8)
+    attack_retain_cap: int | None = None
     retain_limit: int | None = None  # None: RA on every retain sample; else a seeded subset
     ece_bins: int = 15
     probe_folds: int = 5

@@ -31,6 +31,7 @@ DIRECTIONS: dict[str, str] = {
     "per_class_recall": HIGHER,
     "forget_accuracy": REFERENCE,
     "forget_loss": REFERENCE,
+    "majority_prediction_share": REFERENCE,  # >= 0.95: degenerate (utility.DEGENERATE_SHARE)
     # clinical (binary view or positive classes)
     "sensitivity": HIGHER,
     "specificity": HIGHER,

@@ -74,18 +74,26 @@ def mia_feature(probs: np.ndarray, labels: np.ndarray, kind: str) -> np.ndarray:
 
 
 def mia_efficacy(*, member: np.ndarray, nonmember: np.ndarray, target: np.ndarray,
-                 seed: int = 0) -> float:
-    """SalUn's MIA-efficacy: fraction of ``target`` rows predicted non-member.
+                 seed: int = 0, max_attacks: int = 8, sizes: dict | None = None) -> float:
+    """MIA-efficacy: the fraction of ``target`` samples that a membership attack calls
+    non-members (higher = more forgotten; SalUn's metric).
 
-    An RBF SVC (``C=3``, ``gamma="auto"``, as in SalUn's code) is fitted on ``member`` (label 1)
-    and ``nonmember`` (label 0) feature rows, first subsampled to equal size with ``seed``.
-    Direction: closer to the retrained reference is better.
+    An RBF SVC (``C=3``, ``gamma="auto"``, as in SalUn's code) is fitted on members (label 1)
+    against ``nonmember`` rows (label 0) in equal numbers. SalUn's code fits one attack on a
+    random member subset of the non-members' size, so the value moves with the subset (by
+    0.3-0.9 points on PneumoniaMNIST). Here the members are shuffled with ``seed`` and cut into
+    consecutive blocks of that size; one attack is fitted per block (at most ``max_attacks``
+    blocks, so up to ``max_attacks`` x the non-members' size members are used, every member once)
+    and the efficacies are averaged. Direction: closer to the retrained reference is better.
 
     Args:
         member: Features ``(M, D)`` of samples the model was trained on (the retain set).
         nonmember: Features ``(U, D)`` of unseen samples (the test set).
         target: Features ``(F, D)`` of the forget set.
-        seed: Seeds the balancing subsample.
+        seed: Seeds the member order.
+        max_attacks: Most attacks (member blocks) to fit and average.
+        sizes: If given, filled with the set sizes really used (``members``, ``nonmembers``,
+            ``attacks``).
     """
     member = np.asarray(member, dtype=np.float64)
     nonmember = np.asarray(nonmember, dtype=np.float64)
@@ -94,15 +102,22 @@ def mia_efficacy(*, member: np.ndarray, nonmember: np.ndarray, target: np.ndarra
         return float("nan")
     rng = np.random.default_rng(seed)
     n = min(len(member), len(nonmember))
-    m = member[rng.choice(len(member), n, replace=False)]
+    order = rng.permutation(len(member))
+    blocks = [order[k * n:(k + 1) * n] for k in range(min(max_attacks, len(member) // n))]
     u = nonmember[rng.choice(len(nonmember), n, replace=False)]
-    x = np.concatenate([m, u])
-    y = np.concatenate([np.ones(n), np.zeros(n)])
-    if np.ptp(x, axis=0).max() == 0:  # constant features: nothing to learn, predict the majority
-        return 0.5
-    clf = SVC(C=3, gamma="auto", kernel="rbf")
-    clf.fit(x, y)
-    return float((clf.predict(target) == 0).mean())
+    if sizes is not None:
+        sizes.update(members=n * len(blocks), nonmembers=n, attacks=len(blocks))
+    rates = []
+    for block in blocks:
+        x = np.concatenate([member[block], u])
+        y = np.concatenate([np.ones(n), np.zeros(n)])
+        if np.ptp(x, axis=0).max() == 0:  # constant features: nothing to learn
+            rates.append(0.5)
+            continue
+        clf = SVC(C=3, gamma="auto", kernel="rbf")
+        clf.fit(x, y)
+        rates.append(float((clf.predict(target) == 0).mean()))
+    return float(np.mean(rates))
 
 
 def attack_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
@@ -178,11 +193,14 @@ def privacy_metrics(*, forget_probs: np.ndarray, forget_labels: np.ndarray,
     closer-to-reference (0.5 for the AUC without a reference).
     """
     out: dict = {}
+    sizes: dict = {}
     for kind in MIA_FEATURES:
         key = "mia_efficacy" if kind == "confidence" else f"mia_efficacy_{kind}"
         out[key] = mia_efficacy(member=mia_feature(retain_probs, retain_labels, kind),
                                 nonmember=mia_feature(test_probs, test_labels, kind),
-                                target=mia_feature(forget_probs, forget_labels, kind), seed=seed)
+                                target=mia_feature(forget_probs, forget_labels, kind), seed=seed,
+                                sizes=sizes)
+    out["mia_attack_sizes"] = sizes  # members and non-members the attacks were fitted on
     auc = attack_auc(-per_sample_loss(forget_probs, forget_labels),
                      -per_sample_loss(test_probs, test_labels))
     out["attack_auc"] = auc

@@ -112,5 +112,36 @@ def unlearning_utility(*, forget_probs: np.ndarray, forget_labels: np.ndarray,
         "per_class_recall": per_class_recall(test_probs, test_labels),
         "forget_accuracy": accuracy(forget_probs, forget_labels),
         "forget_loss": cross_entropy(forget_probs, forget_labels),
+        "majority_prediction_share": majority_prediction_share(test_probs),
     }
     return out
+
+
+#: A model is degenerate when it predicts one class for at least this share of the test images
+#: or when its balanced accuracy is below :data:`DEGENERATE_BALANCED_ACCURACY`: methods must not
+#: be ranked against such an original or retrained reference (reports flag it instead).
+DEGENERATE_SHARE = 0.95
+DEGENERATE_BALANCED_ACCURACY = 0.6
+
+
+def majority_prediction_share(probs: np.ndarray) -> float:
+    """Share of samples predicted as the most predicted class (1.0: one class for everyone)."""
+    probs = np.asarray(probs)
+    if len(probs) == 0:
+        return float("nan")
+    counts = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1])
+    return float(counts.max() / len(probs))
+
+
+def degenerate_reason(balanced_accuracy: float | None, majority_share: float | None
+                      ) -> str | None:
+    """Why a model counts as degenerate (see :data:`DEGENERATE_SHARE`), or None."""
+    why = []
+    if majority_share is not None and np.isfinite(majority_share) \
+            and majority_share >= DEGENERATE_SHARE:
+        why.append(f"predicts one class for {majority_share:.0%} of the test images")
+    if balanced_accuracy is not None and np.isfinite(balanced_accuracy) \
+            and balanced_accuracy < DEGENERATE_BALANCED_ACCURACY:
+        why.append(f"has balanced accuracy {balanced_accuracy:.2f} (< "
+                   f"{DEGENERATE_BALANCED_ACCURACY:g})")
+    return "; ".join(why) or None

@@ -29,6 +29,7 @@ import numpy as np
 
 from medunlearn.evaluation.directions import DIRECTIONS, HIGHER, LOWER
 from medunlearn.evaluation.directions import REFERENCE as CLOSEST
+from medunlearn.evaluation.utility import DEGENERATE_BALANCED_ACCURACY, DEGENERATE_SHARE
 from medunlearn.experiments.store import ResultsStore
 from medunlearn.io import atomic_write_text
 from medunlearn.plots import _pyplot, save_figure
@@ -102,6 +103,7 @@ class Table:
     forget: str
     rows: list[dict]  # {label, method, n, stats: {field: (mean, std)}, gate_failed, reasons}
     best: dict[str, set[str]]  # field -> labels marked best
+    degenerate: tuple[str, ...] = ()  # why the original or a reference is not a basis to rank
 
 
 def _difficulty_bias(row: dict) -> dict[str, float]:
@@ -120,9 +122,52 @@ def _dataset_name(r: dict) -> str:
     return f"{r['dataset']} ({r['view']})"
 
 
+def _majority_share(m: dict, role: str) -> float | None:
+    """A model's majority prediction share from a flattened record; for records written before
+    it was recorded, derived from the binary per-class recalls and counts."""
+    v = m.get(f"models.{role}.utility.majority_prediction_share")
+    if isinstance(v, (int, float)):
+        return float(v)
+    pc = f"bias.per_class.test.{role}"
+    try:
+        r0, r1 = float(m[f"{pc}.0.accuracy"]), float(m[f"{pc}.1.accuracy"])
+        n0, n1 = float(m[f"{pc}.0.n"]), float(m[f"{pc}.1.n"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if f"{pc}.2.n" in m or not n0 + n1:
+        return None
+    positive = (r1 * n1 + (1 - r0) * n0) / (n0 + n1)
+    return max(positive, 1 - positive)
+
+
+def degenerate_models(rows: list[dict]) -> dict[tuple, list[str]]:
+    """Table setting -> one line per degenerate original or reference model behind it
+    (:func:`medunlearn.evaluation.utility.degenerate_reason`), once per model and seed."""
+    from medunlearn.evaluation.utility import degenerate_reason
+
+    out: dict[tuple, list[str]] = defaultdict(list)
+    seen: set[tuple] = set()
+    for r in rows:
+        m = r.get("metrics") or {}
+        setting = (_dataset_name(r), r["augment"], r["forget"])
+        for role, folder in (("original", r.get("original_dir")),
+                             ("reference", r.get("reference_dir"))):
+            key = (setting, role, folder or r["seed"])
+            if key in seen:
+                continue
+            seen.add(key)
+            why = degenerate_reason(m.get(f"models.{role}.utility.balanced_accuracy"),
+                                    _majority_share(m, role))
+            if why:
+                name = "original model" if role == "original" else "retrained reference"
+                out[setting].append(f"seed {r['seed']}: the {name} {why}")
+    return out
+
+
 def build_tables(rows: list[dict]) -> list[Table]:
     """Group rows by (dataset, augmentation, forget) and aggregate each method over seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    bad = degenerate_models(rows)
     for r in rows:
         groups[(_dataset_name(r), r["augment"], r["forget_ratio"] is None, r["forget_ratio"] or 0,
                 r["forget"])].append(r)
@@ -144,9 +189,11 @@ def build_tables(rows: list[dict]) -> list[Table]:
                              "seeds": sorted(r["seed"] for r in rs), "stats": stats,
                              "counts": counts,
                              "gate_failed": len(failed), "reasons": reasons})
+        flagged = tuple(bad.get((ds, aug, forget), ()))
+        # methods are not ranked against a degenerate original or reference
         tables.append(Table(title=f"{ds}, augmentation {aug}, forget {forget}", dataset=ds,
                             augment=aug, forget=forget, rows=out_rows,
-                            best=_best(out_rows)))
+                            best={} if flagged else _best(out_rows), degenerate=flagged))
     return tables
 
 
@@ -546,6 +593,12 @@ def legend(tables: list[Table]) -> str:
     return " ".join(parts)
 
 
+DEGENERATE_NOTE = (f"Not ranked: a model behind this table is degenerate (one class predicted "
+                   f"for at least {DEGENERATE_SHARE:.0%} of the test images, or balanced accuracy "
+                   f"below {DEGENERATE_BALANCED_ACCURACY:g}), so closeness to it says nothing "
+                   "about unlearning.")
+
+
 def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out: Path,
               meta: str, rows: list[dict] | None = None) -> str:
     rows = rows or []
@@ -566,6 +619,9 @@ def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out
         if failing:
             lines += ["", "Safety verdict failures:", ""]
             lines += [f"- {r['label']}: {'; '.join(r['reasons'])}" for r in failing]
+        if t.degenerate:
+            lines += ["", f"**{DEGENERATE_NOTE}**", ""]
+            lines += [f"- {why}" for why in t.degenerate]
         lines.append("")
     subs = subgroup_tables(rows)
     if subs:
@@ -603,6 +659,7 @@ figure{margin:1.5em 0}
 figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:0.85em;color:#555;max-width:70em}
 .legend{font-size:0.85em;color:#444;max-width:70em}
+p.degenerate{color:#b00;max-width:70em}
 """
 
 
@@ -643,6 +700,9 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
             parts.append(f"<tr class='{' '.join(cls)}' data-method='{e(r['label'])}'>"
                          + "".join(tds) + "</tr>")
         parts.append("</tbody></table></div>")
+        if t.degenerate:
+            parts.append(f"<p class='degenerate'><b>{e(DEGENERATE_NOTE)}</b></p><ul>"
+                         + "".join(f"<li>{e(why)}</li>" for why in t.degenerate) + "</ul>")
         failing = [r for r in t.rows if r["gate_failed"]]
         if failing:
             parts.append("<details><summary>Safety verdict failures</summary><ul>"
@@ -683,6 +743,8 @@ def summary_text(rows: list[dict]) -> str:
     for t in build_tables(rows):
         mw = max(len("method"), *(len(r["label"]) for r in t.rows)) + 2
         lines += ["", t.title]
+        if t.degenerate:
+            lines += ["  " + DEGENERATE_NOTE] + [f"    - {why}" for why in t.degenerate]
         lines.append(f"  {'method':<{mw}}{'seeds':>5}" + "".join(
             f"{c.header:>{w}}" for c, w in zip(cols, widths, strict=True)) + "  safety")
         for r in t.rows:
