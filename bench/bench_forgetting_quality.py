@@ -138,15 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", type=Path, default=None,
                    help="Folder for forgetting_quality.png (default: WORK), e.g. "
                         "docs/results/forgetting_quality.")
+    p.add_argument("--section", default="forgetting_quality",
+                   help="BENCHMARKS.md section to replace (default: forgetting_quality), e.g. "
+                        "forgetting_quality_tb for the TB model.")
     p.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="Run the models one after another (local) or as Ray tasks.")
     args = p.parse_args(argv)
-    work, model = work_and_model(args, "forgetting_quality")
+    work, model = work_and_model(args, args.section)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = measure(model, methods, work=work, forget=args.forget, n=args.n, seed=args.seed,
                    data_root=args.data_root, backend=args.backend,
                    figures=args.figures or work)
-    publish("forgetting_quality", render(rows, model=model, forget=args.forget, n=args.n,
+    publish(args.section, render(rows, model=model, forget=args.forget, n=args.n,
                                          quick=args.quick), args, work)
     return 0
 

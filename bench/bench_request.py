@@ -55,16 +55,20 @@ def run_path(model: Path, work: Path, *, method: str | None, n_images: int, seed
              data_root: str | None) -> dict:
     from medunlearn.registry import forget, init_registry
 
-    reg = work / f"registry-{method or 'default'}"
+    reg = work / f"registry-{method or 'default'}-{n_images}"
     shutil.rmtree(reg, ignore_errors=True)
-    init_registry(model, reg, data_root=data_root)
-    request = patient_request(model, n_images, seed, f"BENCH-{method or 'default'}", method)
+    t_init = time.perf_counter()
+    init_registry(model, reg, data_root=data_root)  # also warms REG/cache (features of v1)
+    init_seconds = time.perf_counter() - t_init
+    request = patient_request(model, n_images, seed, f"BENCH-{method or 'default'}-{n_images}",
+                              method)
     t0 = time.perf_counter()
     result = forget(reg, request, data_root=data_root,
                     log=lambda m: print(m, file=sys.stderr))
     wall = time.perf_counter() - t0
     after = reg / "versions" / str(result.get("to_version")) if result.get("to_version") else None
-    return result | {"wall_seconds": wall, "path": method or "default",
+    return result | {"wall_seconds": wall, "path": method or "default", "images": n_images,
+                     "init_seconds": init_seconds,
                      "auc_after": test_auc(after, data_root) if after else None}
 
 
@@ -83,23 +87,25 @@ def render(results: list[dict], *, model: Path, n_images: int, quick: bool, targ
         "",
         stamp(command_line()).rstrip("\n")
         + ("\n- **--quick smoke run, not a measurement**" if quick else ""),
-        f"- model: `{model}`; request: {n_images} training image(s) of one (simulated) patient, "
-        f"named by SHA-256; test AUC before: {auc_before:.4f}",
+        f"- model: `{model}`; a request names training images of one (simulated) patient by "
+        f"SHA-256 (target: {n_images} image(s)); test AUC before: {auc_before:.4f}",
         "",
-        "| path | method promoted | attempts | validate s | unlearn s | verify s | promote s "
-        "| end to end s | test AUC after | outcome |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| images | path | method promoted | attempts | validate s | unlearn s | verify s "
+        "| promote s | end to end s | test AUC after | outcome |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         attempts = " -> ".join(f"{a['method']} ({a['status']})" for a in r["attempts"])
-        lines.append(f"| {r['path']} | {r.get('method') or '-'} | {attempts} | "
+        lines.append(f"| {r['images']} | {r['path']} | {r.get('method') or '-'} | {attempts} | "
                      f"{_f(r.get('validate_seconds'))} | {_f(r.get('unlearn_seconds'))} | "
                      f"{_f(r.get('verify_seconds'))} | {_f(r.get('promote_seconds'))} | "
                      f"{_f(r['wall_seconds'])} | "
                      f"{_f4(r.get('auc_after'))} | "
                      f"{r['status']} |")
-    default = next((r for r in results if r["path"] == "default"), None)
-    retrain = next((r for r in results if r["path"] == "retrain"), None)
+    default = next((r for r in results if r["path"] == "default" and r["images"] == n_images),
+                   None)
+    retrain = next((r for r in results if r["path"] == "retrain" and r["images"] == n_images),
+                   None)
     lines.append("")
     if default:
         met = "met" if default["wall_seconds"] <= target else "NOT met"
@@ -111,15 +117,33 @@ def render(results: list[dict], *, model: Path, n_images: int, quick: bool, targ
     if default and retrain and default["wall_seconds"] > 0:
         lines.append(f"Retraining path / default path: "
                      f"{retrain['wall_seconds'] / default['wall_seconds']:.1f}x.")
+    for size in sorted({r["images"] for r in results} - {n_images}):
+        d = next((r for r in results if r["path"] == "default" and r["images"] == size), None)
+        rt = next((r for r in results if r["path"] == "retrain" and r["images"] == size), None)
+        if d and rt:
+            ratio = rt["wall_seconds"] / d["wall_seconds"]
+            lines.append(f"{size} images: default path {d['wall_seconds']:.1f} s, retraining "
+                         f"{rt['wall_seconds']:.1f} s ({ratio:.1f}x), promoted "
+                         f"{d.get('method') or '-'}.")
+    if default:
+        lines.append(f"Registry init (copy, manifest, ledger, and the active model's features on "
+                     f"the verification images into `REG/cache`): "
+                     f"{default['init_seconds']:.1f} s, once per registry.")
     lines += ["", "End to end = `medunlearn.registry.forget` wall time: lock, recovery check, "
-              "validation, unlearning from the active version, evaluation against it with the "
-              "safety gate, promotion (rename + one SQLite transaction with the ledger entries)."]
+              "validation, unlearning from the active version (the registry's Newton step "
+              "updates the head: `registry.steps.REQUEST_OPTIONS`), evaluation against it with "
+              "the safety gate (the active model's features come from `REG/cache`; the "
+              "candidate's are computed once and shared by unlearning and verification), "
+              "promotion (rename + one SQLite transaction with the ledger entries)."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = model_parser(__doc__, "request")
-    p.add_argument("--images", type=int, default=10, help="Images in the request (default 10).")
+    p.add_argument("--images", type=int, default=10,
+                   help="Images in the request the target applies to (default 10).")
+    p.add_argument("--more", default="",
+                   help="Further request sizes to measure the same way, e.g. 7,35,70.")
     p.add_argument("--seed", type=int, default=0, help="Chooses the patient's images.")
     p.add_argument("--skip-retrain", action="store_true", help="Only the default path.")
     p.add_argument("--target", type=float, default=TARGET_SECONDS,
@@ -131,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work, model = work_and_model(args, args.section)
     auc_before = test_auc(model, args.data_root)
-    results = [run_path(model, work, method=None, n_images=args.images, seed=args.seed,
-                        data_root=args.data_root)]
-    if not args.skip_retrain:
-        results.append(run_path(model, work, method="retrain", n_images=args.images,
-                                seed=args.seed, data_root=args.data_root))
+    results = []
+    for size in [args.images] + [int(x) for x in args.more.split(",") if x.strip()]:
+        results.append(run_path(model, work, method=None, n_images=size, seed=args.seed,
+                                data_root=args.data_root))
+        if not args.skip_retrain:
+            results.append(run_path(model, work, method="retrain", n_images=size,
+                                    seed=args.seed, data_root=args.data_root))
     publish(args.section, render(results, model=model, n_images=args.images, quick=args.quick,
                                  target=args.target, auc_before=auc_before, title=args.title),
             args, work)

@@ -160,3 +160,36 @@ def test_ray_backend_gives_the_same_rows(killed_and_resumed, tmp_path, medmnist_
     for log in (out / "logs" / "cell").glob("*.log"):
         pid = int(log.read_text().split("(pid ")[1].split(")")[0])
         assert pid != os.getpid()
+
+
+def test_study_with_the_per_example_check_reports_a_column_and_a_figure(tmp_path, medmnist_root):
+    """``evaluation: {forgetting_quality: 3}``: every cell carries the score, the methods of a
+    setting share the N retrained models, and the report shows the column and the figure."""
+    from medunlearn.experiments import load_experiment
+    from medunlearn.experiments.report import write_report
+
+    raw = yaml.safe_load((REPO / "experiments" / "tiny.yaml").read_text())
+    raw.update(methods=["finetune", "newton"], data_root=str(medmnist_root), seeds=[0],
+               evaluation={"forgetting_quality": 3})
+    raw["forget"] = raw["forget"][:1]
+    path = tmp_path / "fq.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "results"
+    run_experiment(load_experiment(path), out, progress=False)
+    with ResultsStore(out, create=False) as store:
+        rows = store.rows()
+    assert len(rows) == 2
+    for r in rows:
+        score = r["metrics"]["models.model.forgetting_quality.forgetting_quality"]
+        assert 0.0 <= score <= 1.0
+        assert Path(r["metrics"]["models.model.forgetting_quality.result_file"]).is_file()
+    shared = next((out / "forgetting_quality").iterdir())
+    assert len(list((shared / "retrained").iterdir())) == 3  # trained once, for both methods
+    rep = write_report(out, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "forgetting quality" in md.split("## Figures")[0]
+    assert any("forgetting_quality" in p.name for p in rep["figures"])
+    bad = dict(raw, evaluation={"forgetting_quality": 2})
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(Exception, match="forgetting_quality"):
+        load_experiment(path)

@@ -234,7 +234,7 @@ def _flat_scalars(m: dict) -> dict[str, float]:
             out[f"{where}.{k}"] = c[k]
     for sec in ("privacy", "representation", "calibration"):
         for k, v in m[sec].items():
-            if not k.endswith("_se"):
+            if not k.endswith("_se") and not isinstance(v, dict):  # not e.g. attack sizes
                 out[k] = v
     return out
 

@@ -15,7 +15,8 @@ A study file describes a grid. Example (``experiments/tiny.yaml``)::
     data: {train_limit: 120, eval_limit: 60}
     model: {width: 8}
     train: {epochs: 1}
-    evaluation: {}                       # options passed to evaluate_run
+    evaluation: {}                       # options passed to evaluate_run; forgetting_quality: N
+                                         # adds the per-example check (N + N models per cell)
     gate: {}                             # tolerances passed to the safety gate
 
 The grid expands into three kinds of jobs:
@@ -527,6 +528,17 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
     for sec in ("evaluation", "gate"):
         if not isinstance(raw.get(sec) or {}, dict):
             raise ExperimentConfigError(f"{sec} must be a mapping of options.")
+    n_fq = (raw.get("evaluation") or {}).get("forgetting_quality")
+    if n_fq is not None:
+        from medunlearn.verify import check_n
+
+        if isinstance(n_fq, bool) or not isinstance(n_fq, int):
+            raise ExperimentConfigError("evaluation.forgetting_quality must be the number of "
+                                        f"models per side (e.g. 16), got {n_fq!r}.")
+        try:
+            check_n(n_fq)
+        except MedUnlearnError as exc:
+            raise ExperimentConfigError(f"evaluation.forgetting_quality: {exc}") from None
     budget = raw.get("retain_budget")
     threads = raw.get("threads")
     if budget is not None:

@@ -73,13 +73,45 @@ def unlearn(job: CellJob, original_dir: Path, reference_dir: Path, out: Path) ->
                           data_root=job.original.data_root, progress=False)
 
 
+#: The study's ``evaluation`` option that adds the per-example forgetting-quality check
+#: (``medunlearn.verify``): N unlearned and N retrained models per cell. Off unless set.
+FORGETTING_QUALITY = "forgetting_quality"
+
+
+def forgetting_quality_folder(job: CellJob, reference_dir: Path) -> Path:
+    """Where a cell's N + N runs go: one folder per reference (dataset, forget set, seed), so
+    every method of the setting shares the N retrained models; a method listed twice with other
+    options gets a folder of its own."""
+    root = Path(reference_dir).parent.parent.parent / "forgetting_quality" / \
+        Path(reference_dir).name
+    if job.method.display == job.method.name:
+        return root
+    from medunlearn.experiments.config import _safe
+
+    return root / "variants" / _safe(job.method.display)
+
+
 def evaluate(job: CellJob, run_dir: Path, original_dir: Path, reference_dir: Path) -> dict:
-    """``evaluate_run`` against the original model and the retrained reference."""
+    """``evaluate_run`` against the original model and the retrained reference; with the
+    study option ``evaluation: {forgetting_quality: N}`` also the per-example check."""
     from medunlearn.evaluation.api import evaluate_run
 
-    return evaluate_run(run_dir, original=original_dir, reference=reference_dir,
-                        options=job.evaluation_options or None,
-                        data_root=job.original.data_root)
+    opts = dict(job.evaluation_options or {})
+    n_models = opts.pop(FORGETTING_QUALITY, None)
+    record = evaluate_run(run_dir, original=original_dir, reference=reference_dir,
+                          options=opts or None, data_root=job.original.data_root)
+    if n_models:
+        from medunlearn.verify import RESULT_FILE, attach_to_record, verify_forgetting
+
+        work = forgetting_quality_folder(job, reference_dir)
+        result = verify_forgetting(original_dir, forget=forget_indices(reference_dir),
+                                   method=job.method.name, options=job.method.options_dict,
+                                   out=work, n=int(n_models), seed=job.seed,
+                                   data_root=job.original.data_root, progress=False)
+        attach_to_record(record, result)
+        record["models"]["model"]["forgetting_quality"]["result_file"] = str(
+            work / job.method.name / RESULT_FILE)
+    return record
 
 
 def verdict(metrics: dict, tolerances: dict | None = None) -> dict:

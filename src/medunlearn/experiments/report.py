@@ -65,6 +65,23 @@ COLUMNS = (
     Column("unlearn_seconds", "time (s)", 1.0, 2),
     Column("speedup", "speedup ×", 1.0, 1),
 )
+#: Shown only when a study ran the per-example check (``evaluation: {forgetting_quality: N}``).
+FQ_COLUMN = Column("forgetting_quality", "forgetting quality", 1.0, 3)
+FQ_PATH = "models.model.forgetting_quality."
+
+
+def columns_for(rows: list[dict]) -> tuple[Column, ...]:
+    """The table columns of these rows: the fixed ones, plus forgetting quality when present."""
+    has_fq = any((r.get("metrics") or {}).get(FQ_PATH + "forgetting_quality") is not None
+                 for r in rows)
+    return COLUMNS + ((FQ_COLUMN,) if has_fq else ())
+
+
+def _fq_value(r: dict) -> float | None:
+    v = (r.get("metrics") or {}).get(FQ_PATH + "forgetting_quality")
+    return float(v) if isinstance(v, (int, float)) else None
+
+
 REFERENCE_METHOD = "retrain"
 # Figures are drawn at least this wide (inches; at 110 dpi about 1100 px), so that in a 1400 px
 # window they are read at their drawn size, not as ~400 px thumbnails.
@@ -104,6 +121,7 @@ class Table:
     rows: list[dict]  # {label, method, n, stats: {field: (mean, std)}, gate_failed, reasons}
     best: dict[str, set[str]]  # field -> labels marked best
     degenerate: tuple[str, ...] = ()  # why the original or a reference is not a basis to rank
+    columns: tuple[Column, ...] = COLUMNS
 
 
 def _difficulty_bias(row: dict) -> dict[str, float]:
@@ -168,6 +186,8 @@ def build_tables(rows: list[dict]) -> list[Table]:
     """Group rows by (dataset, augmentation, forget) and aggregate each method over seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     bad = degenerate_models(rows)
+    cols = columns_for(rows)
+    rows = [r | {"forgetting_quality": _fq_value(r)} for r in rows]
     for r in rows:
         groups[(_dataset_name(r), r["augment"], r["forget_ratio"] is None, r["forget_ratio"] or 0,
                 r["forget"])].append(r)
@@ -180,7 +200,7 @@ def build_tables(rows: list[dict]) -> list[Table]:
         out_rows = []
         for lab in _method_order(list(by_label), methods):
             rs = by_label[lab]
-            full = {c.field: mean_std([r.get(c.field) for r in rs]) for c in COLUMNS}
+            full = {c.field: mean_std([r.get(c.field) for r in rs]) for c in cols}
             stats = {f: v[:2] for f, v in full.items()}
             counts = {f: v[2] for f, v in full.items()}
             failed = [r for r in rs if r.get("gate_passed") is False]
@@ -193,15 +213,16 @@ def build_tables(rows: list[dict]) -> list[Table]:
         # methods are not ranked against a degenerate original or reference
         tables.append(Table(title=f"{ds}, augmentation {aug}, forget {forget}", dataset=ds,
                             augment=aug, forget=forget, rows=out_rows,
-                            best={} if flagged else _best(out_rows), degenerate=flagged))
+                            best={} if flagged else _best(out_rows, cols), degenerate=flagged,
+                            columns=cols))
     return tables
 
 
-def _best(rows: list[dict]) -> dict[str, set[str]]:
+def _best(rows: list[dict], cols: tuple[Column, ...] = COLUMNS) -> dict[str, set[str]]:
     ref = next((r for r in rows if r["method"] == REFERENCE_METHOD and r["label"] ==
                 REFERENCE_METHOD), None)
     best: dict[str, set[str]] = {}
-    for c in COLUMNS:
+    for c in cols:
         cands = [(r["label"], r["stats"][c.field][0]) for r in rows
                  if r is not ref and r["stats"][c.field][0] is not None]
         if not cands:
@@ -462,7 +483,39 @@ def make_figures(rows: list[dict], folder: Path) -> list[tuple[str, Path]]:
                             else ""))
             f.save(fig, f"{ds}: average gap and test accuracy with and without augmentation",
                    f"augmentation_{ds}")
+
+        # 7. per-example forgetting quality (studies run with evaluation.forgetting_quality)
+        _forgetting_quality_figures(f, drows, ds)
     return f.out
+
+
+def _forgetting_quality_figures(f: _Figures, drows: list[dict], ds: str) -> None:
+    """Score per method with its interval and the per-example epsilon histogram, one figure
+    per setting (augmentation, forget set) from the first seed's ``verify-forgetting`` results
+    (read from the files the records name; settings whose files are gone are skipped)."""
+    import json
+
+    from medunlearn.plots import forgetting_quality_figure
+
+    fq = [r for r in drows if isinstance((r.get("metrics") or {}).get(FQ_PATH + "result_file"),
+                                         str)]
+    for (aug, forget), srows in sorted(_by(fq, "augment", "forget").items()):
+        seed = min(r["seed"] for r in srows)
+        results = {}
+        for lab in f.labels:
+            for r in srows:
+                path = Path(r["metrics"][FQ_PATH + "result_file"])
+                if r["label"] == lab and r["seed"] == seed and path.is_file():
+                    results[lab] = json.loads(path.read_text())
+        if not results:
+            continue
+        name = f"forgetting_quality_{ds}_{aug}_{forget}"
+        path = forgetting_quality_figure(results, f.folder / f"{_slug(name)}.png")
+        n = next(iter(results.values())).get("n")
+        f.out.append((f"{ds}, augmentation {aug}, forget {forget} (seed {seed}): per-example "
+                      f"forgetting quality with its 95% interval, N = {n} unlearned and {n} "
+                      "retrained models per method (grey: what retraining itself scores at this "
+                      "N), and the per-example epsilon histogram", path))
 
 
 # -- subgroups (metadata columns such as sex and age band) ---------------------------------------
@@ -570,19 +623,20 @@ def legend(tables: list[Table]) -> str:
     """What the tables show, true for these tables: the spread is mentioned only when some
     row has several seeds, the reference row only when there is one."""
     many = any(r["n"] > 1 for t in tables for r in t.rows)
+    cols = tables[0].columns if tables else COLUMNS
     has_ref = any(r["method"] == REFERENCE_METHOD for t in tables for r in t.rows)
     parts = ["Mean ± standard deviation over seeds (one seed: the value alone)." if many else
              "One seed per method: single values, no spread."]
-    closest = [c.header for c in COLUMNS if c.direction == CLOSEST]
-    higher = [c.header for c in COLUMNS if c.direction == HIGHER]
-    lower = [c.header for c in COLUMNS if c.direction == LOWER]
+    closest = [c.header for c in cols if c.direction == CLOSEST]
+    higher = [c.header for c in cols if c.direction == HIGHER]
+    lower = [c.header for c in cols if c.direction == LOWER]
     if has_ref:
         parts.append(f"**Bold** (HTML: green) = best in the column among the unlearning "
                      f"methods: closest to the retrained model (the {REFERENCE_METHOD} row, "
                      f"which is not ranked) for {', '.join(closest)}; higher for "
                      f"{', '.join(higher)}; lower for {', '.join(lower)}.")
     else:
-        auc = [c.header for c in COLUMNS if c.direction == CLOSEST and "auc" in c.field]
+        auc = [c.header for c in cols if c.direction == CLOSEST and "auc" in c.field]
         parts.append(f"**Bold** (HTML: green) = best in the column: higher for "
                      f"{', '.join(higher)}; lower for {', '.join(lower)}; closest to 0.5 for "
                      f"{', '.join(auc)}. These results have no {REFERENCE_METHOD} row, so "
@@ -605,13 +659,13 @@ def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out
     lines = [f"# {title}", "", meta, "", legend(tables), ""]
     for t in tables:
         lines += [f"## {t.title}", ""]
-        head = ["method", "seeds", "safety"] + [c.header for c in COLUMNS]
+        head = ["method", "seeds", "safety"] + [c.header for c in t.columns]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for r in t.rows:
             cells = [r["label"], str(r["n"]),
                      f"⚠ fails ({r['gate_failed']}/{r['n']})" if r["gate_failed"] else "pass"]
-            for c in COLUMNS:
+            for c in t.columns:
                 txt = _fmt(*r["stats"][c.field], c, r["counts"][c.field])
                 cells.append(f"**{txt}**" if r["label"] in t.best.get(c.field, ()) else txt)
             lines.append("| " + " | ".join(cells) + " |")
@@ -677,7 +731,7 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
         parts.append(f"<table class='results' data-dataset='{e(t.dataset)}' "
                      f"data-augment='{e(t.augment)}' data-forget='{e(t.forget)}'><thead><tr>"
                      "<th>method</th><th>seeds</th><th>safety</th>"
-                     + "".join(f"<th>{e(c.header)}</th>" for c in COLUMNS)
+                     + "".join(f"<th>{e(c.header)}</th>" for c in t.columns)
                      + "</tr></thead><tbody>")
         for r in t.rows:
             cls = []
@@ -692,7 +746,7 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
                            f"({r['gate_failed']}/{r['n']})</td>")
             else:
                 tds.append("<td data-metric='safety'>pass</td>")
-            for c in COLUMNS:
+            for c in t.columns:
                 best = " class='best'" if r["label"] in t.best.get(c.field, ()) else ""
                 mean, sd = _fmt_parts(*r["stats"][c.field], c, r["counts"][c.field])
                 tds.append(f"<td data-metric='{c.field}'{best}>{e(mean)}"
