@@ -208,6 +208,7 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
                       backend: str = "local", ray_address: str | None = None,
                       retain_limit: int | None = 2000, resamples: int = 1000,
                       null_permutations: int = 3,
+                      exclude: Sequence[int] | None = None,
                       on_runs_done: Callable[[list[dict]], None] | None = None) -> dict:
     """Train (or reuse) N unlearned and N retrained run folders and score forgetting per example.
 
@@ -229,6 +230,9 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
             retain samples (None: all).
         resamples: Bootstrap resamples of the score's interval.
         null_permutations: Re-splits for the permutation null (0: skip).
+        exclude: Training indices withdrawn earlier (e.g. by earlier deletion requests): in
+            neither the forget nor the retain set of any of the 2N runs (passed to
+            ``run_unlearning``). The images ``model_dir`` itself forgot are always added.
 
     Returns:
         The dict written to ``OUT/<method>/forgetting_quality.json``.
@@ -250,12 +254,14 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
     out = Path(out)
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
     algo = resolve_method(method, dataset=dataset.name, options=dict(options or {}))
-    excluded = previously_forgotten(model_dir)
+    excluded = sorted(set(previously_forgotten(model_dir)) | {int(i) for i in exclude or []})
     fs = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
     f_idx = fs.forget.numpy()
     u_seeds, r_seeds = seeds(seed, n)
     common = {"model_dir": str(model_dir), "forget": f_idx.tolist(), "data_root": data_root,
               "progress": False, "device": device, "retain_limit": retain_limit}
+    if exclude is not None:
+        common["exclude"] = excluded
     calls = [common | {"method": "retrain", "seed": s, "out": out / "retrained" / f"seed-{s}"}
              for s in r_seeds]
     calls += [common | {"method": method, "seed": s, "options": dict(options or {}),

@@ -11,7 +11,8 @@ from medunlearn.commands._common import DataRoot, NoDownload, echo_json
 
 registry_app = typer.Typer(help="Register a deployed model and inspect its deletion requests.",
                            no_args_is_help=True)
-audit_app = typer.Typer(help="Verify a registry's audit ledger; issue deletion certificates.",
+audit_app = typer.Typer(help="Verify a registry's audit ledger; issue deletion certificates; "
+                        "prove forgetting per image.",
                         no_args_is_help=True)
 
 Reg = Annotated[Path, typer.Argument(help="Registry folder (from 'medunlearn registry init').")]
@@ -303,6 +304,46 @@ def show_cmd(
     cert = write_certificate(reg, request_id, out)
     typer.echo(f"certificate of {request_id} ({cert['request']['status']}, "
                f"{len(cert['forgotten'])} image(s)): {out / 'certificate.html'}")
+
+
+@audit_app.command("forgetting-quality")
+def forgetting_quality_cmd(
+    reg: Reg,
+    request_id: Annotated[str, typer.Argument(help="A completed deletion request's id.")],
+    n: Annotated[int, typer.Option("--n", metavar="N", help="Unlearned and retrained models "
+                                   "each (at least 3; more gives a finer estimate).")] = 16,
+    data_root: DataRoot = None,
+    no_download: NoDownload = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Prove forgetting per image for one request (costly: 2N trainings).
+
+    Unlearns the request's starting version N times with the promoted method and retrains it N
+    times without the request's images, scores each image, and records the result in the
+    ledger; the request's certificate then shows it. Finished trainings under
+    REG/forgetting_quality/ are reused.
+    """
+    from medunlearn.commands._common import fmt
+    from medunlearn.registry.fq import folder, forgetting_quality_for
+    from medunlearn.verify import check_n
+
+    check_n(n)
+    rec = forgetting_quality_for(reg, request_id, n=n, data_root=data_root,
+                                 download=not no_download, progress=not quiet)
+    lo, hi = rec["forgetting_quality_ci"]
+    typer.echo(f"request {request_id}: {rec['forget_count']} image(s), {rec['method']} from "
+               f"version {rec['from_version']}, N = {n} unlearned + {n} retrained models")
+    typer.echo(f"forgetting quality {fmt(rec['forgetting_quality'])} "
+               f"[95% CI {fmt(lo)}, {fmt(hi)}]; retraining itself scores "
+               f"~{fmt(rec['forgetting_quality_null'])} at this N")
+    for x in rec["examples"]:
+        typer.echo(f"  {x['sha256'][:16]}  epsilon {fmt(x['epsilon'])}  U-LiRA "
+                   f"{fmt(x.get('ulira_accuracy'))}")
+    if rec.get("note"):
+        typer.echo(f"note: {rec['note']}")
+    typer.echo(f"recorded in ledger entry {rec['ledger_seq']}; "
+               f"{folder(reg, request_id) / 'forgetting_quality.json'}; 'medunlearn audit show "
+               f"{reg} {request_id} --out DIR' puts it in the certificate")
 
 
 def register(app: typer.Typer) -> None:

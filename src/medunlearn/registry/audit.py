@@ -21,7 +21,7 @@ from pathlib import Path
 
 from medunlearn.errors import OutputExistsError
 from medunlearn.io import atomic_write_json, atomic_write_text
-from medunlearn.registry import ledger, replay, store, wording
+from medunlearn.registry import fq, ledger, replay, store, wording
 from medunlearn.registry.core import MODEL_FILE
 from medunlearn.registry.db import connect, get_meta, writer_lock
 from medunlearn.registry.errors import AuditError, RegistryError
@@ -218,12 +218,66 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
                         "unlearn_seconds": _seconds(result.get("unlearn_seconds")),
                         "verify_seconds": _seconds(result.get("verify_seconds")),
                         "promote_seconds": _seconds(result.get("promote_seconds"))},
+            "forgetting_quality": _fq_section(reg, conn, r),
             "ledger": {"entries": [{k: e[k] for k in ("seq", "kind", "created", "prev_hash",
                                                        "hash")} for e in entries],
                        "head_seq": seq, "head_hash": head},
         }
     finally:
         conn.close()
+
+
+def _fq_section(reg: Path, conn, r) -> dict:
+    """The per-example forgetting check of the request, in plain words: recorded (numbers and
+    one row per image of the request), or not run (and the command that runs it)."""
+    rid = r["id"]
+    cmd = fq.command(reg, rid)
+    if r["status"] != "completed" or json.loads(r["body"]).get("consolidate") or \
+            r["to_version"] == r["from_version"]:
+        return {"run": False, "applies": False, "summary": (
+            "The per-image forgetting check does not apply: it checks the model a completed "
+            "deletion request produced by unlearning, and this request produced none.")}
+    found = fq.recorded(reg, conn, rid)
+    if found is None:
+        return {"run": False, "applies": True, "command": cmd, "summary": (
+            "The per-image forgetting check was not run for this request. It trains many models "
+            "(N unlearned, N retrained without the images) and takes minutes to hours; "
+            f"'{cmd}' runs it and adds the result to this certificate.")}
+    body, rec = found["entry"]["body"], found["record"]
+    entry = {"seq": found["entry"]["seq"], "hash": found["entry"]["hash"],
+             "result_sha256": body.get("result_sha256")}
+    if rec is None:
+        return {"run": True, "applies": True, "command": cmd, "ledger_entry": entry,
+                "n": body.get("n"), "score": _rnd(body.get("score")),
+                "ci": [_rnd(v) for v in body.get("ci") or []], "null": _rnd(body.get("null")),
+                "images": [], "summary": (
+                    "The per-image forgetting check was run (the ledger records its score), but "
+                    f"its result file {fq.folder(reg, rid) / fq.RECORD_FILE} is missing, so the "
+                    f"per-image rows cannot be shown. '{cmd}' runs it again.")}
+    n, score, ci = rec["n"], _rnd(rec["forgetting_quality"]), [
+        _rnd(v) for v in rec["forgetting_quality_ci"]]
+    null = _rnd(rec.get("forgetting_quality_null"))
+    level = int(round((rec.get("ci_level") or 0.95) * 100))
+    summary = (f"{n} models unlearned with {rec['method']} from version {rec['from_version']} "
+               f"were compared with {n} models retrained without the request's images. "
+               f"Forgetting-quality score {wording.fmt(score)} ({level}% interval "
+               f"{wording.fmt(ci[0])} to {wording.fmt(ci[1])}); best possible 1. Retraining "
+               f"itself scores about {wording.fmt(null)} with {n} models per side, so read the "
+               "score against that, not against 1.")
+    if rec.get("note"):
+        summary += f" Note: {rec['note']}."
+    return {"run": True, "applies": True, "command": cmd, "ledger_entry": entry, "n": n,
+            "method": rec["method"], "from_version": rec["from_version"], "score": score,
+            "ci": ci, "ci_level": rec.get("ci_level"), "null": null, "best": 1.0,
+            "ulira_accuracy": _rnd(rec.get("ulira_accuracy")), "created": rec.get("created"),
+            "summary": summary, "how_to_read": fq.how_to_read(),
+            "images": [{"index": x["index"], "sha256": x["sha256"],
+                        "epsilon": _rnd(x["epsilon"]), "ulira_accuracy": _rnd(
+                            x.get("ulira_accuracy"))} for x in rec["examples"]]}
+
+
+def _rnd(v) -> float | None:
+    return round(float(v), 3) if isinstance(v, (int, float)) and v == v else None
 
 
 def _seconds(v) -> float | None:
@@ -330,6 +384,7 @@ def render_html(cert: dict) -> str:
             [[m["metric"], _num(m["before"]), _num(m["after"])]
              for m in promoted["key_metrics"]], ["measure", "before", "after"]))
     head = cert["ledger"]
+    fqs = _fq_html(cert.get("forgetting_quality"))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Deletion certificate {_esc(req['id'])}</title>
 <style>{CSS}</style></head><body>
@@ -351,6 +406,7 @@ Submitted {_esc(req['submitted'])}, completed
 {checks}
 {power}
 {metrics}
+{fqs}
 <h2>Audit ledger entries of this request</h2>
 {led}
 <p>Ledger head when this certificate was issued: entry {_esc(head['head_seq'])},
@@ -359,6 +415,25 @@ registry still contains these entries unchanged with
 <code>medunlearn audit verify REG --certificate certificate.json</code>.</p>
 </body></html>
 """
+
+
+def _fq_html(sec: dict | None) -> str:
+    """The per-image forgetting check section of the HTML certificate."""
+    if not sec:
+        return ""
+    head = "<h2>Per-image forgetting check</h2>"
+    text = f"<p>{_esc(sec['summary'])}</p>"
+    if not sec.get("images"):
+        cmd = f"<p><code>{_esc(sec['command'])}</code></p>" if sec.get("command") else ""
+        return head + text + cmd
+    rows = [[x["sha256"][:16], _num(x["epsilon"]), _num(x["ulira_accuracy"])]
+            for x in sec["images"]]
+    entry = sec["ledger_entry"]
+    return (head + text + f"<p>{_esc(sec['how_to_read'])}</p>"
+            + _table(rows, ["image SHA-256 (first 16)", "epsilon", "U-LiRA accuracy"],
+                     hashes=(0,))
+            + f"<p>Recorded in ledger entry {_esc(entry['seq'])}; result file SHA-256 "
+              f"<code>{_esc(entry['result_sha256'])}</code>.</p>")
 
 
 def write_certificate(reg: str | os.PathLike, request_id: str, out: str | os.PathLike) -> dict:

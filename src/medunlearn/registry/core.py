@@ -921,15 +921,22 @@ def forget(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionR
             conn.close()
 
 
-def _require_local_data(reg: Path, conn: sqlite3.Connection, data_root: str | None) -> None:
-    """Raise :class:`DataError` unless the active model's data file is on disk already."""
-    from medunlearn.config import DataConfig, from_dict
+def _require_local_data(reg: Path, conn: sqlite3.Connection, data_root: str | None, *,
+                        version: int | None = None) -> None:
+    """Raise :class:`DataError` unless the data file of model ``version`` (default: the active
+    one) is on disk already."""
+    from medunlearn.config import DataConfig
+    from medunlearn.data.dataset import from_record
     from medunlearn.data.files import locate
     from medunlearn.data.info import get_info
+    from medunlearn.data.sources import source_of
     from medunlearn.io import read_json
 
-    config = read_json(reg / _version_row(conn, active_version(conn))["path"] / "config.json")
-    cfg = from_dict(DataConfig, config["data"], where="data")
+    n = active_version(conn) if version is None else version
+    config = read_json(reg / _version_row(conn, n)["path"] / "config.json")
+    if source_of(config["data"]) != "medmnist":
+        return  # file sources name their own files; loading them reports what is missing
+    cfg = from_record(DataConfig, config["data"])
     locate(get_info(cfg.dataset), cfg.size,
            data_root or get_meta(conn, "data_root") or cfg.data_root, download=False)
 

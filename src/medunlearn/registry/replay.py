@@ -46,8 +46,12 @@ def ledger_problems(conn: sqlite3.Connection, reg: str | Path | None = None) -> 
         problems.append(f"the training manifest (samples table) hashes to {got} but ledger entry "
                         f"{inits[0]['seq']} recorded {want} (hashes or labels were edited)")
     expected = expected_tables(entries)
-    return problems + table_problems(conn, expected) + (
-        file_problems(Path(reg), expected) if reg is not None else [])
+    if reg is None:
+        return problems + table_problems(conn, expected)
+    from medunlearn.registry import fq  # forgetting_quality entries: a stored file, no table
+
+    return (problems + table_problems(conn, expected) + file_problems(Path(reg), expected)
+            + fq.file_problems(Path(reg), entries))
 
 
 def file_problems(reg: Path, expected: dict) -> list[str]:
@@ -76,7 +80,10 @@ def file_problems(reg: Path, expected: dict) -> list[str]:
 
 
 def expected_tables(entries: list[dict]) -> dict:
-    """The table contents the ledger ``entries`` (in order, bodies parsed) imply."""
+    """The table contents the ledger ``entries`` (in order, bodies parsed) imply.
+
+    ``forgetting_quality`` entries change no table (they vouch for a file, checked by
+    :func:`medunlearn.registry.fq.file_problems`)."""
     meta: dict[str, str] = {}
     versions: dict[int, dict] = {}
     requests: dict[str, dict] = {}

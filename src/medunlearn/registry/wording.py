@@ -9,7 +9,8 @@ A membership attack on a handful of images is too noisy to show anything: its to
 widened to two standard errors, which for three images is about ±0.34 around 0.5, so even a
 model that remembers the images would pass. Such a check is reported as *cannot say* rather than
 *passed*, naming the check that could: a per-example forgetting-quality test that compares the
-model with many models retrained without the images (not built yet).
+model with many models retrained without the images (``medunlearn audit forgetting-quality``,
+:mod:`medunlearn.registry.fq`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 #: images commonly shows.
 LOW_POWER_TOLERANCE = 0.2
 
-STRONGER_CHECK = ("A stronger check could: a per-example forgetting-quality test that compares "
-                  "this model with many models retrained without the images (not built yet).")
+STRONGER_CHECK = ("A stronger check can: the per-example forgetting-quality test, which compares "
+                  "this model with many models retrained without the images (see the per-image "
+                  "forgetting check below).")
 
 #: check name -> (short name, the question it answers)
 QUESTIONS = {
