@@ -123,6 +123,11 @@ def test_metrics_structure(noop_metrics, runs):
     missing = [k for k in names if k not in DIRECTIONS and k not in ignore
                and not k.endswith("_se")]
     assert not missing
+    # the attacks use every retain image, in blocks of the test set's size (446 // 156 = 2)
+    n_test, n_attack = x["counts"]["test"], x["counts"]["retain_attack"]
+    assert n_attack == 546 - N_FORGET
+    assert m["privacy"]["mia_attack_sizes"] == {"members": 2 * n_test, "nonmembers": n_test,
+                                                "attacks": n_attack // n_test}
     for role in ("model", "reference"):
         c = x["models"][role]["clinical"]["test"]
         assert c["tp"] + c["fn"] == int(runs["dataset"].test.labels.sum())

@@ -48,6 +48,7 @@ DIRECTIONS: dict[str, str] = {
     "attack_auc": REFERENCE,  # 0.5 without a reference
     "attack_auc_val": REFERENCE,  # forget vs validation (same pool as training: no split shift)
     "lira_auc": REFERENCE,  # 0.5 without a reference
+    "mia_attack_sizes": INFO,  # members, non-members and attacks the MIA-efficacy used
     # per-example forgetting quality from N unlearned vs N retrained models
     # (medunlearn.evaluation.forgetting_quality; record section "forgetting_quality")
     "forgetting_quality": HIGHER,  # challenge score in [0, 1]; 1 = indistinguishable

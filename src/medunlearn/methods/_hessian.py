@@ -425,7 +425,7 @@ def cached_prefix(scoped: ScopedModel, ctx: UnlearnContext, indices: torch.Tenso
     if scoped.scope == "head" and len(indices):
         from medunlearn.loop import infer
 
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long)  # cpu: rows of the in-memory split
         ctx.seen(idx)
         _, fe = infer(scoped.model, ctx.dataset.train, idx.numpy(), runtime=ctx.runtime,
                       batch_size=batch_size, features=True)
