@@ -112,3 +112,46 @@ def test_without_reference_uses_validation_auc_against_half():
     assert any("vs validation" in c["message"] for c in v.checks)
     v = gate({"models": {"model": m, "original": _model(), "reference": _model(attack=0.50)}})
     assert _status(v)["attack_auc"] == "fail"  # with a reference: test AUC vs the reference's
+
+
+def _counts(tp, fp, tn, fn, c_fn=5.0, c_fp=1.0):
+    n = tp + fp + tn + fn
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": n, "fnr": fn / (tp + fn),
+            "global_risk": (c_fn * fn + c_fp * fp) / n}
+
+
+def test_rate_tolerances_widen_for_small_test_sets_only():
+    """200 test images (100 with disease): 3 -> 6 misses is within the noise of two models
+    (tolerance widened from 0.05) and passes; the same rates on 2000 images fail; a model that
+    misses 20 of 100 fails either way."""
+    from medunlearn.evaluation.gate import rate_se
+
+    def record(model, original, n_test):
+        m, o = _model(), _model()
+        m["clinical"]["test"], o["clinical"]["test"] = model, original
+        return {"models": {"model": m, "original": o}, "counts": {"test": n_test},
+                "costs": {"c_fn": 5.0, "c_fp": 1.0}}
+
+    small = gate(record(_counts(94, 4, 96, 6), _counts(97, 2, 98, 3), 200))
+    by = {c["name"]: c for c in small.checks}
+    assert by["fnr_vs_original"]["status"] == "pass"
+    assert by["global_risk_vs_original"]["status"] == "pass"
+    assert "widened from 0.05 for sample size" in by["global_risk_vs_original"]["message"]
+    big = gate(record(_counts(940, 40, 960, 60), _counts(970, 20, 980, 30), 2000))
+    assert {c["name"]: c["status"] for c in big.checks}["global_risk_vs_original"] == "fail"
+    worse = gate(record(_counts(80, 4, 96, 20), _counts(97, 2, 98, 3), 200))
+    assert {c["name"]: c["status"] for c in worse.checks}["fnr_vs_original"] == "fail"
+    # the standard error of Global Risk by hand: X = 5 per miss, 1 per false alarm
+    c = _counts(97, 2, 98, 3)
+    ex, ex2 = (5 * 3 + 2) / 200, (25 * 3 + 2) / 200
+    assert rate_se("global_risk", c, {"c_fn": 5, "c_fp": 1}) == pytest.approx(
+        ((ex2 - ex ** 2) / 200) ** 0.5)
+    assert rate_se("fnr", {"tp": 0, "fp": 1, "fn": 0, "n": 5}) is None  # no positives
+
+
+def test_privacy_checks_can_be_switched_off_for_exact_retraining():
+    far = _metrics(model=_model(attack=0.80, probe=0.80))
+    assert not gate(far).passed
+    v = gate(far, {"privacy_checks": False})
+    assert v.passed and _status(v)["attack_auc"] == "skipped"
+    assert "exact retraining" in next(c for c in v.checks if c["name"] == "probe_auc")["reason"]
