@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -171,3 +172,23 @@ def _close(a, b, path="") -> None:
         assert (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-4, (path, a, b)
     else:
         assert a == b, (path, a, b)
+
+
+def test_same_source_file_preprocessed_differently_is_not_a_hit():
+    """A file source names an image by its file's hash; the cache keys what the network saw, so
+    the same files at another size (or channels, windowing) are computed again."""
+    data, model = _data(), _model()
+    small = data.test
+    big = dataclasses.replace(small, images=torch.nn.functional.interpolate(
+        small.images.float(), size=(32, 32)).to(torch.uint8), _hashes=list(small.hashes),
+        _pixel_hashes=None)
+    assert big.hashes == small.hashes  # the same "files"
+    with cache.session() as s:
+        infer(model, small)
+        lo, _ = infer(model, big)
+        assert s.misses == 2 * len(small)
+    np.testing.assert_allclose(lo, _infer_plain(model, big), atol=1e-5)
+
+
+def _infer_plain(model, split):
+    return infer(model, split)[0]

@@ -8,10 +8,11 @@ model over the same validation, test and retain images at every request. Inside 
   is a different key);
 * penultimate features are kept per image, by the digest of the weights that compute them
   (:func:`backbone_digest`: every tensor of the model except the linear head), the device, and
-  the image's SHA-256. Logits are the head applied to those features, as in
-  :func:`medunlearn.loop.infer`. Identical bytes through identical weights give identical
-  features, so a hit is the value the network would compute (up to the last bits, which the
-  batch composition can move); and a model whose unlearning changed only the head (the
+  the SHA-256 of the image as held in memory (``Split.pixel_hashes``: pixels and shape, so the
+  same file preprocessed differently is a different key). Logits are the head applied to those
+  features, as in :func:`medunlearn.loop.infer`. Identical bytes through identical weights give
+  identical features, so a hit is the value the network would compute (up to the last bits,
+  which the batch composition can move); and a model whose unlearning changed only the head (the
   registry's Newton step) reuses the features of the model it came from.
 
 A session may be backed by a folder (the registry's ``cache/``): :func:`save_features` writes

@@ -286,7 +286,7 @@ def _infer_cached(session, model: nn.Module, split, indices, *, runtime: Runtime
     from medunlearn.cache import feature_key
 
     table = session.table(feature_key(model, runtime.device.type))
-    hashes = split.hashes
+    hashes = split.pixel_hashes  # what the network sees, whatever the source file was
     sel = (np.arange(len(split)) if indices is None
            else np.asarray(indices, dtype=np.int64).reshape(-1))
     wanted = [hashes[i] for i in sel]

@@ -46,6 +46,7 @@ class Split:
     patient_ids: np.ndarray | None = None
     # column name -> (N,) values as strings (sex, age band, view, site, ...)
     metadata: dict[str, np.ndarray] = field(default_factory=dict)
+    _pixel_hashes: list[str] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -77,6 +78,17 @@ class Split:
             arr = np.ascontiguousarray(hwc.numpy())
             self._hashes = [hashlib.sha256(a.tobytes()).hexdigest() for a in arr]
         return self._hashes
+
+    @property
+    def pixel_hashes(self) -> list[str]:
+        """SHA-256 of each image as held in memory (shape and pixels), computed once. Unlike
+        :attr:`hashes` (a file source's identity is its file) it changes with the preprocessing
+        (size, channels, windowing), so it can key what a network computed from the pixels."""
+        if self._pixel_hashes is None:
+            shape = "x".join(map(str, self.images.shape[1:])).encode()
+            arr = np.ascontiguousarray(self.images.numpy())
+            self._pixel_hashes = [hashlib.sha256(shape + a.tobytes()).hexdigest() for a in arr]
+        return self._pixel_hashes
 
 
 LOCATION_KEYS = ("data_root", "download", "verify_md5", "cache_dir")
