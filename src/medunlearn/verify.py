@@ -160,13 +160,17 @@ def _run_all(calls: list[dict], *, backend: str, progress: bool,
              ray_address: str | None = None) -> list[dict]:
     from medunlearn.progress import progress_bar
 
-    bar = progress_bar(len(calls), "verify-forgetting", enabled=progress, unit="model")
+    # finished folders are reused in a moment: the bar (and its ETA) counts the runs to train
+    done_before = {str(c["out"]) for c in calls if (Path(c["out"]) / "metrics.json").is_file()}
+    bar = progress_bar(len(calls) - len(done_before), "verify-forgetting", enabled=progress,
+                       unit="model")
     results: list[dict] = []
     try:
         if backend == "local":
             for c in calls:
                 results.append(_one_run(dict(c)))
-                bar.update(1)
+                if str(c["out"]) not in done_before:
+                    bar.update(1)
         elif backend == "ray":
             from medunlearn.experiments.ray_backend import _forwarded_env, _import_ray
 
@@ -183,8 +187,9 @@ def _run_all(calls: list[dict], *, backend: str, progress: bool,
                 pending = [task.remote(dict(c) | {"threads": 1}) for c in calls]
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)
-                    results.extend(ray.get(done))
-                    bar.update(len(done))
+                    got = ray.get(done)
+                    results.extend(got)
+                    bar.update(sum(str(r.get("out")) not in done_before for r in got))
             finally:
                 if started:
                     ray.shutdown()
