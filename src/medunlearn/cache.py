@@ -99,14 +99,16 @@ def current() -> Session | None:
     return _CURRENT.get()
 
 
-def backbone_digest(model) -> str:
+def backbone_digest(model, head=None) -> str:
     """SHA-256 of the tensors that compute a model's penultimate features: every parameter and
-    buffer (names, dtypes, shapes, bytes, sorted by name) except those of its linear head."""
+    buffer (names, dtypes, shapes, bytes, sorted by name) except those of its linear head
+    (``head``: that module when the caller has it, else found by ``loop.model_parts``)."""
     import torch
 
-    from medunlearn.loop import model_parts
+    if head is None:
+        from medunlearn.loop import model_parts
 
-    _, head = model_parts(model)
+        _, head = model_parts(model)
     skip = {id(p) for p in head.parameters()} | {id(b) for b in head.buffers()}
     named = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()]
              if id(t) not in skip]
@@ -118,10 +120,10 @@ def backbone_digest(model) -> str:
     return h.hexdigest()
 
 
-def feature_key(model, device: str) -> str:
+def feature_key(model, device: str, head=None) -> str:
     """The key of a model's feature table: backbone digest and device type."""
     safe = "".join(c if c.isalnum() else "-" for c in device)
-    return f"{backbone_digest(model)}-{safe}"
+    return f"{backbone_digest(model, head)}-{safe}"
 
 
 def dataset_key(record: Mapping, seed: int, overrides: Mapping) -> str:

@@ -39,6 +39,26 @@ def _cannot_write(path: Path, exc: OSError) -> OutputError:
                        "folder is expected, or the reverse).")
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, busy) -> Iterator[Any]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created with its folder if needed) without
+    waiting; raise ``busy()`` when another process holds it. The open file is yielded. The
+    operating system releases the lock when the process dies, even on kill -9."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise busy() from None
+        yield fh
+    finally:
+        fh.close()
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)

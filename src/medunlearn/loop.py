@@ -285,10 +285,14 @@ def _infer_cached(session, model: nn.Module, split, indices, *, runtime: Runtime
     (misses computed in one pass, in the order asked); logits = head(features)."""
     from medunlearn.cache import feature_key
 
-    table = session.table(feature_key(model, runtime.device.type))
-    hashes = split.pixel_hashes  # what the network sees, whatever the source file was
     sel = (np.arange(len(split)) if indices is None
            else np.asarray(indices, dtype=np.int64).reshape(-1))
+    if not len(sel):
+        return _infer(model, split, sel, runtime=runtime, batch_size=batch_size,
+                      features=features)
+    _, head = model_parts(model)
+    table = session.table(feature_key(model, runtime.device.type, head))
+    hashes = split.pixel_hashes  # what the network sees, whatever the source file was
     wanted = [hashes[i] for i in sel]
     missing, seen = [], set()
     for i, h in zip(sel.tolist(), wanted, strict=True):
@@ -301,11 +305,7 @@ def _infer_cached(session, model: nn.Module, split, indices, *, runtime: Runtime
         _, fe = _infer(model, split, np.array(missing, dtype=np.int64), runtime=runtime,
                        batch_size=batch_size, features=True)
         table.add([hashes[i] for i in missing], fe)
-    if not wanted:
-        return _infer(model, split, sel, runtime=runtime, batch_size=batch_size,
-                      features=features)
     fe = table.get(wanted)
-    _, head = model_parts(model)
     was_training = head.training
     head.eval()
     w = next(head.parameters())

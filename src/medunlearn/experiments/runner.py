@@ -24,7 +24,6 @@ originals, then all references, then the method cells.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -46,7 +45,7 @@ from medunlearn.experiments.config import (
 )
 from medunlearn.experiments.pipeline import Pipeline, default_pipeline
 from medunlearn.experiments.store import CSV_FILE, ResultsStore, flatten
-from medunlearn.io import atomic_write_json, fingerprint, read_json
+from medunlearn.io import atomic_write_json, exclusive_lock, fingerprint, read_json
 
 log = logging.getLogger("medunlearn.experiments")
 
@@ -306,22 +305,17 @@ def make_executor(backend: str, *, ray_address: str | None = None, num_cpus: int
 @contextlib.contextmanager
 def results_lock(results: Path) -> Iterator[None]:
     """Hold an exclusive lock on the results folder (released by the OS even on kill -9)."""
-    results.mkdir(parents=True, exist_ok=True)
-    fh = open(results / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ExperimentBusyError(
-                f"Another 'medunlearn experiment' is writing into {results}. Wait for it to "
-                "finish (or stop it), or choose another --out folder.") from None
+    def busy() -> ExperimentBusyError:
+        return ExperimentBusyError(
+            f"Another 'medunlearn experiment' is writing into {results}. Wait for it to finish "
+            "(or stop it), or choose another --out folder.")
+
+    with exclusive_lock(results / ".lock", busy) as fh:
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
         yield
-    finally:
-        fh.close()
 
 
 def clean_stale(results: Path) -> int:

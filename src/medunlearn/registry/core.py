@@ -302,13 +302,17 @@ def approximate_steps(conn: sqlite3.Connection) -> int:
     return steps
 
 
+def _never_withdrawn(conn: sqlite3.Connection) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "SELECT idx FROM samples WHERE request_id IS NULL ORDER BY idx")]
+
+
 def retain_indices(reg: str | os.PathLike) -> list[int]:
     """The training indices any (re)training through the registry may use: the manifest minus
     every image ever withdrawn or forgotten."""
     conn = connect(reg)
     try:
-        return [r[0] for r in conn.execute(
-            "SELECT idx FROM samples WHERE request_id IS NULL ORDER BY idx")]
+        return _never_withdrawn(conn)
     finally:
         conn.close()
 
@@ -1042,9 +1046,7 @@ def warm_features(reg: str | os.PathLike, *, data_root: str | None = None) -> in
                                              or None)
             opts = EvalOptions(**VERIFY_OPTIONS)
             rt = Runtime.create(opts.device, "fp32", opts.threads)
-            kept = [r[0] for r in conn.execute("SELECT idx FROM samples WHERE request_id IS NULL "
-                                               "ORDER BY idx")]
-            pool = retain_subset(np.asarray(kept, dtype=np.int64),
+            pool = retain_subset(np.asarray(_never_withdrawn(conn), dtype=np.int64),
                                  opts.retain_limit, seed=opts.seed, n_train=len(dataset.train))
             before = session.misses
             for split, idx in ((dataset.train, pool), (dataset.val, None), (dataset.test, None)):

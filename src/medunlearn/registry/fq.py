@@ -23,14 +23,11 @@ finishes the rename before it starts.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from medunlearn.io import _fsync_dir, atomic_write_json, sha256_file
@@ -147,25 +144,16 @@ def recorded(reg: str | os.PathLike, conn: sqlite3.Connection, request_id: str) 
 # --------------------------------------------------------------------------- the check
 
 
-@contextmanager
-def _check_lock(work: Path, request_id: str) -> Iterator[None]:
+def _check_lock(work: Path, request_id: str):
     """Refuse a second check of the same request while one runs (it would train into the same
     run folders)."""
-    work.mkdir(parents=True, exist_ok=True)
-    fd = os.open(work / "lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            from medunlearn.registry.errors import RegistryError
+    from medunlearn.io import exclusive_lock
+    from medunlearn.registry.errors import RegistryError
 
-            raise RegistryError(
-                f"Another forgetting-quality check of request {request_id} is running (it holds "
-                f"{work / 'lock'}). Wait for it to finish; its result will be in the request's "
-                "certificate.") from None
-        yield
-    finally:
-        os.close(fd)
+    return exclusive_lock(work / "lock", lambda: RegistryError(
+        f"Another forgetting-quality check of request {request_id} is running (it holds "
+        f"{work / 'lock'}). Wait for it to finish; its result will be in the request's "
+        "certificate."))
 
 
 def _exclude_at_promotion(entries: list[dict], request_id: str, own: list[int]) -> list[int]:

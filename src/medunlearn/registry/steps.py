@@ -85,8 +85,7 @@ def real_verify(run_dir: str | os.PathLike, *, original: str | os.PathLike,
 
     metrics = evaluate_run(run_dir, original=original, data_root=data_root,
                            options=VERIFY_OPTIONS)
-    method = ((metrics.get("runs") or {}).get("model") or {}).get("method") or {}
-    exact = (method.get("name") if isinstance(method, dict) else method) == "retrain"
+    exact = (metrics["runs"]["model"].get("method") or {}).get("name") == "retrain"
     # exact retraining is what the privacy checks approximate; its clinical safety still counts
     verdict = gate(metrics, {"privacy_checks": False} if exact else None)
     return Verification(passed=bool(verdict.passed), reasons=list(verdict.reasons),
