@@ -70,10 +70,15 @@ class TrainConfig:
     progress: bool = True
 
 
+# How an optional option is left unset in files that have no null (TOML): retain_budget = "none"
+NONE_WORDS = ("none", "null")
+
+
 def _coerce(tp, value, where: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if value is None:
+    if value is None or (type(None) in args and isinstance(value, str)
+                         and value.strip().lower() in NONE_WORDS):
         if type(None) in args or tp is typing.Any:
             return None
         raise ConfigError(f"{where} may not be empty (null).")

@@ -39,7 +39,7 @@ from medunlearn.checkpoint import (
     load_run_and_data,
     save_weights,
 )
-from medunlearn.config import ModelConfig, TrainConfig, from_dict
+from medunlearn.config import NONE_WORDS, ModelConfig, TrainConfig, from_dict
 from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError
 from medunlearn.forget import (
@@ -127,7 +127,7 @@ def parse_option_pairs(pairs: Iterable[str]) -> dict:
         if key in out:
             raise ConfigError(f"Option {key!r} is given twice; give it once.")
         raw = raw.strip()
-        if raw.lower() in ("none", "null"):
+        if raw.lower() in NONE_WORDS:
             out[key] = None
             continue
         try:
@@ -312,117 +312,7 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     return metrics
 
 
-TUNE_CRITERION = ("mean of |forget accuracy - reference's|, |validation accuracy - reference's| "
-                  "and 1 - prediction agreement with the reference on validation + forget "
-                  "samples; lower is better; the test split is never used")
-
-
-def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequence[int],
-                reference: str | os.PathLike, seed: int = 0, lrs: Sequence[float] = (),
-                epochs: Sequence[int] = (), options: dict | None = None,
-                exclude: Iterable[int] | None = None, data_root: str | None = None,
-                progress: bool = False) -> dict:
-    """Grid-search ``lr`` x ``epochs`` for a method, by closeness to a retrained reference.
-
-    Each grid point runs the method in memory on the same forget set and is scored on the
-    *validation* split and the forget set only (see ``TUNE_CRITERION``): never on test data,
-    so the chosen values can be reported on the test split without selection bias.
-
-    Args:
-        model_dir: The original run folder.
-        method: Method name; it must take ``lr`` and ``epochs`` options.
-        forget: Forget spec or indices (must select the reference's forget set).
-        reference: A ``retrain`` run folder for the same forget set.
-        seed: Seeds the forget set and the method.
-        lrs: Learning rates to try (empty: the resolved default only).
-        epochs: Epoch counts to try (empty: the resolved default only).
-        options: Other method options, fixed across the grid.
-        exclude: Training indices forgotten earlier.
-        data_root: Where the MedMNIST files are.
-        progress: Show progress bars.
-
-    Returns:
-        ``{"method", "dataset", "forget", "seed", "reference", "criterion", "chosen", "grid"}``
-        where ``chosen`` holds the best ``lr``/``epochs`` and ``grid`` one row per point.
-
-    Raises:
-        ConfigError: a method without ``lr``/``epochs`` options, or a reference that was not
-            trained on the same data or forget set.
-    """
-    from medunlearn.checkpoint import check_compatible, load_run
-    from medunlearn.forget import read_forget_csv
-    from medunlearn.training import predict_logits
-
-    run, dataset = load_run_and_data(model_dir, data_root=data_root)
-    flag = dataset.name
-    base = resolve_method(method, dataset=flag, options=options)
-    fields = set(config_dict(base))
-    if not {"lr", "epochs"} <= fields:
-        raise ConfigError(f"Method {method!r} has no lr/epochs options to tune; tune a "
-                          "training-based method such as salun or finetune.")
-    ref = load_run(reference)
-    check_compatible(ref, dataset)
-    excluded = sorted(set(exclude or []) | set(previously_forgotten(model_dir)))
-    fs = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
-    ref_forget_csv = Path(reference) / "forget.csv"
-    if ref_forget_csv.is_file() and not torch.equal(read_forget_csv(ref_forget_csv), fs.forget):
-        raise ConfigError(
-            f"The reference {reference} forgot a different set of samples than {fs.spec!r} with "
-            f"seed {seed}. Retrain the reference with the same --forget and --seed."
-        )
-    val_labels = dataset.val.labels.numpy()
-    forget_labels = dataset.train.labels[fs.forget].numpy()
-
-    def predictions(model):
-        return (predict_logits(model, dataset.val).argmax(1),
-                predict_logits(model, dataset.train, fs.forget).argmax(1))
-
-    ref_val, ref_forget = predictions(ref.model)
-    ref_val_acc = float((ref_val == val_labels).mean())
-    ref_forget_acc = float((ref_forget == forget_labels).mean())
-    lrs = list(lrs) or [base.config.lr]
-    epochs = list(epochs) or [base.config.epochs]
-    ctx = build_context(run, dataset, fs, seed=seed, progress=progress)
-    grid = []
-    for lr in lrs:
-        for ep in epochs:
-            algo = resolve_method(method, dataset=flag,
-                                  options=dict(options or {}) | {"lr": lr, "epochs": ep})
-            result, cost = execute(algo, run.model, ctx)
-            val_p, forget_p = predictions(result.model)
-            val_acc = float((val_p == val_labels).mean())
-            forget_acc = float((forget_p == forget_labels).mean())
-            agree = float(((val_p == ref_val).sum() + (forget_p == ref_forget).sum())
-                          / (len(val_p) + len(forget_p)))
-            score = (abs(forget_acc - ref_forget_acc) + abs(val_acc - ref_val_acc)
-                     + (1 - agree)) / 3
-            grid.append({"lr": float(lr), "epochs": int(ep), "score": score,
-                         "forget_accuracy": forget_acc, "val_accuracy": val_acc,
-                         "agreement": agree, "seconds": cost["unlearn_seconds"],
-                         "steps": cost["steps"]})
-    best = min(grid, key=lambda r: (r["score"], r["seconds"]))
-    return {"method": method, "dataset": flag, "forget": fs.spec, "seed": seed,
-            "reference": str(reference), "criterion": TUNE_CRITERION,
-            "reference_scores": {"forget_accuracy": ref_forget_acc, "val_accuracy": ref_val_acc},
-            "chosen": {"lr": best["lr"], "epochs": best["epochs"]}, "grid": grid}
-
-
-def tune_snippet(result: dict) -> str:
-    """A ``defaults/methods.toml`` section with the chosen values; the grid as comments."""
-    lines = [f"# medunlearn tune: {result['method']} on {result['dataset']}, forget "
-             f"{result['forget']}, seed {result['seed']}, reference {result['reference']}",
-             f"# criterion: {result['criterion']}",
-             "# grid (lr, epochs, score, forget_acc, val_acc, agreement, seconds):"]
-    for r in result["grid"]:
-        lines.append(f"#   {r['lr']:g}, {r['epochs']}, {r['score']:.4f}, "
-                     f"{r['forget_accuracy']:.4f}, {r['val_accuracy']:.4f}, "
-                     f"{r['agreement']:.4f}, {r['seconds']:.2f}")
-    lines += [f"[{result['dataset']}.{result['method']}]",
-              f"lr = {result['chosen']['lr']!r}", f"epochs = {result['chosen']['epochs']}", ""]
-    return "\n".join(lines)
-
-
 __all__ = [
     "build_context", "default_options", "execute", "load_defaults", "parse_option_pairs",
-    "resolve_method", "run_unlearning", "takes_retain_budget", "tune_method", "tune_snippet",
+    "resolve_method", "run_unlearning", "takes_retain_budget",
 ]

@@ -164,32 +164,47 @@ def tune(
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write: .json for JSON, "
                                       "anything else a TOML snippet for methods.toml.")],
     seed: Seed = 0,
-    lrs: Annotated[str | None, typer.Option(help="Learning rates, e.g. 0.003,0.01,0.03.")] = None,
-    epochs: Annotated[str | None, typer.Option(help="Epoch counts, e.g. 1,2,4.")] = None,
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", "-g", metavar="KEY=V1,V2", help="Values of one option to search, e.g. "
+        "--grid lr=0.003,0.01 --grid retain_budget=1024,none (repeatable; the product is "
+        "searched). Default: the method's grid in defaults/tuning.toml.")] = None,
+    lrs: Annotated[str | None, typer.Option(help="Learning rates, e.g. 0.003,0.01,0.03 "
+                                            "(short for --grid lr=...).")] = None,
+    epochs: Annotated[str | None, typer.Option(help="Epoch counts, e.g. 1,2,4 (short for "
+                                               "--grid epochs=...).")] = None,
+    tolerance: Annotated[float | None, typer.Option(
+        help="Scores within this of the best tie; the cheapest tie (fewest steps) wins. "
+        "Default: defaults/tuning.toml's recipe.")] = None,
     option: Options = None,
     exclude: Exclude = None,
     data_root: DataRoot = None,
 ) -> None:
-    """Choose lr and epochs by closeness to a retrained reference (validation + forget only)."""
+    """Choose a method's options by closeness to a retrained reference (validation + forget
+    only)."""
     from medunlearn.io import atomic_write_json, atomic_write_text
-    from medunlearn.unlearning import parse_option_pairs, tune_method, tune_snippet
+    from medunlearn.tuning import parse_grid, tune_method, tune_snippet
+    from medunlearn.unlearning import parse_option_pairs
 
     result = tune_method(model, method=method, forget=forget, reference=reference, seed=seed,
-                         lrs=_float_list(lrs), epochs=_int_list(epochs),
+                         grid=parse_grid(grid or []), lrs=_float_list(lrs),
+                         epochs=_int_list(epochs), tolerance=tolerance,
                          options=parse_option_pairs(option or []),
                          exclude=_read_exclude(exclude), data_root=data_root)
     if out.suffix == ".json":
         atomic_write_json(out, result)
     else:
         atomic_write_text(out, tune_snippet(result))
-    typer.echo(f"{'lr':>8} {'epochs':>6} {'score':>7} {'forget':>7} {'val':>7} {'agree':>7}")
+    keys = list(result["grid_spec"])
+    head = " ".join(f"{k:>13}" for k in keys)
+    typer.echo(f"{head} {'score':>7} {'forget':>7} {'val':>7} {'agree':>7} {'steps':>6}")
     for r in result["grid"]:
-        typer.echo(f"{r['lr']:>8g} {r['epochs']:>6} {fmt(r['score']):>7} "
-                   f"{fmt(r['forget_accuracy']):>7} {fmt(r['val_accuracy']):>7} "
-                   f"{fmt(r['agreement']):>7}")
-    c = result["chosen"]
-    typer.echo(f"chosen: lr={c['lr']:g} epochs={c['epochs']} (lower score = closer to the "
-               f"reference); written to {out}")
+        cells = " ".join(f"{'none' if r['options'][k] is None else r['options'][k]!s:>13}"
+                         for k in keys)
+        typer.echo(f"{cells} {fmt(r['score']):>7} {fmt(r['forget_accuracy']):>7} "
+                   f"{fmt(r['val_accuracy']):>7} {fmt(r['agreement']):>7} {r['steps']:>6}")
+    chosen = ", ".join(f"{k}={'none' if v is None else v}" for k, v in result["chosen"].items())
+    typer.echo(f"chosen: {chosen or 'the defaults'} (lower score = closer to the reference; "
+               f"ties within {result['tolerance']:g} go to the fewest steps); written to {out}")
 
 
 def register(app: typer.Typer) -> None:

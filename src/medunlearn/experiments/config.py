@@ -88,6 +88,15 @@ class DatasetSpec:
     def file_options(self) -> dict:
         return {k: json.loads(v) for k, v in (self.files or ())}
 
+    @property
+    def defaults_flag(self) -> str:
+        """The dataset name whose ``defaults/methods.toml`` sections apply: the MedMNIST flag,
+        or the name the file loaders give (a manifest's folder, a class folder's own name)."""
+        if self.files is None:
+            return self.dataset
+        p = Path(self.dataset)
+        return p.parent.name if p.suffix else p.name
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -274,14 +283,24 @@ class ExperimentConfig:
         return out
 
     def cells(self, references: list[ReferenceJob] | None = None) -> list[CellJob]:
+        from medunlearn.methods.base import config_dict
+        from medunlearn.unlearning import resolve_method
+
         ev = _frozen_items(self.evaluation)
         gt = _frozen_items(self.gate)
+        resolved: dict[tuple[str, str], dict] = {}  # (method label, dataset) -> every option
         out = []
         for ref in references or self.references():
+            flag = ref.original.dataset.defaults_flag
             for m in self.methods:
+                # the key holds every resolved option (Config < methods.toml < the study's), so a
+                # change of the published defaults reruns the cells it affects
+                if (m.display, flag) not in resolved:
+                    resolved[m.display, flag] = config_dict(
+                        resolve_method(m.name, dataset=flag, options=m.options_dict))
                 key = fingerprint({"kind": "cell", "reference": ref.key, "method": m.name,
-                                   "options": m.options_dict, "evaluation": self.evaluation,
-                                   "gate": self.gate})
+                                   "options": resolved[m.display, flag],
+                                   "evaluation": self.evaluation, "gate": self.gate})
                 out.append(CellJob(key=key, reference=ref, method=m, evaluation=ev, gate=gt))
         return out
 

@@ -1,0 +1,165 @@
+"""Publish the method defaults: tune every method on every bundled dataset, then write
+src/medunlearn/defaults/tuning.json (the record) and methods.toml (rendered from it).
+
+The recipe and the search spaces are in src/medunlearn/defaults/tuning.toml. For each dataset
+the original model and the retrained reference are trained with the tuning seed through
+``medunlearn experiment`` (one ``retrain`` cell; resumable, into --work), then ``tune_method``
+searches each method's grid, scoring only validation and forget predictions. A dataset whose
+reference is degenerate (one class for >= 95% of validation images, or balanced accuracy < 0.6)
+is skipped with the reason: tuning towards it would teach the methods to collapse. Per-method
+results are kept in --work, so an interrupted run resumes.
+
+Usage (from the repository root, with ../shared beside it)::
+
+    .venv/bin/python scripts/tune_defaults.py                    # everything (~1 h on 2 cores)
+    .venv/bin/python scripts/tune_defaults.py --datasets pneumoniamnist --methods ssd,newton
+    .venv/bin/python scripts/tune_defaults.py --render-only      # methods.toml from the record
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+DEFAULTS = REPO / "src" / "medunlearn" / "defaults"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def prepare(entry: dict, recipe: dict, work: Path) -> tuple[str, Path, Path]:
+    """Train (or reuse) the original and the reference of one dataset; returns (flag, original
+    folder, reference folder)."""
+    from medunlearn.experiments import run_experiment
+    from medunlearn.experiments.config import parse_experiment
+
+    raw = {"name": "tuning", "datasets": [entry], "forget": [recipe["forget"]],
+           "methods": ["retrain"], "seeds": [recipe["seed"]], "augment": ["basic"]}
+    cfg = parse_experiment(raw, source="defaults/tuning.toml")
+    out = work / "models"
+    summary = run_experiment(cfg, out, progress=True)
+    if getattr(summary, "failed", None):
+        raise SystemExit(f"training the tuning models failed: {summary.failed}")
+    originals, references, _ = cfg.plan()
+    return (cfg.datasets[0].defaults_flag, out / originals[0].folder,
+            out / references[0].folder)
+
+
+def degenerate(reference: Path) -> str | None:
+    """Why the reference is degenerate on the validation split, or None."""
+    from medunlearn.checkpoint import load_run_and_data
+    from medunlearn.evaluation.utility import (
+        balanced_accuracy,
+        degenerate_reason,
+        majority_prediction_share,
+    )
+    from medunlearn.training import predict_logits
+
+    run, data = load_run_and_data(reference)
+    logits = predict_logits(run.model, data.val)
+    probs = logits if logits.ndim == 2 else logits.reshape(len(logits), -1)
+    labels = data.val.labels.numpy()
+    why = degenerate_reason(balanced_accuracy(probs, labels), majority_prediction_share(probs))
+    return why.replace("test images", "validation images") if why else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "tuning",
+                   help="Scratch folder for models and per-method results (default: runs/tuning).")
+    p.add_argument("--datasets", default=None, help="Comma-separated flags to (re)tune; the "
+                   "others keep their results from the record (default: all).")
+    p.add_argument("--methods", default=None, help="Comma-separated methods (default: all).")
+    p.add_argument("--render-only", action="store_true",
+                   help="Only render methods.toml from the existing tuning.json.")
+    args = p.parse_args(argv)
+    os.chdir(REPO)  # the recipe's manifest paths are relative to the repository root
+
+    from medunlearn.io import atomic_write_json, atomic_write_text
+    from medunlearn.methods import method_names
+    from medunlearn.tuning import (
+        load_tuning_record,
+        load_tuning_spec,
+        render_methods_toml,
+        summarize,
+        tune_method,
+    )
+    from medunlearn.unlearning import DEFAULTS_VERSION
+
+    record_path = DEFAULTS / "tuning.json"
+    if args.render_only:
+        record = load_tuning_record(record_path)
+        if record is None:
+            raise SystemExit(f"{record_path} does not exist; run without --render-only first.")
+        atomic_write_text(DEFAULTS / "methods.toml", render_methods_toml(record))
+        return 0
+    spec = load_tuning_spec()
+    recipe = spec["recipe"]
+    wanted = set(args.datasets.split(",")) if args.datasets else None
+    methods = ([m.strip() for m in args.methods.split(",")] if args.methods
+               else [m for m in method_names() if m != "retrain"])
+    old = load_tuning_record(record_path) or {}
+    results = dict(old.get("results", {}))
+    args.work.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    for entry in recipe["datasets"]:
+        entry = {k: v for k, v in entry.items()}
+        flag, original, reference = prepare(entry, recipe, args.work)
+        if wanted is not None and flag not in wanted:
+            continue
+        why = degenerate(reference)
+        if why:
+            print(f"{flag}: skipped, the reference {why}", file=sys.stderr)
+            results[flag] = {"skipped": f"the retrained reference {why}", "dataset": entry}
+            continue
+        done = dict(results.get(flag, {}).get("methods", {}))
+        for method in methods:
+            cache = args.work / "results" / f"{flag}-{method}.json"
+            if cache.is_file():
+                result = json.loads(cache.read_text())
+            else:
+                t0 = time.perf_counter()
+                result = tune_method(original, method=method, forget=recipe["forget"],
+                                     reference=reference, seed=int(recipe["seed"]),
+                                     tolerance=float(recipe["tolerance"]))
+                atomic_write_json(cache, result)
+                print(f"{flag} {method}: {result['chosen']} "
+                      f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            done[method] = summarize(result)
+        results[flag] = {"dataset": entry, "original": str(original.relative_to(args.work)),
+                         "reference": str(reference.relative_to(args.work)), "methods": done}
+    record = {
+        "version": 1, "defaults_version": DEFAULTS_VERSION,
+        "command": "python scripts/tune_defaults.py" + (
+            " " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip(),
+        "commit": commit(), "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "recipe": {k: v for k, v in recipe.items() if k != "datasets"},
+        "grids": spec.get("grid", {}), "results": results,
+        "wall_seconds": round(time.perf_counter() - t_all, 1),
+    }
+    atomic_write_json(record_path, record)
+    atomic_write_text(DEFAULTS / "methods.toml", render_methods_toml(record))
+    print(f"wrote {record_path} and {DEFAULTS / 'methods.toml'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

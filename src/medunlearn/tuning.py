@@ -1,0 +1,302 @@
+"""Tuning method options against a retrained reference, and the published defaults.
+
+* :func:`tune_method` grid-searches any of a method's options (``lr``, ``epochs``,
+  ``retain_budget``, ``alpha``, ``scope``...) by closeness to a model retrained without the forget
+  set, on the validation split and the forget set only (``TUNE_CRITERION``).
+* :func:`load_tuning_spec` reads ``defaults/tuning.toml``: the default search space of every
+  method and the recipe ``scripts/tune_defaults.py`` follows to publish the defaults.
+* :func:`render_methods_toml` turns the tuning record (``defaults/tuning.json``) into
+  ``defaults/methods.toml``: the one place the published values are derived, so a test can check
+  that the shipped file is exactly what the record says.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from medunlearn.config import NONE_WORDS
+from medunlearn.errors import ConfigError
+
+TUNING_VERSION = 1
+TUNE_CRITERION = ("mean of |forget accuracy - reference's|, |validation accuracy - reference's| "
+                  "and 1 - prediction agreement with the reference on validation + forget "
+                  "samples; lower is better; the test split is never used")
+
+
+def load_tuning_spec() -> dict:
+    """The parsed ``defaults/tuning.toml`` shipped with the package (grids and recipe)."""
+    text = resources.files("medunlearn").joinpath("defaults/tuning.toml").read_text("utf-8")
+    data = tomllib.loads(text)
+    if data.get("version") != TUNING_VERSION:
+        raise ConfigError(f"defaults/tuning.toml has version {data.get('version')!r}; this "
+                          f"medunlearn reads version {TUNING_VERSION}. Reinstall the package.")
+    return data
+
+
+def default_grid(method: str) -> dict[str, list]:
+    """The search space ``defaults/tuning.toml`` gives a method (empty when it has none)."""
+    return {k: list(v) for k, v in load_tuning_spec().get("grid", {}).get(method, {}).items()}
+
+
+def _plain(value):
+    """A grid value as the method option it stands for ("none" -> None)."""
+    if isinstance(value, str) and value.strip().lower() in NONE_WORDS:
+        return None
+    return value
+
+
+def parse_grid(pairs: Iterable[str]) -> dict[str, list]:
+    """``key=v1,v2`` strings as a grid (values read like ``--option`` values).
+
+    Raises:
+        ConfigError: an entry without ``=``, without values, or a key given twice.
+    """
+    from medunlearn.unlearning import parse_option_pairs
+
+    grid: dict[str, list] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        values = [v.strip() for v in raw.split(",") if v.strip()]
+        if not sep or not key or not values:
+            raise ConfigError(f"--grid takes key=v1,v2,... (e.g. --grid lr=0.003,0.01), got "
+                              f"{pair!r}.")
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice; list its values once.")
+        grid[key] = [parse_option_pairs([f"{key}={v}"])[key] for v in values]
+    return grid
+
+
+def choose(rows: Sequence[Mapping], tolerance: float) -> Mapping:
+    """The chosen grid row: the cheapest (fewest steps, then lowest score, then first) among the
+    rows whose score is within ``tolerance`` of the best."""
+    best = min(r["score"] for r in rows)
+    ties = [r for r in rows if r["score"] <= best + tolerance]
+    return min(ties, key=lambda r: (r["steps"], r["score"], rows.index(r)))
+
+
+def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequence[int],
+                reference: str | os.PathLike, seed: int = 0,
+                grid: Mapping[str, Sequence] | None = None, lrs: Sequence[float] = (),
+                epochs: Sequence[int] = (), options: dict | None = None,
+                tolerance: float | None = None, exclude: Iterable[int] | None = None,
+                data_root: str | None = None, progress: bool = False) -> dict:
+    """Grid-search a method's options by closeness to a retrained reference.
+
+    Each grid point runs the method in memory on the same forget set and is scored on the
+    *validation* split and the forget set only (see ``TUNE_CRITERION``): never on test data,
+    so the chosen values can be reported on the test split without selection bias.
+
+    Args:
+        model_dir: The original run folder.
+        method: Method name.
+        forget: Forget spec or indices (must select the reference's forget set).
+        reference: A ``retrain`` run folder for the same forget set.
+        seed: Seeds the forget set and the method.
+        grid: Option -> values to try (the product is searched). ``lrs``/``epochs`` add
+            ``lr``/``epochs`` entries. All empty: the method's grid in ``defaults/tuning.toml``,
+            or its resolved defaults only when it has none.
+        options: Other method options, fixed across the grid.
+        tolerance: Scores within this of the best tie; the cheapest tie wins (default: the
+            recipe's ``tolerance``).
+        exclude: Training indices forgotten earlier.
+        data_root: Where the MedMNIST files are.
+        progress: Show progress bars.
+
+    Returns:
+        ``{"method", "dataset", "forget", "seed", "reference", "criterion", "tolerance",
+        "grid_spec", "reference_scores", "chosen", "grid"}``: ``chosen`` maps each searched
+        option to its chosen value; ``grid`` has one row per point (``options``, ``score``,
+        ``forget_accuracy``, ``val_accuracy``, ``agreement``, ``seconds``, ``steps``).
+
+    Raises:
+        ConfigError: an option the method does not have, or a reference that was not trained
+            on the same data or forget set.
+    """
+    from medunlearn.checkpoint import check_compatible, load_run, load_run_and_data
+    from medunlearn.forget import previously_forgotten, read_forget_csv, select_forget
+    from medunlearn.methods.base import config_dict
+    from medunlearn.training import predict_logits
+    from medunlearn.unlearning import build_context, execute, resolve_method
+
+    space = {k.replace("-", "_"): [_plain(v) for v in vs] for k, vs in (grid or {}).items()}
+    if lrs:
+        space["lr"] = [float(v) for v in lrs]
+    if epochs:
+        space["epochs"] = [int(v) for v in epochs]
+    if not space:
+        space = {k: [_plain(v) for v in vs] for k, vs in default_grid(method).items()}
+    if tolerance is None:
+        tolerance = float(load_tuning_spec()["recipe"]["tolerance"])
+    run, dataset = load_run_and_data(model_dir, data_root=data_root)
+    flag = dataset.name
+    base = resolve_method(method, dataset=flag, options=options)
+    unknown = sorted(set(space) - set(config_dict(base)))
+    if unknown:
+        raise ConfigError(f"Method {method!r} has no option(s) {', '.join(unknown)} to tune; "
+                          f"its options: {', '.join(sorted(config_dict(base)))}.")
+    empty = sorted(k for k, vs in space.items() if not vs)
+    if empty:
+        raise ConfigError(f"The grid gives no values for {', '.join(empty)}.")
+    ref = load_run(reference)
+    check_compatible(ref, dataset)
+    excluded = sorted(set(exclude or []) | set(previously_forgotten(model_dir)))
+    fs = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
+    ref_forget_csv = Path(reference) / "forget.csv"
+    if ref_forget_csv.is_file() and not torch.equal(read_forget_csv(ref_forget_csv), fs.forget):
+        raise ConfigError(
+            f"The reference {reference} forgot a different set of samples than {fs.spec!r} with "
+            f"seed {seed}. Retrain the reference with the same --forget and --seed."
+        )
+    val_labels = dataset.val.labels.numpy()
+    forget_labels = dataset.train.labels[fs.forget].numpy()
+
+    def predictions(model):
+        return (predict_logits(model, dataset.val).argmax(1),
+                predict_logits(model, dataset.train, fs.forget).argmax(1))
+
+    ref_val, ref_forget = predictions(ref.model)
+    ref_val_acc = float((ref_val == val_labels).mean())
+    ref_forget_acc = float((ref_forget == forget_labels).mean())
+    ctx = build_context(run, dataset, fs, seed=seed, progress=progress)
+    keys = list(space)
+    rows = []
+    for values in itertools.product(*(space[k] for k in keys)):
+        point = dict(zip(keys, values, strict=True))
+        algo = resolve_method(method, dataset=flag, options=dict(options or {}) | point)
+        result, cost = execute(algo, run.model, ctx)
+        val_p, forget_p = predictions(result.model)
+        val_acc = float((val_p == val_labels).mean())
+        forget_acc = float((forget_p == forget_labels).mean())
+        agree = float(((val_p == ref_val).sum() + (forget_p == ref_forget).sum())
+                      / (len(val_p) + len(forget_p)))
+        score = (abs(forget_acc - ref_forget_acc) + abs(val_acc - ref_val_acc)
+                 + (1 - agree)) / 3
+        rows.append({"options": point, "score": score, "forget_accuracy": forget_acc,
+                     "val_accuracy": val_acc, "agreement": agree,
+                     "seconds": cost["unlearn_seconds"], "steps": cost["steps"]})
+    best = choose(rows, tolerance)
+    return {"method": method, "dataset": flag, "forget": fs.spec, "seed": seed,
+            "reference": str(reference), "criterion": TUNE_CRITERION, "tolerance": tolerance,
+            "grid_spec": space, "reference_scores": {"forget_accuracy": ref_forget_acc,
+                                                    "val_accuracy": ref_val_acc},
+            "chosen": dict(best["options"]), "grid": rows}
+
+
+def _toml_value(v) -> str:
+    if v is None:
+        return '"none"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _fmt_options(opts: Mapping) -> str:
+    return ", ".join(f"{k}={'none' if v is None else v}" for k, v in opts.items())
+
+
+def tune_snippet(result: dict) -> str:
+    """A ``defaults/methods.toml`` section with the chosen values; the grid as comments."""
+    lines = [f"# medunlearn tune: {result['method']} on {result['dataset']}, forget "
+             f"{result['forget']}, seed {result['seed']}, reference {result['reference']}",
+             f"# criterion: {result['criterion']}; ties within {result['tolerance']:g}: fewest "
+             "steps", "# grid (options: score, forget_acc, val_acc, agreement, steps, seconds):"]
+    for r in result["grid"]:
+        lines.append(f"#   {_fmt_options(r['options']) or 'defaults'}: {r['score']:.4f}, "
+                     f"{r['forget_accuracy']:.4f}, {r['val_accuracy']:.4f}, "
+                     f"{r['agreement']:.4f}, {r['steps']}, {r['seconds']:.2f}")
+    lines.append(f"[{result['dataset']}.{result['method']}]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in result["chosen"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_methods_toml(record: Mapping) -> str:
+    """``defaults/methods.toml`` as the tuning record ``record`` (``defaults/tuning.json``)
+    determines it, byte for byte.
+
+    ``[default.<method>]`` holds the chosen values on the recipe's ``default_from`` dataset;
+    ``[<dataset>.<method>]`` the values another dataset's tuning chose differently. Datasets the
+    record skipped (e.g. a degenerate reference) get no section, with the reason as a comment.
+    """
+    recipe = record["recipe"]
+    results = record["results"]
+    base_flag = recipe["default_from"]
+    if base_flag not in results:
+        raise ConfigError(f"The tuning record has no results for {base_flag!r}, the dataset "
+                          "the [default] sections come from; rerun scripts/tune_defaults.py.")
+    lines = [
+        "# Default hyperparameters of the unlearning methods (medunlearn.unlearning resolves "
+        "them).",
+        "#",
+        "# GENERATED: do not edit. Written by scripts/tune_defaults.py from defaults/tuning.json",
+        f"# (command: {record['command']}; commit {record['commit']}; {record['date']}).",
+        f"# Recipe: forget {recipe['forget']}, tuning seed {recipe['seed']} (not a reporting "
+        f"seed), ties within {recipe['tolerance']:g} go to the cheapest point; criterion: "
+        f"{TUNE_CRITERION}.",
+        "# Precedence, lowest first: the method's Config dataclass < [default.<method>] here",
+        "# < [<dataset>.<method>] here < options given by the user (--option key=value).",
+        "# \"none\" leaves an optional value unset (retain_budget = \"none\": every retain image).",
+        f"version = {record['defaults_version']}",
+        "",
+    ]
+    base = results[base_flag]["methods"]
+    for method in sorted(base):
+        lines.append(f"# {base_flag}: criterion score {base[method]['score']:.4f}")
+        lines.append(f"[default.{method}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in base[method]["chosen"].items()]
+        lines.append("")
+    for flag in sorted(results):
+        if flag == base_flag:
+            continue
+        entry = results[flag]
+        if entry.get("skipped"):
+            lines += [f"# {flag}: not tuned: {entry['skipped']}", ""]
+            continue
+        for method in sorted(entry["methods"]):
+            chosen = entry["methods"][method]["chosen"]
+            diff = {k: v for k, v in chosen.items()
+                    if k not in base.get(method, {}).get("chosen", {})
+                    or base[method]["chosen"][k] != v}
+            if diff:
+                lines.append(f"[{flag}.{method}]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in diff.items()]
+                lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def summarize(result: Mapping) -> dict:
+    """The part of a :func:`tune_method` result the tuning record keeps per method."""
+    best = next(r for r in result["grid"] if r["options"] == result["chosen"])
+    return {"chosen": dict(result["chosen"]), "score": round(best["score"], 6),
+            "grid_spec": result["grid_spec"],
+            "grid": [{"options": r["options"], "score": round(r["score"], 6),
+                      "forget_accuracy": round(r["forget_accuracy"], 6),
+                      "val_accuracy": round(r["val_accuracy"], 6),
+                      "agreement": round(r["agreement"], 6), "steps": r["steps"],
+                      "seconds": round(r["seconds"], 2)} for r in result["grid"]]}
+
+
+def load_tuning_record(path: str | os.PathLike | None = None) -> dict | None:
+    """The tuning record (default: the packaged ``defaults/tuning.json``), or None if absent."""
+    if path is None:
+        ref = resources.files("medunlearn").joinpath("defaults/tuning.json")
+        return json.loads(ref.read_text("utf-8")) if ref.is_file() else None
+    p = Path(path)
+    return json.loads(p.read_text("utf-8")) if p.is_file() else None
+
+
+__all__ = ["TUNE_CRITERION", "choose", "default_grid", "load_tuning_record",
+           "load_tuning_spec", "parse_grid", "render_methods_toml", "summarize", "tune_method",
+           "tune_snippet"]
