@@ -168,3 +168,28 @@ def test_studies_share_models_and_cells_in_one_results_folder():
     assert {c.key for c in clinical.cells()} <= {c.key for c in size.cells()}
     total = len({c.key for s in (clinical, size, aug) for c in s.cells()})
     assert total == 2 * 3 * 13 * (6 + 1)  # basic: 6 ratios (0.1 shared); none: 0.1
+
+
+def test_cell_keys_follow_the_published_defaults(monkeypatch):
+    """A cell's key holds every resolved option, so new defaults/methods.toml values rerun the
+    cells they change (and only those) instead of reusing results of the old values."""
+    import medunlearn.unlearning as unlearning
+
+    def keys():
+        return {(c.reference.key, c.method.display): c.key
+                for c in parse_experiment(BASE).plan()[2]}
+
+    before = keys()
+    table = unlearning.load_defaults()
+    changed = {**table, "breastmnist": {**table.get("breastmnist", {}),
+                                        "finetune": {"lr": 0.123}}}
+    monkeypatch.setattr(unlearning, "load_defaults", lambda: changed)
+    after = keys()
+    assert before.keys() == after.keys()
+    moved = {k for k in before if before[k] != after[k]}
+    assert moved and {m for _, m in moved} == {"finetune"}
+    # a user option that pins the value makes the default irrelevant
+    other = {**changed, "breastmnist": {"salun": {"epochs": 3}}}
+    monkeypatch.setattr(unlearning, "load_defaults", lambda: other)
+    pinned = {k: v for k, v in keys().items() if k[1] == "salun-1ep"}
+    assert pinned == {k: v for k, v in before.items() if k[1] == "salun-1ep"}

@@ -1,0 +1,229 @@
+"""Benchmark: the fidelity/time frontier of every method against retraining (issue 14).
+
+Runs (or resumes) one study grid: PneumoniaMNIST (binary), random forgetting of 10% and 20%,
+every method with its published defaults (defaults/methods.toml), seeds 0-2, through
+``medunlearn experiment`` into ``--results`` (default results/studies, the folder the three
+studies share, so their common cells are computed once). Each cell's wall time is divided by
+the retraining time of the same forget set and seed, measured in the same run and precision.
+
+Writes the ``frontier`` section of BENCHMARKS.md: per forget fraction and method, average gap
+(pp) and time / retraining (mean +- std over seeds), Global Risk and FNR against the retrained
+model's, and safety-gate passes; then the two targets of issue 14 checked against the numbers,
+and a figure (average gap against time / retraining, log x) in --figures.
+
+Usage::
+
+    .venv/bin/python bench/bench_frontier.py                       # full grid (~1 h, 2 cores)
+    .venv/bin/python bench/bench_frontier.py --quick               # tiny smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "src"))
+from _report import command_line, stamp, write_section  # noqa: E402
+
+METHODS = ("retrain", "finetune", "random-label", "gradient-ascent", "neggrad-plus",
+           "l1-sparse", "salun", "salun-cra", "scrub", "boundary-shrink", "fisher", "newton",
+           "ssd")
+FORGET = ("random:0.1", "random:0.2")
+SEEDS = (0, 1, 2)
+# issue 14's targets
+GAP_PP, TIME_RATIO, GR_SLACK = 1.0, 0.05, 0.01
+CRA_GAP_PP, CRA_TIME_RATIO, CRA_FNR_SLACK = 1.5, 0.10, 0.01
+
+
+def study(forget: tuple[str, ...], seeds: tuple[int, ...], methods: tuple[str, ...],
+          quick: bool) -> dict:
+    raw = {"name": "frontier", "description": "Fidelity/time frontier (bench_frontier.py).",
+           "datasets": [{"dataset": "pneumoniamnist", "view": "binary"}],
+           "forget": list(forget), "methods": list(methods), "augment": ["basic"],
+           "seeds": list(seeds), "model": {"width": 16}}
+    if quick:
+        raw |= {"data": {"train_limit": 300, "eval_limit": 150}, "model": {"width": 8},
+                "train": {"epochs": 2}}
+    return raw
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return math.nan, math.nan
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One entry per (forget, method): mean/std over seeds and the per-seed checks."""
+    ref = {(r["forget"], r["seed"]): r for r in rows if r["method"] == "retrain"}
+    out = []
+    for forget in sorted({r["forget"] for r in rows}, key=lambda f: float(f.split(":")[1])):
+        for method in METHODS:
+            cells = [r for r in rows if r["forget"] == forget and r["method"] == method]
+            if not cells:
+                continue
+            gaps = [r["average_gap_pp"] for r in cells]
+            ratios = [r["unlearn_seconds"] / r["retrain_seconds"] if r.get("retrain_seconds")
+                      else math.nan for r in cells]
+            d_gr = [r["global_risk"] - ref[r["forget"], r["seed"]]["global_risk"] for r in cells]
+            d_fnr = [r["fnr"] - ref[r["forget"], r["seed"]]["fnr"] for r in cells]
+            g, gs = _ms(gaps)
+            t, ts = _ms(ratios)
+            out.append({
+                "forget": forget, "method": method, "n": len(cells), "gap": g, "gap_std": gs,
+                "ratio": t, "ratio_std": ts, "seconds": _ms([r["unlearn_seconds"]
+                                                             for r in cells])[0],
+                "retrain_seconds": _ms([r["retrain_seconds"] for r in cells])[0],
+                "d_gr": _ms(d_gr)[0], "d_gr_max": max(d_gr), "d_fnr": _ms(d_fnr)[0],
+                "d_fnr_max": max(d_fnr), "gate": sum(bool(r["gate_passed"]) for r in cells),
+                "reasons": sorted({x.split(":")[0] for r in cells for x in r["gate_reasons"]}),
+            })
+    return out
+
+
+def meets_main(s: dict) -> bool:
+    return (s["method"] != "retrain" and s["gap"] <= GAP_PP and s["d_gr_max"] <= GR_SLACK
+            and s["gate"] == s["n"] and s["ratio"] <= TIME_RATIO)
+
+
+def meets_cra(s: dict) -> bool:
+    return (s["gap"] <= CRA_GAP_PP and s["ratio"] <= CRA_TIME_RATIO
+            and s["d_fnr_max"] <= CRA_FNR_SLACK)
+
+
+def figure(summary: list[dict], path: Path) -> Path:
+    from medunlearn.plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    forgets = sorted({s["forget"] for s in summary}, key=lambda f: float(f.split(":")[1]))
+    fig, axes = plt.subplots(1, len(forgets), figsize=(6.2 * len(forgets), 4.8), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, forget in zip(axes[0], forgets, strict=True):
+        for i, s in enumerate(x for x in summary if x["forget"] == forget
+                              and x["method"] != "retrain"):
+            ax.errorbar(s["ratio"] * 100, s["gap"], xerr=s["ratio_std"] * 100,
+                        yerr=s["gap_std"], fmt="o" if s["gate"] == s["n"] else "x",
+                        color=cmap(i % 20), capsize=3, label=s["method"])
+        ax.axvline(TIME_RATIO * 100, color="grey", ls="--", lw=0.8)
+        ax.axhline(GAP_PP, color="grey", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("time / retraining (%, log)")
+        ax.set_ylabel("average gap to retraining (pp)")
+        ax.set_title(f"PneumoniaMNIST, {forget} (o: gate passed every seed, x: not)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper right", ncol=2)
+    return save_figure(fig, path)
+
+
+def _f(v: float, d: int = 2) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{d}f}"
+
+
+def render(summary: list[dict], *, results: Path, seeds, wall: float, quick: bool,
+           figure_path: Path | None) -> str:
+    lines = ["## Fidelity/time frontier (`bench/bench_frontier.py`)", "",
+             stamp(command_line()).rstrip("\n")
+             + ("\n- **--quick smoke run (tiny model), not a measurement**" if quick else ""),
+             f"- PneumoniaMNIST (binary), width-16 ResNet-18, published defaults "
+             f"(src/medunlearn/defaults/methods.toml); seeds {', '.join(map(str, seeds))}; "
+             f"results folder `{results}`; wall time of this run {wall / 60:.1f} min "
+             "(cells already in the folder are reused, not retimed)", ""]
+    for forget in sorted({s["forget"] for s in summary}, key=lambda f: float(f.split(":")[1])):
+        ref = next((s for s in summary if s["forget"] == forget and s["method"] == "retrain"),
+                   None)
+        rt = f"{ref['seconds']:.1f} s" if ref else "-"
+        lines += [f"### {forget} (retraining {rt})", "",
+                  "| method | avg gap pp (mean ± std) | time / retrain % (mean ± std) | time s "
+                  "| ΔGlobal Risk vs retrain (max) | ΔFNR pp vs retrain (max) | gate passed "
+                  "| gate failures |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s in (x for x in summary if x["forget"] == forget):
+            lines.append(
+                f"| {s['method']} | {_f(s['gap'])} ± {_f(s['gap_std'])} | "
+                f"{_f(s['ratio'] * 100, 1)} ± {_f(s['ratio_std'] * 100, 1)} | "
+                f"{_f(s['seconds'], 1)} | {_f(s['d_gr'], 3)} ({_f(s['d_gr_max'], 3)}) | "
+                f"{_f(s['d_fnr'] * 100, 1)} ({_f(s['d_fnr_max'] * 100, 1)}) | "
+                f"{s['gate']}/{s['n']} | {', '.join(s['reasons']) or '-'} |")
+        main = [s["method"] for s in summary if s["forget"] == forget and meets_main(s)]
+        cra = next((s for s in summary if s["forget"] == forget
+                    and s["method"] == "salun-cra"), None)
+        lines += ["", f"- Target 1 (avg gap <= {GAP_PP:g} pp, Global Risk <= retrain + "
+                  f"{GR_SLACK:g} in every seed, gate passed in every seed, time <= "
+                  f"{TIME_RATIO:.0%} of retraining): "
+                  + (", ".join(f"**{m}**" for m in main) if main else "**no method**") + "."]
+        if cra:
+            lines.append(
+                f"- Target 2 (SalUn-CRA avg gap <= {CRA_GAP_PP:g} pp at <= "
+                f"{CRA_TIME_RATIO:.0%} of retraining, FNR <= retrain + {CRA_FNR_SLACK * 100:g} "
+                f"pt in every seed): {'**met**' if meets_cra(cra) else '**missed**'} "
+                f"({_f(cra['gap'])} pp at {_f(cra['ratio'] * 100, 1)}%, ΔFNR max "
+                f"{_f(cra['d_fnr_max'] * 100, 1)} pt).")
+        lines.append("")
+    if figure_path is not None:
+        lines.append(f"Figure: `{figure_path}` (average gap against time / retraining).")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=None,
+                   help="Study results folder (default: results/studies; --quick: "
+                        "runs/bench_frontier_quick).")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    p.add_argument("--forget", default=",".join(FORGET))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--figures", type=Path, default=REPO / "docs" / "results" / "frontier",
+                   help="Folder for frontier.png (default: docs/results/frontier).")
+    p.add_argument("--quick", action="store_true", help="Tiny data and model (smoke test).")
+    p.add_argument("--benchmarks", type=Path, default=None,
+                   help="Markdown file whose frontier section is replaced (default: "
+                        "BENCHMARKS.md; --quick: RESULTS/BENCHMARKS.md).")
+    args = p.parse_args(argv)
+    import time
+
+    from medunlearn.experiments import run_experiment
+    from medunlearn.experiments.config import parse_experiment
+    from medunlearn.experiments.store import DB_FILE, ResultsStore
+
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    forget = tuple(f.strip() for f in args.forget.split(","))
+    methods = tuple(m.strip() for m in args.methods.split(","))
+    if "retrain" not in methods:
+        methods = ("retrain", *methods)
+    results = args.results or REPO / ("runs/bench_frontier_quick" if args.quick
+                                      else "results/studies")
+    cfg = parse_experiment(study(forget, seeds, methods, args.quick), source="bench_frontier")
+    t0 = time.perf_counter()
+    summary_run = run_experiment(cfg, results, progress=True)
+    wall = time.perf_counter() - t0
+    if summary_run.failed:
+        print(f"{len(summary_run.failed)} cells failed; see {results}/logs", file=sys.stderr)
+    keys = {c.key for c in cfg.plan()[2]}
+    with ResultsStore(results / DB_FILE, create=False) as store:
+        rows = [r for r in store.rows() if r["key"] in keys]
+    summary = summarize(rows)
+    fig_dir = args.figures if not args.quick else results
+    fig = figure(summary, fig_dir / "frontier.png")
+    try:
+        fig_shown = fig.relative_to(REPO)
+    except ValueError:
+        fig_shown = fig
+    text = render(summary, results=results, seeds=seeds, wall=wall, quick=args.quick,
+                  figure_path=fig_shown)
+    target = args.benchmarks or ((results / "BENCHMARKS.md") if args.quick else None)
+    if target is None:
+        write_section("frontier", text)
+    else:
+        write_section("frontier", text, target)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Tuning: option grids, the tie rule, and the published defaults matching their record."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+
+import pytest
+
+from medunlearn.config import DataConfig, ModelConfig, TrainConfig
+from medunlearn.errors import ConfigError
+from medunlearn.methods import create_method, method_names
+from medunlearn.runs import run_training
+from medunlearn.tuning import (
+    choose,
+    default_grid,
+    load_tuning_record,
+    load_tuning_spec,
+    parse_grid,
+    render_methods_toml,
+    tune_method,
+    tune_snippet,
+)
+from medunlearn.unlearning import default_options, resolve_method, run_unlearning
+
+
+def _row(score, steps, **opts):
+    return {"options": opts, "score": score, "steps": steps}
+
+
+def test_choose_takes_the_cheapest_point_among_ties():
+    rows = [_row(0.050, 100, a=1), _row(0.052, 40, a=2), _row(0.060, 10, a=3)]
+    assert choose(rows, 0.003)["options"] == {"a": 2}  # 0.052 ties with 0.050, fewer steps
+    assert choose(rows, 0.0)["options"] == {"a": 1}  # no tolerance: the best score
+    assert choose(rows, 0.02)["options"] == {"a": 3}
+    # equal steps: the lower score, then the first listed
+    assert choose([_row(0.05, 5, a=1), _row(0.049, 5, a=2)], 0.01)["options"] == {"a": 2}
+
+
+def test_parse_grid_reads_values_like_options():
+    assert parse_grid(["lr=0.003,0.01", "retain-budget=1024,none", "scope=head"]) == {
+        "lr": [0.003, 0.01], "retain_budget": [1024, None], "scope": ["head"]}
+    for bad, msg in ((["lr"], "key=v1,v2"), (["lr="], "key=v1,v2"),
+                     (["lr=1", "lr=2"], "given twice")):
+        with pytest.raises(ConfigError, match=msg):
+            parse_grid(bad)
+
+
+def test_optional_options_take_none_words_from_files():
+    # TOML has no null: "none" in methods.toml leaves an optional option unset
+    assert create_method("finetune", {"retain_budget": "none"}).config.retain_budget is None
+    assert create_method("finetune", {"retain_budget": "NULL"}).config.retain_budget is None
+    with pytest.raises(ConfigError, match="lr"):
+        create_method("finetune", {"lr": "none"})  # not optional: still an error
+
+
+def test_every_method_has_a_valid_default_grid():
+    spec = load_tuning_spec()
+    assert set(spec["grid"]) <= set(method_names())
+    for method in method_names():
+        grid = default_grid(method)
+        if method == "retrain":
+            assert not grid  # the exact reference has nothing to tune
+            continue
+        assert grid, f"{method} has no search space in defaults/tuning.toml"
+        for key, values in grid.items():  # each value builds a valid method
+            for v in values:
+                resolve_method(method, dataset=None, options={key: v})
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory, medmnist_root):
+    root = tmp_path_factory.mktemp("tune")
+    data = DataConfig(dataset="breastmnist", train_limit=120, eval_limit=80,
+                      data_root=str(medmnist_root), download=False)
+    run_training(data, ModelConfig(width=8),
+                 TrainConfig(epochs=1, batch_size=64, schedule="constant", threads=1,
+                             progress=False), seed=0, out=root / "orig")
+    run_unlearning(root / "orig", method="retrain", forget="random:0.2", seed=0,
+                   out=root / "ref", progress=False)
+    return root / "orig", root / "ref"
+
+
+def test_tune_searches_any_option_grid(tiny_pair):
+    orig, ref = tiny_pair
+    res = tune_method(orig, method="ssd", forget="random:0.2", reference=ref, seed=0,
+                      grid={"alpha": [1.0, 10.0], "retain_budget": [16, "none"]},
+                      tolerance=0.0)
+    assert [r["options"] for r in res["grid"]] == [
+        {"alpha": 1.0, "retain_budget": 16}, {"alpha": 1.0, "retain_budget": None},
+        {"alpha": 10.0, "retain_budget": 16}, {"alpha": 10.0, "retain_budget": None}]
+    assert res["chosen"] == min(res["grid"], key=lambda r: (r["score"], r["steps"]))["options"]
+    # a smaller retain budget means fewer importance batches: steps measure the cost
+    assert res["grid"][0]["steps"] < res["grid"][1]["steps"]
+    parsed = tomllib.loads(tune_snippet(res))
+    assert parsed["breastmnist"]["ssd"]["alpha"] == res["chosen"]["alpha"]
+    with pytest.raises(ConfigError, match="no option"):
+        tune_method(orig, method="ssd", forget="random:0.2", reference=ref, seed=0,
+                    grid={"lr": [0.1]})
+
+
+def _record():
+    pick = {"finetune": {"lr": 0.01, "epochs": 1, "retain_budget": None},
+            "ssd": {"alpha": 3.0, "retain_budget": 1024}}
+    return {
+        "command": "python scripts/tune_defaults.py", "commit": "abc1234",
+        "date": "2026-12-03", "defaults_version": 1,
+        "recipe": {"forget": "random:0.1", "seed": 100, "tolerance": 0.003,
+                   "default_from": "pneumoniamnist"},
+        "results": {
+            "pneumoniamnist": {"methods": {m: {"chosen": c, "score": 0.01}
+                                           for m, c in pick.items()}},
+            "breastmnist": {"methods": {
+                "finetune": {"chosen": {"lr": 0.03, "epochs": 1, "retain_budget": None},
+                             "score": 0.02},
+                "ssd": {"chosen": pick["ssd"], "score": 0.0}}},
+            "nih-cxr-1000": {"skipped": "the retrained reference predicts one class"},
+        },
+    }
+
+
+def test_render_methods_toml_default_and_differing_sections():
+    text = render_methods_toml(_record())
+    data = tomllib.loads(text)
+    assert data["version"] == 1
+    assert data["default"]["finetune"] == {"lr": 0.01, "epochs": 1, "retain_budget": "none"}
+    assert data["default"]["ssd"] == {"alpha": 3.0, "retain_budget": 1024}
+    assert data["breastmnist"] == {"finetune": {"lr": 0.03}}  # only what differs
+    assert "nih-cxr-1000" not in data and "# nih-cxr-1000: not tuned" in text
+    assert "GENERATED" in text and "abc1234" in text
+    assert render_methods_toml(_record()) == text  # deterministic
+    bad = _record()
+    bad["recipe"]["default_from"] = "dermamnist"
+    with pytest.raises(ConfigError, match="no results for 'dermamnist'"):
+        render_methods_toml(bad)
+
+
+def test_published_defaults_are_exactly_the_tuning_record():
+    """methods.toml is rendered from defaults/tuning.json; editing either by hand fails here.
+    Regenerate both with `python scripts/tune_defaults.py`."""
+    record = load_tuning_record()
+    assert record is not None, "defaults/tuning.json is missing: run scripts/tune_defaults.py"
+    shipped = resources.files("medunlearn").joinpath("defaults/methods.toml").read_text("utf-8")
+    assert render_methods_toml(record) == shipped, (
+        "defaults/methods.toml differs from what defaults/tuning.json says; run "
+        "`python scripts/tune_defaults.py --render-only` (or retune)")
+    spec = load_tuning_spec()
+    assert record["grids"] == spec["grid"], (
+        "defaults/tuning.toml's search spaces changed since the record was made; retune")
+    assert {k: v for k, v in spec["recipe"].items() if k != "datasets"} == record["recipe"]
+    base = record["results"][spec["recipe"]["default_from"]]["methods"]
+    assert set(base) == set(method_names()) - {"retrain"}, "every method is tuned"
+    for flag, entry in record["results"].items():
+        for method, res in entry.get("methods", {}).items():
+            # the chosen point is one of the grid's rows, and the best within tolerance
+            rows = res["grid"]
+            assert res["chosen"] in [r["options"] for r in rows], (flag, method)
+            assert choose(rows, spec["recipe"]["tolerance"])["options"] == res["chosen"]
+            # and it is what the method resolves to for that dataset
+            resolved = default_options(method, flag)
+            for k, v in res["chosen"].items():
+                assert resolved.get(k, "none" if v is None else v) == (
+                    "none" if v is None else v), (flag, method, k)
+
+
+def test_tune_cli_takes_grids_and_writes_json(tiny_pair, tmp_path, capsys):
+    import json
+
+    from medunlearn.cli import main
+
+    orig, ref = tiny_pair
+    out = tmp_path / "ssd.json"
+    code = main(["tune", "--model", str(orig), "--method", "ssd", "--forget", "random:0.2",
+                 "--seed", "0", "--reference", str(ref), "--grid", "alpha=1,10",
+                 "--grid", "retain_budget=16,none", "--tolerance", "0", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    result = json.loads(out.read_text())
+    assert len(result["grid"]) == 4 and result["tolerance"] == 0
+    assert "retain_budget" in text and "chosen: alpha=" in text
+    code = main(["tune", "--model", str(orig), "--method", "ssd", "--forget", "random:0.2",
+                 "--seed", "0", "--reference", str(ref), "--grid", "alpha", "--out",
+                 str(tmp_path / "x.json")])
+    assert code == 2 and "key=v1,v2" in capsys.readouterr().err
