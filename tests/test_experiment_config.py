@@ -189,7 +189,8 @@ def test_cell_keys_follow_the_published_defaults(monkeypatch):
     moved = {k for k in before if before[k] != after[k]}
     assert moved and {m for _, m in moved} == {"finetune"}
     # a user option that pins the value makes the default irrelevant
-    other = {**changed, "breastmnist": {"salun": {"epochs": 3}}}
+    bm = table.get("breastmnist", {})
+    other = {**table, "breastmnist": {**bm, "salun": {**bm.get("salun", {}), "epochs": 3}}}
     monkeypatch.setattr(unlearning, "load_defaults", lambda: other)
     pinned = {k: v for k, v in keys().items() if k[1] == "salun-1ep"}
     assert pinned == {k: v for k, v in before.items() if k[1] == "salun-1ep"}
