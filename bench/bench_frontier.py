@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "src"))
 from _report import command_line, stamp, write_section  # noqa: E402
 
-METHODS = ("retrain", "finetune", "random-label", "gradient-ascent", "neggrad-plus",
-           "l1-sparse", "salun", "salun-cra", "scrub", "boundary-shrink", "fisher", "newton",
-           "ssd")
+from medunlearn.methods import method_names  # noqa: E402
+
+METHODS = tuple(method_names())  # every registered method, retrain first
 FORGET = ("random:0.1", "random:0.2")
 SEEDS = (0, 1, 2)
 # issue 14's targets

@@ -45,15 +45,18 @@ def commit() -> str:
         return "unknown"
 
 
-def prepare(entry: dict, recipe: dict, work: Path) -> tuple[str, Path, Path]:
+def prepare(entry: dict, recipe: dict, work: Path, wanted: set[str] | None,
+            ) -> tuple[str, Path, Path] | None:
     """Train (or reuse) the original and the reference of one dataset; returns (flag, original
-    folder, reference folder)."""
+    folder, reference folder), or None for a dataset not in ``wanted``."""
     from medunlearn.experiments import run_experiment
     from medunlearn.experiments.config import parse_experiment
 
     raw = {"name": "tuning", "datasets": [entry], "forget": [recipe["forget"]],
            "methods": ["retrain"], "seeds": [recipe["seed"]], "augment": ["basic"]}
     cfg = parse_experiment(raw, source="defaults/tuning.toml")
+    if wanted is not None and cfg.datasets[0].defaults_flag not in wanted:
+        return None
     out = work / "models"
     summary = run_experiment(cfg, out, progress=True)
     if getattr(summary, "failed", None):
@@ -74,10 +77,9 @@ def degenerate(reference: Path) -> str | None:
     from medunlearn.training import predict_logits
 
     run, data = load_run_and_data(reference)
-    logits = predict_logits(run.model, data.val)
-    probs = logits if logits.ndim == 2 else logits.reshape(len(logits), -1)
+    scores = predict_logits(run.model, data.val)  # argmax of logits = argmax of probabilities
     labels = data.val.labels.numpy()
-    why = degenerate_reason(balanced_accuracy(probs, labels), majority_prediction_share(probs))
+    why = degenerate_reason(balanced_accuracy(scores, labels), majority_prediction_share(scores))
     return why.replace("test images", "validation images") if why else None
 
 
@@ -121,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     for entry in recipe["datasets"]:
-        entry = {k: v for k, v in entry.items()}
-        flag, original, reference = prepare(entry, recipe, args.work)
-        if wanted is not None and flag not in wanted:
+        prepared = prepare(entry, recipe, args.work, wanted)
+        if prepared is None:
             continue
+        flag, original, reference = prepared
         why = degenerate(reference)
         if why:
             print(f"{flag}: skipped, the reference {why}", file=sys.stderr)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -33,12 +32,9 @@ TUNE_CRITERION = ("mean of |forget accuracy - reference's|, |validation accuracy
 
 def load_tuning_spec() -> dict:
     """The parsed ``defaults/tuning.toml`` shipped with the package (grids and recipe)."""
-    text = resources.files("medunlearn").joinpath("defaults/tuning.toml").read_text("utf-8")
-    data = tomllib.loads(text)
-    if data.get("version") != TUNING_VERSION:
-        raise ConfigError(f"defaults/tuning.toml has version {data.get('version')!r}; this "
-                          f"medunlearn reads version {TUNING_VERSION}. Reinstall the package.")
-    return data
+    from medunlearn.unlearning import read_packaged_toml
+
+    return read_packaged_toml("tuning.toml", TUNING_VERSION)
 
 
 def default_grid(method: str) -> dict[str, list]:

@@ -60,18 +60,27 @@ from medunlearn.training import evaluate_split
 DEFAULTS_VERSION = 1
 
 
+def read_packaged_toml(name: str, version: int) -> dict:
+    """A versioned TOML file shipped in ``medunlearn/defaults/``, parsed.
+
+    Raises:
+        ConfigError: the file's ``version`` is not ``version``.
+    """
+    text = resources.files("medunlearn").joinpath(f"defaults/{name}").read_text("utf-8")
+    data = tomllib.loads(text)
+    if data.get("version") != version:
+        raise ConfigError(f"defaults/{name} has version {data.get('version')!r}; this "
+                          f"medunlearn reads version {version}. Reinstall the package.")
+    return data
+
+
 def load_defaults() -> dict:
     """The parsed ``defaults/methods.toml`` shipped with the package.
 
     Raises:
         ConfigError: the file's ``version`` is not one this code understands.
     """
-    text = resources.files("medunlearn").joinpath("defaults/methods.toml").read_text("utf-8")
-    data = tomllib.loads(text)
-    if data.get("version") != DEFAULTS_VERSION:
-        raise ConfigError(f"defaults/methods.toml has version {data.get('version')!r}; this "
-                          f"medunlearn reads version {DEFAULTS_VERSION}. Reinstall the package.")
-    return data
+    return read_packaged_toml("methods.toml", DEFAULTS_VERSION)
 
 
 def default_options(method: str, dataset: str | None = None) -> dict:
