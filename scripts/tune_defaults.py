@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from medunlearn.io import atomic_write_json, atomic_write_text
     from medunlearn.methods import method_names
     from medunlearn.tuning import (
+        TUNE_CRITERION,
         load_tuning_record,
         load_tuning_spec,
         render_methods_toml,
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             " " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "commit": commit(), "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "recipe": {k: v for k, v in recipe.items() if k != "datasets"},
-        "grids": spec.get("grid", {}), "results": results,
+        "criterion": TUNE_CRITERION, "grids": spec.get("grid", {}), "results": results,
         "wall_seconds": round(time.perf_counter() - t_all, 1),
     }
     atomic_write_json(record_path, record)

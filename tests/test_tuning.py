@@ -12,6 +12,7 @@ from medunlearn.errors import ConfigError
 from medunlearn.methods import create_method, method_names
 from medunlearn.runs import run_training
 from medunlearn.tuning import (
+    TUNE_CRITERION,
     choose,
     default_grid,
     load_tuning_record,
@@ -90,6 +91,13 @@ def test_tune_searches_any_option_grid(tiny_pair):
         {"alpha": 1.0, "retain_budget": 16}, {"alpha": 1.0, "retain_budget": None},
         {"alpha": 10.0, "retain_budget": 16}, {"alpha": 10.0, "retain_budget": None}]
     assert res["chosen"] == min(res["grid"], key=lambda r: (r["score"], r["steps"]))["options"]
+    ref_scores = res["reference_scores"]
+    for r in res["grid"]:  # the score is the mean of its four closeness terms
+        assert 0.0 <= r["forget_prob_w1"] <= 1.0
+        terms = (abs(r["forget_accuracy"] - ref_scores["forget_accuracy"]),
+                 abs(r["val_accuracy"] - ref_scores["val_accuracy"]), 1 - r["agreement"],
+                 r["forget_prob_w1"])
+        assert r["score"] == pytest.approx(sum(terms) / 4)
     # a smaller retain budget means fewer importance batches: steps measure the cost
     assert res["grid"][0]["steps"] < res["grid"][1]["steps"]
     parsed = tomllib.loads(tune_snippet(res))
@@ -148,6 +156,8 @@ def test_published_defaults_are_exactly_the_tuning_record():
     assert record["grids"] == spec["grid"], (
         "defaults/tuning.toml's search spaces changed since the record was made; retune")
     assert {k: v for k, v in spec["recipe"].items() if k != "datasets"} == record["recipe"]
+    assert record.get("criterion") == TUNE_CRITERION, (
+        "the tuning criterion changed since the record was made; retune")
     base = record["results"][spec["recipe"]["default_from"]]["methods"]
     assert set(base) == set(method_names()) - {"retrain"}, "every method is tuned"
     for flag, entry in record["results"].items():

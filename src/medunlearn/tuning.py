@@ -19,15 +19,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medunlearn.config import NONE_WORDS
 from medunlearn.errors import ConfigError
 
 TUNING_VERSION = 1
-TUNE_CRITERION = ("mean of |forget accuracy - reference's|, |validation accuracy - reference's| "
-                  "and 1 - prediction agreement with the reference on validation + forget "
-                  "samples; lower is better; the test split is never used")
+TUNE_CRITERION = ("mean of |forget accuracy - reference's|, |validation accuracy - reference's|, "
+                  "1 - prediction agreement with the reference on validation + forget samples, "
+                  "and the Wasserstein-1 distance between the unlearned and the reference "
+                  "model's true-class probabilities on the forget set (a membership-signal "
+                  "term: over- or under-forgetting moves it); lower is better; the test split "
+                  "is never used")
 
 
 def load_tuning_spec() -> dict:
@@ -111,16 +115,19 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         ``{"method", "dataset", "forget", "seed", "reference", "criterion", "tolerance",
         "grid_spec", "reference_scores", "chosen", "grid"}``: ``chosen`` maps each searched
         option to its chosen value; ``grid`` has one row per point (``options``, ``score``,
-        ``forget_accuracy``, ``val_accuracy``, ``agreement``, ``seconds``, ``steps``).
+        ``forget_accuracy``, ``val_accuracy``, ``agreement``, ``forget_prob_w1``, ``seconds``,
+        ``steps``).
 
     Raises:
         ConfigError: an option the method does not have, or a reference that was not trained
             on the same data or forget set.
     """
+    from scipy.stats import wasserstein_distance
+
     from medunlearn.checkpoint import check_compatible, load_run, load_run_and_data
     from medunlearn.forget import previously_forgotten, read_forget_csv, select_forget
     from medunlearn.methods.base import config_dict
-    from medunlearn.training import predict_logits
+    from medunlearn.training import predict_logits, softmax
     from medunlearn.unlearning import build_context, execute, resolve_method
 
     space = {k.replace("-", "_"): [_plain(v) for v in vs] for k, vs in (grid or {}).items()}
@@ -156,10 +163,11 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
     forget_labels = dataset.train.labels[fs.forget].numpy()
 
     def predictions(model):
-        return (predict_logits(model, dataset.val).argmax(1),
-                predict_logits(model, dataset.train, fs.forget).argmax(1))
+        forget_logits = predict_logits(model, dataset.train, fs.forget)
+        true_prob = softmax(forget_logits)[np.arange(len(forget_labels)), forget_labels]
+        return (predict_logits(model, dataset.val).argmax(1), forget_logits.argmax(1), true_prob)
 
-    ref_val, ref_forget = predictions(ref.model)
+    ref_val, ref_forget, ref_prob = predictions(ref.model)
     ref_val_acc = float((ref_val == val_labels).mean())
     ref_forget_acc = float((ref_forget == forget_labels).mean())
     ctx = build_context(run, dataset, fs, seed=seed, progress=progress)
@@ -169,15 +177,16 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         point = dict(zip(keys, values, strict=True))
         algo = resolve_method(method, dataset=flag, options=dict(options or {}) | point)
         result, cost = execute(algo, run.model, ctx)
-        val_p, forget_p = predictions(result.model)
+        val_p, forget_p, prob = predictions(result.model)
         val_acc = float((val_p == val_labels).mean())
         forget_acc = float((forget_p == forget_labels).mean())
         agree = float(((val_p == ref_val).sum() + (forget_p == ref_forget).sum())
                       / (len(val_p) + len(forget_p)))
+        w1 = float(wasserstein_distance(prob, ref_prob))
         score = (abs(forget_acc - ref_forget_acc) + abs(val_acc - ref_val_acc)
-                 + (1 - agree)) / 3
+                 + (1 - agree) + w1) / 4
         rows.append({"options": point, "score": score, "forget_accuracy": forget_acc,
-                     "val_accuracy": val_acc, "agreement": agree,
+                     "val_accuracy": val_acc, "agreement": agree, "forget_prob_w1": w1,
                      "seconds": cost["unlearn_seconds"], "steps": cost["steps"]})
     best = choose(rows, tolerance)
     return {"method": method, "dataset": flag, "forget": fs.spec, "seed": seed,
@@ -280,7 +289,9 @@ def summarize(result: Mapping) -> dict:
             "grid": [{"options": r["options"], "score": round(r["score"], 6),
                       "forget_accuracy": round(r["forget_accuracy"], 6),
                       "val_accuracy": round(r["val_accuracy"], 6),
-                      "agreement": round(r["agreement"], 6), "steps": r["steps"],
+                      "agreement": round(r["agreement"], 6),
+                      "forget_prob_w1": round(r.get("forget_prob_w1", float("nan")), 6),
+                      "steps": r["steps"],
                       "seconds": round(r["seconds"], 2)} for r in result["grid"]]}
 
 
