@@ -217,11 +217,13 @@ def tune_snippet(result: dict) -> str:
     lines = [f"# medunlearn tune: {result['method']} on {result['dataset']}, forget "
              f"{result['forget']}, seed {result['seed']}, reference {result['reference']}",
              f"# criterion: {result['criterion']}; ties within {result['tolerance']:g}: fewest "
-             "steps", "# grid (options: score, forget_acc, val_acc, agreement, steps, seconds):"]
+             "steps", "# grid (options: score, forget_acc, val_acc, agreement, forget_prob_w1, "
+             "steps, seconds):"]
     for r in result["grid"]:
         lines.append(f"#   {_fmt_options(r['options']) or 'defaults'}: {r['score']:.4f}, "
                      f"{r['forget_accuracy']:.4f}, {r['val_accuracy']:.4f}, "
-                     f"{r['agreement']:.4f}, {r['steps']}, {r['seconds']:.2f}")
+                     f"{r['agreement']:.4f}, {r['forget_prob_w1']:.4f}, {r['steps']}, "
+                     f"{r['seconds']:.2f}")
     lines.append(f"[{result['dataset']}.{result['method']}]")
     lines += [f"{k} = {_toml_value(v)}" for k, v in result["chosen"].items()]
     return "\n".join(lines) + "\n"
@@ -290,7 +292,7 @@ def summarize(result: Mapping) -> dict:
                       "forget_accuracy": round(r["forget_accuracy"], 6),
                       "val_accuracy": round(r["val_accuracy"], 6),
                       "agreement": round(r["agreement"], 6),
-                      "forget_prob_w1": round(r.get("forget_prob_w1", float("nan")), 6),
+                      "forget_prob_w1": round(r["forget_prob_w1"], 6),
                       "steps": r["steps"],
                       "seconds": round(r["seconds"], 2)} for r in result["grid"]]}
 
