@@ -11,6 +11,11 @@ Writes the ``frontier`` section of BENCHMARKS.md: per forget fraction and method
 model's, and safety-gate passes; then the two targets of issue 14 checked against the numbers,
 and a figure (average gap against time / retraining, log x) in --figures.
 
+The grid also holds one *independent retraining* per forget set and seed (``retrain`` with
+``seed_offset`` 1000, row "retrain, other seed"): its average gap to the reference is the seed
+noise of the metric itself, the floor below which no method can be told apart from retraining.
+``--no-floor`` leaves it out.
+
 Usage::
 
     .venv/bin/python bench/bench_frontier.py                       # full grid (~1 h, 2 cores)
@@ -38,13 +43,19 @@ SEEDS = (0, 1, 2)
 # issue 14's targets
 GAP_PP, TIME_RATIO, GR_SLACK = 1.0, 0.05, 0.01
 CRA_GAP_PP, CRA_TIME_RATIO, CRA_FNR_SLACK = 1.5, 0.10, 0.01
+FLOOR = "retrain, other seed"  # label of the independent retraining (noise floor)
+FLOOR_SEED_OFFSET = 1000
 
 
 def study(forget: tuple[str, ...], seeds: tuple[int, ...], methods: tuple[str, ...],
-          quick: bool) -> dict:
+          quick: bool, floor: bool = True) -> dict:
+    entries: list = list(methods)
+    if floor:
+        entries.append({"name": "retrain", "options": {"seed_offset": FLOOR_SEED_OFFSET},
+                        "label": FLOOR})
     raw = {"name": "frontier", "description": "Fidelity/time frontier (bench_frontier.py).",
            "datasets": [{"dataset": "pneumoniamnist", "view": "binary"}],
-           "forget": list(forget), "methods": list(methods), "augment": ["basic"],
+           "forget": list(forget), "methods": entries, "augment": ["basic"],
            "seeds": list(seeds), "model": {"width": 16}}
     if quick:
         raw |= {"data": {"train_limit": 300, "eval_limit": 150}, "model": {"width": 8},
@@ -61,11 +72,11 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """One entry per (forget, method): mean/std over seeds and the per-seed checks."""
-    ref = {(r["forget"], r["seed"]): r for r in rows if r["method"] == "retrain"}
+    ref = {(r["forget"], r["seed"]): r for r in rows if r["label"] == "retrain"}
     out = []
     for forget in sorted({r["forget"] for r in rows}, key=lambda f: float(f.split(":")[1])):
-        for method in METHODS:
-            cells = [r for r in rows if r["forget"] == forget and r["method"] == method]
+        for method in (*METHODS, FLOOR):
+            cells = [r for r in rows if r["forget"] == forget and r["label"] == method]
             if not cells:
                 continue
             gaps = [r["average_gap_pp"] for r in cells]
@@ -87,8 +98,12 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def is_retraining(s: dict) -> bool:
+    return s["method"] in ("retrain", FLOOR)
+
+
 def meets_main(s: dict) -> bool:
-    return (s["method"] != "retrain" and s["gap"] <= GAP_PP and s["d_gr_max"] <= GR_SLACK
+    return (not is_retraining(s) and s["gap"] <= GAP_PP and s["d_gr_max"] <= GR_SLACK
             and s["gate"] == s["n"] and s["ratio"] <= TIME_RATIO)
 
 
@@ -105,8 +120,14 @@ def figure(summary: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(forgets), figsize=(6.2 * len(forgets), 4.8), squeeze=False)
     cmap = plt.get_cmap("tab20")
     for ax, forget in zip(axes[0], forgets, strict=True):
+        floor = next((x for x in summary if x["forget"] == forget and x["method"] == FLOOR),
+                     None)
+        if floor is not None:  # the seed noise of retraining itself, as a band
+            ax.axhspan(max(floor["gap"] - floor["gap_std"], 0), floor["gap"] + floor["gap_std"],
+                       color="grey", alpha=0.15, label="independent retraining (mean ± std)")
+            ax.axhline(floor["gap"], color="grey", lw=1.2)
         for i, s in enumerate(x for x in summary if x["forget"] == forget
-                              and x["method"] != "retrain"):
+                              and not is_retraining(x)):
             ax.errorbar(s["ratio"] * 100, s["gap"], xerr=s["ratio_std"] * 100,
                         yerr=s["gap_std"], fmt="o" if s["gate"] == s["n"] else "x",
                         color=cmap(i % 20), capsize=3, label=s["method"])
@@ -151,6 +172,8 @@ def render(summary: list[dict], *, results: Path, seeds, wall: float, quick: boo
                 f"{_f(s['d_fnr'] * 100, 1)} ({_f(s['d_fnr_max'] * 100, 1)}) | "
                 f"{s['gate']}/{s['n']} | {', '.join(s['reasons']) or '-'} |")
         main = [s["method"] for s in summary if s["forget"] == forget and meets_main(s)]
+        floor = next((s for s in summary if s["forget"] == forget and s["method"] == FLOOR),
+                     None)
         cra = next((s for s in summary if s["forget"] == forget
                     and s["method"] == "salun-cra"), None)
         lines += ["", f"- Target 1 (avg gap <= {GAP_PP:g} pp, Global Risk <= retrain + "
@@ -164,6 +187,15 @@ def render(summary: list[dict], *, results: Path, seeds, wall: float, quick: boo
                 f"pt in every seed): {'**met**' if meets_cra(cra) else '**missed**'} "
                 f"({_f(cra['gap'])} pp at {_f(cra['ratio'] * 100, 1)}%, ΔFNR max "
                 f"{_f(cra['d_fnr_max'] * 100, 1)} pt).")
+        if floor:
+            within = [s["method"] for s in summary if s["forget"] == forget
+                      and not is_retraining(s) and s["gap"] <= floor["gap"]
+                      and s["gate"] == s["n"]]
+            lines.append(
+                f"- Noise floor: a second retraining with another seed is {_f(floor['gap'])} ± "
+                f"{_f(floor['gap_std'])} pp from the reference. Methods at or below it (gate "
+                "passed in every seed): "
+                + (", ".join(f"{m}" for m in within) if within else "none") + ".")
         lines.append("")
     if figure_path is not None:
         lines.append(f"Figure: `{figure_path}` (average gap against time / retraining).")
@@ -181,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", type=Path, default=REPO / "docs" / "results" / "frontier",
                    help="Folder for frontier.png (default: docs/results/frontier).")
     p.add_argument("--quick", action="store_true", help="Tiny data and model (smoke test).")
+    p.add_argument("--no-floor", action="store_true",
+                   help="Leave out the independent retraining (the metric's noise floor).")
     p.add_argument("--benchmarks", type=Path, default=None,
                    help="Markdown file whose frontier section is replaced (default: "
                         "BENCHMARKS.md; --quick: RESULTS/BENCHMARKS.md).")
@@ -198,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = ("retrain", *methods)
     results = args.results or REPO / ("runs/bench_frontier_quick" if args.quick
                                       else "results/studies")
-    cfg = parse_experiment(study(forget, seeds, methods, args.quick), source="bench_frontier")
+    cfg = parse_experiment(study(forget, seeds, methods, args.quick, floor=not args.no_floor),
+                           source="bench_frontier")
     t0 = time.perf_counter()
     summary_run = run_experiment(cfg, results, progress=True)
     wall = time.perf_counter() - t0

@@ -90,6 +90,10 @@ def test_retrain_is_seeded_and_sees_every_retain_sample(ds, trained):
     seen = torch.cat(log)
     # one epoch with drop_last: every batch comes from the retain set, no sample twice
     assert set(seen.tolist()) <= set(ctx.retain.tolist()) and len(seen) == len(set(seen.tolist()))
+    # seed_offset: an independent retraining (another seed) of the same retain set
+    c = create_method("retrain", {"seed_offset": 1}).unlearn(None, make_ctx(ds, spec)).model
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                      c.state_dict().values(), strict=True))
 
 
 def test_gradient_ascent_raises_forget_loss(ds, trained):

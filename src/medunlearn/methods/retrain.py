@@ -27,20 +27,24 @@ class Retrain(Method):
 
     @dataclass(frozen=True)
     class Config:
-        """``retrain`` has no options: the recipe is the original model's ``train`` config."""
+        """The recipe is the original model's ``train`` config; ``seed_offset`` 0 (the default)
+        retrains with the run's seed, any other value with a different one."""
+
+        seed_offset: int = 0  # train with ctx.seed + seed_offset (nonzero: independent retraining)
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         need_retain(ctx, self.name)
         watch = Stopwatch()
-        seed_everything(ctx.seed)
+        seed = ctx.seed + self.config.seed_offset
+        seed_everything(seed)
         if ctx.model_factory is not None:
             fresh = ctx.model_factory()
         elif ctx.model_spec is not None:
             fresh = model_from_spec(ctx.model_spec)
         else:
-            fresh = reinitialized(model, ctx.seed)
+            fresh = reinitialized(model, seed)
         cfg = dataclasses.replace(ctx.train_config, progress=ctx.progress)
-        result = fit(fresh, ctx.dataset, ctx.retain, cfg, seed=ctx.seed, desc="retrain",
+        result = fit(fresh, ctx.dataset, ctx.retain, cfg, seed=seed, desc="retrain",
                      on_batch=ctx.seen, runtime=ctx.runtime)
         return outcome(result.model, result.steps, watch, best_epoch=result.best_epoch,
                        epochs=cfg.epochs)

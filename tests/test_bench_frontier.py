@@ -1,0 +1,61 @@
+"""The frontier benchmark's summary: targets and the independent-retraining noise floor."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from medunlearn.experiments.config import parse_experiment
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_frontier.py"
+
+
+@pytest.fixture(scope="module")
+def bf():
+    spec = importlib.util.spec_from_file_location("bench_frontier", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(label, seed, gap, seconds, *, gr=0.1, fnr=0.01, gate=True, method=None):
+    return {"forget": "random:0.1", "seed": seed, "label": label, "method": method or label,
+            "average_gap_pp": gap, "unlearn_seconds": seconds, "retrain_seconds": 100.0,
+            "global_risk": gr, "fnr": fnr, "gate_passed": gate, "gate_reasons": []}
+
+
+def test_floor_is_an_independent_retraining_cell(bf):
+    cfg = parse_experiment(bf.study(("random:0.1",), (0,), ("retrain", "ssd"), False),
+                           source="test")
+    cells = cfg.plan()[2]
+    floor = [c for c in cells if c.method.display == bf.FLOOR]
+    assert len(floor) == 1 and not floor[0].reuses_reference  # trained, not the reference
+    assert floor[0].method.options_dict == {"seed_offset": bf.FLOOR_SEED_OFFSET}
+    plain = parse_experiment(bf.study(("random:0.1",), (0,), ("retrain", "ssd"), False,
+                                      floor=False), source="test")
+    assert [c.method.display for c in plain.plan()[2]] == ["retrain", "ssd"]
+
+
+def test_summary_targets_and_floor_line(bf):
+    rows = []
+    for seed in (0, 1):
+        rows += [_row("retrain", seed, 0.0, 100.0),
+                 _row("newton", seed, 0.8, 1.0),                  # meets target 1
+                 _row("ssd", seed, 0.88, 8.0),                     # close but too slow
+                 _row("salun-cra", seed, 1.4, 6.0, fnr=0.015),     # meets target 2
+                 _row("finetune", seed, 2.0, 2.0, gate=seed == 0),
+                 _row(bf.FLOOR, seed, 0.85 + 0.1 * seed, 101.0, method="retrain")]
+    summary = bf.summarize(rows)
+    by = {s["method"]: s for s in summary}
+    assert by[bf.FLOOR]["gap"] == pytest.approx(0.9) and by[bf.FLOOR]["n"] == 2
+    assert [s["method"] for s in summary if bf.meets_main(s)] == ["newton"]
+    assert bf.meets_cra(by["salun-cra"])
+    text = bf.render(summary, results=Path("r"), seeds=(0, 1), wall=60.0, quick=False,
+                     figure_path=None)
+    assert "Target 1" in text and "**newton**" in text
+    assert "Target 2" in text and "**met**" in text
+    # at or below the floor (0.9 pp) with the gate passed in every seed: ssd and newton
+    assert "0.90 ± 0.07 pp from the reference" in text
+    assert "passed in every seed): ssd, newton." in text
