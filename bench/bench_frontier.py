@@ -70,11 +70,20 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
 
+def _forgets(items: list[dict]) -> list[str]:
+    """The forget specs of rows or summary entries, smallest fraction first."""
+    return sorted({x["forget"] for x in items}, key=lambda f: float(f.split(":")[1]))
+
+
+def _entry(summary: list[dict], forget: str, method: str) -> dict | None:
+    return next((s for s in summary if s["forget"] == forget and s["method"] == method), None)
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """One entry per (forget, method): mean/std over seeds and the per-seed checks."""
     ref = {(r["forget"], r["seed"]): r for r in rows if r["label"] == "retrain"}
     out = []
-    for forget in sorted({r["forget"] for r in rows}, key=lambda f: float(f.split(":")[1])):
+    for forget in _forgets(rows):
         for method in (*METHODS, FLOOR):
             cells = [r for r in rows if r["forget"] == forget and r["label"] == method]
             if not cells:
@@ -119,12 +128,11 @@ def figure(summary: list[dict], path: Path, y_cap: float = 6.0) -> Path:
     from medunlearn.plots import _pyplot, save_figure
 
     plt = _pyplot()
-    forgets = sorted({s["forget"] for s in summary}, key=lambda f: float(f.split(":")[1]))
+    forgets = _forgets(summary)
     fig, axes = plt.subplots(1, len(forgets), figsize=(6.2 * len(forgets), 5.0), squeeze=False)
     cmap = plt.get_cmap("tab20")
     for ax, forget in zip(axes[0], forgets, strict=True):
-        floor = next((x for x in summary if x["forget"] == forget and x["method"] == FLOOR),
-                     None)
+        floor = _entry(summary, forget, FLOOR)
         if floor is not None:  # the seed noise of retraining itself, as a band
             ax.axhspan(max(floor["gap"] - floor["gap_std"], 0), floor["gap"] + floor["gap_std"],
                        color="grey", alpha=0.15, label="independent retraining (mean ± std)")
@@ -169,9 +177,8 @@ def render(summary: list[dict], *, results: Path, seeds, wall: float, quick: boo
              f"(src/medunlearn/defaults/methods.toml); seeds {', '.join(map(str, seeds))}; "
              f"results folder `{results}`; wall time of this run {wall / 60:.1f} min "
              "(cells already in the folder are reused, not retimed)", ""]
-    for forget in sorted({s["forget"] for s in summary}, key=lambda f: float(f.split(":")[1])):
-        ref = next((s for s in summary if s["forget"] == forget and s["method"] == "retrain"),
-                   None)
+    for forget in _forgets(summary):
+        ref = _entry(summary, forget, "retrain")
         rt = f"{ref['seconds']:.1f} s" if ref else "-"
         lines += [f"### {forget} (retraining {rt})", "",
                   "| method | avg gap pp (mean ± std) | time / retrain % (mean ± std) | time s "
@@ -186,10 +193,8 @@ def render(summary: list[dict], *, results: Path, seeds, wall: float, quick: boo
                 f"{_f(s['d_fnr'] * 100, 1)} ({_f(s['d_fnr_max'] * 100, 1)}) | "
                 f"{s['gate']}/{s['n']} | {', '.join(s['reasons']) or '-'} |")
         main = [s["method"] for s in summary if s["forget"] == forget and meets_main(s)]
-        floor = next((s for s in summary if s["forget"] == forget and s["method"] == FLOOR),
-                     None)
-        cra = next((s for s in summary if s["forget"] == forget
-                    and s["method"] == "salun-cra"), None)
+        floor = _entry(summary, forget, FLOOR)
+        cra = _entry(summary, forget, "salun-cra")
         lines += ["", f"- Target 1 (avg gap <= {GAP_PP:g} pp, Global Risk <= retrain + "
                   f"{GR_SLACK:g} in every seed, gate passed in every seed, time <= "
                   f"{TIME_RATIO:.0%} of retraining): "
