@@ -8,7 +8,12 @@ from scipy.stats import entropy
 
 from medunlearn.evaluation.calibration import expected_calibration_error
 from medunlearn.evaluation.efficiency import efficiency
-from medunlearn.evaluation.fidelity import average_gap, mean_kl, prediction_agreement
+from medunlearn.evaluation.fidelity import (
+    average_gap,
+    mean_kl,
+    prediction_agreement,
+    tuning_closeness,
+)
 from medunlearn.evaluation.utility import softmax
 
 
@@ -49,6 +54,26 @@ def test_fidelity():
     r = {"UA": 0.14, "RA": 0.97, "TA": 0.86, "mia_efficacy": 0.25}
     assert average_gap(m, r) == pytest.approx(100 * (0.04 + 0.02 + 0.01 + 0.05) / 4)
     assert np.isnan(average_gap(m, {"UA": 0.1}))
+
+
+def test_tuning_closeness_by_hand():
+    vl, fl = np.array([0, 1, 1, 0]), np.array([1, 1, 0])
+    ref = {"ref_val_pred": np.array([0, 1, 0, 0]), "ref_forget_pred": np.array([1, 0, 0]),
+           "ref_forget_prob": np.array([0.9, 0.4, 0.7])}
+    same = tuning_closeness(val_labels=vl, forget_labels=fl, val_pred=ref["ref_val_pred"],
+                            forget_pred=ref["ref_forget_pred"], forget_prob=ref["ref_forget_prob"],
+                            **ref)
+    assert same["score"] == 0.0 and same["agreement"] == 1.0 and same["val_accuracy"] == 0.75
+    # all validation right (acc 1 vs 0.75), forget all right (1 vs 2/3), 2 of 7 predictions
+    # differ, every true-class probability 0.1 higher (W1 = 0.1)
+    got = tuning_closeness(val_labels=vl, forget_labels=fl, val_pred=vl, forget_pred=fl,
+                           forget_prob=ref["ref_forget_prob"] + 0.1, **ref)
+    assert got["agreement"] == pytest.approx(5 / 7)
+    assert got["forget_prob_w1"] == pytest.approx(0.1)
+    assert got["score"] == pytest.approx((1 / 3 + 0.25 + 2 / 7 + 0.1) / 4)
+    with pytest.raises(ValueError, match="at least one"):
+        tuning_closeness(val_labels=vl, forget_labels=fl[:0], val_pred=vl, forget_pred=fl[:0],
+                         forget_prob=fl[:0], **ref)
 
 
 def test_efficiency():

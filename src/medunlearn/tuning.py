@@ -26,6 +26,7 @@ from medunlearn.config import NONE_WORDS
 from medunlearn.errors import ConfigError
 
 TUNING_VERSION = 1
+# the wording recorded with every tuning result; evaluation.fidelity.tuning_closeness computes it
 TUNE_CRITERION = ("mean of |forget accuracy - reference's|, |validation accuracy - reference's|, "
                   "1 - prediction agreement with the reference on validation + forget samples, "
                   "and the Wasserstein-1 distance between the unlearned and the reference "
@@ -122,9 +123,8 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         ConfigError: an option the method does not have, or a reference that was not trained
             on the same data or forget set.
     """
-    from scipy.stats import wasserstein_distance
-
     from medunlearn.checkpoint import check_compatible, load_run, load_run_and_data
+    from medunlearn.evaluation.fidelity import tuning_closeness
     from medunlearn.forget import previously_forgotten, read_forget_csv, select_forget
     from medunlearn.methods.base import config_dict
     from medunlearn.training import predict_logits, softmax
@@ -178,15 +178,11 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         algo = resolve_method(method, dataset=flag, options=dict(options or {}) | point)
         result, cost = execute(algo, run.model, ctx)
         val_p, forget_p, prob = predictions(result.model)
-        val_acc = float((val_p == val_labels).mean())
-        forget_acc = float((forget_p == forget_labels).mean())
-        agree = float(((val_p == ref_val).sum() + (forget_p == ref_forget).sum())
-                      / (len(val_p) + len(forget_p)))
-        w1 = float(wasserstein_distance(prob, ref_prob))
-        score = (abs(forget_acc - ref_forget_acc) + abs(val_acc - ref_val_acc)
-                 + (1 - agree) + w1) / 4
-        rows.append({"options": point, "score": score, "forget_accuracy": forget_acc,
-                     "val_accuracy": val_acc, "agreement": agree, "forget_prob_w1": w1,
+        close = tuning_closeness(val_labels=val_labels, forget_labels=forget_labels,
+                                 val_pred=val_p, forget_pred=forget_p, forget_prob=prob,
+                                 ref_val_pred=ref_val, ref_forget_pred=ref_forget,
+                                 ref_forget_prob=ref_prob)
+        rows.append({"options": point, **close,
                      "seconds": cost["unlearn_seconds"], "steps": cost["steps"]})
     best = choose(rows, tolerance)
     return {"method": method, "dataset": flag, "forget": fs.spec, "seed": seed,

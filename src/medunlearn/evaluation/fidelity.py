@@ -45,3 +45,36 @@ def mean_kl(p_reference: np.ndarray, p_model: np.ndarray, eps: float = 1e-12) ->
     if len(p) == 0:
         return float("nan")
     return float((p * (np.log(p) - np.log(q))).sum(axis=1).mean())
+
+
+def tuning_closeness(*, val_labels: np.ndarray, forget_labels: np.ndarray,
+                     val_pred: np.ndarray, forget_pred: np.ndarray, forget_prob: np.ndarray,
+                     ref_val_pred: np.ndarray, ref_forget_pred: np.ndarray,
+                     ref_forget_prob: np.ndarray) -> dict[str, float]:
+    """How close an unlearned model is to the retrained reference on data a tuner may use
+    (validation and forget samples, never the test split).
+
+    ``*_pred`` are arg-max classes, ``*_prob`` the probability given to the true class of each
+    forget sample. Returns ``forget_accuracy``, ``val_accuracy``, ``agreement`` (share of
+    validation + forget samples predicted alike) and ``forget_prob_w1`` (Wasserstein-1 distance
+    between the two models' true-class probabilities on the forget set: a membership signal that
+    accuracy does not see), and ``score``: the mean of |forget accuracy - reference's|,
+    |validation accuracy - reference's|, 1 - agreement and the W1 term. Lower is better; 0 means
+    the same predictions and the same confidence distribution as the reference.
+    """
+    from scipy.stats import wasserstein_distance
+
+    val_labels, forget_labels = np.asarray(val_labels), np.asarray(forget_labels)
+    val_pred, forget_pred = np.asarray(val_pred), np.asarray(forget_pred)
+    ref_val_pred, ref_forget_pred = np.asarray(ref_val_pred), np.asarray(ref_forget_pred)
+    if len(val_labels) == 0 or len(forget_labels) == 0:
+        raise ValueError("tuning_closeness needs at least one validation and one forget sample.")
+    val_acc = float((val_pred == val_labels).mean())
+    forget_acc = float((forget_pred == forget_labels).mean())
+    agree = float(((val_pred == ref_val_pred).sum() + (forget_pred == ref_forget_pred).sum())
+                  / (len(val_pred) + len(forget_pred)))
+    w1 = float(wasserstein_distance(np.asarray(forget_prob), np.asarray(ref_forget_prob)))
+    score = (abs(forget_acc - float((ref_forget_pred == forget_labels).mean()))
+             + abs(val_acc - float((ref_val_pred == val_labels).mean())) + (1 - agree) + w1) / 4
+    return {"score": score, "forget_accuracy": forget_acc, "val_accuracy": val_acc,
+            "agreement": agree, "forget_prob_w1": w1}
