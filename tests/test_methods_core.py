@@ -13,7 +13,7 @@ from medunlearn.data import load_dataset
 from medunlearn.errors import ConfigError
 from medunlearn.forget import select_forget
 from medunlearn.methods import UnlearnContext, create_method, get_method_class
-from medunlearn.methods._common import random_wrong_labels
+from medunlearn.methods._common import random_wrong_labels, retain_quota
 from medunlearn.methods.salun import saliency_masks
 from medunlearn.methods.salun_cra import IGNORE, cra_per_sample_loss, cra_targets
 from medunlearn.training import build_for, evaluate_split, fit, seed_everything
@@ -193,6 +193,33 @@ def test_random_wrong_labels_are_never_the_true_label():
     y = torch.randint(0, 5, (500,), generator=torch.Generator().manual_seed(0))
     r = random_wrong_labels(y, 5, torch.Generator().manual_seed(1))
     assert (r != y).all() and set(r.tolist()) == set(range(5))
+
+
+def test_retain_quota_scales_the_budget_with_the_forget_set():
+    assert retain_quota(1024, None, 5000) == 1024  # fixed budget
+    assert retain_quota(None, 2.0, 5000) is None  # every retain image stays every retain image
+    assert retain_quota(1024, 2.0, 100) == 1024  # a small forget set keeps the budget
+    assert retain_quota(1024, 2.0, 941) == 1882
+    assert retain_quota(10, 0.5, 3) == 10 and retain_quota(1, 0.5, 3) == 2  # rounded up
+    with pytest.raises(ConfigError, match="retain_per_forget.*positive"):
+        create_method("salun", {"retain_per_forget": 0}).validate()
+
+
+@pytest.mark.parametrize("name", ("random-label", "salun", "salun-cra"))
+def test_relabelling_reads_retain_images_in_proportion_to_the_forget_set(ds, trained, name):
+    """retain_per_forget raises a small retain budget so that retain images are not outnumbered
+    by relabelled forget images."""
+    model, spec = trained
+    counts = {}
+    for per_forget in (None, 2.0):
+        log: list[torch.Tensor] = []
+        ctx = make_ctx(ds, spec, forget="random:0.25", log=log)
+        opts = fast_options(name) | {"retain_budget": 4, "retain_per_forget": per_forget}
+        create_method(name, opts).unlearn(model, ctx)
+        counts[per_forget] = len(set(torch.cat(log).tolist()) & set(ctx.retain.tolist()))
+    n_forget = len(ctx.forget)
+    assert counts[None] == 4
+    assert counts[2.0] == min(2 * n_forget, len(ctx.retain)) > 4
 
 
 def test_option_precedence_and_errors(monkeypatch):

@@ -57,7 +57,8 @@ def check_options(cfg, method: str) -> None:
               ("batch_size", lambda v: v >= 1, "at least 1"),
               ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
               ("weight_decay", lambda v: v >= 0, "non-negative"),
-              ("retain_budget", lambda v: v is None or v >= 0, "non-negative (or none)")]
+              ("retain_budget", lambda v: v is None or v >= 0, "non-negative (or none)"),
+              ("retain_per_forget", lambda v: v is None or v > 0, "positive (or none)")]
     for name, ok, what in checks:
         if hasattr(cfg, name) and not ok(getattr(cfg, name)):
             raise ConfigError(f"Option {name} of method {method!r} must be {what}, got "
@@ -135,6 +136,15 @@ def subsample(indices: torch.Tensor, budget: int | None, generator: torch.Genera
         return indices
     pick = torch.randperm(len(indices), generator=generator)[:budget]
     return indices[pick].sort().values
+
+
+def retain_quota(budget: int | None, per_forget: float | None, n_forget: int) -> int | None:
+    """Retain samples per epoch: ``budget``, raised to ``per_forget`` times the forget-set size
+    when that is larger, so relabelled forget samples never outnumber retain samples by more
+    than ``1 / per_forget`` (None budget: every retain sample; None ``per_forget``: fixed)."""
+    if budget is None or per_forget is None:
+        return budget
+    return max(budget, math.ceil(per_forget * n_forget))
 
 
 def read_batches(ctx: UnlearnContext, indices: torch.Tensor, *, batch_size: int,

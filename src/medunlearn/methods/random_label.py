@@ -14,6 +14,7 @@ from medunlearn.methods._common import (
     loss_weights,
     outcome,
     random_wrong_labels,
+    retain_quota,
     subsample,
     train_on,
 )
@@ -43,6 +44,7 @@ class RandomLabel(Method):
         augmentation on, all retain samples each epoch (``retain_budget`` None)."""
 
         retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
+        retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
@@ -50,7 +52,8 @@ class RandomLabel(Method):
         net = clone_model(model)
         g = ctx.generator(5)
         targets = relabelled_targets(ctx, g).to(ctx.device)
-        epochs = [torch.cat([ctx.forget, subsample(ctx.retain, cfg.retain_budget, g)])
+        budget = retain_quota(cfg.retain_budget, cfg.retain_per_forget, len(ctx.forget))
+        epochs = [torch.cat([ctx.forget, subsample(ctx.retain, budget, g)])
                   for _ in range(cfg.epochs)]
         w = loss_weights(ctx, ctx.retain)
         steps = train_on(net, ctx, cfg, epoch_indices=epochs, generator=g, desc=self.name,

@@ -33,6 +33,7 @@ from medunlearn.methods._common import (
     loss_weights,
     outcome,
     read_batches,
+    retain_quota,
     subsample,
     train_on,
 )
@@ -81,6 +82,7 @@ class SalUn(Method):
 
         mask_fraction: float = 0.5  # fraction of parameter entries allowed to change
         retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
+        retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
         freeze_bn: bool = False  # keep BatchNorm running statistics unchanged
 
     def forget_loss(self, ctx: UnlearnContext, generator: torch.Generator,
@@ -105,7 +107,8 @@ class SalUn(Method):
         masks = saliency_masks(net, ctx, ctx.forget, fraction=cfg.mask_fraction)
         guard = MaskGuard(net, masks)
         loss_fn, details = self.forget_loss(ctx, g, loss_weights(ctx, ctx.retain))
-        epochs = [torch.cat([ctx.forget, subsample(ctx.retain, cfg.retain_budget, g)])
+        budget = retain_quota(cfg.retain_budget, cfg.retain_per_forget, len(ctx.forget))
+        epochs = [torch.cat([ctx.forget, subsample(ctx.retain, budget, g)])
                   for _ in range(cfg.epochs)]
         steps = train_on(net, ctx, cfg, epoch_indices=epochs, generator=g, desc=self.name,
                          loss_fn=loss_fn, before_step=guard.mask_grads, after_step=guard.restore,

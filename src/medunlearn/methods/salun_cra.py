@@ -89,6 +89,7 @@ class SalUnCRA(SalUn):
 
         mask_fraction: float = 0.5
         retain_budget: int | None = None
+        retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
         freeze_bn: bool = False
 
     def forget_loss(self, ctx: UnlearnContext, generator: torch.Generator,
