@@ -86,6 +86,21 @@ def test_auc_tolerance_widened_by_noise():
     assert _status(v)["attack_auc"] == "fail"
 
 
+def test_auc_against_a_reference_widens_by_the_se_of_the_difference():
+    """Both AUCs are estimates on the same few forget images (a 47-image forget set gave a
+    retrained reference a probe AUC of 0.38): the tolerance uses the SE of their difference."""
+    m, ref = _model(probe=0.52), _model(probe=0.40)
+    m["representation"]["probe_auc_se"] = 0.044
+    ref["representation"]["probe_auc_se"] = 0.044  # 2 x sqrt(2) x 0.044 = 0.124 >= 0.12
+    probe = next(c for c in gate(_metrics(model=m, reference=ref)).checks
+                 if c["name"] == "probe_auc")
+    assert probe["status"] == "pass" and probe["tolerance"] == pytest.approx(0.1245, abs=1e-4)
+    ref["representation"]["probe_auc_se"] = 0.0  # an exact target: the model's SE alone
+    probe = next(c for c in gate(_metrics(model=m, reference=ref)).checks
+                 if c["name"] == "probe_auc")
+    assert probe["status"] == "fail" and probe["tolerance"] == pytest.approx(0.088)
+
+
 def test_user_toml(tmp_path):
     f = tmp_path / "g.toml"
     f.write_text("fnr_tolerance = 0.2\n")

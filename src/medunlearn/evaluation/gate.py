@@ -15,9 +15,11 @@ each check against tolerances (:class:`GateTolerances`, defaults in ``defaults/g
   per-example forgetting-quality score >= ``forgetting_quality_min``; skipped when the record
   has no ``forgetting_quality`` section.
 
-AUC tolerances are widened to ``auc_noise_sigmas`` standard errors for small sets, and the
-FNR, Global Risk and TA-drop tolerances to ``rate_noise_sigmas`` standard errors of the
-difference of the two models' binomial estimates (:func:`rate_se`). A check that
+AUC tolerances are widened to ``auc_noise_sigmas`` standard errors (Hanley-McNeil) for small
+sets: of the difference of the model's and the reference's AUC when a reference is given, of the
+model's AUC alone against 0.5. The FNR, Global Risk and TA-drop tolerances are widened to
+``rate_noise_sigmas`` standard errors of the difference of the two models' binomial estimates
+(:func:`rate_se`). A check that
 cannot be computed is ``skipped`` with its reason, never silently passed.
 """
 
@@ -280,6 +282,9 @@ def gate(metrics: Mapping, tolerances: GateTolerances | Mapping | None = None) -
                 key, label = f"{name}_val", label.replace("vs test", "vs validation")
         value = _get(metrics, "models", "model", section, key)
         se = _get(metrics, "models", "model", section, f"{key}_se")
+        ref_se = _get(metrics, "models", "reference", section, f"{key}_se") if has_ref else None
+        if ref_se is not None:  # the reference's AUC is an estimate on the same sets too
+            se = _diff_se(se, ref_se)
         off = None if tol.privacy_checks else ("exact retraining: the model never saw the "
                                                "forgotten images, which this check approximates")
         checks.append(_closeness_check(name, label, value, target, t, se, tol.auc_noise_sigmas,
