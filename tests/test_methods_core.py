@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from medunlearn.data import load_dataset
 from medunlearn.errors import ConfigError
 from medunlearn.forget import select_forget
 from medunlearn.methods import UnlearnContext, create_method, get_method_class
-from medunlearn.methods._common import random_wrong_labels, retain_quota
+from medunlearn.methods._common import random_wrong_labels, relabel_weights, retain_quota
 from medunlearn.methods.salun import saliency_masks
 from medunlearn.methods.salun_cra import IGNORE, cra_per_sample_loss, cra_targets
 from medunlearn.training import build_for, evaluate_split, fit, seed_everything
@@ -220,6 +221,28 @@ def test_relabelling_reads_retain_images_in_proportion_to_the_forget_set(ds, tra
     n_forget = len(ctx.forget)
     assert counts[None] == 4
     assert counts[2.0] == min(2 * n_forget, len(ctx.retain)) > 4
+
+
+def test_relabelling_class_weights_from_the_trained_targets(ds, trained):
+    """weight_by="targets" balances the labels really trained on (relabelled forget samples
+    included, entropy samples left out); "retain" keeps the retain set's balance."""
+    _, spec = trained
+    recipe = dataclasses.replace(RECIPE, class_weights="balanced")
+    ctx = make_ctx(ds, spec, forget="random:0.25", recipe=recipe)
+    targets = ds.train.labels.clone()
+    targets[ctx.forget] = 1 - targets[ctx.forget]
+    targets[ctx.forget[:3]] = IGNORE
+    idx = torch.cat([ctx.forget, ctx.retain])
+    w = relabel_weights(ctx, "targets", targets, idx).cpu()
+    counts = torch.bincount(targets[idx][targets[idx] >= 0], minlength=2).float()
+    assert torch.allclose(w * counts, torch.full((2,), counts.sum() / 2))  # equal class totals
+    retain_counts = torch.bincount(ds.train.labels[ctx.retain], minlength=2).float()
+    w_retain = relabel_weights(ctx, "retain", targets, idx).cpu()
+    assert torch.allclose(w_retain * retain_counts, torch.full((2,), retain_counts.sum() / 2))
+    unweighted = make_ctx(ds, spec, recipe=dataclasses.replace(RECIPE, class_weights="none"))
+    assert relabel_weights(unweighted, "targets", targets, idx) is None
+    with pytest.raises(ConfigError, match="weight_by.*retain or targets"):
+        create_method("random-label", {"weight_by": "forget"})
 
 
 def test_option_precedence_and_errors(monkeypatch):

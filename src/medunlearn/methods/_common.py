@@ -63,6 +63,9 @@ def check_options(cfg, method: str) -> None:
         if hasattr(cfg, name) and not ok(getattr(cfg, name)):
             raise ConfigError(f"Option {name} of method {method!r} must be {what}, got "
                               f"{getattr(cfg, name)!r}.")
+    if hasattr(cfg, "weight_by") and cfg.weight_by not in ("retain", "targets"):
+        raise ConfigError(f"Option weight_by of method {method!r} must be retain or targets, got "
+                          f"{cfg.weight_by!r}.")
     if hasattr(cfg, "schedule") and cfg.schedule not in ("cosine", "onecycle", "constant"):
         raise ConfigError(f"Option schedule of method {method!r} must be cosine, onecycle or "
                           f"constant, got {cfg.schedule!r}.")
@@ -186,6 +189,29 @@ def loss_weights(ctx: UnlearnContext, indices: torch.Tensor) -> torch.Tensor | N
     w = class_weights(ctx.dataset.train.labels[indices], ctx.dataset.num_classes,
                       ctx.train_config.class_weights)
     return w.to(ctx.device) if w is not None else None
+
+
+def target_weights(ctx: UnlearnContext, targets: torch.Tensor, indices: torch.Tensor
+                   ) -> torch.Tensor | None:
+    """Class weights as in the original recipe, from the labels a method really trains on:
+    ``targets[indices]`` (relabelled forget samples included; negative targets, i.e. samples
+    that take another loss, left out)."""
+    t = targets[indices]
+    t = t[t >= 0]
+    if len(t) == 0:
+        return None
+    w = class_weights(t.cpu(), ctx.dataset.num_classes, ctx.train_config.class_weights)
+    return w.to(ctx.device) if w is not None else None
+
+
+def relabel_weights(ctx: UnlearnContext, weight_by: str, targets: torch.Tensor,
+                    indices: torch.Tensor) -> torch.Tensor | None:
+    """The class weights of a relabelling method: ``"retain"`` from the retain labels (as the
+    original recipe balanced them), ``"targets"`` from the labels of the samples it trains on
+    (``target_weights``), so relabelled forget samples count in the balance."""
+    if weight_by == "targets":
+        return target_weights(ctx, targets, indices)
+    return loss_weights(ctx, ctx.retain)
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator

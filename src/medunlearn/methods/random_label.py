@@ -11,9 +11,9 @@ from medunlearn.methods._common import (
     SGDOptions,
     Stopwatch,
     clone_model,
-    loss_weights,
     outcome,
     random_wrong_labels,
+    relabel_weights,
     retain_quota,
     subsample,
     train_on,
@@ -45,17 +45,19 @@ class RandomLabel(Method):
 
         retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
         retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
+        weight_by: str = "retain"  # class weights from "retain" labels or the trained "targets"
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
         watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(5)
-        targets = relabelled_targets(ctx, g).to(ctx.device)
+        targets = relabelled_targets(ctx, g)
         budget = retain_quota(cfg.retain_budget, cfg.retain_per_forget, len(ctx.forget))
         epochs = [torch.cat([ctx.forget, subsample(ctx.retain, budget, g)])
                   for _ in range(cfg.epochs)]
-        w = loss_weights(ctx, ctx.retain)
+        w = relabel_weights(ctx, cfg.weight_by, targets, epochs[0])
+        targets = targets.to(ctx.device)
         steps = train_on(net, ctx, cfg, epoch_indices=epochs, generator=g, desc=self.name,
                          loss_fn=lambda logits, y, b: F.cross_entropy(logits, targets[b],
                                                                       weight=w))

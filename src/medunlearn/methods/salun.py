@@ -30,9 +30,9 @@ from medunlearn.methods._common import (
     SGDOptions,
     Stopwatch,
     clone_model,
-    loss_weights,
     outcome,
     read_batches,
+    relabel_weights,
     retain_quota,
     subsample,
     train_on,
@@ -83,15 +83,20 @@ class SalUn(Method):
         mask_fraction: float = 0.5  # fraction of parameter entries allowed to change
         retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
         retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
+        weight_by: str = "retain"  # class weights from "retain" labels or the trained "targets"
         freeze_bn: bool = False  # keep BatchNorm running statistics unchanged
 
-    def forget_loss(self, ctx: UnlearnContext, generator: torch.Generator,
+    def forget_targets(self, ctx: UnlearnContext, generator: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """Training-split targets with the forget samples' random wrong labels, no entropy
+        mask, no details."""
+        return relabelled_targets(ctx, generator), None, {}
+
+    def forget_loss(self, targets: torch.Tensor, entropy: torch.Tensor | None,
                     weight: torch.Tensor | None
-                    ) -> tuple[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                               dict]:
-        """The loss over mixed forget/retain batches: random wrong labels on forget samples."""
-        targets = relabelled_targets(ctx, generator).to(ctx.device)
-        return (lambda logits, y, b: F.cross_entropy(logits, targets[b], weight=weight)), {}
+                    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The loss over mixed forget/retain batches (``targets`` on the device)."""
+        return lambda logits, y, b: F.cross_entropy(logits, targets[b], weight=weight)
 
     def validate(self) -> None:
         super().validate()
@@ -106,10 +111,13 @@ class SalUn(Method):
         g = ctx.generator(8)
         masks = saliency_masks(net, ctx, ctx.forget, fraction=cfg.mask_fraction)
         guard = MaskGuard(net, masks)
-        loss_fn, details = self.forget_loss(ctx, g, loss_weights(ctx, ctx.retain))
+        targets, entropy, details = self.forget_targets(ctx, g)
         budget = retain_quota(cfg.retain_budget, cfg.retain_per_forget, len(ctx.forget))
         epochs = [torch.cat([ctx.forget, subsample(ctx.retain, budget, g)])
                   for _ in range(cfg.epochs)]
+        weight = relabel_weights(ctx, cfg.weight_by, targets, epochs[0])
+        loss_fn = self.forget_loss(targets.to(ctx.device),
+                                   None if entropy is None else entropy.to(ctx.device), weight)
         steps = train_on(net, ctx, cfg, epoch_indices=epochs, generator=g, desc=self.name,
                          loss_fn=loss_fn, before_step=guard.mask_grads, after_step=guard.restore,
                          freeze_bn=cfg.freeze_bn)

@@ -90,10 +90,13 @@ class SalUnCRA(SalUn):
         mask_fraction: float = 0.5
         retain_budget: int | None = None
         retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
+        weight_by: str = "retain"  # class weights from "retain" labels or the trained "targets"
         freeze_bn: bool = False
 
-    def forget_loss(self, ctx: UnlearnContext, generator: torch.Generator,
-                    weight: torch.Tensor | None):
+    def forget_targets(self, ctx: UnlearnContext, generator: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """Random wrong labels for negative forget samples, ``IGNORE`` and the entropy mask for
+        positive ones."""
         positives = ctx.dataset.view.positive_labels
         if not positives:
             raise ConfigError(
@@ -105,8 +108,10 @@ class SalUnCRA(SalUn):
                                        positive_labels=tuple(positives),
                                        num_classes=ctx.dataset.num_classes, generator=generator)
         n_ent = int(entropy.sum())
-        targets, entropy = targets.to(ctx.device), entropy.to(ctx.device)
         details = {"entropy_forget_samples": n_ent,
                    "random_label_forget_samples": len(ctx.forget) - n_ent}
-        return (lambda logits, y, b: cra_loss(logits, targets[b],
-                                                       entropy[b], weight)), details
+        return targets, entropy, details
+
+    def forget_loss(self, targets: torch.Tensor, entropy: torch.Tensor | None,
+                    weight: torch.Tensor | None):
+        return lambda logits, y, b: cra_loss(logits, targets[b], entropy[b], weight)
