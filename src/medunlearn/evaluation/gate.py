@@ -19,8 +19,8 @@ AUC tolerances are widened to ``auc_noise_sigmas`` standard errors (Hanley-McNei
 sets: of the difference of the model's and the reference's AUC when a reference is given, of the
 model's AUC alone against 0.5. The FNR, Global Risk and TA-drop tolerances are widened to
 ``rate_noise_sigmas`` standard errors of the difference of the two models' binomial estimates
-(:func:`rate_se`). A check that
-cannot be computed is ``skipped`` with its reason, never silently passed.
+(:func:`rate_se`). A check that cannot be computed is ``skipped`` with its reason, never
+silently passed.
 """
 
 from __future__ import annotations

@@ -184,11 +184,7 @@ def sgd(model: nn.Module, cfg, total_steps: int):
 
 def loss_weights(ctx: UnlearnContext, indices: torch.Tensor) -> torch.Tensor | None:
     """Class weights as in the original recipe (``balanced`` or none), from ``indices``' labels."""
-    if len(indices) == 0:
-        return None
-    w = class_weights(ctx.dataset.train.labels[indices], ctx.dataset.num_classes,
-                      ctx.train_config.class_weights)
-    return w.to(ctx.device) if w is not None else None
+    return target_weights(ctx, ctx.dataset.train.labels, indices)
 
 
 def target_weights(ctx: UnlearnContext, targets: torch.Tensor, indices: torch.Tensor
@@ -212,6 +208,14 @@ def relabel_weights(ctx: UnlearnContext, weight_by: str, targets: torch.Tensor,
     if weight_by == "targets":
         return target_weights(ctx, targets, indices)
     return loss_weights(ctx, ctx.retain)
+
+
+def relabel_epochs(ctx: UnlearnContext, cfg, generator: torch.Generator) -> list[torch.Tensor]:
+    """Each epoch's indices for a relabelling method: every forget sample and the retain samples
+    of its budget (``retain_budget``, raised by ``retain_per_forget``), drawn per epoch."""
+    budget = retain_quota(cfg.retain_budget, cfg.retain_per_forget, len(ctx.forget))
+    return [torch.cat([ctx.forget, subsample(ctx.retain, budget, generator)])
+            for _ in range(cfg.epochs)]
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator

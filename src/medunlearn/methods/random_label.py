@@ -13,9 +13,8 @@ from medunlearn.methods._common import (
     clone_model,
     outcome,
     random_wrong_labels,
+    relabel_epochs,
     relabel_weights,
-    retain_quota,
-    subsample,
     train_on,
 )
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
@@ -53,9 +52,7 @@ class RandomLabel(Method):
         net = clone_model(model)
         g = ctx.generator(5)
         targets = relabelled_targets(ctx, g)
-        budget = retain_quota(cfg.retain_budget, cfg.retain_per_forget, len(ctx.forget))
-        epochs = [torch.cat([ctx.forget, subsample(ctx.retain, budget, g)])
-                  for _ in range(cfg.epochs)]
+        epochs = relabel_epochs(ctx, cfg, g)
         w = relabel_weights(ctx, cfg.weight_by, targets, epochs[0])
         targets = targets.to(ctx.device)
         steps = train_on(net, ctx, cfg, epoch_indices=epochs, generator=g, desc=self.name,

@@ -32,9 +32,8 @@ from medunlearn.methods._common import (
     clone_model,
     outcome,
     read_batches,
+    relabel_epochs,
     relabel_weights,
-    retain_quota,
-    subsample,
     train_on,
 )
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
@@ -112,9 +111,7 @@ class SalUn(Method):
         masks = saliency_masks(net, ctx, ctx.forget, fraction=cfg.mask_fraction)
         guard = MaskGuard(net, masks)
         targets, entropy, details = self.forget_targets(ctx, g)
-        budget = retain_quota(cfg.retain_budget, cfg.retain_per_forget, len(ctx.forget))
-        epochs = [torch.cat([ctx.forget, subsample(ctx.retain, budget, g)])
-                  for _ in range(cfg.epochs)]
+        epochs = relabel_epochs(ctx, cfg, g)
         weight = relabel_weights(ctx, cfg.weight_by, targets, epochs[0])
         loss_fn = self.forget_loss(targets.to(ctx.device),
                                    None if entropy is None else entropy.to(ctx.device), weight)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from medunlearn.errors import ConfigError
-from medunlearn.methods._common import SGDOptions, random_wrong_labels
+from medunlearn.methods._common import random_wrong_labels
 from medunlearn.methods.base import UnlearnContext, register_method
 from medunlearn.methods.salun import SalUn
 
@@ -83,15 +83,9 @@ class SalUnCRA(SalUn):
                "instead of random labels")
 
     @dataclass(frozen=True)
-    class Config(SGDOptions):
+    class Config(SalUn.Config):
         """Defaults as ``salun``: mask_fraction 0.5, 2 epochs, lr 0.01 (cosine), batch 128,
         momentum 0.9, weight decay 5e-4, augmentation on, whole retain set, BN stats updated."""
-
-        mask_fraction: float = 0.5
-        retain_budget: int | None = None
-        retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
-        weight_by: str = "retain"  # class weights from "retain" labels or the trained "targets"
-        freeze_bn: bool = False
 
     def forget_targets(self, ctx: UnlearnContext, generator: torch.Generator
                        ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
