@@ -47,6 +47,22 @@ class SGDOptions:
     augment: bool = True  # apply the dataset's augmentation policy to training batches
 
 
+@dataclass(frozen=True)
+class RelabelOptions(SGDOptions):
+    """Options of the relabelling methods (random-label, SalUn, SalUn-CRA): the retain replay
+    per epoch and how the loss is class-balanced.
+
+    ``weight_by="targets"`` balances the class weights over the labels actually trained on
+    (relabelled forget samples included). ``"retain"`` balances them over the retain labels as
+    the original recipe did; in an imbalanced binary task most relabelled samples then carry the
+    minority label, which those weights over-count, and with large forget sets the model learns
+    to predict that class for everyone (docs/results section 9)."""
+
+    retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
+    retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
+    weight_by: str = "targets"  # class weights from the trained "targets" or "retain" labels
+
+
 def check_options(cfg, method: str) -> None:
     """Validate the shared options (and ``retain_budget`` when present).
 

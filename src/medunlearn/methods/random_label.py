@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medunlearn.methods._common import (
-    SGDOptions,
+    RelabelOptions,
     Stopwatch,
     clone_model,
     outcome,
@@ -38,13 +38,10 @@ class RandomLabel(Method):
     summary = "train on forget samples with random wrong labels, together with retain data"
 
     @dataclass(frozen=True)
-    class Config(SGDOptions):
+    class Config(RelabelOptions):
         """Defaults: 2 epochs, lr 0.01 (cosine), batch 128, momentum 0.9, weight decay 5e-4,
-        augmentation on, all retain samples each epoch (``retain_budget`` None)."""
-
-        retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
-        retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
-        weight_by: str = "retain"  # class weights from "retain" labels or the trained "targets"
+        augmentation on, all retain samples each epoch (``retain_budget`` None), class weights
+        balanced over the trained labels."""
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from medunlearn.errors import ConfigError
 from medunlearn.methods._common import (
     MaskGuard,
-    SGDOptions,
+    RelabelOptions,
     Stopwatch,
     clone_model,
     outcome,
@@ -75,14 +75,12 @@ class SalUn(Method):
     summary = "saliency-masked random labelling: only the top-gradient weights change"
 
     @dataclass(frozen=True)
-    class Config(SGDOptions):
+    class Config(RelabelOptions):
         """Defaults: mask_fraction 0.5, 2 epochs, lr 0.01 (cosine), batch 128, momentum 0.9,
-        weight decay 5e-4, augmentation on, whole retain set per epoch, BN statistics updated."""
+        weight decay 5e-4, augmentation on, whole retain set per epoch, class weights balanced
+        over the trained labels, BN statistics updated."""
 
         mask_fraction: float = 0.5  # fraction of parameter entries allowed to change
-        retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
-        retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
-        weight_by: str = "retain"  # class weights from "retain" labels or the trained "targets"
         freeze_bn: bool = False  # keep BatchNorm running statistics unchanged
 
     def forget_targets(self, ctx: UnlearnContext, generator: torch.Generator
