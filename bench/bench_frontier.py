@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medunlearn.experiments import run_experiment
     from medunlearn.experiments.config import parse_experiment
+    from medunlearn.experiments.report import study_rows
     from medunlearn.experiments.store import DB_FILE, ResultsStore
 
     seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -258,9 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     if summary_run.failed:
         print(f"{len(summary_run.failed)} cells failed; see {results}/logs", file=sys.stderr)
-    keys = {c.key for c in cfg.plan()[2]}
     with ResultsStore(results / DB_FILE, create=False) as store:
-        rows = [r for r in store.rows() if r["key"] in keys]
+        rows = study_rows(store.rows(), cfg)
     summary = summarize(rows)
     fig_dir = args.figures if not args.quick else results
     fig = figure(summary, fig_dir / "frontier.png")

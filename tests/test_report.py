@@ -206,6 +206,34 @@ def test_report_of_one_study_in_a_shared_results_folder(tmp_path):
         write_report(tmp_path / "res", tmp_path / "o3", study=other)
 
 
+def test_shared_cell_takes_the_reporting_study_label(tmp_path):
+    """A cell computed by another study (stored under that study's label) is reported under
+    the label this study gives the same method and options."""
+    from medunlearn.experiments.config import parse_experiment
+    from medunlearn.experiments.report import study_rows
+
+    study = parse_experiment({
+        "name": "pinned", "datasets": [{"dataset": "breastmnist", "view": "binary"}],
+        "forget": ["random:0.2"],
+        "methods": ["retrain", {"name": "finetune", "options": {"lr": 0.05},
+                                "label": "finetune-fast"}],
+        "seeds": [0], "train": {"epochs": 1}}, source="pinned.yaml")
+    cells = study.cells()
+    with ResultsStore(tmp_path / "res") as store:
+        for c in cells:
+            r = _row(c.method.name, *METHODS[c.method.name], ratio=0.2, augment="basic", seed=0)
+            # the other study called the finetune variant "finetune-lr05"
+            label = "finetune-lr05" if c.method.name == "finetune" else c.method.name
+            store.insert(r | {"key": c.key, "experiment": "other", "label": label})
+        store.insert(_row("salun", *METHODS["salun"], ratio=0.2, augment="basic", seed=0))
+        stored = store.rows()
+    rows = study_rows(stored, study)
+    assert sorted(r["label"] for r in rows) == ["finetune-fast", "retrain"]
+    assert {r["label"] for r in stored} >= {"finetune-lr05", "salun"}  # the table is unchanged
+    md = write_report(tmp_path / "res", tmp_path / "out", study=study)["markdown"].read_text()
+    assert "| finetune-fast | 1 |" in md and "finetune-lr05" not in md
+
+
 def test_ratio_figures_keep_kinds_of_forget_set_apart(tmp_path):
     with ResultsStore(tmp_path / "res") as store:
         for kind in ("random", "positive"):

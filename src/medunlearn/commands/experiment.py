@@ -74,12 +74,11 @@ def experiment(
 
 def _print_summary(cfg, out: Path) -> None:
     """Key metrics per method (mean over seeds) of this study's finished cells."""
-    from medunlearn.experiments.report import study_keys, summary_text
+    from medunlearn.experiments.report import study_rows, summary_text
     from medunlearn.experiments.store import ResultsStore
 
-    keys = study_keys(cfg)
     with ResultsStore(out, create=False) as store:
-        rows = [r for r in store.rows() if r["key"] in keys]
+        rows = study_rows(store.rows(), cfg)
     if not rows:
         return
     typer.echo("\nSummary (mean over seeds; UA = forget-set error, TA = test accuracy;\n"

@@ -834,6 +834,19 @@ def study_keys(study) -> set[str]:
     return {c.key for c in study.cells()}
 
 
+def study_rows(rows: list[dict], study) -> list[dict]:
+    """The rows of a study's cells, each labelled as *this* study names its method.
+
+    A cell's key holds what determines its result (reference and resolved options), not its
+    label, so a cell computed by another study (or under an earlier default, when the study
+    now pins that value) is shared, and its stored label is the first study's. Reports must
+    use the study's own labels."""
+    labels: dict[str, str] = {}
+    for c in study.cells():
+        labels.setdefault(c.key, c.method.display)
+    return [{**r, "label": labels[r["key"]]} for r in rows if r["key"] in labels]
+
+
 def write_report(results: str | os.PathLike, out: str | os.PathLike, *,
                  title: str | None = None, study=None) -> dict:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) into ``out``.
@@ -862,7 +875,7 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike, *,
     missing = 0
     if study is not None:
         keys = study_keys(study)
-        rows = [r for r in rows if r["key"] in keys]
+        rows = study_rows(rows, study)
         failures = [f for f in failures if f.get("key") in keys]
         missing = len(keys) - len(rows) - len({f.get("key") for f in failures})
         if not rows:
