@@ -6,7 +6,9 @@ the original model and the retrained reference are trained with the tuning seed 
 ``medunlearn experiment`` (one ``retrain`` cell; resumable, into --work), then ``tune_method``
 searches each method's grid, scoring only validation and forget predictions. A dataset whose
 reference is degenerate (one class for >= 95% of validation images, or balanced accuracy < 0.6)
-is skipped with the reason: tuning towards it would teach the methods to collapse. Per-method
+is skipped with the reason: tuning towards it would teach the methods to collapse. Methods the
+recipe lists under ``also_forget`` are searched on those forget sets too (one more reference
+each) and each grid point counts with its worst score (``tuning.worst_case``). Per-method
 results are kept in --work, so an interrupted run resumes.
 
 Usage (from the repository root, with ../shared beside it)::
@@ -45,14 +47,15 @@ def commit() -> str:
         return "unknown"
 
 
-def prepare(entry: dict, recipe: dict, work: Path, wanted: set[str] | None,
-            ) -> tuple[str, Path, Path] | None:
-    """Train (or reuse) the original and the reference of one dataset; returns (flag, original
-    folder, reference folder), or None for a dataset not in ``wanted``."""
+def prepare(entry: dict, recipe: dict, forgets: list[str], work: Path, wanted: set[str] | None,
+            ) -> tuple[str, Path, dict[str, Path]] | None:
+    """Train (or reuse) the original and one reference per forget spec of one dataset; returns
+    (flag, original folder, {forget spec: reference folder}), or None for a dataset not in
+    ``wanted``."""
     from medunlearn.experiments import run_experiment
     from medunlearn.experiments.config import parse_experiment
 
-    raw = {"name": "tuning", "datasets": [entry], "forget": [recipe["forget"]],
+    raw = {"name": "tuning", "datasets": [entry], "forget": forgets,
            "methods": ["retrain"], "seeds": [recipe["seed"]], "augment": ["basic"]}
     cfg = parse_experiment(raw, source="defaults/tuning.toml")
     if wanted is not None and cfg.datasets[0].defaults_flag not in wanted:
@@ -62,8 +65,14 @@ def prepare(entry: dict, recipe: dict, work: Path, wanted: set[str] | None,
     if getattr(summary, "failed", None):
         raise SystemExit(f"training the tuning models failed: {summary.failed}")
     originals, references, _ = cfg.plan()
+    if len(references) != len(forgets):
+        raise SystemExit(f"expected {len(forgets)} references, the plan has {len(references)}")
     return (cfg.datasets[0].defaults_flag, out / originals[0].folder,
-            out / references[0].folder)
+            {spec: out / ref.folder for spec, ref in zip(forgets, references, strict=True)})
+
+
+def _slug(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in spec)
 
 
 def degenerate(reference: Path) -> str | None:
@@ -104,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         render_methods_toml,
         summarize,
         tune_method,
+        worst_case,
     )
     from medunlearn.unlearning import DEFAULTS_VERSION
 
@@ -123,32 +133,52 @@ def main(argv: list[str] | None = None) -> int:
     results = dict(old.get("results", {}))
     args.work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
+    also = {m: list(v) for m, v in recipe.get("also_forget", {}).items() if m in methods}
+    forgets = [recipe["forget"]] + sorted({f for v in also.values() for f in v}
+                                          - {recipe["forget"]})
     for entry in recipe["datasets"]:
-        prepared = prepare(entry, recipe, args.work, wanted)
+        prepared = prepare(entry, recipe, forgets, args.work, wanted)
         if prepared is None:
             continue
-        flag, original, reference = prepared
-        why = degenerate(reference)
+        flag, original, references = prepared
+        why = degenerate(references[recipe["forget"]])
         if why:
             print(f"{flag}: skipped, the reference {why}", file=sys.stderr)
             results[flag] = {"skipped": f"the retrained reference {why}", "dataset": entry}
             continue
+        unusable = {spec: f"the retrained reference for {spec} {why}"
+                    for spec in forgets[1:] if (why := degenerate(references[spec]))}
+        for note in unusable.values():
+            print(f"{flag}: {note}; methods scored on it are tuned without it", file=sys.stderr)
         done = dict(results.get(flag, {}).get("methods", {}))
         for method in methods:
-            cache = args.work / "results" / f"{flag}-{method}.json"
-            if cache.is_file():
-                result = json.loads(cache.read_text())
-            else:
-                t0 = time.perf_counter()
-                result = tune_method(original, method=method, forget=recipe["forget"],
-                                     reference=reference, seed=int(recipe["seed"]),
-                                     tolerance=float(recipe["tolerance"]))
-                atomic_write_json(cache, result)
-                print(f"{flag} {method}: {result['chosen']} "
-                      f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-            done[method] = summarize(result)
+            specs = [recipe["forget"]] + [f for f in also.get(method, [])
+                                          if f != recipe["forget"] and f not in unusable]
+            per_forget = []
+            for spec in specs:
+                name = (f"{flag}-{method}.json" if spec == recipe["forget"]
+                        else f"{flag}-{method}-{_slug(spec)}.json")
+                cache = args.work / "results" / name
+                if cache.is_file():
+                    result = json.loads(cache.read_text())
+                else:
+                    t0 = time.perf_counter()
+                    result = tune_method(original, method=method, forget=spec,
+                                         reference=references[spec], seed=int(recipe["seed"]),
+                                         tolerance=float(recipe["tolerance"]))
+                    atomic_write_json(cache, result)
+                    print(f"{flag} {method} ({spec}): {result['chosen']} "
+                          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+                per_forget.append(result)
+            combined = (per_forget[0] if len(per_forget) == 1
+                        else worst_case(per_forget, float(recipe["tolerance"])))
+            done[method] = summarize(combined)
+            skipped = [unusable[f] for f in also.get(method, []) if f in unusable]
+            if skipped:
+                done[method]["not_scored_on"] = skipped
         results[flag] = {"dataset": entry, "original": str(original.relative_to(args.work)),
-                         "reference": str(reference.relative_to(args.work)), "methods": done}
+                         "reference": str(references[recipe["forget"]].relative_to(args.work)),
+                         "methods": done}
     record = {
         "version": 1, "defaults_version": DEFAULTS_VERSION,
         "command": "python scripts/tune_defaults.py" + (

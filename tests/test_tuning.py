@@ -19,6 +19,7 @@ from medunlearn.tuning import (
     load_tuning_spec,
     parse_grid,
     render_methods_toml,
+    summarize,
     tune_method,
     tune_snippet,
 )
@@ -36,6 +37,36 @@ def test_choose_takes_the_cheapest_point_among_ties():
     assert choose(rows, 0.02)["options"] == {"a": 3}
     # equal steps: the lower score, then the first listed
     assert choose([_row(0.05, 5, a=1), _row(0.049, 5, a=2)], 0.01)["options"] == {"a": 2}
+
+
+def test_worst_case_scores_each_point_by_its_worst_forget_set():
+    from medunlearn.tuning import worst_case
+
+    def result(spec, scores, steps):
+        grid = [{"options": {"lr": lr}, "score": sc, "steps": st, "seconds": st / 10,
+                 "forget_accuracy": sc, "val_accuracy": 0.9, "agreement": 0.95,
+                 "forget_prob_w1": 0.01}
+                for lr, sc, st in zip((0.001, 0.003), scores, steps, strict=False)]
+        return {"method": "salun", "forget": spec, "reference": f"ref-{spec}", "grid": grid,
+                "grid_spec": {"lr": [0.001, 0.003]}, "chosen": {},
+                "reference_scores": {"forget_accuracy": 0.9}}
+
+    # lr 0.003 is best at 10% (0.010 against 0.020, beyond the tolerance) but collapses at 50%
+    small, large = result("random:0.1", (0.020, 0.010), (12, 12)), \
+        result("random:0.5", (0.030, 0.400), (40, 40))
+    assert choose(small["grid"], 0.003)["options"] == {"lr": 0.003}
+    out = worst_case([small, large], 0.003)
+    assert out["chosen"] == {"lr": 0.001} and out["forget"] == ["random:0.1", "random:0.5"]
+    first, second = out["grid"]
+    assert (first["score"], first["worst_forget"], first["steps"]) == (0.030, "random:0.5", 52)
+    assert first["scores"] == {"random:0.1": 0.020, "random:0.5": 0.030}
+    assert second["score"] == 0.400 and second["forget_accuracy"] == 0.400  # the worst set's
+    # the record keeps the per-forget scores, and the chosen point is re-derivable from it
+    kept = summarize(out)
+    assert kept["forget"] == ["random:0.1", "random:0.5"] and kept["score"] == 0.03
+    assert choose(kept["grid"], 0.003)["options"] == kept["chosen"]
+    with pytest.raises(ConfigError, match="different grids"):
+        worst_case([small, result("random:0.5", (0.1,), (1,))], 0.003)
 
 
 def test_parse_grid_reads_values_like_options():

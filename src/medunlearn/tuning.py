@@ -192,6 +192,40 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
             "chosen": dict(best["options"]), "grid": rows}
 
 
+def worst_case(results: Sequence[Mapping], tolerance: float) -> dict:
+    """One tuning result from several :func:`tune_method` results over the same grid on
+    different forget sets (same method, dataset and seed).
+
+    Each grid point scores its *worst* (highest) score over the forget sets and costs the sum
+    of their steps and seconds; the chosen point is then the :func:`choose` pick over those
+    rows, so a setting that is close to retraining on one forget set but collapses on another
+    loses. A row keeps the measurements of its worst forget set, plus ``scores`` (forget spec ->
+    score) and ``worst_forget``.
+
+    Raises:
+        ConfigError: no results, or results whose grids differ.
+    """
+    if not results:
+        raise ConfigError("worst_case needs at least one tuning result.")
+    grids = [[r["options"] for r in res["grid"]] for res in results]
+    if any(g != grids[0] for g in grids[1:]):
+        raise ConfigError("The tuning results to combine searched different grids.")
+    specs = [res["forget"] for res in results]
+    rows = []
+    for i in range(len(grids[0])):
+        points = [res["grid"][i] for res in results]
+        worst = max(range(len(points)), key=lambda j: points[j]["score"])
+        rows.append({**points[worst], "steps": sum(p["steps"] for p in points),
+                     "seconds": sum(p["seconds"] for p in points),
+                     "scores": {spec: p["score"] for spec, p in zip(specs, points, strict=True)},
+                     "worst_forget": specs[worst]})
+    return {**results[0], "forget": specs, "reference": [res["reference"] for res in results],
+            "tolerance": tolerance,
+            "reference_scores": {spec: res["reference_scores"]
+                                 for spec, res in zip(specs, results, strict=True)},
+            "chosen": dict(choose(rows, tolerance)["options"]), "grid": rows}
+
+
 def _toml_value(v) -> str:
     if v is None:
         return '"none"'
@@ -248,6 +282,8 @@ def render_methods_toml(record: Mapping) -> str:
         f"# Recipe: forget {recipe['forget']}, tuning seed {recipe['seed']} (not a reporting "
         f"seed), ties within {recipe['tolerance']:g} go to the cheapest point; criterion: "
         f"{TUNE_CRITERION}.",
+        *(f"# {m} also scored on forget {', '.join(v)} (a point counts with its worst score)."
+          for m, v in sorted(recipe.get("also_forget", {}).items())),
         "# Precedence, lowest first: the method's Config dataclass < [default.<method>] here",
         "# < [<dataset>.<method>] here < options given by the user (--option key=value).",
         "# \"none\" leaves an optional value unset (retain_budget = \"none\": every retain image).",
@@ -290,7 +326,12 @@ def summarize(result: Mapping) -> dict:
                       "agreement": round(r["agreement"], 6),
                       "forget_prob_w1": round(r["forget_prob_w1"], 6),
                       "steps": r["steps"],
-                      "seconds": round(r["seconds"], 2)} for r in result["grid"]]}
+                      "seconds": round(r["seconds"], 2),
+                      **({"scores": {k: round(v, 6) for k, v in r["scores"].items()},
+                          "worst_forget": r["worst_forget"]} if "scores" in r else {})}
+                     for r in result["grid"]],
+            **({"forget": list(result["forget"])} if not isinstance(result["forget"], str)
+               else {})}
 
 
 def load_tuning_record(path: str | os.PathLike | None = None) -> dict | None:
