@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{flag}: skipped, the reference {why}", file=sys.stderr)
             results[flag] = {"skipped": f"the retrained reference {why}", "dataset": entry}
             continue
-        unusable = {spec: f"the retrained reference for {spec} {why}"
-                    for spec in forgets[1:] if (why := degenerate(references[spec]))}
+        unusable = {f: f"the retrained reference for {f} {why}"
+                    for f in forgets[1:] if (why := degenerate(references[f]))}
         for note in unusable.values():
             print(f"{flag}: {note}; methods scored on it are tuned without it", file=sys.stderr)
         done = dict(results.get(flag, {}).get("methods", {}))
@@ -155,19 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             specs = [recipe["forget"]] + [f for f in also.get(method, [])
                                           if f != recipe["forget"] and f not in unusable]
             per_forget = []
-            for spec in specs:
-                name = (f"{flag}-{method}.json" if spec == recipe["forget"]
-                        else f"{flag}-{method}-{_slug(spec)}.json")
+            for fspec in specs:
+                name = (f"{flag}-{method}.json" if fspec == recipe["forget"]
+                        else f"{flag}-{method}-{_slug(fspec)}.json")
                 cache = args.work / "results" / name
                 if cache.is_file():
                     result = json.loads(cache.read_text())
                 else:
                     t0 = time.perf_counter()
-                    result = tune_method(original, method=method, forget=spec,
-                                         reference=references[spec], seed=int(recipe["seed"]),
+                    result = tune_method(original, method=method, forget=fspec,
+                                         reference=references[fspec], seed=int(recipe["seed"]),
                                          tolerance=float(recipe["tolerance"]))
                     atomic_write_json(cache, result)
-                    print(f"{flag} {method} ({spec}): {result['chosen']} "
+                    print(f"{flag} {method} ({fspec}): {result['chosen']} "
                           f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
                 per_forget.append(result)
             combined = (per_forget[0] if len(per_forget) == 1
