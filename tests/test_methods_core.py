@@ -243,6 +243,10 @@ def test_relabelling_class_weights_from_the_trained_targets(ds, trained):
     assert relabel_weights(unweighted, "targets", targets, idx) is None
     with pytest.raises(ConfigError, match="weight_by.*retain or targets"):
         create_method("random-label", {"weight_by": "forget"})
+    # the three relabelling methods share the option and its default
+    for name in ("random-label", "salun", "salun-cra"):
+        assert create_method(name).config.weight_by == "targets", name
+        assert create_method(name, {"weight_by": "retain"}).config.weight_by == "retain"
 
 
 def test_option_precedence_and_errors(monkeypatch):
