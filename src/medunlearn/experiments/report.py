@@ -829,13 +829,9 @@ def compute_time(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def study_keys(study) -> set[str]:
-    """The results-table keys of every cell of a parsed study (an ``ExperimentConfig``)."""
-    return {c.key for c in study.cells()}
-
-
-def study_rows(rows: list[dict], study) -> list[dict]:
-    """The rows of a study's cells, each labelled as *this* study names its method.
+def study_labels(study) -> dict[str, str]:
+    """Results-table key -> the method label this study gives it, for every cell of a parsed
+    study (an ``ExperimentConfig``).
 
     A cell's key holds what determines its result (reference and resolved options), not its
     label, so a cell computed by another study (or under an earlier default, when the study
@@ -844,6 +840,13 @@ def study_rows(rows: list[dict], study) -> list[dict]:
     labels: dict[str, str] = {}
     for c in study.cells():
         labels.setdefault(c.key, c.method.display)
+    return labels
+
+
+def study_rows(rows: list[dict], study, labels: dict[str, str] | None = None) -> list[dict]:
+    """The rows of a study's cells, each labelled as *this* study names its method
+    (``labels``: :func:`study_labels`, computed when not given)."""
+    labels = study_labels(study) if labels is None else labels
     return [{**r, "label": labels[r["key"]]} for r in rows if r["key"] in labels]
 
 
@@ -874,8 +877,9 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike, *,
         failures = store.failures()
     missing = 0
     if study is not None:
-        keys = study_keys(study)
-        rows = study_rows(rows, study)
+        labels = study_labels(study)  # resolves every cell's options once
+        keys = set(labels)
+        rows = study_rows(rows, study, labels)
         failures = [f for f in failures if f.get("key") in keys]
         missing = len(keys) - len(rows) - len({f.get("key") for f in failures})
         if not rows:
