@@ -45,7 +45,8 @@ def measure(model: Path, methods: list[str], *, work: Path, forget: str, n: int,
     for name in methods:
         t0 = time.perf_counter()
         r = verify_forgetting(model, forget=forget, method=name, out=work / "fq", n=n,
-                              seed=seed, data_root=data_root, progress=True, backend=backend)
+                              seed=seed, data_root=data_root, progress=True, backend=backend,
+                              overwrite=True)  # runs of older code in WORK are replaced
         wall = time.perf_counter() - t0
         rec = evaluate_run(r["runs"]["unlearned"][0], original=model,
                            reference=r["runs"]["retrained"][0], data_root=data_root)

@@ -277,6 +277,28 @@ def test_cli_writes_result_and_reuses_finished_runs(tiny_run, tmp_path, capsys):
     assert again["per_example"]["epsilon"] == res["per_example"]["epsilon"]
 
 
+def test_cli_refuses_runs_of_another_configuration_unless_overwrite(tiny_run, tmp_path, capsys):
+    from medunlearn.cli import main
+
+    out = tmp_path / "fq"
+    args = ["verify-forgetting", "--model", str(tiny_run), "--forget", "random:0.1",
+            "--method", "finetune", "--n", "3", "--out", str(out), "--device", "cpu", "-q"]
+    assert main([*args, "--option", "epochs=1"]) == 0
+    first = (out / "finetune" / "seed-0" / "config.json").read_text()
+    capsys.readouterr()
+    # other options into the same folder: the finetune runs clash, and the error names the fix
+    assert main([*args, "--option", "epochs=2"]) != 0
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "--overwrite" in err
+    assert (out / "finetune" / "seed-0" / "config.json").read_text() == first
+    assert main([*args, "--option", "epochs=2", "--overwrite"]) == 0
+    res = json.loads((out / "finetune" / "forgetting_quality.json").read_text())
+    assert res["options"]["epochs"] == 2
+    assert res["runs"]["reused"] == 3  # the retrained runs are the same configuration: kept
+    assert json.loads((out / "finetune" / "seed-0" / "config.json").read_text()) \
+        ["method"]["options"]["epochs"] == 2
+
+
 def test_cli_refuses_too_few_models(tiny_run, tmp_path, capsys):
     from medunlearn.cli import main
 

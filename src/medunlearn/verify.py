@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medunlearn.errors import ConfigError
+from medunlearn.errors import ConfigError, OutputExistsError
 from medunlearn.evaluation import forgetting_quality as fq
 from medunlearn.evaluation.privacy import logit_confidence
 from medunlearn.evaluation.utility import softmax
@@ -147,9 +147,19 @@ def _one_run(kwargs: dict) -> dict:
     from medunlearn.unlearning import run_unlearning
 
     threads = kwargs.pop("threads", None)
+    replace_stale = kwargs.pop("replace_stale", False)
     if threads:
         torch.set_num_threads(int(threads))
-    metrics = run_unlearning(**kwargs)
+    try:
+        metrics = run_unlearning(**kwargs)  # a finished run of this configuration is reused
+    except OutputExistsError:
+        if not replace_stale:
+            raise OutputExistsError(
+                f"{kwargs['out']} holds a run of another configuration (another model, forget "
+                "set, seed, method option or medunlearn version). Choose a new --out folder, or "
+                "pass --overwrite to replace such runs (finished runs of this configuration are "
+                "still reused).") from None
+        metrics = run_unlearning(**kwargs, overwrite=True)
     return {"out": str(kwargs["out"]), "reused": bool(metrics.get("reused")),
             "retain_accuracy": metrics.get("retain_accuracy"),
             "test_accuracy": metrics.get("test_accuracy"),
@@ -213,7 +223,7 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
                       backend: str = "local", ray_address: str | None = None,
                       retain_limit: int | None = 2000, resamples: int = 1000,
                       null_permutations: int = 3,
-                      exclude: Sequence[int] | None = None,
+                      exclude: Sequence[int] | None = None, overwrite: bool = False,
                       on_runs_done: Callable[[list[dict]], None] | None = None) -> dict:
     """Train (or reuse) N unlearned and N retrained run folders and score forgetting per example.
 
@@ -238,6 +248,9 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
         exclude: Training indices withdrawn earlier (e.g. by earlier deletion requests): in
             neither the forget nor the retain set of any of the 2N runs (passed to
             ``run_unlearning``). The images ``model_dir`` itself forgot are always added.
+        overwrite: Replace run folders under ``out`` that hold a run of another configuration
+            (without it they are an error); finished runs of this configuration are reused
+            either way.
 
     Returns:
         The dict written to ``OUT/<method>/forgetting_quality.json``.
@@ -264,7 +277,8 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
     f_idx = fs.forget.numpy()
     u_seeds, r_seeds = seeds(seed, n)
     common = {"model_dir": str(model_dir), "forget": f_idx.tolist(), "data_root": data_root,
-              "progress": False, "device": device, "retain_limit": retain_limit}
+              "progress": False, "device": device, "retain_limit": retain_limit,
+              "replace_stale": overwrite}
     if exclude is not None:
         common["exclude"] = excluded
     calls = [common | {"method": "retrain", "seed": s, "out": out / "retrained" / f"seed-{s}"}

@@ -34,6 +34,10 @@ def verify_forgetting(
         metavar="N", help="Retain accuracy on a seeded subset of this many retain images.")]
     = 2000,
     data_root: DataRoot = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace run folders in --out that hold a run of another "
+        "configuration (another model, forget set, option or version); finished runs of this "
+        "one are reused either way.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     device: Device = "auto",
 ) -> None:
@@ -47,7 +51,7 @@ def verify_forgetting(
     r = run_check(model, forget=forget, method=method, out=out, n=n, seed=seed,
                   options=parse_option_pairs(option or []), device=device, data_root=data_root,
                   progress=not quiet, backend=backend, ray_address=ray_address,
-                  retain_limit=retain_limit)
+                  retain_limit=retain_limit, overwrite=overwrite)
     lo, hi = r["forgetting_quality_ci"]
     typer.echo(f"{method}: {r['forget']['count']} forget images, N = {n} unlearned + {n} "
                f"retrained models ({r['runs']['reused']} reused), {r['wall_seconds']:.0f} s")
