@@ -106,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from medunlearn.io import atomic_write_json, atomic_write_text
     from medunlearn.methods import method_names
+    from medunlearn.methods.base import get_method_class
     from medunlearn.tuning import (
         TUNE_CRITERION,
+        default_grid,
+        grid_as_options,
         load_tuning_record,
         load_tuning_spec,
         render_methods_toml,
@@ -159,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                 name = (f"{flag}-{method}.json" if fspec == recipe["forget"]
                         else f"{flag}-{method}-{_slug(fspec)}.json")
                 cache = args.work / "results" / name
-                if cache.is_file():
-                    result = json.loads(cache.read_text())
-                else:
+                result = json.loads(cache.read_text()) if cache.is_file() else None
+                if result is not None and (
+                        result.get("grid_spec") != grid_as_options(default_grid(method))
+                        or result.get("revision", 0) != get_method_class(method).revision):
+                    result = None  # tuned on another grid or an earlier revision of the method
+                if result is None:
                     t0 = time.perf_counter()
                     result = tune_method(original, method=method, forget=fspec,
                                          reference=references[fspec], seed=int(recipe["seed"]),

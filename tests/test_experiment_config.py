@@ -56,6 +56,18 @@ def test_grid_expands_into_shared_originals_references_and_cells():
     assert not {o.key for o in other.originals()} & {o.key for o in originals}
 
 
+def test_revising_a_method_reruns_its_cells_only(monkeypatch):
+    from medunlearn.methods.base import get_method_class, revision_field
+
+    assert revision_field(get_method_class("ssd")) == {"revision": 1}  # equal-size batches
+    assert revision_field(get_method_class("finetune")) == {}  # unrevised: keys as before
+    before = {(c.method.display, c.reference.key): c.key for c in parse_experiment(BASE).cells()}
+    monkeypatch.setattr(get_method_class("finetune"), "revision", 1)
+    after = {(c.method.display, c.reference.key): c.key for c in parse_experiment(BASE).cells()}
+    changed = {cell[0] for cell, key in after.items() if before[cell] != key}
+    assert changed == {"finetune"}
+
+
 def test_forget_ratio():
     assert forget_ratio("random:0.2") == 0.2
     assert forget_ratio("random:0.05:stratified") == 0.05

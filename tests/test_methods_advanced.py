@@ -279,6 +279,30 @@ def test_ssd_changes_only_the_parameters_it_selects(setup):
         assert torch.equal(v, dict(out.model.named_buffers())[k])
 
 
+def test_importance_batches_have_equal_sizes_and_match_a_hand_computation(setup):
+    """70 rows at batch size 64 are two batches of 35, not 64 + 6: a tiny trailing batch
+    inflates the squared mean gradient of whatever image it holds."""
+    ds, model, spec, forget, retain = setup
+    rows = torch.arange(70)
+    sizes = []
+    ctx = _ctx(ds, forget, retain, spec=spec, on_batch=lambda b: sizes.append(len(b)))
+    imp, batches = squared_grad_importance(model, ctx, rows, batch_size=64)
+    assert sizes == [35, 35] and batches == 2
+    sizes.clear()
+    squared_grad_importance(model, ctx, torch.arange(len(ds.train)), batch_size=32)
+    assert sum(sizes) == len(ds.train) == 120 and sizes == [30, 30, 30, 30]
+    expect = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    model.eval()
+    for half in (rows[:35], rows[35:]):
+        x = ds.train.images[half].float().div(255)
+        loss = F.cross_entropy(model(x), ds.train.labels[half])
+        for (n, _), g in zip(model.named_parameters(), torch.autograd.grad(
+                loss, list(model.parameters())), strict=True):
+            expect[n] += g.pow(2) / 2
+    for n, v in imp.items():
+        torch.testing.assert_close(v, expect[n], rtol=1e-4, atol=1e-12)
+
+
 def test_ssd_dampen_rule():
     p = {"w": torch.tensor([1.0, 2.0, 3.0, 4.0])}
     fi = {"w": torch.tensor([10.0, 0.5, 30.0, 0.0])}

@@ -54,6 +54,11 @@ def _plain(value):
     return value
 
 
+def grid_as_options(grid: Mapping[str, Sequence]) -> dict[str, list]:
+    """A grid with option names and values as the method reads them ("none" -> None)."""
+    return {k.replace("-", "_"): [_plain(v) for v in vs] for k, vs in grid.items()}
+
+
 def parse_grid(pairs: Iterable[str]) -> dict[str, list]:
     """``key=v1,v2`` strings as a grid (values read like ``--option`` values).
 
@@ -126,17 +131,17 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
     from medunlearn.checkpoint import check_compatible, load_run, load_run_and_data
     from medunlearn.evaluation.fidelity import tuning_closeness
     from medunlearn.forget import previously_forgotten, read_forget_csv, select_forget
-    from medunlearn.methods.base import config_dict
+    from medunlearn.methods.base import config_dict, revision_field
     from medunlearn.training import predict_logits, softmax
     from medunlearn.unlearning import build_context, execute, resolve_method
 
-    space = {k.replace("-", "_"): [_plain(v) for v in vs] for k, vs in (grid or {}).items()}
+    space = grid_as_options(grid or {})
     if lrs:
         space["lr"] = [float(v) for v in lrs]
     if epochs:
         space["epochs"] = [int(v) for v in epochs]
     if not space:
-        space = {k: [_plain(v) for v in vs] for k, vs in default_grid(method).items()}
+        space = grid_as_options(default_grid(method))
     if tolerance is None:
         tolerance = float(load_tuning_spec()["recipe"]["tolerance"])
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
@@ -185,8 +190,9 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         rows.append({"options": point, **close,
                      "seconds": cost["unlearn_seconds"], "steps": cost["steps"]})
     best = choose(rows, tolerance)
-    return {"method": method, "dataset": flag, "forget": fs.spec, "seed": seed,
-            "reference": str(reference), "criterion": TUNE_CRITERION, "tolerance": tolerance,
+    return {"method": method, **revision_field(base), "dataset": flag, "forget": fs.spec,
+            "seed": seed, "reference": str(reference), "criterion": TUNE_CRITERION,
+            "tolerance": tolerance,
             "grid_spec": space, "reference_scores": {"forget_accuracy": ref_forget_acc,
                                                     "val_accuracy": ref_val_acc},
             "chosen": dict(best["options"]), "grid": rows}

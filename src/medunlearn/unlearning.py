@@ -52,7 +52,7 @@ from medunlearn.forget import (
 from medunlearn.io import atomic_write_json, fingerprint, sha256_file, staged_output
 from medunlearn.loop import Runtime
 from medunlearn.methods import Method, UnlearnContext, UnlearnOutcome, create_method
-from medunlearn.methods.base import config_dict, get_method_class
+from medunlearn.methods.base import config_dict, get_method_class, revision_field
 from medunlearn.provenance import environment
 from medunlearn.runs import finished_run_metrics, now_iso, split_metrics
 from medunlearn.training import evaluate_split
@@ -256,7 +256,8 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     resolved = config_dict(algo)
     key = fingerprint({"kind": "unlearn", "original": weights_sha, "method": method,
                        "options": resolved, "seed": seed,
-                       "forget": forget_set.forget.tolist(), "retain": len(forget_set.retain)})
+                       "forget": forget_set.forget.tolist(), "retain": len(forget_set.retain)}
+                      | revision_field(algo))
     if not overwrite:
         previous = finished_run_metrics(out, key)
         if previous is not None:
@@ -305,7 +306,8 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
             "original": {"path": str(Path(model_dir).resolve()), "weights_sha256": weights_sha,
                          "fingerprint": run.config.get("fingerprint"),
                          "kind": run.config.get("kind")},
-            "method": {"name": method, "options": resolved, "user_options": dict(options or {}),
+            "method": {"name": method, **revision_field(algo), "options": resolved,
+                       "user_options": dict(options or {}),
                        "retain_budget": retain_budget,
                        "retain_budget_applied": retain_budget is not None
                        and takes_retain_budget(method), "seed": seed},

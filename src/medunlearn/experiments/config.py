@@ -283,7 +283,7 @@ class ExperimentConfig:
         return out
 
     def cells(self, references: list[ReferenceJob] | None = None) -> list[CellJob]:
-        from medunlearn.methods.base import config_dict
+        from medunlearn.methods.base import config_dict, get_method_class, revision_field
         from medunlearn.unlearning import resolve_method
 
         ev = _frozen_items(self.evaluation)
@@ -300,7 +300,8 @@ class ExperimentConfig:
                         resolve_method(m.name, dataset=flag, options=m.options_dict))
                 key = fingerprint({"kind": "cell", "reference": ref.key, "method": m.name,
                                    "options": resolved[m.display, flag],
-                                   "evaluation": self.evaluation, "gate": self.gate})
+                                   "evaluation": self.evaluation, "gate": self.gate}
+                                  | revision_field(get_method_class(m.name)))
                 out.append(CellJob(key=key, reference=ref, method=m, evaluation=ev, gate=gt))
         return out
 

@@ -73,6 +73,9 @@ class Method(ABC):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # Bumped when a fix changes what the method computes for the same options: run folders,
+    # study cells and tuning results keyed on the method are then recomputed, not reused.
+    revision: ClassVar[int] = 0
 
     @dataclass(frozen=True)
     class Config:
@@ -147,6 +150,12 @@ def create_method(name: str, options: dict | None = None) -> Method:
 
 def config_dict(method: Method) -> dict:
     return dataclasses.asdict(method.config)
+
+
+def revision_field(method: Method | type[Method]) -> dict:
+    """``{"revision": n}`` for a method revised since its first release, else ``{}`` (so the
+    fingerprints of unrevised methods, and every result keyed on them, stay as they were)."""
+    return {"revision": method.revision} if method.revision else {}
 
 
 def _load_builtin() -> None:
