@@ -10,6 +10,7 @@ import pytest
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.errors import ConfigError
 from medunlearn.methods import create_method, method_names
+from medunlearn.methods.base import get_method_class
 from medunlearn.runs import run_training
 from medunlearn.tuning import (
     TUNE_CRITERION,
@@ -193,6 +194,9 @@ def test_published_defaults_are_exactly_the_tuning_record():
     assert set(base) == set(method_names()) - {"retrain"}, "every method is tuned"
     for flag, entry in record["results"].items():
         for method, res in entry.get("methods", {}).items():
+            # tuned with the method's current algorithm
+            assert res.get("revision", 0) == get_method_class(method).revision, (
+                f"{method} was revised since it was tuned on {flag}; retune it")
             # the chosen point is one of the grid's rows, and the best within tolerance
             rows = res["grid"]
             assert res["chosen"] in [r["options"] for r in rows], (flag, method)

@@ -325,6 +325,7 @@ def summarize(result: Mapping) -> dict:
     """The part of a :func:`tune_method` result the tuning record keeps per method."""
     best = next(r for r in result["grid"] if r["options"] == result["chosen"])
     return {"chosen": dict(result["chosen"]), "score": round(best["score"], 6),
+            **({"revision": result["revision"]} if result.get("revision") else {}),
             "grid_spec": result["grid_spec"],
             "grid": [{"options": r["options"], "score": round(r["score"], 6),
                       "forget_accuracy": round(r["forget_accuracy"], 6),
