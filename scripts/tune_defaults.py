@@ -106,11 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from medunlearn.io import atomic_write_json, atomic_write_text
     from medunlearn.methods import method_names
-    from medunlearn.methods.base import get_method_class
     from medunlearn.tuning import (
         TUNE_CRITERION,
-        default_grid,
-        grid_as_options,
+        is_current,
         load_tuning_record,
         load_tuning_spec,
         render_methods_toml,
@@ -163,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         else f"{flag}-{method}-{_slug(fspec)}.json")
                 cache = args.work / "results" / name
                 result = json.loads(cache.read_text()) if cache.is_file() else None
-                if result is not None and (
-                        result.get("grid_spec") != grid_as_options(default_grid(method))
-                        or result.get("revision", 0) != get_method_class(method).revision):
+                if result is not None and not is_current(result, method):
                     result = None  # tuned on another grid or an earlier revision of the method
                 if result is None:
                     t0 = time.perf_counter()

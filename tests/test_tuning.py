@@ -70,6 +70,18 @@ def test_worst_case_scores_each_point_by_its_worst_forget_set():
         worst_case([small, result("random:0.5", (0.1,), (1,))], 0.003)
 
 
+def test_a_stored_tuning_result_is_stale_after_a_grid_change_or_a_revision(monkeypatch):
+    from medunlearn.tuning import default_grid, grid_as_options, is_current
+
+    stored = {"grid_spec": grid_as_options(default_grid("ssd")), "revision": 1}
+    assert is_current(stored, "ssd")
+    assert not is_current(stored | {"revision": 0}, "ssd")  # tuned before the fix
+    assert not is_current(stored | {"grid_spec": {"alpha": [10.0]}}, "ssd")
+    assert grid_as_options({"retain-budget": [1024, "none"]}) == {"retain_budget": [1024, None]}
+    monkeypatch.setattr(get_method_class("ssd"), "revision", 2)
+    assert not is_current(stored, "ssd")
+
+
 def test_parse_grid_reads_values_like_options():
     assert parse_grid(["lr=0.003,0.01", "retain-budget=1024,none", "scope=head"]) == {
         "lr": [0.003, 0.01], "retain_budget": [1024, None], "scope": ["head"]}

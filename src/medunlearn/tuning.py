@@ -59,6 +59,15 @@ def grid_as_options(grid: Mapping[str, Sequence]) -> dict[str, list]:
     return {k.replace("-", "_"): [_plain(v) for v in vs] for k, vs in grid.items()}
 
 
+def is_current(result: Mapping, method: str) -> bool:
+    """Whether a stored :func:`tune_method` result still stands for ``method``: searched over
+    its grid in ``defaults/tuning.toml`` and with its current algorithm (``Method.revision``)."""
+    from medunlearn.methods.base import get_method_class
+
+    return (result.get("grid_spec") == grid_as_options(default_grid(method))
+            and result.get("revision", 0) == get_method_class(method).revision)
+
+
 def parse_grid(pairs: Iterable[str]) -> dict[str, list]:
     """``key=v1,v2`` strings as a grid (values read like ``--option`` values).
 
