@@ -299,6 +299,20 @@ def test_cli_refuses_runs_of_another_configuration_unless_overwrite(tiny_run, tm
         ["method"]["options"]["epochs"] == 2
 
 
+def test_overwrite_never_replaces_a_folder_that_is_not_a_run(tiny_run, tmp_path):
+    from medunlearn.errors import OutputExistsError
+    from medunlearn.verify import _one_run
+
+    out = tmp_path / "finetune" / "seed-0"
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="already holds files"):
+        _one_run({"model_dir": str(tiny_run), "method": "finetune", "forget": "random:0.1",
+                  "seed": 0, "out": out, "options": {"epochs": 1}, "progress": False,
+                  "device": "cpu", "replace_stale": True})
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 def test_cli_refuses_too_few_models(tiny_run, tmp_path, capsys):
     from medunlearn.cli import main
 

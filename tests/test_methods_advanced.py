@@ -26,6 +26,7 @@ from medunlearn.methods._hessian import (
     split_for_scope,
     squared_grad_importance,
 )
+from medunlearn.methods.base import get_method_class
 from medunlearn.methods.newton import newton_scrub
 from medunlearn.methods.ssd import ssd_dampen_
 from medunlearn.training import evaluate_split, train_model
@@ -376,3 +377,15 @@ def test_runner_writes_an_unlearning_run_for_each_method(synth_root, tmp_path):
         assert metrics["steps"] > 0 and metrics["unlearn_seconds"] > 0
         saved = json.loads((tmp_path / name / "metrics.json").read_text())
         assert saved["details"] == json.loads(json.dumps(metrics["details"]))
+        # the run records the algorithm's revision (SSD 1), and the revision keys the run:
+        # the same options under another revision are not a finished run of this one
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert config["method"].get("revision", 0) == get_method_class(name).revision
+    import unittest.mock as mock
+
+    from medunlearn.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError):  # a revision-0 SSD run is not reused as revision 1
+        with mock.patch.object(get_method_class("ssd"), "revision", 0):
+            run_unlearning(tmp_path / "orig", method="ssd", forget="random:0.1",
+                           out=tmp_path / "ssd", options=FAST["ssd"], progress=False)

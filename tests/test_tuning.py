@@ -73,8 +73,13 @@ def test_worst_case_scores_each_point_by_its_worst_forget_set():
 def test_a_stored_tuning_result_is_stale_after_a_grid_change_or_a_revision(monkeypatch):
     from medunlearn.tuning import default_grid, grid_as_options, is_current
 
-    stored = {"grid_spec": grid_as_options(default_grid("ssd")), "revision": 1}
+    recipe = load_tuning_spec()["recipe"]
+    stored = {"grid_spec": grid_as_options(default_grid("ssd")), "revision": 1,
+              "seed": recipe["seed"], "tolerance": recipe["tolerance"],
+              "criterion": TUNE_CRITERION}
     assert is_current(stored, "ssd")
+    assert not is_current(stored | {"tolerance": 0.5}, "ssd")
+    assert not is_current(stored | {"criterion": "accuracy only"}, "ssd")
     assert not is_current(stored | {"revision": 0}, "ssd")  # tuned before the fix
     assert not is_current(stored | {"grid_spec": {"alpha": [10.0]}}, "ssd")
     assert grid_as_options({"retain-budget": [1024, "none"]}) == {"retain_budget": [1024, None]}

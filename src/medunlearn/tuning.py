@@ -61,11 +61,16 @@ def grid_as_options(grid: Mapping[str, Sequence]) -> dict[str, list]:
 
 def is_current(result: Mapping, method: str) -> bool:
     """Whether a stored :func:`tune_method` result still stands for ``method``: searched over
-    its grid in ``defaults/tuning.toml`` and with its current algorithm (``Method.revision``)."""
+    its grid in ``defaults/tuning.toml`` with the recipe's seed, tolerance and the current
+    criterion, and with the method's current algorithm (``Method.revision``)."""
     from medunlearn.methods.base import get_method_class
 
+    recipe = load_tuning_spec()["recipe"]
     return (result.get("grid_spec") == grid_as_options(default_grid(method))
-            and result.get("revision", 0) == get_method_class(method).revision)
+            and result.get("revision", 0) == get_method_class(method).revision
+            and result.get("seed") == int(recipe["seed"])
+            and result.get("tolerance") == float(recipe["tolerance"])
+            and result.get("criterion") == TUNE_CRITERION)
 
 
 def parse_grid(pairs: Iterable[str]) -> dict[str, list]:

@@ -153,6 +153,10 @@ def _one_run(kwargs: dict) -> dict:
     try:
         metrics = run_unlearning(**kwargs)  # a finished run of this configuration is reused
     except OutputExistsError:
+        from medunlearn.checkpoint import CONFIG_FILE
+
+        if not (Path(kwargs["out"]) / CONFIG_FILE).is_file():
+            raise  # a file, or a folder that is not a run: never replaced
         if not replace_stale:
             raise OutputExistsError(
                 f"{kwargs['out']} holds a run of another configuration (another model, forget "

@@ -107,7 +107,8 @@ def evaluate(job: CellJob, run_dir: Path, original_dir: Path, reference_dir: Pat
         result = verify_forgetting(original_dir, forget=forget_indices(reference_dir),
                                    method=job.method.name, options=job.method.options_dict,
                                    out=work, n=int(n_models), seed=job.seed,
-                                   data_root=job.original.data_root, progress=False)
+                                   data_root=job.original.data_root, progress=False,
+                                   overwrite=True)  # the folder is the study's own
         attach_to_record(record, result)
         record["models"]["model"]["forgetting_quality"]["result_file"] = str(
             work / job.method.name / RESULT_FILE)

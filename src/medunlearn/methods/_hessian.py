@@ -317,7 +317,7 @@ def squared_grad_importance(model: nn.Module, ctx: UnlearnContext, indices: torc
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     acc = {n: torch.zeros_like(p) for n, p in named}
     batches = 0
-    indices = torch.as_tensor(indices, dtype=torch.long)
+    indices = torch.as_tensor(indices, dtype=torch.long)  # cpu: rows of the in-memory split
     chunks = torch.tensor_split(indices, -(-len(indices) // batch_size)) if len(indices) else ()
     with eval_mode(model):
         for chunk in chunks:

@@ -274,7 +274,8 @@ def forgetting_quality_for(reg: str | os.PathLike, request_id: str, *, n: int = 
         result = verify.verify_forgetting(
             model_dir, forget=plan["forget"], method=plan["method"], out=work, n=n,
             seed=plan["seed"], options=options, data_root=data_root, progress=progress,
-            retain_limit=VERIFY_OPTIONS["retain_limit"], exclude=plan["exclude"])
+            retain_limit=VERIFY_OPTIONS["retain_limit"], exclude=plan["exclude"],
+            overwrite=True)  # the request's own folder: runs of an earlier version are replaced
         record = _record(plan, result, n)
         final = work / RECORD_FILE
         nxt = final.with_name(RECORD_FILE + NEXT_SUFFIX)
