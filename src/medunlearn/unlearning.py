@@ -41,7 +41,7 @@ from medunlearn.checkpoint import (
 )
 from medunlearn.config import NONE_WORDS, ModelConfig, TrainConfig, from_dict
 from medunlearn.data import Dataset
-from medunlearn.errors import ConfigError
+from medunlearn.errors import ConfigError, OutputExistsError
 from medunlearn.forget import (
     ForgetSet,
     previously_forgotten,
@@ -204,7 +204,8 @@ def execute(method: Method, model: torch.nn.Module, ctx: UnlearnContext
 def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | Sequence[int],
                    seed: int = 0, out: str | os.PathLike, options: dict | None = None,
                    exclude: Iterable[int] | None = None, retain_budget: int | None = None,
-                   overwrite: bool = False, data_root: str | None = None, progress: bool = True,
+                   overwrite: bool = False, replace_stale: bool = False,
+                   data_root: str | None = None, progress: bool = True,
                    on_batch: Callable[[torch.Tensor], None] | None = None,
                    retain_limit: int | None = None, device: str | None = None) -> dict:
     """Unlearn a forget set from a trained model and write a run folder at ``out``.
@@ -225,6 +226,9 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
         retain_budget: Maximum retain samples per epoch, for methods that take one (ignored,
             and recorded as not applied, for ``retrain`` and methods that read no retain data).
         overwrite: Replace an existing non-empty ``out``.
+        replace_stale: Replace ``out`` only when it holds a run of another configuration (a
+            finished run of this one is still reused; a folder that is not a run never is
+            replaced). Without it (or ``overwrite``) such a run is an error.
         data_root: Where the MedMNIST files are (default: the original run's setting).
         progress: Show progress bars.
         on_batch: Called with the training indices of every batch the method reads (audit).
@@ -262,6 +266,13 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
         previous = finished_run_metrics(out, key)
         if previous is not None:
             return previous | {"reused": True}
+        if (out / CONFIG_FILE).is_file():  # a run, but of another configuration
+            if not replace_stale:
+                raise OutputExistsError(
+                    f"The output folder {out} already holds files from a run of another "
+                    "configuration (another model, forget set, seed, method option or medunlearn "
+                    "version). Choose a new --out folder, or pass --overwrite to replace it.")
+            overwrite = True
     with staged_output(out, overwrite=overwrite, what="unlearning run") as stage:
         result, cost = execute(algo, run.model, ctx)
         model = result.model.eval()

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medunlearn.errors import ConfigError, OutputExistsError
+from medunlearn.errors import ConfigError
 from medunlearn.evaluation import forgetting_quality as fq
 from medunlearn.evaluation.privacy import logit_confidence
 from medunlearn.evaluation.utility import softmax
@@ -147,23 +147,9 @@ def _one_run(kwargs: dict) -> dict:
     from medunlearn.unlearning import run_unlearning
 
     threads = kwargs.pop("threads", None)
-    replace_stale = kwargs.pop("replace_stale", False)
     if threads:
         torch.set_num_threads(int(threads))
-    try:
-        metrics = run_unlearning(**kwargs)  # a finished run of this configuration is reused
-    except OutputExistsError:
-        from medunlearn.checkpoint import CONFIG_FILE
-
-        if not (Path(kwargs["out"]) / CONFIG_FILE).is_file():
-            raise  # a file, or a folder that is not a run: never replaced
-        if not replace_stale:
-            raise OutputExistsError(
-                f"{kwargs['out']} holds a run of another configuration (another model, forget "
-                "set, seed, method option or medunlearn version). Choose a new --out folder, or "
-                "pass --overwrite to replace such runs (finished runs of this configuration are "
-                "still reused).") from None
-        metrics = run_unlearning(**kwargs, overwrite=True)
+    metrics = run_unlearning(**kwargs)  # a finished run of this configuration is reused
     return {"out": str(kwargs["out"]), "reused": bool(metrics.get("reused")),
             "retain_accuracy": metrics.get("retain_accuracy"),
             "test_accuracy": metrics.get("test_accuracy"),
