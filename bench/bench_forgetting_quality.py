@@ -37,9 +37,8 @@ FAIL_RATIO = 0.5  # per-example "fail": score below this fraction of the permuta
 
 def measure(model: Path, methods: list[str], *, work: Path, forget: str, n: int, seed: int,
             data_root: str | None, backend: str = "local", figures: Path) -> list[dict]:
-    from medunlearn.evaluation.api import evaluate_run
     from medunlearn.evaluation.gate import gate
-    from medunlearn.verify import verify_forgetting
+    from medunlearn.runs import evaluate_run, verify_forgetting
 
     rows, results = [], {}
     for name in methods:

@@ -31,30 +31,28 @@ METHODS = ("retrain", "finetune", "random-label", "salun", "salun-cra", "gradien
 
 def measure(model_dir: Path, methods: list[str], *, forget: str, seed: int,
             data_root: str | None) -> tuple[list[dict], str]:
+    from medunlearn.api import unlearn
+    from medunlearn.checkpoint import load_run_and_data
+    from medunlearn.forget import select_forget
+    from medunlearn.methods.base import resolve_method
+    from medunlearn.runs.unlearn import model_config, train_config
     from medunlearn.training import evaluate_split as split_eval
     from medunlearn.training import resolve_precision
-    from medunlearn.unlearning import (
-        build_context,
-        execute,
-        load_run_and_data,
-        resolve_method,
-        select_forget,
-    )
 
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
     fs = select_forget(dataset, forget=forget, seed=seed)
-    base = build_context(run, dataset, fs, seed=seed, progress=False)
     native = resolve_precision("auto")
     rows = []
     for i, name in enumerate(methods):
         order = ("fp32", "auto") if i % 2 == 0 else ("auto", "fp32")
         row = {"method": name}
         for precision in order:
-            ctx = dataclasses.replace(base, train_config=dataclasses.replace(
-                base.train_config, precision=precision))
-            algo = resolve_method(name, dataset=dataset.name)
-            result, cost = execute(algo, run.model, ctx)
-            model = result.model.eval()
+            recipe = dataclasses.replace(train_config(run), precision=precision)
+            result = unlearn(run.model, dataset, forget=fs, seed=seed, device=None,
+                             method=resolve_method(name, dataset=dataset.name),
+                             train_config=recipe, model_factory=run.config["model"],
+                             model_config=model_config(run))
+            model, cost = result.model, result.record
             tag = "fp32" if precision == "fp32" else "auto"
             row[f"{tag}_seconds"] = cost["unlearn_seconds"]
             row[f"{tag}_test"] = split_eval(model, dataset.test)["accuracy"]

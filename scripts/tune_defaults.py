@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from medunlearn.io import atomic_write_json, atomic_write_text
     from medunlearn.methods import method_names
+    from medunlearn.methods.base import DEFAULTS_VERSION
+    from medunlearn.runs import tune_method
     from medunlearn.tuning import (
         TUNE_CRITERION,
         is_current,
@@ -113,10 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         load_tuning_spec,
         render_methods_toml,
         summarize,
-        tune_method,
         worst_case,
     )
-    from medunlearn.unlearning import DEFAULTS_VERSION
 
     record_path = DEFAULTS / "tuning.json"
     if args.render_only:

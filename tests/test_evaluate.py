@@ -22,11 +22,10 @@ from medunlearn.cli import main
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.data import load_dataset
 from medunlearn.errors import ConfigError, ForgetSetError
-from medunlearn.evaluation.api import evaluate_run
 from medunlearn.evaluation.directions import DIRECTIONS
 from medunlearn.evaluation.gate import gate
 from medunlearn.io import atomic_write_json, read_json
-from medunlearn.runs import run_training
+from medunlearn.runs import evaluate_run, run_training
 from medunlearn.training import train_model
 
 pytestmark = pytest.mark.integration

@@ -185,7 +185,7 @@ def test_studies_share_models_and_cells_in_one_results_folder():
 def test_cell_keys_follow_the_published_defaults(monkeypatch):
     """A cell's key holds every resolved option, so new defaults/methods.toml values rerun the
     cells they change (and only those) instead of reusing results of the old values."""
-    import medunlearn.unlearning as unlearning
+    import medunlearn.methods.base as unlearning
 
     def keys():
         return {(c.reference.key, c.method.display): c.key

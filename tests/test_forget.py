@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from medunlearn.checkpoint import read_indices, write_index_csv
 from medunlearn.data import load_dataset
 from medunlearn.errors import ForgetSetError
-from medunlearn.forget import read_forget_csv, select_forget, write_forget_csv
+from medunlearn.forget import select_forget
 from medunlearn.testing import make_synthetic_npz
 
 
@@ -168,12 +169,12 @@ def test_exclude_is_in_neither_set_and_random_draws_from_the_rest(ds):
 
 def test_forget_csv_round_trip(ds, tmp_path):
     fs = select_forget(ds, forget="random:0.1", seed=1)
-    path = write_forget_csv(tmp_path / "forget.csv", ds, fs)
+    path = write_index_csv(tmp_path / "forget.csv", ds, fs.forget.tolist())
     rows = list(csv.DictReader(path.open()))
     assert [int(r["index"]) for r in rows] == fs.forget.tolist()
     assert all(r["sha256"] == ds.train.hashes[int(r["index"])] for r in rows)
     assert np.array_equal([int(r["label"]) for r in rows], ds.train.labels[fs.forget].numpy())
-    assert torch.equal(read_forget_csv(path), fs.forget)
+    assert read_indices(path) == fs.forget.tolist()
 
 
 def test_real_pneumoniamnist_duplicate_hash_selects_both_copies(medmnist_root, tmp_path):

@@ -156,7 +156,7 @@ def test_gate_check_off_by_default_skipped_without_section_and_applied_with_it()
     v = gate(record, {"forgetting_quality_min": 0.1})
     c = next(c for c in v.checks if c["name"] == "forgetting_quality")
     assert c["status"] == "skipped" and "verify-forgetting" in c["reason"]
-    from medunlearn.verify import attach_to_record
+    from medunlearn.evaluation.forgetting_quality import attach_to_record
 
     attach_to_record(record, {"forgetting_quality": 0.05, "n_models": {"unlearned": 16}})
     v = gate(record, {"forgetting_quality_min": 0.1})
@@ -175,7 +175,7 @@ def toy():
     torch.set_num_threads(1)
     data = tiny_arrays(n_train=96, n_eval=40, with_patients=False)
     model = train_quickly(user_model(), data, epochs=3)
-    from medunlearn.verify import forgetting_quality
+    from medunlearn.api import forgetting_quality
 
     ret = forgetting_quality(model, data, forget="random:0.25", method="retrain", n=N,
                              train_config=RECIPE, device="cpu", resamples=200,
@@ -199,7 +199,7 @@ def test_retraining_scores_as_forgotten(toy):
 
 def test_doing_nothing_is_caught_where_the_population_attack_passes(toy):
     data, model, ret = toy
-    from medunlearn.verify import forgetting_quality
+    from medunlearn.api import forgetting_quality
 
     forget = np.array(ret["forget_indices"])
     nothing = forgetting_quality(model, data, forget=forget, method="retrain", n=N,
@@ -222,7 +222,7 @@ def test_doing_nothing_is_caught_where_the_population_attack_passes(toy):
 
 
 def test_too_few_models_is_a_clear_error():
-    from medunlearn.verify import check_n
+    from medunlearn.evaluation.forgetting_quality import check_n
 
     with pytest.raises(ConfigError, match="too few models"):
         check_n(2)
@@ -264,7 +264,7 @@ def test_cli_writes_result_and_reuses_finished_runs(tiny_run, tmp_path, capsys):
     with np.load(out / "finetune" / "scores.npz") as z:
         assert z["unlearned"].shape == z["retrained"].shape == (3, 8)
     assert "forgetting quality" in capsys.readouterr().out
-    from medunlearn.verify import examples_for
+    from medunlearn.evaluation.forgetting_quality import examples_for
 
     pe = res["per_example"]
     rows = examples_for(res, hashes=[pe["sha256"][2]], indices=[pe["index"][5]])
@@ -301,7 +301,7 @@ def test_cli_refuses_runs_of_another_configuration_unless_overwrite(tiny_run, tm
 
 def test_overwrite_never_replaces_a_folder_that_is_not_a_run(tiny_run, tmp_path):
     from medunlearn.errors import OutputExistsError
-    from medunlearn.verify import _one_run
+    from medunlearn.runs.per_example import _one_run
 
     out = tmp_path / "finetune" / "seed-0"
     out.mkdir(parents=True)

@@ -363,8 +363,7 @@ def test_runner_writes_an_unlearning_run_for_each_method(synth_root, tmp_path):
     import json
 
     from medunlearn.config import DataConfig
-    from medunlearn.runs import run_training
-    from medunlearn.unlearning import run_unlearning
+    from medunlearn.runs import run_training, run_unlearning
 
     data = DataConfig(dataset="breastmnist", data_root=str(synth_root), download=False,
                       verify_md5=False)

@@ -9,16 +9,16 @@ import math
 import pytest
 import torch
 
-from medunlearn.config import ModelConfig, TrainConfig
+from medunlearn.config import ModelConfig, TrainConfig, parse_option_pairs
 from medunlearn.data import load_dataset
 from medunlearn.errors import ConfigError
 from medunlearn.forget import select_forget
 from medunlearn.methods import UnlearnContext, create_method, get_method_class
 from medunlearn.methods._common import random_wrong_labels, relabel_weights, retain_quota
+from medunlearn.methods.base import config_dict, resolve_method, takes_retain_budget
 from medunlearn.methods.salun import saliency_masks
 from medunlearn.methods.salun_cra import IGNORE, cra_per_sample_loss, cra_targets
 from medunlearn.training import build_for, evaluate_split, fit, seed_everything
-from medunlearn.unlearning import parse_option_pairs, resolve_method
 
 PART_A = ("retrain", "finetune", "gradient-ascent", "neggrad-plus", "random-label",
           "boundary-shrink", "l1-sparse", "salun", "salun-cra")
@@ -250,7 +250,7 @@ def test_relabelling_class_weights_from_the_trained_targets(ds, trained):
 
 
 def test_option_precedence_and_errors(monkeypatch):
-    import medunlearn.unlearning as unlearning
+    import medunlearn.methods.base as unlearning
 
     # Config default < toml [default] < toml [dataset] < user (a fixed table: the published one
     # comes from tuning)
@@ -266,7 +266,10 @@ def test_option_precedence_and_errors(monkeypatch):
     assert user.config.epochs == 1 and user.config.retain_budget == 50
     with pytest.raises(ConfigError, match="Unknown option.*valid options"):
         resolve_method("salun", dataset=None, options={"learning_rate": 0.1})
-    assert resolve_method("retrain", dataset=None, retain_budget=10).config is not None
+    # retrain reads every retain image by definition: a retain budget does not apply to it
+    assert not takes_retain_budget("retrain") and takes_retain_budget("finetune")
+    assert config_dict(resolve_method("retrain", dataset=None, retain_budget=10)) == \
+        config_dict(resolve_method("retrain", dataset=None))
     assert resolve_method("finetune", dataset=None, retain_budget=10).config.retain_budget == 10
     with pytest.raises(ConfigError, match="non-negative"):
         resolve_method("finetune", dataset=None, retain_budget=-1)
@@ -289,7 +292,7 @@ def test_parse_option_pairs():
 
 def test_defaults_toml_is_versioned_and_every_section_is_valid():
     from medunlearn.methods import method_names
-    from medunlearn.unlearning import load_defaults
+    from medunlearn.methods.base import load_defaults
 
     data = load_defaults()
     assert data["version"] == 1

@@ -122,10 +122,10 @@ def test_readme_workflow_runs_as_written_with_the_bundled_data(bundled, tmp_path
     code = main(["evaluate", "--model", str(run_dir), "--reference", str(other),
                  "--out", str(tmp_path / "x.json")])
     err = capsys.readouterr().err
-    assert code == 2 and "different forget set" in err
+    assert code == 2 and "different set of samples" in err
     assert "--method retrain --forget random:0.2 --seed 0" in " ".join(err.split())
     # an --original that is not the run's original: a clear warning (checked before loading)
-    from medunlearn.runcheck import check_original
+    from medunlearn.runs.checks import check_original
 
     orig = Path(train[train.index("--out") + 1])
     assert check_original(run_dir, orig) is None
@@ -146,7 +146,7 @@ def test_datasets_says_what_is_here(bundled, capsys):
 
 
 def test_methods_shows_the_per_dataset_values(capsys, monkeypatch):
-    import medunlearn.unlearning as unlearning
+    import medunlearn.methods.base as unlearning
 
     # the published values come from tuning and may agree across datasets: use a fixed table
     table = {"version": 1, "default": {"finetune": {"epochs": 2}},

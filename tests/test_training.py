@@ -90,7 +90,7 @@ def test_overwrite_replaces(synth_root, tmp_path):
 
 
 def test_failure_leaves_nothing_behind(synth_root, tmp_path, monkeypatch):
-    import medunlearn.runs as runs
+    import medunlearn.runs.train as runs
 
     def boom(*a, **k):
         raise RuntimeError("simulated crash")

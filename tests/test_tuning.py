@@ -10,8 +10,8 @@ import pytest
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.errors import ConfigError
 from medunlearn.methods import create_method, method_names
-from medunlearn.methods.base import get_method_class
-from medunlearn.runs import run_training
+from medunlearn.methods.base import default_options, get_method_class, resolve_method
+from medunlearn.runs import run_training, run_unlearning, tune_method
 from medunlearn.tuning import (
     TUNE_CRITERION,
     choose,
@@ -21,10 +21,8 @@ from medunlearn.tuning import (
     parse_grid,
     render_methods_toml,
     summarize,
-    tune_method,
     tune_snippet,
 )
-from medunlearn.unlearning import default_options, resolve_method, run_unlearning
 
 
 def _row(score, steps, **opts):

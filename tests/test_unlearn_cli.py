@@ -10,12 +10,10 @@ import tomllib
 import pytest
 import torch
 
-from medunlearn.checkpoint import load_run, load_run_and_data
+from medunlearn.checkpoint import load_run, load_run_and_data, read_indices
 from medunlearn.cli import main
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
-from medunlearn.forget import read_forget_csv
-from medunlearn.runs import run_training
-from medunlearn.unlearning import run_unlearning
+from medunlearn.runs import run_training, run_unlearning
 
 PART_A = ("retrain", "finetune", "gradient-ascent", "neggrad-plus", "random-label",
           "boundary-shrink", "l1-sparse", "salun", "salun-cra")
@@ -61,7 +59,7 @@ def test_method_end_to_end_writes_a_loadable_run(tiny_run, tmp_path, name):
         assert cfg["method"]["options"]["epochs"] == 1
     # the unlearned folder is itself a model for every command: it loads with its data
     run, ds = load_run_and_data(out)
-    assert len(ds.train) == 120 and len(read_forget_csv(out / "forget.csv")) == 24
+    assert len(ds.train) == 120 and len(read_indices(out / "forget.csv")) == 24
     rows = list(csv.DictReader((out / "forget.csv").open()))
     assert all(r["sha256"] == ds.train.hashes[int(r["index"])] for r in rows)
 
@@ -70,13 +68,13 @@ def test_chaining_excludes_earlier_forget_set_and_budget_limits_retain(tiny_run,
     first = tmp_path / "first"
     run_unlearning(tiny_run, method="finetune", forget="random:0.2", seed=0, out=first,
                    options={"epochs": 1}, progress=False)
-    earlier = read_forget_csv(first / "forget.csv").tolist()
+    earlier = read_indices(first / "forget.csv")
     seen: list[torch.Tensor] = []
     second = tmp_path / "second"
     m = run_unlearning(first, method="finetune", forget="random:0.1", seed=0, out=second,
                        exclude=earlier, retain_budget=16, options={"epochs": 2},
                        progress=False, on_batch=seen.append)
-    now = read_forget_csv(second / "forget.csv").tolist()
+    now = read_indices(second / "forget.csv")
     assert not set(now) & set(earlier)
     assert not set(torch.cat(seen).tolist()) & (set(now) | set(earlier))
     assert sum(len(b) for b in seen) == 2 * 16  # two epochs of 16 retain samples
@@ -90,8 +88,8 @@ def test_chaining_excludes_earlier_forget_set_and_budget_limits_retain(tiny_run,
     run_unlearning(second, method="finetune", forget="random:0.1", seed=0, out=third,
                    options={"epochs": 1}, progress=False, on_batch=seen.append)
     gone = set(earlier) | set(now)
-    assert set(read_forget_csv(third / "excluded.csv").tolist()) == gone
-    assert not set(read_forget_csv(third / "forget.csv").tolist()) & gone
+    assert set(read_indices(third / "excluded.csv")) == gone
+    assert not set(read_indices(third / "forget.csv")) & gone
     assert not set(torch.cat(seen).tolist()) & gone
 
 
@@ -186,14 +184,14 @@ def test_cli_exclude_file_and_forget_csv(tiny_run, tmp_path, capsys):
     first = tmp_path / "first"
     assert main(["unlearn", "-m", str(tiny_run), "--method", "gradient-ascent", "--forget",
                  "random:0.25", "-o", str(first), "-O", "epochs=1", "-q"]) == 0
-    earlier = set(read_forget_csv(first / "forget.csv").tolist())
+    earlier = set(read_indices(first / "forget.csv"))
     for exclude in (first / "forget.csv", tmp_path / "ex.txt"):
         (tmp_path / "ex.txt").write_text("\n".join(map(str, sorted(earlier))) + "\n")
         out = tmp_path / f"second-{exclude.suffix}"
         assert main(["unlearn", "-m", str(first), "--method", "gradient-ascent", "--forget",
                      "random:0.25", "--exclude", str(exclude), "-o", str(out), "-O",
                      "epochs=1", "-q"]) == 0
-        assert not set(read_forget_csv(out / "forget.csv").tolist()) & earlier
+        assert not set(read_indices(out / "forget.csv")) & earlier
     (tmp_path / "bad.txt").write_text("1\nx\n")
     code = main(["unlearn", "-m", str(first), "--method", "gradient-ascent", "--forget",
                  "random:0.25", "--exclude", str(tmp_path / "bad.txt"), "-o",

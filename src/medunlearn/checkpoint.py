@@ -1,34 +1,50 @@
-"""Saving and loading run folders.
+"""The run folder: its files, and how to read and write them (the one place that knows).
 
 A run folder (from ``train``, ``unlearn`` or anything else that produces a model) holds:
 
 * ``model.safetensors``: the weights (loaded without pickle),
 * ``config.json``: the resolved configuration, seed, data description, code version, and the
   ``model`` spec needed to rebuild the network,
-* ``metrics.json``: results and timings.
+* ``metrics.json``: results and timings,
+* ``manifest.csv`` (training runs), ``forget.csv`` and ``excluded.csv`` (unlearning runs):
+  *index CSVs*, one training image per row as ``index,sha256,label`` (hashes, never pixels),
+* ``history.json`` and ``curve.png`` (training runs).
 
-Every command that takes a model takes such a folder.
+Every command that takes a model takes such a folder. Index CSVs are written by
+:func:`write_index_rows` and read by :func:`read_index_rows`, here and nowhere else, so their
+format has one definition (the registry's manifests and exclusion lists use them too).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from medunlearn.data import Dataset, load_from_record
-from medunlearn.errors import CheckpointError, ConfigError
-from medunlearn.io import atomic_write_bytes, read_json
+from medunlearn.errors import CheckpointError, ConfigError, ForgetSetError, MedUnlearnError
+from medunlearn.io import atomic_write_bytes, atomic_write_text, read_json
 from medunlearn.models import Classifier
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"  # training runs: one row per epoch
+CURVE_FILE = "curve.png"  # training runs: the training curve
+MANIFEST_FILE = "manifest.csv"  # training runs: every training image (index CSV)
+FORGET_FILE = "forget.csv"  # unlearning runs: the images forgotten (index CSV)
+EXCLUDED_FILE = "excluded.csv"  # unlearning runs: images forgotten earlier (index CSV)
+EVALUATION_FILE = "evaluation.json"  # what 'medunlearn pipeline' writes into the unlearned run
+INDEX_COLUMNS = ("index", "sha256", "label")
 
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module,
@@ -93,9 +109,10 @@ class Run:
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
 
-    def load_dataset(self, **overrides) -> Dataset:
-        """Load the data this run was trained on (``overrides`` e.g. ``data_root=...``)."""
-        dataset = load_from_record(self.data_record, seed=self.seed, **overrides)
+    def load_dataset(self, *, cache=None, **overrides) -> Dataset:
+        """Load the data this run was trained on (``overrides`` e.g. ``data_root=...``;
+        ``cache``: a :class:`medunlearn.cache.Session` keeping loaded datasets)."""
+        dataset = load_from_record(self.data_record, seed=self.seed, cache=cache, **overrides)
         check_compatible(self, dataset)
         return dataset
 
@@ -177,10 +194,151 @@ def check_compatible(run: Run, dataset: Dataset) -> None:
         )
 
 
-def load_run_and_data(path: str | os.PathLike, *, data_root: str | None = None,
+def load_run_and_data(path: str | os.PathLike, *, data_root: str | None = None, cache=None,
                       **overrides) -> tuple[Run, Dataset]:
-    """Load a run folder and the dataset it was trained on, checked against each other."""
+    """Load a run folder and the dataset it was trained on, checked against each other
+    (``cache``: see :meth:`Run.load_dataset`)."""
     run = load_run(path)
     if data_root:
         overrides["data_root"] = data_root
-    return run, run.load_dataset(**overrides)
+    return run, run.load_dataset(cache=cache, **overrides)
+
+
+# --------------------------------------------------------------------------- index CSVs
+
+
+def write_index_rows(path: str | os.PathLike, rows: Iterable[Sequence], *,
+                     columns: Sequence[str] = INDEX_COLUMNS) -> Path:
+    """Write an index CSV atomically: the header ``columns`` (``index,sha256,label`` first,
+    extra columns after them), then one row per image. The one writer of this format."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(columns))
+    w.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def write_index_csv(path: str | os.PathLike, dataset: Dataset, indices: Iterable[int], *,
+                    patients: bool = False) -> Path:
+    """Write ``index,sha256,label`` of training images of ``dataset``; with ``patients`` and
+    data that has patient ids, a ``patient_id`` column too (run manifests, forget and excluded
+    sets)."""
+    train = dataset.train
+    with_patients = patients and train.patient_ids is not None
+    hashes, labels, pids = train.hashes, train.labels.tolist(), train.patient_ids
+    rows = ([int(i), hashes[int(i)], int(labels[int(i)])]
+            + ([pids[int(i)]] if with_patients else []) for i in indices)
+    return write_index_rows(path, rows,
+                            columns=INDEX_COLUMNS + (("patient_id",) if with_patients else ()))
+
+
+def read_index_rows(path: str | os.PathLike, *, required: Sequence[str] = ("index",),
+                    what: str = "index file", error: type[MedUnlearnError] = ForgetSetError
+                    ) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of an index CSV (values as text). The one reader of this format.
+
+    Raises:
+        ``error`` (default :class:`ForgetSetError`): the file cannot be read, is not a UTF-8
+        CSV, or lacks a ``required`` column.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except OSError as exc:
+        raise error(f"Cannot read the {what} {path}: {exc.strerror or exc}.") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise error(f"The {what} {path} is not a UTF-8 CSV file ({str(exc)[:120]}); restore it "
+                    "from the run that wrote it.") from None
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise error(f"The {what} {path} has no {', '.join(map(repr, missing))} column; expected "
+                    f"{','.join(INDEX_COLUMNS)} rows as medunlearn writes them.")
+    return columns, rows
+
+
+def read_indices(path: str | os.PathLike, *, what: str = "forget list",
+                 error: type[MedUnlearnError] = ForgetSetError) -> list[int]:
+    """The ``index`` column of an index CSV, in file order (no data needed).
+
+    Raises:
+        ``error``: unreadable file, no ``index`` column, or an entry that is not a whole number.
+    """
+    _, rows = read_index_rows(path, what=what, error=error)
+    out = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            out.append(int(row["index"]))
+        except (TypeError, ValueError):
+            raise error(f"{path} line {line}: index {row['index']!r} is not a whole number; "
+                        f"the {what} is damaged.") from None
+    return out
+
+
+def read_checked_indices(path: str | os.PathLike, dataset: Dataset, *,
+                         what: str = "forget set") -> np.ndarray:
+    """Training-split indices of an index CSV (sorted, unique), each checked against the data:
+    in range, and with the image's SHA-256 when the file records one.
+
+    Raises:
+        ForgetSetError: unreadable file, no ``index`` column, out-of-range indices, or hashes
+            that do not match (the run folder was made with other data).
+    """
+    _, rows = read_index_rows(path, what=f"{what} file")
+    n = len(dataset.train)
+    hashes = dataset.train.hashes
+    idx = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            i = int(row["index"])
+        except (TypeError, ValueError):
+            raise ForgetSetError(f"{path} line {line}: index {row['index']!r} is not an "
+                                 "integer.") from None
+        if not 0 <= i < n:
+            raise ForgetSetError(f"{path} line {line}: index {i} is outside the training split "
+                                 f"(0..{n - 1}). The file belongs to other data.")
+        h = (row.get("sha256") or "").strip().lower()
+        if h and h != hashes[i]:
+            raise ForgetSetError(
+                f"{path} line {line}: training image {i} has SHA-256 {hashes[i][:12]}..., the "
+                f"{what} says {h[:12]}.... The run folder was made with different data (another "
+                "file version, train_limit or seed); evaluate it on the data it was trained on."
+            )
+        idx.append(i)
+    return np.unique(np.asarray(idx, dtype=np.int64))
+
+
+def previously_forgotten(run_dir: str | os.PathLike) -> list[int]:
+    """Training indices an unlearning run folder has already forgotten: its ``forget.csv`` plus
+    the ``excluded.csv`` it inherited (empty for a ``train`` run)."""
+    run_dir = Path(run_dir)
+    out: set[int] = set()
+    for name in (FORGET_FILE, EXCLUDED_FILE):
+        if (run_dir / name).is_file():
+            out.update(read_indices(run_dir / name))
+    return sorted(out)
+
+
+def finished_run_metrics(out: str | os.PathLike, key: str) -> dict | None:
+    """Metrics of the finished run in ``out`` if its config fingerprint is ``key``, else None.
+
+    Run folders appear only when complete (staged_output), so a matching fingerprint means the
+    same run has already been done and need not be repeated.
+    """
+    out = Path(out)
+    try:
+        if read_json(out / CONFIG_FILE).get("fingerprint") == key:
+            return read_json(out / METRICS_FILE)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+__all__ = [
+    "CONFIG_FILE", "CURVE_FILE", "EVALUATION_FILE", "EXCLUDED_FILE", "FORGET_FILE",
+    "HISTORY_FILE", "INDEX_COLUMNS", "MANIFEST_FILE", "METRICS_FILE", "MODEL_FILE", "Run",
+    "canonical_safetensors", "check_compatible", "finished_run_metrics", "load_run",
+    "load_run_and_data", "load_weights", "previously_forgotten", "read_checked_indices",
+    "read_index_rows", "read_indices", "save_weights", "write_index_csv", "write_index_rows",
+]

@@ -7,9 +7,12 @@ artefacts, and :func:`from_dict` rebuilds them (unknown keys are an error, never
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 
 from medunlearn.errors import ConfigError
 
@@ -147,5 +150,45 @@ def replace(cfg, **changes):
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
 
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "as_config", "from_dict", "replace",
-           "field"]
+def parse_option_pairs(pairs: Iterable[str]) -> dict:
+    """Parse ``key=value`` strings; values are read as TOML scalars (``0.01``, ``true``, ``3``),
+    ``none``/``null`` as None, anything else as a string.
+
+    Raises:
+        ConfigError: an entry without ``=`` or a key given twice.
+    """
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--option takes key=value (e.g. --option lr=0.01), got {pair!r}.")
+        if key in out:
+            raise ConfigError(f"Option {key!r} is given twice; give it once.")
+        raw = raw.strip()
+        if raw.lower() in NONE_WORDS:
+            out[key] = None
+            continue
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out
+
+
+def read_packaged_toml(name: str, version: int) -> dict:
+    """A versioned TOML file shipped in ``medunlearn/defaults/``, parsed.
+
+    Raises:
+        ConfigError: the file's ``version`` is not ``version``.
+    """
+    text = resources.files("medunlearn").joinpath(f"defaults/{name}").read_text("utf-8")
+    data = tomllib.loads(text)
+    if data.get("version") != version:
+        raise ConfigError(f"defaults/{name} has version {data.get('version')!r}; this "
+                          f"medunlearn reads version {version}. Reinstall the package.")
+    return data
+
+
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "as_config", "from_dict",
+           "parse_option_pairs", "read_packaged_toml", "replace", "field"]

@@ -23,9 +23,6 @@ In index and hash files, blank lines and text after ``#`` are ignored.
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,7 +33,6 @@ import torch
 
 from medunlearn.data import MedDataset
 from medunlearn.errors import ForgetSetError
-from medunlearn.io import atomic_write_text
 
 KINDS = ("random", "class", "positive", "negative", "indices", "hashes", "patients",
          "random-patients")
@@ -363,53 +359,4 @@ def select_forget(dataset: MedDataset, *, forget: str | Sequence[int], seed: int
     )
 
 
-def read_forget_csv(path: str | os.PathLike) -> torch.Tensor:
-    """Training indices listed in a run's ``forget.csv`` (``index,sha256,label``)."""
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            return torch.tensor([int(row["index"]) for row in csv.DictReader(fh)],
-                                dtype=torch.long)
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise ForgetSetError(f"{path} is not a forget list (a UTF-8 CSV with an 'index' column "
-                             f"of whole numbers): {str(exc)[:120]}.") from None
-
-
-def write_index_csv(path: str | os.PathLike, dataset: MedDataset,
-                    indices: Iterable[int], *, patients: bool = False) -> Path:
-    """Write ``index,sha256,label`` of training samples (hashes, never pixels), atomically;
-    with ``patients`` and data that has patient ids, a ``patient_id`` column too. The one
-    writer of this format (run manifests, forget sets, excluded sets)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    train = dataset.train
-    with_patients = patients and train.patient_ids is not None
-    w.writerow(["index", "sha256", "label"] + (["patient_id"] if with_patients else []))
-    hashes = train.hashes
-    labels = train.labels.tolist()
-    pids = train.patient_ids
-    for i in indices:
-        i = int(i)
-        w.writerow([i, hashes[i], int(labels[i])] + ([pids[i]] if with_patients else []))
-    return atomic_write_text(path, buf.getvalue())
-
-
-def write_forget_csv(path: str | os.PathLike, dataset: MedDataset, forget_set: ForgetSet) -> Path:
-    """Write ``index,sha256,label`` of each forgotten sample, atomically."""
-    return write_index_csv(path, dataset, forget_set.forget.tolist())
-
-
-def previously_forgotten(run_dir: str | os.PathLike) -> list[int]:
-    """Training indices an unlearning run folder has already forgotten: its ``forget.csv`` plus
-    the ``excluded.csv`` it inherited (empty for a ``train`` run)."""
-    run_dir = Path(run_dir)
-    out: set[int] = set()
-    for name in ("forget.csv", "excluded.csv"):
-        if (run_dir / name).is_file():
-            out.update(read_forget_csv(run_dir / name).tolist())
-    return sorted(out)
-
-
-__all__ = [
-    "ForgetSet", "previously_forgotten", "read_forget_csv", "select_forget", "write_forget_csv",
-    "write_index_csv",
-]
+__all__ = ["KINDS", "ForgetSet", "hash_indices", "patient_indices", "select_forget"]

@@ -261,17 +261,18 @@ def model_parts(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor
 
 @torch.no_grad()
 def infer(model: nn.Module, split, indices=None, *, runtime: Runtime = CPU_FP32,
-          batch_size: int = 512, features: bool = False
+          batch_size: int = 512, features: bool = False, cache=None
           ) -> tuple[np.ndarray, np.ndarray | None]:
     """Logits ``(N, K)`` (and penultimate features ``(N, D)`` when asked) of ``model`` on a
     split or its ``indices`` subset, in that order, in eval mode, as float32 numpy arrays.
 
     Inference runs in float32 whatever the training arithmetic, so metrics do not depend on it.
-    Inside a :func:`medunlearn.cache.session` the outputs are kept per image and reused.
+    With ``cache`` (a :class:`medunlearn.cache.Session`) penultimate features are kept per image
+    and backbone and reused; logits are then the head applied to them.
     """
-    from medunlearn import cache
+    from medunlearn._ambient import cache_or_ambient
 
-    session = cache.current()
+    session = cache_or_ambient(cache)
     if session is not None:
         return _infer_cached(session, model, split, indices, runtime=runtime,
                              batch_size=batch_size, features=features)

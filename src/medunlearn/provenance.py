@@ -5,10 +5,17 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
 from medunlearn import __version__
+
+
+def now_iso(timespec: str = "seconds") -> str:
+    """The current UTC time in ISO 8601 (``timespec`` as :meth:`datetime.isoformat`: run
+    folders and results tables record seconds, the registry's ledger milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec=timespec)
 
 
 @lru_cache(maxsize=1)

@@ -50,15 +50,17 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def predict_logits(model: nn.Module, split: Split, indices: torch.Tensor | None = None,
-                   *, batch_size: int = 512, runtime: Runtime = CPU_FP32) -> np.ndarray:
-    """Logits (N, K) of ``model`` on a split (or the ``indices`` subset), in eval mode."""
-    return infer(model, split, indices, runtime=runtime, batch_size=batch_size)[0]
+                   *, batch_size: int = 512, runtime: Runtime = CPU_FP32, cache=None
+                   ) -> np.ndarray:
+    """Logits (N, K) of ``model`` on a split (or the ``indices`` subset), in eval mode
+    (``cache``: see :func:`medunlearn.loop.infer`)."""
+    return infer(model, split, indices, runtime=runtime, batch_size=batch_size, cache=cache)[0]
 
 
 def evaluate_split(model: nn.Module, split: Split, indices: torch.Tensor | None = None, *,
-                   runtime: Runtime = CPU_FP32) -> dict:
+                   runtime: Runtime = CPU_FP32, cache=None) -> dict:
     """Accuracy, AUC, loss and per-class recall of ``model`` on a split or subset."""
-    probs = softmax(predict_logits(model, split, indices, runtime=runtime))
+    probs = softmax(predict_logits(model, split, indices, runtime=runtime, cache=cache))
     labels = split.labels.numpy() if indices is None else split.labels[indices].numpy()
     return summarize(probs, labels)
 

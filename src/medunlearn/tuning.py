@@ -1,8 +1,10 @@
 """Tuning method options against a retrained reference, and the published defaults.
 
-* :func:`tune_method` grid-searches any of a method's options (``lr``, ``epochs``,
+* ``medunlearn.runs.tune_method`` grid-searches any of a method's options (``lr``, ``epochs``,
   ``retain_budget``, ``alpha``, ``scope``...) by closeness to a model retrained without the forget
-  set, on the validation split and the forget set only (``TUNE_CRITERION``).
+  set, on the validation split and the forget set only (``TUNE_CRITERION``); this module holds
+  what it searches (:func:`default_grid`, :func:`parse_grid`) and how it chooses
+  (:func:`choose`, :func:`worst_case`).
 * :func:`load_tuning_spec` reads ``defaults/tuning.toml``: the default search space of every
   method and the recipe ``scripts/tune_defaults.py`` follows to publish the defaults.
 * :func:`render_methods_toml` turns the tuning record (``defaults/tuning.json``) into
@@ -12,17 +14,13 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from medunlearn.config import NONE_WORDS
+from medunlearn.config import NONE_WORDS, parse_option_pairs, read_packaged_toml
 from medunlearn.errors import ConfigError
 
 TUNING_VERSION = 1
@@ -37,8 +35,6 @@ TUNE_CRITERION = ("mean of |forget accuracy - reference's|, |validation accuracy
 
 def load_tuning_spec() -> dict:
     """The parsed ``defaults/tuning.toml`` shipped with the package (grids and recipe)."""
-    from medunlearn.unlearning import read_packaged_toml
-
     return read_packaged_toml("tuning.toml", TUNING_VERSION)
 
 
@@ -60,7 +56,7 @@ def grid_as_options(grid: Mapping[str, Sequence]) -> dict[str, list]:
 
 
 def is_current(result: Mapping, method: str) -> bool:
-    """Whether a stored :func:`tune_method` result still stands for ``method``: searched over
+    """Whether a stored ``tune_method`` result still stands for ``method``: searched over
     its grid in ``defaults/tuning.toml`` with the recipe's seed, tolerance and the current
     criterion, and with the method's current algorithm (``Method.revision``)."""
     from medunlearn.methods.base import get_method_class
@@ -79,8 +75,6 @@ def parse_grid(pairs: Iterable[str]) -> dict[str, list]:
     Raises:
         ConfigError: an entry without ``=``, without values, or a key given twice.
     """
-    from medunlearn.unlearning import parse_option_pairs
-
     grid: dict[str, list] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -103,117 +97,8 @@ def choose(rows: Sequence[Mapping], tolerance: float) -> Mapping:
     return min(ties, key=lambda r: (r["steps"], r["score"], rows.index(r)))
 
 
-def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequence[int],
-                reference: str | os.PathLike, seed: int = 0,
-                grid: Mapping[str, Sequence] | None = None, lrs: Sequence[float] = (),
-                epochs: Sequence[int] = (), options: dict | None = None,
-                tolerance: float | None = None, exclude: Iterable[int] | None = None,
-                data_root: str | None = None, progress: bool = False) -> dict:
-    """Grid-search a method's options by closeness to a retrained reference.
-
-    Each grid point runs the method in memory on the same forget set and is scored on the
-    *validation* split and the forget set only (see ``TUNE_CRITERION``): never on test data,
-    so the chosen values can be reported on the test split without selection bias.
-
-    Args:
-        model_dir: The original run folder.
-        method: Method name.
-        forget: Forget spec or indices (must select the reference's forget set).
-        reference: A ``retrain`` run folder for the same forget set.
-        seed: Seeds the forget set and the method.
-        grid: Option -> values to try (the product is searched). ``lrs``/``epochs`` add
-            ``lr``/``epochs`` entries. All empty: the method's grid in ``defaults/tuning.toml``,
-            or its resolved defaults only when it has none.
-        options: Other method options, fixed across the grid.
-        tolerance: Scores within this of the best tie; the cheapest tie wins (default: the
-            recipe's ``tolerance``).
-        exclude: Training indices forgotten earlier.
-        data_root: Where the MedMNIST files are.
-        progress: Show progress bars.
-
-    Returns:
-        ``{"method", "dataset", "forget", "seed", "reference", "criterion", "tolerance",
-        "grid_spec", "reference_scores", "chosen", "grid"}``: ``chosen`` maps each searched
-        option to its chosen value; ``grid`` has one row per point (``options``, ``score``,
-        ``forget_accuracy``, ``val_accuracy``, ``agreement``, ``forget_prob_w1``, ``seconds``,
-        ``steps``).
-
-    Raises:
-        ConfigError: an option the method does not have, or a reference that was not trained
-            on the same data or forget set.
-    """
-    from medunlearn.checkpoint import check_compatible, load_run, load_run_and_data
-    from medunlearn.evaluation.fidelity import tuning_closeness
-    from medunlearn.forget import previously_forgotten, read_forget_csv, select_forget
-    from medunlearn.methods.base import config_dict, revision_field
-    from medunlearn.training import predict_logits, softmax
-    from medunlearn.unlearning import build_context, execute, resolve_method
-
-    space = grid_as_options(grid or {})
-    if lrs:
-        space["lr"] = [float(v) for v in lrs]
-    if epochs:
-        space["epochs"] = [int(v) for v in epochs]
-    if not space:
-        space = grid_as_options(default_grid(method))
-    if tolerance is None:
-        tolerance = float(load_tuning_spec()["recipe"]["tolerance"])
-    run, dataset = load_run_and_data(model_dir, data_root=data_root)
-    flag = dataset.name
-    base = resolve_method(method, dataset=flag, options=options)
-    unknown = sorted(set(space) - set(config_dict(base)))
-    if unknown:
-        raise ConfigError(f"Method {method!r} has no option(s) {', '.join(unknown)} to tune; "
-                          f"its options: {', '.join(sorted(config_dict(base)))}.")
-    empty = sorted(k for k, vs in space.items() if not vs)
-    if empty:
-        raise ConfigError(f"The grid gives no values for {', '.join(empty)}.")
-    ref = load_run(reference)
-    check_compatible(ref, dataset)
-    excluded = sorted(set(exclude or []) | set(previously_forgotten(model_dir)))
-    fs = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
-    ref_forget_csv = Path(reference) / "forget.csv"
-    if ref_forget_csv.is_file() and not torch.equal(read_forget_csv(ref_forget_csv), fs.forget):
-        raise ConfigError(
-            f"The reference {reference} forgot a different set of samples than {fs.spec!r} with "
-            f"seed {seed}. Retrain the reference with the same --forget and --seed."
-        )
-    val_labels = dataset.val.labels.numpy()
-    forget_labels = dataset.train.labels[fs.forget].numpy()
-
-    def predictions(model):
-        forget_logits = predict_logits(model, dataset.train, fs.forget)
-        true_prob = softmax(forget_logits)[np.arange(len(forget_labels)), forget_labels]
-        return (predict_logits(model, dataset.val).argmax(1), forget_logits.argmax(1), true_prob)
-
-    ref_val, ref_forget, ref_prob = predictions(ref.model)
-    ref_val_acc = float((ref_val == val_labels).mean())
-    ref_forget_acc = float((ref_forget == forget_labels).mean())
-    ctx = build_context(run, dataset, fs, seed=seed, progress=progress)
-    keys = list(space)
-    rows = []
-    for values in itertools.product(*(space[k] for k in keys)):
-        point = dict(zip(keys, values, strict=True))
-        algo = resolve_method(method, dataset=flag, options=dict(options or {}) | point)
-        result, cost = execute(algo, run.model, ctx)
-        val_p, forget_p, prob = predictions(result.model)
-        close = tuning_closeness(val_labels=val_labels, forget_labels=forget_labels,
-                                 val_pred=val_p, forget_pred=forget_p, forget_prob=prob,
-                                 ref_val_pred=ref_val, ref_forget_pred=ref_forget,
-                                 ref_forget_prob=ref_prob)
-        rows.append({"options": point, **close,
-                     "seconds": cost["unlearn_seconds"], "steps": cost["steps"]})
-    best = choose(rows, tolerance)
-    return {"method": method, **revision_field(base), "dataset": flag, "forget": fs.spec,
-            "seed": seed, "reference": str(reference), "criterion": TUNE_CRITERION,
-            "tolerance": tolerance,
-            "grid_spec": space, "reference_scores": {"forget_accuracy": ref_forget_acc,
-                                                    "val_accuracy": ref_val_acc},
-            "chosen": dict(best["options"]), "grid": rows}
-
-
 def worst_case(results: Sequence[Mapping], tolerance: float) -> dict:
-    """One tuning result from several :func:`tune_method` results over the same grid on
+    """One tuning result from several ``tune_method`` results over the same grid on
     different forget sets (same method, dataset and seed).
 
     Each grid point scores its *worst* (highest) score over the forget sets and costs the sum
@@ -336,7 +221,7 @@ def render_methods_toml(record: Mapping) -> str:
 
 
 def summarize(result: Mapping) -> dict:
-    """The part of a :func:`tune_method` result the tuning record keeps per method."""
+    """The part of a ``tune_method`` result the tuning record keeps per method."""
     best = next(r for r in result["grid"] if r["options"] == result["chosen"])
     return {"chosen": dict(result["chosen"]), "score": round(best["score"], 6),
             **({"revision": result["revision"]} if result.get("revision") else {}),
@@ -364,6 +249,6 @@ def load_tuning_record(path: str | os.PathLike | None = None) -> dict | None:
     return json.loads(p.read_text("utf-8")) if p.is_file() else None
 
 
-__all__ = ["TUNE_CRITERION", "choose", "default_grid", "load_tuning_record",
-           "load_tuning_spec", "parse_grid", "render_methods_toml", "summarize", "tune_method",
-           "tune_snippet"]
+__all__ = ["TUNE_CRITERION", "choose", "default_grid", "grid_as_options", "is_current",
+           "load_tuning_record", "load_tuning_spec", "parse_grid", "render_methods_toml",
+           "summarize", "tune_snippet", "worst_case"]

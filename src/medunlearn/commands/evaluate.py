@@ -178,10 +178,12 @@ def evaluate(
 ) -> None:
     """Evaluate an unlearned model (and compare it with the original and the retrained
     reference); write all metrics to --out."""
-    from medunlearn.evaluation.api import EvalOptions, evaluate_run
-    from medunlearn.evaluation.gate import gate as run_gate
     from medunlearn.evaluation.gate import load_tolerances
+    from medunlearn.evaluation.record import EvalOptions
     from medunlearn.io import atomic_write_json
+    from medunlearn.runs import evaluate_run
+    from medunlearn.runs.checks import check_original
+    from medunlearn.runs.per_example import load_result_for
 
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists. Choose another --out file or pass "
@@ -189,10 +191,6 @@ def evaluate(
     if out.exists() and out.is_dir():
         raise OutputExistsError(f"--out {out} is a folder; give a file name such as "
                                 f"{out / 'evaluation.json'}.")
-    from medunlearn.runcheck import check_original, check_reference
-
-    if reference is not None:
-        check_reference(model, reference)
     if original is not None and (warning := check_original(model, original)):
         typer.secho(f"warning: {warning}", fg="yellow", err=True)
     tolerances = load_tolerances(gate_config) if gate or gate_config else None
@@ -203,30 +201,24 @@ def evaluate(
                        device=device)
     fq_result = None
     if forgetting_quality is not None:  # checked before the (slow) evaluation
-        from medunlearn.verify import attach_to_record, load_result_for
-
         fq_result = load_result_for(forgetting_quality, model)
     metrics = evaluate_run(model, original=original, reference=reference, options=opts,
-                           data_root=data_root)
-    if fq_result is not None:
-        attach_to_record(metrics, fq_result)
-    verdict = None
-    if gate:
-        verdict = run_gate(metrics, tolerances)
-        metrics["gate"] = verdict.to_dict()
+                           data_root=data_root, gate=tolerances if gate else False,
+                           forgetting_quality=fq_result)
     atomic_write_json(out, metrics)
     print_summary(metrics)
     typer.echo(f"metrics written to {out} ({metrics['evaluate_seconds']:.1f} s)")
+    verdict = metrics.get("gate")
     if verdict is not None:
         typer.echo("safety gate:")
-        for c in verdict.checks:
+        for c in verdict["checks"]:
             typer.echo(f"  {c['message']}")
-        if verdict.passed:
+        if verdict["passed"]:
             typer.secho("GATE PASSED", fg="green")
         else:
-            typer.secho(f"GATE FAILED ({len(verdict.reasons)} problem(s)): the model is not safe "
-                        "to deploy in place of the original.", fg="red", err=True)
-            echo_gate_failure(verdict.checks)
+            typer.secho(f"GATE FAILED ({len(verdict['reasons'])} problem(s)): the model is not "
+                        "safe to deploy in place of the original.", fg="red", err=True)
+            echo_gate_failure(verdict["checks"])
             raise typer.Exit(GATE_FAILED_EXIT)
 
 

@@ -89,12 +89,12 @@ def pipeline(
     device: Device = "auto",
 ) -> None:
     """Train, retrain the reference, unlearn, evaluate and gate: the whole workflow."""
+    from medunlearn.checkpoint import EVALUATION_FILE
     from medunlearn.commands.evaluate import GATE_FAILED_EXIT, echo_gate_failure, print_summary
-    from medunlearn.evaluation.api import EvalOptions, evaluate_run
-    from medunlearn.evaluation.gate import gate
+    from medunlearn.config import parse_option_pairs
+    from medunlearn.evaluation.record import EvalOptions
     from medunlearn.io import atomic_write_json
-    from medunlearn.runs import run_training
-    from medunlearn.unlearning import parse_option_pairs, run_unlearning
+    from medunlearn.runs import evaluate_run, run_training, run_unlearning
 
     data = data_config(dataset, size, view, positive_classes, augment, train_limit, eval_limit,
                        data_root, no_download, no_verify)
@@ -133,20 +133,19 @@ def pipeline(
     metrics = evaluate_run(unlearned, original=original, reference=reference,
                            options=EvalOptions(seed=seed, retain_limit=retain_limit,
                                                device=device),
-                           data_root=data_root)
-    verdict = gate(metrics)
-    metrics["gate"] = verdict.to_dict()
-    atomic_write_json(unlearned / "evaluation.json", metrics)
+                           data_root=data_root, gate=True)
+    verdict = metrics["gate"]
+    atomic_write_json(unlearned / EVALUATION_FILE, metrics)
     print_summary(metrics)
     typer.echo("safety gate:")
-    for c in verdict.checks:
+    for c in verdict["checks"]:
         typer.echo(f"  {c['message']}")
-    colour = "green" if verdict.passed else "red"
-    typer.secho(f"GATE {'PASSED' if verdict.passed else 'FAILED'}; all results in "
-                f"{unlearned / 'evaluation.json'}", fg=colour, bold=True)
-    if not verdict.passed:
-        echo_gate_failure(verdict.checks, err=False)
-    if strict and not verdict.passed:
+    colour = "green" if verdict["passed"] else "red"
+    typer.secho(f"GATE {'PASSED' if verdict['passed'] else 'FAILED'}; all results in "
+                f"{unlearned / EVALUATION_FILE}", fg=colour, bold=True)
+    if not verdict["passed"]:
+        echo_gate_failure(verdict["checks"], err=False)
+    if strict and not verdict["passed"]:
         raise typer.Exit(GATE_FAILED_EXIT)
 
 

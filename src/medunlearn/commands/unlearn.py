@@ -34,9 +34,9 @@ def _read_exclude(path: Path | None) -> list[int] | None:
     if not path.is_file():
         raise ConfigError(f"--exclude file {path} does not exist.")
     if path.name.endswith(".csv"):
-        from medunlearn.forget import read_forget_csv
+        from medunlearn.checkpoint import read_indices
 
-        return read_forget_csv(path).tolist()
+        return read_indices(path)
     out = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -72,15 +72,15 @@ def unlearn(
     device: Device = "auto",
 ) -> None:
     """Make a trained model forget training samples; write a run folder to --out."""
-    from medunlearn.unlearning import parse_option_pairs, run_unlearning
+    from medunlearn.config import parse_option_pairs
+    from medunlearn.methods.base import takes_retain_budget
+    from medunlearn.runs import run_unlearning
 
     metrics = run_unlearning(model, method=method, forget=forget, seed=seed, out=out,
                              options=parse_option_pairs(option or []),
                              exclude=_read_exclude(exclude), retain_budget=retain_budget,
                              overwrite=overwrite, data_root=data_root, progress=not quiet,
                              device=device)
-    from medunlearn.unlearning import takes_retain_budget
-
     typer.echo(f"{method}: forgot {metrics['forget_count']} samples, retained "
                f"{metrics['retain_count']}")
     if retain_budget is not None and not takes_retain_budget(method):
@@ -106,7 +106,7 @@ def methods(
     import textwrap
 
     from medunlearn.methods import get_method_class, method_names
-    from medunlearn.unlearning import default_options, load_defaults
+    from medunlearn.methods.base import default_options, load_defaults
 
     def say(text: str, indent: int = 0) -> None:
         typer.echo(textwrap.fill(text, 79, initial_indent=" " * indent,
@@ -181,9 +181,10 @@ def tune(
 ) -> None:
     """Choose a method's options by closeness to a retrained reference (validation + forget
     only)."""
+    from medunlearn.config import parse_option_pairs
     from medunlearn.io import atomic_write_json, atomic_write_text
-    from medunlearn.tuning import parse_grid, tune_method, tune_snippet
-    from medunlearn.unlearning import parse_option_pairs
+    from medunlearn.runs import tune_method
+    from medunlearn.tuning import parse_grid, tune_snippet
 
     result = tune_method(model, method=method, forget=forget, reference=reference, seed=seed,
                          grid=parse_grid(grid or []), lrs=_float_list(lrs),

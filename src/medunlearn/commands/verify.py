@@ -43,9 +43,9 @@ def verify_forgetting(
 ) -> None:
     """Prove forgetting per example: train N unlearned and N retrained models, and score how
     well each forget image's outputs tell them apart (epsilon, forgetting quality, U-LiRA)."""
-    from medunlearn.unlearning import parse_option_pairs
-    from medunlearn.verify import RESULT_FILE, check_n
-    from medunlearn.verify import verify_forgetting as run_check
+    from medunlearn.config import parse_option_pairs
+    from medunlearn.evaluation.forgetting_quality import RESULT_FILE, check_n
+    from medunlearn.runs import verify_forgetting as run_check
 
     check_n(n)
     r = run_check(model, forget=forget, method=method, out=out, n=n, seed=seed,

@@ -48,8 +48,12 @@ def data_identity(record: Mapping) -> dict:
     return out
 
 
-def load_from_record(record: Mapping, *, seed: int = 0, **overrides) -> Dataset:
+def load_from_record(record: Mapping, *, seed: int = 0, cache=None, **overrides) -> Dataset:
     """Load the dataset a ``data`` record describes.
+
+    ``cache`` (a :class:`medunlearn.cache.Session`) keeps loaded datasets by their record (which
+    holds the files' hashes), seed and overrides, so a job that loads the same data twice
+    loads it once.
 
     Raises:
         DataError: an unknown source, or a source that cannot be loaded again (arrays).
@@ -60,12 +64,14 @@ def load_from_record(record: Mapping, *, seed: int = 0, **overrides) -> Dataset:
         raise DataError(f"Unknown data source {name!r} in the run's config.json; known sources: "
                         f"{', '.join(sorted(_LOADERS))}. The run was written by a newer "
                         "medunlearn or its config.json was edited.")
-    from medunlearn import cache
+    from medunlearn._ambient import cache_or_ambient
 
-    session = cache.current()
+    session = cache_or_ambient(cache)
     if session is None:
         return _LOADERS[name](dict(record), seed=seed, **overrides)
-    key = cache.dataset_key(record, seed, overrides)  # the record holds the files' hashes
+    from medunlearn.cache import dataset_key
+
+    key = dataset_key(record, seed, overrides)  # the record holds the files' hashes
     if key not in session.datasets:
         session.datasets[key] = _LOADERS[name](dict(record), seed=seed, **overrides)
     return session.datasets[key]

@@ -40,13 +40,21 @@ unlearned when its likelihood ratio exceeds 1. :func:`ulira` runs this leave-one
 models of each example: per-example balanced attack accuracy (0.5 = indistinguishable, 1 = every
 model told apart) and the log likelihood ratio of the first unlearned model (the one a user
 deploys) against Gaussians fitted without it.
+
+The protocol both the in-memory check (:func:`medunlearn.api.forgetting_quality`) and the run
+folder check (``medunlearn verify-forgetting``) follow: :func:`check_n` and :func:`seeds`; and how
+a result enters an evaluation record: :func:`record_section`, :func:`attach_to_record`,
+:func:`examples_for`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from medunlearn.errors import ConfigError
 
 DELTA = 1e-5
 EPSILON_CAP = 50.0
@@ -359,7 +367,76 @@ def summarize(unlearned: np.ndarray, retrained: np.ndarray, *, delta: float = DE
     return out
 
 
+# --------------------------------------------------------------------------- the protocol
+
+RETRAIN_SEED_OFFSET = 100_000
+RESULT_FILE = "forgetting_quality.json"
+MIN_MODELS = 3  # ceil(log(N - 1)) must reach one 0.5-wide bucket; leave-one-out U-LiRA needs 3
+
+
+def check_n(n: int) -> None:
+    """Refuse too few models.
+
+    Raises:
+        ConfigError: ``n < 3``.
+    """
+    if n < MIN_MODELS:
+        raise ConfigError(
+            f"--n {n} is too few models: the challenge's score buckets epsilon up to "
+            f"ceil(log(N - 1)), which is 0 for N = 2 (every example would score 0), and "
+            f"leave-one-out U-LiRA needs 3 models per side. Use --n {MIN_MODELS} or more "
+            "(16 is the default; more gives a finer estimate).")
+
+
+def seeds(seed: int, n: int) -> tuple[list[int], list[int]]:
+    """Seeds of the N unlearned runs (``seed + i``: only the method's randomness varies) and of
+    the N retrained runs (``seed + 100000 + i``: never a seed of the unlearned side)."""
+    return ([seed + i for i in range(n)],
+            [seed + RETRAIN_SEED_OFFSET + i for i in range(n)])
+
+
+def record_section(result: Mapping) -> dict:
+    """The evaluation-record section (``models.model.forgetting_quality``) of a result: the
+    headline numbers only, keyed like :data:`medunlearn.evaluation.directions.DIRECTIONS`."""
+    keys = ("forgetting_quality", "forgetting_quality_ci", "forgetting_quality_adjusted",
+            "forgetting_quality_null", "forgetting_quality_vs_null", "epsilon_mean",
+            "epsilon_median", "epsilon_capped_fraction", "epsilon_peaky_fraction",
+            "ulira_accuracy", "n_models",
+            "forget_count", "wall_seconds")
+    return {k: result[k] for k in keys if k in result}
+
+
+def attach_to_record(record: dict, result: Mapping) -> dict:
+    """Put :func:`record_section` into an evaluation record so reports and the gate's
+    ``forgetting_quality_min`` check see it."""
+    record.setdefault("models", {}).setdefault("model", {})["forgetting_quality"] = \
+        record_section(result)
+    return record
+
+
+def examples_for(result: Mapping, *, hashes: Sequence[str] | None = None,
+                 indices: Sequence[int] | None = None) -> list[dict]:
+    """Per-example rows (index, sha256, epsilon, points, U-LiRA) of the named forget images,
+    e.g. a deletion request's, for its certificate. Images not in the result are left out.
+    """
+    pe = result["per_example"]
+    n = result["n_models"]["unlearned"]
+    pts = example_points(np.asarray(pe["epsilon"]), n)
+    want_h = set(hashes or [])
+    want_i = {int(i) for i in indices or []}
+    rows = []
+    for k, (i, h) in enumerate(zip(pe["index"], pe["sha256"], strict=True)):
+        if h in want_h or i in want_i:
+            row = {"index": i, "sha256": h, "epsilon": pe["epsilon"][k], "points": float(pts[k])}
+            if "ulira_accuracy" in pe:
+                row["ulira_accuracy"] = pe["ulira_accuracy"][k]
+            rows.append(row)
+    return rows
+
+
 __all__ = [
+    "MIN_MODELS", "RESULT_FILE", "RETRAIN_SEED_OFFSET", "attach_to_record", "check_n",
+    "examples_for", "record_section", "seeds",
     "DELTA", "EPSILON_CAP", "adjusted_score", "bootstrap_ci", "bucket_points",
     "double_threshold_rates", "epsilons", "example_epsilon", "example_points",
     "forgetting_score", "histogram", "is_peaky", "null_score", "single_threshold_rates",

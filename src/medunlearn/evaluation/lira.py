@@ -13,17 +13,19 @@ import dataclasses
 import numpy as np
 import torch
 
-from medunlearn.config import ModelConfig, TrainConfig, from_dict
+from medunlearn.config import ModelConfig, TrainConfig
 from medunlearn.data import MedDataset
 from medunlearn.evaluation.outputs import split_outputs
 from medunlearn.evaluation.privacy import logit_confidence
 from medunlearn.evaluation.utility import softmax
 
 
-def shadow_confidences(dataset: MedDataset, run_config: dict, *, retain: np.ndarray,
-                       forget: np.ndarray, shadows: int, seed: int = 0,
-                       epochs: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Train ``shadows`` models on random halves of ``retain`` and return their logit-scaled
+def shadow_confidences(dataset: MedDataset, *, model_config: ModelConfig,
+                       train_config: TrainConfig, retain: np.ndarray, forget: np.ndarray,
+                       shadows: int, seed: int = 0, epochs: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Train ``shadows`` models (``model_config`` with the ``train_config`` recipe, ``epochs``
+    overriding its epochs) on random halves of ``retain`` and return their logit-scaled
     true-class confidences on the forget set ``(K, F)`` and the test set ``(K, T)``, plus a small
     description (seconds, epochs).
     """
@@ -31,11 +33,9 @@ def shadow_confidences(dataset: MedDataset, run_config: dict, *, retain: np.ndar
 
     from medunlearn.training import train_model
 
-    spec = run_config["model"]
-    model_cfg = ModelConfig(arch=spec["arch"], width=int(spec["width"]))
-    train_cfg = from_dict(TrainConfig, run_config.get("train") or {}, where="config.json train")
-    train_cfg = dataclasses.replace(train_cfg, progress=False,
-                                    epochs=epochs if epochs else train_cfg.epochs)
+    model_cfg = model_config
+    train_cfg = dataclasses.replace(train_config, progress=False,
+                                    epochs=epochs if epochs else train_config.epochs)
     rng = np.random.default_rng(seed + 7919)
     f_out, t_out = [], []
     t0 = time.perf_counter()

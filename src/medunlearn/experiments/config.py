@@ -283,8 +283,12 @@ class ExperimentConfig:
         return out
 
     def cells(self, references: list[ReferenceJob] | None = None) -> list[CellJob]:
-        from medunlearn.methods.base import config_dict, get_method_class, revision_field
-        from medunlearn.unlearning import resolve_method
+        from medunlearn.methods.base import (
+            config_dict,
+            get_method_class,
+            resolve_method,
+            revision_field,
+        )
 
         ev = _frozen_items(self.evaluation)
         gt = _frozen_items(self.gate)
@@ -469,7 +473,7 @@ def _parse_method(item: Any, valid: list[str], check_options: bool, i: int) -> M
         from medunlearn.methods import get_method_class
 
         try:
-            from medunlearn.methods._common import check_options
+            from medunlearn.methods.base import check_options
 
             check_options(from_dict(get_method_class(name).Config, options,
                                     where=f"{where}.options ({name})"), name)
@@ -550,7 +554,7 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
             raise ExperimentConfigError(f"{sec} must be a mapping of options.")
     n_fq = (raw.get("evaluation") or {}).get("forgetting_quality")
     if n_fq is not None:
-        from medunlearn.verify import check_n
+        from medunlearn.evaluation.forgetting_quality import check_n
 
         if isinstance(n_fq, bool) or not isinstance(n_fq, int):
             raise ExperimentConfigError("evaluation.forgetting_quality must be the number of "

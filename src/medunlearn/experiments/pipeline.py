@@ -48,7 +48,7 @@ def train_original(job: OriginalJob, out: Path) -> dict:
 
 def train_reference(job: ReferenceJob, original_dir: Path, out: Path) -> dict:
     """Retrain from scratch without the forget set (method ``retrain``)."""
-    from medunlearn.unlearning import run_unlearning
+    from medunlearn.runs import run_unlearning
 
     return run_unlearning(original_dir, method="retrain", forget=job.forget, seed=job.seed,
                           out=out, retain_budget=job.retain_budget,
@@ -57,14 +57,14 @@ def train_reference(job: ReferenceJob, original_dir: Path, out: Path) -> dict:
 
 def forget_indices(reference_dir: Path) -> list[int]:
     """The training indices the reference run forgot (every method forgets exactly these)."""
-    from medunlearn.forget import read_forget_csv
+    from medunlearn.checkpoint import FORGET_FILE, read_indices
 
-    return [int(i) for i in read_forget_csv(Path(reference_dir) / "forget.csv").tolist()]
+    return read_indices(Path(reference_dir) / FORGET_FILE)
 
 
 def unlearn(job: CellJob, original_dir: Path, reference_dir: Path, out: Path) -> dict:
     """Run one unlearning method on the reference's forget set."""
-    from medunlearn.unlearning import run_unlearning
+    from medunlearn.runs import run_unlearning
 
     return run_unlearning(original_dir, method=job.method.name,
                           forget=forget_indices(reference_dir), seed=job.seed, out=out,
@@ -94,14 +94,15 @@ def forgetting_quality_folder(job: CellJob, reference_dir: Path) -> Path:
 def evaluate(job: CellJob, run_dir: Path, original_dir: Path, reference_dir: Path) -> dict:
     """``evaluate_run`` against the original model and the retrained reference; with the
     study option ``evaluation: {forgetting_quality: N}`` also the per-example check."""
-    from medunlearn.evaluation.api import evaluate_run
+    from medunlearn.runs import evaluate_run
 
     opts = dict(job.evaluation_options or {})
     n_models = opts.pop(FORGETTING_QUALITY, None)
     record = evaluate_run(run_dir, original=original_dir, reference=reference_dir,
                           options=opts or None, data_root=job.original.data_root)
     if n_models:
-        from medunlearn.verify import RESULT_FILE, attach_to_record, verify_forgetting
+        from medunlearn.evaluation.forgetting_quality import RESULT_FILE, attach_to_record
+        from medunlearn.runs import verify_forgetting
 
         work = forgetting_quality_folder(job, reference_dir)
         result = verify_forgetting(original_dir, forget=forget_indices(reference_dir),

@@ -10,58 +10,29 @@ On a cluster (``--ray-address``) every node must see the results folder at the s
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from medunlearn.errors import MedUnlearnError
-
-
-class RayUnavailableError(MedUnlearnError):
-    """``--backend ray`` was asked for but Ray is not installed."""
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise RayUnavailableError(
-            "The Ray backend needs the 'ray' package: pip install 'medunlearn[ray]' (or "
-            "pip install ray), or run without --backend ray.") from None
-    return ray
-
-
-def _forwarded_env() -> dict[str, str]:
-    """Environment variables workers need (data location, caches)."""
-    return {k: v for k, v in os.environ.items()
-            if k.startswith(("MEDMNIST_", "MEDUNLEARN_")) or k in ("OMP_NUM_THREADS",)}
+from medunlearn import ray_support
+from medunlearn.ray_support import RayUnavailableError
 
 
 class RayExecutor:
     """Submit jobs as Ray tasks and yield their outcomes as they finish.
 
     Args:
+        job: The function each task runs (``runner.run_job``).
         address: A cluster address (``auto``, ``ray://host:10001``); ``None`` starts a local Ray.
         num_cpus: CPUs of the local Ray (ignored with ``address``).
         cpus_per_task: CPUs reserved per task; also the torch thread count of the task.
         threads: torch threads per task (default: ``cpus_per_task``).
     """
 
-    def __init__(self, *, address: str | None = None, num_cpus: int | None = None,
-                 cpus_per_task: int = 1, threads: int | None = None) -> None:
-        ray = _import_ray()
-        self._ray = ray
-        self._started = False
-        if not ray.is_initialized():
-            kwargs = {"runtime_env": {"env_vars": _forwarded_env()}, "log_to_driver": False,
-                      "include_dashboard": False, "configure_logging": False}
-            if address:
-                ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=num_cpus, **kwargs)
-            self._started = True
-        from medunlearn.experiments.runner import run_job
-
-        self._task = ray.remote(num_cpus=cpus_per_task, max_retries=0)(run_job)
+    def __init__(self, job: Callable[..., dict], *, address: str | None = None,
+                 num_cpus: int | None = None, cpus_per_task: int = 1,
+                 threads: int | None = None) -> None:
+        self._ray = ray_support.import_ray()
+        self._started = ray_support.start(address, num_cpus)
+        self._task = self._ray.remote(num_cpus=cpus_per_task, max_retries=0)(job)
         self.threads = threads or cpus_per_task
 
     def map(self, calls: list[tuple]) -> Iterator[dict]:
@@ -87,3 +58,6 @@ class RayExecutor:
         if self._started:
             self._ray.shutdown()
             self._started = False
+
+
+__all__ = ["RayExecutor", "RayUnavailableError"]

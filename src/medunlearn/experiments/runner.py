@@ -31,7 +31,6 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from medunlearn.experiments.config import (
 from medunlearn.experiments.pipeline import Pipeline, default_pipeline
 from medunlearn.experiments.store import CSV_FILE, ResultsStore, flatten
 from medunlearn.io import atomic_write_json, exclusive_lock, fingerprint, read_json
+from medunlearn.provenance import now_iso
 
 log = logging.getLogger("medunlearn.experiments")
 
@@ -70,10 +70,6 @@ class ExperimentSummary:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # -- the work of one job (runs in the driver or in a Ray worker) ----------------------------------
@@ -296,8 +292,8 @@ def make_executor(backend: str, *, ray_address: str | None = None, num_cpus: int
     if backend == "ray":
         from medunlearn.experiments.ray_backend import RayExecutor
 
-        return RayExecutor(address=ray_address, num_cpus=num_cpus, cpus_per_task=cpus_per_task,
-                           threads=threads)
+        return RayExecutor(run_job, address=ray_address, num_cpus=num_cpus,
+                           cpus_per_task=cpus_per_task, threads=threads)
     raise MedUnlearnError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
 
 

@@ -24,9 +24,9 @@ from torch import nn
 
 from medunlearn.config import TrainConfig
 from medunlearn.data import iterate_batches
-from medunlearn.errors import ConfigError, ForgetSetError
+from medunlearn.errors import ForgetSetError
 from medunlearn.loop import sgd_steps
-from medunlearn.methods.base import UnlearnContext, UnlearnOutcome
+from medunlearn.methods.base import UnlearnContext, UnlearnOutcome, check_options
 from medunlearn.models import Classifier
 from medunlearn.progress import progress_bar
 from medunlearn.training import class_weights, make_optimizer
@@ -61,30 +61,6 @@ class RelabelOptions(SGDOptions):
     retain_budget: int | None = None  # max retain samples per epoch (seeded), None: all
     retain_per_forget: float | None = None  # budget >= this x forget samples (None: fixed)
     weight_by: str = "targets"  # class weights from the trained "targets" or "retain" labels
-
-
-def check_options(cfg, method: str) -> None:
-    """Validate the shared options (and ``retain_budget`` when present).
-
-    Raises:
-        ConfigError: naming the option, the bad value and the valid range.
-    """
-    checks = [("epochs", lambda v: v >= 1, "at least 1"), ("lr", lambda v: v > 0, "positive"),
-              ("batch_size", lambda v: v >= 1, "at least 1"),
-              ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-              ("weight_decay", lambda v: v >= 0, "non-negative"),
-              ("retain_budget", lambda v: v is None or v >= 0, "non-negative (or none)"),
-              ("retain_per_forget", lambda v: v is None or v > 0, "positive (or none)")]
-    for name, ok, what in checks:
-        if hasattr(cfg, name) and not ok(getattr(cfg, name)):
-            raise ConfigError(f"Option {name} of method {method!r} must be {what}, got "
-                              f"{getattr(cfg, name)!r}.")
-    if hasattr(cfg, "weight_by") and cfg.weight_by not in ("retain", "targets"):
-        raise ConfigError(f"Option weight_by of method {method!r} must be retain or targets, got "
-                          f"{cfg.weight_by!r}.")
-    if hasattr(cfg, "schedule") and cfg.schedule not in ("cosine", "onecycle", "constant"):
-        raise ConfigError(f"Option schedule of method {method!r} must be cosine, onecycle or "
-                          f"constant, got {cfg.schedule!r}.")
 
 
 def clone_model(model: nn.Module) -> Classifier:

@@ -429,7 +429,8 @@ def cached_prefix(scoped: ScopedModel, ctx: UnlearnContext, indices: torch.Tenso
     """Run the frozen prefix on training rows ``indices`` once; return ``(Z, labels)``.
 
     For ``scope="head"`` the prefix is the model's penultimate features, computed by
-    :func:`medunlearn.loop.infer` (so a cache session's features of this backbone are reused).
+    :func:`medunlearn.loop.infer` (so the features ``ctx.cache`` holds for this backbone are
+    reused).
     """
     if scoped.scope == "head" and len(indices):
         from medunlearn.loop import infer
@@ -437,7 +438,7 @@ def cached_prefix(scoped: ScopedModel, ctx: UnlearnContext, indices: torch.Tenso
         idx = torch.as_tensor(indices, dtype=torch.long)  # cpu: rows of the in-memory split
         ctx.seen(idx)
         _, fe = infer(scoped.model, ctx.dataset.train, idx.numpy(), runtime=ctx.runtime,
-                      batch_size=batch_size, features=True)
+                      batch_size=batch_size, features=True, cache=ctx.cache)
         return (torch.from_numpy(fe).to(ctx.device),
                 ctx.dataset.train.labels[idx].to(ctx.device))
     zs, ys = [], []

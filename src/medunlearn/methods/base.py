@@ -6,7 +6,9 @@ memory, the forget and retain sets as index tensors over the training split, the
 training recipe, the seed and the device) and returns an :class:`UnlearnOutcome`.
 
 Register a method with :func:`register_method`; :func:`create_method` builds one by name and
-refuses an unknown name by listing the valid ones.
+refuses an unknown name by listing the valid ones. :func:`resolve_method` builds one with the
+shipped defaults: the Config dataclass < ``defaults/methods.toml`` ``[default.<method>]`` <
+``[<dataset>.<method>]`` < the user's options.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from medunlearn.config import ModelConfig, TrainConfig, from_dict
+from medunlearn.config import ModelConfig, TrainConfig, from_dict, read_packaged_toml
 from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError
 from medunlearn.loop import CPU_FP32, Runtime
@@ -44,6 +46,8 @@ class UnlearnContext:
     progress: bool = True
     # Called with the training-split indices of every batch a method reads (audits data access).
     on_batch: Callable[[torch.Tensor], None] | None = None
+    # A feature cache (medunlearn.cache.Session) for the method's inference, or None
+    cache: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -91,13 +95,36 @@ class Method(ABC):
         Raises:
             ConfigError: naming the option, the value and the valid range.
         """
-        from medunlearn.methods._common import check_options
-
         check_options(self.config, self.name)
 
     @abstractmethod
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
-        """Return an unlearned copy (or the in-place modified ``model``)."""
+        """Return an unlearned copy of ``model``; ``model`` itself must stay unchanged (the
+        caller refuses an outcome that holds the same object). The caller times the call."""
+
+
+def check_options(cfg, method: str) -> None:
+    """Validate the shared options (and ``retain_budget`` when present).
+
+    Raises:
+        ConfigError: naming the option, the bad value and the valid range.
+    """
+    checks = [("epochs", lambda v: v >= 1, "at least 1"), ("lr", lambda v: v > 0, "positive"),
+              ("batch_size", lambda v: v >= 1, "at least 1"),
+              ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+              ("weight_decay", lambda v: v >= 0, "non-negative"),
+              ("retain_budget", lambda v: v is None or v >= 0, "non-negative (or none)"),
+              ("retain_per_forget", lambda v: v is None or v > 0, "positive (or none)")]
+    for name, ok, what in checks:
+        if hasattr(cfg, name) and not ok(getattr(cfg, name)):
+            raise ConfigError(f"Option {name} of method {method!r} must be {what}, got "
+                              f"{getattr(cfg, name)!r}.")
+    if hasattr(cfg, "weight_by") and cfg.weight_by not in ("retain", "targets"):
+        raise ConfigError(f"Option weight_by of method {method!r} must be retain or targets, got "
+                          f"{cfg.weight_by!r}.")
+    if hasattr(cfg, "schedule") and cfg.schedule not in ("cosine", "onecycle", "constant"):
+        raise ConfigError(f"Option schedule of method {method!r} must be cosine, onecycle or "
+                          f"constant, got {cfg.schedule!r}.")
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -146,6 +173,55 @@ def create_method(name: str, options: dict | None = None) -> Method:
     method = cls(cfg)
     method.validate()
     return method
+
+
+DEFAULTS_VERSION = 1
+
+
+def load_defaults() -> dict:
+    """The parsed ``defaults/methods.toml`` shipped with the package.
+
+    Raises:
+        ConfigError: the file's ``version`` is not one this code understands.
+    """
+    return read_packaged_toml("methods.toml", DEFAULTS_VERSION)
+
+
+def default_options(method: str, dataset: str | None = None) -> dict:
+    """Options from ``defaults/methods.toml`` for a method: the ``default`` section, then the
+    dataset's section on top (without the Config dataclass defaults)."""
+    data = load_defaults()
+    out = dict(data.get("default", {}).get(method, {}))
+    if dataset:
+        out.update(data.get(dataset, {}).get(method, {}))
+    return out
+
+
+def takes_retain_budget(method: str) -> bool:
+    """Whether a method has a ``retain_budget`` option. Methods without one read either no
+    retain data (``gradient-ascent``) or all of it by definition (``retrain``, the exact
+    reference); a ``retain_budget`` given to them does not apply and is recorded as such."""
+    return "retain_budget" in {f.name for f in dataclasses.fields(get_method_class(method).Config)}
+
+
+def resolve_method(method: str, *, dataset: str | None, options: dict | None = None,
+                   retain_budget: int | None = None) -> Method:
+    """Build a method with Config defaults < toml default < toml dataset section < ``options``.
+
+    ``retain_budget`` is ignored for methods without that option (see
+    :func:`takes_retain_budget`).
+
+    Raises:
+        ConfigError: unknown method (lists valid ones), unknown or ill-typed option, or a
+            negative ``retain_budget``.
+    """
+    merged = default_options(method, dataset) | dict(options or {})
+    if retain_budget is not None:
+        if retain_budget < 0:
+            raise ConfigError(f"--retain-budget must be non-negative, got {retain_budget}.")
+        if takes_retain_budget(method):
+            merged["retain_budget"] = retain_budget
+    return create_method(method, merged)
 
 
 def config_dict(method: Method) -> dict:

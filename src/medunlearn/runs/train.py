@@ -1,36 +1,35 @@
-"""Run folders for training: build, train, evaluate, write every artefact atomically."""
+"""Train a run folder: build, train, evaluate, write every artefact atomically."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from medunlearn.checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, save_weights
+from medunlearn.checkpoint import (
+    CONFIG_FILE,
+    CURVE_FILE,
+    HISTORY_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    finished_run_metrics,
+    save_weights,
+    write_index_csv,
+)
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.data import MedDataset, load_dataset
-from medunlearn.forget import write_index_csv
-from medunlearn.io import (
-    atomic_write_json,
-    fingerprint,
-    read_json,
-    staged_output,
-)
+from medunlearn.io import atomic_write_json, fingerprint, staged_output
 from medunlearn.loop import Runtime
 from medunlearn.plots import training_curve
-from medunlearn.provenance import environment
+from medunlearn.provenance import environment, now_iso
 from medunlearn.training import (
     evaluate_split,
     resolve_epochs,
     train_model,
     validate_train_config,
 )
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def recipe(train_cfg: TrainConfig) -> dict:
@@ -48,25 +47,12 @@ def write_manifest(path: Path, dataset: MedDataset) -> None:
     write_index_csv(path, dataset, range(len(dataset.train)), patients=True)
 
 
-def finished_run_metrics(out: Path, key: str) -> dict | None:
-    """Metrics of the finished run in ``out`` if its config fingerprint is ``key``, else None.
-
-    Run folders appear only when complete (staged_output), so a matching fingerprint means the
-    same run has already been done and need not be repeated.
-    """
-    out = Path(out)
-    try:
-        if read_json(out / CONFIG_FILE).get("fingerprint") == key:
-            return read_json(out / METRICS_FILE)
-    except (OSError, ValueError, AttributeError):
-        pass
-    return None
-
-
 def split_metrics(model, dataset: MedDataset, names: tuple[str, ...] = ("train", "val", "test"),
-                  *, runtime: Runtime | None = None) -> dict:
+                  *, runtime: Runtime | None = None, cache=None) -> dict:
+    """:func:`medunlearn.training.evaluate_split` of each named split."""
     kw = {"runtime": runtime} if runtime is not None else {}
-    return {name: evaluate_split(model, dataset.splits[name], **kw) for name in names}
+    return {name: evaluate_split(model, dataset.splits[name], cache=cache, **kw)
+            for name in names}
 
 
 def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
@@ -117,9 +103,9 @@ def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainC
         }
         save_weights(stage / MODEL_FILE, fit.model, {"fingerprint": key})
         atomic_write_json(stage / CONFIG_FILE, config)
-        atomic_write_json(stage / "history.json", fit.history)
-        write_manifest(stage / "manifest.csv", dataset)
-        training_curve(fit.history, stage / "curve.png",
+        atomic_write_json(stage / HISTORY_FILE, fit.history)
+        write_manifest(stage / MANIFEST_FILE, dataset)
+        training_curve(fit.history, stage / CURVE_FILE,
                        title=f"{dataset.name} ({dataset.view.kind}), seed {seed}")
         atomic_write_json(stage / METRICS_FILE, metrics)
     return metrics
