@@ -2,6 +2,12 @@
 
 The CLI only builds these; every run writes the resolved values to ``config.json`` next to its
 artefacts, and :func:`from_dict` rebuilds them (unknown keys are an error, never ignored).
+
+:class:`DataSource` is the one validated description of the data a user asks for (a MedMNIST
+flag, or image files, with their options). The CLI generates its data options from its fields
+(``commands._common.data_options``) and builds it once; ``data.load_dataset``,
+``runs.run_training`` and experiment grids take it. Adding a data option means adding a field
+there (its help text in the field's metadata) and reading it in the loader of its kind.
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ import dataclasses
 import tomllib
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 from medunlearn.errors import ConfigError
 
@@ -38,6 +45,138 @@ class DataConfig:
         for k in ("data_root", "download", "verify_md5"):
             d.pop(k)
         return d
+
+
+_FILES = "files"  # metadata "panel": options of your own images (CSV manifest or class folder)
+
+
+def _option(help: str, **cli) -> dict:
+    """Field metadata of a data option: its help text and how the CLI spells it (``flags``,
+    ``metavar``, ``panel``; ``cli_type`` when the CLI reads it as another type; ``negate`` for a
+    flag that turns the option off, e.g. ``--no-download``)."""
+    return {"help": help, **cli}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """The data a model sees, validated once: a MedMNIST 2D dataset, or your own images.
+
+    ``dataset`` is a MedMNIST flag (``pneumoniamnist``), a CSV manifest (one row per image) or a
+    folder with one subfolder per class; :attr:`kind` says which. MedMNIST options and file
+    options live side by side; an option of the other kind must keep its default.
+
+    Raises:
+        ConfigError: options of the other kind of source (e.g. ``--positive-values`` for a
+            MedMNIST flag), or a non-binary view of image files.
+    """
+
+    dataset: str = field(default="pneumoniamnist", metadata=_option(
+        "MedMNIST 2D dataset flag, e.g. pneumoniamnist (see 'medunlearn datasets'), or your own "
+        "images: a CSV manifest (one row per image) or a folder with one subfolder per class.",
+        flags=("--dataset", "-d")))
+    size: int | None = field(default=None, metadata=_option(
+        "Image size: MedMNIST 28 (default), or 64/128/224 where available; image files are "
+        "resized to this square size (default: keep theirs)."))
+    view: str = field(default="auto", metadata=_option(
+        "Label view: native, binary (disease = 1) or auto."))
+    positive_classes: tuple[int, ...] | None = field(default=None, metadata=_option(
+        "Native classes that mean disease, e.g. 0,1,4.", cli_type=str))
+    augment: str = field(default="basic", metadata=_option(
+        "Augmentation: none, basic (crop+flip) or strong."))
+    train_limit: int | None = field(default=None, metadata=_option(
+        "Use a seeded random subset of this many training images."))
+    eval_limit: int | None = field(default=None, metadata=_option(
+        "Likewise for validation and test."))
+    data_root: str | None = field(default=None, metadata=_option(
+        "Folder with the MedMNIST .npz files (default: $MEDMNIST_ROOT, else the checkout's "
+        "../shared/data/medmnist, else medmnist's ~/.medmnist).", metavar="DIR"))
+    download: bool = field(default=True, metadata=_option(
+        "Never download missing files.", flags=("--no-download",), negate=True))
+    verify_md5: bool = field(default=True, metadata=_option(
+        "Skip the MD5 check (for your own files in MedMNIST format).", flags=("--no-verify",),
+        negate=True))
+    path_column: str = field(default="path", metadata=_option(
+        "Manifest column with each image's path, relative to the CSV.", panel=_FILES))
+    label_column: str = field(default="label", metadata=_option(
+        "Manifest column with the label.", panel=_FILES))
+    patient_column: str | None = field(default="auto", metadata=_option(
+        "Manifest column with the patient id; auto: patient_id if present; none: DICOM "
+        "PatientID, else one patient per image.", panel=_FILES))
+    split_column: str | None = field(default="auto", metadata=_option(
+        "Manifest column with train/val/test; auto: split if present; none: make "
+        "patient-grouped splits.", panel=_FILES))
+    metadata_columns: str | Sequence[str] | None = field(default="auto", metadata=_option(
+        "Comma-separated columns kept for subgroup analysis; auto: sex, age (as age_band), "
+        "view, site, ... when present; none.", panel=_FILES, cli_type=str))
+    positive_values: str | Sequence[str] | None = field(default=None, metadata=_option(
+        "Label values (or class folder names) that mean disease, comma-separated, e.g. TB; "
+        "default 1 for 0/1 labels.", panel=_FILES, cli_type=str))
+    negative_values: str | Sequence[str] | None = field(default=None, metadata=_option(
+        "The only other allowed label values (others are refused); default: any other value "
+        "is negative.", panel=_FILES, cli_type=str))
+    channels: str = field(default="auto", metadata=_option(
+        "auto (grey X-rays -> 1 channel, colour photographs -> RGB), 1, 3, or source (colour as "
+        "stored; UNSAFE: can keep a file-format shortcut).", panel=_FILES))
+    resplit: bool = field(default=False, metadata=_option(
+        "Ignore the given splits and make new ones grouped by patient (needed when given splits "
+        "share patients).", panel=_FILES))
+    val_fraction: float = field(default=0.1, metadata=_option(
+        "Share of images in a carved validation split.", panel=_FILES))
+    test_fraction: float = field(default=0.2, metadata=_option(
+        "Share of images in a carved test split.", panel=_FILES))
+    split_seed: int = field(default=0, metadata=_option(
+        "Seed of carved splits (independent of --seed).", panel=_FILES))
+    cache_dir: str | None = field(default=None, metadata=_option(
+        "Cache of resized images (default: $MEDUNLEARN_CACHE_DIR, else ~/.cache/medunlearn).",
+        panel=_FILES))
+
+    def __post_init__(self) -> None:
+        if self.kind == "medmnist":
+            if self.positive_values or self.negative_values or self.resplit:
+                raise ConfigError("--positive-values, --negative-values and --resplit apply to "
+                                  "your own images (--dataset FILE.csv or FOLDER); for MedMNIST "
+                                  "use --positive-classes.")
+        elif self.positive_classes or self.view not in ("auto", "binary"):
+            raise ConfigError("Image files are loaded in a binary view: name the disease labels "
+                              "with --positive-values instead of --positive-classes/--view.")
+
+    @property
+    def kind(self) -> str:
+        """``medmnist`` (a MedMNIST flag), ``folder`` (a class folder) or ``manifest``."""
+        from medunlearn.data.info import dataset_flags
+
+        if self.dataset.lower() in dataset_flags():
+            return "medmnist"
+        path = Path(self.dataset).expanduser()
+        if path.is_dir():
+            return "folder"
+        if "/" in self.dataset or "." in self.dataset or path.exists():
+            return "manifest"
+        return "medmnist"  # an unknown flag: load_dataset lists the known ones
+
+    def medmnist(self) -> DataConfig:
+        """The MedMNIST part as the :class:`~medunlearn.config.DataConfig` run folders record."""
+        return DataConfig(dataset=self.dataset, size=self.size or 28, view=self.view,
+                          positive_classes=self.positive_classes, augment=self.augment,
+                          train_limit=self.train_limit, eval_limit=self.eval_limit,
+                          data_root=self.data_root, download=self.download,
+                          verify_md5=self.verify_md5)
+
+    def file_options(self) -> dict:
+        """The options of a manifest or class folder (``none`` words read as None)."""
+        def unset(v):
+            return None if isinstance(v, str) and v.lower() == "none" else v
+
+        return {"path_column": self.path_column, "label_column": self.label_column,
+                "patient_column": unset(self.patient_column),
+                "split_column": unset(self.split_column),
+                "metadata_columns": unset(self.metadata_columns),
+                "positive_values": self.positive_values, "negative_values": self.negative_values,
+                "size": self.size, "channels": self.channels, "resplit": self.resplit,
+                "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                "split_seed": self.split_seed, "augment": self.augment,
+                "train_limit": self.train_limit, "eval_limit": self.eval_limit,
+                "cache_dir": self.cache_dir}
 
 
 @dataclass(frozen=True)
@@ -190,5 +329,5 @@ def read_packaged_toml(name: str, version: int) -> dict:
     return data
 
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "as_config", "from_dict",
+__all__ = ["DataConfig", "DataSource", "ModelConfig", "TrainConfig", "as_config", "from_dict",
            "parse_option_pairs", "read_packaged_toml", "replace", "field"]

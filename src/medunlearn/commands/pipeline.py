@@ -13,62 +13,14 @@ from typing import Annotated
 
 import typer
 
-from medunlearn.commands._common import (
-    Augment,
-    CacheDir,
-    Channels,
-    DataRoot,
-    Dataset,
-    Device,
-    EvalLimit,
-    LabelColumn,
-    MetadataColumns,
-    NegativeValues,
-    NoDownload,
-    NoVerify,
-    PathColumn,
-    PatientColumn,
-    Positive,
-    PositiveValues,
-    Resplit,
-    Size,
-    SplitColumn,
-    SplitSeed,
-    TestFraction,
-    TrainLimit,
-    ValFraction,
-    View,
-    data_config,
-    load_files,
-)
-from medunlearn.config import ModelConfig, TrainConfig
+from medunlearn.commands._common import Device, data_options
+from medunlearn.config import DataSource, ModelConfig, TrainConfig
 
 
+@data_options
 def pipeline(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for all run folders.")],
-    dataset: Dataset = "pneumoniamnist",
-    size: Size = None,
-    view: View = "auto",
-    positive_classes: Positive = None,
-    augment: Augment = "basic",
-    train_limit: TrainLimit = None,
-    eval_limit: EvalLimit = None,
-    data_root: DataRoot = None,
-    no_download: NoDownload = False,
-    no_verify: NoVerify = False,
-    path_column: PathColumn = "path",
-    label_column: LabelColumn = "label",
-    patient_column: PatientColumn = "auto",
-    split_column: SplitColumn = "auto",
-    metadata_columns: MetadataColumns = "auto",
-    positive_values: PositiveValues = None,
-    negative_values: NegativeValues = None,
-    channels: Channels = "auto",
-    resplit: Resplit = False,
-    val_fraction: ValFraction = 0.1,
-    test_fraction: TestFraction = 0.2,
-    split_seed: SplitSeed = 0,
-    cache_dir: CacheDir = None,
+    data: DataSource,
     width: Annotated[int, typer.Option(help="Base width of resnet18.")] = ModelConfig.width,
     epochs: Annotated[int | None, typer.Option(
         help="Training epochs of the original and the reference (default: at least 10, more on "
@@ -96,15 +48,6 @@ def pipeline(
     from medunlearn.io import atomic_write_json
     from medunlearn.runs import evaluate_run, run_training, run_unlearning
 
-    data = data_config(dataset, size, view, positive_classes, augment, train_limit, eval_limit,
-                       data_root, no_download, no_verify)
-    files = load_files(dataset, size, view, positive_classes, augment, train_limit, eval_limit,
-                       seed=seed, path_column=path_column, label_column=label_column,
-                       patient_column=patient_column, split_column=split_column,
-                       metadata_columns=metadata_columns, positive_values=positive_values,
-                       negative_values=negative_values, channels=channels, resplit=resplit,
-                       val_fraction=val_fraction, test_fraction=test_fraction,
-                       split_seed=split_seed, cache_dir=cache_dir)
     tcfg = TrainConfig(epochs=epochs, progress=not quiet, device=device)
     options = parse_option_pairs(option or [])
     original, reference, unlearned = out / "original", out / "retrain", out / method
@@ -114,7 +57,7 @@ def pipeline(
 
     typer.secho(f"[1/4] training the original model -> {original}", bold=True)
     m = run_training(data, ModelConfig(width=width), tcfg, seed=seed, out=original,
-                     overwrite=overwrite, dataset=files)
+                     overwrite=overwrite)
     typer.echo(f"      test accuracy {m['splits']['test']['accuracy']:.4f}, AUC "
                f"{m['splits']['test']['auc']:.4f}, {m['train_seconds']:.1f} s"
                + (" (reused)" if m.get("reused") else ""))
@@ -123,7 +66,7 @@ def pipeline(
     for tag, what, name, folder, opts in steps:
         typer.secho(f"[{tag}] {what} -> {folder}", bold=True)
         r = run_unlearning(original, method=name, forget=forget, seed=seed, out=folder,
-                           options=opts, overwrite=overwrite, data_root=data_root,
+                           options=opts, overwrite=overwrite, data_root=data.data_root,
                            progress=not quiet, device=device)
         typer.echo(f"      forgot {r['forget_count']} images in {r['unlearn_seconds']:.1f} s; "
                    f"forget accuracy {r['forget_accuracy']:.4f}, test accuracy "
@@ -133,7 +76,7 @@ def pipeline(
     metrics = evaluate_run(unlearned, original=original, reference=reference,
                            options=EvalOptions(seed=seed, retain_limit=retain_limit,
                                                device=device),
-                           data_root=data_root, gate=True)
+                           data_root=data.data_root, gate=True)
     verdict = metrics["gate"]
     atomic_write_json(unlearned / EVALUATION_FILE, metrics)
     print_summary(metrics)

@@ -7,63 +7,14 @@ from typing import Annotated
 
 import typer
 
-from medunlearn.commands._common import (
-    Augment,
-    CacheDir,
-    Channels,
-    DataRoot,
-    Dataset,
-    Device,
-    EvalLimit,
-    LabelColumn,
-    MetadataColumns,
-    NegativeValues,
-    NoDownload,
-    NoVerify,
-    PathColumn,
-    PatientColumn,
-    Positive,
-    PositiveValues,
-    Resplit,
-    Size,
-    SplitColumn,
-    SplitSeed,
-    TestFraction,
-    TrainLimit,
-    ValFraction,
-    View,
-    data_config,
-    fmt,
-    load_files,
-)
-from medunlearn.config import ModelConfig, TrainConfig
+from medunlearn.commands._common import DataRoot, Device, data_options, fmt
+from medunlearn.config import DataSource, ModelConfig, TrainConfig
 
 
+@data_options
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output run folder.")],
-    dataset: Dataset = "pneumoniamnist",
-    size: Size = None,
-    view: View = "auto",
-    positive_classes: Positive = None,
-    augment: Augment = "basic",
-    train_limit: TrainLimit = None,
-    eval_limit: EvalLimit = None,
-    data_root: DataRoot = None,
-    no_download: NoDownload = False,
-    no_verify: NoVerify = False,
-    path_column: PathColumn = "path",
-    label_column: LabelColumn = "label",
-    patient_column: PatientColumn = "auto",
-    split_column: SplitColumn = "auto",
-    metadata_columns: MetadataColumns = "auto",
-    positive_values: PositiveValues = None,
-    negative_values: NegativeValues = None,
-    channels: Channels = "auto",
-    resplit: Resplit = False,
-    val_fraction: ValFraction = 0.1,
-    test_fraction: TestFraction = 0.2,
-    split_seed: SplitSeed = 0,
-    cache_dir: CacheDir = None,
+    data: DataSource,
     arch: Annotated[str, typer.Option(
         help="auto, resnet18, tv-resnet18 or tv-resnet50.")] = "auto",
     width: Annotated[int, typer.Option(help="Base width of resnet18 (64 = full width).")] = 16,
@@ -87,22 +38,12 @@ def train(
     """Train a classifier and write model.safetensors, config.json and metrics.json to --out."""
     from medunlearn.runs import run_training
 
-    data = data_config(dataset, size, view, positive_classes, augment, train_limit, eval_limit,
-                       data_root, no_download, no_verify)
-    files = load_files(dataset, size, view, positive_classes, augment, train_limit, eval_limit,
-                       seed=seed, path_column=path_column, label_column=label_column,
-                       patient_column=patient_column, split_column=split_column,
-                       metadata_columns=metadata_columns, positive_values=positive_values,
-                       negative_values=negative_values, channels=channels, resplit=resplit,
-                       val_fraction=val_fraction, test_fraction=test_fraction,
-                       split_seed=split_seed, cache_dir=cache_dir)
     model = ModelConfig(arch=arch, width=width)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                        class_weights=class_weights, select=select, threads=threads,
                        precision=precision, device=device,
                        progress=not quiet)
-    metrics = run_training(data, model, tcfg, seed=seed, out=out, overwrite=overwrite,
-                           dataset=files)
+    metrics = run_training(data, model, tcfg, seed=seed, out=out, overwrite=overwrite)
     if metrics.get("reused"):
         typer.echo(f"{out} already holds this exact run; nothing retrained "
                    "(--overwrite redoes it).")

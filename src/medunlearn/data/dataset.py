@@ -24,7 +24,7 @@ import torch
 
 from medunlearn.config import DataConfig
 from medunlearn.data.augment import POLICIES, augment_batch
-from medunlearn.data.files import locate, read_npz, verify_md5
+from medunlearn.data.files import check_md5, locate, read_npz
 from medunlearn.data.info import DatasetInfo, get_info
 from medunlearn.data.views import TaskView, resolve_view
 from medunlearn.errors import DataError
@@ -218,12 +218,12 @@ def _subset(split: Split, limit: int | None, seed: int) -> Split:
     return split.take(np.sort(rng.choice(len(split), size=limit, replace=False)))
 
 
-def load_dataset(config: DataConfig | None = None, *, seed: int = 0, **overrides) -> Dataset:
+def load_medmnist(config: DataConfig | None = None, *, seed: int = 0, **overrides) -> Dataset:
     """Load a MedMNIST 2D dataset into memory under a task view.
 
     Args:
         config: What to load; keyword ``overrides`` replace its fields
-            (``load_dataset(dataset="breastmnist", view="binary")``).
+            (``load_medmnist(dataset="breastmnist", view="binary")``).
         seed: Seeds the choice of subsets when ``train_limit``/``eval_limit`` are set.
 
     Raises:
@@ -237,7 +237,7 @@ def load_dataset(config: DataConfig | None = None, *, seed: int = 0, **overrides
     view = resolve_view(info, config.view, config.positive_classes)
     config = dataclasses.replace(config, view=view.kind, positive_classes=view.positive_classes)
     path = locate(info, config.size, config.data_root, download=config.download)
-    md5 = verify_md5(path, info.md5[config.size]) if config.verify_md5 else None
+    md5 = check_md5(path, info.md5[config.size]) if config.verify_md5 else None
     raw = read_npz(path, info, config.size)
     splits = {}
     for name in SPLITS:

@@ -72,7 +72,7 @@ def _cached_md5(path: Path) -> str:
     return digest
 
 
-def verify_md5(path: Path, expected: str | None) -> str:
+def check_md5(path: Path, expected: str | None) -> str:
     """Check ``path`` against ``expected``; return the file's MD5.
 
     Raises:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medunlearn.config import DataSource
 from medunlearn.data import cache as image_cache
 from medunlearn.data.dataset import SPLITS, Dataset, _subset, from_arrays
 from medunlearn.data.images import CHANNELS, decode, resolve_channels, to_channels
@@ -410,91 +411,88 @@ def _build(rows: list[Row], record: dict, *, seed: int, expect: str | None,
     return ds
 
 
-def _common(record: dict, kw: dict) -> dict:
+def _common(record: dict, opts: dict) -> dict:
+    """The record of a file source: where it is, the resolved columns and every option."""
     for key in ("size", "train_limit", "eval_limit"):
-        if kw.get(key) is not None and int(kw[key]) <= 0:
-            raise DataError(f"{key} must be a positive integer, got {kw[key]}.")
+        if opts.get(key) is not None and int(opts[key]) <= 0:
+            raise DataError(f"{key} must be a positive integer, got {opts[key]}.")
     record.update({
-        "positive_values": _values(kw.get("positive_values")),
-        "negative_values": _values(kw.get("negative_values")),
-        "size": None if kw.get("size") is None else int(kw["size"]),
-        "channels": str(kw.get("channels", AUTO)),
-        "resplit": bool(kw.get("resplit", False)),
-        "val_fraction": float(kw.get("val_fraction", DEFAULTS["val_fraction"])),
-        "test_fraction": float(kw.get("test_fraction", DEFAULTS["test_fraction"])),
-        "split_seed": int(kw.get("split_seed", 0)),
-        "augment": kw.get("augment", "basic"),
-        "train_limit": kw.get("train_limit"), "eval_limit": kw.get("eval_limit"),
-        "cache_dir": kw.get("cache_dir"),
+        "positive_values": _values(opts.get("positive_values")),
+        "negative_values": _values(opts.get("negative_values")),
+        "size": None if opts.get("size") is None else int(opts["size"]),
+        "channels": str(opts.get("channels", AUTO)),
+        "resplit": bool(opts.get("resplit", False)),
+        "val_fraction": float(opts.get("val_fraction", DEFAULTS["val_fraction"])),
+        "test_fraction": float(opts.get("test_fraction", DEFAULTS["test_fraction"])),
+        "split_seed": int(opts.get("split_seed", 0)),
+        "augment": opts.get("augment", "basic"),
+        "train_limit": opts.get("train_limit"), "eval_limit": opts.get("eval_limit"),
+        "cache_dir": opts.get("cache_dir"),
     })
     return record
 
 
-def load_manifest(manifest: str | os.PathLike, *, path_column: str = "path",
-                  label_column: str = "label", patient_column: str | None = AUTO,
-                  split_column: str | None = AUTO,
-                  metadata_columns: str | Sequence[str] | None = AUTO,
-                  positive_values: str | Sequence[str] | None = None,
-                  negative_values: str | Sequence[str] | None = None, size: int | None = None,
-                  channels: str = AUTO, resplit: bool = False, val_fraction: float = 0.1,
-                  test_fraction: float = 0.2, split_seed: int = 0, augment: str = "basic",
-                  train_limit: int | None = None, eval_limit: int | None = None,
-                  cache_dir: str | None = None, name: str | None = None, seed: int = 0,
-                  expect_sha256: str | None = None) -> Dataset:
+def _options(path: str | os.PathLike, options: dict) -> dict:
+    """``options`` validated as the file options of a :class:`DataSource` (unknown or ill-typed
+    options are errors), with every default filled in."""
+    from medunlearn.config import from_dict
+
+    return from_dict(DataSource, {**options, "dataset": str(path)},
+                     where=f"the options of {path}").file_options()
+
+
+def _load(kind: str, path: str | os.PathLike, opts: dict, *, seed: int, name: str | None,
+          expect_sha256: str | None) -> Dataset:
+    if kind == "folder":
+        root = Path(path).expanduser().resolve()
+        rows, cols = _read_folder(root)
+        record = _common({"source": "folder", "root": str(root), "name": name or root.name,
+                          **cols}, opts)
+        listing = "\n".join(f"{r.split}/{r.label}/{r.path.relative_to(root)}" for r in rows)
+        return _build(rows, record, seed=seed, expect=expect_sha256, listing=listing.encode())
+    manifest = Path(path).expanduser().resolve()
+    rows, cols = _read_manifest(manifest, opts)
+    record = _common({"source": "manifest", "manifest": str(manifest),
+                      "name": name or manifest.parent.name, **cols}, opts)
+    return _build(rows, record, seed=seed, expect=expect_sha256, listing=manifest.read_bytes())
+
+
+def load_manifest(manifest: str | os.PathLike, *, seed: int = 0, name: str | None = None,
+                  expect_sha256: str | None = None, **options) -> Dataset:
     """Load the images a CSV manifest lists (see the module docstring).
 
     Args:
         manifest: CSV file, one row per image; paths are relative to its folder.
-        path_column, label_column: Columns of the image path and the label.
-        patient_column: Column of the patient id; ``"auto"``: ``patient_id``/``patient`` if
-            present; None: none (DICOM PatientID, else one patient per image).
-        split_column: Column of ``train``/``val``/``test``; ``"auto"``: ``split`` if present;
-            None: make patient-grouped splits.
-        metadata_columns: Columns kept for subgroup analysis (``"auto"``: see module docstring).
-        positive_values: Label values meaning disease (default ``1`` for 0/1 labels).
-        negative_values: If given, the only other allowed label values.
-        size: Resize to ``size x size`` (None: keep; then all images must share one size).
-        channels: ``auto``, ``1``, ``3`` or ``source`` (see :data:`images.CHANNELS`).
-        resplit: Ignore the given splits and make patient-grouped ones.
-        val_fraction, test_fraction: Approximate fractions of carved splits.
-        split_seed: Seeds carved splits (independent of the training seed).
-        train_limit, eval_limit: Seeded subsets (``seed``), as for MedMNIST.
-        cache_dir: Cache folder (default ``$MEDUNLEARN_CACHE_DIR`` or ``~/.cache/medunlearn``).
+        seed: Seeds the ``train_limit``/``eval_limit`` subsets, as for MedMNIST.
         name: Dataset name (default: the name of the folder holding the CSV).
         expect_sha256: Refuse data whose content hash differs (reloading a run).
+        **options: The file options of :class:`~medunlearn.config.DataSource`
+            (``path_column``, ``label_column``, ``patient_column``, ``split_column``,
+            ``metadata_columns``, ``positive_values``, ``negative_values``, ``size``,
+            ``channels``, ``resplit``, ``val_fraction``, ``test_fraction``, ``split_seed``,
+            ``augment``, ``train_limit``, ``eval_limit``, ``cache_dir``); their meanings and
+            defaults are documented there.
 
     Raises:
         DataError: any problem with the manifest or its images, naming the fix.
+        ConfigError: an unknown or ill-typed option.
     """
-    manifest = Path(manifest).expanduser().resolve()
-    kw = dict(locals())
-    rows, cols = _read_manifest(manifest, kw)
-    record = _common({"source": "manifest", "manifest": str(manifest),
-                      "name": name or manifest.parent.name, **cols}, kw)
-    return _build(rows, record, seed=seed, expect=expect_sha256, listing=manifest.read_bytes())
+    return _load("manifest", manifest, _options(manifest, options), seed=seed, name=name,
+                 expect_sha256=expect_sha256)
 
 
-def load_folder(root: str | os.PathLike, *, positive_values: str | Sequence[str] | None = None,
-                negative_values: str | Sequence[str] | None = None, size: int | None = None,
-                channels: str = AUTO, resplit: bool = False, val_fraction: float = 0.1,
-                test_fraction: float = 0.2, split_seed: int = 0, augment: str = "basic",
-                train_limit: int | None = None, eval_limit: int | None = None,
-                cache_dir: str | None = None, name: str | None = None, seed: int = 0,
-                expect_sha256: str | None = None) -> Dataset:
-    """Load ``root/<class>/*`` (or ``root/<split>/<class>/*``); options as :func:`load_manifest`,
-    ``positive_values`` naming class folders."""
-    root = Path(root).expanduser().resolve()
-    kw = dict(locals())
-    rows, cols = _read_folder(root)
-    record = _common({"source": "folder", "root": str(root), "name": name or root.name,
-                      **cols}, kw)
-    listing = "\n".join(f"{r.split}/{r.label}/{r.path.relative_to(root)}" for r in rows)
-    return _build(rows, record, seed=seed, expect=expect_sha256, listing=listing.encode())
+def load_folder(root: str | os.PathLike, *, seed: int = 0, name: str | None = None,
+                expect_sha256: str | None = None, **options) -> Dataset:
+    """Load ``root/<class>/*`` (or ``root/<split>/<class>/*``); arguments as
+    :func:`load_manifest` (``positive_values`` names class folders; the column options do not
+    apply)."""
+    return _load("folder", root, _options(root, options), seed=seed, name=name,
+                 expect_sha256=expect_sha256)
 
 
-_OPTION_KEYS = ("positive_values", "negative_values", "size", "channels", "resplit",
-                "val_fraction", "test_fraction", "split_seed", "augment", "train_limit",
-                "eval_limit", "cache_dir", "name")
+_RECORD_OPTIONS = ("positive_values", "negative_values", "size", "channels", "resplit",
+                   "val_fraction", "test_fraction", "split_seed", "augment", "train_limit",
+                   "eval_limit", "cache_dir")
 
 
 def _moved(path: str, data_root: str | None, folder: bool) -> str:
@@ -511,29 +509,40 @@ def _from_manifest_record(record: dict, *, seed: int, data_root: str | None = No
         _moved(r["manifest"], data_root, False), path_column=r["path_column"],
         label_column=r["label_column"], patient_column=r.get("patient_column"),
         split_column=r.get("split_column"), metadata_columns=r.get("metadata_columns") or None,
-        seed=seed, expect_sha256=r.get("content_sha256"),
-        **{k: r[k] for k in _OPTION_KEYS if k in r})
+        seed=seed, expect_sha256=r.get("content_sha256"), name=r.get("name"),
+        **{k: r[k] for k in _RECORD_OPTIONS if k in r})
 
 
 def _from_folder_record(record: dict, *, seed: int, data_root: str | None = None,
                         **overrides) -> Dataset:
     r = {**record, **overrides}
     return load_folder(_moved(r["root"], data_root, True), seed=seed,
-                       expect_sha256=r.get("content_sha256"),
-                       **{k: r[k] for k in _OPTION_KEYS if k in r})
+                       expect_sha256=r.get("content_sha256"), name=r.get("name"),
+                       **{k: r[k] for k in _RECORD_OPTIONS if k in r})
 
 
-def load_files(path: str | os.PathLike, **options) -> Dataset:
-    """A CSV manifest (a file) or a class folder (a directory) at ``path``."""
+def load_files(path: str | os.PathLike, *, seed: int = 0, **options) -> Dataset:
+    """A CSV manifest (a file) or a class folder (a directory) at ``path``; options as
+    :func:`load_manifest`."""
     if Path(path).expanduser().is_dir():
         for key in ("path_column", "label_column", "patient_column", "split_column",
                     "metadata_columns"):
             options.pop(key, None)
-        return load_folder(path, **options)
-    return load_manifest(path, **options)
+        return load_folder(path, seed=seed, **options)
+    return load_manifest(path, seed=seed, **options)
 
 
-register_source("manifest", _from_manifest_record)
-register_source("folder", _from_folder_record)
+def _manifest_source(source: DataSource, *, seed: int) -> Dataset:
+    return _load("manifest", source.dataset, source.file_options(), seed=seed, name=None,
+                 expect_sha256=None)
+
+
+def _folder_source(source: DataSource, *, seed: int) -> Dataset:
+    return _load("folder", source.dataset, source.file_options(), seed=seed, name=None,
+                 expect_sha256=None)
+
+
+register_source("manifest", _from_manifest_record, _manifest_source)
+register_source("folder", _from_folder_record, _folder_source)
 
 __all__ = ["age_band", "load_files", "load_folder", "load_manifest"]

@@ -1,32 +1,65 @@
-"""Data sources: how a run folder's ``data`` record turns back into a :class:`Dataset`.
+"""Data sources: loading what a :class:`~medunlearn.config.DataSource` describes, and how a
+run folder's ``data`` record turns back into a :class:`Dataset`.
+
+:func:`load_dataset` loads a ``DataSource`` (the one validated description of the data a user
+asks for: a MedMNIST flag, or image files, with their options) with the loader registered for
+its kind.
 
 Every run folder stores the record of the data it was trained on (``Dataset.source``) as
 ``config.json`` ``data``; its ``source`` key names the loader (``medmnist`` when absent, as in
 run folders written before other sources existed). A loader takes the record, the run's seed
 and overrides such as ``data_root`` and returns the same samples in the same order.
 
-Register a new loader with :func:`register_source`; :func:`load_from_record` refuses an unknown
+Register a new source with :func:`register_source`; :func:`load_from_record` refuses an unknown
 source by listing the known ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
-from medunlearn.config import DataConfig
-from medunlearn.data.dataset import LOCATION_KEYS, Dataset, from_record, load_dataset
-from medunlearn.errors import DataError
+from medunlearn.config import DataConfig, DataSource
+from medunlearn.data.dataset import LOCATION_KEYS, Dataset, from_record, load_medmnist
+from medunlearn.errors import ConfigError, DataError
 
 Loader = Callable[..., Dataset]
 
 _LOADERS: dict[str, Loader] = {}
+_SOURCE_LOADERS: dict[str, Callable[..., Dataset]] = {}
 
-
-def register_source(name: str, loader: Loader) -> None:
-    """Register ``loader(record, *, seed, **overrides) -> Dataset`` under ``name``."""
+def register_source(name: str, loader: Loader, load: Callable[..., Dataset] | None = None
+                    ) -> None:
+    """Register ``loader(record, *, seed, **overrides) -> Dataset`` under ``name`` (how a run
+    folder's record loads again) and, for a kind of :class:`DataSource`, ``load(source, *,
+    seed) -> Dataset`` (how it loads the first time)."""
     if name in _LOADERS and _LOADERS[name] is not loader:
         raise ValueError(f"a data source named {name!r} is already registered")
     _LOADERS[name] = loader
+    if load is not None:
+        _SOURCE_LOADERS[name] = load
+
+
+def load_dataset(source: DataSource | DataConfig | None = None, *, seed: int = 0,
+                 **overrides) -> Dataset:
+    """Load the data a :class:`DataSource` describes (or MedMNIST by a
+    :class:`~medunlearn.config.DataConfig`) into memory.
+
+    Args:
+        source: What to load (None: MedMNIST defaults); keyword ``overrides`` replace its fields
+            (``load_dataset(dataset="breastmnist", view="binary")``).
+        seed: Seeds the ``train_limit``/``eval_limit`` subsets.
+
+    Raises:
+        DataError: unknown dataset, missing/corrupt/wrong-checksum file, bad view or files.
+        ConfigError: invalid options.
+    """
+    if not isinstance(source, DataSource):
+        return load_medmnist(source, seed=seed, **overrides)
+    if overrides:
+        source = dataclasses.replace(source, **overrides)
+    _load_builtin()
+    return _SOURCE_LOADERS[source.kind](source, seed=seed)
 
 
 def source_names() -> list[str]:
@@ -84,8 +117,6 @@ def validate_record(record) -> None:
     Raises:
         DataError: not a mapping, an unknown source, or invalid MedMNIST options.
     """
-    from medunlearn.errors import ConfigError
-
     if not isinstance(record, Mapping) or not record:
         raise DataError("it has no 'data' section saying which data the model was trained on")
     _load_builtin()
@@ -103,7 +134,11 @@ def validate_record(record) -> None:
 
 
 def _medmnist(record: dict, *, seed: int, **overrides) -> Dataset:
-    return load_dataset(from_record(DataConfig, record), seed=seed, **overrides)
+    return load_medmnist(from_record(DataConfig, record), seed=seed, **overrides)
+
+
+def _medmnist_source(source: DataSource, *, seed: int) -> Dataset:
+    return load_medmnist(source.medmnist(), seed=seed)
 
 
 def _arrays(record: dict, *, seed: int, **overrides) -> Dataset:
@@ -123,7 +158,7 @@ def _load_builtin() -> None:
     if _BUILTIN:
         return
     _BUILTIN = True
-    register_source("medmnist", _medmnist)
+    register_source("medmnist", _medmnist, _medmnist_source)
     register_source("arrays", _arrays)
     import importlib
     import importlib.util
@@ -133,5 +168,5 @@ def _load_builtin() -> None:
         importlib.import_module("medunlearn.data.manifest")
 
 
-__all__ = ["data_identity", "load_from_record", "register_source", "source_names", "source_of",
-           "validate_record"]
+__all__ = ["DataSource", "data_identity", "load_dataset", "load_from_record", "register_source",
+           "source_names", "source_of", "validate_record"]

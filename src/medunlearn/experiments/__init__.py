@@ -1,6 +1,7 @@
 """Experiment grids: study configs, a resumable runner, a results table and reports.
 
-* :mod:`~medunlearn.experiments.config` parses a YAML/TOML study into jobs;
+* :mod:`~medunlearn.experiments.config` parses a YAML/TOML study;
+* :mod:`~medunlearn.experiments.grid` expands it into jobs (originals, references, cells);
 * :mod:`~medunlearn.experiments.pipeline` holds the per-job work (train, retrain, unlearn,
   evaluate) behind small replaceable functions;
 * :mod:`~medunlearn.experiments.runner` runs a grid locally or on Ray, resumably;
@@ -8,12 +9,8 @@
 * :mod:`~medunlearn.experiments.report` turns a results table into HTML and Markdown.
 """
 
-from medunlearn.experiments.config import (
-    ExperimentConfig,
-    ExperimentConfigError,
-    load_experiment,
-    parse_experiment,
-)
+from medunlearn.experiments.config import ExperimentConfigError, load_experiment, parse_experiment
+from medunlearn.experiments.grid import ExperimentConfig
 from medunlearn.experiments.runner import ExperimentSummary, run_experiment
 from medunlearn.experiments.store import ResultsStore
 

@@ -1,4 +1,4 @@
-"""Experiment grid configuration: parse a YAML or TOML study file into jobs.
+"""Experiment study files: parse a YAML or TOML study into a grid (:mod:`.grid`).
 
 A study file describes a grid. Example (``experiments/tiny.yaml``)::
 
@@ -19,29 +19,28 @@ A study file describes a grid. Example (``experiments/tiny.yaml``)::
                                          # adds the per-example check (N + N models per cell)
     gate: {}                             # tolerances passed to the safety gate
 
-The grid expands into three kinds of jobs:
-
-* one :class:`OriginalJob` per (dataset, augmentation, seed): the trained model;
-* one :class:`ReferenceJob` per original and forget selection: the model retrained without the
-  forget set (the gold standard every method is compared with);
-* one :class:`CellJob` per reference and method: unlearn, then evaluate.
-
-Originals and references are shared by every method and cached under ``RESULTS/models``,
-keyed by a fingerprint of everything that determines them.
+:func:`parse_experiment` validates every setting before anything runs (unknown keys, datasets,
+methods and options are errors that list the valid ones); the grid expands into jobs in
+:mod:`medunlearn.experiments.grid`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medunlearn.config import DataConfig, ModelConfig, TrainConfig, from_dict
+from medunlearn.config import DataConfig, DataSource, ModelConfig, TrainConfig, from_dict
 from medunlearn.errors import ConfigError, MedUnlearnError
-from medunlearn.io import fingerprint
+from medunlearn.experiments.grid import (
+    FRACTION_KINDS,
+    DatasetSpec,
+    ExperimentConfig,
+    MethodSpec,
+    _frozen_items,
+    forget_ratio,
+)
 
 
 class ExperimentConfigError(ConfigError):
@@ -54,296 +53,12 @@ TOP_LEVEL_KEYS = (
 )
 DATASET_KEYS = ("dataset", "view", "positive_classes", "size", "label", "options")
 #: Loader options a study may give a CSV manifest or class folder (``datasets[i].options``).
-FILE_OPTIONS = ("path_column", "label_column", "patient_column", "split_column",
-                "metadata_columns", "positive_values", "negative_values", "channels", "resplit",
-                "val_fraction", "test_fraction", "split_seed", "cache_dir")
+FILE_OPTIONS = tuple(f.name for f in dataclasses.fields(DataSource)
+                     if f.metadata.get("panel") == "files")
 METHOD_KEYS = ("name", "options", "label")
 #: DataConfig fields a study may set in its ``data`` section (the grid sets the others).
 DATA_KEYS = ("train_limit", "eval_limit", "download", "verify_md5")
-FRACTION_KINDS = ("random", "positive", "negative", "random-patients")  # kind:F specs
 AUGMENT_POLICIES = ("none", "basic", "strong")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One dataset under one task view."""
-
-    dataset: str  # a MedMNIST flag, or the path of a CSV manifest or class folder
-    view: str = "auto"
-    positive_classes: tuple[int, ...] | None = None
-    size: int = 28
-    label: str = ""  # short name in reports (default: "<dataset>-<view>")
-    # loader options of a CSV manifest or class folder, as sorted (key, JSON value) pairs
-    files: tuple[tuple[str, str], ...] | None = None
-
-    @property
-    def name(self) -> str:
-        if self.label:
-            return self.label
-        if self.files is not None:  # labels.csv -> its folder's name; a folder -> its name
-            p = Path(self.dataset)
-            return f"{p.parent.name if p.suffix else p.name}-{self.view}"
-        return f"{self.dataset}-{self.view}"
-
-    def file_options(self) -> dict:
-        return {k: json.loads(v) for k, v in (self.files or ())}
-
-    @property
-    def defaults_flag(self) -> str:
-        """The dataset name whose ``defaults/methods.toml`` sections apply: the MedMNIST flag,
-        or the name the file loaders give (a manifest's folder, a class folder's own name)."""
-        if self.files is None:
-            return self.dataset
-        p = Path(self.dataset)
-        return p.parent.name if p.suffix else p.name
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One unlearning method with its hyperparameters."""
-
-    name: str
-    options: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs: hashable
-    label: str = ""  # name in reports (default: the method name)
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-    @property
-    def options_dict(self) -> dict:
-        return {k: json.loads(v) for k, v in self.options}
-
-
-@dataclass(frozen=True)
-class OriginalJob:
-    """Train the original model of one (dataset, augmentation, seed)."""
-
-    key: str
-    dataset: DatasetSpec
-    augment: str
-    seed: int
-    data: DataConfig | None  # MedMNIST data (None for files)
-    model: ModelConfig
-    train: TrainConfig
-    files: tuple[tuple[str, str], ...] | None = None  # load_files(path, **options) for files
-
-    @property
-    def data_root(self) -> str | None:
-        return self.data.data_root if self.data is not None else None
-
-    def load_files(self):
-        """The dataset of a CSV manifest or class folder (None for MedMNIST)."""
-        if self.files is None:
-            return None
-        from medunlearn.data.manifest import load_files
-
-        opts = {k: json.loads(v) for k, v in self.files}
-        return load_files(opts.pop("path"), **opts, seed=self.seed)
-
-    @property
-    def slug(self) -> str:
-        return f"{self.dataset.name}-aug_{self.augment}-s{self.seed}-{self.key}"
-
-    @property
-    def folder(self) -> str:
-        return f"models/original/{self.slug}"
-
-
-@dataclass(frozen=True)
-class ReferenceJob:
-    """Retrain from scratch without one forget selection (the reference every method targets)."""
-
-    key: str
-    original: OriginalJob
-    forget: str
-    retain_budget: int | None = None
-
-    @property
-    def seed(self) -> int:
-        return self.original.seed
-
-    @property
-    def slug(self) -> str:
-        return (f"{self.original.dataset.name}-aug_{self.original.augment}-"
-                f"{_safe(self.forget)}-s{self.seed}-{self.key}")
-
-    @property
-    def folder(self) -> str:
-        return f"models/reference/{self.slug}"
-
-
-@dataclass(frozen=True)
-class CellJob:
-    """Unlearn one forget selection from one original with one method, then evaluate."""
-
-    key: str  # the unique key of this cell and seed in the results table
-    reference: ReferenceJob
-    method: MethodSpec
-    evaluation: tuple[tuple[str, Any], ...] = ()
-    gate: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def original(self) -> OriginalJob:
-        return self.reference.original
-
-    @property
-    def seed(self) -> int:
-        return self.reference.seed
-
-    @property
-    def reuses_reference(self) -> bool:
-        """``retrain`` without options *is* the reference run: no second retraining."""
-        return self.method.name == "retrain" and not self.method.options
-
-    @property
-    def slug(self) -> str:
-        o = self.original
-        return (f"{o.dataset.name}-aug_{o.augment}-{_safe(self.reference.forget)}-"
-                f"{_safe(self.method.display)}-s{self.seed}-{self.key}")
-
-    @property
-    def folder(self) -> str:
-        return self.reference.folder if self.reuses_reference else f"runs/{self.slug}"
-
-    @property
-    def evaluation_options(self) -> dict:
-        return {k: json.loads(v) for k, v in self.evaluation}
-
-    @property
-    def gate_tolerances(self) -> dict | None:
-        return {k: json.loads(v) for k, v in self.gate} or None
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """A parsed study: the grid axes and the shared training settings."""
-
-    name: str
-    datasets: tuple[DatasetSpec, ...]
-    forget: tuple[str, ...]
-    methods: tuple[MethodSpec, ...]
-    augment: tuple[str, ...] = ("basic",)
-    seeds: tuple[int, ...] = (0,)
-    data: dict = field(default_factory=dict)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluation: dict = field(default_factory=dict)
-    gate: dict = field(default_factory=dict)
-    retain_budget: int | None = None
-    data_root: str | None = None
-    threads: int | None = None
-    description: str = ""
-    source: str | None = None  # the file it was read from
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["methods"] = [{"name": m.name, "options": m.options_dict, "label": m.display}
-                        for m in self.methods]
-        return d
-
-    # -- expansion ---------------------------------------------------------------------------
-    def originals(self) -> list[OriginalJob]:
-        """Every original model of the grid (seeds outermost, so seed 0 finishes first)."""
-        out = []
-        for seed in self.seeds:
-            for ds in self.datasets:
-                for aug in self.augment:
-                    out.append(self._original(ds, aug, seed))
-        return out
-
-    def _original(self, ds: DatasetSpec, augment: str, seed: int) -> OriginalJob:
-        train = dataclasses.replace(self.train, progress=False, threads=self.threads)
-        if ds.files is not None:
-            opts = ds.file_options() | {"path": ds.dataset, "size": ds.size, "augment": augment}
-            limits = {k: v for k, v in self.data.items() if k in ("train_limit", "eval_limit")}
-            files = tuple(sorted((k, json.dumps(v)) for k, v in (opts | limits).items()))
-            key = fingerprint({"kind": "original", "files": dict(files),
-                               "model": dataclasses.asdict(self.model),
-                               "train": _recipe(train), "seed": seed})
-            return OriginalJob(key=key, dataset=ds, augment=augment, seed=seed, data=None,
-                               model=self.model, train=train, files=files)
-        data = DataConfig(dataset=ds.dataset, size=ds.size, view=ds.view,
-                          positive_classes=ds.positive_classes, augment=augment,
-                          data_root=self.data_root, **self.data)
-        key = fingerprint({"kind": "original", "data": data.identity(),
-                           "model": dataclasses.asdict(self.model),
-                           "train": _recipe(train), "seed": seed})
-        return OriginalJob(key=key, dataset=ds, augment=augment, seed=seed, data=data,
-                           model=self.model, train=train)
-
-    def references(self, originals: list[OriginalJob] | None = None) -> list[ReferenceJob]:
-        out = []
-        for orig in originals or self.originals():
-            for spec in self.forget:
-                key = fingerprint({"kind": "reference", "original": orig.key, "forget": spec,
-                                   "retain_budget": self.retain_budget})
-                out.append(ReferenceJob(key=key, original=orig, forget=spec,
-                                        retain_budget=self.retain_budget))
-        return out
-
-    def cells(self, references: list[ReferenceJob] | None = None) -> list[CellJob]:
-        from medunlearn.methods.base import (
-            config_dict,
-            get_method_class,
-            resolve_method,
-            revision_field,
-        )
-
-        ev = _frozen_items(self.evaluation)
-        gt = _frozen_items(self.gate)
-        resolved: dict[tuple[str, str], dict] = {}  # (method label, dataset) -> every option
-        out = []
-        for ref in references or self.references():
-            flag = ref.original.dataset.defaults_flag
-            for m in self.methods:
-                # the key holds every resolved option (Config < methods.toml < the study's), so a
-                # change of the published defaults reruns the cells it affects
-                if (m.display, flag) not in resolved:
-                    resolved[m.display, flag] = config_dict(
-                        resolve_method(m.name, dataset=flag, options=m.options_dict))
-                key = fingerprint({"kind": "cell", "reference": ref.key, "method": m.name,
-                                   "options": resolved[m.display, flag],
-                                   "evaluation": self.evaluation, "gate": self.gate}
-                                  | revision_field(get_method_class(m.name)))
-                out.append(CellJob(key=key, reference=ref, method=m, evaluation=ev, gate=gt))
-        return out
-
-    def plan(self) -> tuple[list[OriginalJob], list[ReferenceJob], list[CellJob]]:
-        """All jobs of the grid, in the order they run."""
-        originals = self.originals()
-        references = self.references(originals)
-        return originals, references, self.cells(references)
-
-
-def _recipe(train: TrainConfig) -> dict:
-    d = dataclasses.asdict(train)
-    d.pop("threads")
-    d.pop("progress")
-    return d
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+_-]+", "_", text).strip("_") or "x"
-
-
-def _frozen_items(d: dict) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((str(k), json.dumps(v, sort_keys=True)) for k, v in d.items()))
-
-
-def forget_ratio(spec: str) -> float | None:
-    """The fraction of the training set a forget spec removes, when the spec says so.
-
-    >>> forget_ratio("random:0.2:stratified")
-    0.2
-    """
-    parts = spec.split(":")
-    if parts[0] in FRACTION_KINDS and len(parts) > 1:
-        try:
-            return float(parts[1])
-        except ValueError:
-            return None
-    return None
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -616,3 +331,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError
         raise ExperimentConfigError(f"Cannot parse {path}: {exc}") from None
     return parse_experiment(raw or {}, source=str(path))
+
+
+__all__ = ["ExperimentConfig", "ExperimentConfigError", "forget_ratio", "load_experiment",
+           "parse_experiment"]

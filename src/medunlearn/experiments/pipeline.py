@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from medunlearn.experiments.config import CellJob, OriginalJob, ReferenceJob
+from medunlearn.experiments.grid import CellJob, OriginalJob, ReferenceJob
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,7 @@ def train_original(job: OriginalJob, out: Path) -> dict:
     """Train the original model with :func:`medunlearn.runs.run_training`."""
     from medunlearn.runs import run_training
 
-    return run_training(job.data, job.model, job.train, seed=job.seed, out=out,
-                        dataset=job.load_files())
+    return run_training(job.source, job.model, job.train, seed=job.seed, out=out)
 
 
 def train_reference(job: ReferenceJob, original_dir: Path, out: Path) -> dict:
@@ -86,7 +85,7 @@ def forgetting_quality_folder(job: CellJob, reference_dir: Path) -> Path:
         Path(reference_dir).name
     if job.method.display == job.method.name:
         return root
-    from medunlearn.experiments.config import _safe
+    from medunlearn.experiments.grid import _safe
 
     return root / "variants" / _safe(job.method.display)
 

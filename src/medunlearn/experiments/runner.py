@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from medunlearn.errors import MedUnlearnError
-from medunlearn.experiments.config import (
+from medunlearn.experiments.grid import (
     CellJob,
     ExperimentConfig,
     OriginalJob,

@@ -19,7 +19,7 @@ from medunlearn.checkpoint import (
     write_index_csv,
 )
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
-from medunlearn.data import MedDataset, load_dataset
+from medunlearn.data import DataSource, MedDataset, load_dataset
 from medunlearn.io import atomic_write_json, fingerprint, staged_output
 from medunlearn.loop import Runtime
 from medunlearn.plots import training_curve
@@ -55,19 +55,23 @@ def split_metrics(model, dataset: MedDataset, names: tuple[str, ...] = ("train",
             for name in names}
 
 
-def run_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
-                 seed: int, out: str | os.PathLike, overwrite: bool = False,
-                 dataset: MedDataset | None = None) -> dict:
+def run_training(source: DataSource | DataConfig, model_cfg: ModelConfig,
+                 train_cfg: TrainConfig, *, seed: int, out: str | os.PathLike,
+                 overwrite: bool = False, dataset: MedDataset | None = None) -> dict:
     """Train a model and write a complete run folder at ``out``.
 
     If ``out`` already holds a finished run with the same configuration, nothing is retrained
     and its metrics are returned (``metrics["reused"] = True``).
 
+    Args:
+        source: The data (:class:`~medunlearn.data.DataSource`, or MedMNIST by a DataConfig),
+            loaded with ``seed`` unless ``dataset`` is given already loaded.
+
     Returns:
         The metrics written to ``metrics.json``.
     """
     out = Path(out)
-    dataset = dataset or load_dataset(data_cfg, seed=seed)
+    dataset = dataset or load_dataset(source, seed=seed)
     validate_train_config(train_cfg)
     # record the concrete recipe, so that retraining repeats it exactly
     train_cfg = dataclasses.replace(train_cfg,
