@@ -57,7 +57,7 @@ def command_line() -> str:
 def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
     """Replace (or append) the section ``name`` of BENCHMARKS.md (or ``path``), atomically."""
     sys.path.insert(0, str(REPO / "src"))
-    from medunlearn.io import atomic_write_text
+    from medunlearn.fileio import atomic_write_text
 
     text = path.read_text() if path.exists() else HEADER
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"

@@ -48,7 +48,7 @@ def timed_load(manifest: Path, size: int, cache: Path, name: str) -> tuple[float
 
 
 def hash_seconds(manifest: Path) -> float:
-    from medunlearn.io import sha256_file
+    from medunlearn.fileio import sha256_file
 
     rows = list(csv.DictReader(open(manifest)))
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ def measure(model_dir: Path, methods: list[str], *, forget: str, seed: int,
             data_root: str | None) -> tuple[list[dict], str]:
     from medunlearn.api import unlearn
     from medunlearn.checkpoint import load_run_and_data
-    from medunlearn.forget import select_forget
+    from medunlearn.forget_set import select_forget
     from medunlearn.methods.base import resolve_method
     from medunlearn.runs.unlearn import model_config, train_config
     from medunlearn.training import evaluate_split as split_eval

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.chdir(REPO)  # the recipe's manifest paths are relative to the repository root
 
-    from medunlearn.io import atomic_write_json, atomic_write_text
+    from medunlearn.fileio import atomic_write_json, atomic_write_text
     from medunlearn.methods import method_names
     from medunlearn.methods.base import DEFAULTS_VERSION
     from medunlearn.runs import tune_method

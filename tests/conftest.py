@@ -44,3 +44,29 @@ def synth_root(tmp_path_factory) -> Path:
     make_synthetic_npz(root / "chestmnist.npz", n_classes=14, multilabel=True, seed=3)
     make_synthetic_npz(root / "breastmnist.npz", n_classes=2, n_train=160, seed=4)
     return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, synth_root) -> Path:
+    """An untrained (randomly initialised) but complete run folder on synthetic BreastMNIST
+    files: for tests of the workflow around a model (the registry's fake steps need no trained
+    model, nor the real data)."""
+    from medunlearn.checkpoint import save_weights
+    from medunlearn.config import DataConfig, ModelConfig
+    from medunlearn.data import load_dataset
+    from medunlearn.fileio import atomic_write_json
+    from medunlearn.runs import write_manifest
+    from medunlearn.training import build_for
+
+    cfg = DataConfig(dataset="breastmnist", train_limit=120, eval_limit=60,
+                     data_root=str(synth_root), download=False, verify_md5=False)
+    dataset = load_dataset(cfg, seed=0)
+    model, spec = build_for(dataset, ModelConfig(width=8))
+    out = tmp_path_factory.mktemp("model") / "model"
+    out.mkdir()
+    save_weights(out / "model.safetensors", model)
+    atomic_write_json(out / "config.json", {"kind": "train", "seed": 0, "data": cfg,
+                                            "model": spec, "train": {},
+                                            "dataset": dataset.describe()})
+    write_manifest(out / "manifest.csv", dataset)
+    return out

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_registry_crash import model_dir  # noqa: F401  (fixture: an untrained run folder)
 
 from medunlearn.cli import main
 from medunlearn.registry import fake_unlearn, fake_verify, forget, init_registry
@@ -69,7 +68,7 @@ FILES = {
 
 
 @pytest.fixture(scope="module")
-def base(model_dir, tmp_path_factory):  # noqa: F811
+def base(model_dir, tmp_path_factory):
     """A workspace: run folders (good and damaged), a registry with one request, input files."""
     ws = tmp_path_factory.mktemp("bad-inputs") / "ws"
     ws.mkdir()

@@ -19,7 +19,7 @@ from medunlearn.data import load_from_record
 from medunlearn.data import manifest as mf
 from medunlearn.data.manifest import age_band, load_folder, load_manifest
 from medunlearn.errors import DataError, ForgetSetError
-from medunlearn.forget import select_forget
+from medunlearn.forget_set import select_forget
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -24,7 +24,7 @@ from medunlearn.data import load_dataset
 from medunlearn.errors import ConfigError, ForgetSetError
 from medunlearn.evaluation.directions import DIRECTIONS
 from medunlearn.evaluation.gate import gate
-from medunlearn.io import atomic_write_json, read_json
+from medunlearn.fileio import atomic_write_json, read_json
 from medunlearn.runs import evaluate_run, run_training
 from medunlearn.training import train_model
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from medunlearn.experiments.config import parse_experiment
-from medunlearn.experiments.pipeline import Pipeline
+from medunlearn.experiments.jobs import Pipeline
 from medunlearn.experiments.runner import ExperimentBusyError, results_lock, run_experiment
 from medunlearn.experiments.store import ResultsStore, flatten
-from medunlearn.io import atomic_write_json, staged_output
+from medunlearn.fileio import atomic_write_json, staged_output
 
 STUDY = {
     "name": "fake",

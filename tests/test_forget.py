@@ -11,7 +11,7 @@ import torch
 from medunlearn.checkpoint import read_indices, write_index_csv
 from medunlearn.data import load_dataset
 from medunlearn.errors import ForgetSetError
-from medunlearn.forget import select_forget
+from medunlearn.forget_set import select_forget
 from medunlearn.testing import make_synthetic_npz
 
 

@@ -20,7 +20,7 @@ from medunlearn.evaluation.directions import DIRECTIONS
 from medunlearn.evaluation.gate import gate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_api import tiny_arrays, train_quickly, user_model  # noqa: E402
+from helpers import tiny_arrays, train_quickly, user_model  # noqa: E402
 
 D = fq.DELTA
 

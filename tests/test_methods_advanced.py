@@ -239,7 +239,7 @@ def test_method_runs_reads_only_training_data_and_records_steps(setup, name):
     seen: list[torch.Tensor] = []
     ctx = _ctx(guarded, forget, retain, on_batch=seen.append, spec=spec)
     out = create_method(name, FAST[name]).unlearn(model, ctx)
-    assert out.model is not model and out.steps > 0 and out.seconds > 0
+    assert out.model is not model and out.steps > 0  # (the caller times a method: api)
     after = _state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)  # input untouched
     new = out.model.state_dict()

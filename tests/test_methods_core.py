@@ -12,7 +12,7 @@ import torch
 from medunlearn.config import ModelConfig, TrainConfig, parse_option_pairs
 from medunlearn.data import load_dataset
 from medunlearn.errors import ConfigError
-from medunlearn.forget import select_forget
+from medunlearn.forget_set import select_forget
 from medunlearn.methods import UnlearnContext, create_method, get_method_class
 from medunlearn.methods._common import random_wrong_labels, relabel_weights, retain_quota
 from medunlearn.methods.base import config_dict, resolve_method, takes_retain_budget
@@ -73,7 +73,7 @@ def test_method_reads_only_its_data_and_leaves_original_untouched(ds, trained, n
         assert not seen & forget, f"{name} read a forget sample"
     if name in ("gradient-ascent", "boundary-shrink"):
         assert seen <= forget, f"{name} read retain samples"
-    assert out.model is not model and out.steps > 0 and out.seconds > 0
+    assert out.model is not model and out.steps > 0  # (the caller times a method: api)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"{name} changed the original model ({k})"
     assert not any(torch.equal(p, model.state_dict()[k])

@@ -27,7 +27,7 @@ from medunlearn.commands.evaluate import (
 from medunlearn.experiments.store import ResultsStore
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_report import CHROMIUM, METHODS, _row  # noqa: E402
+from helpers import CHROMIUM, METHODS, report_row  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -244,8 +244,8 @@ def _store(folder: Path, *, seeds: int, methods: dict, ratios=(0.2,)) -> Path:
         for ratio in ratios:
             for seed in range(seeds):
                 for m, (ua, fnr, secs, ok) in methods.items():
-                    store.insert(_row(m, ua, fnr, secs, ok, ratio=ratio, augment="basic",
-                                      seed=seed))
+                    store.insert(report_row(m, ua, fnr, secs, ok, ratio=ratio,
+                                            augment="basic", seed=seed))
     return folder
 
 
@@ -259,9 +259,9 @@ def test_experiment_prints_a_per_method_summary(tmp_path, capsys):
         "seeds": [0], "train": {"epochs": 1}}, source="small.yaml")
     with ResultsStore(tmp_path / "res") as store:
         for c in study.cells():
-            store.insert(_row(c.method.name, *METHODS[c.method.name], ratio=0.2,
-                              augment="basic", seed=0) | {"key": c.key})
-        store.insert(_row("salun", *METHODS["salun"], ratio=0.2, augment="basic", seed=0))
+            store.insert(report_row(c.method.name, *METHODS[c.method.name], ratio=0.2,
+                                    augment="basic", seed=0) | {"key": c.key})
+        store.insert(report_row("salun", *METHODS["salun"], ratio=0.2, augment="basic", seed=0))
     _print_summary(study, tmp_path / "res")
     out = capsys.readouterr().out
     lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("  ")}
@@ -298,7 +298,7 @@ def test_pareto_front_is_named_only_when_drawn(tmp_path, monkeypatch):
         self.plt.close(fig)
 
     monkeypatch.setattr(rep._Figures, "save", keep)
-    rows = [_row(m, *METHODS[m], ratio=0.2, augment="basic", seed=0)
+    rows = [report_row(m, *METHODS[m], ratio=0.2, augment="basic", seed=0)
             for m in ("finetune", "salun")]
     figs = rep._Figures(rows, tmp_path)
     figs.pareto(rows, "ds")  # finetune: faster but farther; salun: slower and closer -> a front

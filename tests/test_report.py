@@ -7,52 +7,18 @@ best mark is known; the real pipeline's report is exercised in test_experiment_i
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import CHROMIUM, METHODS, N_FIGURES, report_row
 
 from medunlearn.cli import main
 from medunlearn.errors import MedUnlearnError
 from medunlearn.experiments.report import write_report
 from medunlearn.experiments.store import ResultsStore
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
-    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-
-N_FIGURES = 10
-# method -> (UA, FNR, unlearn seconds, gate passes); retrain is the reference (UA 0.30)
-METHODS = {
-    "retrain": (0.30, 0.20, 40.0, True),
-    "finetune": (0.10, 0.25, 4.0, True),
-    "salun": (0.28, 0.35, 6.0, True),  # UA closest to retrain
-    "salun-cra": (0.40, 0.15, 7.0, True),  # lowest FNR
-    "random-label": (0.50, 0.45, 3.0, False),  # fastest, but fails the safety gate
-}
-
-
-def _row(method, ua, fnr, secs, passed, *, ratio, augment, seed):
-    jitter = 0.01 * seed
-    return {
-        "key": f"{method}-{ratio}-{augment}-{seed}", "experiment": "synthetic",
-        "dataset": "breastmnist", "view": "binary", "augment": augment,
-        "forget": f"random:{ratio}", "forget_ratio": ratio, "method": method, "label": method,
-        "seed": seed, "UA": ua + jitter, "RA": 0.9, "TA": 0.8, "test_auc": 0.85,
-        "mia_efficacy": ua, "attack_auc": 0.5 + ua / 10, "average_gap_pp": 100 * abs(ua - 0.3),
-        "fnr": fnr + ratio / 10, "fpr": 0.1, "global_risk": 5 * fnr * 0.3 + 0.07,
-        "original_fnr": 0.2, "fnr_change": fnr + ratio / 10 - 0.2, "unlearn_seconds": secs,
-        "retrain_seconds": 40.0, "speedup": 40.0 / secs, "cell_seconds": secs + 2.0,
-        "original_train_seconds": 60.0, "original_dir": f"orig-{augment}-{seed}",
-        "reference_dir": f"ref-{augment}-{ratio}-{seed}", "gate_passed": passed,
-        "gate_reasons": [] if passed else ["ta_drop: FAIL - TA dropped 0.2 (limit 0.03)"],
-        "metrics": {f"bias.difficulty.forget.{role}.{d}.accuracy": acc
-                    for role, accs in (("model", (0.9, 0.7, 0.4)), ("reference", (0.8, 0.6, 0.3)))
-                    for d, acc in zip(("easy", "medium", "hard"), accs, strict=True)},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +29,8 @@ def results(tmp_path_factory) -> Path:
             for augment in ("none", "basic"):
                 for seed in range(3):
                     for m, (ua, fnr, secs, ok) in METHODS.items():
-                        store.insert(_row(m, ua, fnr, secs, ok, ratio=ratio, augment=augment,
-                                          seed=seed))
+                        store.insert(report_row(m, ua, fnr, secs, ok, ratio=ratio,
+                                                augment=augment, seed=seed))
     return folder
 
 
@@ -181,11 +147,11 @@ def test_report_of_one_study_in_a_shared_results_folder(tmp_path):
     cells = study.cells()
     with ResultsStore(tmp_path / "res") as store:
         for c in cells[:3]:  # three of the study's four cells, plus another study's rows
-            r = _row(c.method.name, *METHODS[c.method.name], ratio=float(c.reference.forget[7:]),
-                     augment="basic", seed=0)
+            r = report_row(c.method.name, *METHODS[c.method.name],
+                           ratio=float(c.reference.forget[7:]), augment="basic", seed=0)
             store.insert(r | {"key": c.key, "experiment": "other"})
         for m, (ua, fnr, secs, ok) in METHODS.items():
-            store.insert(_row(m, ua, fnr, secs, ok, ratio=0.1, augment="basic", seed=0))
+            store.insert(report_row(m, ua, fnr, secs, ok, ratio=0.1, augment="basic", seed=0))
     paths = write_report(tmp_path / "res", tmp_path / "out", study=study)
     assert paths["rows"] == 3 and paths["missing"] == 1
     md = paths["markdown"].read_text()
@@ -221,11 +187,12 @@ def test_shared_cell_takes_the_reporting_study_label(tmp_path):
     cells = study.cells()
     with ResultsStore(tmp_path / "res") as store:
         for c in cells:
-            r = _row(c.method.name, *METHODS[c.method.name], ratio=0.2, augment="basic", seed=0)
+            r = report_row(c.method.name, *METHODS[c.method.name], ratio=0.2, augment="basic",
+                           seed=0)
             # the other study called the finetune variant "finetune-lr05"
             label = "finetune-lr05" if c.method.name == "finetune" else c.method.name
             store.insert(r | {"key": c.key, "experiment": "other", "label": label})
-        store.insert(_row("salun", *METHODS["salun"], ratio=0.2, augment="basic", seed=0))
+        store.insert(report_row("salun", *METHODS["salun"], ratio=0.2, augment="basic", seed=0))
         stored = store.rows()
     rows = study_rows(stored, study)
     assert sorted(r["label"] for r in rows) == ["finetune-fast", "retrain"]
@@ -239,7 +206,7 @@ def test_ratio_figures_keep_kinds_of_forget_set_apart(tmp_path):
         for kind in ("random", "positive"):
             for ratio in (0.2, 0.5):
                 for m, (ua, fnr, secs, ok) in METHODS.items():
-                    r = _row(m, ua, fnr, secs, ok, ratio=ratio, augment="basic", seed=0)
+                    r = report_row(m, ua, fnr, secs, ok, ratio=ratio, augment="basic", seed=0)
                     store.insert(r | {"key": f"{r['key']}-{kind}", "forget": f"{kind}:{ratio}"})
     paths = write_report(tmp_path / "res", tmp_path / "out")
     md = paths["markdown"].read_text()
@@ -262,7 +229,7 @@ def test_degenerate_original_or_reference_is_flagged_not_ranked(tmp_path):
     with ResultsStore(folder) as store:
         for ratio in (0.2, 0.5):
             for m, (ua, fnr, secs, ok) in METHODS.items():
-                row = _row(m, ua, fnr, secs, ok, ratio=ratio, augment="none", seed=0)
+                row = report_row(m, ua, fnr, secs, ok, ratio=ratio, augment="none", seed=0)
                 healthy = ratio == 0.2
                 row["metrics"] |= {
                     "models.original.utility.balanced_accuracy": 0.85,

@@ -44,7 +44,7 @@ from medunlearn.evaluation.record import (
     evaluate_outputs,
     retain_subset,
 )
-from medunlearn.forget import ForgetSet, hash_indices, patient_indices, select_forget
+from medunlearn.forget_set import ForgetSet, hash_indices, patient_indices, select_forget
 from medunlearn.loop import Runtime
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, resolve_method
 from medunlearn.models.adapter import WrappedClassifier, as_classifier
@@ -76,7 +76,7 @@ def resolve_forget(data: Dataset, forget: ForgetSpec, *, seed: int = 0,
     """Turn any accepted form of forget set into forget/retain index sets.
 
     Accepted: a spec string (``random:0.1``, ``class:1``, ``positive:0.3``, ``hashes:FILE`` ...;
-    see :mod:`medunlearn.forget`), a sequence of training-split indices, a mapping with one
+    see :mod:`medunlearn.forget_set`), a sequence of training-split indices, a mapping with one
     of ``indices``, ``hashes`` (every byte-identical copy is forgotten) or ``patients`` (every
     image of each patient and every copy of those images), or a resolved :class:`ForgetSet`
     (taken as it is: it holds its own exclusions).
@@ -109,7 +109,8 @@ def resolve_forget(data: Dataset, forget: ForgetSpec, *, seed: int = 0,
 def indices_of(data: Dataset, *, hashes: Sequence[str] | None = None,
                patients: Sequence[str] | None = None) -> list[int]:
     """Training-split indices of images named by hash or by patient, with every byte-identical
-    copy (:func:`medunlearn.forget.hash_indices`, :func:`medunlearn.forget.patient_indices`).
+    copy (:func:`medunlearn.forget_set.hash_indices`,
+    :func:`medunlearn.forget_set.patient_indices`).
 
     Raises:
         ForgetSetError: nothing named, or unknown hashes/patients (listed).

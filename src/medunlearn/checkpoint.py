@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save
 
 from medunlearn.data import Dataset, load_from_record
 from medunlearn.errors import CheckpointError, ConfigError, ForgetSetError, MedUnlearnError
-from medunlearn.io import atomic_write_bytes, atomic_write_text, read_json
+from medunlearn.fileio import atomic_write_bytes, atomic_write_text, read_json
 from medunlearn.models import Classifier
 
 MODEL_FILE = "model.safetensors"

@@ -7,17 +7,14 @@ in ``medunlearn.commands.*``; every module there has a ``register(app)`` functio
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import os
 import pkgutil
 import sys
-from pathlib import Path
 
 import typer
 
 from medunlearn import __version__
-from medunlearn.commands._common import run_app
+from medunlearn.commands._common import bundled_data_root, default_data_root, run_app
 
 app = typer.Typer(
     name="medunlearn",
@@ -30,11 +27,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-
-# The checkout layout the scripts use (scripts/env.sh): MedMNIST files in ../shared/data/medmnist
-BUNDLED_DATA = Path("..") / "shared" / "data" / "medmnist"
-bundled_in_use: Path | None = None  # set while main() runs with the bundled folder as default
-
 
 def _version(value: bool) -> None:
     if value:
@@ -66,50 +58,9 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def _checkouts() -> list[Path]:
-    """medunlearn checkouts near this process: the one this package is installed from (an
-    editable install, as scripts/setup.sh makes) and the current folder if it is one."""
-    out = []
-    here = Path(__file__).resolve()
-    if here.parents[1].name == "src" and (here.parents[2] / "pyproject.toml").is_file():
-        out.append(here.parents[2])
-    cwd = Path.cwd()
-    if (cwd / "src" / "medunlearn").is_dir() and cwd.resolve() not in out:
-        out.append(cwd.resolve())
-    return out
-
-
-def bundled_data_root() -> Path | None:
-    """The bundled MedMNIST folder next to a checkout (``../shared/data/medmnist``), if any."""
-    for checkout in _checkouts():
-        cand = (checkout / BUNDLED_DATA).resolve()
-        if cand.is_dir() and any(cand.glob("*.npz")):
-            return cand
-    return None
-
-
-@contextlib.contextmanager
-def _default_data_root():
-    """Without ``$MEDMNIST_ROOT``, use the bundled data the way scripts/env.sh does, so that
-    README commands find it without sourcing that script (restored afterwards)."""
-    from medunlearn.data.files import ROOT_ENV
-
-    if os.environ.get(ROOT_ENV) or (root := bundled_data_root()) is None:
-        yield
-        return
-    global bundled_in_use
-    os.environ[ROOT_ENV] = str(root)
-    bundled_in_use = root
-    try:
-        yield
-    finally:
-        os.environ.pop(ROOT_ENV, None)
-        bundled_in_use = None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    with _default_data_root():
+    with default_data_root():
         return run_app(app, argv)
 
 
@@ -117,3 +68,6 @@ if __name__ == "__main__":  # pragma: no cover
     from medunlearn.cli import main as _main  # the importable module, not this __main__ copy
 
     sys.exit(_main())
+
+
+__all__ = ["app", "bundled_data_root", "main"]

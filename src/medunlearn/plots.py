@@ -6,7 +6,7 @@ import io
 import os
 from pathlib import Path
 
-from medunlearn.io import atomic_write_bytes
+from medunlearn.fileio import atomic_write_bytes
 
 
 def _pyplot():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
+import os
 import types
 import typing
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -109,8 +112,50 @@ def data_source(given: dict):
     return DataSource(**values)
 
 
+# The checkout layout the scripts use (scripts/env.sh): MedMNIST files in ../shared/data/medmnist
+BUNDLED_DATA = Path("..") / "shared" / "data" / "medmnist"
+
+
+def _checkouts() -> list[Path]:
+    """medunlearn checkouts near this process: the one this package is installed from (an
+    editable install, as scripts/setup.sh makes) and the current folder if it is one."""
+    out = []
+    package = Path(__file__).resolve().parents[1]  # .../src/medunlearn
+    if package.parent.name == "src" and (package.parents[1] / "pyproject.toml").is_file():
+        out.append(package.parents[1])
+    cwd = Path.cwd()
+    if (cwd / "src" / "medunlearn").is_dir() and cwd.resolve() not in out:
+        out.append(cwd.resolve())
+    return out
+
+
+def bundled_data_root() -> Path | None:
+    """The bundled MedMNIST folder next to a checkout (``../shared/data/medmnist``), if any."""
+    for checkout in _checkouts():
+        cand = (checkout / BUNDLED_DATA).resolve()
+        if cand.is_dir() and any(cand.glob("*.npz")):
+            return cand
+    return None
+
+
+@contextlib.contextmanager
+def default_data_root():
+    """Without ``$MEDMNIST_ROOT``, use the bundled data the way scripts/env.sh does, so that
+    README commands find it without sourcing that script (restored afterwards)."""
+    from medunlearn.data.files import ROOT_ENV
+
+    if os.environ.get(ROOT_ENV) or (root := bundled_data_root()) is None:
+        yield
+        return
+    os.environ[ROOT_ENV] = str(root)
+    try:
+        yield
+    finally:
+        os.environ.pop(ROOT_ENV, None)
+
+
 def echo_json(obj) -> None:
-    from medunlearn.io import to_jsonable
+    from medunlearn.fileio import to_jsonable
 
     typer.echo(json.dumps(to_jsonable(obj), indent=2))
 

@@ -180,7 +180,7 @@ def evaluate(
     reference); write all metrics to --out."""
     from medunlearn.evaluation.gate import load_tolerances
     from medunlearn.evaluation.record import EvalOptions
-    from medunlearn.io import atomic_write_json
+    from medunlearn.fileio import atomic_write_json
     from medunlearn.runs import evaluate_run
     from medunlearn.runs.checks import check_original
     from medunlearn.runs.per_example import load_result_for

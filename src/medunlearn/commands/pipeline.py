@@ -45,7 +45,7 @@ def pipeline(
     from medunlearn.commands.evaluate import GATE_FAILED_EXIT, echo_gate_failure, print_summary
     from medunlearn.config import parse_option_pairs
     from medunlearn.evaluation.record import EvalOptions
-    from medunlearn.io import atomic_write_json
+    from medunlearn.fileio import atomic_write_json
     from medunlearn.runs import evaluate_run, run_training, run_unlearning
 
     tcfg = TrainConfig(epochs=epochs, progress=not quiet, device=device)

@@ -59,12 +59,12 @@ def datasets(data_root: DataRoot = None) -> None:
     """List the MedMNIST 2D datasets, their tasks and sizes, and which files are here."""
     import textwrap
 
-    from medunlearn import cli
+    from medunlearn.commands._common import bundled_data_root
     from medunlearn.data import DEFAULT_POSITIVE_CLASSES, dataset_flags, get_info
     from medunlearn.data.files import resolve_root
 
     root, origin = resolve_root(data_root)
-    if data_root is None and cli.bundled_in_use is not None and root == cli.bundled_in_use:
+    if data_root is None and root.resolve() == bundled_data_root():
         origin = "the bundled data next to this checkout, as scripts/env.sh finds it"
     typer.echo(f"data folder: {root} (from {origin})")
     typer.echo(f"{'dataset':<16} {'task':<26} {'ch':>2} {'classes':>7}  {'local sizes':<12} "

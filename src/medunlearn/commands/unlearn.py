@@ -182,7 +182,7 @@ def tune(
     """Choose a method's options by closeness to a retrained reference (validation + forget
     only)."""
     from medunlearn.config import parse_option_pairs
-    from medunlearn.io import atomic_write_json, atomic_write_text
+    from medunlearn.fileio import atomic_write_json, atomic_write_text
     from medunlearn.runs import tune_method
     from medunlearn.tuning import parse_grid, tune_snippet
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from medunlearn.data.info import DatasetInfo, default_root
 from medunlearn.errors import ChecksumError, DataError
-from medunlearn.io import atomic_write_json
+from medunlearn.fileio import atomic_write_json
 
 ROOT_ENV = "MEDMNIST_ROOT"
 CACHE_ENV = "MEDUNLEARN_CACHE_DIR"

@@ -4,8 +4,8 @@ Both end in the same :class:`~medunlearn.data.dataset.Dataset` as MedMNIST:
 
 * Images are decoded from their bytes (PNG, JPEG, BMP, TIFF, GIF, WebP or DICOM, whatever the
   file name says; see :mod:`medunlearn.data.images`), resized once to ``size`` and cached on
-  disk keyed by the files' SHA-256 (:mod:`medunlearn.data.cache`), so a second load only hashes
-  the files.
+  disk keyed by the files' SHA-256 (:mod:`medunlearn.data.image_cache`), so a second load only
+  hashes the files.
 * Identity: every image keeps the SHA-256 of its source file and its patient id (the patient
   column, else the DICOM PatientID tag; without either, one patient per image).
 * Labels: a binary clinical view; ``positive_values`` names the label values (or class folders)
@@ -42,13 +42,13 @@ from pathlib import Path
 import numpy as np
 
 from medunlearn.config import DataSource
-from medunlearn.data import cache as image_cache
+from medunlearn.data import image_cache
 from medunlearn.data.dataset import SPLITS, Dataset, _subset, from_arrays
 from medunlearn.data.images import CHANNELS, decode, resolve_channels, to_channels
 from medunlearn.data.sources import register_source
 from medunlearn.data.splits import groups_of, holdout, leaking
 from medunlearn.errors import DataError
-from medunlearn.io import sha256_file
+from medunlearn.fileio import sha256_file
 
 AUTO = "auto"
 PATIENT_COLUMNS = ("patient_id", "patientid", "patient")

@@ -12,6 +12,12 @@ metric whether higher, lower or closer-to-the-retrained-reference is better):
 * ``calibration``: expected calibration error;
 * ``efficiency``: run time of unlearning and its ratio to retraining;
 * ``outputs``: logits and features of each model, computed once;
-* ``api``: :func:`~medunlearn.evaluation.api.evaluate_run`, everything in one call;
-* ``gate``: :func:`~medunlearn.evaluation.gate.gate`, the safety verdict.
+* ``forgetting_quality``: per-example forgetting quality from N unlearned and N retrained models;
+* ``record``: :func:`~medunlearn.evaluation.record.evaluate_outputs`, every metric assembled
+  into one record from the outputs;
+* ``gate``: :func:`~medunlearn.evaluation.gate.gate`, the safety verdict on a record.
+
+Nothing here reads or writes run folders: :func:`medunlearn.api.evaluate` computes the outputs
+and calls these, and ``medunlearn.runs.evaluate_run`` loads run folders for it. (``api`` is a
+compatibility name for ``evaluate_run``, to be deleted.)
 """

@@ -10,7 +10,7 @@ Reports and the safety gate read :data:`DIRECTIONS` to know whether a larger val
 * ``"info"``: descriptive, no better/worse (sample counts, the costs used).
 
 Names are the leaf keys used in the metrics dict written by
-:func:`medunlearn.evaluation.api.evaluate_run`.
+:func:`medunlearn.evaluation.record.evaluate_outputs`.
 """
 
 from __future__ import annotations
@@ -86,25 +86,3 @@ DIRECTIONS: dict[str, str] = {
     "rte_ratio": LOWER,
     "speedup": HIGHER,
 }
-
-
-def direction(name: str) -> str:
-    """Direction of a metric by its key; ``"info"`` for names not listed."""
-    return DIRECTIONS.get(name, INFO)
-
-
-def is_better(name: str, value: float, other: float, *, reference: float | None = None) -> bool:
-    """Whether ``value`` is at least as good as ``other`` for metric ``name``.
-
-    For ``"reference"`` metrics "good" means close to ``reference`` (0.5 for AUC-like metrics
-    when no reference is given).
-    """
-    d = direction(name)
-    if d == HIGHER:
-        return value >= other
-    if d == LOWER:
-        return value <= other
-    if d == REFERENCE:
-        ref = 0.5 if reference is None else reference
-        return abs(value - ref) <= abs(other - ref)
-    return True

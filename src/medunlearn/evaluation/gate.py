@@ -1,6 +1,6 @@
 """Safety verdict: is an unlearned model safe to deploy in place of the original?
 
-:func:`gate` reads the metrics dict of :func:`medunlearn.evaluation.api.evaluate_run` and runs
+:func:`gate` reads an evaluation record (:func:`medunlearn.api.evaluate`) and runs
 each check against tolerances (:class:`GateTolerances`, defaults in ``defaults/gate.toml``):
 
 * ``fnr_vs_original`` / ``fnr_vs_reference``: test FNR <= comparison's FNR + ``fnr_tolerance``;
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -69,10 +70,6 @@ class Verdict:
 
 
 def _read_toml(path: Path | None, text: str | None = None) -> dict:
-    try:
-        import tomllib
-    except ImportError as exc:  # Python 3.10
-        raise ConfigError("Reading a gate config needs Python 3.11+ (tomllib).") from exc
     try:
         return tomllib.loads(text if text is not None else path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -210,7 +207,7 @@ def gate(metrics: Mapping, tolerances: GateTolerances | Mapping | None = None) -
     """Run the safety checks on an ``evaluate_run`` metrics dict.
 
     Args:
-        metrics: The dict returned by :func:`~medunlearn.evaluation.api.evaluate_run`.
+        metrics: An evaluation record (:func:`medunlearn.api.evaluate`, ``runs.evaluate_run``).
         tolerances: A :class:`GateTolerances`, a dict of overrides, or None for the defaults.
 
     Returns:

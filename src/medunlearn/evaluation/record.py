@@ -3,7 +3,7 @@
 :func:`evaluate_outputs` takes each model's logits and features on the forget, retain,
 validation and test samples (:mod:`medunlearn.evaluation.outputs`, computed once per model by
 :func:`medunlearn.api.evaluate`) and assembles the pure metric functions' results into one
-nested dict (strict JSON once written with :func:`medunlearn.io.atomic_write_json`):
+nested dict (strict JSON once written with :func:`medunlearn.fileio.atomic_write_json`):
 
 * ``models.{model,original,reference}``: ``utility``, ``clinical.{test,forget}``, ``privacy``,
   ``representation``, ``calibration`` of each model on the same forget/retain/test samples;

@@ -2,7 +2,7 @@
 
 * :mod:`~medunlearn.experiments.config` parses a YAML/TOML study;
 * :mod:`~medunlearn.experiments.grid` expands it into jobs (originals, references, cells);
-* :mod:`~medunlearn.experiments.pipeline` holds the per-job work (train, retrain, unlearn,
+* :mod:`~medunlearn.experiments.jobs` holds the per-job work (train, retrain, unlearn,
   evaluate) behind small replaceable functions;
 * :mod:`~medunlearn.experiments.runner` runs a grid locally or on Ray, resumably;
 * :mod:`~medunlearn.experiments.store` is the SQLite results table and its CSV export;

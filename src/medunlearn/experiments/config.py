@@ -148,7 +148,7 @@ def _parse_forget(item: Any, i: int) -> str:
     if not isinstance(item, str) or not item.strip():
         raise ExperimentConfigError(f"{where} must be a spec such as random:0.2, got {item!r}.")
     spec = item.strip()
-    from medunlearn.forget import KINDS
+    from medunlearn.forget_set import KINDS
 
     kind = spec.split(":")[0]
     if kind not in KINDS:

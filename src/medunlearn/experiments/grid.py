@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medunlearn.config import DataConfig, DataSource, ModelConfig, TrainConfig
-from medunlearn.io import fingerprint
+from medunlearn.fileio import fingerprint
 
 FRACTION_KINDS = ("random", "positive", "negative", "random-patients")  # kind:F specs
 

@@ -31,7 +31,7 @@ from medunlearn.evaluation.directions import DIRECTIONS, HIGHER, LOWER
 from medunlearn.evaluation.directions import REFERENCE as CLOSEST
 from medunlearn.evaluation.utility import DEGENERATE_BALANCED_ACCURACY, DEGENERATE_SHARE
 from medunlearn.experiments.store import ResultsStore
-from medunlearn.io import atomic_write_text
+from medunlearn.fileio import atomic_write_text
 from medunlearn.plots import _pyplot, save_figure
 
 

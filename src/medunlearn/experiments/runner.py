@@ -42,9 +42,9 @@ from medunlearn.experiments.grid import (
     ReferenceJob,
     forget_ratio,
 )
-from medunlearn.experiments.pipeline import Pipeline, default_pipeline
+from medunlearn.experiments.jobs import Pipeline, default_pipeline
 from medunlearn.experiments.store import CSV_FILE, ResultsStore, flatten
-from medunlearn.io import atomic_write_json, exclusive_lock, fingerprint, read_json
+from medunlearn.fileio import atomic_write_json, exclusive_lock, fingerprint, read_json
 from medunlearn.provenance import now_iso
 
 log = logging.getLogger("medunlearn.experiments")

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medunlearn.errors import MedUnlearnError
-from medunlearn.io import atomic_write_text, to_jsonable
+from medunlearn.fileio import atomic_write_text, to_jsonable
 
 DB_FILE = "results.sqlite"
 CSV_FILE = "results.csv"

@@ -68,7 +68,7 @@ class UnlearnOutcome:
 
     model: Classifier
     steps: int  # gradient (or Hessian-vector) steps taken
-    seconds: float = 0.0  # wall time; filled in by the runner if left at 0
+    seconds: float = 0.0  # wall time of the method; the caller fills it in when left at 0
     details: dict[str, Any] = field(default_factory=dict)  # method-specific facts worth recording
 
 

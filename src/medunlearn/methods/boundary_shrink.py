@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from medunlearn.errors import ConfigError
 from medunlearn.methods._common import (
     SGDOptions,
-    Stopwatch,
     clone_model,
     loss_weights,
     outcome,
@@ -82,7 +81,6 @@ class BoundaryShrink(Method):
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
-        watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(6)
         targets = ctx.dataset.train.labels.clone()
@@ -96,4 +94,4 @@ class BoundaryShrink(Method):
                          loss_fn=lambda logits, y, b: F.cross_entropy(logits, targets[b],
                                                                       weight=w))
         counts = torch.bincount(nearest, minlength=ctx.dataset.num_classes).tolist()
-        return outcome(net, steps, watch, nearest_label_counts=counts)
+        return outcome(net, steps, nearest_label_counts=counts)

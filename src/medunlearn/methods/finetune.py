@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from medunlearn.methods._common import (
     SGDOptions,
-    Stopwatch,
     clone_model,
     loss_weights,
     need_retain,
@@ -36,11 +35,10 @@ class Finetune(Method):
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
         need_retain(ctx, self.name)
-        watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(1)
         epochs = [subsample(ctx.retain, cfg.retain_budget, g) for _ in range(cfg.epochs)]
         w = loss_weights(ctx, ctx.retain)
         steps = train_on(net, ctx, cfg, epoch_indices=epochs, generator=g, desc=self.name,
                          loss_fn=lambda logits, y, b: F.cross_entropy(logits, y, weight=w))
-        return outcome(net, steps, watch)
+        return outcome(net, steps)

@@ -9,7 +9,6 @@ from medunlearn.loop import sgd_steps
 from medunlearn.methods._common import (
     Forward,
     SGDOptions,
-    Stopwatch,
     clamped_ascent_loss,
     clone_model,
     outcome,
@@ -53,7 +52,6 @@ class GradientAscent(Method):
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
-        watch = Stopwatch()
         net = clone_model(model)
         forward = Forward(ctx)
         forward.prepare(net)
@@ -74,4 +72,4 @@ class GradientAscent(Method):
                               clip_norm=cfg.clip_norm, scaler=scaler)
             steps += stats.steps
             last = -stats.mean_loss
-        return outcome(net, steps, watch, last_epoch_clamped_forget_loss=last)
+        return outcome(net, steps, last_epoch_clamped_forget_loss=last)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from medunlearn.errors import ConfigError
 from medunlearn.methods._common import (
     SGDOptions,
-    Stopwatch,
     clone_model,
     loss_weights,
     need_retain,
@@ -47,7 +46,6 @@ class L1Sparse(Method):
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
         need_retain(ctx, self.name)
-        watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(7)
         epochs = [subsample(ctx.retain, cfg.retain_budget, g) for _ in range(cfg.epochs)]
@@ -65,4 +63,4 @@ class L1Sparse(Method):
         steps = train_on(net, ctx, cfg, epoch_indices=epochs, generator=g, desc=self.name,
                          loss_fn=loss_fn)
         l1_end = float(sum(p.detach().abs().sum() for p in params))
-        return outcome(net, steps, watch, l1_norm_after=l1_end)
+        return outcome(net, steps, l1_norm_after=l1_end)

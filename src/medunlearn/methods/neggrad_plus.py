@@ -12,7 +12,6 @@ from medunlearn.loop import sgd_steps
 from medunlearn.methods._common import (
     Forward,
     SGDOptions,
-    Stopwatch,
     augment_policy,
     clamped_ascent_loss,
     clone_model,
@@ -60,7 +59,6 @@ class NegGradPlus(Method):
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
         need_retain(ctx, self.name)
-        watch = Stopwatch()
         net = clone_model(model)
         forward = Forward(ctx)
         forward.prepare(net)
@@ -89,4 +87,4 @@ class NegGradPlus(Method):
                                                  shuffle=True, augment=augment))
             steps += sgd_steps(net, paired, loss_fn, optimizer=opt, scheduler=sched,
                                runtime=ctx.runtime, clip_norm=cfg.clip_norm, scaler=scaler).steps
-        return outcome(net, steps, watch)
+        return outcome(net, steps)

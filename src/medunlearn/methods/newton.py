@@ -46,7 +46,6 @@ as it predicts (running statistics), and the running statistics are left as they
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -208,7 +207,6 @@ class Newton(Method):
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         c = self.config
-        t0 = time.perf_counter()
         new = copy.deepcopy(model).to(ctx.device).eval()
         for p in new.parameters():
             p.requires_grad_(True)
@@ -271,7 +269,6 @@ class Newton(Method):
                             solver=c.solver, cg_iters=c.cg_iters, cg_tol=c.cg_tol, diag=diag,
                             trust_radius=c.trust_radius, step_scale=c.step_scale)
         new.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - t0
         steps = grad_steps + fisher_steps + step.hvps * len(retain_fns)
         details = {
             "scope": c.scope, "solver": c.solver, "curvature": c.curvature,
@@ -284,4 +281,4 @@ class Newton(Method):
             "negative_curvature": step.negative_curvature, "hvps": step.hvps,
             "hvp_batches": step.hvps * len(retain_fns), "gradient_batches": grad_steps,
         }
-        return UnlearnOutcome(new, steps=steps, seconds=seconds, details=details)
+        return UnlearnOutcome(new, steps=steps, details=details)

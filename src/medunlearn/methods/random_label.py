@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from medunlearn.methods._common import (
     RelabelOptions,
-    Stopwatch,
     clone_model,
     outcome,
     random_wrong_labels,
@@ -45,7 +44,6 @@ class RandomLabel(Method):
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
-        watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(5)
         targets = relabelled_targets(ctx, g)
@@ -55,4 +53,4 @@ class RandomLabel(Method):
         steps = train_on(net, ctx, cfg, epoch_indices=epochs, generator=g, desc=self.name,
                          loss_fn=lambda logits, y, b: F.cross_entropy(logits, targets[b],
                                                                       weight=w))
-        return outcome(net, steps, watch)
+        return outcome(net, steps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from medunlearn.methods._common import Stopwatch, need_retain, outcome
+from medunlearn.methods._common import need_retain, outcome
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
 from medunlearn.models.adapter import reinitialized
@@ -34,7 +34,6 @@ class Retrain(Method):
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         need_retain(ctx, self.name)
-        watch = Stopwatch()
         seed = ctx.seed + self.config.seed_offset
         seed_everything(seed)
         if ctx.model_factory is not None:
@@ -46,5 +45,5 @@ class Retrain(Method):
         cfg = dataclasses.replace(ctx.train_config, progress=ctx.progress)
         result = fit(fresh, ctx.dataset, ctx.retain, cfg, seed=seed, desc="retrain",
                      on_batch=ctx.seen, runtime=ctx.runtime)
-        return outcome(result.model, result.steps, watch, best_epoch=result.best_epoch,
+        return outcome(result.model, result.steps, best_epoch=result.best_epoch,
                        epochs=cfg.epochs)

@@ -28,7 +28,6 @@ from medunlearn.errors import ConfigError
 from medunlearn.methods._common import (
     MaskGuard,
     RelabelOptions,
-    Stopwatch,
     clone_model,
     outcome,
     read_batches,
@@ -103,7 +102,6 @@ class SalUn(Method):
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         cfg = self.config
-        watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(8)
         masks = saliency_masks(net, ctx, ctx.forget, fraction=cfg.mask_fraction)
@@ -118,7 +116,7 @@ class SalUn(Method):
                          freeze_bn=cfg.freeze_bn)
         masked = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
-        return outcome(net, steps, watch, masked_entries=masked, total_entries=total,
+        return outcome(net, steps, masked_entries=masked, total_entries=total,
                        mask_fraction_actual=masked / max(total, 1), **details)
 
 

@@ -34,7 +34,6 @@ from medunlearn.loop import sgd_steps
 from medunlearn.methods._common import (
     Forward,
     SGDOptions,
-    Stopwatch,
     augment_policy,
     clone_model,
     freeze_batchnorm_stats,
@@ -94,7 +93,6 @@ class Scrub(Method):
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         c = self.config
         need_retain(ctx, self.name)
-        watch = Stopwatch()
         teacher = copy.deepcopy(model).to(ctx.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -146,6 +144,6 @@ class Scrub(Method):
                            scaler=scaler)
             steps += st.steps
             last_min = st.mean_loss
-        return outcome(student, steps, watch, max_steps=max_steps, min_steps=steps - max_steps,
+        return outcome(student, steps, max_steps=max_steps, min_steps=steps - max_steps,
                        retain_used=len(retain), last_forget_kl=last_max,
                        last_retain_loss=last_min)

@@ -27,7 +27,7 @@ from medunlearn.checkpoint import (
     read_indices,
 )
 from medunlearn.errors import CheckpointError, MedUnlearnError
-from medunlearn.io import read_json, sha256_file
+from medunlearn.fileio import read_json, sha256_file
 
 
 def _config(folder: Path) -> dict | None:

@@ -31,7 +31,7 @@ from medunlearn.config import ModelConfig, TrainConfig, from_dict
 from medunlearn.data import Dataset, data_identity
 from medunlearn.errors import CheckpointError, ForgetSetError
 from medunlearn.evaluation.record import EvalOptions, eval_options
-from medunlearn.forget import ForgetSet
+from medunlearn.forget_set import ForgetSet
 from medunlearn.runs.checks import check_original, check_reference
 
 

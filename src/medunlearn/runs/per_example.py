@@ -1,6 +1,7 @@
 """Verify forgetting per example over run folders (``medunlearn verify-forgetting``): N
 unlearned and N retrained runs, scored like the NeurIPS 2023 unlearning challenge
-(:mod:`medunlearn.evaluation.forgetting_quality`; in memory: :func:`medunlearn.api.forgetting_quality`).
+(:mod:`medunlearn.evaluation.forgetting_quality`; in memory:
+:func:`medunlearn.api.forgetting_quality`).
 
 Semantics (what is compared with what):
 
@@ -52,8 +53,8 @@ from medunlearn.errors import ConfigError
 from medunlearn.evaluation import forgetting_quality as fq
 from medunlearn.evaluation.forgetting_quality import RESULT_FILE, check_n, seeds
 from medunlearn.evaluation.outputs import forget_confidences
-from medunlearn.forget import select_forget
-from medunlearn.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from medunlearn.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from medunlearn.forget_set import select_forget
 from medunlearn.loop import Runtime
 from medunlearn.methods.base import method_names, resolve_method
 from medunlearn.provenance import now_iso

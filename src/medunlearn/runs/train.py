@@ -20,7 +20,7 @@ from medunlearn.checkpoint import (
 )
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.data import DataSource, MedDataset, load_dataset
-from medunlearn.io import atomic_write_json, fingerprint, staged_output
+from medunlearn.fileio import atomic_write_json, fingerprint, staged_output
 from medunlearn.loop import Runtime
 from medunlearn.plots import training_curve
 from medunlearn.provenance import environment, now_iso

@@ -13,7 +13,7 @@ import numpy as np
 from medunlearn.checkpoint import load_run_and_data, previously_forgotten
 from medunlearn.errors import ConfigError
 from medunlearn.evaluation.fidelity import tuning_closeness
-from medunlearn.forget import select_forget
+from medunlearn.forget_set import select_forget
 from medunlearn.methods.base import config_dict, resolve_method, revision_field
 from medunlearn.runs.checks import check_tuning_reference
 from medunlearn.runs.evaluate import load_comparison

@@ -34,8 +34,8 @@ from medunlearn.config import ModelConfig, TrainConfig, from_dict
 from medunlearn.data import Dataset
 from medunlearn.errors import OutputExistsError
 from medunlearn.evaluation.record import EvalOptions, retain_subset
-from medunlearn.forget import ForgetSet, select_forget
-from medunlearn.io import atomic_write_json, fingerprint, sha256_file, staged_output
+from medunlearn.fileio import atomic_write_json, fingerprint, sha256_file, staged_output
+from medunlearn.forget_set import ForgetSet, select_forget
 from medunlearn.loop import Runtime
 from medunlearn.methods.base import (
     Method,
@@ -88,7 +88,7 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
         model_dir: A run folder (``train`` or ``unlearn`` output).
         method: A registered method name (``medunlearn methods`` lists them).
         forget: A forget spec (``random:0.2``, ``class:1``, ``hashes:FILE`` ...; see
-            :mod:`medunlearn.forget`) or a sequence of training-split indices.
+            :mod:`medunlearn.forget_set`) or a sequence of training-split indices.
         seed: Seeds the forget-set selection and the method.
         out: The output run folder (built in a staging folder, renamed in on success).
         options: Method options overriding the defaults.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medunlearn.data.files import cache_dir as default_cache_dir
-from medunlearn.io import atomic_write_bytes
+from medunlearn.fileio import atomic_write_bytes
 
 VERSION = 1
 

@@ -1,11 +1,13 @@
-"""The four pieces of work an experiment cell is made of, behind small replaceable functions.
+"""What each job of a grid does (train an original, retrain a reference, unlearn, evaluate,
+judge), behind small replaceable functions.
 
 The runner never calls training, unlearning or evaluation code directly; it calls a
-:class:`Pipeline`. :func:`default_pipeline` wires the real APIs (``runs.run_training``,
-``unlearning.run_unlearning``, ``evaluation.api.evaluate_run``, ``evaluation.gate.gate``); tests
-may pass a pipeline of fakes to exercise scheduling and resumption quickly.
+:class:`Pipeline` of these steps. :func:`default_pipeline` wires the run-folder layer
+(``runs.run_training``, ``runs.run_unlearning``, ``runs.evaluate_run``) and the gate
+(``evaluation.gate.gate``); tests may pass a pipeline of fakes to exercise scheduling and
+resumption quickly.
 
-Every function that builds a folder must build it atomically (``io.staged_output``): the
+Every function that builds a folder must build it atomically (``fileio.staged_output``): the
 runner treats a folder that exists as finished.
 """
 
@@ -73,7 +75,7 @@ def unlearn(job: CellJob, original_dir: Path, reference_dir: Path, out: Path) ->
 
 
 #: The study's ``evaluation`` option that adds the per-example forgetting-quality check
-#: (``medunlearn.verify``): N unlearned and N retrained models per cell. Off unless set.
+#: (``runs.verify_forgetting``): N unlearned and N retrained models per cell. Off unless set.
 FORGETTING_QUALITY = "forgetting_quality"
 
 
