@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from medunlearn.experiments import run_experiment
     from medunlearn.experiments.config import parse_experiment
-    from medunlearn.experiments.report import study_rows
     from medunlearn.experiments.store import DB_FILE, ResultsStore
+    from medunlearn.experiments.tables import study_rows
 
     seeds = tuple(int(s) for s in args.seeds.split(","))
     forget = tuple(f.strip() for f in args.forget.split(","))

@@ -287,7 +287,7 @@ def test_one_seed_report_without_retrain_row(tmp_path):
 
 
 def test_pareto_front_is_named_only_when_drawn(tmp_path, monkeypatch):
-    from medunlearn.experiments import report as rep
+    from medunlearn.experiments import figures as rep
 
     assert rep.pareto_front([(1.0, 5.0), (2.0, 3.0), (3.0, 4.0)]) == [(1.0, 5.0), (2.0, 3.0)]
     assert rep.pareto_front([(1.0, 1.0), (2.0, 3.0)]) == [(1.0, 1.0)]
@@ -297,10 +297,10 @@ def test_pareto_front_is_named_only_when_drawn(tmp_path, monkeypatch):
         labels.append(fig.axes[0].get_legend_handles_labels()[1])
         self.plt.close(fig)
 
-    monkeypatch.setattr(rep._Figures, "save", keep)
+    monkeypatch.setattr(rep.Figures, "save", keep)
     rows = [report_row(m, *METHODS[m], ratio=0.2, augment="basic", seed=0)
             for m in ("finetune", "salun")]
-    figs = rep._Figures(rows, tmp_path)
+    figs = rep.Figures(rows, tmp_path)
     figs.pareto(rows, "ds")  # finetune: faster but farther; salun: slower and closer -> a front
     figs.pareto(rows[1:], "ds")  # one method: no front
     assert any("Pareto front" in lab for lab in labels[0])

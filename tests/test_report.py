@@ -176,7 +176,7 @@ def test_shared_cell_takes_the_reporting_study_label(tmp_path):
     """A cell computed by another study (stored under that study's label) is reported under
     the label this study gives the same method and options."""
     from medunlearn.experiments.config import parse_experiment
-    from medunlearn.experiments.report import study_rows
+    from medunlearn.experiments.tables import study_rows
 
     study = parse_experiment({
         "name": "pinned", "datasets": [{"dataset": "breastmnist", "view": "binary"}],

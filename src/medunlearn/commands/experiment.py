@@ -74,8 +74,9 @@ def experiment(
 
 def _print_summary(cfg, out: Path) -> None:
     """Key metrics per method (mean over seeds) of this study's finished cells."""
-    from medunlearn.experiments.report import study_rows, summary_text
+    from medunlearn.experiments.report import summary_text
     from medunlearn.experiments.store import ResultsStore
+    from medunlearn.experiments.tables import study_rows
 
     with ResultsStore(out, create=False) as store:
         rows = study_rows(store.rows(), cfg)
