@@ -207,14 +207,15 @@ def load_run_and_data(path: str | os.PathLike, *, data_root: str | None = None, 
 # --------------------------------------------------------------------------- index CSVs
 
 
-def write_index_rows(path: str | os.PathLike, rows: Iterable[Sequence], *,
-                     columns: Sequence[str] = INDEX_COLUMNS) -> Path:
-    """Write an index CSV atomically: the header ``columns`` (``index,sha256,label`` first,
-    extra columns after them), then one row per image. The one writer of this format."""
+def write_index_rows(path: str | os.PathLike, header: Sequence[str],
+                     rows: Iterable[Sequence]) -> Path:
+    """Write an index CSV atomically: ``header`` (``index,sha256,label`` first, extra columns
+    after them), then one row per image (``None`` as an empty cell). The one writer of this
+    format."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(list(columns))
-    w.writerows(rows)
+    w.writerow(list(header))
+    w.writerows(["" if v is None else v for v in r] for r in rows)
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -228,34 +229,40 @@ def write_index_csv(path: str | os.PathLike, dataset: Dataset, indices: Iterable
     hashes, labels, pids = train.hashes, train.labels.tolist(), train.patient_ids
     rows = ([int(i), hashes[int(i)], int(labels[int(i)])]
             + ([pids[int(i)]] if with_patients else []) for i in indices)
-    return write_index_rows(path, rows,
-                            columns=INDEX_COLUMNS + (("patient_id",) if with_patients else ()))
+    return write_index_rows(path, INDEX_COLUMNS + (("patient_id",) if with_patients else ()),
+                            rows)
 
 
-def read_index_rows(path: str | os.PathLike, *, required: Sequence[str] = ("index",),
-                    what: str = "index file", error: type[MedUnlearnError] = ForgetSetError
-                    ) -> tuple[list[str], list[dict[str, str]]]:
-    """The columns and rows of an index CSV (values as text). The one reader of this format.
+def read_index_rows(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
+    """``(header, rows)`` of an index CSV, each row a ``{column: text}`` dict. The one reader of
+    this format; callers check the columns they need and word their own errors (or use
+    :func:`read_indices` / :func:`read_checked_indices`).
 
     Raises:
-        ``error`` (default :class:`ForgetSetError`): the file cannot be read, is not a UTF-8
-        CSV, or lacks a ``required`` column.
+        OSError: the file cannot be read.
+        ValueError: it is not UTF-8 text (``UnicodeDecodeError``).
+        csv.Error: it is not CSV.
     """
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _index_rows(path: str | os.PathLike, *, what: str,
+                error: type[MedUnlearnError] = ForgetSetError) -> list[dict[str, str]]:
+    """The rows of an index CSV that has an ``index`` column, read errors worded as ``error``."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            columns = list(reader.fieldnames or [])
+        header, rows = read_index_rows(path)
     except OSError as exc:
         raise error(f"Cannot read the {what} {path}: {exc.strerror or exc}.") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except (ValueError, csv.Error) as exc:
         raise error(f"The {what} {path} is not a UTF-8 CSV file ({str(exc)[:120]}); restore it "
                     "from the run that wrote it.") from None
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise error(f"The {what} {path} has no {', '.join(map(repr, missing))} column; expected "
+    if "index" not in header:
+        raise error(f"The {what} {path} has no 'index' column; expected "
                     f"{','.join(INDEX_COLUMNS)} rows as medunlearn writes them.")
-    return columns, rows
+    return rows
 
 
 def read_indices(path: str | os.PathLike, *, what: str = "forget list",
@@ -265,7 +272,7 @@ def read_indices(path: str | os.PathLike, *, what: str = "forget list",
     Raises:
         ``error``: unreadable file, no ``index`` column, or an entry that is not a whole number.
     """
-    _, rows = read_index_rows(path, what=what, error=error)
+    rows = _index_rows(path, what=what, error=error)
     out = []
     for line, row in enumerate(rows, start=2):
         try:
@@ -285,7 +292,7 @@ def read_checked_indices(path: str | os.PathLike, dataset: Dataset, *,
         ForgetSetError: unreadable file, no ``index`` column, out-of-range indices, or hashes
             that do not match (the run folder was made with other data).
     """
-    _, rows = read_index_rows(path, what=f"{what} file")
+    rows = _index_rows(path, what=f"{what} file")
     n = len(dataset.train)
     hashes = dataset.train.hashes
     idx = []
