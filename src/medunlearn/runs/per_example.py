@@ -46,7 +46,6 @@ from medunlearn.checkpoint import (
     MODEL_FILE,
     load_run,
     load_run_and_data,
-    previously_forgotten,
     read_indices,
 )
 from medunlearn.errors import ConfigError
@@ -54,11 +53,10 @@ from medunlearn.evaluation import forgetting_quality as fq
 from medunlearn.evaluation.forgetting_quality import RESULT_FILE, check_n, seeds
 from medunlearn.evaluation.outputs import forget_confidences
 from medunlearn.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_file
-from medunlearn.forget_set import select_forget
 from medunlearn.loop import Runtime
 from medunlearn.methods.base import method_names, resolve_method
 from medunlearn.provenance import now_iso
-from medunlearn.runs.unlearn import run_unlearning
+from medunlearn.runs.unlearn import forget_set_for, run_unlearning
 
 
 def _one_run(kwargs: dict) -> dict:
@@ -160,8 +158,7 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
     out = Path(out)
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
     algo = resolve_method(method, dataset=dataset.name, options=dict(options or {}))
-    excluded = sorted(set(previously_forgotten(model_dir)) | {int(i) for i in exclude or []})
-    fs = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
+    fs, excluded = forget_set_for(model_dir, dataset, forget, seed=seed, exclude=exclude)
     f_idx = fs.forget.numpy()
     u_seeds, r_seeds = seeds(seed, n)
     common = {"model_dir": str(model_dir), "forget": f_idx.tolist(), "data_root": data_root,

@@ -10,14 +10,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from medunlearn.checkpoint import load_run_and_data, previously_forgotten
+from medunlearn.checkpoint import load_run_and_data
 from medunlearn.errors import ConfigError
 from medunlearn.evaluation.fidelity import tuning_closeness
-from medunlearn.forget_set import select_forget
 from medunlearn.methods.base import config_dict, resolve_method, revision_field
 from medunlearn.runs.checks import check_tuning_reference
 from medunlearn.runs.evaluate import load_comparison
-from medunlearn.runs.unlearn import unlearn_in_memory
+from medunlearn.runs.unlearn import forget_set_for, unlearn_in_memory
 from medunlearn.tuning import (
     TUNE_CRITERION,
     choose,
@@ -88,8 +87,7 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
     empty = sorted(k for k, vs in space.items() if not vs)
     if empty:
         raise ConfigError(f"The grid gives no values for {', '.join(empty)}.")
-    excluded = sorted(set(exclude or []) | set(previously_forgotten(model_dir)))
-    fs = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
+    fs, excluded = forget_set_for(model_dir, dataset, forget, seed=seed, exclude=exclude)
     check_tuning_reference(model_dir, reference, forget=fs.forget.tolist(), excluded=excluded,
                            spec=fs.spec, seed=seed)
     ref = load_comparison(reference, dataset, run, "reference")

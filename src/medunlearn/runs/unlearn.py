@@ -62,6 +62,22 @@ def train_config(run: Run) -> TrainConfig:
     return from_dict(TrainConfig, run.config.get("train", {}), where="config.json train")
 
 
+def forget_set_for(model_dir: str | os.PathLike, dataset: Dataset, forget: str | Sequence[int],
+                   *, seed: int, exclude: Iterable[int] | None = None, retrain: bool = False
+                   ) -> tuple[ForgetSet, list[int]]:
+    """The forget set of a request on a run folder, and the images kept out of it: ``exclude``
+    plus every image the folder forgot already (its ``forget.csv`` and ``excluded.csv``), so
+    a chain of runs never forgets an image twice nor trains on one again. With ``retrain`` and
+    explicit indices, images forgotten earlier that are named again stay in the forget set
+    (retraining reads neither set, and the evaluation then covers them: a registry
+    consolidation retrains without every withdrawn image and verifies all of them)."""
+    inherited = set(previously_forgotten(model_dir))
+    if retrain and not isinstance(forget, str):
+        inherited -= {int(i) for i in forget}
+    excluded = sorted({int(i) for i in exclude or []} | inherited)
+    return select_forget(dataset, forget=forget, seed=seed, exclude=excluded), excluded
+
+
 def unlearn_in_memory(run: Run, dataset: Dataset, forget_set: ForgetSet, method: Method, *,
                       seed: int, progress: bool = True, device: str | None = None,
                       on_batch: Callable[[torch.Tensor], None] | None = None,
@@ -121,14 +137,8 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     run, dataset = load_run_and_data(model_dir, data_root=data_root, cache=cache)
     algo = resolve_method(method, dataset=dataset.name, options=options,
                           retain_budget=retain_budget)
-    inherited = set(previously_forgotten(model_dir))
-    if method == "retrain" and not isinstance(forget, str):
-        # Retraining reads neither set, so samples the model forgot earlier that are named again
-        # stay in the forget set and its evaluation covers them (a registry consolidation
-        # retrains without every withdrawn image and verifies all of them).
-        inherited -= {int(i) for i in forget}
-    excluded = sorted(set(exclude or []) | inherited)
-    forget_set = select_forget(dataset, forget=forget, seed=seed, exclude=excluded)
+    forget_set, excluded = forget_set_for(model_dir, dataset, forget, seed=seed, exclude=exclude,
+                                          retrain=method == "retrain")
     weights_sha = sha256_file(Path(model_dir) / MODEL_FILE)
     resolved = config_dict(algo)
     key = fingerprint({"kind": "unlearn", "original": weights_sha, "method": method,
@@ -210,4 +220,5 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     return metrics
 
 
-__all__ = ["model_config", "run_unlearning", "train_config", "unlearn_in_memory"]
+__all__ = ["forget_set_for", "model_config", "run_unlearning", "train_config",
+           "unlearn_in_memory"]
