@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medunlearn.checkpoint import CONFIG_FILE, METRICS_FILE
 from medunlearn.errors import MedUnlearnError
 from medunlearn.experiments.grid import (
     CellJob,
@@ -75,7 +76,7 @@ class ExperimentSummary:
 # -- the work of one job (runs in the driver or in a Ray worker) ----------------------------------
 def is_finished(folder: Path) -> bool:
     """A run folder exists only once complete (staged_output), but check its files anyway."""
-    return (folder / "config.json").is_file() and (folder / "metrics.json").is_file()
+    return (folder / CONFIG_FILE).is_file() and (folder / METRICS_FILE).is_file()
 
 
 @contextlib.contextmanager
@@ -177,9 +178,9 @@ def _do_cell(job: CellJob, results: Path, pipeline: Pipeline, experiment: str,
     atomic_write_json(results / "evaluations" / f"{job.slug}.json",
                       {"key": job.key, "evaluation": evaluation, "verdict": verdict})
     return build_row(job, experiment=experiment, evaluation=evaluation, verdict=verdict,
-                     unlearn_metrics=read_json(run_dir / "metrics.json"),
-                     reference_metrics=read_json(reference / "metrics.json"),
-                     original_metrics=read_json(original / "metrics.json"),
+                     unlearn_metrics=read_json(run_dir / METRICS_FILE),
+                     reference_metrics=read_json(reference / METRICS_FILE),
+                     original_metrics=read_json(original / METRICS_FILE),
                      run_dir=run_dir, original_dir=original, reference_dir=reference,
                      cell_seconds=time.perf_counter() - t0)
 
