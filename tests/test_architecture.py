@@ -207,6 +207,26 @@ def test_a_methods_unlearn_is_called_from_one_place():
     assert calls == {"medunlearn.api": calls.get("medunlearn.api")} and calls["medunlearn.api"]
 
 
+#: TODO(coordinator): the registry branch replaces these imports of test_registry_crash /
+#: test_registry by medunlearn.testing; delete this exception when it is merged.
+REGISTRY_TESTS = ("test_audit_tamper.py", "test_registry_certificate.py", "test_registry_files.py",
+                  "test_registry_fq.py")
+
+
+def test_no_test_file_imports_another():
+    """Shared test code lives in conftest.py (fixtures) or tests/helpers.py, not in test files."""
+    here = Path(__file__).resolve().parent
+    bad = []
+    for path in sorted(here.glob("test_*.py")):
+        if path.name in REGISTRY_TESTS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.name}: {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not bad
+
+
 @pytest.mark.parametrize("kind", ["cycle", "layer"])
 def test_the_checks_see_what_they_check(kind):
     """The checks would fail on a violation (a graph with one, checked with the same code)."""
