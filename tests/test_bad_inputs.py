@@ -15,8 +15,8 @@ import pytest
 from test_registry_crash import model_dir  # noqa: F401  (fixture: an untrained run folder)
 
 from medunlearn.cli import main
-from medunlearn.registry import fake_unlearn, fake_verify, forget, init_registry
-from medunlearn.testing import make_synthetic_npz
+from medunlearn.registry import forget, init_registry
+from medunlearn.testing import fake_unlearn, fake_verify, make_synthetic_npz
 
 HEX = "ab" * 32
 NOT_UTF8 = b"\xff\xfe\x00bad\n"
