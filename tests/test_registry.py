@@ -635,6 +635,35 @@ def test_ledger_chain_is_over_canonical_json(busy_reg):
     write_certificate(busy_reg, "DR-2", busy_reg.parent / "cert")
 
 
+def test_steps_are_recorded_under_stable_names():
+    """The ledger names the production steps as it always has (renaming or moving the functions
+    must not change the entries a registry records), and any other step under its own name."""
+    from medunlearn.registry import steps
+
+    assert steps.step_name(steps.unlearn_candidate) == "medunlearn.registry.steps.real_unlearn"
+    assert steps.step_name(steps.gate_candidate) == "medunlearn.registry.steps.real_verify"
+    assert steps.REAL_STEPS == (steps.step_name(steps.unlearn_candidate),
+                                steps.step_name(steps.gate_candidate))
+    assert steps.step_name(fake_unlearn) == "medunlearn.testing.fake_unlearn"
+    assert steps.step_name(fake_steps(fail=["x"])["verify"]) == "medunlearn.testing.fake_verify"
+    with fake_registry_steps():  # the fakes as defaults keep their own names, and are undone
+        assert steps.step_name(steps.gate_candidate) == "medunlearn.testing.fake_verify"
+    assert steps.step_name(steps.gate_candidate) == "medunlearn.registry.steps.real_verify"
+
+
+def test_index_files_round_trip(tmp_path):
+    from medunlearn.registry.index_files import read_index_rows, write_index_rows
+
+    path = write_index_rows(tmp_path / "x.csv", ["index", "sha256", "forgotten_in"],
+                            [(0, "ab" * 32, None), (1, "cd" * 32, 2)])
+    assert path.read_bytes() == (b"index,sha256,forgotten_in\n0," + b"ab" * 32 + b",\n1,"
+                                 + b"cd" * 32 + b",2\n")
+    header, rows = read_index_rows(path)
+    assert header == ["index", "sha256", "forgotten_in"]
+    assert rows == [{"index": "0", "sha256": "ab" * 32, "forgotten_in": ""},
+                    {"index": "1", "sha256": "cd" * 32, "forgotten_in": "2"}]
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -72,7 +72,7 @@ def _exclude_at_promotion(entries: list[dict], request_id: str, own: list[int]) 
     return sorted(out - set(own))
 
 
-def _plan(reg: Path, conn: sqlite3.Connection, request_id: str) -> dict:
+def _proof_plan(reg: Path, conn: sqlite3.Connection, request_id: str) -> dict:
     """What the check of a request runs (call with the writer lock held, after ``recover``).
 
     Raises:
@@ -150,7 +150,7 @@ def forgetting_quality_for(reg: str | os.PathLike, request_id: str, *, n: int = 
         conn = connect(reg)
         try:
             recover(reg, conn)
-            plan = _plan(reg, conn, request_id)
+            plan = _proof_plan(reg, conn, request_id)
             finish_interrupted(reg, conn, request_id)
             data_root = data_root or plan["data_root"]
             if not download:
