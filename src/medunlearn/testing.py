@@ -4,6 +4,10 @@ MedMNIST datasets other than the bundled ones cannot be downloaded on an offline
 exercise those code paths with small files of the same layout (``{split}_images`` uint8
 (N, H, W[, C]), ``{split}_labels`` uint8 (N, 1) or (N, L) for multi-label) whose classes are
 learnable: each class has its own mean brightness pattern plus noise.
+
+Registry tests use fast stand-ins for the two steps of a deletion request (:func:`fake_unlearn`,
+:func:`fake_verify`, :func:`fake_steps`, :func:`fake_registry_steps`) and an untrained run folder
+(:func:`untrained_run`). Production code never imports this module.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ from medunlearn.registry.index_files import read_index_rows, write_index_rows
 from medunlearn.registry.replay import BEFORE, manifest_sha256
 from medunlearn.registry.store import select_in
 
-#: The weights file of a version folder (a run folder).
+#: The weights file of a version folder (a run folder): ``checkpoint.MODEL_FILE``, named here so
+#: that reading a registry (status, audit) does not import torch.
 MODEL_FILE = "model.safetensors"
 
 
