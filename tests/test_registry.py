@@ -292,7 +292,10 @@ def test_all_attempts_failing_keeps_the_model_and_withdraws_the_images(reg, mani
     (tmp_path / "r.json").write_text(json.dumps(req("DR-1", manifest, idx)))
     with fake_registry_steps(fail=["salun-cra", "retrain"]):
         assert main(["forget", str(reg), "--request", str(tmp_path / "r.json")]) == 1
-    assert "no method passed the safety gate" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "no method passed the safety gate" in out.err
+    # each attempt's checks, as the certificate words them
+    assert "attempt 2 (retrain): did not pass the safety gate\n  fake: failed" in out.out
     st = status(reg)
     assert st["active_version"]["n"] == 1 and [x["id"] for x in st["requests"]["failed"]] == [
         "DR-1"]

@@ -169,8 +169,8 @@ def _echo_attempts(reg: Path, result: dict) -> None:
         typer.echo(f"attempt {a['attempt']} ({a['method']}): {verdict}")
         if a.get("error"):
             typer.echo(f"  error: {a['error']}")
-        for c in a.get("checks") or []:
-            typer.echo(f"  {c.get('message') or c.get('name')}")
+        for c in a.get("checks") or []:  # the certificate's plain-words checks
+            typer.echo(f"  {c['check']}: {c['outcome']}")
         if not a["passed"]:
             for line in gate_failures_in_words(a.get("checks") or []):
                 typer.echo(f"  -> {line}")
