@@ -144,7 +144,7 @@ def forget_cmd(
     from medunlearn.registry import process_request
 
     result = process_request(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
-                        download=not no_download, log=lambda m: typer.echo(m, err=True))
+                             download=not no_download, log=lambda m: typer.echo(m, err=True))
     if as_json or result.get("reused") or not result.get("attempts"):
         _report_result(reg, result, as_json)
         return
@@ -207,7 +207,7 @@ def consolidate_cmd(
 
     request = {"id": request_id, "subject": subject, "note": note, "consolidate": True}
     result = process_request(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
-                        download=not no_download, log=lambda m: typer.echo(m, err=True))
+                             download=not no_download, log=lambda m: typer.echo(m, err=True))
     _report_result(reg, result, as_json)
 
 
