@@ -8,36 +8,39 @@ import json
 import sqlite3
 
 import pytest
-from test_registry_crash import model_dir  # noqa: F401  (fixture: an untrained run folder)
 
 from medunlearn.cli import main
 from medunlearn.registry import (
-    fake_unlearn,
-    fake_verify,
+    audit_registry,
     forget,
     init_registry,
     status,
-    verify_registry,
     write_certificate,
 )
 from medunlearn.registry.errors import AuditError
+from medunlearn.testing import fake_steps, untrained_run
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, synth_root):
+    """An untrained (randomly initialised) but complete run folder: the fakes need no training."""
+    return untrained_run(tmp_path_factory.mktemp("model") / "model", data_root=synth_root,
+                         verify_md5=False)
 
 
 @pytest.fixture
-def reg(model_dir, tmp_path, monkeypatch):  # noqa: F811
+def reg(model_dir, tmp_path):
     """A registry with request R1 completed by salun-cra (an approximate method) after a failed
     newton attempt (so there are reasons)."""
     path = tmp_path / "reg"
     init_registry(model_dir, path, methods=["newton", "salun-cra", "retrain"], data_root="/data")
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "newton")
-    run(path, "R1", [3, 4, 5])
-    monkeypatch.delenv("MEDUNLEARN_REGISTRY_FAKE_FAIL")
+    run(path, "R1", [3, 4, 5], fail=["newton"])
     return path
 
 
-def run(reg, rid, indices):
+def run(reg, rid, indices, fail=()):
     return forget(reg, {"id": rid, "subject": f"s-{rid}", "indices": indices},
-                  unlearn=fake_unlearn, verify=fake_verify)
+                  **fake_steps(fail=fail))
 
 
 def sql(statements):
@@ -100,7 +103,7 @@ def test_tampering_fails_the_audit_even_with_a_current_anchor(reg, tmp_path, cap
     anchor = head(reg)
     assert main(["audit", "verify", str(reg), "--anchor", anchor]) == 0
     edit(reg)
-    report = verify_registry(reg)
+    report = audit_registry(reg)
     assert not report.ok
     for m in messages:
         assert any(m in p for p in report.problems), (m, report.problems)
@@ -130,7 +133,7 @@ def test_head_set_back_to_an_older_valid_head_fails_and_blocks_writes(reg, tmp_p
     old = (reg / "LEDGER_HEAD").read_text()
     run(reg, "R2", [10, 11])
     (reg / "LEDGER_HEAD").write_text(old)
-    report = verify_registry(reg)
+    report = audit_registry(reg)
     assert not report.ok and "was set back" in report.problems[0]
     before = (reg / "registry.db").read_bytes()
     assert main(["forget", str(reg), "--request", str(request(tmp_path, "R3"))]) == 2
@@ -141,22 +144,22 @@ def test_head_set_back_to_an_older_valid_head_fails_and_blocks_writes(reg, tmp_p
     conn.execute("DELETE FROM ledger WHERE seq > ?", (int(old.split()[0]),))
     conn.commit()
     conn.close()
-    assert not verify_registry(reg).ok
+    assert not audit_registry(reg).ok
 
 
 def test_deleted_head_fails_and_is_not_silently_rewritten(reg, tmp_path, capsys):
     (reg / "LEDGER_HEAD").unlink()
-    report = verify_registry(reg)
+    report = audit_registry(reg)
     assert not report.ok and "LEDGER_HEAD is missing" in report.problems[0]
     assert main(["forget", str(reg), "--request", str(request(tmp_path, "R3"))]) == 2
     assert "LEDGER_HEAD is missing" in capsys.readouterr().err
-    assert not (reg / "LEDGER_HEAD").exists() and not verify_registry(reg).ok
+    assert not (reg / "LEDGER_HEAD").exists() and not audit_registry(reg).ok
     assert main(["registry", "resume", str(reg)]) == 2
     assert not (reg / "LEDGER_HEAD").exists()
 
 
 def test_an_untouched_registry_passes_and_certifies(reg, tmp_path):
     run(reg, "R2", [10, 11])
-    assert verify_registry(reg).ok and status(reg)["audit"]["ok"]
+    assert audit_registry(reg).ok and status(reg)["audit"]["ok"]
     cert = write_certificate(reg, "R1", tmp_path / "cert")
     assert [f["index"] for f in cert["forgotten"]] == [3, 4, 5]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from medunlearn.cli import main
-from medunlearn.registry import fake_unlearn, fake_verify, forget, init_registry
-from medunlearn.testing import make_synthetic_npz
+from medunlearn.registry import forget, init_registry
+from medunlearn.testing import fake_unlearn, fake_verify, make_synthetic_npz
 
 HEX = "ab" * 32
 NOT_UTF8 = b"\xff\xfe\x00bad\n"

@@ -436,8 +436,8 @@ def test_deletion_request_by_patient_forgets_every_image_and_copy(tmp_path):
     from medunlearn.data.manifest import load_manifest
     from medunlearn.registry import certificate, forget, init_registry
     from medunlearn.registry.errors import RequestError
-    from medunlearn.registry.steps import fake_unlearn, fake_verify
     from medunlearn.runs import run_training
+    from medunlearn.testing import fake_unlearn, fake_verify
 
     labels = make_manifest(tmp_path / "data")
     # a byte-identical copy of one image, filed under another patient id

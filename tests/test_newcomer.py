@@ -346,11 +346,11 @@ def test_report_fits_a_1400px_window(tmp_path):
 
 
 # -- forget: the checks and the certificate -----------------------------------------------------
-def test_forget_prints_the_gate_checks_and_the_certificate(medmnist_root, tmp_path, monkeypatch,
-                                                           capsys):
+def test_forget_prints_the_gate_checks_and_the_certificate(medmnist_root, tmp_path, capsys):
     from medunlearn.config import DataConfig, ModelConfig, TrainConfig
     from medunlearn.registry import init_registry
     from medunlearn.runs import run_training
+    from medunlearn.testing import fake_registry_steps
 
     model = tmp_path / "model"
     run_training(DataConfig(dataset="breastmnist", train_limit=120, eval_limit=60,
@@ -362,9 +362,8 @@ def test_forget_prints_the_gate_checks_and_the_certificate(medmnist_root, tmp_pa
     unique = [h for h in hashes if hashes.count(h) == 1][:2]
     request = tmp_path / "r.json"
     request.write_text(json.dumps({"id": "DR-1", "subject": "s", "images": unique}))
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_STEPS", "fake")
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra")
-    assert main(["forget", str(reg), "--request", str(request)]) == 0
+    with fake_registry_steps(fail=["salun-cra"]):
+        assert main(["forget", str(reg), "--request", str(request)]) == 0
     out = capsys.readouterr().out
     assert "attempt 1 (salun-cra): did not pass the safety gate" in out
     assert "attempt 2 (retrain): passed the safety gate" in out
@@ -373,8 +372,8 @@ def test_forget_prints_the_gate_checks_and_the_certificate(medmnist_root, tmp_pa
     # every method fails: the next step is named
     request.write_text(json.dumps({"id": "DR-2", "subject": "s", "images": [
         h for h in hashes if hashes.count(h) == 1][2:4]}))
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra,retrain")
-    assert main(["forget", str(reg), "--request", str(request)]) == 1
+    with fake_registry_steps(fail=["salun-cra", "retrain"]):
+        assert main(["forget", str(reg), "--request", str(request)]) == 1
     out = capsys.readouterr()
     assert "attempt 2 (retrain): did not pass the safety gate" in out.out
     assert f"medunlearn registry consolidate {reg}" in out.out

@@ -1,7 +1,7 @@
 """Deletion-request registry: init, request validation, workflow, fallback, audit, certificates.
 
-These tests use the fast fake unlearn/verify steps (``medunlearn.registry.steps``) on a tiny
-BreastMNIST model; ``test_registry_e2e.py`` runs the real ones.
+These tests use the fast fake unlearn/verify steps (``medunlearn.testing``) on a tiny
+BreastMNIST model; ``test_end_to_end_with_real_unlearning_and_gate`` runs the real ones.
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ from medunlearn.registry import (
     RegistryError,
     RequestError,
     Verification,
+    audit_registry,
     certificate,
-    fake_unlearn,
-    fake_verify,
     forget,
     init_registry,
     retain_indices,
     status,
-    verify_registry,
     write_certificate,
 )
-from medunlearn.registry.ledger import verify_chain
+from medunlearn.registry.ledger import chain_problems
 from medunlearn.runs import run_training
+from medunlearn.testing import fake_registry_steps, fake_steps, fake_unlearn, fake_verify
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +70,9 @@ def req(rid, manifest, idx, **extra):
     return {"id": rid, "subject": f"subj-{rid}", "images": [manifest[i] for i in idx]} | extra
 
 
-def fake(reg, request, **kw):
-    return forget(reg, request, unlearn=fake_unlearn, verify=fake_verify, **kw)
+def fake(reg, request, *, fail=(), **kw):
+    """Process a request with the fake steps (``fail``: methods the fake gate fails)."""
+    return forget(reg, request, **fake_steps(fail=fail), **kw)
 
 
 def snapshot(reg):
@@ -90,7 +90,7 @@ def snapshot(reg):
 
 
 def test_default_chain_is_the_recommendation(tiny_model, tmp_path, medmnist_root):
-    from medunlearn.registry.core import RECOMMENDED
+    from medunlearn.registry.versions import RECOMMENDED
 
     init_registry(tiny_model, tmp_path / "r", data_root=str(medmnist_root))
     # BreastMNIST is a binary clinical view: Newton step, then SalUn-CRA, then retraining
@@ -109,7 +109,7 @@ def test_init_records_model_and_manifest(reg, tiny_model, manifest):
     assert [r[0] for r in conn.execute("SELECT sha256 FROM samples ORDER BY idx")] == manifest
     init = json.loads(conn.execute("SELECT body FROM ledger WHERE seq = 1").fetchone()[0])
     assert init["train"]["epochs"] == 1 and init["manifest"]["count"] == len(manifest)
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
 
 
 def test_init_refuses_existing_registry_and_bad_model(reg, tiny_model, tmp_path):
@@ -135,7 +135,7 @@ def test_models_are_loaded_without_pickle(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(torch, "load", refuse)
     init_registry(tiny_model, tmp_path / "reg")
-    assert verify_registry(tmp_path / "reg", load_models=True).ok
+    assert audit_registry(tmp_path / "reg", load_models=True).ok
 
 
 def test_init_from_an_unlearning_run_keeps_its_forgotten_images(tiny_model, tmp_path, manifest):
@@ -144,7 +144,7 @@ def test_init_from_an_unlearning_run_keeps_its_forgotten_images(tiny_model, tmp_
     init_registry(run, tmp_path / "reg")
     assert status(tmp_path / "reg")["samples"]["forgotten"] == 2
     assert not {4, 9} & set(retain_indices(tmp_path / "reg"))
-    assert verify_registry(tmp_path / "reg").ok
+    assert audit_registry(tmp_path / "reg").ok
     r = fake(tmp_path / "reg", req("DR-1", manifest, [4]))  # already forgotten: a no-op
     assert r["already_forgotten"] == 1 and r["to_version"] == 1
     chained = tmp_path / "chained"
@@ -251,7 +251,7 @@ def test_already_forgotten_images_are_a_noop(reg, manifest):
                verify=fake_verify)
     assert r["forgotten"] == 1 and r["already_forgotten"] == 1 and r["to_version"] == 3
     assert calls[0]["forget"] == extra and set(calls[0]["exclude"]) == set(first)
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
 
 
 def test_indices_and_explicit_method(reg, manifest):
@@ -262,9 +262,8 @@ def test_indices_and_explicit_method(reg, manifest):
     assert cert["forgotten"][0]["sha256"] == manifest[5]
 
 
-def test_fallback_chain_records_every_attempt(reg, manifest, monkeypatch):
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra")
-    r = fake(reg, req("DR-1", manifest, distinct(manifest, 2)))
+def test_fallback_chain_records_every_attempt(reg, manifest):
+    r = fake(reg, req("DR-1", manifest, distinct(manifest, 2)), fail=["salun-cra"])
     assert r["status"] == "completed" and r["method"] == "retrain"
     assert [(a["method"], a["status"]) for a in r["attempts"]] == [("salun-cra", "failed"),
                                                                    ("retrain", "passed")]
@@ -272,7 +271,7 @@ def test_fallback_chain_records_every_attempt(reg, manifest, monkeypatch):
     assert cert["attempts"][0]["reasons"] == ["fake gate: salun-cra is configured to fail"]
     assert cert["model_after"]["method"] == "retrain"
     assert not list((reg / "staging").iterdir())  # the failed candidate was removed
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
 
 
 def test_method_errors_fall_back_too(reg, manifest):
@@ -288,24 +287,26 @@ def test_method_errors_fall_back_too(reg, manifest):
 
 
 def test_all_attempts_failing_keeps_the_model_and_withdraws_the_images(reg, manifest, tmp_path,
-                                                                        monkeypatch, capsys):
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_STEPS", "fake")
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra,retrain")
+                                                                        capsys):
     idx = distinct(manifest, 2)
     (tmp_path / "r.json").write_text(json.dumps(req("DR-1", manifest, idx)))
-    assert main(["forget", str(reg), "--request", str(tmp_path / "r.json")]) == 1
-    assert "no method passed the safety gate" in capsys.readouterr().err
+    with fake_registry_steps(fail=["salun-cra", "retrain"]):
+        assert main(["forget", str(reg), "--request", str(tmp_path / "r.json")]) == 1
+    out = capsys.readouterr()
+    assert "no method passed the safety gate" in out.err
+    # each attempt's checks, as the certificate words them
+    assert "attempt 2 (retrain): did not pass the safety gate\n  fake: failed" in out.out
     st = status(reg)
     assert st["active_version"]["n"] == 1 and [x["id"] for x in st["requests"]["failed"]] == [
         "DR-1"]
     assert st["samples"] == {"total": 120, "forgotten": 0, "withdrawn": 2}
     assert not set(idx) & set(retain_indices(reg))
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
     # resubmitting the same request retries the chain once the problem is fixed
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "")
-    r = forget(reg, tmp_path / "r.json")
+    with fake_registry_steps():
+        r = forget(reg, tmp_path / "r.json")
     assert r["status"] == "completed" and [a["n"] for a in r["attempts"]] == [1, 2, 3]
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
 
 
 def test_forgotten_images_never_come_back_to_a_retrain(reg, manifest):
@@ -343,7 +344,7 @@ def test_forgotten_images_never_come_back_to_a_retrain(reg, manifest):
 
 
 def test_consolidation_retrains_exactly_without_every_withdrawn_image(reg, manifest, capsys,
-                                                                     monkeypatch, tmp_path):
+                                                                     tmp_path):
     calls = []
 
     def recording(model_dir, **kw):
@@ -363,17 +364,17 @@ def test_consolidation_retrains_exactly_without_every_withdrawn_image(reg, manif
                                                                                start=20)
     forget(reg, req("DR-A", manifest, a), unlearn=recording, verify=fake_verify)
     forget(reg, req("DR-B", manifest, b), unlearn=recording, verify=fake_verify)
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra,retrain")
+    failing = fake_steps(fail=["salun-cra", "retrain"])["verify"]
     assert forget(reg, req("DR-C", manifest, c), unlearn=recording,
-                  verify=fake_verify)["status"] == "failed"
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "")
+                  verify=failing)["status"] == "failed"
     x = status(reg)["exactness"]
     assert x == {"approximate_steps": 2, "withdrawn_not_forgotten": 2, "exact": False}
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_STEPS", "fake")
     assert main(["registry", "status", str(reg)]) == 0
     assert "2 approximate unlearning step(s)" in capsys.readouterr().out
     # consolidate: one retraining from scratch that leaves out all seven images
-    assert main(["registry", "consolidate", str(reg), "--id", "CONS-1", "--note", "monthly"]) == 0
+    with fake_registry_steps():
+        assert main(["registry", "consolidate", str(reg), "--id", "CONS-1", "--note",
+                     "monthly"]) == 0
     assert "retrained without the 7 image(s)" in capsys.readouterr().out
     call = json.loads((reg / "versions" / "4" / "fake_call.json").read_text())
     assert call["method"] == "retrain" and call["forget"] == sorted(a + b + c)
@@ -390,7 +391,7 @@ def test_consolidation_retrains_exactly_without_every_withdrawn_image(reg, manif
     conn.close()
     assert {i: rows[i] for i in a} == {i: (2, "DR-A") for i in a}
     assert {i: rows[i] for i in c} == {i: (4, "DR-C") for i in c}
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
     cert = certificate(reg, "CONS-1")
     assert [f["index"] for f in cert["consolidated"]] == sorted(a + b + c)
     assert cert["request"]["body"]["consolidate"] is True and cert["method"] == "retrain"
@@ -398,65 +399,63 @@ def test_consolidation_retrains_exactly_without_every_withdrawn_image(reg, manif
     assert "Consolidation: exact retraining without the 7 images" in (
         tmp_path / "cert" / "certificate.html").read_text()
     # the same id again is a no-op; a later deletion request excludes everything as before
-    again = forget(reg, {"id": "CONS-1", "subject": "scheduled-consolidation", "note": "monthly",
-                         "consolidate": True})
+    with fake_registry_steps():
+        again = forget(reg, {"id": "CONS-1", "subject": "scheduled-consolidation",
+                             "note": "monthly", "consolidate": True})
     assert again["reused"] and status(reg)["active_version"]["n"] == 4
     forget(reg, req("DR-D", manifest, distinct(manifest, 1, start=40)), unlearn=recording,
            verify=fake_verify)
     assert set(a + b + c) == set(calls[-1]["exclude"])
 
 
-def test_exact_retraining_also_forgets_failed_requests_images(reg, manifest, monkeypatch):
+def test_exact_retraining_also_forgets_failed_requests_images(reg, manifest):
     a, b = distinct(manifest, 2), distinct(manifest, 2, start=10)
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra,retrain")
-    assert fake(reg, req("DR-A", manifest, a))["status"] == "failed"
+    assert fake(reg, req("DR-A", manifest, a), fail=["salun-cra", "retrain"])["status"] == \
+        "failed"
     assert status(reg)["exactness"]["withdrawn_not_forgotten"] == 2
     # the next request falls back to retraining, which leaves out DR-A's images as well
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra")
-    r = fake(reg, req("DR-B", manifest, b))
+    r = fake(reg, req("DR-B", manifest, b), fail=["salun-cra"])
     assert r["method"] == "retrain" and r["to_version"] == 2
     st = status(reg)
     assert st["exactness"] == {"approximate_steps": 0, "withdrawn_not_forgotten": 0,
                                "exact": True}
-    assert st["samples"]["forgotten"] == 4 and verify_registry(reg).ok
+    assert st["samples"]["forgotten"] == 4 and audit_registry(reg).ok
     # resubmitting DR-A now has nothing left to do: a recorded no-op, no new version
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "")
     again = fake(reg, req("DR-A", manifest, a))
     assert again["status"] == "completed" and again["to_version"] == 2
     assert "forgotten meanwhile" in again["noop_reason"] and again["attempts"][-1]["n"] == 2
-    assert status(reg)["active_version"]["n"] == 2 and verify_registry(reg).ok
+    assert status(reg)["active_version"]["n"] == 2 and audit_registry(reg).ok
 
 
-def test_failed_consolidation_retried_covers_images_withdrawn_since(reg, manifest, monkeypatch,
-                                                                   capsys):
+def test_failed_consolidation_retried_covers_images_withdrawn_since(reg, manifest, capsys):
     a, b = distinct(manifest, 2), distinct(manifest, 2, start=10)
     fake(reg, req("DR-A", manifest, a))
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_STEPS", "fake")
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "retrain")
-    assert main(["registry", "consolidate", str(reg), "--id", "C-1"]) == 1
+    with fake_registry_steps(fail=["retrain"]):
+        assert main(["registry", "consolidate", str(reg), "--id", "C-1"]) == 1
     assert "the exact retraining did not pass the safety gate" in capsys.readouterr().err
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "salun-cra,retrain")
-    assert fake(reg, req("DR-B", manifest, b))["status"] == "failed"
-    monkeypatch.setenv("MEDUNLEARN_REGISTRY_FAKE_FAIL", "")
-    assert main(["registry", "consolidate", str(reg), "--id", "C-1"]) == 0
+    assert fake(reg, req("DR-B", manifest, b), fail=["salun-cra", "retrain"])["status"] == \
+        "failed"
+    with fake_registry_steps():
+        assert main(["registry", "consolidate", str(reg), "--id", "C-1"]) == 0
     assert "retrained without the 4 image(s)" in capsys.readouterr().out
     call = json.loads((reg / "versions" / "3" / "fake_call.json").read_text())
     assert call["forget"] == sorted(a + b) and call["exclude"] == []
     st = status(reg)
     assert st["exactness"]["exact"] and st["samples"]["forgotten"] == 4
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
     # and once exact, consolidating again is a no-op that says why
-    assert main(["registry", "consolidate", str(reg), "--id", "C-2"]) == 0
+    with fake_registry_steps():
+        assert main(["registry", "consolidate", str(reg), "--id", "C-2"]) == 0
     assert "nothing to do (the active model is exact already)" in capsys.readouterr().out
 
 
 def test_consolidation_with_the_real_unlearn_step(reg, manifest):
-    from medunlearn.registry.steps import real_unlearn
+    from medunlearn.registry.steps import unlearn_candidate
 
     a, b = distinct(manifest, 2), distinct(manifest, 3, start=10)
     fake(reg, req("DR-A", manifest, a))
     fake(reg, req("DR-B", manifest, b))
-    r = forget(reg, {"id": "C-1", "subject": "ops", "consolidate": True}, unlearn=real_unlearn,
+    r = forget(reg, {"id": "C-1", "subject": "ops", "consolidate": True}, unlearn=unlearn_candidate,
                verify=fake_verify)
     assert r["status"] == "completed" and r["to_version"] == 4 and r["consolidated"] == 5
     # the retrained run forgot (and so evaluates) all five images and excluded none
@@ -467,7 +466,7 @@ def test_consolidation_with_the_real_unlearn_step(reg, manifest):
                                                       .splitlines()) <= 1
     config = json.loads((v4 / "config.json").read_text())
     assert config["method"]["name"] == "retrain" and config["forget"]["count"] == 5
-    assert status(reg)["exactness"]["exact"] and verify_registry(reg).ok
+    assert status(reg)["exactness"]["exact"] and audit_registry(reg).ok
 
 
 @pytest.mark.parametrize("body, message", [
@@ -517,7 +516,7 @@ def test_certificate_json_and_html(reg, manifest, tmp_path, capsys):
     assert manifest[idx[0]] in page and "<script" not in page and "http" not in page
     # test doubles are recorded in the ledger and flagged, never passed off as real unlearning
     assert "non-standard steps" in page and "fake_unlearn" in page
-    warnings = verify_registry(reg).warnings
+    warnings = audit_registry(reg).warnings
     assert len(warnings) == 1 and "fake_unlearn" in warnings[0]
     assert main(["audit", "show", str(reg), "NOPE", "--out", str(tmp_path / "c2")]) == 2
     assert "known requests: DR-1" in capsys.readouterr().err
@@ -554,12 +553,12 @@ def test_external_anchors_catch_a_rewritten_ledger(reg, manifest, tmp_path, caps
     conn.commit()
     (reg / "LEDGER_HEAD").write_text(f"{r['seq']} {prev}\n")
     conn.close()
-    assert verify_registry(reg).ok  # internally consistent: only an outside anchor can tell
-    report = verify_registry(reg, anchors=[(head["entries"], head["head"])])
+    assert audit_registry(reg).ok  # internally consistent: only an outside anchor can tell
+    report = audit_registry(reg, anchors=[(head["entries"], head["head"])])
     assert not report.ok and "the ledger was rewritten" in report.problems[0]
     assert main(["audit", "verify", str(reg), "--certificate", str(cert_file)]) == 1
     assert "the ledger was rewritten" in capsys.readouterr().err
-    assert not verify_registry(reg, anchors=[(999, "0" * 64)]).ok  # entries removed
+    assert not audit_registry(reg, anchors=[(999, "0" * 64)]).ok  # entries removed
     for bad in ("12-abc", f"0:{'0' * 64}"):
         assert main(["audit", "verify", str(reg), "--anchor", bad]) == 2
         assert "is not SEQ:HASH" in capsys.readouterr().err
@@ -570,7 +569,7 @@ def test_external_anchors_catch_a_rewritten_ledger(reg, manifest, tmp_path, caps
 def busy_reg(reg, manifest):
     fake(reg, req("DR-1", manifest, distinct(manifest, 2)))
     fake(reg, req("DR-2", manifest, distinct(manifest, 2, start=10)))
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
     return reg
 
 
@@ -635,8 +634,37 @@ def test_ledger_chain_is_over_canonical_json(busy_reg):
     rows = conn.execute("SELECT * FROM ledger ORDER BY seq").fetchall()
     assert rows[0]["prev_hash"] == "0" * 64
     assert all(b["prev_hash"] == a["hash"] for a, b in zip(rows, rows[1:], strict=False))
-    assert verify_chain(conn) == []
+    assert chain_problems(conn) == []
     write_certificate(busy_reg, "DR-2", busy_reg.parent / "cert")
+
+
+def test_steps_are_recorded_under_stable_names():
+    """The ledger names the production steps as it always has (renaming or moving the functions
+    must not change the entries a registry records), and any other step under its own name."""
+    from medunlearn.registry import steps
+
+    assert steps.step_name(steps.unlearn_candidate) == "medunlearn.registry.steps.real_unlearn"
+    assert steps.step_name(steps.gate_candidate) == "medunlearn.registry.steps.real_verify"
+    assert steps.REAL_STEPS == (steps.step_name(steps.unlearn_candidate),
+                                steps.step_name(steps.gate_candidate))
+    assert steps.step_name(fake_unlearn) == "medunlearn.testing.fake_unlearn"
+    assert steps.step_name(fake_steps(fail=["x"])["verify"]) == "medunlearn.testing.fake_verify"
+    with fake_registry_steps():  # the fakes as defaults keep their own names, and are undone
+        assert steps.step_name(steps.gate_candidate) == "medunlearn.testing.fake_verify"
+    assert steps.step_name(steps.gate_candidate) == "medunlearn.registry.steps.real_verify"
+
+
+def test_index_files_round_trip(tmp_path):
+    from medunlearn.registry.index_files import read_index_rows, write_index_rows
+
+    path = write_index_rows(tmp_path / "x.csv", ["index", "sha256", "forgotten_in"],
+                            [(0, "ab" * 32, None), (1, "cd" * 32, 2)])
+    assert path.read_bytes() == (b"index,sha256,forgotten_in\n0," + b"ab" * 32 + b",\n1,"
+                                 + b"cd" * 32 + b",2\n")
+    header, rows = read_index_rows(path)
+    assert header == ["index", "sha256", "forgotten_in"]
+    assert rows == [{"index": "0", "sha256": "ab" * 32, "forgotten_in": ""},
+                    {"index": "1", "sha256": "cd" * 32, "forgotten_in": "2"}]
 
 
 # --------------------------------------------------------------------------- end to end
@@ -673,7 +701,7 @@ def test_end_to_end_with_real_unlearning_and_gate(tiny_model, manifest, tmp_path
     assert cfg["forget"]["count"] == 3 and cfg["forget"]["excluded_count"] == 4
     with open(reg / "versions" / "3" / "excluded.csv") as fh:  # evaluation keeps them out too
         assert [int(r["index"]) for r in csv.DictReader(fh)] == sorted(a)
-    report = verify_registry(reg, load_models=True)
+    report = audit_registry(reg, load_models=True)
     assert report.ok and len(report.warnings) == 1 and "request E-2" in report.warnings[0]
     cert = write_certificate(reg, "E-2", tmp_path / "cert")
     checks = cert["attempts"][-1]["checks"]

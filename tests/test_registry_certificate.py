@@ -6,11 +6,19 @@ from __future__ import annotations
 import json
 import re
 
-from test_registry_crash import model_dir  # noqa: F401  (fixture: an untrained run folder)
+import pytest
 
 from medunlearn.evaluation.gate import gate
-from medunlearn.registry import Verification, fake_unlearn, forget, init_registry
+from medunlearn.registry import Verification, forget, init_registry
 from medunlearn.registry.audit import write_certificate
+from medunlearn.testing import fake_unlearn, untrained_run
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, synth_root):
+    """An untrained (randomly initialised) but complete run folder: the fakes need no training."""
+    return untrained_run(tmp_path_factory.mktemp("model") / "model", data_root=synth_root,
+                         verify_md5=False)
 
 METRICS = {"models": {
     "model": {"utility": {"TA": 0.7512345678901234}, "clinical": {"test": {
@@ -27,7 +35,7 @@ def gate_verify(run_dir, *, original, data_root=None):
                         METRICS)
 
 
-def test_certificate_for_three_images_says_what_a_check_cannot_show(model_dir, tmp_path):  # noqa: F811
+def test_certificate_for_three_images_says_what_a_check_cannot_show(model_dir, tmp_path):
     reg = tmp_path / "reg"
     init_registry(model_dir, reg, methods=["newton", "retrain"])
     forget(reg, {"id": "DR-3", "subject": "ref-3", "indices": [3, 4, 5]}, unlearn=fake_unlearn,

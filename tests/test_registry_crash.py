@@ -1,8 +1,9 @@
 """Crash safety and concurrency of ``forget``: kill -9 at random points, crash points, two writers.
 
-Each ``forget`` runs in a subprocess with the fast fake unlearn/verify steps selected by
-``MEDUNLEARN_REGISTRY_STEPS=fake``. Kills land at the stages the child reports
-(``_registry_child.py``), never after a delay, so no test depends on timing or machine load.
+Each ``forget`` runs in a child process (``_registry_child.py``) that installs the fast fake
+unlearn/verify steps of ``medunlearn.testing``. Kills land at the stages the child reports, never
+after a delay, so no test depends on timing or machine load. The model is an untrained network on
+synthetic BreastMNIST-format data: the fakes need no training and no real data.
 """
 
 from __future__ import annotations
@@ -17,38 +18,22 @@ from pathlib import Path
 
 import pytest
 
-from medunlearn.checkpoint import save_weights
-from medunlearn.config import DataConfig, ModelConfig
-from medunlearn.data import load_dataset
-from medunlearn.io import atomic_write_json
 from medunlearn.registry import (
     RegistryError,
-    fake_unlearn,
-    fake_verify,
+    audit_registry,
     forget,
     init_registry,
     status,
-    verify_registry,
 )
 from medunlearn.registry.db import writer_lock
-from medunlearn.runs import write_manifest
-from medunlearn.training import build_for
+from medunlearn.testing import fake_unlearn, fake_verify, untrained_run
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, medmnist_root):
+def model_dir(tmp_path_factory, synth_root):
     """An untrained (randomly initialised) but complete run folder: the fakes need no training."""
-    cfg = DataConfig(dataset="breastmnist", train_limit=120, eval_limit=60,
-                     data_root=str(medmnist_root))
-    dataset = load_dataset(cfg, seed=0)
-    model, spec = build_for(dataset, ModelConfig(width=8))
-    out = tmp_path_factory.mktemp("crash-model") / "model"
-    out.mkdir()
-    save_weights(out / "model.safetensors", model)
-    atomic_write_json(out / "config.json", {"kind": "train", "seed": 0, "data": cfg, "model": spec,
-                                            "train": {}, "dataset": dataset.describe()})
-    write_manifest(out / "manifest.csv", dataset)
-    return out
+    return untrained_run(tmp_path_factory.mktemp("crash-model") / "model", data_root=synth_root,
+                         verify_md5=False)
 
 
 @pytest.fixture
@@ -64,30 +49,31 @@ def request_file(tmp_path, rid, indices):
 
 
 CHILD = Path(__file__).with_name("_registry_child.py")
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
-def fake_env(**extra):
-    env = dict(os.environ, MEDUNLEARN_REGISTRY_STEPS="fake", PYTHONUNBUFFERED="1")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+def child(argv, *, fail=(), delay=0.0, target="-"):
+    """The command line of a child running the registry command ``argv`` with the fake steps
+    (``fail``: methods the fake gate fails; ``delay``: seconds per fake step), stopping at stage
+    ``target`` (``-``: never)."""
+    return [sys.executable, str(CHILD), "--fail", ",".join(fail), "--delay", str(delay), target,
+            *map(str, argv)]
 
 
-def spawn(reg, request, **env):
-    return subprocess.Popen([sys.executable, "-m", "medunlearn.registry", "forget", str(reg),
-                             "--request", str(request)], env=fake_env(**env),
+def spawn(reg, request, *, delay):
+    return subprocess.Popen(child(["forget", reg, "--request", request], delay=delay), env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def run_to_stage(argv, target, **env):
+def run_to_stage(argv, target, *, fail=()):
     """Run a registry command in a child and SIGKILL it when it reports stage ``target``
     (``name#k``: the k-th time it reaches ``name``; ``-``: run to the end).
 
     Returns:
         The stages the child reported, in order.
     """
-    p = subprocess.Popen([sys.executable, str(CHILD), target, *map(str, argv)],
-                         env=fake_env(**env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(child(argv, fail=fail, target=target), env=ENV, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stages = []
     for line in p.stdout:
         if line.startswith("STAGE "):
@@ -116,7 +102,7 @@ def request_status(reg, rid):
 
 def assert_consistent(reg, rid, prev_active):
     """After a crash: the ledger and files verify, and the request is atomic."""
-    report = verify_registry(reg)
+    report = audit_registry(reg)
     assert report.ok, report.problems
     st = status(reg)
     state = request_status(reg, rid)
@@ -156,7 +142,7 @@ def test_kill_9_at_every_stage_never_corrupts_the_registry(reg, tmp_path):
     st = status(reg)
     assert len(st["versions"]) == n + 2 and st["samples"]["forgotten"] == 2 * (n + 1)
     assert [v["parent"] for v in st["versions"][1:]] == list(range(1, n + 2))
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
     # kills before the first commit leave no request, later ones a pending or completed one
     assert states[None] >= 1 and states["pending"] >= 3 and states["completed"] >= 2, states
 
@@ -172,27 +158,24 @@ def test_kill_9_at_every_stage_never_corrupts_the_registry(reg, tmp_path):
 ])
 def test_crash_points_resume(reg, tmp_path, point, state_after_crash):
     request = request_file(tmp_path, "R1", [3, 4])
-    extra = {}
-    if point == "after-failed-attempt#1":
-        extra["MEDUNLEARN_REGISTRY_FAKE_FAIL"] = "salun-cra"
-    run_to_stage(["forget", reg, "--request", request], point, **extra)
+    fail = ["salun-cra"] if point == "after-failed-attempt#1" else []
+    run_to_stage(["forget", reg, "--request", request], point, fail=fail)
     state, _ = assert_consistent(reg, "R1", 1)
     assert state == state_after_crash
     if point.startswith("after-commit-before-head"):  # committed, head file one step behind
-        assert "interrupted after its commit" in verify_registry(reg).warnings[0]
+        assert "interrupted after its commit" in audit_registry(reg).warnings[0]
     if point == "after-rename#1":  # the candidate is in versions/ but not recorded: an orphan
         assert (reg / "versions" / "2").is_dir() and status(reg)["active_version"]["n"] == 1
     if point == "after-unlearn#1":  # 'medunlearn registry resume' finishes it without the file
-        env = fake_env()
-        done = subprocess.run([sys.executable, "-m", "medunlearn.registry", "registry", "resume",
-                               str(reg)], env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(child(["registry", "resume", reg]), env=ENV, capture_output=True,
+                              text=True, timeout=60)
         assert done.returncode == 0 and "finished 1 pending request" in done.stdout, done.stderr
     result = finish(reg, request)
     assert result["status"] == "completed" and result["to_version"] == 2
     methods = [a["method"] for a in result["attempts"]]
     assert methods == (["salun-cra", "retrain"] if point == "after-failed-attempt#1"
                        else ["salun-cra"])
-    assert verify_registry(reg).ok and not list((reg / "staging").iterdir())
+    assert audit_registry(reg).ok and not list((reg / "staging").iterdir())
 
 
 @pytest.mark.parametrize("point,state_after_crash", [
@@ -206,27 +189,25 @@ def test_consolidation_crash_points_resume(reg, tmp_path, point, state_after_cra
     run_to_stage(["registry", "consolidate", reg, "--id", "C1"], point)
     state, forgotten = assert_consistent(reg, "C1", 2)
     assert state == state_after_crash and forgotten == 2
-    done = subprocess.run([sys.executable, "-m", "medunlearn.registry", "registry",
-                           "consolidate", str(reg), "--id", "C1"], env=fake_env(),
+    done = subprocess.run(child(["registry", "consolidate", reg, "--id", "C1"]), env=ENV,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     st = status(reg)
     assert st["active_version"]["n"] == 3 and st["active_version"]["method"] == "retrain"
     assert st["exactness"]["exact"] and len(st["versions"]) == 3
-    assert verify_registry(reg).ok and not list((reg / "staging").iterdir())
+    assert audit_registry(reg).ok and not list((reg / "staging").iterdir())
 
 
 def test_two_forget_processes_serialise(reg, tmp_path):
     a, b = request_file(tmp_path, "RA", [1, 2, 3]), request_file(tmp_path, "RB", [10, 11])
-    procs = [spawn(reg, a, MEDUNLEARN_REGISTRY_FAKE_DELAY=0.2),
-             spawn(reg, b, MEDUNLEARN_REGISTRY_FAKE_DELAY=0.2)]
+    procs = [spawn(reg, a, delay=0.2), spawn(reg, b, delay=0.2)]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read().decode()
     st = status(reg)
     assert [v["n"] for v in st["versions"]] == [1, 2, 3]
     assert [v["parent"] for v in st["versions"]] == [None, 1, 2]
     assert {r["id"] for r in st["requests"]["completed"]} == {"RA", "RB"}
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
     # the two requests did not interleave: each one's ledger entries are contiguous
     conn = sqlite3.connect(reg / "registry.db")
     order = [r[0] for r in conn.execute(
@@ -239,11 +220,11 @@ def test_two_forget_processes_serialise(reg, tmp_path):
     assert call["forget"] == ({"RA": [1, 2, 3], "RB": [10, 11]}[second])
     # the same request submitted twice at once: one promotion, one no-op report
     c = request_file(tmp_path, "RC", [20])
-    procs = [spawn(reg, c, MEDUNLEARN_REGISTRY_FAKE_DELAY=0.1) for _ in range(2)]
+    procs = [spawn(reg, c, delay=0.1) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert sum("already completed" in o[0].decode() for o in outs) == 1
-    assert len(status(reg)["versions"]) == 4 and verify_registry(reg).ok
+    assert len(status(reg)["versions"]) == 4 and audit_registry(reg).ok
 
 
 def test_lock_timeout_is_a_clear_error(reg, tmp_path):

@@ -9,10 +9,17 @@ import subprocess
 import sys
 
 import pytest
-from test_registry_crash import model_dir  # noqa: F401  (fixture: an untrained run folder)
 
 from medunlearn.errors import OutputError
 from medunlearn.io import atomic_write_text, remove_stale_staging, staged_output
+from medunlearn.testing import untrained_run
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, synth_root):
+    """An untrained (randomly initialised) but complete run folder: the fakes need no training."""
+    return untrained_run(tmp_path_factory.mktemp("model") / "model", data_root=synth_root,
+                         verify_md5=False)
 
 
 def _mode(path) -> int:
@@ -63,7 +70,7 @@ def test_a_replaced_folder_is_kept_while_it_is_the_only_copy(tmp_path):
     assert remove_stale_staging(out) == [trash] and not trash.exists()
 
 
-def test_registry_files_are_readable_like_other_files(tmp_path, model_dir):  # noqa: F811
+def test_registry_files_are_readable_like_other_files(tmp_path, model_dir):
     from medunlearn.registry import init_registry
 
     old = os.umask(0o022)

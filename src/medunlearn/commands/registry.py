@@ -127,7 +127,7 @@ def resume_cmd(reg: Reg, data_root: DataRoot = None, no_download: NoDownload = F
     typer.echo(f"finished {len(results)} pending request(s)")
 
 
-def forget(
+def forget_cmd(
     reg: Reg,
     request: Annotated[Path, typer.Option("--request", "-r", help="Deletion request JSON: id, "
                                           "subject, images (SHA-256 hashes), optional method.")],
@@ -141,10 +141,10 @@ def forget(
              "it takes).")] = None,
 ) -> None:
     """Forget a patient's images: unlearn, verify safety, promote a new version (or fall back)."""
-    from medunlearn.registry import forget as run_forget
+    from medunlearn.registry import process_request
 
-    result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
-                        download=not no_download, log=lambda m: typer.echo(m, err=True))
+    result = process_request(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
+                             download=not no_download, log=lambda m: typer.echo(m, err=True))
     if as_json or result.get("reused") or not result.get("attempts"):
         _report_result(reg, result, as_json)
         return
@@ -169,8 +169,8 @@ def _echo_attempts(reg: Path, result: dict) -> None:
         typer.echo(f"attempt {a['attempt']} ({a['method']}): {verdict}")
         if a.get("error"):
             typer.echo(f"  error: {a['error']}")
-        for c in a.get("checks") or []:
-            typer.echo(f"  {c.get('message') or c.get('name')}")
+        for c in a.get("checks") or []:  # the certificate's plain-words checks
+            typer.echo(f"  {c['check']}: {c['outcome']}")
         if not a["passed"]:
             for line in gate_failures_in_words(a.get("checks") or []):
                 typer.echo(f"  -> {line}")
@@ -203,11 +203,11 @@ def consolidate_cmd(
 
     Run it now and then (e.g. monthly) to replace approximate unlearning by exact retraining.
     """
-    from medunlearn.registry import forget as run_forget
+    from medunlearn.registry import process_request
 
     request = {"id": request_id, "subject": subject, "note": note, "consolidate": True}
-    result = run_forget(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
-                        download=not no_download, log=lambda m: typer.echo(m, err=True))
+    result = process_request(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
+                             download=not no_download, log=lambda m: typer.echo(m, err=True))
     _report_result(reg, result, as_json)
 
 
@@ -263,9 +263,9 @@ def verify_cmd(
 ) -> None:
     """Check the ledger's hash chain, every model file's SHA-256 and the tables (exit 1 if not)."""
     from medunlearn.errors import ConfigError
-    from medunlearn.registry import verify_registry
+    from medunlearn.registry import audit_registry
     from medunlearn.registry.audit import certificate_anchors
-    from medunlearn.registry.request import HASH_PATTERN
+    from medunlearn.registry.deletion_request import HASH_PATTERN
 
     anchors = []
     for a in anchor or []:
@@ -276,7 +276,7 @@ def verify_cmd(
         anchors.append((int(seq), h.lower()))
     for c in certificate or []:
         anchors += certificate_anchors(c)
-    report = verify_registry(reg, load_models=load_models, anchors=anchors)
+    report = audit_registry(reg, load_models=load_models, anchors=anchors)
     if not report.ok:
         for p in report.problems:
             typer.secho(f"FAIL {p}", err=True, fg="red")
@@ -324,7 +324,8 @@ def forgetting_quality_cmd(
     REG/forgetting_quality/ are reused.
     """
     from medunlearn.commands._common import fmt
-    from medunlearn.registry.fq import folder, forgetting_quality_for
+    from medunlearn.registry.forgetting_proof import forgetting_quality_for
+    from medunlearn.registry.proof_records import RECORD_FILE, folder
     from medunlearn.verify import check_n
 
     check_n(n)
@@ -342,11 +343,11 @@ def forgetting_quality_cmd(
     if rec.get("note"):
         typer.echo(f"note: {rec['note']}")
     typer.echo(f"recorded in ledger entry {rec['ledger_seq']}; "
-               f"{folder(reg, request_id) / 'forgetting_quality.json'}; 'medunlearn audit show "
+               f"{folder(reg, request_id) / RECORD_FILE}; 'medunlearn audit show "
                f"{reg} {request_id} --out DIR' puts it in the certificate")
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(registry_app, name="registry")
     app.add_typer(audit_app, name="audit")
-    app.command("forget")(forget)
+    app.command("forget")(forget_cmd)

@@ -1,35 +1,40 @@
 """Deletion-request registry: an auditable record of a deployed model and what it forgot.
 
-``init_registry`` registers a trained model (version 1, its manifest of image hashes);
-``forget`` processes a deletion request (validate, unlearn, verify, promote or fall back);
-``verify_registry`` checks the hash-chained audit ledger and model files; ``write_certificate``
-issues a JSON + HTML certificate for a request. See :mod:`medunlearn.registry.core`.
+``init_registry`` registers a trained model (version 1, its manifest of image hashes;
+:mod:`.versions`); ``process_request`` (alias ``forget``) processes a deletion request: validate,
+unlearn, gate, promote or fall back (:mod:`.workflow`, with the request policy in
+:mod:`.requests`); ``audit_registry`` checks the hash-chained audit ledger, the tables and the
+model files; ``write_certificate`` issues a JSON + HTML certificate for a request
+(:mod:`.audit`). The per-image forgetting proof of a request is :mod:`.forgetting_proof`.
+docs/registry.md has the map of the modules.
 """
 
 from medunlearn.registry.audit import (
     AuditReport,
+    audit_registry,
     certificate,
     render_html,
-    verify_registry,
     write_certificate,
 )
-from medunlearn.registry.core import (
+from medunlearn.registry.deletion_request import DeletionRequest, load_request, parse_request
+from medunlearn.registry.errors import AuditError, RegistryError, RequestError
+from medunlearn.registry.steps import Verification
+from medunlearn.registry.versions import (
     RECOMMENDED,
     export_manifest,
-    forget,
     init_registry,
-    recover,
-    resume,
     retain_indices,
     status,
 )
-from medunlearn.registry.errors import AuditError, RegistryError, RequestError
-from medunlearn.registry.request import DeletionRequest, load_request, parse_request
-from medunlearn.registry.steps import Verification, fake_unlearn, fake_verify
+from medunlearn.registry.workflow import process_request, recover, resume
+
+#: The name ``medunlearn.registry.forget`` (what the ``medunlearn forget`` command does), kept for
+#: callers and tests; it is :func:`process_request`.
+forget = process_request
 
 __all__ = [
     "RECOMMENDED", "AuditError", "AuditReport", "DeletionRequest", "RegistryError",
-    "RequestError", "Verification", "certificate", "export_manifest", "fake_unlearn",
-    "fake_verify", "forget", "init_registry", "load_request", "parse_request", "recover",
-    "render_html", "resume", "retain_indices", "status", "verify_registry", "write_certificate",
+    "RequestError", "Verification", "audit_registry", "certificate", "export_manifest", "forget",
+    "init_registry", "load_request", "parse_request", "process_request", "recover",
+    "render_html", "resume", "retain_indices", "status", "write_certificate",
 ]

@@ -1,9 +1,10 @@
-"""Audit: verify a registry against its ledger, and write deletion certificates.
+"""Audit: check a registry against its ledger, and write deletion certificates.
 
-:func:`verify_registry` recomputes the ledger's hash chain, checks the head file and any anchors
-kept outside the registry, replays the ledger into the rows every table must hold and compares
-them column by column (:mod:`.replay`), and hashes every file of every model version against the
-hashes its ledger entry recorded. See docs/registry.md for what this does and does not catch.
+:func:`audit_registry` (the ``audit verify`` command) recomputes the ledger's hash chain, checks the
+head file and any anchors kept outside the registry, replays the ledger into the rows every table
+must hold and compares them column by column (:mod:`.replay`), and hashes every file of every
+model version against the hashes its ledger entry recorded. See docs/registry.md for what this
+does and does not catch.
 
 :func:`write_certificate` writes ``certificate.json`` and a self-contained ``certificate.html``
 for one request, only for a registry that passes that audit: what was forgotten (hashes only),
@@ -21,16 +22,16 @@ from pathlib import Path
 
 from medunlearn.errors import OutputExistsError
 from medunlearn.io import atomic_write_json, atomic_write_text
-from medunlearn.registry import fq, ledger, replay, store, wording
-from medunlearn.registry.core import MODEL_FILE
+from medunlearn.registry import ledger, proof_records, replay, store, wording
 from medunlearn.registry.db import connect, get_meta, writer_lock
 from medunlearn.registry.errors import AuditError, RegistryError
 from medunlearn.registry.steps import REAL_STEPS
+from medunlearn.registry.versions import MODEL_FILE
 
 
 @dataclass
 class AuditReport:
-    """The outcome of :func:`verify_registry`."""
+    """The outcome of :func:`audit_registry`."""
 
     ok: bool
     problems: list[str] = field(default_factory=list)
@@ -38,8 +39,8 @@ class AuditReport:
     checked: dict = field(default_factory=dict)
 
 
-def verify_registry(reg: str | os.PathLike, *, load_models: bool = False,
-                    anchors: list[tuple[int, str]] | None = None) -> AuditReport:
+def audit_registry(reg: str | os.PathLike, *, load_models: bool = False,
+                   anchors: list[tuple[int, str]] | None = None) -> AuditReport:
     """Check the ledger chain, model files and tables of a registry.
 
     Args:
@@ -57,7 +58,7 @@ def verify_registry(reg: str | os.PathLike, *, load_models: bool = False,
     reg = Path(reg)
     connect(reg).close()  # a clear error if reg is not a registry
     with writer_lock(reg, shared=True):  # wait for a running request: see a committed state
-        return _verify(reg, load_models, anchors or [])
+        return _audit(reg, load_models, anchors or [])
 
 
 def certificate_anchors(path: str | os.PathLike) -> list[tuple[int, str]]:
@@ -109,7 +110,7 @@ def _load_problems(reg: Path, expected: dict) -> list[str]:
     return problems
 
 
-def _verify(reg: Path, load_models: bool, anchors: list[tuple[int, str]]) -> AuditReport:
+def _audit(reg: Path, load_models: bool, anchors: list[tuple[int, str]]) -> AuditReport:
     conn = connect(reg)
     try:
         head_problems, crashed = store.head_state(reg, conn)
@@ -152,7 +153,7 @@ def certificate(reg: str | os.PathLike, request_id: str) -> dict:
         AuditError: the registry does not pass ``audit verify``.
     """
     reg = Path(reg)
-    report = verify_registry(reg)
+    report = audit_registry(reg)
     if not report.ok:
         more = len(report.problems) - 1
         raise AuditError(
@@ -231,13 +232,13 @@ def _fq_section(reg: Path, conn, r) -> dict:
     """The per-example forgetting check of the request, in plain words: recorded (numbers and
     one row per image of the request), or not run (and the command that runs it)."""
     rid = r["id"]
-    cmd = fq.command(reg, rid)
+    cmd = proof_records.command(reg, rid)
     if r["status"] != "completed" or json.loads(r["body"]).get("consolidate") or \
             r["to_version"] == r["from_version"]:
         return {"run": False, "applies": False, "summary": (
             "The per-image forgetting check does not apply: it checks the model a completed "
             "deletion request produced by unlearning, and this request produced none.")}
-    found = fq.recorded(reg, conn, rid)
+    found = proof_records.recorded(reg, conn, rid)
     if found is None:
         return {"run": False, "applies": True, "command": cmd, "summary": (
             "The per-image forgetting check was not run for this request. It trains many models "
@@ -247,12 +248,13 @@ def _fq_section(reg: Path, conn, r) -> dict:
     entry = {"seq": found["entry"]["seq"], "hash": found["entry"]["hash"],
              "result_sha256": body.get("result_sha256")}
     if rec is None:
+        path = proof_records.folder(reg, rid) / proof_records.RECORD_FILE
         return {"run": True, "applies": True, "command": cmd, "ledger_entry": entry,
                 "n": body.get("n"), "score": _rnd(body.get("score")),
                 "ci": [_rnd(v) for v in body.get("ci") or []], "null": _rnd(body.get("null")),
                 "images": [], "summary": (
                     "The per-image forgetting check was run (the ledger records its score), but "
-                    f"its result file {fq.folder(reg, rid) / fq.RECORD_FILE} is missing, so the "
+                    f"its result file {path} is missing, so the "
                     f"per-image rows cannot be shown. '{cmd}' runs it again.")}
     n, score, ci = rec["n"], _rnd(rec["forgetting_quality"]), [
         _rnd(v) for v in rec["forgetting_quality_ci"]]
@@ -270,7 +272,7 @@ def _fq_section(reg: Path, conn, r) -> dict:
             "method": rec["method"], "from_version": rec["from_version"], "score": score,
             "ci": ci, "ci_level": rec.get("ci_level"), "null": null, "best": 1.0,
             "ulira_accuracy": _rnd(rec.get("ulira_accuracy")), "created": rec.get("created"),
-            "summary": summary, "how_to_read": fq.how_to_read(),
+            "summary": summary, "how_to_read": proof_records.how_to_read(),
             "images": [{"index": x["index"], "sha256": x["sha256"],
                         "epsilon": _rnd(x["epsilon"]), "ulira_accuracy": _rnd(
                             x.get("ulira_accuracy"))} for x in rec["examples"]]}

@@ -94,7 +94,7 @@ def head(conn: sqlite3.Connection) -> tuple[int, str]:
     return (last["seq"], last["hash"]) if last else (0, GENESIS)
 
 
-def verify_chain(conn: sqlite3.Connection) -> list[str]:
+def chain_problems(conn: sqlite3.Connection) -> list[str]:
     """Check the hash chain (the head file is checked by :mod:`medunlearn.registry.store`).
 
     Returns:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from medunlearn.registry import ledger
+from medunlearn.registry import ledger, proof_records, store
 
 BEFORE = "(before registration)"  # samples.request_id of images an unlearn run forgot already
 
@@ -34,7 +34,7 @@ def manifest_sha256(rows: list[tuple[int, str, int]]) -> str:
 def ledger_problems(conn: sqlite3.Connection, reg: str | Path | None = None) -> list[str]:
     """The hash chain, the manifest, every table row and (given the registry folder ``reg``)
     every file of every model version, checked against the ledger. Empty when all agree."""
-    problems = ledger.verify_chain(conn)
+    problems = ledger.chain_problems(conn)
     entries = ledger.entries(conn)
     inits = [e for e in entries if e["kind"] == "init" and isinstance(e["body"], dict)]
     if not inits:
@@ -48,24 +48,20 @@ def ledger_problems(conn: sqlite3.Connection, reg: str | Path | None = None) -> 
     expected = expected_tables(entries)
     if reg is None:
         return problems + table_problems(conn, expected)
-    from medunlearn.registry import fq  # forgetting_quality entries: a stored file, no table
-
     return (problems + table_problems(conn, expected) + file_problems(Path(reg), expected)
-            + fq.file_problems(Path(reg), entries))
+            + proof_records.file_problems(Path(reg), entries))
 
 
 def file_problems(reg: Path, expected: dict) -> list[str]:
     """Every file of every model version against the hashes its init/promote entry recorded
     (a version folder is never changed after it is recorded)."""
-    from medunlearn.registry.store import folder_hashes
-
     problems = []
     for n, recorded in sorted(expected["files"].items(), key=lambda kv: str(kv[0])):
         folder = reg / "versions" / str(n)
         if not isinstance(recorded, dict):
             problems.append(f"model version {n}: its ledger entry lists no file hashes")
             continue
-        actual = folder_hashes(folder) if folder.is_dir() else {}
+        actual = store.folder_hashes(folder) if folder.is_dir() else {}
         for name in sorted(set(recorded) | set(actual)):
             if name not in actual:
                 problems.append(f"model version {n}: {folder / name} is missing")
@@ -83,7 +79,7 @@ def expected_tables(entries: list[dict]) -> dict:
     """The table contents the ledger ``entries`` (in order, bodies parsed) imply.
 
     ``forgetting_quality`` entries change no table (they vouch for a file, checked by
-    :func:`medunlearn.registry.fq.file_problems`)."""
+    :func:`.proof_records.file_problems`)."""
     meta: dict[str, str] = {}
     versions: dict[int, dict] = {}
     requests: dict[str, dict] = {}

@@ -1,10 +1,10 @@
 """The registry's store: its tables, the audit ledger and the ledger head file.
 
-Everything the request workflow (:mod:`medunlearn.registry.core`) changes goes through
-:func:`write`: one SQLite transaction that also keeps ``REG/LEDGER_HEAD`` in step with the
-ledger. The head file is what lets ``audit verify`` notice entries removed from the end of the
-ledger, so a writer refuses to touch a registry whose head file is missing or behind
-(:func:`check_head`) instead of silently writing a new one.
+Everything the registry changes (:mod:`.versions`, :mod:`.requests`, :mod:`.workflow`,
+:mod:`.forgetting_proof`) goes through :func:`write`: one SQLite transaction that also keeps
+``REG/LEDGER_HEAD`` in step with the ledger. The head file is what lets ``audit verify`` notice
+entries removed from the end of the ledger, so a writer refuses to touch a registry whose head
+file is missing or behind (:func:`check_head`) instead of silently writing a new one.
 
 The head is kept in step across crashes with an intent file: before ``COMMIT`` the new head is
 written to ``REG/LEDGER_HEAD.next``; after it, to ``LEDGER_HEAD``, and the intent is removed. A

@@ -10,7 +10,7 @@ widened to two standard errors, which for three images is about ±0.34 around 0.
 model that remembers the images would pass. Such a check is reported as *cannot say* rather than
 *passed*, naming the check that could: a per-example forgetting-quality test that compares the
 model with many models retrained without the images (``medunlearn audit forgetting-quality``,
-:mod:`medunlearn.registry.fq`).
+:mod:`medunlearn.registry.forgetting_proof`).
 """
 
 from __future__ import annotations

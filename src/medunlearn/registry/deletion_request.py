@@ -1,4 +1,4 @@
-"""Deletion requests: the JSON a hospital submits when a patient withdraws consent.
+"""A deletion request: the JSON a hospital submits when a patient withdraws consent.
 
 Example ``request.json``::
 

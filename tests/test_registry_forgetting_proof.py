@@ -1,4 +1,4 @@
-"""The per-example forgetting check of a deletion request: ``audit forgetting-quality`` records
+"""The per-image forgetting proof of a deletion request: ``audit forgetting-quality`` records
 it in the ledger, the certificate shows it, and ``audit verify`` catches an edited result.
 
 The requests themselves use the fast fake steps; the check runs the real ``verify_forgetting``
@@ -6,28 +6,56 @@ The requests themselves use the fast fake steps; the check runs the real ``verif
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
 
 import pytest
-from test_registry import distinct, manifest, req, tiny_model  # noqa: F401  (fixtures)
 
 from medunlearn.cli import main
+from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.errors import DataError
 from medunlearn.io import sha256_file
 from medunlearn.registry import (
     Verification,
-    fake_unlearn,
-    fake_verify,
+    audit_registry,
     forget,
     init_registry,
-    verify_registry,
     write_certificate,
 )
 from medunlearn.registry import ledger as ledger_mod
 from medunlearn.registry.db import connect
-from medunlearn.registry.fq import HOW_TO_READ, RECORD_FILE, folder
+from medunlearn.registry.proof_records import HOW_TO_READ, RECORD_FILE, folder
+from medunlearn.runs import run_training
+from medunlearn.testing import fake_unlearn, fake_verify
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, medmnist_root):
+    out = tmp_path_factory.mktemp("proof-model") / "model"
+    run_training(DataConfig(dataset="breastmnist", train_limit=120, eval_limit=60,
+                            data_root=str(medmnist_root)),
+                 ModelConfig(width=8), TrainConfig(epochs=1, progress=False), seed=0, out=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_model):
+    with open(tiny_model / "manifest.csv") as fh:
+        return [r["sha256"] for r in csv.DictReader(fh)]
+
+
+def distinct(manifest, k, start=0):
+    """``k`` training indices whose images are unique in the manifest (hash <-> one index)."""
+    counts = {}
+    for h in manifest:
+        counts[h] = counts.get(h, 0) + 1
+    return [i for i, h in enumerate(manifest) if counts[h] == 1][start:start + k]
+
+
+def req(rid, manifest, idx):
+    return {"id": rid, "subject": f"subj-{rid}", "images": [manifest[i] for i in idx]}
 
 
 def _failing(run_dir, *, original, data_root=None):
@@ -39,7 +67,7 @@ def _no_data(model_dir, **kw):
 
 
 @pytest.fixture(scope="module")
-def fq_reg(tiny_model, manifest, tmp_path_factory, medmnist_root):  # noqa: F811
+def fq_reg(tiny_model, manifest, tmp_path_factory, medmnist_root):
     """R1 and R2 completed (finetune), R3 failed, R4 pending; the check run on R2."""
     reg = tmp_path_factory.mktemp("fq") / "reg"
     init_registry(tiny_model, reg, data_root=str(medmnist_root), methods=["finetune", "retrain"],
@@ -63,7 +91,7 @@ def _fq_entries(reg):
         conn.close()
 
 
-def test_check_is_recorded_in_the_ledger_and_keeps_earlier_images_out(fq_reg, manifest):  # noqa: F811
+def test_check_is_recorded_in_the_ledger_and_keeps_earlier_images_out(fq_reg, manifest):
     reg, images = fq_reg
     path = folder(reg, "R2") / RECORD_FILE
     rec = json.loads(path.read_text())
@@ -80,11 +108,11 @@ def test_check_is_recorded_in_the_ledger_and_keeps_earlier_images_out(fq_reg, ma
     assert entry["request_id"] == "R2" and body["result_sha256"] == sha256_file(path)
     assert body["n"] == 3 and body["method"] == "finetune" and body["from_version"] == 2
     assert body["score"] == rec["forgetting_quality"]
-    report = verify_registry(reg)
+    report = audit_registry(reg)
     assert report.ok, report.problems
 
 
-def test_certificate_shows_the_per_image_check(fq_reg, manifest, tmp_path):  # noqa: F811
+def test_certificate_shows_the_per_image_check(fq_reg, manifest, tmp_path):
     reg, images = fq_reg
     cert = write_certificate(reg, "R2", tmp_path / "c2")
     sec = cert["forgetting_quality"]
@@ -117,7 +145,7 @@ def test_rerun_reuses_the_trained_models(fq_reg, capsys):
     entries = _fq_entries(reg)
     assert len(entries) == 2 and entries[-1]["body"]["result_sha256"] == sha256_file(
         folder(reg, "R2") / RECORD_FILE)
-    assert verify_registry(reg).ok
+    assert audit_registry(reg).ok
 
 
 def test_an_edited_result_fails_the_audit(fq_reg, tmp_path, capsys):
@@ -127,7 +155,7 @@ def test_an_edited_result_fails_the_audit(fq_reg, tmp_path, capsys):
     rec = json.loads(path.read_text())
     rec["examples"][0]["epsilon"] = 0.0
     path.write_text(json.dumps(rec))
-    report = verify_registry(reg)
+    report = audit_registry(reg)
     assert not report.ok
     assert any("forgetting-quality result was changed" in p for p in report.problems)
     assert main(["audit", "verify", str(reg)]) == 1

@@ -1,0 +1,407 @@
+"""The workflow of a deletion request: recover, submit, attempt, promote (under the writer lock).
+
+:func:`process_request` (the ``medunlearn forget`` command):
+
+1. :func:`recover`: refuse a registry whose head file or tables do not match its ledger; remove
+   orphan staging folders and version folders without a database row; finish pending requests
+   left by a crashed run;
+2. validate the request (nothing is written when it is refused; :func:`.requests.resolve`);
+3. record it as *pending* (:func:`.requests.submit`: one transaction with the request, its
+   images and a ledger entry); its images are withdrawn from every later retain set at once;
+4. for each method of the chain (the request's method, else the registry's recommended one,
+   then the fallbacks): unlearn from the *active* version into ``REG/staging``, excluding every
+   image ever withdrawn from the retain set; gate the candidate against the active version;
+   record the attempt (:func:`_attempt`). A passing candidate is renamed to ``REG/versions/<n>``
+   and one transaction records attempt, verdict, promotion, forgotten images and ledger entries
+   (:func:`_promote`).
+
+A crash anywhere leaves the previous version active and the request pending (or complete); the
+next ``forget`` or ``registry resume`` (:func:`resume`) finishes it.
+
+The two steps are callables (:mod:`.steps`): the production ones unless a caller passes others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+from medunlearn import cache
+from medunlearn.errors import CheckpointError, DataError, OutputExistsError
+from medunlearn.io import _fsync_dir, sha256_file
+from medunlearn.registry import ledger, replay, steps, store
+from medunlearn.registry.db import connect, get_meta, set_meta, writer_lock
+from medunlearn.registry.deletion_request import DeletionRequest, load_request
+from medunlearn.registry.errors import AuditError, RegistryError, RequestError
+from medunlearn.registry.features import CACHE_DIR, keep_active_features
+from medunlearn.registry.index_files import write_index_rows
+from medunlearn.registry.replay import result_sha256
+from medunlearn.registry.requests import (
+    Plan,
+    attempt_rows,
+    check_method,
+    complete_noop,
+    finish,
+    plan_request,
+    retry,
+    submit,
+)
+from medunlearn.registry.steps import UnlearnStep, Verification, VerifyStep, step_name
+from medunlearn.registry.store import select_in
+from medunlearn.registry.versions import (
+    MODEL_FILE,
+    active_dir,
+    active_version,
+    not_forgotten,
+    require_local_data,
+    version_row,
+)
+
+
+def process_request(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionRequest, *,
+           unlearn: UnlearnStep | None = None, verify: VerifyStep | None = None,
+           data_root: str | None = None, seed: int | None = None,
+           lock_timeout: float | None = None, download: bool = True, log=None) -> dict:
+    """Process a deletion request: validate, unlearn, gate, promote (or fall back).
+
+    ``medunlearn forget`` and ``medunlearn registry consolidate`` call it; ``forget`` is its
+    package-level alias (``medunlearn.registry.forget``).
+
+    Args:
+        reg: The registry folder.
+        request: A request JSON file, a dict, or a :class:`DeletionRequest`.
+        unlearn: The unlearn step (default: :func:`.steps.unlearn_candidate`, around
+            ``run_unlearning``).
+        verify: The gate step (default: :func:`.steps.gate_candidate`: ``evaluate_run``
+            against the active version, then the safety ``gate``).
+        data_root: MedMNIST folder (default: the one recorded at ``init``).
+        seed: Seed of the unlearning (default: the registered model's seed).
+        lock_timeout: Seconds to wait for another writer (default: wait).
+        download: ``False``: refuse (before anything is written) when the model's data file is
+            not on disk, instead of downloading it.
+        log: Optional ``callable(str)`` for progress messages.
+
+    Returns:
+        The request's result: ``status`` ("completed" or "failed"), ``from_version``,
+        ``to_version``, ``method``, ``attempts``, weights hashes, counts and timings;
+        ``reused=True`` when the request had already been completed.
+
+    Raises:
+        RequestError: malformed request, unknown images, or an id reused with other content
+            (nothing is changed).
+        RegistryError: ``reg`` is not a registry.
+    """
+    t0 = time.perf_counter()
+    reg = Path(reg)
+    req = request if isinstance(request, DeletionRequest) else load_request(request)
+    if req.method is not None and not req.consolidate:  # a consolidation always retrains
+        check_method(req)
+    unlearn, verify = _steps(unlearn, verify)
+    with writer_lock(reg, timeout=lock_timeout), cache.session(reg / CACHE_DIR):
+        conn = connect(reg)
+        try:
+            recover(reg, conn)
+            if not download:
+                require_local_data(reg, conn, data_root)
+            row = conn.execute("SELECT * FROM requests WHERE id = ?", (req.id,)).fetchone()
+            if row is not None and row["content_sha256"] != req.content_sha256:
+                raise RequestError(
+                    f"Request id {req.id} was already submitted with different content "
+                    f"(status {row['status']}). Nothing changed. Give a new request a new id; "
+                    f"'medunlearn audit show {reg} {req.id} --out DIR' shows the original.")
+            for p in conn.execute("SELECT id FROM requests WHERE status = 'pending' AND id != ? "
+                                  "ORDER BY num", (req.id,)).fetchall():
+                if log:
+                    log(f"resuming pending request {p['id']}")
+                _run_pending(reg, conn, p["id"], unlearn, verify, data_root=data_root, seed=seed,
+                             log=log)
+            t_validate = time.perf_counter()
+            if row is None:
+                submit(reg, conn, req)
+            elif row["status"] == "completed":
+                return _stored_result(row)
+            elif row["status"] == "failed":
+                retry(reg, conn, req.id)
+            row = conn.execute("SELECT * FROM requests WHERE id = ?", (req.id,)).fetchone()
+            validate_seconds = time.perf_counter() - t_validate
+            if row["status"] == "completed":  # a no-op: every image was already forgotten
+                result = json.loads(row["result"])
+            else:
+                result = _run_pending(reg, conn, req.id, unlearn, verify, data_root=data_root,
+                                      seed=seed, log=log)
+            result["validate_seconds"] = validate_seconds
+            result["total_seconds"] = time.perf_counter() - t0
+            result["reused"] = False
+            keep_active_features(active_dir(reg, conn), reg / CACHE_DIR)
+            return result
+        finally:
+            conn.close()
+
+
+def _steps(unlearn: UnlearnStep | None,
+           verify: VerifyStep | None) -> tuple[UnlearnStep, VerifyStep]:
+    """The steps given, else the production ones (looked up now, so that a test can replace
+    them for a whole command: ``medunlearn.testing.fake_registry_steps``)."""
+    return unlearn or steps.unlearn_candidate, verify or steps.gate_candidate
+
+
+def _stored_result(row: sqlite3.Row) -> dict:
+    result = json.loads(row["result"]) if row["result"] else {}
+    return result | {"reused": True}
+
+
+def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
+           verify: VerifyStep | None = None, data_root: str | None = None,
+           seed: int | None = None, download: bool = True, log=None) -> list[dict]:
+    """Clean up after a crash and finish every pending request (the arguments are those of
+    :func:`process_request`).
+
+    Returns:
+        The results of the requests finished now.
+    """
+    reg = Path(reg)
+    unlearn, verify = _steps(unlearn, verify)
+    with writer_lock(reg), cache.session(reg / CACHE_DIR):
+        conn = connect(reg)
+        try:
+            recover(reg, conn)
+            if not download:
+                require_local_data(reg, conn, data_root)
+            done = [_run_pending(reg, conn, p["id"], unlearn, verify, data_root=data_root,
+                                 seed=seed, log=log)
+                    for p in conn.execute("SELECT id FROM requests WHERE status = 'pending' "
+                                          "ORDER BY num").fetchall()]
+            keep_active_features(active_dir(reg, conn), reg / CACHE_DIR)
+            return done
+        finally:
+            conn.close()
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
+    """Remove what a crashed run left behind (call with the writer lock held).
+
+    First refuses a registry whose ``LEDGER_HEAD`` is missing or behind, or whose tables do
+    not match its ledger (:class:`AuditError`; nothing is changed), and brings a head left behind
+    by a crash up to date. Then removes every folder under ``REG/staging`` and every
+    ``REG/versions/<n>`` without a database row (a crash between renaming a candidate into
+    place and committing its promotion).
+
+    Returns:
+        The paths removed.
+    """
+    store.check_head(reg, conn)
+    problems = replay.ledger_problems(conn, reg)
+    if problems:
+        raise AuditError(
+            f"Refusing to change the registry {reg}: its tables do not match its audit ledger "
+            f"({problems[0]}{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}). "
+            f"Run 'medunlearn audit verify {reg}' for the full list and restore the registry "
+            "from a backup.")
+    removed = []
+    staging = reg / "staging"
+    staging.mkdir(exist_ok=True)
+    for child in sorted(staging.iterdir()):
+        _remove_tree(child) if child.is_dir() else child.unlink(missing_ok=True)
+        removed.append(str(child))
+    known = {r[0] for r in conn.execute("SELECT path FROM versions")}
+    versions = reg / "versions"
+    for child in sorted(versions.iterdir()) if versions.is_dir() else []:
+        if f"versions/{child.name}" not in known:
+            _remove_tree(child) if child.is_dir() else child.unlink(missing_ok=True)
+            removed.append(str(child))
+    if removed:
+        _fsync_dir(staging)
+        _fsync_dir(versions)
+    return removed
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- attempts
+
+
+#: Errors of the environment (missing data, unreadable model, ...): the request stays pending so
+#: that it can be resumed once fixed, instead of being recorded as a failed method.
+ENVIRONMENT_ERRORS = (DataError, CheckpointError, OutputExistsError, RegistryError)
+
+
+def _run_pending(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep,
+                 verify: VerifyStep, *, data_root: str | None, seed: int | None,
+                 log=None) -> dict:
+    """Run the attempts of a pending request until one passes or the chain is exhausted."""
+    plan = plan_request(conn, rid)
+    active = active_version(conn)
+    if plan.own and not set(plan.own) & set(not_forgotten(conn)):
+        # a retried request whose images an exact retraining (a consolidation, or the retrain
+        # fallback of a later request) has forgotten meanwhile: nothing is left to do
+        with store.write(reg, conn):
+            return complete_noop(conn, rid, active, "its images were forgotten meanwhile by "
+                                 "an exact retraining")
+    seed = int(get_meta(conn, "seed", "0")) if seed is None else seed
+    data_root = data_root or get_meta(conn, "data_root") or None
+    done = len(attempt_rows(conn, rid))
+    for k in range(done - plan.first_attempt, len(plan.chain)):
+        method, n = plan.chain[k], plan.first_attempt + k + 1
+        if log:
+            log(f"request {rid}: attempt {n} with {method} (forget {len(plan.forget)}, "
+                f"exclude {len(plan.exclude)} earlier images)")
+        started = ledger.now_iso()
+        stage, ver, summary = _attempt(reg, conn, plan, method, n, active, unlearn, verify,
+                                       seed=seed, data_root=data_root)
+        if ver is not None and ver.passed:
+            return _promote(reg, conn, plan, method, n, active, stage, ver, summary, started,
+                            log=log)
+        outcome = "error" if ver is None else "failed"
+        with store.write(reg, conn):
+            _record_attempt(conn, rid, n, method, outcome, ver, summary, started)
+        store.stage(f"after-{outcome}-attempt")
+        _remove_tree(stage)
+        if log:
+            log(f"  attempt {n} ({method}) " + (f"failed: {summary['error']}" if ver is None
+                else f"did not pass the safety gate: {'; '.join(ver.reasons)}"))
+    now = ledger.now_iso()
+    with store.write(reg, conn):
+        result = finish(conn, rid, "failed", active, None, None, now)
+        ledger.append(conn, "failed", {"status": "failed", "version": active,
+                                       "result_sha256": result_sha256(result)}, request_id=rid,
+                      created=now)
+    return result
+
+
+def _attempt(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: int, active: int,
+             unlearn: UnlearnStep, verify: VerifyStep, *, seed: int,
+             data_root: str | None) -> tuple[Path, Verification | None, dict]:
+    """Unlearn from the active version into ``REG/staging`` and gate the candidate.
+
+    Returns:
+        ``(candidate folder, the gate's verdict or None when a step raised, attempt summary)``.
+
+    Raises:
+        One of :data:`ENVIRONMENT_ERRORS`: the request stays pending (nothing recorded).
+    """
+    stage = reg / "staging" / f"r{plan.num}-a{n}"
+    _remove_tree(stage)
+    active_path = reg / version_row(conn, active)["path"]
+    summary = {"forget_count": len(plan.forget), "exclude_count": len(plan.exclude),
+               "from_version": active, "steps": {"unlearn": step_name(unlearn),
+                                                 "verify": step_name(verify)}}
+    t0 = time.perf_counter()
+    try:
+        summary["unlearn_metrics"] = unlearn(active_path, method=method, forget=plan.forget,
+                                             exclude=plan.exclude, out=stage, seed=seed,
+                                             data_root=data_root)
+        summary["unlearn_seconds"] = time.perf_counter() - t0
+        store.stage("after-unlearn")
+        _write_excluded(conn, stage, plan.exclude)
+        t1 = time.perf_counter()
+        ver = verify(stage, original=active_path, data_root=data_root)
+        summary["verify_seconds"] = time.perf_counter() - t1
+        summary["verdict"] = {"passed": bool(ver.passed), "reasons": list(ver.reasons),
+                              "checks": list(ver.checks)}
+        summary["metrics"] = getattr(ver, "metrics", None)
+        summary["weights_sha256"] = sha256_file(stage / MODEL_FILE)
+        store.stage("after-verify")
+        return stage, ver, summary
+    except ENVIRONMENT_ERRORS:
+        _remove_tree(stage)
+        raise
+    except Exception as exc:  # a method or the evaluation failed: record it, fall back
+        summary.setdefault("unlearn_seconds", time.perf_counter() - t0)
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        return stage, None, summary
+
+
+def _record_attempt(conn: sqlite3.Connection, rid: str, n: int, method: str, status_: str,
+                    ver: Verification | None, summary: dict, started: str) -> None:
+    """Record an attempt and its ledger entry (inside the caller's transaction)."""
+    reasons = list(ver.reasons) if ver else [summary.get("error", "")]
+    passed = bool(ver and ver.passed)
+    finished = ledger.now_iso()
+    summary_json = ledger.canonical_json(summary)
+    conn.execute("INSERT INTO attempts(request_id, n, method, status, passed, reasons, summary, "
+                 "started, finished) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (rid, n, method, status_, int(passed), ledger.canonical_json(reasons),
+                  summary_json, started, finished))
+    ledger.append(conn, "attempt", {
+        "attempt": n, "method": method, "status": status_, "passed": passed, "reasons": reasons,
+        "candidate_sha256": summary.get("weights_sha256"), "exclude_count":
+        summary.get("exclude_count"), "forget_count": summary.get("forget_count"),
+        "summary_sha256": ledger.sha256_text(summary_json), "started": started,
+        "unlearn_seconds": summary.get("unlearn_seconds"),
+        "verify_seconds": summary.get("verify_seconds"), "steps": summary.get("steps"),
+    }, request_id=rid, created=finished)
+
+
+EXCLUDED_FILE = "excluded.csv"  # read by evaluate_run: earlier-forgotten images, not retain
+
+
+def _write_excluded(conn: sqlite3.Connection, run_dir: Path, exclude: list[int]) -> None:
+    """List the excluded images in the candidate folder (``index,sha256,label``) so that the
+    evaluation does not count earlier-forgotten images as retain members, and so that every
+    version records what it was kept away from."""
+    if not exclude or (run_dir / EXCLUDED_FILE).is_file():
+        return
+    write_index_rows(run_dir / EXCLUDED_FILE, ["index", "sha256", "label"],
+                     sorted(tuple(r) for r in select_in(
+                         conn, "SELECT idx, sha256, label FROM samples WHERE idx IN ({in})",
+                         exclude)))
+
+
+def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: int, active: int,
+             stage: Path, ver: Verification, summary: dict, started: str, log=None) -> dict:
+    """Rename the candidate into ``REG/versions`` and make it official in one transaction.
+
+    A crash between the two leaves an orphan folder that :func:`recover` removes; the attempt
+    is then redone.
+    """
+    rid = plan.rid
+    t2 = time.perf_counter()
+    new_n = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] + 1
+    final = reg / "versions" / str(new_n)
+    _remove_tree(final)
+    os.replace(stage, final)
+    _fsync_dir(final.parent)
+    store.stage("after-rename")
+    files = store.folder_hashes(final)
+    now = ledger.now_iso()
+    with store.write(reg, conn):
+        _record_attempt(conn, rid, n, method, "passed", ver, summary, started)
+        conn.execute("INSERT INTO versions(n, path, weights_sha256, parent, request_id, "
+                     "method, created) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                     (new_n, f"versions/{new_n}", summary["weights_sha256"], active, rid,
+                      method, now))
+        set_meta(conn, "active_version", str(new_n))
+        # An exact retraining also leaves out the images of failed requests (they are in its
+        # forget or exclude list): they are out of the model now, so they are marked too.
+        newly = plan.taken_out(method, set(not_forgotten(conn)))
+        select_in(conn, "UPDATE samples SET forgotten_in = ? WHERE idx IN ({in})", newly,
+                  [new_n])
+        select_in(conn, "UPDATE samples SET request_id = ? WHERE idx IN ({in})", plan.own,
+                  [rid])
+        ledger.append(conn, "promote", {
+            "version": new_n, "parent": active, "weights_sha256": summary["weights_sha256"],
+            "config_sha256": files.get("config.json"), "method": method,
+            "attempt": n, "files": files}, request_id=rid, created=now)
+        result = finish(conn, rid, "completed", active, new_n, method, now)
+        result["promote_seconds"] = time.perf_counter() - t2
+        conn.execute("UPDATE requests SET result = ? WHERE id = ?",
+                     (ledger.canonical_json(result), rid))
+        ledger.append(conn, "complete", {
+            "status": "completed", "noop": False, "version": new_n, "forgotten": newly,
+            **({"consolidated": plan.forget} if plan.consolidate else {}),
+            "result_sha256": result_sha256(result)}, request_id=rid, created=now)
+    store.stage("after-commit")
+    if log:
+        log(f"  promoted version {new_n} ({method})")
+    return result
+
+
