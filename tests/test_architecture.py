@@ -49,10 +49,6 @@ KNOWN_EDGES = {
         "evaluation/api.py once the registry imports medunlearn.runs",
 }
 
-#: TODO(coordinator): the registry branch splits registry/core.py (1062 lines) and removes its
-#: cycles (core <-> fq <-> replay) and its import of the CLI (registry/__main__); delete these
-#: exceptions when it is merged.
-REGISTRY_EXCEPTIONS = ("medunlearn.registry",)
 
 
 def _modules() -> dict[str, Path]:
@@ -104,10 +100,6 @@ def graph() -> dict[str, set[str]]:
                 and (m, t) not in KNOWN_EDGES} for m in MODULES}
 
 
-def _in_registry(module: str) -> bool:
-    return any(module == p or module.startswith(p + ".") for p in REGISTRY_EXCEPTIONS)
-
-
 def cycles(g: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}
@@ -154,15 +146,14 @@ def test_every_module_has_a_layer():
 
 
 def test_no_import_cycles():
-    found = [c for c in cycles(graph()) if not all(_in_registry(m) for m in c)]
+    found = cycles(graph())
     assert not found, "import cycles (imports inside functions count):\n" + "\n".join(
         " <-> ".join(c) for c in found)
 
 
 def test_no_module_over_600_lines():
     long = {m: n for m, p in MODULES.items()
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
-            and not _in_registry(m)}
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (split them by job): {long}"
 
 
@@ -175,17 +166,17 @@ def test_no_layer_imports_a_layer_above_it():
 
 def test_the_core_and_below_never_import_the_wrappers():
     """Run folders, the core, methods, evaluation and data know nothing of the CLI, grids or the
-    registry; only the registry's own package is allowed, until its branch merges, to import
-    the CLI."""
+    registry (the test doubles of ``medunlearn.testing`` sit beside the wrappers they stand in
+    for), and nothing but the CLI imports the CLI."""
     wrappers = ("medunlearn.commands", "medunlearn.cli", "medunlearn.experiments",
                 "medunlearn.registry")
     bad = sorted(f"{m} -> {t}" for m, targets in graph().items() for t in targets
-                 if t.startswith(wrappers) and not m.startswith(wrappers))
+                 if t.startswith(wrappers)
+                 and not m.startswith((*wrappers, "medunlearn.testing")))
     assert not bad
     cli = sorted(f"{m} -> {t}" for m, targets in graph().items() for t in targets
                  if t.startswith(("medunlearn.commands", "medunlearn.cli"))
-                 and not m.startswith(("medunlearn.commands", "medunlearn.cli"))
-                 and not _in_registry(m))
+                 and not m.startswith(("medunlearn.commands", "medunlearn.cli")))
     assert not cli
 
 
@@ -207,19 +198,11 @@ def test_a_methods_unlearn_is_called_from_one_place():
     assert calls == {"medunlearn.api": calls.get("medunlearn.api")} and calls["medunlearn.api"]
 
 
-#: TODO(coordinator): the registry branch replaces these imports of test_registry_crash /
-#: test_registry by medunlearn.testing; delete this exception when it is merged.
-REGISTRY_TESTS = ("test_audit_tamper.py", "test_registry_certificate.py", "test_registry_files.py",
-                  "test_registry_fq.py")
-
-
 def test_no_test_file_imports_another():
     """Shared test code lives in conftest.py (fixtures) or tests/helpers.py, not in test files."""
     here = Path(__file__).resolve().parent
     bad = []
     for path in sorted(here.glob("test_*.py")):
-        if path.name in REGISTRY_TESTS:
-            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
