@@ -53,10 +53,13 @@ class NoiseRepair(Method):
 
     @dataclass(frozen=True)
     class Config(RepairOptions):
-        """Defaults: noise 0.5 x each weight tensor's RMS; repair 1 epoch on 2048 random
-        retain images, lr 0.02 (cosine), batch 128, momentum 0.9, weight decay 5e-4,
-        augmentation on."""
+        """Defaults (the best safe point of the PneumoniaMNIST per-example sweep,
+        docs/results/damage_repair.md): noise 0.5 x each weight tensor's RMS; repair 2 epochs
+        on 2048 random retain images each, lr 0.05 (cosine), batch 128, momentum 0.9, weight
+        decay 5e-4, augmentation on."""
 
+        epochs: int = 2
+        lr: float = 0.05
         noise: float = 0.5  # noise standard deviation relative to each tensor's RMS, >= 0
 
     def validate(self) -> None:

@@ -118,12 +118,15 @@ class ReinitSmallGrad(Method):
 
     @dataclass(frozen=True)
     class Config(RepairOptions):
-        """Defaults: fraction 0.3 of each convolution's entries re-initialised, ranked by the
-        retain-minus-forget gradient; repair 1 epoch on 2048 random retain images, lr 0.02
-        (cosine), batch 128, momentum 0.9, weight decay 5e-4, augmentation on, kept weights'
-        gradients scaled by 0.1."""
+        """Defaults (the best safe point of the PneumoniaMNIST per-example sweep,
+        docs/results/damage_repair.md): fraction 0.15 of each convolution's entries
+        re-initialised, ranked by the retain-minus-forget gradient; repair 2 epochs on 2048
+        random retain images each, lr 0.05 (cosine), batch 128, momentum 0.9, weight decay
+        5e-4, augmentation on, kept weights' gradients scaled by 0.1."""
 
-        fraction: float = 0.3  # share of each convolution's entries re-initialised, in (0, 1]
+        epochs: int = 2
+        lr: float = 0.05
+        fraction: float = 0.15  # share of each convolution's entries re-initialised, in (0, 1]
         gradient: str = "difference"  # ranking gradient: difference, forget or retain
         keep_grad_scale: float = 0.1  # gradient factor of entries not re-initialised, [0, 1]
 
