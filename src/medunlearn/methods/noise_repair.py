@@ -36,7 +36,8 @@ def add_relative_noise(model: torch.nn.Module, noise: float, generator: torch.Ge
     noise_sq = weight_sq = 0.0
     for _, p in noisy_tensors(model):  # fixed order: the same seed gives the same noise
         rms = p.pow(2).mean().sqrt()
-        e = torch.randn(p.shape, generator=generator).to(device=p.device, dtype=p.dtype)
+        e = torch.randn(p.shape, generator=generator)  # cpu: seeded draw, moved below
+        e = e.to(device=p.device, dtype=p.dtype)
         d = noise * rms * e
         noise_sq += float(d.pow(2).sum())
         weight_sq += float(p.pow(2).sum())
