@@ -12,8 +12,8 @@ on retain data (the NeurIPS 2023 unlearning challenge's second-placed idea; Deep
    the weights that carry the retain task stay.
 3. Repair (:func:`medunlearn.methods._repair.repair`): class-balanced cross-entropy on random
    retain subsets; the gradient of every entry that was *not* re-initialised is multiplied by
-   ``keep_grad_scale`` (the entry's 0.1), so the new weights learn and the kept ones move
-   little.
+   ``keep_grad_scale`` (0.1 in the challenge entry), so the new weights learn and the kept ones
+   move little.
 
 Randomness per run: the retain subsets (gradient and repair), the fresh weights, batch order
 and augmentation all come from the run's seed, so N runs differ as retrained models do.
