@@ -1,0 +1,176 @@
+"""The "damage, then repair" methods of issue 28 on tiny synthetic data: reinit-small-grad,
+noise-repair and conv-transpose."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from medunlearn.config import ModelConfig, TrainConfig
+from medunlearn.data import load_dataset
+from medunlearn.errors import ConfigError
+from medunlearn.forget import select_forget
+from medunlearn.methods import UnlearnContext, create_method
+from medunlearn.methods._repair import conv_layers
+from medunlearn.methods.conv_transpose import transposable, transpose_kernels
+from medunlearn.methods.noise_repair import add_relative_noise, noisy_tensors
+from medunlearn.methods.reinit_small_grad import reinit_smallest, smallest_masks
+from medunlearn.training import build_for, fit, seed_everything
+
+NEW = ("reinit-small-grad", "noise-repair", "conv-transpose")
+FAST = {"epochs": 1, "batch_size": 32, "augment": False, "retain_budget": 64}
+RECIPE = TrainConfig(epochs=1, batch_size=32, threads=1, progress=False, select="last",
+                     schedule="constant")
+
+
+@pytest.fixture(scope="module")
+def ds(synth_root):
+    return load_dataset(dataset="breastmnist", data_root=str(synth_root), download=False,
+                        verify_md5=False, augment="none")
+
+
+@pytest.fixture(scope="module")
+def trained(ds):
+    """A width-8 model trained briefly on the synthetic data, and its spec."""
+    seed_everything(0)
+    model, spec = build_for(ds, ModelConfig(width=8))
+    fit(model, ds, None, RECIPE, seed=0)
+    return model, spec
+
+
+def make_ctx(ds, spec, *, seed=0, log=None):
+    fs = select_forget(ds, forget="random:0.25", seed=0)
+    return UnlearnContext(dataset=ds, forget=fs.forget, retain=fs.retain, seed=seed,
+                          train_config=RECIPE, model_spec=spec, progress=False,
+                          on_batch=(log.append if log is not None else None))
+
+
+def run(name, ds, trained, *, seed=0, log=None, **options):
+    model, spec = trained
+    return create_method(name, FAST | options).unlearn(model, make_ctx(ds, spec, seed=seed,
+                                                                        log=log))
+
+
+def states_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_changes_the_model_and_leaves_the_original_untouched(ds, trained, name):
+    model, _ = trained
+    before = copy.deepcopy(model.state_dict())
+    log: list[torch.Tensor] = []
+    out = run(name, ds, trained, log=log)
+    assert out.model is not model and out.steps > 0 and out.seconds > 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{name} changed the original model ({k})"
+    changed = [k for k, v in out.model.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert any(k.endswith("conv1.weight") for k in changed), changed
+    seen = set(torch.cat(log).tolist())
+    ctx = make_ctx(ds, trained[1])
+    forget = set(ctx.forget.tolist())
+    if name == "reinit-small-grad":  # the default ranking reads forget and retain samples
+        assert forget <= seen
+    else:  # noise and transposition read only retain data
+        assert seen and not seen & forget, f"{name} read a forget sample"
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_reproducible_for_a_seed_and_different_across_seeds(ds, trained, name):
+    a = run(name, ds, trained, seed=3).model
+    b = run(name, ds, trained, seed=3).model
+    c = run(name, ds, trained, seed=4).model
+    assert states_equal(a, b), f"{name} is not reproducible for one seed"
+    assert not states_equal(a, c), f"{name} gives the same model for two seeds"
+
+
+@pytest.mark.parametrize(("name", "option", "value", "range_"), [
+    ("noise-repair", "noise", -0.1, "non-negative"),
+    ("reinit-small-grad", "fraction", 0.0, "(0, 1]"),
+    ("reinit-small-grad", "fraction", 1.5, "(0, 1]"),
+    ("reinit-small-grad", "fraction", -0.3, "(0, 1]"),
+    ("reinit-small-grad", "gradient", "ratio", "difference or forget or retain"),
+    ("reinit-small-grad", "keep_grad_scale", 2.0, "[0, 1]"),
+    ("conv-transpose", "fraction", 0.0, "(0, 1]"),
+    ("conv-transpose", "fraction", 1.01, "(0, 1]"),
+    ("noise-repair", "lr", 0.0, "positive"),
+    ("conv-transpose", "epochs", 0, "at least 1"),
+    ("reinit-small-grad", "retain_budget", -1, "non-negative"),
+])
+def test_bad_options_fail_before_any_work(name, option, value, range_):
+    with pytest.raises(ConfigError) as err:
+        create_method(name, {option: value})  # validated at construction: no model needed
+    msg = str(err.value)
+    assert option in msg and range_ in msg and repr(value) in msg and name in msg
+
+
+def test_frozen_configs():
+    m = create_method("noise-repair", {"noise": 0.2})
+    with pytest.raises(AttributeError):
+        m.config.noise = 5.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 1.0])
+def test_reinit_replaces_exactly_the_smallest_gradient_fraction(ds, trained, fraction):
+    model, spec = trained
+    net = copy.deepcopy(model)
+    ctx = make_ctx(ds, spec)
+    masks = reinit_smallest(net, ctx, fraction=fraction, gradient="difference",
+                            generator=torch.Generator().manual_seed(0))
+    orig = dict(model.named_parameters())
+    convs = {f"{n}.weight" for n, _ in conv_layers(net)}
+    assert set(masks) == convs
+    for n, p in net.named_parameters():
+        if n not in masks:  # BatchNorm, head: untouched
+            assert torch.equal(p, orig[n]), n
+            continue
+        m = masks[n]
+        assert int(m.sum()) == max(1, round(fraction * m.numel())), n
+        assert torch.equal(p[~m], orig[n][~m]), f"{n}: an entry outside the mask moved"
+        assert not torch.equal(p[m], orig[n][m]), f"{n}: masked entries were not re-drawn"
+
+
+def test_smallest_masks_pick_the_smallest_scores():
+    s = {"w": torch.tensor([[5.0, 0.1, 3.0], [0.2, 9.0, 0.3]])}
+    m = smallest_masks(s, 0.5)["w"]
+    assert m.tolist() == [[False, True, False], [True, False, True]]
+    assert int(smallest_masks(s, 1e-6)["w"].sum()) == 1  # at least one entry
+
+
+def test_transpose_mirrors_each_kernel_and_keeps_1x1(trained):
+    model, _ = trained
+    net = copy.deepcopy(model)
+    names = transpose_kernels(net, 1.0, torch.Generator().manual_seed(0))
+    before = dict(model.named_modules())
+    assert names and len(names) == len(transposable(net))
+    for n, m in conv_layers(net):
+        w0 = before[n].weight
+        if m.kernel_size == (1, 1):
+            assert n not in names and torch.equal(m.weight, w0)
+        else:
+            assert torch.equal(m.weight, w0.transpose(2, 3)), n
+    half = transpose_kernels(copy.deepcopy(model), 0.5, torch.Generator().manual_seed(0))
+    assert len(half) == round(0.5 * len(names))
+
+
+def test_noise_is_relative_to_each_tensor_and_leaves_batchnorm(trained):
+    model, _ = trained
+    net = copy.deepcopy(model)
+    ratio = add_relative_noise(net, 0.5, torch.Generator().manual_seed(0))
+    assert 0.4 < ratio < 0.6  # noise norm / weight norm ~ noise
+    noisy = {n for n, _ in noisy_tensors(net)}
+    orig = dict(model.named_parameters())
+    for n, p in net.named_parameters():
+        if n in noisy:
+            d, w = (p - orig[n]).detach(), orig[n].detach()
+            rel = float(d.pow(2).mean().sqrt() / w.pow(2).mean().sqrt())
+            assert 0.2 < rel < 0.9, (n, rel)
+        else:
+            assert torch.equal(p, orig[n]), n
+    same = copy.deepcopy(model)
+    assert add_relative_noise(same, 0.0, torch.Generator().manual_seed(0)) == 0.0
+    assert states_equal(same, model)
