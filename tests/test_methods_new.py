@@ -1,5 +1,5 @@
 """The "damage, then repair" methods of issue 28 on tiny synthetic data: reinit-small-grad,
-noise-repair and conv-transpose."""
+noise-repair (conv-transpose was measured and dropped: docs/results/damage_repair.md)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ import torch
 from medunlearn.config import ModelConfig, TrainConfig
 from medunlearn.data import load_dataset
 from medunlearn.errors import ConfigError
-from medunlearn.forget import select_forget
+from medunlearn.forget_set import select_forget
 from medunlearn.methods import UnlearnContext, create_method
 from medunlearn.methods._repair import conv_layers
-from medunlearn.methods.conv_transpose import transposable, transpose_kernels
 from medunlearn.methods.noise_repair import add_relative_noise, noisy_tensors
 from medunlearn.methods.reinit_small_grad import reinit_smallest, smallest_masks
 from medunlearn.training import build_for, fit, seed_everything
 
-NEW = ("reinit-small-grad", "noise-repair", "conv-transpose")
+NEW = ("reinit-small-grad", "noise-repair")
 FAST = {"epochs": 1, "batch_size": 32, "augment": False, "retain_budget": 64}
 RECIPE = TrainConfig(epochs=1, batch_size=32, threads=1, progress=False, select="last",
                      schedule="constant")
@@ -64,7 +63,7 @@ def test_changes_the_model_and_leaves_the_original_untouched(ds, trained, name):
     before = copy.deepcopy(model.state_dict())
     log: list[torch.Tensor] = []
     out = run(name, ds, trained, log=log)
-    assert out.model is not model and out.steps > 0 and out.seconds > 0
+    assert out.model is not model and out.steps > 0
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"{name} changed the original model ({k})"
     changed = [k for k, v in out.model.state_dict().items()
@@ -95,10 +94,7 @@ def test_reproducible_for_a_seed_and_different_across_seeds(ds, trained, name):
     ("reinit-small-grad", "fraction", -0.3, "(0, 1]"),
     ("reinit-small-grad", "gradient", "ratio", "difference or forget or retain"),
     ("reinit-small-grad", "keep_grad_scale", 2.0, "[0, 1]"),
-    ("conv-transpose", "fraction", 0.0, "(0, 1]"),
-    ("conv-transpose", "fraction", 1.01, "(0, 1]"),
     ("noise-repair", "lr", 0.0, "positive"),
-    ("conv-transpose", "epochs", 0, "at least 1"),
     ("reinit-small-grad", "retain_budget", -1, "non-negative"),
 ])
 def test_bad_options_fail_before_any_work(name, option, value, range_):
@@ -139,22 +135,6 @@ def test_smallest_masks_pick_the_smallest_scores():
     m = smallest_masks(s, 0.5)["w"]
     assert m.tolist() == [[False, True, False], [True, False, True]]
     assert int(smallest_masks(s, 1e-6)["w"].sum()) == 1  # at least one entry
-
-
-def test_transpose_mirrors_each_kernel_and_keeps_1x1(trained):
-    model, _ = trained
-    net = copy.deepcopy(model)
-    names = transpose_kernels(net, 1.0, torch.Generator().manual_seed(0))
-    before = dict(model.named_modules())
-    assert names and len(names) == len(transposable(net))
-    for n, m in conv_layers(net):
-        w0 = before[n].weight
-        if m.kernel_size == (1, 1):
-            assert n not in names and torch.equal(m.weight, w0)
-        else:
-            assert torch.equal(m.weight, w0.transpose(2, 3)), n
-    half = transpose_kernels(copy.deepcopy(model), 0.5, torch.Generator().manual_seed(0))
-    assert len(half) == round(0.5 * len(names))
 
 
 def test_noise_is_relative_to_each_tensor_and_leaves_batchnorm(trained):

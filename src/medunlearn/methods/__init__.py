@@ -23,7 +23,7 @@ from medunlearn.methods.base import (
 CANONICAL_ORDER = (
     "retrain", "finetune", "gradient-ascent", "neggrad-plus", "random-label", "boundary-shrink",
     "l1-sparse", "salun", "salun-cra", "scrub", "ssd", "fisher", "newton",
-    "reinit-small-grad", "noise-repair", "conv-transpose",
+    "reinit-small-grad", "noise-repair",
 )
 
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -100,24 +99,9 @@ def freeze_batchnorm_stats(model: nn.Module) -> None:
             mod.eval()
 
 
-class Stopwatch:
-    """Wall-clock timer started at construction.
-
-    TODO(coordinator): delete once no method passes one to :func:`outcome`; the caller
-    (``medunlearn.api``) times every method's ``unlearn`` call, so methods need no timer."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.t0
-
-
-def outcome(model: Classifier, steps: int, watch: Stopwatch | None = None,
-            **details) -> UnlearnOutcome:
+def outcome(model: Classifier, steps: int, **details) -> UnlearnOutcome:
     """The :class:`UnlearnOutcome` of an unlearned copy, in eval mode and the contiguous layout
-    checkpoints are written in. The caller times the method (``watch`` is ignored; it is
-    accepted for methods written before)."""
+    checkpoints are written in. The caller (``medunlearn.api``) times the method."""
     model.to(memory_format=torch.contiguous_format)
     model.eval()
     return UnlearnOutcome(model=model, steps=steps, details=details)
@@ -308,7 +292,7 @@ class MaskGuard:
 
 
 __all__ = [
-    "Forward", "MaskGuard", "SGDOptions", "Stopwatch", "check_options", "clamped_ascent_loss",
+    "Forward", "MaskGuard", "SGDOptions", "check_options", "clamped_ascent_loss",
     "clone_model", "cycle_batches", "freeze_batchnorm_stats", "loss_weights", "need_retain",
     "outcome", "random_wrong_labels", "read_batches", "subsample", "train_on",
 ]

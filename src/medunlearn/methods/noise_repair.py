@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from medunlearn.methods._common import Stopwatch, clone_model, need_retain, outcome
+from medunlearn.methods._common import clone_model, need_retain, outcome
 from medunlearn.methods._repair import RepairOptions, check_range, repair
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
@@ -71,8 +71,7 @@ class NoiseRepair(Method):
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         c = self.config
         need_retain(ctx, self.name)
-        watch = Stopwatch()
         net = clone_model(model)
         ratio = add_relative_noise(net, c.noise, ctx.generator(43))
         steps = repair(net, ctx, c, generator=ctx.generator(44), desc=self.name)
-        return outcome(net, steps, watch, noise_to_weight=ratio)
+        return outcome(net, steps, noise_to_weight=ratio)

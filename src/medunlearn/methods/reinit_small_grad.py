@@ -28,7 +28,6 @@ import torch.nn.functional as F
 
 from medunlearn.methods._common import (
     Forward,
-    Stopwatch,
     clone_model,
     need_retain,
     outcome,
@@ -142,7 +141,6 @@ class ReinitSmallGrad(Method):
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         c = self.config
         need_retain(ctx, self.name)
-        watch = Stopwatch()
         net = clone_model(model)
         g = ctx.generator(41)
         masks = reinit_smallest(net, ctx, fraction=c.fraction, gradient=c.gradient,
@@ -161,5 +159,5 @@ class ReinitSmallGrad(Method):
                        before_step=None if c.keep_grad_scale == 1.0 else scale_grads)
         reinit = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
-        return outcome(net, steps, watch, reinitialised_entries=reinit, conv_entries=total,
+        return outcome(net, steps, reinitialised_entries=reinit, conv_entries=total,
                        reinitialised_fraction=reinit / max(total, 1), gradient=c.gradient)
