@@ -55,6 +55,7 @@ from medunlearn.methods import Method, UnlearnContext, UnlearnOutcome, create_me
 from medunlearn.methods.base import config_dict, get_method_class, revision_field
 from medunlearn.provenance import environment
 from medunlearn.runs import finished_run_metrics, now_iso, split_metrics
+from medunlearn.sharding import save_shard_files, settle
 from medunlearn.training import evaluate_split
 
 DEFAULTS_VERSION = 1
@@ -195,6 +196,7 @@ def execute(method: Method, model: torch.nn.Module, ctx: UnlearnContext
                            "must return an unlearned copy")
     if not result.seconds:
         result.seconds = wall
+    settle(result.model)  # a sharded model: drop slice checkpoints the method made stale
     cost = {"unlearn_seconds": wall, "method_seconds": result.seconds, "cpu_seconds": cpu,
             "peak_memory_mb": rss1, "peak_memory_increase_mb": max(0.0, rss1 - rss0),
             "steps": int(result.steps)}
@@ -326,6 +328,10 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
                        "excluded_count": forget_set.excluded_count},
         }
         save_weights(stage / MODEL_FILE, model, {"fingerprint": key, "kind": "unlearn"})
+        # a sharded model: its assignment, and its slice checkpoints while they describe it
+        shard_section = save_shard_files(stage, model, num_classes=dataset.num_classes)
+        if shard_section is not None:
+            config["shards"] = shard_section
         atomic_write_json(stage / CONFIG_FILE, config)
         write_forget_csv(stage / "forget.csv", dataset, forget_set)
         if excluded:

@@ -44,10 +44,13 @@ class RayExecutor:
         num_cpus: CPUs of the local Ray (ignored with ``address``).
         cpus_per_task: CPUs reserved per task; also the torch thread count of the task.
         threads: torch threads per task (default: ``cpus_per_task``).
+        task: The module-level function each call runs as ``task(*args, threads=...)``
+            (default: the grid's ``runner.run_job``, whose failures become failed-job rows; a
+            failure of any other task is raised in the driver).
     """
 
     def __init__(self, *, address: str | None = None, num_cpus: int | None = None,
-                 cpus_per_task: int = 1, threads: int | None = None) -> None:
+                 cpus_per_task: int = 1, threads: int | None = None, task=None) -> None:
         ray = _import_ray()
         self._ray = ray
         self._started = False
@@ -61,7 +64,8 @@ class RayExecutor:
             self._started = True
         from medunlearn.experiments.runner import run_job
 
-        self._task = ray.remote(num_cpus=cpus_per_task, max_retries=0)(run_job)
+        self._grid = task is None or task is run_job
+        self._task = ray.remote(num_cpus=cpus_per_task, max_retries=0)(task or run_job)
         self.threads = threads or cpus_per_task
 
     def map(self, calls: list[tuple]) -> Iterator[dict]:
@@ -75,6 +79,8 @@ class RayExecutor:
                     try:
                         yield ray.get(ref)
                     except Exception as exc:  # the worker died (e.g. out of memory)
+                        if not self._grid:
+                            raise
                         kind, job, results = jobs[ref][:3]
                         yield {"kind": kind, "key": job.key, "slug": job.slug,
                                "status": "failed", "error": f"Ray task failed: {exc}",

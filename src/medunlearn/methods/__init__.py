@@ -21,15 +21,19 @@ from medunlearn.methods.base import (
 
 #: The order in which methods are listed (CLI help, reports); others follow alphabetically.
 CANONICAL_ORDER = (
-    "retrain", "finetune", "gradient-ascent", "neggrad-plus", "random-label", "boundary-shrink",
-    "l1-sparse", "salun", "salun-cra", "scrub", "ssd", "fisher", "newton",
+    "retrain", "sisa", "finetune", "gradient-ascent", "neggrad-plus", "random-label",
+    "boundary-shrink", "l1-sparse", "salun", "salun-cra", "scrub", "ssd", "fisher", "newton",
 )
+
+#: The exact methods: they retrain on the retain data, so they have nothing to tune (``sisa``
+#: retrains only the affected shards of a sharded model; see medunlearn.sharding).
+EXACT_METHODS = ("retrain", "sisa")
 
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _m.startswith("_") and _m != "base":
         importlib.import_module(f"{__name__}.{_m}")
 
 __all__ = [
-    "CANONICAL_ORDER", "Method", "UnlearnContext", "UnlearnOutcome", "create_method",
-    "get_method_class", "method_names", "register_method",
+    "CANONICAL_ORDER", "EXACT_METHODS", "Method", "UnlearnContext", "UnlearnOutcome",
+    "create_method", "get_method_class", "method_names", "register_method",
 ]
