@@ -415,3 +415,36 @@ def test_ray_backend_trains_the_same_shards(tmp_path):
         torch.set_num_threads(threads)
     assert _digests(local.model) == _digests(remote.model)
     assert _same_weights(local.model, remote.model)
+
+
+def test_a_study_grid_on_sharded_originals(synth_root, tmp_path):
+    """``shards:`` in a study trains sharded originals; every cell runs on them, and a method
+    that cannot handle an ensemble fails its cell with a message naming sisa."""
+    from medunlearn.experiments import parse_experiment
+    from medunlearn.experiments.report import write_report
+    from medunlearn.experiments.runner import run_experiment
+    from medunlearn.experiments.store import ResultsStore
+
+    raw = {"name": "sharded", "datasets": [{"dataset": "breastmnist", "view": "binary"}],
+           "forget": ["random:0.1"], "methods": ["retrain", "sisa", "finetune", "newton"],
+           "augment": ["none"], "seeds": [0],
+           "data": {"train_limit": 120, "eval_limit": 60, "verify_md5": False,
+                    "download": False},
+           "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 32},
+           "data_root": str(synth_root), "shards": 2, "slices": 2}
+    summary = run_experiment(parse_experiment(raw), tmp_path / "res", progress=False)
+    assert summary.completed == 3 and len(summary.failed) == 1
+    assert "-newton-" in summary.failed[0]["slug"]
+    assert "'sisa'" in summary.failed[0]["error"]
+    with ResultsStore(tmp_path / "res", create=False) as store:
+        rows = {r["method"]: r for r in store.rows()}
+    assert rows["sisa"]["average_gap_pp"] == 0.0  # exact: the same model as the reference
+    assert rows["finetune"]["UA"] is not None
+    original = load_run(rows["sisa"]["original_dir"])
+    assert isinstance(original.model, EnsembleClassifier) and original.model.shards.slices == 2
+    write_report(tmp_path / "res", tmp_path / "report")
+    assert "sisa" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="add shards"):
+        parse_experiment(raw | {"shards": None, "slices": 2})
+    with pytest.raises(ConfigError, match="at least 1"):
+        parse_experiment(raw | {"shards": 0})

@@ -51,6 +51,7 @@ class ExperimentConfigError(ConfigError):
 TOP_LEVEL_KEYS = (
     "name", "description", "datasets", "forget", "methods", "augment", "seeds", "size", "data",
     "model", "train", "evaluation", "gate", "retain_budget", "data_root", "threads",
+    "shards", "slices",  # sharded originals (medunlearn.sharding)
 )
 DATASET_KEYS = ("dataset", "view", "positive_classes", "size", "label", "options")
 #: Loader options a study may give a CSV manifest or class folder (``datasets[i].options``).
@@ -127,6 +128,8 @@ class OriginalJob:
     model: ModelConfig
     train: TrainConfig
     files: tuple[tuple[str, str], ...] | None = None  # load_files(path, **options) for files
+    shards: int | None = None  # a sharded original: S shards (None: monolithic)
+    slices: int = 1  # and R slices per shard
 
     @property
     def data_root(self) -> str | None:
@@ -233,6 +236,8 @@ class ExperimentConfig:
     retain_budget: int | None = None
     data_root: str | None = None
     threads: int | None = None
+    shards: int | None = None  # train sharded originals (S shards, R slices; sharding.py)
+    slices: int = 1
     description: str = ""
     source: str | None = None  # the file it was read from
 
@@ -254,23 +259,25 @@ class ExperimentConfig:
 
     def _original(self, ds: DatasetSpec, augment: str, seed: int) -> OriginalJob:
         train = dataclasses.replace(self.train, progress=False, threads=self.threads)
+        # sharded originals: S and R enter the key (monolithic keys stay as they were)
+        sharded = {} if self.shards is None else {"shards": self.shards, "slices": self.slices}
         if ds.files is not None:
             opts = ds.file_options() | {"path": ds.dataset, "size": ds.size, "augment": augment}
             limits = {k: v for k, v in self.data.items() if k in ("train_limit", "eval_limit")}
             files = tuple(sorted((k, json.dumps(v)) for k, v in (opts | limits).items()))
             key = fingerprint({"kind": "original", "files": dict(files),
                                "model": dataclasses.asdict(self.model),
-                               "train": _recipe(train), "seed": seed})
+                               "train": _recipe(train), "seed": seed} | sharded)
             return OriginalJob(key=key, dataset=ds, augment=augment, seed=seed, data=None,
-                               model=self.model, train=train, files=files)
+                               model=self.model, train=train, files=files, **sharded)
         data = DataConfig(dataset=ds.dataset, size=ds.size, view=ds.view,
                           positive_classes=ds.positive_classes, augment=augment,
                           data_root=self.data_root, **self.data)
         key = fingerprint({"kind": "original", "data": data.identity(),
                            "model": dataclasses.asdict(self.model),
-                           "train": _recipe(train), "seed": seed})
+                           "train": _recipe(train), "seed": seed} | sharded)
         return OriginalJob(key=key, dataset=ds, augment=augment, seed=seed, data=data,
-                           model=self.model, train=train)
+                           model=self.model, train=train, **sharded)
 
     def references(self, originals: list[OriginalJob] | None = None) -> list[ReferenceJob]:
         out = []
@@ -565,6 +572,17 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
         _positive_int(budget, "retain_budget")
     if threads is not None:
         _positive_int(threads, "threads")
+    shards, slices = raw.get("shards"), raw.get("slices")
+    if shards is None and slices is not None:
+        raise ExperimentConfigError("slices applies to sharded originals: add shards: S.")
+    if shards is not None:
+        from medunlearn.sharding import check_count
+
+        try:
+            shards = check_count(shards, "shards")
+            slices = check_count(1 if slices is None else slices, "slices")
+        except MedUnlearnError as exc:
+            raise ExperimentConfigError(str(exc)) from None
     if raw.get("data_root") is not None and not isinstance(raw["data_root"], str):
         raise ExperimentConfigError(f"data_root must be a folder path, got {raw['data_root']!r}.")
     return ExperimentConfig(
@@ -576,7 +594,7 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
         evaluation=dict(raw.get("evaluation") or {}), gate=dict(raw.get("gate") or {}),
         retain_budget=None if budget is None else int(budget),
         data_root=raw.get("data_root"), threads=None if threads is None else int(threads),
-        source=source,
+        shards=shards, slices=slices or 1, source=source,
     )
 
 

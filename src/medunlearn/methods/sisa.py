@@ -24,8 +24,7 @@ class Sisa(Method):
     ``retrain``).
     """
 
-    summary = ("retrain only the shards of a sharded model that saw the forget images, from "
-               "their last clean slice checkpoint (exact)")
+    summary = "retrain only the shards holding the images, from a clean checkpoint (exact)"
 
     @dataclass(frozen=True)
     class Config:
