@@ -260,6 +260,25 @@ def test_a_forgotten_image_never_comes_back():
     assert _same_weights(second.model, both.model)
 
 
+def test_a_slice_left_without_images_keeps_its_start_weights():
+    """Forget every patient of one shard's first slice: that stage has nothing to train on and
+    keeps the seeded initial weights; sisa still equals retrain. Emptying a whole shard is
+    refused."""
+    from medunlearn.errors import ForgetSetError
+
+    data = tiny()
+    fit = train_sharded(data, MODEL, TRAIN, seed=0, shards=2, slices=3)
+    a = fit.model.shards.assignment
+    first = a.indices(0, 0).tolist()
+    kw = {"train_config": TRAIN, "device": "cpu"}
+    sisa = mu.unlearn(fit.model, data, forget=first, method="sisa", **kw)
+    retrain = mu.unlearn(fit.model, data, forget=first, method="retrain", **kw)
+    assert sisa.record["details"]["from_slice"] == {"0": 1}
+    assert _same_weights(sisa.model, retrain.model)
+    with pytest.raises(ForgetSetError, match="leave shard 0 .* with no training image"):
+        mu.unlearn(fit.model, data, forget=a.indices(0, 2).tolist(), method="sisa", **kw)
+
+
 def test_approximate_methods_drop_the_checkpoints_and_newton_refuses_naming_sisa():
     data = tiny()
     fit = train_sharded(data, MODEL, TRAIN, seed=0, shards=2)

@@ -339,6 +339,8 @@ class ShardState:
             never trained on again.
         checkpoints: (S, R) checkpoints after each slice, or None when they no longer describe
             the weights (an approximate method changed them): then only ``retrain`` applies.
+        recipe: The training recipe the shards were trained with (exact forgetting repeats
+            it; None: the caller's).
     """
 
     assignment: Assignment
@@ -347,6 +349,7 @@ class ShardState:
     seeds: list[list[int]]
     excluded: frozenset[int] = frozenset()
     checkpoints: list[list[Checkpoint]] | None = None
+    recipe: TrainConfig | None = None
 
     @property
     def shards(self) -> int:
@@ -545,7 +548,8 @@ def train_sharded(dataset: Dataset, model_config: ModelConfig | dict | None = No
     results = _run_jobs(jobs, dataset, backend=backend, ray_address=ray_address,
                         num_cpus=num_cpus, threads=threads or train_config.threads)
     state = ShardState(assignment, spec, tuple(epochs), seeds, frozenset(),
-                       [[Checkpoint.of(b) for b in r["checkpoints"]] for r in results])
+                       [[Checkpoint.of(b) for b in r["checkpoints"]] for r in results],
+                       recipe=train_config)
     return ShardedFit(state.build_model(),
                       [{k: v for k, v in r.items() if k != "checkpoints"} for r in results],
                       time.perf_counter() - t0, sum(r["steps"] for r in results))
@@ -560,11 +564,14 @@ def shard_state_of(model: nn.Module, method: str) -> ShardState:
     """
     state = getattr(model, "shards", None) if is_ensemble(model) else None
     if state is None:
+        what = ("an ensemble without its shard assignment" if is_ensemble(model)
+                else "a monolithic model")
+        fix = ("" if method == "retrain" else
+               ", or use 'retrain' or an approximate method")
         raise ConfigError(
-            f"Method {method!r} works on a sharded model (trained with 'medunlearn train "
-            "--shards S' or medunlearn.sharding.train_sharded, or loaded from such a run "
-            f"folder); this is {'an ensemble without its shard assignment' if is_ensemble(model) else 'a monolithic model'}. "  # noqa: E501
-            "Train a sharded model, or use 'retrain' or an approximate method.")
+            f"Method {method!r} on an ensemble needs a sharded model (trained with 'medunlearn "
+            "train --shards S' or medunlearn.sharding.train_sharded, or loaded from such a run "
+            f"folder); this is {what}. Train a sharded model{fix}.")
     return state
 
 
@@ -604,7 +611,8 @@ def retrain_shards(model: EnsembleClassifier, *, dataset: Dataset, retain: torch
         if state.checkpoints is None or not state.describes(model):
             raise ConfigError(
                 "This sharded model's weights are not those of its slice checkpoints (an "
-                "approximate unlearning method changed them, or the checkpoints were dropped), "
+                "approximate unlearning method changed them and the checkpoints were dropped, "
+                "or its run folder mixes files of different runs), "
                 "so 'sisa' cannot retrain it from a clean checkpoint. Use 'retrain' (every shard "
                 "from scratch with the recorded assignment), which restores the checkpoints.")
         plan = {}
@@ -623,7 +631,9 @@ def retrain_shards(model: EnsembleClassifier, *, dataset: Dataset, retain: torch
     seeds = [list(row) for row in state.seeds]
     checkpoints = [list(row) for row in state.checkpoints] if state.checkpoints else \
         [[None] * a.slices for _ in range(a.shards)]
-    cfg = dataclasses.replace(train_config, progress=progress)
+    # the recipe the shards were trained with (device, threads and progress are the caller's)
+    cfg = dataclasses.replace(state.recipe or train_config, device=train_config.device,
+                              threads=train_config.threads, progress=progress)
     records, steps = {}, 0
     for s, j in sorted(plan.items()):
         for r in range(j, a.slices):
@@ -639,7 +649,7 @@ def retrain_shards(model: EnsembleClassifier, *, dataset: Dataset, retain: torch
         steps += res["steps"]
     new_state = ShardState(a, state.spec, state.epochs, seeds,
                            frozenset(state.excluded | set(np.flatnonzero(~allowed).tolist())),
-                           checkpoints)
+                           checkpoints, state.recipe)
     from medunlearn.training import model_from_spec
 
     members = []
@@ -777,7 +787,16 @@ def attach_shard_state(model: nn.Module, path: Path, config: dict) -> None:
             checkpoints.append(row)
     assignment = read_assignment_csv(path / ASSIGNMENT_FILE, shards=shards, slices=slices,
                                      seed=seed)
-    model.shards = ShardState(assignment, dict(config["model"]), *state_fields, checkpoints)
+    recipe = None
+    if isinstance(config.get("train"), dict):
+        from medunlearn.config import from_dict
+
+        try:
+            recipe = from_dict(TrainConfig, config["train"], where="config.json train")
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+    model.shards = ShardState(assignment, dict(config["model"]), *state_fields, checkpoints,
+                              recipe)
 
 
 def save_shard_files(folder: str | os.PathLike, model: nn.Module, *,
