@@ -109,6 +109,22 @@ def scores(metrics: dict, dataset) -> dict:
             "recall": recall, "minority": minority, "minority_recall": recall[minority]}
 
 
+def warm_up(threads: int) -> None:
+    """One tiny training, so the first measured one does not carry the process's one-time
+    costs (kernel selection, allocator growth)."""
+    import numpy as np
+
+    import medunlearn as mu
+    from medunlearn.config import ModelConfig, TrainConfig
+    from medunlearn.training import train_model
+
+    rng = np.random.default_rng(0)
+    part = {"images": rng.random((64, 28, 28)).astype("float32"), "labels": np.arange(64) % 2}
+    data = mu.from_arrays({"train": part, "val": part, "test": part})
+    train_model(data, ModelConfig(width=8), TrainConfig(epochs=1, threads=threads,
+                                                        progress=False), seed=0)
+
+
 def measure(name: str, seed: int, args, work: Path) -> list[dict]:
     from medunlearn.checkpoint import load_run
     from medunlearn.config import ModelConfig, TrainConfig
@@ -362,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    warm_up(args.threads)
     rows = []
     for name in names:
         for seed in seeds:
