@@ -21,8 +21,8 @@ from medunlearn.methods.base import (
 
 #: The order in which methods are listed (CLI help, reports); others follow alphabetically.
 CANONICAL_ORDER = (
-    "retrain", "sisa", "finetune", "gradient-ascent", "neggrad-plus", "random-label",
-    "boundary-shrink", "l1-sparse", "salun", "salun-cra", "scrub", "ssd", "fisher", "newton",
+    "retrain", "finetune", "gradient-ascent", "neggrad-plus", "random-label", "boundary-shrink",
+    "l1-sparse", "salun", "salun-cra", "scrub", "ssd", "fisher", "newton",
 )
 
 #: The exact methods: they retrain on the retain data, so they have nothing to tune (``sisa``
