@@ -135,7 +135,7 @@ def measure(name: str, seed: int, args, work: Path) -> list[dict]:
     data_cfg, dataset = load(name, seed, args.quick, args.data_root)
     model_cfg = ModelConfig(width=8 if args.quick else 16)
     train_cfg = TrainConfig(epochs=2 if args.quick else None, threads=args.threads,
-                            progress=False)
+                            progress=False, batch_size=args.batch_size)
     base = work / name / f"seed-{seed}"
     t0 = time.perf_counter()
     mono = run_training(data_cfg, model_cfg, train_cfg, seed=seed, out=base / "monolithic",
@@ -237,12 +237,13 @@ def render(rows: list[dict], args) -> str:
     names = list(dict.fromkeys(r["dataset"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
     lines = [
-        "## Sharded training (SISA) and one-patient exact forgetting (`bench/bench_shards.py`)",
+        f"## {args.title} (`bench/bench_shards.py`)",
         "",
         stamp(command_line()).rstrip("\n")
         + ("\n- **--quick smoke run (400 training images, width 8, 2 epochs): not a measurement**"
            if args.quick else ""),
-        f"- seeds {', '.join(map(str, seeds))}; {args.threads} torch threads; this CPU computes "
+        f"- seeds {', '.join(map(str, seeds))}; batch size {args.batch_size}; "
+        f"{args.threads} torch threads; this CPU computes "
         "bf16 natively (training runs in bf16 autocast, inference in fp32); shards train one "
         "after another (local backend)",
         "- every constituent trains the recipe's epochs on its shard (R slices: "
@@ -357,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patients", type=int, default=3,
                    help="One-patient sisa requests per sharded model (default 3).")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2).")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="Batch size of every model, monolithic and sharded (default: the "
+                        "recipe's 128).")
     p.add_argument("--work", type=Path, default=None,
                    help="Scratch folder (default: runs/bench_shards[_quick]); finished runs "
                         "in it are reused.")
@@ -365,8 +369,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="Tiny models on 400 training images, 2 epochs, for a smoke test; "
                         "writes to WORK/BENCHMARKS.md unless --benchmarks is given.")
     p.add_argument("--benchmarks", type=Path, default=None,
-                   help="Markdown file whose shards section is replaced (default: "
-                        "BENCHMARKS.md at the repository root).")
+                   help="Markdown file whose section is replaced (default: BENCHMARKS.md at "
+                        "the repository root).")
+    p.add_argument("--section", default="shards",
+                   help="BENCHMARKS.md section to replace (default: shards).")
+    p.add_argument("--title", default="Sharded training (SISA) and one-patient exact "
+                   "forgetting", help="Heading of the section.")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
@@ -384,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             rows += measure(name, seed, args, work)
             (work / "results.json").write_text(json.dumps(rows, indent=1))
-    publish("shards", render(rows, args), args, work)
+    publish(args.section, render(rows, args), args, work)
     ok = all(r.get("sisa_equals_retrain", True) and r.get("equals_monolithic", True)
              for r in rows)
     return 0 if ok else 1
