@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)  # the recipe's manifest paths are relative to the repository root
 
     from medunlearn.fileio import atomic_write_json, atomic_write_text
-    from medunlearn.methods import method_names
+    from medunlearn.methods import EXACT_METHODS, method_names
     from medunlearn.methods.base import DEFAULTS_VERSION
     from medunlearn.runs import tune_method
     from medunlearn.tuning import (
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = spec["recipe"]
     wanted = set(args.datasets.split(",")) if args.datasets else None
     methods = ([m.strip() for m in args.methods.split(",")] if args.methods
-               else [m for m in method_names() if m != "retrain"])
+               else [m for m in method_names() if m not in EXACT_METHODS])
     old = load_tuning_record(record_path) or {}
     results = dict(old.get("results", {}))
     args.work.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ from medunlearn.forget_set import ForgetSet, hash_indices, patient_indices, sele
 from medunlearn.loop import Runtime
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, resolve_method
 from medunlearn.models.adapter import WrappedClassifier, as_classifier
+from medunlearn.sharding import settle
 
 ForgetSpec = str | Sequence[int] | np.ndarray | torch.Tensor | Mapping[str, Sequence] | ForgetSet
 
@@ -217,6 +218,7 @@ def _run_method(method: Method, model: nn.Module, ctx: UnlearnContext
                            "must return an unlearned copy")
     if not result.seconds:
         result.seconds = wall
+    settle(result.model)  # a sharded model: drop slice checkpoints the method made stale
     cost = {"unlearn_seconds": wall, "method_seconds": result.seconds, "cpu_seconds": cpu,
             "peak_memory_mb": rss1, "peak_memory_increase_mb": max(0.0, rss1 - rss0),
             "steps": int(result.steps)}

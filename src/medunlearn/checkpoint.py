@@ -124,7 +124,7 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
         CheckpointError: missing files, unreadable weights, or weights that do not match the
             architecture described in ``config.json``.
     """
-    from medunlearn.training import model_from_spec
+    from medunlearn.sharding import attach_shard_state, model_for_config
 
     path = Path(path)
     if not path.is_dir():
@@ -142,7 +142,7 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
     try:
         config = read_json(path / CONFIG_FILE)
         spec = config["model"]
-        model = model_from_spec(spec)
+        model = model_for_config(config)  # an ensemble for a sharded run (sharding.py)
     except (ValueError, KeyError, TypeError, ConfigError) as exc:  # incl. not UTF-8, not JSON
         raise CheckpointError(
             f"{path / CONFIG_FILE} is not a valid medunlearn run config ({str(exc)[:200]}). "
@@ -158,6 +158,7 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
             f"described in its config.json ({first}). The folder mixes files from different runs;"
             " train again or restore the matching files."
         ) from exc
+    attach_shard_state(model, path, config)  # sharded run: assignment and slice checkpoints
     model.to(device).eval()
     try:
         metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else None

@@ -251,7 +251,9 @@ def model_parts(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor
     (:func:`medunlearn.models.as_classifier`) have both; for any other module the last
     ``nn.Linear`` is taken as the head and features are the input it receives.
     """
-    if hasattr(model, "features") and isinstance(getattr(model, "head", None), nn.Linear):
+    from medunlearn.models.ensemble import has_parts
+
+    if has_parts(model):  # a linear head, or a sharded ensemble's (models/ensemble.py)
         return model.features, model.head
     from medunlearn.models.adapter import as_classifier
 

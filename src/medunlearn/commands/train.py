@@ -34,16 +34,52 @@ def train(
                                             help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     device: Device = "auto",
+    # -- sharded training (issue 25; medunlearn.sharding) --
+    shards: Annotated[int | None, typer.Option(
+        help="Train S constituent models, each on its own disjoint shard (patients never "
+             "split), deployed as the mean of their probabilities; 'sisa' then forgets by "
+             "retraining only the affected shard.")] = None,
+    slices: Annotated[int | None, typer.Option(
+        help="With --shards: R slices per shard, trained incrementally with a checkpoint after "
+             "each (default 1).")] = None,
+    backend: Annotated[str, typer.Option(
+        help="With --shards: local (shards one after another) or ray (in parallel on Ray "
+             "workers; the same weights).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        help="With --backend ray: a Ray cluster address (default: start a local Ray).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(
+        help="With --backend ray: CPUs of the local Ray (default: all).")] = None,
 ) -> None:
     """Train a classifier and write model.safetensors, config.json and metrics.json to --out."""
+    from medunlearn.errors import ConfigError
     from medunlearn.runs import run_training
 
+    if shards is None and (slices is not None or backend != "local" or ray_address
+                           or num_cpus):
+        raise ConfigError("--slices, --backend, --ray-address and --num-cpus apply to sharded "
+                          "training: add --shards S (e.g. --shards 4 --slices 4).")
+    if shards is not None:  # before loading any data
+        from medunlearn.sharding import BACKENDS, check_count
+
+        check_count(shards, "--shards")
+        check_count(1 if slices is None else slices, "--slices")
+        if backend not in BACKENDS:
+            raise ConfigError(f"Unknown --backend {backend!r}; choose one of "
+                              f"{', '.join(BACKENDS)}.")
     model = ModelConfig(arch=arch, width=width)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                        class_weights=class_weights, select=select, threads=threads,
                        precision=precision, device=device,
                        progress=not quiet)
-    metrics = run_training(data, model, tcfg, seed=seed, out=out, overwrite=overwrite)
+    if shards is not None:
+        from medunlearn.sharding import run_sharded_training
+
+        metrics = run_sharded_training(data, model, tcfg, seed=seed, out=out, shards=shards,
+                                       slices=slices or 1, backend=backend,
+                                       ray_address=ray_address, num_cpus=num_cpus,
+                                       overwrite=overwrite)
+    else:
+        metrics = run_training(data, model, tcfg, seed=seed, out=out, overwrite=overwrite)
     if metrics.get("reused"):
         typer.echo(f"{out} already holds this exact run; nothing retrained "
                    "(--overwrite redoes it).")
@@ -51,6 +87,12 @@ def train(
     for name, m in metrics["splits"].items():
         rec = ", ".join(fmt(r, 3) for r in m["per_class_recall"])
         typer.echo(f"{name:<6} {fmt(m['accuracy']):>9} {fmt(m['auc']):>7}  [{rec}]")
+    if "shards" in metrics:
+        sh = metrics["shards"]
+        typer.echo(f"{sh['count']} shards x {sh['slices']} slice(s), trained in "
+                   f"{metrics['train_seconds']:.1f} s (per shard: "
+                   f"{', '.join(f'{t:.1f}' for t in sh['shard_seconds'])} s); run folder: {out}")
+        return
     typer.echo(f"trained in {metrics['train_seconds']:.1f} s (best epoch {metrics['best_epoch']})"
                f"; run folder: {out}")
 

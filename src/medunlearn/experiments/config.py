@@ -50,6 +50,7 @@ class ExperimentConfigError(ConfigError):
 TOP_LEVEL_KEYS = (
     "name", "description", "datasets", "forget", "methods", "augment", "seeds", "size", "data",
     "model", "train", "evaluation", "gate", "retain_budget", "data_root", "threads",
+    "shards", "slices",  # sharded originals (medunlearn.sharding)
 )
 DATASET_KEYS = ("dataset", "view", "positive_classes", "size", "label", "options")
 #: Loader options a study may give a CSV manifest or class folder (``datasets[i].options``).
@@ -284,6 +285,17 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
         _positive_int(budget, "retain_budget")
     if threads is not None:
         _positive_int(threads, "threads")
+    shards, slices = raw.get("shards"), raw.get("slices")
+    if shards is None and slices is not None:
+        raise ExperimentConfigError("slices applies to sharded originals: add shards: S.")
+    if shards is not None:
+        from medunlearn.sharding import check_count
+
+        try:
+            shards = check_count(shards, "shards")
+            slices = check_count(1 if slices is None else slices, "slices")
+        except MedUnlearnError as exc:
+            raise ExperimentConfigError(str(exc)) from None
     if raw.get("data_root") is not None and not isinstance(raw["data_root"], str):
         raise ExperimentConfigError(f"data_root must be a folder path, got {raw['data_root']!r}.")
     return ExperimentConfig(
@@ -295,7 +307,7 @@ def parse_experiment(raw: dict, *, source: str | None = None) -> ExperimentConfi
         evaluation=dict(raw.get("evaluation") or {}), gate=dict(raw.get("gate") or {}),
         retain_budget=None if budget is None else int(budget),
         data_root=raw.get("data_root"), threads=None if threads is None else int(threads),
-        source=source,
+        shards=shards, slices=slices or 1, source=source,
     )
 
 

@@ -92,6 +92,8 @@ class OriginalJob:
     # the options a study gives a CSV manifest or class folder (path, size, augment, limits
     # included), as sorted (key, JSON value) pairs; None for MedMNIST
     files: tuple[tuple[str, str], ...] | None = None
+    shards: int | None = None  # a sharded original: S shards (None: monolithic)
+    slices: int = 1  # and R slices per shard
 
     @property
     def data_root(self) -> str | None:
@@ -198,6 +200,8 @@ class ExperimentConfig:
     retain_budget: int | None = None
     data_root: str | None = None
     threads: int | None = None
+    shards: int | None = None  # train sharded originals (S shards, R slices; sharding.py)
+    slices: int = 1
     description: str = ""
     source: str | None = None  # the file it was read from
 
@@ -219,23 +223,25 @@ class ExperimentConfig:
 
     def _original(self, ds: DatasetSpec, augment: str, seed: int) -> OriginalJob:
         train = dataclasses.replace(self.train, progress=False, threads=self.threads)
+        # sharded originals: S and R enter the key (monolithic keys stay as they were)
+        sharded = {} if self.shards is None else {"shards": self.shards, "slices": self.slices}
         if ds.files is not None:
             opts = ds.file_options() | {"path": ds.dataset, "size": ds.size, "augment": augment}
             limits = {k: v for k, v in self.data.items() if k in ("train_limit", "eval_limit")}
             files = tuple(sorted((k, json.dumps(v)) for k, v in (opts | limits).items()))
             key = fingerprint({"kind": "original", "files": dict(files),
                                "model": dataclasses.asdict(self.model),
-                               "train": _recipe(train), "seed": seed})
+                               "train": _recipe(train), "seed": seed} | sharded)
             return OriginalJob(key=key, dataset=ds, augment=augment, seed=seed, data=None,
-                               model=self.model, train=train, files=files)
+                               model=self.model, train=train, files=files, **sharded)
         data = DataConfig(dataset=ds.dataset, size=ds.size, view=ds.view,
                           positive_classes=ds.positive_classes, augment=augment,
                           data_root=self.data_root, **self.data)
         key = fingerprint({"kind": "original", "data": data.identity(),
                            "model": dataclasses.asdict(self.model),
-                           "train": _recipe(train), "seed": seed})
+                           "train": _recipe(train), "seed": seed} | sharded)
         return OriginalJob(key=key, dataset=ds, augment=augment, seed=seed, data=data,
-                           model=self.model, train=train)
+                           model=self.model, train=train, **sharded)
 
     def references(self, originals: list[OriginalJob] | None = None) -> list[ReferenceJob]:
         out = []

@@ -20,16 +20,20 @@ class RayExecutor:
     """Submit jobs as Ray tasks and yield their outcomes as they finish.
 
     Args:
-        job: The function each task runs (``runner.run_job``).
+        job: The module-level function each call runs as ``job(*args, threads=...)``: a grid's
+            ``runner.run_job``, or one shard's training (``medunlearn.sharding``).
         address: A cluster address (``auto``, ``ray://host:10001``); ``None`` starts a local Ray.
         num_cpus: CPUs of the local Ray (ignored with ``address``).
         cpus_per_task: CPUs reserved per task; also the torch thread count of the task.
         threads: torch threads per task (default: ``cpus_per_task``).
+        failures_as_rows: A task that dies (e.g. out of memory) yields a failed-job row of the
+            grid (its args are ``(kind, job, results, ...)``); False raises it in the driver.
     """
 
     def __init__(self, job: Callable[..., dict], *, address: str | None = None,
                  num_cpus: int | None = None, cpus_per_task: int = 1,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, failures_as_rows: bool = True) -> None:
+        self._grid = failures_as_rows
         self._ray = ray_support.import_ray()
         self._started = ray_support.start(address, num_cpus)
         self._task = self._ray.remote(num_cpus=cpus_per_task, max_retries=0)(job)
@@ -46,6 +50,8 @@ class RayExecutor:
                     try:
                         yield ray.get(ref)
                     except Exception as exc:  # the worker died (e.g. out of memory)
+                        if not self._grid:
+                            raise
                         kind, job, results = jobs[ref][:3]
                         yield {"kind": kind, "key": job.key, "slug": job.slug,
                                "status": "failed", "error": f"Ray task failed: {exc}",

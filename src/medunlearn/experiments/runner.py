@@ -273,28 +273,32 @@ def build_row(job: CellJob, *, experiment: str, evaluation: dict, verdict: dict,
 
 # -- executors ----------------------------------------------------------------------------------
 class LocalExecutor:
-    """Runs jobs one after another in this process."""
+    """Runs jobs one after another in this process (``task``: as in :class:`RayExecutor`)."""
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, task=None) -> None:
         self.threads = threads
+        self.task = task or run_job
 
     def map(self, calls: list[tuple]) -> Iterator[dict]:
         for args in calls:
-            yield run_job(*args, threads=self.threads)
+            yield self.task(*args, threads=self.threads)
 
     def close(self) -> None:
         pass
 
 
 def make_executor(backend: str, *, ray_address: str | None = None, num_cpus: int | None = None,
-                  cpus_per_task: int = 1, threads: int | None = None):
+                  cpus_per_task: int = 1, threads: int | None = None, task=None):
+    """An executor running ``task(*args, threads=...)`` per call (default: a grid's
+    :func:`run_job`); also used by sharded training (one call per shard)."""
     if backend == "local":
-        return LocalExecutor(threads)
+        return LocalExecutor(threads, task)
     if backend == "ray":
         from medunlearn.experiments.ray_backend import RayExecutor
 
-        return RayExecutor(run_job, address=ray_address, num_cpus=num_cpus,
-                           cpus_per_task=cpus_per_task, threads=threads)
+        return RayExecutor(task or run_job, address=ray_address, num_cpus=num_cpus,
+                           cpus_per_task=cpus_per_task, threads=threads,
+                           failures_as_rows=task is None)
     raise MedUnlearnError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
 
 

@@ -26,11 +26,15 @@ CANONICAL_ORDER = (
     "reinit-small-grad", "noise-repair",
 )
 
+#: The exact methods: they retrain on the retain data, so they have nothing to tune (``sisa``
+#: retrains only the affected shards of a sharded model; see medunlearn.sharding).
+EXACT_METHODS = ("retrain", "sisa")
+
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _m.startswith("_") and _m != "base":
         importlib.import_module(f"{__name__}.{_m}")
 
 __all__ = [
-    "CANONICAL_ORDER", "Method", "UnlearnContext", "UnlearnOutcome", "create_method",
-    "get_method_class", "method_names", "register_method",
+    "CANONICAL_ORDER", "EXACT_METHODS", "Method", "UnlearnContext", "UnlearnOutcome",
+    "create_method", "get_method_class", "method_names", "register_method",
 ]

@@ -387,6 +387,11 @@ def split_for_scope(model: nn.Module, scope: str) -> ScopedModel:
     """
     if scope not in SCOPES:
         raise ConfigError(f"Unknown scope {scope!r}; choose one of {', '.join(SCOPES)}.")
+    if scope != "all":  # a sharded ensemble has neither one linear head nor one last stage
+        from medunlearn.models.ensemble import refuse_ensemble
+
+        refuse_ensemble(model, f"A second-order update with scope={scope!r} (it needs one "
+                        "linear last layer)")
     if scope == "all":
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         return ScopedModel(scope, lambda x: x, model, names, {n: n for n in names}, model)

@@ -9,6 +9,8 @@ from medunlearn.methods._common import need_retain, outcome
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
 from medunlearn.models.adapter import reinitialized
+from medunlearn.models.ensemble import is_ensemble
+from medunlearn.sharding import retrain_shards
 from medunlearn.training import fit, model_from_spec, seed_everything
 
 
@@ -35,6 +37,12 @@ class Retrain(Method):
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         need_retain(ctx, self.name)
         seed = ctx.seed + self.config.seed_offset
+        if is_ensemble(model):  # a sharded model: every shard from scratch (sharding.py)
+            new, details = retrain_shards(
+                model, dataset=ctx.dataset, retain=ctx.retain, train_config=ctx.train_config,
+                seed=seed, only_affected=False, runtime=ctx.runtime, progress=ctx.progress,
+                on_batch=ctx.seen)
+            return outcome(new, details.pop("steps"), watch, **details)
         seed_everything(seed)
         if ctx.model_factory is not None:
             fresh = ctx.model_factory()

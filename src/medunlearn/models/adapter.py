@@ -95,8 +95,9 @@ def as_classifier(module: nn.Module, *, head: str | None = None,
     Raises:
         ConfigError: no linear head, an unknown head name, or mismatched mean/std.
     """
-    if head is None and mean is None and hasattr(module, "features") \
-            and isinstance(getattr(module, "head", None), nn.Linear):
+    from medunlearn.models.ensemble import has_parts
+
+    if head is None and mean is None and has_parts(module):  # incl. a sharded ensemble
         return module
     if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
         raise ConfigError("Give mean and std together, one value per input channel.")

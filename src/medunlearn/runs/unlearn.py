@@ -46,6 +46,7 @@ from medunlearn.methods.base import (
 )
 from medunlearn.provenance import environment, now_iso
 from medunlearn.runs.train import split_metrics
+from medunlearn.sharding import save_shard_files
 from medunlearn.training import evaluate_split
 
 
@@ -212,6 +213,10 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
                        "excluded_count": forget_set.excluded_count},
         }
         save_weights(stage / MODEL_FILE, model, {"fingerprint": key, "kind": "unlearn"})
+        # a sharded model: its assignment, and its slice checkpoints while they describe it
+        shard_section = save_shard_files(stage, model, num_classes=dataset.num_classes)
+        if shard_section is not None:
+            config["shards"] = shard_section
         atomic_write_json(stage / CONFIG_FILE, config)
         write_index_csv(stage / FORGET_FILE, dataset, forget_set.forget.tolist())
         if excluded:

@@ -1,0 +1,469 @@
+"""Sharded training (SISA) and the exact ``sisa`` method, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import medunlearn as mu
+from medunlearn.checkpoint import load_run
+from medunlearn.cli import main
+from medunlearn.config import DataConfig, ModelConfig, TrainConfig
+from medunlearn.errors import CheckpointError, ConfigError
+from medunlearn.loop import infer, model_parts
+from medunlearn.models.adapter import as_classifier
+from medunlearn.models.ensemble import EnsembleClassifier
+from medunlearn.sharding import (
+    assign_shards,
+    bucket,
+    run_sharded_training,
+    stage_epochs,
+    stage_seed,
+    train_sharded,
+)
+from medunlearn.training import train_model
+from medunlearn.runs import run_unlearning
+
+MODEL = ModelConfig(width=4)
+TRAIN = TrainConfig(epochs=2, batch_size=16, progress=False, device="cpu")
+
+
+def _arrays(n: int, seed: int, prefix: str, *, patients: bool = True):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2  # both classes, balanced
+    rng.shuffle(y)
+    x = rng.normal(0.35 + 0.3 * y[:, None, None], 0.12, (n, 12, 12)).clip(0, 1)
+    part = {"images": x.astype("float32"), "labels": y}
+    if patients:
+        part["patient_ids"] = [f"{prefix}{i // 2:03d}" for i in range(n)]  # 2 images each
+    return part
+
+
+def tiny(n: int = 96, *, drop: tuple[str, ...] = (), patients: bool = True, copy: bool = True):
+    """Synthetic data: patients with two images of one label... except that image 90 (patient
+    P045) is a byte-identical copy of image 2 (patient P001), which joins the two patients."""
+    train = _arrays(n, 0, "P", patients=patients)
+    if copy:
+        train["images"][90] = train["images"][2]
+        train["labels"][90] = train["labels"][2]
+    if drop:
+        keep = [i for i, p in enumerate(train["patient_ids"]) if p not in drop]
+        train = {"images": train["images"][keep], "labels": train["labels"][keep],
+                 "patient_ids": [train["patient_ids"][i] for i in keep]}
+    return mu.from_arrays({"train": train, "val": _arrays(32, 1, "V", patients=patients),
+                           "test": _arrays(32, 2, "T", patients=patients)}, name="tiny")
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# -- assignment -----------------------------------------------------------------------------------
+def test_patients_and_copies_stay_together_and_counts_add_up():
+    data = tiny()
+    a = assign_shards(data, shards=3, slices=2, seed=0)
+    pids = data.train.patient_ids
+    for p in set(pids.tolist()):
+        rows = np.flatnonzero(pids == p)
+        assert len(set(a.shard[rows].tolist())) == 1 and len(set(a.slice[rows].tolist())) == 1
+    # the copy joins P001 and P045: one group, one shard, one slice
+    assert a.groups[2] == a.groups[90] == "patient:P001"
+    assert a.shard[90] == a.shard[2] and a.shard[91] == a.shard[2]  # P045's other image too
+    counts = a.class_counts(2)
+    assert counts.sum() == len(data.train) and (counts > 0).all()
+    assert counts.sum(0).tolist() == np.bincount(data.train.labels.numpy()).tolist()
+
+
+def test_assignment_is_stable_when_patients_are_removed():
+    data = tiny()
+    removed = ("P003", "P010", "P011", "P030")
+    smaller = tiny(drop=removed)
+    for shards, slices in ((2, 1), (4, 3)):
+        full = assign_shards(data, shards=shards, slices=slices, seed=5)
+        part = assign_shards(smaller, shards=shards, slices=slices, seed=5)
+        where = {(p, h): (s, r) for p, h, s, r in zip(data.train.patient_ids, data.train.hashes,
+                                                        full.shard, full.slice, strict=True)}
+        for p, h, s, r in zip(smaller.train.patient_ids, smaller.train.hashes, part.shard,
+                              part.slice, strict=True):
+            assert where[(p, h)] == (s, r)
+
+
+def test_assignment_without_patient_ids_groups_identical_images():
+    data = tiny(patients=False)
+    a = assign_shards(data, shards=4, seed=1)
+    assert a.groups[2] == a.groups[90] == "sha256:" + data.train.hashes[2]
+    assert a.shard[2] == a.shard[90]
+    assert len(set(a.groups.tolist())) == len(data.train) - 1
+
+
+def test_shard_buckets_nest_and_seeds_are_pure():
+    keys = [f"patient:{i}" for i in range(200)]
+    for k in keys:
+        assert bucket(3, "shard", k, 8) // 2 == bucket(3, "shard", k, 4)
+    assert stage_seed(7, 0, 0) == 7  # S = R = 1 is the monolithic seed
+    seeds = {stage_seed(7, s, r) for s in range(4) for r in range(4)}
+    assert len(seeds) == 16 and stage_seed(7, 2, 1) == stage_seed(7, 2, 1)
+    assert stage_epochs(10, 1) == [10] and stage_epochs(10, 4) == [4, 4, 4, 4]
+    assert stage_epochs(1, 4) == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"shards": 0}, "at least 1"),
+    ({"shards": 2, "slices": 0}, "--slices must be at least 1"),
+    ({"shards": 2.5}, "whole number"),
+    ({"shards": 2, "slices": "3"}, "whole number"),
+    ({"shards": True}, "whole number"),
+    ({"shards": 48}, r"more than the 47 patients \(those sharing an identical image"),
+])
+def test_bad_shard_counts(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        assign_shards(tiny(), **kwargs)
+
+
+def test_more_shards_than_images_of_a_class_or_a_shard_without_a_class():
+    rare = tiny()
+    labels = np.zeros(len(rare.train), dtype=np.int64)
+    labels[[0, 1, 2, 3, 90, 91]] = 1  # P000, P001, P045: 6 images of class 1
+    few = mu.from_arrays({"train": {"images": rare.train.images, "labels": labels,
+                                    "patient_ids": rare.train.patient_ids},
+                          "val": _arrays(8, 1, "V"), "test": _arrays(8, 2, "T")})
+    with pytest.raises(ConfigError, match="more than the 6 training images of class 1"):
+        assign_shards(few, shards=7)
+    # 6 images in 3 groups: some of 5 shards must miss class 1
+    with pytest.raises(ConfigError, match="receives no training image of class 1"):
+        assign_shards(few, shards=5)
+
+
+# -- the ensemble ---------------------------------------------------------------------------------
+def test_ensemble_output_is_the_log_of_the_mean_probability():
+    data = tiny()
+    fit = train_sharded(data, MODEL, TRAIN, seed=0, shards=3)
+    model = fit.model.eval()
+    x = data.test.images[:10].float() / 255
+    with torch.no_grad():
+        probs = torch.stack([m(x).softmax(1) for m in model.members]).mean(0)
+        out = model(x)
+        assert torch.allclose(out.softmax(1), probs, atol=1e-6)
+        assert torch.allclose(out.exp().sum(1), torch.ones(10), atol=1e-5)
+        feats = model.features(x)
+        assert feats.shape == (10, 3 * model.members[0].head.in_features)
+        assert torch.allclose(model.head(feats), out, atol=1e-6)
+    features, head = model_parts(model)
+    assert head is model.head and as_classifier(model) is model
+    logits, fe = infer(model, data.test, features=True)
+    assert np.allclose(torch.from_numpy(logits).softmax(1).numpy(),
+                       np.stack([torch.from_numpy(infer(m, data.test)[0]).softmax(1).numpy()
+                                 for m in model.members]).mean(0), atol=1e-5)
+    # the state dict stores each constituent once, under its index
+    assert all(k.startswith("members.") for k in model.state_dict())
+    assert len(list(model.head.parameters())) == 6  # 3 heads x (weight, bias)
+
+
+# -- training -------------------------------------------------------------------------------------
+def test_one_shard_is_todays_training_bit_for_bit():
+    data = tiny()
+    sharded = train_sharded(data, MODEL, TRAIN, seed=3, shards=1, slices=1)
+    mono, _ = train_model(data, MODEL, TRAIN, seed=3)
+    assert _same_weights(sharded.model.members[0], mono.model)
+
+
+def test_slices_checkpoint_after_each_slice_and_stages_are_pure():
+    data = tiny()
+    fit = train_sharded(data, MODEL, TRAIN, seed=0, shards=2, slices=3)
+    state = fit.model.shards
+    assert [len(row) for row in state.checkpoints] == [3, 3]
+    assert state.epochs == (1, 1, 1)  # round(2 * 2 / 4)
+    for s in range(2):
+        assert [st["images"] for st in fit.shards[s]["stages"]] == \
+            [len(state.assignment.indices(s, r)) for r in range(3)]
+        assert _same_weights(fit.model.members[s], _member(state, s))
+    again = train_sharded(data, MODEL, TRAIN, seed=0, shards=2, slices=3)
+    assert [c.sha256 for row in again.model.shards.checkpoints for c in row] == \
+        [c.sha256 for row in state.checkpoints for c in row]
+
+
+def _member(state, s):
+    from medunlearn.training import model_from_spec
+
+    m = model_from_spec(state.spec)
+    m.load_state_dict(state.checkpoints[s][-1].state())
+    return m
+
+
+# -- sisa -----------------------------------------------------------------------------------------
+def _digests(model):
+    return [[c.sha256 for c in row] for row in model.shards.checkpoints]
+
+
+def test_sisa_equals_retrain_and_keeps_untouched_shards():
+    data = tiny()
+    fit = train_sharded(data, MODEL, TRAIN, seed=0, shards=4, slices=3)
+    a = fit.model.shards.assignment
+    # two patients in different shards, plus P001, whose copy is also P045's image
+    people = ["P001"]
+    for p in sorted(set(data.train.patient_ids.tolist())):
+        s = a.shard[np.flatnonzero(data.train.patient_ids == p)[0]]
+        if s not in {a.shard[2]} | {a.shard[np.flatnonzero(data.train.patient_ids == q)[0]]
+                                     for q in people}:
+            people.append(p)
+        if len(people) == 3:
+            break
+    forget = {"patients": people}
+    sisa = mu.unlearn(fit.model, data, forget=forget, method="sisa", train_config=TRAIN,
+                      device="cpu")
+    retrain = mu.unlearn(fit.model, data, forget=forget, method="retrain", train_config=TRAIN,
+                         device="cpu")
+    assert 90 in sisa.forget.tolist()  # the copy went too
+    assert _same_weights(sisa.model, retrain.model)
+    assert _digests(sisa.model) == _digests(retrain.model)
+    hit = sorted({int(a.shard[i]) for i in sisa.forget})
+    details = sisa.record["details"]
+    assert details["retrained_shards"] == hit and len(hit) == 3
+    assert list(details["shard_seconds"]) == [str(s) for s in hit]  # each retrained once
+    for s in range(4):
+        first = int(a.slice[[i for i in sisa.forget if a.shard[i] == s]].min()) if s in hit \
+            else 3
+        for r in range(3):  # checkpoints before the first affected slice are kept
+            same = fit.model.shards.checkpoints[s][r].sha256 == \
+                sisa.model.shards.checkpoints[s][r].sha256
+            assert same == (r < first)
+        if s not in hit:
+            assert _same_weights(sisa.model.members[s], fit.model.members[s])
+    assert sisa.model.shards.excluded == frozenset(sisa.forget.tolist())
+    # a second request on the result: the same as retraining without both
+    more = {"patients": [p for p in ("P020", "P021") if p not in people]}
+    second = mu.unlearn(sisa.model, data, forget=more, method="sisa", train_config=TRAIN,
+                        device="cpu", exclude=sisa.forget.tolist())
+    both = sorted(set(sisa.forget.tolist()) | set(second.forget.tolist()))
+    direct = mu.unlearn(fit.model, data, forget=both, method="retrain", train_config=TRAIN,
+                        device="cpu")
+    assert _same_weights(second.model, direct.model)
+    assert _digests(second.model) == _digests(direct.model)
+
+
+def test_a_forgotten_image_never_comes_back():
+    data = tiny()
+    fit = train_sharded(data, MODEL, TRAIN, seed=0, shards=2)
+    first = mu.unlearn(fit.model, data, forget={"patients": ["P004"]}, method="sisa",
+                       train_config=TRAIN, device="cpu")
+    # the next request forgets to pass the earlier one as excluded: still left out
+    second = mu.unlearn(first.model, data, forget={"patients": ["P007"]}, method="sisa",
+                        train_config=TRAIN, device="cpu")
+    both = mu.unlearn(fit.model, data, forget={"patients": ["P004", "P007"]}, method="retrain",
+                      train_config=TRAIN, device="cpu")
+    assert _same_weights(second.model, both.model)
+
+
+def test_a_slice_left_without_images_keeps_its_start_weights():
+    """Forget every patient of one shard's first slice: that stage has nothing to train on and
+    keeps the seeded initial weights; sisa still equals retrain. Emptying a whole shard is
+    refused."""
+    from medunlearn.errors import ForgetSetError
+
+    data = tiny()
+    fit = train_sharded(data, MODEL, TRAIN, seed=0, shards=2, slices=3)
+    a = fit.model.shards.assignment
+    first = a.indices(0, 0).tolist()
+    kw = {"train_config": TRAIN, "device": "cpu"}
+    sisa = mu.unlearn(fit.model, data, forget=first, method="sisa", **kw)
+    retrain = mu.unlearn(fit.model, data, forget=first, method="retrain", **kw)
+    assert sisa.record["details"]["from_slice"] == {"0": 1}
+    assert _same_weights(sisa.model, retrain.model)
+    with pytest.raises(ForgetSetError, match="leave shard 0 .* with no training image"):
+        mu.unlearn(fit.model, data, forget=a.indices(0, 2).tolist(), method="sisa", **kw)
+
+
+def test_approximate_methods_drop_the_checkpoints_and_newton_refuses_naming_sisa():
+    data = tiny()
+    fit = train_sharded(data, MODEL, TRAIN, seed=0, shards=2)
+    with pytest.raises(ConfigError, match="'sisa'"):
+        mu.unlearn(fit.model, data, forget={"patients": ["P004"]}, method="newton",
+                   options={"scope": "head"}, train_config=TRAIN, device="cpu")
+    tuned = mu.unlearn(fit.model, data, forget={"patients": ["P004"]}, method="finetune",
+                       options={"epochs": 1}, train_config=TRAIN, device="cpu")
+    assert isinstance(tuned.model, EnsembleClassifier)
+    assert tuned.model.shards.checkpoints is None  # they held what was to be forgotten
+    assert fit.model.shards.checkpoints is not None  # the original keeps its own
+    with pytest.raises(ConfigError, match="'retrain'"):
+        mu.unlearn(tuned.model, data, forget={"patients": ["P007"]}, method="sisa",
+                   train_config=TRAIN, device="cpu")
+    exact = mu.unlearn(tuned.model, data, forget={"patients": ["P007"]}, method="retrain",
+                       train_config=TRAIN, device="cpu", exclude=tuned.forget.tolist())
+    assert exact.model.shards.checkpoints is not None
+    with pytest.raises(ConfigError, match="sharded model"):
+        mu.unlearn(train_model(data, MODEL, TRAIN, seed=0)[0].model, data,
+                   forget={"patients": ["P004"]}, method="sisa", device="cpu")
+
+
+# -- run folders ----------------------------------------------------------------------------------
+def write_manifest(root, data) -> object:
+    """The tiny data as PNG files and a CSV manifest (a source run folders can reload)."""
+    from PIL import Image
+
+    rows = ["path,label,patient_id,split"]
+    for s in ("train", "val", "test"):
+        sp = data.splits[s]
+        for i in range(len(sp)):
+            rel = f"img/{s}-{i}.png"
+            (root / "img").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(sp.images[i, 0].numpy(), "L").save(root / rel)
+            rows.append(f"{rel},{int(sp.labels[i])},{sp.patient_ids[i]},{s}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+    from medunlearn.data.manifest import load_manifest
+
+    root = tmp_path_factory.mktemp("sharded")
+    data = load_manifest(write_manifest(root / "data", tiny()), cache_dir=str(root / "cache"))
+    out = root / "run"
+    metrics = run_sharded_training(DataConfig(), MODEL, TRAIN, seed=0, out=out, shards=3,
+                                   slices=2, dataset=data)
+    return out, data, metrics
+
+
+def test_sharded_run_folder_loads_and_records_everything(sharded_run):
+    out, data, metrics = sharded_run
+    run = load_run(out)
+    assert isinstance(run.model, EnsembleClassifier) and len(run.model) == 3
+    cfg = json.loads((out / "config.json").read_text())
+    sec = cfg["shards"]
+    assert (sec["count"], sec["slices"], sec["exact"]) == (3, 2, True)
+    assert len(sec["stage_seeds"]) == 3 and sec["stage_seeds"][0][0] == 0
+    rows = (out / "shards.csv").read_text().splitlines()
+    assert rows[0] == "index,sha256,label,patient_id,group,shard,slice"
+    assert len(rows) == len(data.train) + 1
+    counts = np.zeros((3, 2), dtype=int)
+    for row in rows[1:]:
+        f = row.split(",")
+        counts[int(f[5]), int(f[2])] += 1
+    assert counts.tolist() == sec["class_counts"]
+    assert metrics["shards"]["members"][0]["class_counts"] == sec["class_counts"][0]
+    for s in range(3):
+        for r in (1, 2):
+            assert (out / "shards" / f"shard-{s}" / f"slice-{r}.safetensors").is_file()
+    state = run.model.shards
+    assert state.describes(run.model)
+    x = data.test.images[:5].float() / 255
+    with torch.no_grad():
+        assert torch.equal(run.model(x), load_run(out).model(x))
+
+
+def test_sisa_and_retrain_run_folders_agree_byte_for_byte(sharded_run, tmp_path):
+    out, data, _ = sharded_run
+    (tmp_path / "p.txt").write_text("P005\nP040\n")
+    common = {"forget": f"patients:{tmp_path / 'p.txt'}", "progress": False}
+    run_unlearning(out, method="sisa", out=tmp_path / "sisa", **common)
+    run_unlearning(out, method="retrain", out=tmp_path / "retrain", **common)
+    run_unlearning(tmp_path / "sisa", method="sisa", forget=[60, 61], progress=False,
+                   out=tmp_path / "chained")
+    sec = json.loads((tmp_path / "sisa" / "config.json").read_text())["shards"]
+    affected = sec and set(int(k) for k in
+                           json.loads((tmp_path / "sisa" / "metrics.json").read_text())
+                           ["details"]["from_slice"])
+    for s in range(3):
+        for r in (1, 2):
+            name = f"shards/shard-{s}/slice-{r}.safetensors"
+            sisa_b = (tmp_path / "sisa" / name).read_bytes()
+            assert sisa_b == (tmp_path / "retrain" / name).read_bytes()
+            if s not in affected:
+                assert sisa_b == (out / name).read_bytes()
+    assert _same_weights(load_run(tmp_path / "sisa").model, load_run(tmp_path / "retrain").model)
+    chained = json.loads((tmp_path / "chained" / "config.json").read_text())["shards"]
+    assert set(chained["excluded"]) >= {60, 61} | set(sec["excluded"])
+
+
+def test_a_folder_missing_a_shard_or_a_checkpoint_is_refused(sharded_run, tmp_path, capsys):
+    out, _, _ = sharded_run
+    for victim, named in (("shards/shard-1/slice-2.safetensors", "slice-2.safetensors"),
+                          ("shards/shard-2", "shards/shard-2/"), ("shards.csv", "shards.csv")):
+        broken = tmp_path / victim.replace("/", "_")
+        shutil.copytree(out, broken)
+        target = broken / victim
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        with pytest.raises(CheckpointError, match=named.replace(".", r"\.")):
+            load_run(broken)
+    assert main(["evaluate", "--model", str(broken), "--out", str(tmp_path / "e.json")]) == 2
+    assert "shards.csv" in capsys.readouterr().err
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    ck = tampered / "shards" / "shard-0" / "slice-1.safetensors"
+    ck.write_bytes((out / "shards" / "shard-1" / "slice-1.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_run(tampered).model.shards.checkpoints[0][0].read()
+
+
+def test_cli_sharded_training_and_bad_input(synth_root, tmp_path, capsys):
+    base = ["train", "--dataset", "breastmnist", "--data-root", str(synth_root), "--no-verify",
+            "--no-download", "--epochs", "1", "--width", "4", "--quiet"]
+    assert main([*base, "--shards", "2", "--slices", "2", "--out", str(tmp_path / "r")]) == 0
+    assert "2 shards x 2 slice(s)" in capsys.readouterr().out
+    assert isinstance(load_run(tmp_path / "r").model, EnsembleClassifier)
+    for extra, message in ((["--shards", "2", "--slices", "0"], "--slices must be at least 1"),
+                           (["--shards", "0"], "--shards must be at least 1"),
+                           (["--slices", "2"], "add --shards"),
+                           (["--shards", "2", "--backend", "spark"], "Unknown --backend"),
+                           (["--shards", "500"], "more than the")):
+        assert main([*base, *extra, "--out", str(tmp_path / "bad")]) == 2, extra
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    assert main([*base, "--shards", "2", "--slices", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_ray_backend_trains_the_same_shards(tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'medunlearn[ray]')")
+    data = tiny()
+    threads = torch.get_num_threads()
+    cfg = dataclasses.replace(TRAIN, threads=1)  # the thread count of a Ray task
+    try:
+        local = train_sharded(data, MODEL, cfg, seed=0, shards=2, slices=2)
+        remote = train_sharded(data, MODEL, cfg, seed=0, shards=2, slices=2, backend="ray",
+                               num_cpus=2)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        torch.set_num_threads(threads)
+    assert _digests(local.model) == _digests(remote.model)
+    assert _same_weights(local.model, remote.model)
+
+
+def test_a_study_grid_on_sharded_originals(synth_root, tmp_path):
+    """``shards:`` in a study trains sharded originals; every cell runs on them, and a method
+    that cannot handle an ensemble fails its cell with a message naming sisa."""
+    from medunlearn.experiments import parse_experiment
+    from medunlearn.experiments.report import write_report
+    from medunlearn.experiments.runner import run_experiment
+    from medunlearn.experiments.store import ResultsStore
+
+    raw = {"name": "sharded", "datasets": [{"dataset": "breastmnist", "view": "binary"}],
+           "forget": ["random:0.1"], "methods": ["retrain", "sisa", "finetune", "newton"],
+           "augment": ["none"], "seeds": [0],
+           "data": {"train_limit": 120, "eval_limit": 60, "verify_md5": False,
+                    "download": False},
+           "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 32},
+           "data_root": str(synth_root), "shards": 2, "slices": 2}
+    summary = run_experiment(parse_experiment(raw), tmp_path / "res", progress=False)
+    assert summary.completed == 3 and len(summary.failed) == 1
+    assert "-newton-" in summary.failed[0]["slug"]
+    assert "'sisa'" in summary.failed[0]["error"]
+    with ResultsStore(tmp_path / "res", create=False) as store:
+        rows = {r["method"]: r for r in store.rows()}
+    assert rows["sisa"]["average_gap_pp"] == 0.0  # exact: the same model as the reference
+    assert rows["finetune"]["UA"] is not None
+    original = load_run(rows["sisa"]["original_dir"])
+    assert isinstance(original.model, EnsembleClassifier) and original.model.shards.slices == 2
+    write_report(tmp_path / "res", tmp_path / "report")
+    assert "sisa" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="add shards"):
+        parse_experiment(raw | {"shards": None, "slices": 2})
+    with pytest.raises(ConfigError, match="at least 1"):
+        parse_experiment(raw | {"shards": 0})
