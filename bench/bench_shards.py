@@ -128,9 +128,8 @@ def warm_up(threads: int) -> None:
 def measure(name: str, seed: int, args, work: Path) -> list[dict]:
     from medunlearn.checkpoint import load_run
     from medunlearn.config import ModelConfig, TrainConfig
-    from medunlearn.runs import run_training
+    from medunlearn.runs import run_training, run_unlearning
     from medunlearn.sharding import run_sharded_training
-    from medunlearn.runs import run_unlearning
 
     data_cfg, dataset = load(name, seed, args.quick, args.data_root)
     model_cfg = ModelConfig(width=8 if args.quick else 16)

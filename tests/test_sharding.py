@@ -18,6 +18,7 @@ from medunlearn.errors import CheckpointError, ConfigError
 from medunlearn.loop import infer, model_parts
 from medunlearn.models.adapter import as_classifier
 from medunlearn.models.ensemble import EnsembleClassifier
+from medunlearn.runs import run_unlearning
 from medunlearn.sharding import (
     assign_shards,
     bucket,
@@ -27,7 +28,6 @@ from medunlearn.sharding import (
     train_sharded,
 )
 from medunlearn.training import train_model
-from medunlearn.runs import run_unlearning
 
 MODEL = ModelConfig(width=4)
 TRAIN = TrainConfig(epochs=2, batch_size=16, progress=False, device="cpu")

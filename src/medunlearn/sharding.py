@@ -853,12 +853,16 @@ def run_sharded_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg
     Returns:
         The metrics written to ``metrics.json``.
     """
-    from medunlearn.checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, save_weights
+    from medunlearn.checkpoint import (
+        CONFIG_FILE,
+        METRICS_FILE,
+        MODEL_FILE,
+        finished_run_metrics,
+        save_weights,
+    )
     from medunlearn.data import load_dataset
     from medunlearn.fileio import atomic_write_json, fingerprint, staged_output
-    from medunlearn.provenance import environment
-    from medunlearn.checkpoint import finished_run_metrics
-    from medunlearn.provenance import now_iso
+    from medunlearn.provenance import environment, now_iso
     from medunlearn.runs.train import recipe, split_metrics, write_manifest
     from medunlearn.training import evaluate_split, resolve_epochs, validate_train_config
 

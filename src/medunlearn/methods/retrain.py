@@ -42,7 +42,7 @@ class Retrain(Method):
                 model, dataset=ctx.dataset, retain=ctx.retain, train_config=ctx.train_config,
                 seed=seed, only_affected=False, runtime=ctx.runtime, progress=ctx.progress,
                 on_batch=ctx.seen)
-            return outcome(new, details.pop("steps"), watch, **details)
+            return outcome(new, details.pop("steps"), **details)
         seed_everything(seed)
         if ctx.model_factory is not None:
             fresh = ctx.model_factory()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medunlearn.methods._common import Stopwatch, outcome
+from medunlearn.methods._common import outcome
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.sharding import retrain_shards
 
@@ -31,9 +31,8 @@ class Sisa(Method):
         """No options: the recipe, assignment and slice epochs are the sharded model's own."""
 
     def unlearn(self, model, ctx: UnlearnContext) -> UnlearnOutcome:
-        watch = Stopwatch()
         new, details = retrain_shards(
             model, dataset=ctx.dataset, retain=ctx.retain, train_config=ctx.train_config,
             seed=ctx.seed, only_affected=True, runtime=ctx.runtime, progress=ctx.progress,
             on_batch=ctx.seen)
-        return outcome(new, details.pop("steps"), watch, **details)
+        return outcome(new, details.pop("steps"), **details)
