@@ -1,7 +1,7 @@
 """Benchmark: sharded training (SISA) against the monolithic model; one-patient exact forgetting.
 
 For each dataset and seed it trains the monolithic model and the sharded models of every
-S x R asked for (``medunlearn.sharding.run_sharded_training``; finished folders are reused), then
+S x R asked for (``medunlearn.runs.run_sharded_training``; finished folders are reused), then
 measures, side by side in the same run:
 
 * test AUC, accuracy, FNR (1 - recall of the disease class) and per-class recall (the minority
@@ -128,8 +128,7 @@ def warm_up(threads: int) -> None:
 def measure(name: str, seed: int, args, work: Path) -> list[dict]:
     from medunlearn.checkpoint import load_run
     from medunlearn.config import ModelConfig, TrainConfig
-    from medunlearn.runs import run_training, run_unlearning
-    from medunlearn.sharding import run_sharded_training
+    from medunlearn.runs import run_sharded_training, run_training, run_unlearning
 
     data_cfg, dataset = load(name, seed, args.quick, args.data_root)
     model_cfg = ModelConfig(width=8 if args.quick else 16)

@@ -21,11 +21,12 @@ LAYERS = {
     "medunlearn": 0, "medunlearn.errors": 0, "medunlearn.config": 0, "medunlearn.fileio": 0,
     "medunlearn.io": 0, "medunlearn.provenance": 0, "medunlearn.progress": 0,
     "medunlearn.plots": 0, "medunlearn.ray_support": 0, "medunlearn.cache": 0,
-    "medunlearn._ambient": 0, "medunlearn.data.info": 0,
+    "medunlearn._ambient": 0, "medunlearn.data.info": 0, "medunlearn.executors": 0,
     # 1: data, models, the one loop, training (whose validation reports the utility metrics),
-    # forget sets
+    # sharded training in memory, forget sets
     "medunlearn.data": 1, "medunlearn.models": 1, "medunlearn.loop": 1,
-    "medunlearn.training": 1, "medunlearn.forget_set": 1, "medunlearn.evaluation.utility": 1,
+    "medunlearn.training": 1, "medunlearn.sharding": 1, "medunlearn.forget_set": 1,
+    "medunlearn.evaluation.utility": 1,
     # 2: the methods and the pure evaluation functions
     "medunlearn.methods": 2, "medunlearn.evaluation": 2,
     # 3: the core: unlearn and evaluate in memory; the tuning record

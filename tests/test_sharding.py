@@ -18,11 +18,10 @@ from medunlearn.errors import CheckpointError, ConfigError
 from medunlearn.loop import infer, model_parts
 from medunlearn.models.adapter import as_classifier
 from medunlearn.models.ensemble import EnsembleClassifier
-from medunlearn.runs import run_unlearning
+from medunlearn.runs import run_sharded_training, run_unlearning
 from medunlearn.sharding import (
     assign_shards,
     bucket,
-    run_sharded_training,
     stage_epochs,
     stage_seed,
     train_sharded,

@@ -8,7 +8,10 @@ A run folder (from ``train``, ``unlearn`` or anything else that produces a model
 * ``metrics.json``: results and timings,
 * ``manifest.csv`` (training runs), ``forget.csv`` and ``excluded.csv`` (unlearning runs):
   *index CSVs*, one training image per row as ``index,sha256,label`` (hashes, never pixels),
-* ``history.json`` and ``curve.png`` (training runs).
+* ``history.json`` and ``curve.png`` (training runs),
+* ``shards.csv`` and ``shards/shard-<s>/slice-<r>.safetensors`` (sharded runs): the shard and
+  slice of every training image and each shard's checkpoint after each slice
+  (:func:`save_shard_files`, :func:`attach_shard_state`).
 
 Every command that takes a model takes such a folder. Index CSVs are written by
 :func:`write_index_rows` and read by :func:`read_index_rows`, here and nowhere else, so their
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,10 +32,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from medunlearn.config import TrainConfig, from_dict
 from medunlearn.data import Dataset, load_from_record
 from medunlearn.errors import CheckpointError, ConfigError, ForgetSetError, MedUnlearnError
-from medunlearn.fileio import atomic_write_bytes, atomic_write_text, read_json
+from medunlearn.fileio import (
+    atomic_write_bytes,
+    atomic_write_text,
+    canonical_safetensors,
+    read_json,
+    sha256_file,
+)
 from medunlearn.models import Classifier
+from medunlearn.models.ensemble import EnsembleClassifier, is_ensemble
+from medunlearn.sharding import Assignment, Checkpoint, ShardState, check_count
+from medunlearn.training import model_from_spec
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -45,9 +57,12 @@ FORGET_FILE = "forget.csv"  # unlearning runs: the images forgotten (index CSV)
 EXCLUDED_FILE = "excluded.csv"  # unlearning runs: images forgotten earlier (index CSV)
 EVALUATION_FILE = "evaluation.json"  # what 'medunlearn pipeline' writes into the unlearned run
 INDEX_COLUMNS = ("index", "sha256", "label")
+ASSIGNMENT_FILE = "shards.csv"  # sharded runs: shard and slice of every training image
+SHARDS_DIR = "shards"  # sharded runs: shards/shard-<s>/slice-<r>.safetensors (checkpoint_name)
+ASSIGNMENT_COLUMNS = INDEX_COLUMNS + ("patient_id", "group", "shard", "slice")
 
 
-def save_weights(path: str | os.PathLike, model: torch.nn.Module,
+def save_weights(path: str | os.PathLike, model: torch.torch.nn.Module,
                  metadata: dict | None = None) -> Path:
     """Write a model's state dict to ``path`` as safetensors, atomically and byte-reproducibly
     (the same weights and metadata always give the same file, so model hashes in certificates
@@ -55,22 +70,6 @@ def save_weights(path: str | os.PathLike, model: torch.nn.Module,
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "medunlearn"} | {k: str(v) for k, v in (metadata or {}).items()}
     return atomic_write_bytes(path, canonical_safetensors(save(state, metadata=meta)))
-
-
-def canonical_safetensors(data: bytes) -> bytes:
-    """The same safetensors file with its JSON header written with sorted keys.
-
-    The writer serialises the header (tensor table and ``__metadata__``) from a hash map, so its
-    key order, and with it the file's bytes, can change from one call to the next. A
-    safetensors file is an 8-byte little-endian header length, the header (JSON, padded with
-    spaces to a multiple of 8 bytes) and the tensor bytes, which the header addresses relative
-    to their own start; rewriting the header leaves them valid.
-    """
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -124,8 +123,6 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
         CheckpointError: missing files, unreadable weights, or weights that do not match the
             architecture described in ``config.json``.
     """
-    from medunlearn.sharding import attach_shard_state, model_for_config
-
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(
@@ -142,7 +139,7 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
     try:
         config = read_json(path / CONFIG_FILE)
         spec = config["model"]
-        model = model_for_config(config)  # an ensemble for a sharded run (sharding.py)
+        model = model_for_config(config)  # an ensemble for a sharded run
     except (ValueError, KeyError, TypeError, ConfigError) as exc:  # incl. not UTF-8, not JSON
         raise CheckpointError(
             f"{path / CONFIG_FILE} is not a valid medunlearn run config ({str(exc)[:200]}). "
@@ -328,6 +325,155 @@ def previously_forgotten(run_dir: str | os.PathLike) -> list[int]:
     return sorted(out)
 
 
+# --------------------------------------------------------------------------- sharded runs
+# A sharded run folder (``medunlearn train --shards S``) also holds ``shards.csv`` (the shard and
+# slice of every training image: an index CSV) and ``shards/shard-<s>/slice-<r>.safetensors``
+# (each shard's checkpoint after each slice); its ``config.json`` has a ``shards`` section.
+
+
+def checkpoint_name(shard: int, stage: int) -> str:
+    """Path of shard ``shard``'s checkpoint after slice ``stage + 1``, inside a run folder."""
+    return f"{SHARDS_DIR}/shard-{shard}/slice-{stage + 1}.safetensors"
+
+
+def write_assignment_csv(path: str | os.PathLike, state: ShardState) -> Path:
+    """``index,sha256,label,patient_id,group,shard,slice`` of every training image (slices
+    numbered from 1): an index CSV, written atomically."""
+    a = state.assignment
+    return write_index_rows(path, ASSIGNMENT_COLUMNS, (
+        [i, a.hashes[i], int(a.labels[i]), a.patients[i], a.groups[i], int(a.shard[i]),
+         int(a.slice[i]) + 1] for i in range(len(a))))
+
+
+def read_assignment_csv(path: Path, *, shards: int, slices: int, seed: int) -> Assignment:
+    """Read a run's ``shards.csv``.
+
+    Raises:
+        CheckpointError: unreadable, wrong columns, or values out of range.
+    """
+    try:
+        header, rows = read_index_rows(path)
+        if not rows or tuple(header) != ASSIGNMENT_COLUMNS:
+            raise ValueError(f"columns must be {','.join(ASSIGNMENT_COLUMNS)}")
+        if [int(r["index"]) for r in rows] != list(range(len(rows))):
+            raise ValueError("indices must run 0, 1, 2, ... in order")
+        shard = np.array([int(r["shard"]) for r in rows], dtype=np.int64)
+        slc = np.array([int(r["slice"]) - 1 for r in rows], dtype=np.int64)
+        if shard.min() < 0 or shard.max() >= shards or slc.min() < 0 or slc.max() >= slices:
+            raise ValueError(f"shards must lie in 0..{shards - 1} and slices in 1..{slices}")
+        return Assignment(shards, slices, seed, shard, slc,
+                          np.array([r["group"] for r in rows], dtype=object),
+                          tuple(r["sha256"] for r in rows),
+                          np.array([int(r["label"]) for r in rows], dtype=np.int64),
+                          tuple(r["patient_id"] for r in rows))
+    except (OSError, csv.Error, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a valid shard assignment ({str(exc)[:160]}). "
+                              "Restore it from the run, or train the sharded model again.") \
+            from None
+
+
+def model_for_config(config: dict) -> torch.nn.Module:
+    """An untrained model of a run's architecture: a Classifier, or for a sharded run
+    (``config["shards"]``) an ensemble of ``count`` of them."""
+    section = config["shards"] if "shards" in config else None
+    if section is None:
+        return model_from_spec(config["model"])
+    count = check_count(section["count"], "shards.count")
+    return EnsembleClassifier([model_from_spec(config["model"]) for _ in range(count)])
+
+
+def attach_shard_state(model: torch.nn.Module, path: Path, config: dict) -> None:
+    """Attach the :class:`ShardState` of a sharded run folder to its loaded model (nothing for a
+    monolithic run). Checkpoint files are checked to exist now and read when needed.
+
+    Raises:
+        CheckpointError: the assignment file, a shard's folder or a checkpoint is missing (the
+            message names the file), or the assignment is unreadable.
+    """
+    section = config.get("shards")
+    if section is None:
+        return
+    path = Path(path)
+
+    def missing(name: str, what: str) -> CheckpointError:
+        return CheckpointError(
+            f"The sharded run folder {path} has no {name} ({what}), so it is incomplete: "
+            "restore the folder from a complete copy, or train the sharded model again.")
+
+    try:
+        shards, slices = int(section["count"]), int(section["slices"])
+        seed = int(section["seed"])
+        recorded = section.get("checkpoints")
+        state_fields = (tuple(int(e) for e in section["stage_epochs"]),
+                        [[int(x) for x in row] for row in section["stage_seeds"]],
+                        frozenset(int(i) for i in section.get("excluded", [])))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG_FILE} has an invalid 'shards' section "
+                              f"({str(exc)[:120]}). Restore it or train again.") from None
+    if not (path / ASSIGNMENT_FILE).is_file():
+        raise missing(ASSIGNMENT_FILE, "the shard and slice of every training image")
+    checkpoints = None
+    if recorded is not None:
+        checkpoints = []
+        for s in range(shards):
+            folder = f"{SHARDS_DIR}/shard-{s}"
+            if not (path / folder).is_dir():
+                raise missing(folder + "/", f"shard {s}'s slice checkpoints")
+            row = []
+            for r in range(slices):
+                name = checkpoint_name(s, r)
+                if not (path / name).is_file():
+                    raise missing(name, f"shard {s}'s checkpoint after slice {r + 1}")
+                row.append(Checkpoint(str(recorded[s][r]), path=path / name))
+            checkpoints.append(row)
+    assignment = read_assignment_csv(path / ASSIGNMENT_FILE, shards=shards, slices=slices,
+                                     seed=seed)
+    recipe = None
+    if isinstance(config.get("train"), dict):
+        try:
+            recipe = from_dict(TrainConfig, config["train"], where="config.json train")
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+    model.shards = ShardState(assignment, dict(config["model"]), *state_fields, checkpoints,
+                              recipe)
+
+
+def save_shard_files(folder: str | os.PathLike, model: torch.nn.Module, *,
+                     num_classes: int) -> dict | None:
+    """Write a sharded model's assignment and slice checkpoints into a run folder being built,
+    and return the ``config.json`` ``shards`` section (None for a monolithic model).
+
+    Checkpoints are written only when they describe the model's weights (an approximate method
+    that changed the weights leaves none behind: they hold what the method tried to forget, and
+    only ``retrain`` can restore exactness then); their SHA-256 are recorded in the section.
+    """
+    state = getattr(model, "shards", None) if is_ensemble(model) else None
+    if state is None:
+        return None
+    folder = Path(folder)
+    written = write_assignment_csv(folder / ASSIGNMENT_FILE, state)
+    exact = state.describes(model)
+    digests = None
+    if exact:
+        digests = []
+        for s, row in enumerate(state.checkpoints):
+            digests.append([])
+            for r, ck in enumerate(row):
+                atomic_write_bytes(folder / checkpoint_name(s, r), ck.read())
+                digests[-1].append(ck.sha256)
+    trained = state.allowed(None)
+    counts = state.assignment.class_counts(num_classes, trained)
+    return {
+        "count": state.shards, "slices": state.slices, "seed": state.assignment.seed,
+        "stage_epochs": list(state.epochs), "stage_seeds": state.seeds,
+        "assignment": ASSIGNMENT_FILE, "assignment_sha256": sha256_file(written),
+        "groups": len(set(state.assignment.groups.tolist())),
+        "images": counts.sum(1).tolist(), "class_counts": counts.tolist(),
+        "excluded": sorted(state.excluded), "checkpoints": digests,
+        "exact": exact,
+    }
+
+
 def finished_run_metrics(out: str | os.PathLike, key: str) -> dict | None:
     """Metrics of the finished run in ``out`` if its config fingerprint is ``key``, else None.
 
@@ -344,9 +490,12 @@ def finished_run_metrics(out: str | os.PathLike, key: str) -> dict | None:
 
 
 __all__ = [
+    "ASSIGNMENT_COLUMNS", "ASSIGNMENT_FILE", "SHARDS_DIR", "attach_shard_state",
+    "checkpoint_name", "model_for_config", "read_assignment_csv", "save_shard_files",
+    "write_assignment_csv",
     "CONFIG_FILE", "CURVE_FILE", "EVALUATION_FILE", "EXCLUDED_FILE", "FORGET_FILE",
     "HISTORY_FILE", "INDEX_COLUMNS", "MANIFEST_FILE", "METRICS_FILE", "MODEL_FILE", "Run",
-    "canonical_safetensors", "check_compatible", "finished_run_metrics", "load_run",
+    "check_compatible", "finished_run_metrics", "load_run",
     "load_run_and_data", "load_weights", "previously_forgotten", "read_checked_indices",
     "read_index_rows", "read_indices", "save_weights", "write_index_csv", "write_index_rows",
 ]

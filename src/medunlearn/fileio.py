@@ -164,6 +164,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header written with sorted keys.
+
+    The writer serialises the header (tensor table and ``__metadata__``) from a hash map, so its
+    key order, and with it the file's bytes, can change from one call to the next. A
+    safetensors file is an 8-byte little-endian header length, the header (JSON, padded with
+    spaces to a multiple of 8 bytes) and the tensor bytes, which the header addresses relative
+    to their own start; rewriting the header leaves them valid.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
 def folder_is_empty(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
@@ -243,6 +259,6 @@ def staged_output(out: str | os.PathLike, *, overwrite: bool = False,
     _fsync_dir(out.parent)
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "dumps_json",
-           "exclusive_lock", "fingerprint", "folder_is_empty", "read_json",
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "canonical_safetensors",
+           "dumps_json", "exclusive_lock", "fingerprint", "folder_is_empty", "read_json",
            "remove_stale_staging", "sha256_file", "staged_output", "to_jsonable"]

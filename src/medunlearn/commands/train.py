@@ -59,7 +59,8 @@ def train(
         raise ConfigError("--slices, --backend, --ray-address and --num-cpus apply to sharded "
                           "training: add --shards S (e.g. --shards 4 --slices 4).")
     if shards is not None:  # before loading any data
-        from medunlearn.sharding import BACKENDS, check_count
+        from medunlearn.executors import BACKENDS
+        from medunlearn.sharding import check_count
 
         check_count(shards, "--shards")
         check_count(1 if slices is None else slices, "--slices")
@@ -72,7 +73,7 @@ def train(
                        precision=precision, device=device,
                        progress=not quiet)
     if shards is not None:
-        from medunlearn.sharding import run_sharded_training
+        from medunlearn.runs import run_sharded_training
 
         metrics = run_sharded_training(data, model, tcfg, seed=seed, out=out, shards=shards,
                                        slices=slices or 1, backend=backend,

@@ -200,7 +200,7 @@ class ExperimentConfig:
     retain_budget: int | None = None
     data_root: str | None = None
     threads: int | None = None
-    shards: int | None = None  # train sharded originals (S shards, R slices; sharding.py)
+    shards: int | None = None  # train sharded originals (S shards, R slices; medunlearn.sharding)
     slices: int = 1
     description: str = ""
     source: str | None = None  # the file it was read from

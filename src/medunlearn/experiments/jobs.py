@@ -45,7 +45,7 @@ def train_original(job: OriginalJob, out: Path) -> dict:
     from medunlearn.runs import run_training
 
     if job.shards is not None:  # a sharded original (the study's shards/slices)
-        from medunlearn.sharding import run_sharded_training
+        from medunlearn.runs import run_sharded_training
 
         return run_sharded_training(job.source, job.model, job.train, seed=job.seed, out=out,
                                     shards=job.shards, slices=job.slices)

@@ -18,7 +18,10 @@ the row's primary key is the cell's fingerprint. Rerunning after an interruption
 crash, ``kill -9``) skips finished rows, reuses finished folders and redoes only the rest.
 
 Scheduling happens in phases so that parallel workers never build the same folder: all
-originals, then all references, then the method cells.
+originals, then all references, then the method cells. Jobs run through
+:mod:`medunlearn.executors` (here, or as Ray tasks): workers only build run folders and log files
+and return rows; the driver alone writes the SQLite results table, so the table never sees
+concurrent writers.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 
 from medunlearn.checkpoint import CONFIG_FILE, METRICS_FILE
 from medunlearn.errors import MedUnlearnError
+from medunlearn.executors import BACKENDS, make_executor
 from medunlearn.experiments.grid import (
     CellJob,
     ExperimentConfig,
@@ -49,8 +53,6 @@ from medunlearn.fileio import atomic_write_json, exclusive_lock, fingerprint, re
 from medunlearn.provenance import now_iso
 
 log = logging.getLogger("medunlearn.experiments")
-
-BACKENDS = ("local", "ray")
 
 
 class ExperimentBusyError(MedUnlearnError):
@@ -271,35 +273,14 @@ def build_row(job: CellJob, *, experiment: str, evaluation: dict, verdict: dict,
     return row
 
 
-# -- executors ----------------------------------------------------------------------------------
-class LocalExecutor:
-    """Runs jobs one after another in this process (``task``: as in :class:`RayExecutor`)."""
-
-    def __init__(self, threads: int | None = None, task=None) -> None:
-        self.threads = threads
-        self.task = task or run_job
-
-    def map(self, calls: list[tuple]) -> Iterator[dict]:
-        for args in calls:
-            yield self.task(*args, threads=self.threads)
-
-    def close(self) -> None:
-        pass
-
-
-def make_executor(backend: str, *, ray_address: str | None = None, num_cpus: int | None = None,
-                  cpus_per_task: int = 1, threads: int | None = None, task=None):
-    """An executor running ``task(*args, threads=...)`` per call (default: a grid's
-    :func:`run_job`); also used by sharded training (one call per shard)."""
-    if backend == "local":
-        return LocalExecutor(threads, task)
-    if backend == "ray":
-        from medunlearn.experiments.ray_backend import RayExecutor
-
-        return RayExecutor(task or run_job, address=ray_address, num_cpus=num_cpus,
-                           cpus_per_task=cpus_per_task, threads=threads,
-                           failures_as_rows=task is None)
-    raise MedUnlearnError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+# -- a failed Ray task as a row ------------------------------------------------------------------
+def failed_task_row(args: tuple, exc: Exception) -> dict:
+    """The outcome of a grid job whose Ray worker died (e.g. out of memory): a failed-job row,
+    as :func:`run_job` reports its own failures (``args``: ``(kind, job, results, ...)``)."""
+    kind, job, results = args[:3]
+    return {"kind": kind, "key": job.key, "slug": job.slug, "status": "failed",
+            "error": f"Ray task failed: {exc}", "log": f"{results}/logs/{kind}/{job.slug}.log",
+            "seconds": 0.0}
 
 
 # -- the driver -----------------------------------------------------------------------------------
@@ -405,8 +386,9 @@ def _run(config: ExperimentConfig, results: Path, store: ResultsStore, *, backen
     bar = _progress(total, total - len(orig_todo) - len(refs_todo) - len(pending), progress)
     executor = None
     if orig_todo or refs_todo or pending:  # do not start Ray for a finished grid
-        executor = make_executor(backend, ray_address=ray_address, num_cpus=num_cpus,
-                                 cpus_per_task=cpus_per_task, threads=threads)
+        executor = make_executor(backend, run_job, ray_address=ray_address, num_cpus=num_cpus,
+                                 cpus_per_task=cpus_per_task, threads=threads,
+                                 on_failure=failed_task_row)
     name = config.name
     try:
         for kind, jobs in (("original", orig_todo), ("reference", refs_todo),

@@ -37,7 +37,7 @@ class Retrain(Method):
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         need_retain(ctx, self.name)
         seed = ctx.seed + self.config.seed_offset
-        if is_ensemble(model):  # a sharded model: every shard from scratch (sharding.py)
+        if is_ensemble(model):  # a sharded model: every shard from scratch (medunlearn.sharding)
             new, details = retrain_shards(
                 model, dataset=ctx.dataset, retain=ctx.retain, train_config=ctx.train_config,
                 seed=seed, only_affected=False, runtime=ctx.runtime, progress=ctx.progress,

@@ -27,6 +27,7 @@ from medunlearn.checkpoint import (
     finished_run_metrics,
     load_run_and_data,
     previously_forgotten,
+    save_shard_files,
     save_weights,
     write_index_csv,
 )
@@ -46,7 +47,6 @@ from medunlearn.methods.base import (
 )
 from medunlearn.provenance import environment, now_iso
 from medunlearn.runs.train import split_metrics
-from medunlearn.sharding import save_shard_files
 from medunlearn.training import evaluate_split
 
 
