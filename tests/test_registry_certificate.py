@@ -10,7 +10,7 @@ import pytest
 
 from medunlearn.evaluation.gate import gate
 from medunlearn.registry import Verification, forget, init_registry
-from medunlearn.registry.audit import write_certificate
+from medunlearn.registry.certificate import write_certificate
 from medunlearn.testing import fake_unlearn, untrained_run
 
 
