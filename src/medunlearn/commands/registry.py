@@ -161,25 +161,40 @@ def forget_cmd(
 
 
 def _echo_attempts(reg: Path, result: dict) -> None:
-    """Each attempt's safety-gate checks, and for failed ones what failed in words."""
-    from medunlearn.commands.evaluate import gate_failures_in_words
+    """Each attempt's safety checks, one line each (passed, failed, cannot say, not run, with
+    the measured value and what was accepted), and results to flag in words: an attack that got
+    stronger after unlearning, a gap to the reference larger than a second retraining's."""
     from medunlearn.registry import certificate
 
     for a in certificate(reg, result["request_id"])["attempts"]:
         verdict = "passed the safety gate" if a["passed"] else "did not pass the safety gate"
         typer.echo(f"attempt {a['attempt']} ({a['method']}): {verdict}")
         if a.get("error"):
-            typer.echo(f"  error: {a['error']}")
+            typer.echo(f"  error: {_one_line(a['error'], 200)}")
         for c in a.get("checks") or []:  # the certificate's plain-words checks
-            typer.echo(f"  {c['check']}: {c['outcome']}")
-        if not a["passed"]:
-            for line in gate_failures_in_words(a.get("checks") or []):
-                typer.echo(f"  -> {line}")
+            typer.echo(f"  {_check_line(c)}")
+        for w in a.get("warnings") or []:
+            typer.secho(f"  warning: {w}", fg="yellow")
     if result["status"] != "completed":
         typer.echo(f"next: 'medunlearn registry consolidate {reg} --id ID' retrains exactly "
                    "without every withdrawn image (these included); to make that the automatic "
                    "last resort, register with a method chain ending in retrain ('registry init "
                    "--methods ...,retrain').")
+
+
+def _check_line(c: dict) -> str:
+    """``Accuracy: passed (measured 0.01; accepted at most 0.05 (0 + 0.05))``."""
+    from medunlearn.registry.wording import fmt
+
+    line = f"{c['check']}: {c['outcome']}"
+    if c["outcome"] in ("passed", "failed") and c.get("measured") is not None:
+        line += f" (measured {fmt(c['measured'])}; accepted {c.get('limit_text') or '-'})"
+    elif c["outcome"] == "cannot say" and c.get("measured") is not None:
+        line += f" (measured {fmt(c['measured'])}; too few images for this test)"
+    elif c["outcome"] == "not run":
+        line += " (needs a model retrained without the images)" if "retraining" in c[
+            "check"] else ""
+    return line
 
 
 @registry_app.command("consolidate")

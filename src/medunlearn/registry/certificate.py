@@ -150,6 +150,7 @@ def _attempt(a: sqlite3.Row, n_images: int) -> dict:
                    (summary_.get("verdict") or {}).get("checks", []) if isinstance(c, dict)],
         "steps": summary_.get("steps"),
         "key_metrics": rows, "before_after_in_words": wording.nothing_changed(rows),
+        "warnings": wording.result_warnings(summary_.get("metrics")),
         "error": summary_.get("error"),
     }
 

@@ -122,6 +122,7 @@ def render_html(cert: dict) -> str:
     checks = "".join(
         f"<h3>Attempt {a['attempt']} ({_esc(method_words(a['method']))}): safety checks</h3>"
         + (_checks_table(a) if a["checks"] else f"<p>No checks ran: {_esc(a['error'])}</p>")
+        + "".join(f"<p class='note'>Note: {_esc(w)}.</p>" for w in a.get("warnings") or [])
         for a in cert["attempts"])
     low_power = any(c["outcome"] == "cannot say" for a in cert["attempts"] for c in a["checks"])
     power = ("<p class='note'>Some checks <b>cannot say</b> anything about so few images: their "

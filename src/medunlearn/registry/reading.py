@@ -94,8 +94,10 @@ def open_readonly(reg: str | os.PathLike) -> sqlite3.Connection:
             conn.close()
             raise RegistryError(f"{path} is not a medunlearn registry database (no meta table).")
     except (sqlite3.Error, OSError) as exc:
-        raise RegistryError(f"The registry database {path} cannot be read ({exc}); check that "
-                            "it is a medunlearn registry database and readable by you.") from None
+        raise RegistryError(f"The registry database {path} cannot be opened or changed ({exc}). "
+                            "Reading it needs no write access: check that it is a medunlearn "
+                            "registry database and that it and its registry.db-wal (if any) are "
+                            "readable files.") from None
     return conn
 
 

@@ -186,3 +186,57 @@ def nothing_changed(rows: list[dict]) -> str:
     if changed:
         return f"Measures that changed: {'; '.join(changed)}."
     return ""
+
+
+#: (words, path in an evaluate_run model entry) of attacks whose higher score means the model
+#: gives the forgotten images away more easily.
+ATTACKS = [
+    ("membership attack (loss)", ("privacy", "attack_auc_val")),
+    ("likelihood-ratio attack (LiRA)", ("privacy", "lira_auc")),
+    ("internal-feature test", ("representation", "probe_auc")),
+]
+
+#: Where a record may hold the average gap between two independent retrainings (the noise floor
+#: of the gap to the reference), in points.
+SECOND_RETRAINING_GAP = ("second_retraining_gap_pp", "reference_gap_pp", "retrain_noise_gap_pp")
+
+#: An attack score must rise by more than this to count as "stronger" (rounding noise).
+STRONGER_BY = 0.005
+
+
+def _get(models: dict, role: str, path: tuple):
+    cur = models.get(role)
+    for p in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(p)
+    return cur if isinstance(cur, (int, float)) and not isinstance(cur, bool) else None
+
+
+def result_warnings(metrics: dict | None) -> list[str]:
+    """Results to flag in words even when the gate passed: an attack that got stronger after
+    unlearning than on the original model, and a gap to the retrained reference larger than a
+    second retraining's (when the record holds that number)."""
+    metrics = metrics or {}
+    models = metrics.get("models") or {}
+    out = []
+    for words, path in ATTACKS:
+        before, after = _get(models, "original", path), _get(models, "model", path)
+        if before is None or after is None or after <= before + STRONGER_BY:
+            continue
+        ref = _get(models, "reference", path)
+        out.append(f"the {words} got stronger after unlearning: its score on the forgotten "
+                   f"images rose from {fmt(_round(before))} (original model) to "
+                   f"{fmt(_round(after))}"
+                   + (f" (a model retrained without them: {fmt(_round(ref))})" if ref is not None
+                      else "")
+                   + ", so these images are easier to detect than before")
+    fid = metrics.get("fidelity") or {}
+    gap = fid.get("average_gap_pp")
+    floor = next((fid[k] for k in SECOND_RETRAINING_GAP if isinstance(fid.get(k), (int, float))),
+                 None)
+    if isinstance(gap, (int, float)) and floor is not None and gap > floor:
+        out.append(f"the model is on average {gap:.2f} points away from the model retrained "
+                   f"without the images, more than a second retraining differs ({floor:.2f} "
+                   "points)")
+    return out
