@@ -10,7 +10,7 @@ import pytest
 
 from medunlearn.evaluation.gate import gate
 from medunlearn.registry import Verification, forget, init_registry
-from medunlearn.registry.audit import write_certificate
+from medunlearn.registry.certificate import write_certificate
 from medunlearn.testing import fake_unlearn, untrained_run
 
 
@@ -49,8 +49,62 @@ def test_certificate_for_three_images_says_what_a_check_cannot_show(model_dir, t
     text = re.sub(r"<[^>]+>", " ", html)
     assert "--reference" not in text and "?)" not in text and "skipped" not in text
     assert not re.search(r"\d\.\d{4,}", text)  # every number rounded
-    assert "per-example forgetting-quality" in text and "0.5 ± 0.343" in text
+    assert "per-example forgetting-quality" in text and "between 0.157 and 0.843" in text
     assert "word-break:break-all" not in html
     data = json.loads((tmp_path / "cert" / "certificate.json").read_text())
     floats = re.findall(r"\d\.\d+", json.dumps(data["attempts"]))
     assert floats and all(len(f.split(".")[1]) <= 3 for f in floats)
+
+
+def test_the_summary_says_what_is_certified_in_words(model_dir, tmp_path):
+    reg = tmp_path / "reg"
+    init_registry(model_dir, reg, methods=["newton", "retrain"])
+    forget(reg, {"id": "DR-3", "subject": "ref-3", "indices": [3, 4, 5]}, unlearn=fake_unlearn,
+           verify=gate_verify)
+    cert = write_certificate(reg, "DR-3", tmp_path / "cert")
+    summ = cert["summary"]
+    assert summ["evidence"] == "cannot say" and summ["model_change"] == "approximate-final-layer"
+    para = summ["paragraph"]
+    assert "one Newton step on the final layer" in para
+    assert "Every weight but the final layer was left as it was" in para
+    assert "per-image" in para and f"medunlearn audit forgetting-quality {reg} DR-3" in para
+    assert "forgetting_quality.json" in para  # the exact path the check writes
+    assert "does not mean the images were forgotten" in para
+    html = (tmp_path / "cert" / "certificate.html").read_text()
+    text = re.sub(r"<[^>]+>", " ", html)
+    assert "COMPLETED" not in text and "weights SHA-256" not in text
+    assert "fingerprint of the model file" in text and "cost units" not in text
+    assert not re.search(r"\d{2}:\d{2}:\d{2}\.\d{3}", text)  # no milliseconds
+    assert re.search(r"\d{1,2} \w+ \d{4}, \d{2}:\d{2}:\d{2} UTC", text)
+    assert "Measures that changed: Test accuracy." in text  # 0.75 -> 0.751; the rest equal
+    from medunlearn.registry.wording import nothing_changed
+
+    same = [{"metric": "Accuracy on the forgotten images", "before": 1.0, "after": 1.0}]
+    assert nothing_changed(same).startswith("Nothing measurable changed")
+
+
+def test_limits_are_clipped_to_the_scale_and_rounded_alike():
+    from medunlearn.registry.wording import plain_check
+
+    wide = plain_check({"name": "attack_auc", "status": "pass", "value": 0.54,
+                        "compare_to": 0.5, "tolerance": 0.596, "limit": 1.096}, 1)
+    assert wide["limit_text"] == "anything from 0 to 1 (the whole scale)"
+    assert "0.596" not in wide["explanation"] and wide["range"] == [0.0, 1.0]
+    fnr = plain_check({"name": "fnr_vs_original", "status": "pass", "value": 0.04,
+                       "compare_to": 0.035, "tolerance": 0.06, "limit": 0.095}, 3)
+    assert "within 0.06" in fnr["question"] and fnr["limit_text"] == "at most 0.095 (0.035 + 0.06)"
+
+
+def test_a_published_figure_is_shown_for_the_method_not_the_request():
+    from medunlearn.registry.certificate import model_change, published_figure
+
+    cert = {"model_change": model_change("noise-repair"),
+            "forgetting_quality": {"run": False, "applies": True}}
+    fig = published_figure(cert, "pneumoniamnist")
+    assert fig["ratio"] == 0.61 and "not for this request" in fig["in_words"]
+    assert published_figure(cert | {"model_change": model_change("retrain")},
+                            "pneumoniamnist") is None
+    assert published_figure(cert | {"model_change": model_change("newton")}, "tb") is None
+    assert published_figure(cert, "breastmnist") is None
+    cert["forgetting_quality"]["run"] = True
+    assert published_figure(cert, "pneumoniamnist") is None

@@ -41,10 +41,11 @@ def init(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing registry.")] = False,
 ) -> None:
     """Register a model: copy it as version 1 and record its weights hash and image manifest."""
-    from medunlearn.registry import init_registry
+    from medunlearn.registry import init_registry, status
 
     chain = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    st = init_registry(model, out, methods=chain, data_root=data_root, overwrite=overwrite)
+    init_registry(model, out, methods=chain, data_root=data_root, overwrite=overwrite)
+    st = status(out)
     v = st["active_version"]
     typer.echo(f"registry {out}: version {v['n']} (weights {_short(v['weights_sha256'])}...), "
                f"{st['samples']['total']} training images in the manifest, methods "
@@ -160,25 +161,40 @@ def forget_cmd(
 
 
 def _echo_attempts(reg: Path, result: dict) -> None:
-    """Each attempt's safety-gate checks, and for failed ones what failed in words."""
-    from medunlearn.commands.evaluate import gate_failures_in_words
+    """Each attempt's safety checks, one line each (passed, failed, cannot say, not run, with
+    the measured value and what was accepted), and results to flag in words: an attack that got
+    stronger after unlearning, a gap to the reference larger than a second retraining's."""
     from medunlearn.registry import certificate
 
     for a in certificate(reg, result["request_id"])["attempts"]:
         verdict = "passed the safety gate" if a["passed"] else "did not pass the safety gate"
         typer.echo(f"attempt {a['attempt']} ({a['method']}): {verdict}")
         if a.get("error"):
-            typer.echo(f"  error: {a['error']}")
+            typer.echo(f"  error: {_one_line(a['error'], 200)}")
         for c in a.get("checks") or []:  # the certificate's plain-words checks
-            typer.echo(f"  {c['check']}: {c['outcome']}")
-        if not a["passed"]:
-            for line in gate_failures_in_words(a.get("checks") or []):
-                typer.echo(f"  -> {line}")
+            typer.echo(f"  {_check_line(c)}")
+        for w in a.get("warnings") or []:
+            typer.secho(f"  warning: {w}", fg="yellow")
     if result["status"] != "completed":
         typer.echo(f"next: 'medunlearn registry consolidate {reg} --id ID' retrains exactly "
                    "without every withdrawn image (these included); to make that the automatic "
                    "last resort, register with a method chain ending in retrain ('registry init "
                    "--methods ...,retrain').")
+
+
+def _check_line(c: dict) -> str:
+    """``Accuracy: passed (measured 0.01; accepted at most 0.05 (0 + 0.05))``."""
+    from medunlearn.registry.wording import fmt
+
+    line = f"{c['check']}: {c['outcome']}"
+    if c["outcome"] in ("passed", "failed") and c.get("measured") is not None:
+        line += f" (measured {fmt(c['measured'])}; accepted {c.get('limit_text') or '-'})"
+    elif c["outcome"] == "cannot say" and c.get("measured") is not None:
+        line += f" (measured {fmt(c['measured'])}; too few images for this test)"
+    elif c["outcome"] == "not run":
+        line += " (needs a model retrained without the images)" if "retraining" in c[
+            "check"] else ""
+    return line
 
 
 @registry_app.command("consolidate")
@@ -258,25 +274,20 @@ def verify_cmd(
         help="SEQ:HASH of a ledger entry kept outside the registry (e.g. the head printed by "
              "'registry status'); repeatable.")] = None,
     certificate: Annotated[list[Path] | None, typer.Option(
-        help="A certificate.json issued earlier: its ledger head must still be in the ledger; "
-             "repeatable.")] = None,
+        help="A certificate.json issued earlier: its ledger entries must still be in the "
+             "ledger and every statement in it must match the registry; repeatable.")] = None,
 ) -> None:
-    """Check the ledger's hash chain, every model file's SHA-256 and the tables (exit 1 if not)."""
-    from medunlearn.errors import ConfigError
-    from medunlearn.registry import audit_registry
-    from medunlearn.registry.audit import certificate_anchors
-    from medunlearn.registry.deletion_request import HASH_PATTERN
+    """Check the ledger's hash chain, every model file's SHA-256 and the tables (exit 1 if not).
 
-    anchors = []
-    for a in anchor or []:
-        seq, _, h = a.partition(":")
-        if not seq.isdigit() or int(seq) < 1 or not HASH_PATTERN.fullmatch(h.lower()):
-            raise ConfigError(f"--anchor {a!r} is not SEQ:HASH (a ledger entry number from 1, "
-                              "a colon and the 64-character hash), e.g. 12:3f5a...")
-        anchors.append((int(seq), h.lower()))
-    for c in certificate or []:
-        anchors += certificate_anchors(c)
-    report = audit_registry(reg, load_models=load_models, anchors=anchors)
+    Works on a read-only copy of a registry (nothing is written to it). With --certificate,
+    every statement of the certificate must match the registry as well.
+    """
+    from medunlearn.registry import audit_registry
+    from medunlearn.registry.audit import parse_anchor
+
+    anchors = [parse_anchor(a) for a in anchor or []]
+    report = audit_registry(reg, load_models=load_models, anchors=anchors,
+                            certificate_files=certificate or [])
     if not report.ok:
         for p in report.problems:
             typer.secho(f"FAIL {p}", err=True, fg="red")
@@ -288,7 +299,8 @@ def verify_cmd(
     c = report.checked
     typer.echo(f"audit of {reg} OK: {c['ledger_entries']} ledger entries, {c['versions']} model "
                f"versions, {c['samples']} manifest images ({c['forgotten']} forgotten), "
-               f"{c['anchors']} external anchor(s) matched; head {c['head']}")
+               f"{c['anchors']} external anchor(s) matched, {c['certificates']} certificate(s) "
+               f"match the registry; head {c['head']}")
 
 
 @audit_app.command("show")

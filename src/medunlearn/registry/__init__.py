@@ -5,27 +5,18 @@
 unlearn, gate, promote or fall back (:mod:`.workflow`, with the request policy in
 :mod:`.requests`); ``audit_registry`` checks the hash-chained audit ledger, the tables and the
 model files; ``write_certificate`` issues a JSON + HTML certificate for a request
-(:mod:`.audit`). The per-image forgetting proof of a request is :mod:`.forgetting_proof`.
+(:mod:`.certificate`). The per-image forgetting proof of a request is :mod:`.forgetting_proof`.
 docs/registry.md has the map of the modules.
 """
 
-from medunlearn.registry.audit import (
-    AuditReport,
-    audit_registry,
-    certificate,
-    render_html,
-    write_certificate,
-)
+from medunlearn.registry.audit import AuditReport, audit_registry
+from medunlearn.registry.certificate import certificate, write_certificate
+from medunlearn.registry.certificate_html import render_html
 from medunlearn.registry.deletion_request import DeletionRequest, load_request, parse_request
 from medunlearn.registry.errors import AuditError, RegistryError, RequestError
+from medunlearn.registry.reading import export_manifest, status
 from medunlearn.registry.steps import Verification
-from medunlearn.registry.versions import (
-    RECOMMENDED,
-    export_manifest,
-    init_registry,
-    retain_indices,
-    status,
-)
+from medunlearn.registry.versions import RECOMMENDED, init_registry, retain_indices
 from medunlearn.registry.workflow import process_request, recover, resume
 
 #: The name ``medunlearn.registry.forget`` (what the ``medunlearn forget`` command does), kept for

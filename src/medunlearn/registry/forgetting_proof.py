@@ -13,8 +13,9 @@ recorded), so deletion requests are not held up for the minutes the proof takes.
 of the same request at the same time is refused (``REG/forgetting_quality/<request>/lock``).
 
 Writing: the record is first written as ``forgetting_quality.json.next``, the ledger entry is
-committed, then the file is renamed into place (see :mod:`.proof_records` for a run killed in
-between).
+committed (with the SHA-256 of the record and of every scratch-run file, so that a re-run never
+reuses a file changed behind its back), then the file is renamed into place (see
+:mod:`.proof_records` for a run killed in between).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from medunlearn.registry.errors import RegistryError
 from medunlearn.registry.proof_records import (
     ENTRY_KIND,
     FQ_DIR,
+    LOCK_FILE,
     NEXT_SUFFIX,
     RECORD_FILE,
     finish_interrupted,
     folder,
+    work_files,
 )
 from medunlearn.registry.requests import request_items
 from medunlearn.registry.steps import REQUEST_OPTIONS, VERIFY_OPTIONS
@@ -50,7 +53,7 @@ DEFAULT_N = 16
 def _check_lock(work: Path, request_id: str):
     """Refuse a second proof of the same request while one runs (it would train into the same
     run folders)."""
-    return exclusive_lock(work / "lock", lambda: RegistryError(
+    return exclusive_lock(work / LOCK_FILE, lambda: RegistryError(
         f"Another forgetting-quality check of request {request_id} is running (it holds "
         f"{work / 'lock'}). Wait for it to finish; its result will be in the request's "
         "certificate."))
@@ -186,7 +189,7 @@ def forgetting_quality_for(reg: str | os.PathLike, request_id: str, *, n: int = 
                         "ci": record["forgetting_quality_ci"],
                         "null": record["forgetting_quality_null"],
                         "file": f"{FQ_DIR}/{work.name}/{RECORD_FILE}",
-                        "result_sha256": sha}, request_id=request_id)
+                        "result_sha256": sha, "files": work_files(work)}, request_id=request_id)
                 store.stage("after-forgetting-quality-commit")
                 os.replace(nxt, final)
                 _fsync_dir(work)

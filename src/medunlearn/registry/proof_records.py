@@ -2,9 +2,12 @@
 
 The proof itself (:mod:`.forgetting_proof`) runs many trainings; its record is
 ``REG/forgetting_quality/<request>/forgetting_quality.json`` and its SHA-256 goes into a
-``forgetting_quality`` ledger entry, so a certificate's claim is tamper-evident:
-:func:`file_problems` (part of ``audit verify``) reports a stored file that no longer matches the
-latest entry of its request.
+``forgetting_quality`` ledger entry together with the SHA-256 of every scratch-run file of the
+check, so a certificate's claim is tamper-evident: :func:`file_problems` (part of ``audit
+verify``, and refused by every writer) reports a record or pending record that no entry vouches
+for (changed or planted) and a scratch run changed after it was recorded; readers also report a
+recorded result whose file was deleted (:func:`missing_records`; the check's command makes it
+again, so writers do not refuse it).
 
 A run killed between the ledger commit and the rename of the record leaves
 ``forgetting_quality.json.next`` matching the ledger; readers accept it, and the next proof of
@@ -30,6 +33,7 @@ FQ_DIR = "forgetting_quality"
 ENTRY_KIND = "forgetting_quality"
 RECORD_FILE = "forgetting_quality.json"
 NEXT_SUFFIX = ".next"
+LOCK_FILE = "lock"  # held by a running check
 
 #: How to read a per-image epsilon (certificates show it next to the table).
 HOW_TO_READ = ("Epsilon near 0: this image's outputs cannot be told apart from models retrained "
@@ -71,7 +75,7 @@ def latest_entries(entries: list[dict]) -> dict[str, dict]:
             if e["kind"] == ENTRY_KIND and isinstance(e["body"], dict)}
 
 
-def _matching_file(reg: Path, request_id: str, want: str | None) -> Path | None:
+def matching_file(reg: Path, request_id: str, want: str | None) -> Path | None:
     """The record file (or its ``.next``, see the module doc) whose SHA-256 is ``want``."""
     final = folder(reg, request_id) / RECORD_FILE
     for path in (final, final.with_name(RECORD_FILE + NEXT_SUFFIX)):
@@ -80,11 +84,60 @@ def _matching_file(reg: Path, request_id: str, want: str | None) -> Path | None:
     return None
 
 
+def work_files(work: Path) -> dict[str, str]:
+    """``{relative path: SHA-256}`` of a check folder's scratch runs (every file but the lock,
+    the record and its ``.next``): recorded in the check's ledger entry."""
+    skip = {LOCK_FILE, RECORD_FILE, RECORD_FILE + NEXT_SUFFIX}
+    out = {}
+    for p in sorted(work.rglob("*")) if work.is_dir() else []:
+        rel = p.relative_to(work).as_posix()
+        if p.is_file() and rel not in skip:
+            out[rel] = sha256_file(p)
+    return out
+
+
+def running(work: Path) -> bool:
+    """Whether a check holds the folder's lock now (its files are being written)."""
+    import fcntl
+
+    try:
+        fd = os.open(work / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _folders(reg: Path, entries: list[dict]) -> list[tuple[Path, str | None, dict | None]]:
+    """Every folder under ``REG/forgetting_quality``: ``(folder, request id or None, latest
+    check entry or None)``."""
+    root = reg / FQ_DIR
+    if not root.is_dir():
+        return []
+    rids = {folder_name(e["request_id"]): e["request_id"] for e in entries
+            if e["kind"] == "request" and e["request_id"]}
+    latest = latest_entries(entries)
+    out = []
+    for child in sorted(root.iterdir()):
+        rid = rids.get(child.name)
+        out.append((child, rid, latest.get(rid) if rid else None))
+    return out
+
+
 def file_problems(reg: str | os.PathLike, entries: list[dict]) -> list[str]:
-    """Each stored forgetting-quality record that differs from the latest ledger entry of its
-    request (a missing record is not a problem: the ledger still holds the numbers, and the
-    command that made it makes it again), and each entry for a request that was not completed
-    when it was recorded. The entries change no table."""
+    """Every file under ``REG/forgetting_quality`` that its request's latest check entry does
+    not vouch for: a record (or a pending ``.next``) that differs from the entry or has no entry
+    at all (planted), a scratch run file changed after the check was recorded (a re-run would
+    reuse it; files added since are warnings, :func:`folder_warnings`); and each entry for a
+    request that was not completed when it was recorded. Scratch files that are gone are not a
+    problem (derived data, may be purged). A folder whose check is running is checked only for
+    its final record. The entries change no table."""
     reg = Path(reg)
     problems = []
     completed: set[str] = set()
@@ -97,14 +150,73 @@ def file_problems(reg: str | os.PathLike, entries: list[dict]) -> list[str]:
             problems.append(f"ledger entry {e['seq']} records a forgetting-quality result for "
                             f"request {e['request_id']}, which was not completed then (the "
                             "ledger was edited)")
-    for rid, e in sorted(latest_entries(entries).items()):
-        final = folder(reg, rid) / RECORD_FILE
+    for work, rid, e in _folders(reg, entries):
+        final, nxt = work / RECORD_FILE, work / (RECORD_FILE + NEXT_SUFFIX)
+        busy = running(work)
+        if not work.is_dir():
+            problems.append(f"{work} is not a folder (nothing the registry writes)")
+            continue
+        if e is None:
+            for path in (final,) if busy else (final, nxt):
+                if path.is_file():
+                    problems.append(
+                        f"{path}: no forgetting-quality check of "
+                        f"{'request ' + rid if rid else 'any request'} is recorded in the "
+                        "ledger, so this result was not made by the registry (planted)")
+            continue
         want = e["body"].get("result_sha256")
-        if final.is_file() and _matching_file(reg, rid, want) is None:
+        if final.is_file() and sha256_file(final) != want and not (
+                nxt.is_file() and sha256_file(nxt) == want):
             problems.append(f"request {rid}: {final} has SHA-256 {sha256_file(final)} but ledger "
                             f"entry {e['seq']} recorded {want} (the forgetting-quality result "
                             "was changed)")
+        if busy:
+            continue
+        if nxt.is_file() and sha256_file(nxt) != want:
+            problems.append(f"request {rid}: {nxt} is a pending result that no ledger entry "
+                            f"records (entry {e['seq']} recorded {want}; planted)")
+        recorded_files = e["body"].get("files")
+        if isinstance(recorded_files, dict):
+            for rel, sha in work_files(work).items():
+                if rel in recorded_files and sha != recorded_files[rel]:
+                    problems.append(f"request {rid}: {work / rel} has SHA-256 {sha} but ledger "
+                                    f"entry {e['seq']} recorded {recorded_files[rel]} (a scratch "
+                                    "run of the check was changed; a re-run would reuse it)")
     return problems
+
+
+def missing_records(reg: str | os.PathLike, entries: list[dict]) -> list[str]:
+    """Each request whose latest check entry has no stored record (deleted): readers report it,
+    writers do not refuse it (the check's command makes the record again)."""
+    reg = Path(reg)
+    problems = []
+    for rid, e in sorted(latest_entries(entries).items()):
+        if matching_file(reg, rid, e["body"].get("result_sha256")) is None and not (
+                folder(reg, rid) / RECORD_FILE).is_file():
+            problems.append(f"request {rid}: its forgetting-quality result "
+                            f"{folder(reg, rid) / RECORD_FILE} is missing although ledger entry "
+                            f"{e['seq']} recorded it (deleted); '{command(reg, rid)} --n "
+                            f"{e['body'].get('n')}' makes it again")
+    return problems
+
+
+def folder_warnings(reg: str | os.PathLike, entries: list[dict]) -> list[str]:
+    """Check folders the ledger cannot vouch for yet: a check running now, or the scratch runs
+    of one that was interrupted before it was recorded (a re-run reuses them)."""
+    out = []
+    for work, _rid, e in _folders(Path(reg), entries):
+        if running(work):
+            out.append(f"a forgetting-quality check is running in {work}; its files are checked "
+                       "once it is recorded")
+            continue
+        files = work_files(work)
+        known = (e or {}).get("body", {}).get("files") if e else None
+        extra = [rel for rel in files if not isinstance(known, dict) or rel not in known]
+        if extra and (e is None or isinstance(known, dict)):
+            out.append(f"{work} holds {len(extra)} scratch file(s) of a forgetting-quality check "
+                       "that no ledger entry records (an interrupted run, or added by hand, e.g. "
+                       f"{extra[0]}); a re-run reuses them: delete them to start from scratch")
+    return out
 
 
 def recorded(reg: str | os.PathLike, conn: sqlite3.Connection, request_id: str) -> dict | None:
@@ -114,7 +226,7 @@ def recorded(reg: str | os.PathLike, conn: sqlite3.Connection, request_id: str) 
     e = latest_entries(ledger.entries(conn, request_id)).get(request_id)
     if e is None:
         return None
-    path = _matching_file(Path(reg), request_id, e["body"].get("result_sha256"))
+    path = matching_file(Path(reg), request_id, e["body"].get("result_sha256"))
     record = json.loads(path.read_text(encoding="utf-8")) if path else None
     return {"entry": e, "record": record}
 

@@ -1,7 +1,7 @@
 """Model versions and the training manifest: registering a model, and reading the registry.
 
 :func:`init_registry` copies a trained run folder as version 1 and records its manifest of image
-hashes (one ledger entry); :func:`status` and :func:`export_manifest` read the registry. The
+hashes (one ledger entry); :mod:`.reading` reads the registry (status, manifest). The
 reading helpers below (active version, withdrawn and forgotten images, approximate steps) are
 shared by the request workflow (:mod:`.requests`, :mod:`.workflow`) and the per-image proof
 (:mod:`.forgetting_proof`).
@@ -26,12 +26,12 @@ from pathlib import Path
 
 from medunlearn.errors import CheckpointError, DataError, MedUnlearnError
 from medunlearn.io import sha256_file, staged_output
-from medunlearn.registry import ledger, replay, store
+from medunlearn.registry import ledger, store
 from medunlearn.registry.db import LOCK_FILE, SCHEMA_VERSION, connect, get_meta, set_meta
 from medunlearn.registry.deletion_request import HASH_PATTERN
 from medunlearn.registry.errors import RegistryError
 from medunlearn.registry.features import CACHE_DIR, warm_features
-from medunlearn.registry.index_files import read_index_rows, write_index_rows
+from medunlearn.registry.index_files import read_index_rows
 from medunlearn.registry.replay import BEFORE, manifest_sha256
 from medunlearn.registry.store import select_in
 
@@ -143,7 +143,7 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
             them).
 
     Returns:
-        The registry's status (see :func:`status`).
+        The registry folder (:func:`.reading.status` reads it).
 
     Raises:
         CheckpointError: the model folder is incomplete or its weights are unreadable.
@@ -223,7 +223,7 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                           retain=[r[0] for r in rows if r[0] not in gone], data_root=data_root)
         except (DataError, CheckpointError):
             pass  # an optimisation only: the first request computes what is missing
-    return status(out)
+    return Path(out)
 
 
 # --------------------------------------------------------------------------- reading
@@ -316,64 +316,3 @@ def require_local_data(reg: Path, conn: sqlite3.Connection, data_root: str | Non
     cfg = from_record(DataConfig, config["data"])
     locate(get_info(cfg.dataset), cfg.size,
            data_root or get_meta(conn, "data_root") or cfg.data_root, download=False)
-
-
-def export_manifest(reg: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the registry's manifest as CSV: ``index,sha256,label,forgotten_in,request_id``.
-
-    ``forgotten_in`` is the first model version without the image (empty: never forgotten);
-    ``request_id`` is the request that withdrew it. Hashes only, never pixels.
-    """
-    conn = connect(reg)
-    try:
-        return write_index_rows(out, ["index", "sha256", "label", "forgotten_in", "request_id"],
-                                conn.execute("SELECT idx, sha256, label, forgotten_in, "
-                                             "request_id FROM samples ORDER BY idx"))
-    finally:
-        conn.close()
-
-
-def _request_summary(r: sqlite3.Row) -> dict:
-    return {"id": r["id"], "subject": r["subject"], "status": r["status"],
-            "submitted": r["submitted"], "completed": r["completed"],
-            "from_version": r["from_version"], "to_version": r["to_version"]}
-
-
-def status(reg: str | os.PathLike) -> dict:
-    """The registry at a glance: active version, versions, pending and completed requests.
-
-    Raises:
-        RegistryError: ``reg`` is not a registry.
-    """
-    conn = connect(reg)
-    try:
-        active = active_version(conn)
-        versions = [dict(r) for r in conn.execute("SELECT * FROM versions ORDER BY n")]
-        reqs = conn.execute("SELECT * FROM requests ORDER BY num").fetchall()
-        n_samples = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
-        forgotten = conn.execute(
-            "SELECT COUNT(*) FROM samples WHERE forgotten_in IS NOT NULL").fetchone()[0]
-        withdrawn = conn.execute(
-            "SELECT COUNT(*) FROM samples WHERE request_id IS NOT NULL").fetchone()[0]
-        seq, head = ledger.head(conn)
-        steps, unforgotten = approximate_steps(conn), not_forgotten(conn)
-        problems = store.head_state(reg, conn)[0] + replay.ledger_problems(conn, Path(reg))
-        by_status: dict[str, list] = {"pending": [], "completed": [], "failed": []}
-        for r in reqs:
-            by_status.setdefault(r["status"], []).append(_request_summary(r))
-        return {
-            "registry": str(Path(reg)), "dataset": get_meta(conn, "dataset"),
-            "methods": json.loads(get_meta(conn, "methods", "[]")),
-            "active_version": next((v for v in versions if v["n"] == active), {"n": active}),
-            "versions": versions, "requests": by_status,
-            "samples": {"total": n_samples, "forgotten": forgotten, "withdrawn": withdrawn},
-            "exactness": {"approximate_steps": steps,
-                          "withdrawn_not_forgotten": len(unforgotten),
-                          "exact": steps == 0 and not unforgotten and not problems},
-            "ledger": {"entries": seq, "head": head},
-            "audit": {"ok": not problems, "problems": problems},
-        }
-    finally:
-        conn.close()
-
-

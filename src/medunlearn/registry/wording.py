@@ -37,7 +37,7 @@ QUESTIONS = {
                    "Can an attack that compares the model's loss on the forgotten images with "
                    "its loss on images it never saw no longer tell them apart (a score near "
                    "0.5, the value of guessing)?"),
-    "probe_auc": ("Feature probe",
+    "probe_auc": ("Internal-feature test",
                   "Can a classifier on the model's internal features no longer tell the "
                   "forgotten images from unseen ones (a score near 0.5)?"),
     "fnr_vs_reference": ("Missed diagnoses vs exact retraining",
@@ -63,20 +63,48 @@ def fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}".rstrip("0").rstrip(".")
 
 
+#: The range a check's measured value can take (limits are clipped to it when shown).
+RANGES = {"attack_auc": (0.0, 1.0), "probe_auc": (0.0, 1.0), "fnr_vs_original": (0.0, 1.0),
+          "fnr_vs_reference": (0.0, 1.0), "ta_drop": (0.0, 1.0),
+          "global_risk_vs_original": (0.0, None), "global_risk_vs_reference": (0.0, None)}
+
+
+def _clip(v, name: str):
+    lo, hi = RANGES.get(name, (None, None))
+    if v is None:
+        return None
+    v = max(v, lo) if lo is not None else v
+    return min(v, hi) if hi is not None else v
+
+
 def plain_check(check: dict, n_images: int) -> dict:
     """One gate check in plain words: ``check``, ``question``, ``outcome``, ``measured``,
-    ``limit`` and ``explanation`` (numbers rounded to 3 decimals)."""
+    ``limit`` and ``explanation``. Numbers are rounded to 3 decimals, tolerances and limits the
+    same way, and limits and margins are clipped to the range the measure can take (an attack
+    score lies in 0..1: a margin of 0.5 ± 0.6 reads "anything from 0 to 1")."""
     name = str(check.get("name", "?"))
     short, question = QUESTIONS.get(name, (name.replace("_", " "), "An additional check."))
-    tol = check.get("tolerance")
-    question = question.format(tol=f"{tol:.2f}" if isinstance(tol, (int, float)) else "a margin")
+    tol = _round(check.get("tolerance"))
+    question = question.format(tol=fmt(tol) if tol is not None else "a margin")
     status = check.get("status")
     row = {"check": short, "question": question, "measured": _round(check.get("value")),
-           "limit": _round(check.get("limit")), "compare_to": _round(check.get("compare_to"))}
+           "limit": _round(_clip(_round(check.get("limit")), name)),
+           "compare_to": _round(check.get("compare_to")), "tolerance": tol}
     closeness = name in ("attack_auc", "probe_auc")
     m, c, lim = fmt(row["measured"]), fmt(row["compare_to"]), fmt(row["limit"])
-    row["limit_text"] = (f"{c} ± {fmt(_round(tol))}" if closeness and row["limit"] is not None
-                         else lim)
+    if closeness and row["compare_to"] is not None and tol is not None:
+        lo, hi = _round(_clip(row["compare_to"] - tol, name)), _round(_clip(
+            row["compare_to"] + tol, name))
+        row["range"] = [lo, hi]
+        whole = (lo, hi) == RANGES[name]
+        row["limit_text"] = ("anything from 0 to 1 (the whole scale)" if whole else
+                             f"between {fmt(lo)} and {fmt(hi)} ({c} ± {fmt(tol)})")
+        margin = ("any score at all (the margin covers the whole scale from 0 to 1)" if whole
+                  else f"{fmt(lo)} to {fmt(hi)}")
+    else:
+        row["limit_text"] = lim if row["limit"] is None or tol is None or row[
+            "compare_to"] is None else f"at most {lim} ({c} + {fmt(tol)})"
+        margin = None
     images = f"{n_images} image{'s' if n_images != 1 else ''}"
     if status == "skipped":
         if name.endswith("_vs_reference"):
@@ -86,21 +114,21 @@ def plain_check(check: dict, n_images: int) -> dict:
                 f"Could not be measured on {images}: too few for this test.")}
         return row | {"outcome": "not run", "explanation": "Could not be computed for this "
                       "model's task (it has no disease classes)."}
-    if closeness and isinstance(tol, (int, float)) and tol >= LOW_POWER_TOLERANCE:
+    if closeness and tol is not None and tol >= LOW_POWER_TOLERANCE:
         return row | {"outcome": "cannot say", "explanation": (
-            f"Measured {m} against {c}, but with {images} the result is uncertain by "
-            f"±{tol:.2f}, so a model that still remembers them would also be within that "
-            "margin. This check cannot say anything for so few images.")}
+            f"Measured {m}; with {images} the accepted range is {margin}, so a model that "
+            "still remembers them would also be within it. This check cannot say anything for "
+            "so few images.")}
     if status == "pass":
         outcome, how = "passed", "within"
     else:
         outcome, how = "failed", "outside"
     if closeness:
-        expl = f"Measured {m} against {c}: {how} the margin of ±{tol:.2f} for {images}."
+        expl = f"Measured {m}: {how} the accepted range {margin} for {images}."
     elif name == "ta_drop":
         expl = f"Accuracy fell by {m} (from {c}); the limit is {lim}."
     else:
-        expl = f"Measured {m}, against {c} before; the limit is {lim}."
+        expl = f"Measured {m}, against {c} before; the limit is {row['limit_text']}."
     return row | {"outcome": outcome, "explanation": expl}
 
 
@@ -108,7 +136,8 @@ def plain_check(check: dict, n_images: int) -> dict:
 KEY_METRICS = [
     ("Test accuracy", ("utility", "TA")),
     ("Missed diagnoses on the test set (false-negative rate)", ("clinical", "test", "fnr")),
-    ("Clinical risk per test patient (cost units)", ("clinical", "test", "global_risk")),
+    ("Clinical risk per test patient (weighted cost of its errors; lower is better)",
+     ("clinical", "test", "global_risk")),
     ("Accuracy on the forgotten images", ("utility", "forget_accuracy")),
     ("Membership-attack score on the forgotten images (0.5 = guessing)",
      ("privacy", "attack_auc_val")),
@@ -130,3 +159,84 @@ def key_metrics(metrics: dict | None) -> list[dict]:
     rows = [{"metric": label, "before": get("original", path), "after": get("model", path)}
             for label, path in KEY_METRICS]
     return [r for r in rows if r["before"] is not None or r["after"] is not None]
+
+
+def when(iso: str | None) -> str:
+    """A stored ISO time for reading: ``5 December 2026, 00:50:12 UTC`` (no milliseconds)."""
+    from datetime import UTC, datetime
+
+    if not iso:
+        return "-"
+    try:
+        t = datetime.fromisoformat(iso).astimezone(UTC)
+    except (TypeError, ValueError):
+        return str(iso)
+    return f"{t.day} {t:%B %Y, %H:%M:%S} UTC"
+
+
+def nothing_changed(rows: list[dict]) -> str:
+    """One sentence on the before-and-after table: whether any measure changed (3 decimals)."""
+    both = [r for r in rows if r["before"] is not None and r["after"] is not None]
+    changed = [r["metric"] for r in both if r["before"] != r["after"]]
+    if both and not changed:
+        return ("Nothing measurable changed: every measure below is the same before and after "
+                "(to 3 decimals), as expected when a few images are removed from a model "
+                "trained on many; this says nothing either way about whether the images were "
+                "forgotten.")
+    if changed:
+        return f"Measures that changed: {'; '.join(changed)}."
+    return ""
+
+
+#: (words, path in an evaluate_run model entry) of attacks whose higher score means the model
+#: gives the forgotten images away more easily.
+ATTACKS = [
+    ("membership attack (loss)", ("privacy", "attack_auc_val")),
+    ("likelihood-ratio attack (LiRA)", ("privacy", "lira_auc")),
+    ("internal-feature test", ("representation", "probe_auc")),
+]
+
+#: Where a record may hold the average gap between two independent retrainings (the noise floor
+#: of the gap to the reference), in points.
+SECOND_RETRAINING_GAP = ("second_retraining_gap_pp", "reference_gap_pp", "retrain_noise_gap_pp")
+
+#: An attack score must rise by more than this to count as "stronger" (rounding noise).
+STRONGER_BY = 0.005
+
+
+def _get(models: dict, role: str, path: tuple):
+    cur = models.get(role)
+    for p in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(p)
+    return cur if isinstance(cur, (int, float)) and not isinstance(cur, bool) else None
+
+
+def result_warnings(metrics: dict | None) -> list[str]:
+    """Results to flag in words even when the gate passed: an attack that got stronger after
+    unlearning than on the original model, and a gap to the retrained reference larger than a
+    second retraining's (when the record holds that number)."""
+    metrics = metrics or {}
+    models = metrics.get("models") or {}
+    out = []
+    for words, path in ATTACKS:
+        before, after = _get(models, "original", path), _get(models, "model", path)
+        if before is None or after is None or after <= before + STRONGER_BY:
+            continue
+        ref = _get(models, "reference", path)
+        out.append(f"the {words} got stronger after unlearning: its score on the forgotten "
+                   f"images rose from {fmt(_round(before))} (original model) to "
+                   f"{fmt(_round(after))}"
+                   + (f" (a model retrained without them: {fmt(_round(ref))})" if ref is not None
+                      else "")
+                   + ", so these images are easier to detect than before")
+    fid = metrics.get("fidelity") or {}
+    gap = fid.get("average_gap_pp")
+    floor = next((fid[k] for k in SECOND_RETRAINING_GAP if isinstance(fid.get(k), (int, float))),
+                 None)
+    if isinstance(gap, (int, float)) and floor is not None and gap > floor:
+        out.append(f"the model is on average {gap:.2f} points away from the model retrained "
+                   f"without the images, more than a second retraining differs ({floor:.2f} "
+                   "points)")
+    return out
