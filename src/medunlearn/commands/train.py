@@ -36,8 +36,10 @@ def train(
     device: Device = "auto",
 ) -> None:
     """Train a classifier and write model.safetensors, config.json and metrics.json to --out."""
+    from medunlearn.config import check_seed
     from medunlearn.runs import run_training
 
+    check_seed(seed)
     model = ModelConfig(arch=arch, width=width)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                        class_weights=class_weights, select=select, threads=threads,
