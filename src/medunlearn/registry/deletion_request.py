@@ -64,8 +64,10 @@ allowed), each key at most once:
 A request names images, patients or indices (any combination). No text may
 hold control characters, bidi overrides or line separators.
 
-Images:   {EXAMPLE_IMAGES}
-Patients: {EXAMPLE_PATIENTS}
+Example, forgetting images by hash:
+  {EXAMPLE_IMAGES}
+Example, forgetting every image of a patient:
+  {EXAMPLE_PATIENTS}
 """
 #: The request format in brief, appended to errors about a request's shape.
 SCHEMA_HINT = (f"A request looks like {EXAMPLE_IMAGES} or {EXAMPLE_PATIENTS}; its keys are "
