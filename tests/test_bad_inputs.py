@@ -5,13 +5,18 @@ the registry database's content compared before and after)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import shutil
 import sqlite3
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from medunlearn.cli import main
 from medunlearn.registry import forget, init_registry
@@ -64,7 +69,78 @@ FILES = {
     "req-reused-id.json": _req(id="R1"),
     "req-consolidate-images.json": _req(consolidate=True),
     "req-control-note.json": _req(note="bell\x07"),
+    # issue 29 section 3: inputs that could spoof a certificate, or end in a traceback
+    "req-dotdot-id.json": _req(id="a/../../x"),
+    "req-duplicate-id.json": b'{"id": "R9", "subject": "s9", "indices": [7], "id": "R1"}',
+    "req-nel-subject.json": _req(subject="ref\x85active version: 9"),
+    "req-csi-subject.json": _req(subject="ref\x9b31mred"),
+    "req-bidi-subject.json": _req(subject="ref-\u202egnp.exe"),
+    "req-line-separator-subject.json": _req(subject="ref\u2028status: completed"),
+    "req-paragraph-separator-subject.json": _req(subject="ref\u2029x"),
+    "req-bidi-note.json": _req(note="see \u202eticket"),
+    "req-nel-patient.json": _req(indices=None, patients=["P1\x85"]),
+    "req-bidi-patient.json": _req(indices=None, patients=["P\u202e1"]),
+    "req-1mb-unknown-key.json": _req(**{"k" * 1_000_000: 1}),
+    "req-5000-digit-index.json": b'{"id": "R9", "subject": "s9", "indices": [' + b"9" * 5000
+                                 + b"]}",
+    "req-3000-digit-index.json": b'{"id": "R9", "subject": "s9", "indices": [' + b"9" * 3000
+                                 + b"]}",
+    "study-1mb-key.yaml": b"datasets: [breastmnist]\nforget: ['random:0.1']\nmethods: [retrain]\n"
+                          b"train:\n  ? " + b"k" * 1_000_000 + b"\n  : 1\n",
 }
+
+
+def _png(size: tuple[int, int], value: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", size, value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _bomb_png(side: int = 40_000) -> bytes:
+    """A PNG whose header declares side x side pixels (far over PIL's limit) and whose data is
+    a few bytes: PIL refuses it when it reads the header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grey
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def _csv_sources(ws: Path) -> None:
+    """Small CSV-manifest sources, each wrong in one way (grey PNGs of 8 pixels)."""
+    def source(name: str, rows: list[str], header: str = "path,label",
+               images: dict[str, bytes] | None = None, encoding: str = "utf-8") -> None:
+        d = ws / "csv" / name
+        d.mkdir(parents=True)
+        for i in range(8):
+            (d / f"{i}.png").write_bytes(_png((8, 8), 30 * i))
+        for fname, data in (images or {}).items():
+            (d / fname).write_bytes(data)
+        (d / "labels.csv").write_bytes("\n".join([header, *rows, ""]).encode(encoding))
+
+    ok = [f"{i}.png,{i % 2}" for i in range(8)]
+    source("ok", ok)
+    source("mixed-sizes", ok + ["big.png,1"], images={"big.png": _png((12, 12))})
+    source("unknown-split", [f"{i}.png,{i % 2},{'trian' if i == 3 else 'train'}"
+                             for i in range(8)], header="path,label,split")
+    source("latin1", ok + ["caf\xe9.png,1"], images={"caf\xe9.png": _png((8, 8))},
+           encoding="latin-1")
+    source("bomb", ok + ["bomb.png,1"], images={"bomb.png": _bomb_png()})
+    source("nel-patient", [f"{i}.png,{i % 2},{'P1' + chr(0x85) if i == 2 else f'P{i}'}"
+                           for i in range(8)], header="path,label,patient_id")
+
+
+def _broken_models(ws: Path, model_dir: Path) -> None:
+    """Run folders whose manifest.csv no longer matches config.json."""
+    lines = (model_dir / "manifest.csv").read_text().splitlines()
+    i, h, _ = lines[8].split(",")
+    for name, kept in {"model-manifest-header-only": lines[:1],
+                       "model-manifest-cut-to-100": lines[:101],
+                       "model-manifest-label-7": [*lines[:8], f"{i},{h},7", *lines[9:]]}.items():
+        shutil.copytree(model_dir, ws / name)
+        (ws / name / "manifest.csv").write_text("\n".join(kept) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +176,10 @@ def base(model_dir, tmp_path_factory):
     arrays = dict(np.load(frac))
     arrays["train_labels"] = arrays["train_labels"].astype(np.float64) + 0.5
     np.savez_compressed(frac, **arrays)
+    (ws / "corrupt-root").mkdir()
+    (ws / "corrupt-root" / "breastmnist.npz").write_bytes(b"PK\x03\x04 not really a zip" * 50)
+    _csv_sources(ws)
+    _broken_models(ws, model_dir)
     return ws
 
 
@@ -257,6 +337,97 @@ CASES = [
 ]
 
 
+def _train_csv(name: str, *extra: str) -> list[str]:
+    return ["train", "--dataset", f"{{ws}}/csv/{name}/labels.csv", "--epochs", "1",
+            "--cache-dir", "{ws}/cache", "--out", "{ws}/t", *extra]
+
+
+def _train(*extra: str) -> list[str]:
+    return ["train", "--dataset", "breastmnist", "--epochs", "1", "--out", "{ws}/t", *extra]
+
+
+def _forget(*extra: str, request: str = "req-ok.json") -> list[str]:
+    return ["forget", R, "--request", f"{{ws}}/{request}", *extra]
+
+
+#: Issue 29 section 3: each input that was accepted (or ended in a traceback) and must be refused.
+CASES += [
+    # spoofing a certificate: ids that act as paths, repeated keys, hidden or reordered text
+    ("request-id-with-dot-dot", _forget(request="req-dotdot-id.json"), "no '.' or '..'"),
+    ("request-duplicate-id-key", _forget(request="req-duplicate-id.json"),
+     "gives the key 'id' more than once"),
+    ("request-subject-nel", _forget(request="req-nel-subject.json"), "U+0085"),
+    ("request-subject-csi", _forget(request="req-csi-subject.json"), "U+009B"),
+    ("request-subject-bidi-override", _forget(request="req-bidi-subject.json"), "U+202E"),
+    ("request-subject-line-separator", _forget(request="req-line-separator-subject.json"),
+     "U+2028"),
+    ("request-subject-paragraph-separator",
+     _forget(request="req-paragraph-separator-subject.json"), "U+2029"),
+    ("request-note-bidi-override", _forget(request="req-bidi-note.json"), "bidi overrides"),
+    ("request-patient-nel", _forget(request="req-nel-patient.json"), "never dropped"),
+    ("request-patient-bidi-override", _forget(request="req-bidi-patient.json"), "never dropped"),
+    # more request inputs
+    ("request-1mb-unknown-key", _forget(request="req-1mb-unknown-key.json"),
+     "(1000002 characters)"),
+    ("request-5000-digit-index", _forget(request="req-5000-digit-index.json"),
+     "thousands of digits"),
+    ("request-3000-digit-index", _forget(request="req-3000-digit-index.json"),
+     "too large to be a training index"),
+    ("request-is-a-folder", ["forget", R, "--request", "{ws}/empty"], "is a folder"),
+    ("request-is-a-fifo", ["forget", R, "--request", "{fifo}"], "is not a regular file"),
+    # forget options that used to fail only after the request was recorded
+    ("forget-negative-seed", _forget("--seed", "-1"), "--seed must be a whole number"),
+    ("forget-seed-2-to-the-70", _forget("--seed", str(2**70)), "--seed must be a whole number"),
+    ("consolidate-negative-seed", ["registry", "consolidate", R, "--id", "C1", "--seed", "-5"],
+     "--seed must be a whole number"),
+    ("forget-data-root-missing", _forget("--data-root", "{ws}/nowhere"), "does not exist"),
+    ("forget-data-root-is-a-file", _forget("--data-root", "{ws}/file.txt"),
+     "is a file, not a folder"),
+    ("forget-data-root-corrupt", _forget("--data-root", "{ws}/corrupt-root"),
+     "truncated or corrupt"),
+    # a registry made from a broken run folder or options
+    ("init-manifest-header-only", ["registry", "init", "--model",
+                                   "{ws}/model-manifest-header-only", "--out", "{ws}/new"],
+     "lists no training images"),
+    ("init-manifest-cut-to-100-rows", ["registry", "init", "--model",
+                                       "{ws}/model-manifest-cut-to-100", "--out", "{ws}/new"],
+     "lists 100 training images, but config.json records 120"),
+    ("init-manifest-label-7-in-binary-view", ["registry", "init", "--model",
+                                              "{ws}/model-manifest-label-7", "--out",
+                                              "{ws}/new"], "label outside the model's 2 classes"),
+    ("init-blank-method-list", ["registry", "init", "--model", "{ws}/model", "--out", "{ws}/new",
+                                "--methods", " , "], "names no method"),
+    ("init-data-root-missing", ["registry", "init", "--model", "{ws}/model", "--out",
+                                "{ws}/new", "--data-root", "{ws}/nowhere"], "does not exist"),
+    # training options
+    ("train-size-0", _train("--size", "0"), "--size must be a positive whole number"),
+    ("train-empty-device", _train("--device", ""), "--device must name a device"),
+    ("train-0-threads", _train("--threads", "0"), "--threads must be a whole number"),
+    ("train-negative-threads", _train("--threads", "-2"), "--threads must be a whole number"),
+    ("train-negative-seed", _train("--seed", "-1"), "--seed must be a whole number"),
+    ("train-nan-lr", _train("--lr", "nan"), "--lr must be a finite number"),
+    ("train-inf-lr", _train("--lr", "inf"), "--lr must be a finite number"),
+    ("train-nan-weight-decay", _train("--weight-decay", "nan"),
+     "--weight-decay must be a finite number"),
+    ("train-inf-weight-decay", _train("--weight-decay", "inf"),
+     "--weight-decay must be a finite number"),
+    # CSV sources
+    ("csv-mixed-sizes-without-size", _train_csv("mixed-sizes"), "different sizes"),
+    ("csv-unknown-split-value", _train_csv("unknown-split"), "Unknown split value(s) 'trian'"),
+    ("csv-val-fraction-1.5", _train_csv("ok", "--val-fraction", "1.5"),
+     "--val-fraction must be a share"),
+    ("csv-val-plus-test-over-1", _train_csv("ok", "--val-fraction", "0.6", "--test-fraction",
+                                            "0.5"), "add up to 1.1"),
+    ("csv-test-fraction-nan", _train_csv("ok", "--test-fraction", "nan"),
+     "--test-fraction must be a share"),
+    ("csv-not-utf8", _train_csv("latin1"), "not a readable UTF-8 CSV"),
+    ("csv-decompression-bomb", _train_csv("bomb"), "decompression bomb"),
+    ("csv-patient-id-with-nel", _train_csv("nel-patient"), "U+0085"),
+    ("study-1mb-unknown-key", ["experiment", "{ws}/study-1mb-key.yaml", "--out", "{ws}/x",
+                               "--dry-run"], "characters) in train"),
+]
+
+
 def test_the_catalogue_is_large_enough():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
 
@@ -265,10 +436,59 @@ def test_the_catalogue_is_large_enough():
 def test_bad_input_is_refused_cleanly(base, tmp_path, capsys, argv, message):
     ws = tmp_path / "ws"
     shutil.copytree(base, ws, symlinks=True)
+    if any("{fifo}" in a for a in argv):
+        os.mkfifo(tmp_path / "fifo")  # outside the workspace: copying a pipe would block
     before = snapshot(ws)
-    code = main([a.replace("{ws}", str(ws)) for a in argv])
+    code = main([a.replace("{ws}", str(ws)).replace("{fifo}", str(tmp_path / "fifo"))
+                 for a in argv])
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
     assert err.startswith("error: ") and message in err, err
     assert "Traceback" not in err and len(err) < 2000, err[:3000]
     assert snapshot(ws) == before
+
+
+# --------------------------------------------------------------------------- the request format
+
+
+def test_a_request_with_a_byte_order_mark_is_read_like_a_csv(tmp_path):
+    """Some editors start UTF-8 files with a BOM; CSVs with one are read, so requests are too."""
+    from medunlearn.registry.deletion_request import load_request, parse_request
+
+    body = {"id": "R9", "subject": "s9", "patients": ["P1"], "images": [HEX]}
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + _json(body))
+    assert load_request(path) == parse_request(body)
+
+
+def test_forget_help_and_the_readme_give_the_one_request_schema(capsys):
+    from medunlearn.registry.deletion_request import KEYS, REQUEST_SCHEMA
+
+    assert main(["forget", "--help"]) == 0
+    out = capsys.readouterr().out
+    schema_lines = [line.strip() for line in REQUEST_SCHEMA.splitlines() if line.strip()]
+    assert all(line in out for line in schema_lines), out
+    for key in KEYS:  # every key is described (hashes as another name for images)
+        assert f'"{key}"' in REQUEST_SCHEMA or f"  {key} " in REQUEST_SCHEMA, key
+    readme = (Path(__file__).parents[1] / "README.md").read_text("utf-8")
+    assert REQUEST_SCHEMA in readme  # quoted verbatim: one description, not three
+    # the examples are valid requests of the two kinds
+    from medunlearn.registry.deletion_request import (
+        EXAMPLE_IMAGES,
+        EXAMPLE_PATIENTS,
+        parse_request,
+    )
+
+    assert parse_request(json.loads(EXAMPLE_PATIENTS)).patients == ("P0042",)
+    assert json.loads(EXAMPLE_IMAGES)["images"] == ["<sha256>"]
+
+
+@pytest.mark.parametrize("name", ["req-list.json", "req-unknown-key.json", "req-not-json.json",
+                                  "req-no-images.json", "req-duplicate-id.json"])
+def test_a_malformed_request_prints_the_schema(base, capsys, name):
+    from medunlearn.registry.deletion_request import EXAMPLE_IMAGES, EXAMPLE_PATIENTS, KEYS
+
+    assert main(["forget", str(base / "reg"), "--request", str(base / name)]) == 2
+    err = capsys.readouterr().err
+    assert EXAMPLE_IMAGES in err and EXAMPLE_PATIENTS in err, err
+    assert ", ".join(KEYS) in err and "medunlearn forget --help" in err

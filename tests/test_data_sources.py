@@ -374,6 +374,63 @@ def test_train_then_unlearn_a_patient_through_the_cli(tmp_path):
     assert sorted(int(r["index"]) for r in forgotten) == train_pids[pid]
 
 
+def test_dataset_and_split_print_a_short_summary(tiny):
+    """print(data) shows name, splits and sizes, channels, image size, label counts and patients,
+    never the tensors."""
+    ds = load_manifest(tiny, positive_values="TB", size=16)
+    text = repr(ds)
+    lines = text.splitlines()
+    assert len(lines) == 4 and len(text) < 600, text
+    assert lines[0].startswith("Dataset 'data' (manifest, binary view: 0 normal, 1 TB)")
+    assert "1 channel(s), 16x16 pixels" in lines[0]
+    for line, name in zip(lines[1:], ("train", "val", "test"), strict=True):
+        sp = ds.splits[name]
+        counts = np.bincount(sp.labels.numpy(), minlength=2).tolist()
+        assert line.split() == [name, str(len(sp)), "images", "labels", f"[{counts[0]},",
+                                f"{counts[1]}]", str(len(set(sp.patient_ids))), "patients"]
+    assert "tensor" not in text and "tensor" not in repr(ds.train)
+    assert repr(ds.train).startswith(f"Split('train': {len(ds.train)} images of 1x16x16")
+
+
+def test_dataset_name_of_each_source():
+    from medunlearn.data.sources import dataset_name
+
+    assert dataset_name({"dataset": "breastmnist", "size": 28}) == "breastmnist"
+    assert dataset_name({"source": "manifest", "manifest": "/d/tb-cxr/labels.csv",
+                         "name": "tb-cxr"}) == "tb-cxr"
+    assert dataset_name({"source": "manifest", "manifest": "/d/tb-cxr/labels.csv"}) == "tb-cxr"
+    assert dataset_name({"source": "manifest", "manifest": "/d/x/l.csv", "name": "."}) == "x"
+    assert dataset_name({"source": "folder", "root": "/d/images", "name": ""}) == "images"
+    assert dataset_name({"source": "manifest", "manifest": "/d/x/l.csv", "name": "mine"}) == "mine"
+
+
+def test_a_note_about_the_data_is_one_plain_line(tmp_path, capsys):
+    """Colour converted to grey is worth a note: the CLI prints it once as 'note: ...', without
+    Python's warning format or a source line of the package; the Python API keeps a warning
+    that points at the caller's line."""
+    import warnings
+
+    rows = []
+    for i in range(24):
+        rel = f"img/{i}.png"
+        _png(tmp_path / "d" / rel, 80 + 100 * (i % 2), mode="RGB", tint=i < 4, seed=i)
+        rows.append({"path": rel, "label": i % 2})
+    m = _write_csv(tmp_path / "d" / "labels.csv", rows)
+    code = main(["train", "-o", str(tmp_path / "run"), "-d", str(m), "--size", "16",
+                 "--epochs", "1", "--width", "4", "--batch-size", "16", "--threads", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert notes == ["note: 4 of 24 images carry colour (e.g. tinted scans of film); they were "
+                     "converted to one grey channel (channels='auto'). Pass --channels 3 "
+                     "(channels=3) if colour matters."], err
+    assert "Warning" not in err and "manifest.py" not in err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_manifest(m, size=16, cache_dir=str(tmp_path / "fresh-cache"))  # decoded again
+    assert [Path(w.filename).name for w in caught] == [Path(__file__).name]
+
+
 # -- real data subsets ---------------------------------------------------------------------------
 needs_shared = pytest.mark.skipif(not (SHARED / "nih-cxr-1000" / "metadata.csv").is_file()
                                   or not (SHARED / "tb-cxr" / "labels.csv").is_file(),
@@ -468,6 +525,7 @@ def test_deletion_request_by_patient_forgets_every_image_and_copy(tmp_path):
     assert result["status"] == "completed"
     cert = certificate(reg, "DR-P1")
     assert cert["request"]["patients"] == [patient]
+    assert cert["dataset"] == "data"  # the CSV's folder, not an empty name ("dataset .")
     assert {f["index"] for f in cert["forgotten"]} == copies
     assert mine < copies  # the copy filed under P999 went too
     with pytest.raises(RequestError, match="NOBODY"):

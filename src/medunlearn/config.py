@@ -13,9 +13,11 @@ there (its help text in the field's metadata) and reading it in the loader of it
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -131,6 +133,22 @@ class DataSource:
         panel=_FILES))
 
     def __post_init__(self) -> None:
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(
+                self.size, int) or self.size < 1):
+            raise ConfigError(f"--size must be a positive whole number of pixels (e.g. 28, 64 "
+                              f"or 128), got {_short(self.size)}; leave it out to keep the "
+                              "images' own size.")
+        fractions = {"--val-fraction": self.val_fraction, "--test-fraction": self.test_fraction}
+        for flag, value in fractions.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not (
+                    0 <= value < 1):
+                raise ConfigError(f"{flag} must be a share of the images from 0 to below 1 "
+                                  f"(e.g. 0.1), got {_short(value)}.")
+        total = self.val_fraction + self.test_fraction
+        if total >= 1:
+            raise ConfigError(f"--val-fraction {self.val_fraction} and --test-fraction "
+                              f"{self.test_fraction} add up to {total:g}, leaving no training "
+                              "images; keep their sum below 1 (e.g. 0.1 and 0.2).")
         if self.kind == "medmnist":
             if self.positive_values or self.negative_values or self.resplit:
                 raise ConfigError("--positive-values, --negative-values and --resplit apply to "
@@ -211,6 +229,73 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: leave torch's default)
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("lr", "weight_decay", "momentum", "label_smoothing"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value < 0):
+                raise ConfigError(f"{_flag(name)} must be a finite number of at least 0, got "
+                                  f"{_short(value)}; e.g. {_flag(name)} "
+                                  f"{getattr(TrainConfig, name)}.")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(
+                self.threads, int) or self.threads < 1):
+            raise ConfigError(f"--threads must be a whole number of at least 1, got "
+                              f"{_short(self.threads)}; leave it out to use torch's default.")
+        if not isinstance(self.device, str) or not self.device.strip():
+            raise ConfigError(f"--device must name a device (auto, cpu, cuda, cuda:N or mps), "
+                              f"got {_short(self.device)}.")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(
+                self.batch_size, int) or self.batch_size < 1):
+            raise ConfigError(f"--batch-size must be a whole number of at least 1, got "
+                              f"{_short(self.batch_size)}.")
+
+
+#: Unicode categories refused in every user-given text that certificates, status or logs show:
+#: control characters (C0 and C1: NEL, CSI, ...), format characters (bidi overrides,
+#: zero-width), line and paragraph separators, surrogates and private use.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co"})
+
+
+def unsafe_characters(text: str, allowed: str = "") -> list[str]:
+    """The characters of ``text`` that could hide or reorder text when shown (see
+    :data:`UNSAFE_CATEGORIES`), as ``U+XXXX`` codes in order of appearance, without repeats."""
+    out = []
+    for c in text:
+        if c not in allowed and unicodedata.category(c) in UNSAFE_CATEGORIES:
+            code = f"U+{ord(c):04X}"
+            if code not in out:
+                out.append(code)
+    return out
+
+
+#: The largest seed every random number generator used here accepts (numpy's legacy seeding).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed, option: str = "--seed") -> None:
+    """Refuse a seed that is not a whole number from 0 to :data:`MAX_SEED`.
+
+    Raises:
+        ConfigError: naming ``option`` and the allowed range.
+    """
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{option} must be a whole number from 0 to {MAX_SEED} (2^32 - 1), "
+                          f"got {_short(seed)}. Leave it out to use the default.")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _short(value, limit: int = 40) -> str:
+    """``repr`` of a value for an error message, cut to ``limit`` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 # How an optional option is left unset in files that have no null (TOML): retain_budget = "none"
 NONE_WORDS = ("none", "null")
@@ -257,10 +342,13 @@ def from_dict(cls, data: dict | None, *, where: str | None = None):
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
+        shown = ", ".join(k if len(k) <= 40 and k.isprintable() else _short(k)
+                          for k in map(str, unknown[:5]))
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise ConfigError(
-            f"Unknown option(s) {', '.join(unknown)} in {where}; valid options: "
+            f"Unknown option(s) {shown}{more} in {where}; valid options: "
             f"{', '.join(sorted(names))}."
         )
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
@@ -329,5 +417,6 @@ def read_packaged_toml(name: str, version: int) -> dict:
     return data
 
 
-__all__ = ["DataConfig", "DataSource", "ModelConfig", "TrainConfig", "as_config", "from_dict",
+__all__ = ["MAX_SEED", "DataConfig", "DataSource", "ModelConfig", "TrainConfig", "as_config",
+           "check_seed", "from_dict", "unsafe_characters",
            "parse_option_pairs", "read_packaged_toml", "replace", "field"]

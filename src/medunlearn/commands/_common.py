@@ -168,10 +168,36 @@ def fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
+@contextlib.contextmanager
+def notes_as_plain_lines():
+    """Print medunlearn's remarks about the user's data (warnings whose category carries
+    ``medunlearn_note``, e.g. ``data.manifest.DataNote``) as one ``note: ...`` line each, once,
+    instead of Python's warning format with a source line of the package; other warnings are
+    shown as usual."""
+    import warnings
+
+    original, seen = warnings.showwarning, set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not getattr(category, "medunlearn_note", False):
+            return original(message, category, filename, lineno, file, line)
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            typer.echo(f"note: {text}", err=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
 def run_app(typer_app: typer.Typer, argv: list[str] | None = None) -> int:
     """Run a typer app and turn its outcome into an exit code (user errors: 2, no traceback)."""
     try:
-        typer_app(args=argv, prog_name="medunlearn")
+        with notes_as_plain_lines():
+            typer_app(args=argv, prog_name="medunlearn")
     except MedUnlearnError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         return 2

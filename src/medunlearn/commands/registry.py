@@ -42,8 +42,9 @@ def init(
 ) -> None:
     """Register a model: copy it as version 1 and record its weights hash and image manifest."""
     from medunlearn.registry import init_registry, status
+    from medunlearn.registry.preflight import check_init_options
 
-    chain = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    chain = check_init_options(model, methods=methods, data_root=data_root)
     init_registry(model, out, methods=chain, data_root=data_root, overwrite=overwrite)
     st = status(out)
     v = st["active_version"]
@@ -130,8 +131,8 @@ def resume_cmd(reg: Reg, data_root: DataRoot = None, no_download: NoDownload = F
 
 def forget_cmd(
     reg: Reg,
-    request: Annotated[Path, typer.Option("--request", "-r", help="Deletion request JSON: id, "
-                                          "subject, images (SHA-256 hashes), optional method.")],
+    request: Annotated[Path, typer.Option("--request", "-r", help="Deletion request JSON file "
+                                          "(its format is shown above).")],
     data_root: DataRoot = None,
     no_download: NoDownload = False,
     seed: Annotated[int | None, typer.Option(
@@ -141,7 +142,6 @@ def forget_cmd(
         help="Seconds to wait for another process changing the registry (default: as long as "
              "it takes).")] = None,
 ) -> None:
-    """Forget a patient's images: unlearn, verify safety, promote a new version (or fall back)."""
     from medunlearn.registry import process_request
 
     result = process_request(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
@@ -158,6 +158,20 @@ def forget_cmd(
         typer.echo(f"certificate: {where}" if where else
                    f"certificate: 'medunlearn audit show {reg} {rid} --out DIR' writes "
                    "DIR/certificate.json and DIR/certificate.html for this request")
+
+
+def _forget_help() -> str:
+    """``forget``'s help: one sentence, then the request format of
+    :data:`~medunlearn.registry.deletion_request.REQUEST_SCHEMA` (its one description), kept
+    line by line (click's \\b marks a paragraph it must not rewrap)."""
+    from medunlearn.registry.deletion_request import REQUEST_SCHEMA
+
+    paragraphs = REQUEST_SCHEMA.strip("\n").split("\n\n")
+    return ("Forget a patient's images: unlearn, verify safety, promote a new version (or fall "
+            "back).\n\n" + "\n\n".join("\b\n" + p for p in paragraphs))
+
+
+forget_cmd.__doc__ = _forget_help()
 
 
 def _echo_attempts(reg: Path, result: dict) -> None:

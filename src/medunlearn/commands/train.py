@@ -51,8 +51,11 @@ def train(
         help="With --backend ray: CPUs of the local Ray (default: all).")] = None,
 ) -> None:
     """Train a classifier and write model.safetensors, config.json and metrics.json to --out."""
+    from medunlearn.config import check_seed
     from medunlearn.errors import ConfigError
     from medunlearn.runs import run_training
+
+    check_seed(seed)
 
     if shards is None and (slices is not None or backend != "local" or ray_address
                            or num_cpus):

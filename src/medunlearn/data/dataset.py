@@ -58,6 +58,15 @@ class Split:
             return np.array([f"{self.name}-{int(i)}" for i in self.source_index], dtype=object)
         return self.patient_ids
 
+    def __repr__(self) -> str:
+        """One line: name, size, image shape, label counts, patients (never the tensors)."""
+        counts = np.bincount(self.labels.numpy(), minlength=2).tolist() if len(self) else []
+        shape = "x".join(map(str, self.images.shape[1:]))
+        who = ("one patient per image" if self.patient_ids is None
+               else f"{len(set(self.patient_ids.tolist()))} patients")
+        return (f"Split({self.name!r}: {len(self)} images of {shape}, labels {counts}, "
+                f"{who})")
+
     def take(self, keep: np.ndarray) -> Split:
         """The samples at positions ``keep`` (a new split of the same name)."""
         keep = np.asarray(keep, dtype=np.int64)
@@ -177,6 +186,21 @@ class Dataset:
         """Per-channel mean and std of the training images in [0, 1]."""
         x = self.train.images.float().div_(255)
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+
+    def __repr__(self) -> str:
+        """A short summary (name, splits and sizes, channels, image size, label counts,
+        patients), never the tensors: ``print(data)`` is readable."""
+        names = ", ".join(f"{i} {n}" for i, n in enumerate(self.view.class_names))
+        lines = [f"Dataset {self.name!r} ({self.source.get('source', 'medmnist')}, "
+                 f"{self.view.kind} view: {names}): {self.in_channels} channel(s), "
+                 f"{self.size}x{int(self.train.images.shape[3])} pixels"]
+        for s in SPLITS:
+            sp = self.splits[s]
+            counts = np.bincount(sp.labels.numpy(), minlength=self.num_classes).tolist()
+            who = ("one patient per image" if sp.patient_ids is None
+                   else f"{len(set(sp.patient_ids.tolist()))} patients")
+            lines.append(f"  {s:<5} {len(sp):>7} images  labels {counts}  {who}")
+        return "\n".join(lines)
 
     def describe(self) -> dict:
         """A JSON-able summary recorded with every run."""

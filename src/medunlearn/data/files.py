@@ -100,6 +100,23 @@ def _download(info: DatasetInfo, size: int, root: Path) -> None:
     cls(**kwargs)
 
 
+def check_root(root: Path, origin: str) -> None:
+    """Refuse a data folder named by the user (``--data-root`` or the environment) that does not
+    exist or is a file: medunlearn never creates a data folder where a typo points.
+
+    Raises:
+        DataError: naming the folder and the fix.
+    """
+    if origin.startswith("medmnist"):
+        return  # medmnist's own default folder (~/.medmnist) may be created by its download
+    if root.is_dir():
+        return
+    what = "is a file, not a folder" if root.exists() else "does not exist"
+    raise DataError(f"The data folder {root} (from {origin}) {what}. Point --data-root (or "
+                    f"{ROOT_ENV}) at the folder that holds the dataset's files; medunlearn "
+                    "never creates a data folder.")
+
+
 def locate(info: DatasetInfo, size: int, data_root: str | os.PathLike | None = None,
            *, download: bool = True) -> Path:
     """Return the path of a dataset file, downloading it if allowed.
@@ -114,6 +131,7 @@ def locate(info: DatasetInfo, size: int, data_root: str | os.PathLike | None = N
             f"{', '.join(map(str, info.sizes))}. Pass one of them with --size."
         )
     root, origin = resolve_root(data_root)
+    check_root(root, origin)
     path = root / info.file_name(size)
     if path.is_file():
         return path

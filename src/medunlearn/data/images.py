@@ -167,6 +167,11 @@ def decode(path: Path, data: bytes, size: int | None) -> Decoded:
         try:
             img = Image.open(io.BytesIO(data), formats=[fmt])
             img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _fail(path, f"declares more than {Image.MAX_IMAGE_PIXELS:,} pixels, more than "
+                        "any medical image needs (a damaged file or a decompression bomb); it "
+                        "was not decoded",
+                        "Export the image again at its real size or remove its row") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise _fail(path, f"is an unreadable or truncated {fmt} file ({exc})",
                         "Export the image again or remove its row.") from None

@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from medunlearn.config import DataSource
+from medunlearn.config import DataSource, unsafe_characters
 from medunlearn.data import image_cache
 from medunlearn.data.dataset import SPLITS, Dataset, _subset, from_arrays
 from medunlearn.data.images import CHANNELS, decode, resolve_channels, to_channels
@@ -61,6 +62,7 @@ SPLIT_NAMES = {
     "test": "test", "testing": "test", "holdout": "test",
 }
 AGE_BANDS = ("<40", "40-60", ">60")
+_BLANKS = " \t\r\n"  # what is stripped from manifest cells
 DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 0, "channels": AUTO,
             "augment": "basic"}
 
@@ -103,6 +105,26 @@ def _values(text) -> list[str] | None:
         text = text.split(",")
     out = [str(t).strip() for t in text if str(t).strip()]
     return out or None
+
+
+class DataNote(UserWarning):
+    """A remark about the user's data that is not an error (the CLI prints it as a plain
+    ``note:`` line, once)."""
+
+    medunlearn_note = True  # the marker the CLI's warning printer looks for
+
+
+def note(message: str) -> None:
+    """Tell the user something about their data that is not an error: a :class:`DataNote`
+    attributed to the first caller outside medunlearn (so Python shows the user's line, not a
+    line of this package)."""
+    import sys
+
+    package = str(Path(__file__).resolve().parents[1])
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, DataNote, stacklevel=level)
 
 
 # -- reading a manifest or a folder -------------------------------------------------------------
@@ -153,12 +175,19 @@ def _read_manifest(manifest: Path, opts: dict) -> tuple[list[Row], dict]:
     base = manifest.parent
     rows = []
     for n, r in enumerate(raw, start=2):
-        r = {(k or "").strip(): (v or "").strip() for k, v in r.items()}
+        # strip ASCII blanks only: str.strip() would also drop NEL or a line separator, so that
+        # a patient id 'P1\x85' silently became 'P1'
+        r = {(k or "").strip(_BLANKS): (v or "").strip(_BLANKS) for k, v in r.items()}
         where = f"{manifest.name} line {n}"
         if not r[path_col]:
             raise DataError(f"{where} has an empty {path_col!r}. Every row needs the path of its "
                             "image (relative to the CSV's folder).")
         patient = r[patient_col] if patient_col else None
+        if patient and (bad := unsafe_characters(patient)):
+            raise DataError(f"{where} has a patient id {patient[:40]!r} with control, "
+                            f"bidi-override or line-separator character(s) ({', '.join(bad)}). "
+                            "Patient ids end up in certificates and deletion requests, so they "
+                            "must be plain printable text: fix the id in the CSV.")
         if patient_col and not patient:
             raise DataError(f"{where} has an empty patient id in {patient_col!r}. Fill it in "
                             "(a patient's images must share one id) or pass --patient-column "
@@ -274,7 +303,9 @@ def _decode_all(rows: list[Row], hashes: list[str], size: int | None, channels: 
             return decode(r.path, fh.read(), size)
 
     workers = max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
+    with warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool:
+        # an image just under PIL's hard limit only warns: refuse it too (decode says why)
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         decoded = dict(zip(order, pool.map(work, order), strict=True))
     shapes: dict[tuple, str] = {}
     for i, d in decoded.items():
@@ -291,9 +322,9 @@ def _decode_all(rows: list[Row], hashes: list[str], size: int | None, channels: 
     if channels == AUTO and c == 1:
         n_colour = sum(d.colour for d in decoded.values())
         if n_colour:
-            warnings.warn(f"{n_colour} of {len(decoded)} images carry colour (e.g. tinted "
-                          "scans of film); they were converted to one grey channel "
-                          "(channels='auto'). Pass channels=3 if colour matters.", stacklevel=3)
+            note(f"{n_colour} of {len(decoded)} images carry colour (e.g. tinted scans of "
+                 "film); they were converted to one grey channel (channels='auto'). Pass "
+                 "--channels 3 (channels=3) if colour matters.")
     arrays = {i: to_channels(d, c) for i, d in decoded.items()}
     images = np.stack([arrays[first[h]] for h in hashes])
     tags = [decoded[first[h]].tags for h in hashes]
@@ -545,4 +576,4 @@ def _folder_source(source: DataSource, *, seed: int) -> Dataset:
 register_source("manifest", _from_manifest_record, _manifest_source)
 register_source("folder", _from_folder_record, _folder_source)
 
-__all__ = ["age_band", "load_files", "load_folder", "load_manifest"]
+__all__ = ["DataNote", "age_band", "load_files", "load_folder", "load_manifest"]

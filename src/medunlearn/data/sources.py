@@ -62,6 +62,24 @@ def load_dataset(source: DataSource | DataConfig | None = None, *, seed: int = 0
     return _SOURCE_LOADERS[source.kind](source, seed=seed)
 
 
+def dataset_name(record: Mapping) -> str:
+    """The name by which a ``data`` record's dataset is shown (certificates, status): the
+    MedMNIST flag, else the name given when loading (default: the CSV manifest's folder or the
+    class folder's name), else the file's or folder's own name."""
+    from pathlib import Path
+
+    if not isinstance(record, Mapping):
+        return ""
+    for key in ("name", "dataset"):
+        if str(record.get(key) or "").strip(" ."):
+            return str(record[key])
+    for key in ("manifest", "root"):
+        if record.get(key):
+            path = Path(str(record[key]))
+            return (path.parent.name if key == "manifest" else path.name) or path.name
+    return str(record.get("source", ""))
+
+
 def source_names() -> list[str]:
     _load_builtin()
     return sorted(_LOADERS)
@@ -168,5 +186,5 @@ def _load_builtin() -> None:
         importlib.import_module("medunlearn.data.manifest")
 
 
-__all__ = ["DataSource", "data_identity", "load_dataset", "load_from_record", "register_source",
-           "source_names", "source_of", "validate_record"]
+__all__ = ["DataSource", "data_identity", "dataset_name", "load_dataset", "load_from_record",
+           "register_source", "source_names", "source_of", "validate_record"]

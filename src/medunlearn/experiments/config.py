@@ -75,10 +75,12 @@ def _as_list(value: Any, where: str) -> list:
 def _check_keys(d: dict, valid: tuple[str, ...], where: str) -> None:
     if not isinstance(d, dict):
         raise ExperimentConfigError(f"{where} must be a mapping, got {d!r}.")
-    unknown = sorted(set(d) - set(valid))
+    unknown = sorted(map(str, set(d) - set(valid)))
     if unknown:
+        shown = ", ".join(repr(k) if len(k) <= 40 else f"{k[:40]!r}... ({len(k)} characters)"
+                          for k in unknown[:5])  # a 1 MB key is not echoed whole
         raise ExperimentConfigError(
-            f"Unknown key(s) {', '.join(map(repr, unknown))} in {where}; valid keys: "
+            f"Unknown key(s) {shown}{' ...' if len(unknown) > 5 else ''} in {where}; valid keys: "
             f"{', '.join(valid)}."
         )
 

@@ -150,6 +150,7 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
         RegistryError: invalid manifest or method chain.
     """
     from medunlearn.checkpoint import load_run  # safetensors only: no pickle is ever loaded
+    from medunlearn.data.sources import dataset_name
 
     model_dir = Path(model_dir)
     run = load_run(model_dir)
@@ -189,7 +190,7 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                 meta = {"schema_version": SCHEMA_VERSION, "created": ledger.now_iso(),
                         "source_model": str(model_dir.resolve()), "methods": json.dumps(chain),
                         "seed": str(run.seed), "data_root": data_root or "",
-                        "dataset": str(config.get("data", {}).get("dataset", "")),
+                        "dataset": dataset_name(config.get("data") or {}),
                         "manifest_sha256": manifest_sha256(rows)}
                 for k, v in {**meta, "active_version": "1"}.items():
                     set_meta(conn, k, v)

@@ -39,6 +39,7 @@ from medunlearn.registry.deletion_request import DeletionRequest, load_request
 from medunlearn.registry.errors import AuditError, RegistryError, RequestError
 from medunlearn.registry.features import CACHE_DIR, keep_active_features
 from medunlearn.registry.index_files import write_index_rows
+from medunlearn.registry.preflight import check_forget_options
 from medunlearn.registry.replay import result_sha256
 from medunlearn.registry.requests import (
     Plan,
@@ -97,6 +98,7 @@ def process_request(reg: str | os.PathLike, request: str | os.PathLike | dict | 
     """
     t0 = time.perf_counter()
     reg = Path(reg)
+    check_forget_options(reg, seed=seed, data_root=data_root)  # before anything is written
     req = request if isinstance(request, DeletionRequest) else load_request(request)
     if req.method is not None and not req.consolidate:  # a consolidation always retrains
         check_method(req)
