@@ -499,19 +499,21 @@ def test_verify_step_receives_active_version_as_original(reg, manifest):
 # --------------------------------------------------------------------------- audit
 
 
-def test_certificate_json_and_html(reg, manifest, tmp_path, capsys):
+def test_certificate_json_and_html(reg, manifest, tiny_model, tmp_path, capsys):
     idx = distinct(manifest, 2)
     fake(reg, req("DR-1", manifest, idx))
     assert main(["audit", "show", str(reg), "DR-1", "--out", str(tmp_path / "cert")]) == 0
     cert = json.loads((tmp_path / "cert" / "certificate.json").read_text())
     assert [f["sha256"] for f in cert["forgotten"]] == [manifest[i] for i in idx]
+    # version 1 (a copy of the registered model) was purged by the request: its hash stays
+    assert not (reg / "versions" / "1" / "model.safetensors").exists()
     assert cert["model_before"]["weights_sha256"] == sha256_file(
-        reg / "versions" / "1" / "model.safetensors")
+        tiny_model / "model.safetensors")
     assert cert["model_after"]["weights_sha256"] == sha256_file(
         reg / "versions" / "2" / "model.safetensors")
     assert cert["method"] == "salun-cra" and cert["attempts"][0]["passed"]
     assert [e["kind"] for e in cert["ledger"]["entries"]] == ["request", "attempt", "promote",
-                                                            "complete"]
+                                                            "complete", "purge"]
     page = (tmp_path / "cert" / "certificate.html").read_text()
     assert manifest[idx[0]] in page and "<script" not in page and "http" not in page
     # test doubles are recorded in the ledger and flagged, never passed off as real unlearning

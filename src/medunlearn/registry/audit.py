@@ -22,7 +22,7 @@ from pathlib import Path
 
 from medunlearn.errors import OutputExistsError
 from medunlearn.io import atomic_write_json, atomic_write_text
-from medunlearn.registry import ledger, proof_records, replay, store, wording
+from medunlearn.registry import ledger, proof_records, replay, residue, store, wording
 from medunlearn.registry.db import connect, get_meta, writer_lock
 from medunlearn.registry.errors import AuditError, RegistryError
 from medunlearn.registry.steps import REAL_STEPS
@@ -131,13 +131,15 @@ def _audit(reg: Path, load_models: bool, anchors: list[tuple[int, str]]) -> Audi
                 warnings.append(f"attempt {e['body'].get('attempt')} of request "
                                 f"{e['request_id']} (ledger entry {e['seq']}) was promoted "
                                 f"using non-standard steps {', '.join(odd)}")
+        warnings += residue.audit_notes(reg, entries)  # interrupted purges, unknown files
         counts = {k: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for k, t in
                   (("versions", "versions"), ("samples", "samples"))}
         forgotten = conn.execute("SELECT COUNT(*) FROM samples WHERE forgotten_in IS NOT NULL"
                                  ).fetchone()[0]
         return AuditReport(ok=not problems, problems=problems, warnings=warnings, checked={
             "ledger_entries": len(entries), **counts, "forgotten": forgotten,
-            "head": ledger.head(conn)[1], "anchors": len(anchors)})
+            "head": ledger.head(conn)[1], "anchors": len(anchors),
+            "purged_by_design": residue.purged_count(entries)})
     finally:
         conn.close()
 
