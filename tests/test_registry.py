@@ -535,8 +535,8 @@ def test_external_anchors_catch_a_rewritten_ledger(reg, manifest, tmp_path, caps
     anchor = f"{head['entries']}:{head['head']}"
     assert main(["audit", "verify", str(reg), "--anchor", anchor, "--certificate",
                  str(cert_file)]) == 0
-    # the head anchor, the certificate's four request entries and its head
-    assert "6 external anchor(s) matched" in capsys.readouterr().out
+    # the head anchor, the certificate's five request entries and its head
+    assert "7 external anchor(s) matched" in capsys.readouterr().out
     # someone with write access changes DR-1's subject in its table row and in its ledger
     # entry, then recomputes the whole chain and the head file
     conn = sqlite3.connect(reg / "registry.db")
@@ -612,15 +612,15 @@ def test_audit_detects_tampered_tables(busy_reg, capsys, tamper, expect):
 
 
 def test_audit_detects_changed_or_missing_model_files(busy_reg, capsys):
-    weights = busy_reg / "versions" / "2" / "model.safetensors"
+    weights = busy_reg / "versions" / "3" / "model.safetensors"  # the active version's
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     code, err = _audit(busy_reg, capsys)
-    assert code == 1 and "model version 2" in err and str(weights) in err
-    (busy_reg / "versions" / "3" / "model.safetensors").unlink()
+    assert code == 1 and "model version 3" in err and str(weights) in err
+    (busy_reg / "versions" / "2" / "config.json").unlink()  # a record kept after the purge
     code, err = _audit(busy_reg, capsys)
-    assert "model version 3" in err and "missing" in err
+    assert "model version 2" in err and "missing" in err
 
 
 def test_audit_detects_changed_config(busy_reg, capsys):
