@@ -275,6 +275,20 @@ def _remove(path: Path) -> None:
 # --------------------------------------------------------------------------- listing
 
 
+def residue(reg: str | os.PathLike) -> list[dict]:
+    """:func:`scan` of a registry folder (``medunlearn registry residue``; reads only, under
+    the shared lock so that a running request is not seen half-way)."""
+    from medunlearn.registry.db import connect, writer_lock
+
+    connect(reg).close()  # a clear error if reg is not a registry
+    with writer_lock(reg, shared=True):
+        conn = connect(reg)
+        try:
+            return scan(Path(reg), conn)
+        finally:
+            conn.close()
+
+
 def scan(reg: Path, conn: sqlite3.Connection) -> list[dict]:
     """Every file in the registry derived from a forgotten image: ``[{path, what, kept_until}]``
     (``kept_until``: the version whose promotion purges a copy kept for rollback, else None).
