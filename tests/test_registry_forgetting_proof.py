@@ -70,8 +70,9 @@ def _no_data(model_dir, **kw):
 def fq_reg(tiny_model, manifest, tmp_path_factory, medmnist_root):
     """R1 and R2 completed (finetune), R3 failed, R4 pending; the check run on R2."""
     reg = tmp_path_factory.mktemp("fq") / "reg"
+    # the check unlearns again from the version a request started from: keep those weights
     init_registry(tiny_model, reg, data_root=str(medmnist_root), methods=["finetune", "retrain"],
-                  warm=False)
+                  warm=False, keep_superseded=5)
     images = {"R1": distinct(manifest, 2), "R2": distinct(manifest, 2, start=10),
               "R3": distinct(manifest, 1, start=20), "R4": distinct(manifest, 1, start=30)}
     for rid in ("R1", "R2"):
