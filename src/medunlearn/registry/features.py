@@ -66,23 +66,28 @@ def keep_active_features(active_dir: Path, session: cache.Session, *, withdrawn:
         None when the model's data could not be loaded here (then every table is deleted: an
         unfiltered table could hold a withdrawn image's features).
     """
-    from medunlearn.checkpoint import load_run_and_data
+    from medunlearn.checkpoint import load_run
     from medunlearn.loop import model_parts
 
     folder = session.directory
     if folder is None:
         return []
     try:
-        run, dataset = load_run_and_data(active_dir, data_root=data_root, cache=session)
+        run = load_run(active_dir)
+        _, head = model_parts(run.model)
+        digest = cache.backbone_digest(run.model, head)
+        keys = {k for k in session.features if k.startswith(digest + "-")}
+        if folder.is_dir():
+            keys |= {p.stem for p in folder.glob(f"{digest}-*.npz")}
+        if not keys:
+            cache.prune(folder, keep=set())
+            return []
+        overrides = {"data_root": data_root} if data_root else {}
+        dataset = run.load_dataset(cache=session, **overrides)
     except (DataError, CheckpointError, OSError):
         cache.prune(folder, keep=set())
         return None
-    _, head = model_parts(run.model)
-    digest = cache.backbone_digest(run.model, head)
     width = getattr(head, "in_features", None)
-    keys = {k for k in session.features if k.startswith(digest + "-")}
-    if folder.is_dir():
-        keys |= {p.stem for p in folder.glob(f"{digest}-*.npz")}
     hashes = dataset.train.pixel_hashes
     drop = {hashes[i] for i in withdrawn if 0 <= i < len(hashes)}
     written = []
