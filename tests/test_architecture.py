@@ -21,7 +21,7 @@ LAYERS = {
     "medunlearn": 0, "medunlearn.errors": 0, "medunlearn.config": 0, "medunlearn.fileio": 0,
     "medunlearn.io": 0, "medunlearn.provenance": 0, "medunlearn.progress": 0,
     "medunlearn.plots": 0, "medunlearn.ray_support": 0, "medunlearn.cache": 0,
-    "medunlearn._ambient": 0, "medunlearn.data.info": 0, "medunlearn.executors": 0,
+    "medunlearn.data.info": 0, "medunlearn.executors": 0,
     # 1: data, models, the one loop, training (whose validation reports the utility metrics),
     # sharded training in memory, forget sets
     "medunlearn.data": 1, "medunlearn.models": 1, "medunlearn.loop": 1,
@@ -41,10 +41,6 @@ LAYERS = {
 
 #: Imports allowed against the rules, each with the reason and who removes it. Keep it short.
 KNOWN_EDGES = {
-    ("medunlearn.cache", "medunlearn.loop"):
-        "TODO(coordinator): cache.backbone_digest looks up the model's head in loop; it goes "
-        "when the registry passes cache= explicitly and the ambient session is deleted "
-        "(medunlearn/_ambient.py), with this entry",
     ("medunlearn.evaluation.api", "medunlearn.runs.evaluate"):
         "TODO(coordinator): compatibility name of evaluate_run for the registry branch; delete "
         "evaluation/api.py once the registry imports medunlearn.runs",

@@ -499,19 +499,21 @@ def test_verify_step_receives_active_version_as_original(reg, manifest):
 # --------------------------------------------------------------------------- audit
 
 
-def test_certificate_json_and_html(reg, manifest, tmp_path, capsys):
+def test_certificate_json_and_html(reg, manifest, tiny_model, tmp_path, capsys):
     idx = distinct(manifest, 2)
     fake(reg, req("DR-1", manifest, idx))
     assert main(["audit", "show", str(reg), "DR-1", "--out", str(tmp_path / "cert")]) == 0
     cert = json.loads((tmp_path / "cert" / "certificate.json").read_text())
     assert [f["sha256"] for f in cert["forgotten"]] == [manifest[i] for i in idx]
+    # version 1 (a copy of the registered model) was purged by the request: its hash stays
+    assert not (reg / "versions" / "1" / "model.safetensors").exists()
     assert cert["model_before"]["weights_sha256"] == sha256_file(
-        reg / "versions" / "1" / "model.safetensors")
+        tiny_model / "model.safetensors")
     assert cert["model_after"]["weights_sha256"] == sha256_file(
         reg / "versions" / "2" / "model.safetensors")
     assert cert["method"] == "salun-cra" and cert["attempts"][0]["passed"]
     assert [e["kind"] for e in cert["ledger"]["entries"]] == ["request", "attempt", "promote",
-                                                            "complete"]
+                                                            "complete", "purge"]
     page = (tmp_path / "cert" / "certificate.html").read_text()
     assert manifest[idx[0]] in page and "<script" not in page and "http" not in page
     # test doubles are recorded in the ledger and flagged, never passed off as real unlearning
@@ -533,8 +535,8 @@ def test_external_anchors_catch_a_rewritten_ledger(reg, manifest, tmp_path, caps
     anchor = f"{head['entries']}:{head['head']}"
     assert main(["audit", "verify", str(reg), "--anchor", anchor, "--certificate",
                  str(cert_file)]) == 0
-    # the head anchor, the certificate's four request entries and its head
-    assert "6 external anchor(s) matched" in capsys.readouterr().out
+    # the head anchor, the certificate's five request entries and its head
+    assert "7 external anchor(s) matched" in capsys.readouterr().out
     # someone with write access changes DR-1's subject in its table row and in its ledger
     # entry, then recomputes the whole chain and the head file
     conn = sqlite3.connect(reg / "registry.db")
@@ -610,15 +612,15 @@ def test_audit_detects_tampered_tables(busy_reg, capsys, tamper, expect):
 
 
 def test_audit_detects_changed_or_missing_model_files(busy_reg, capsys):
-    weights = busy_reg / "versions" / "2" / "model.safetensors"
+    weights = busy_reg / "versions" / "3" / "model.safetensors"  # the active version's
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     code, err = _audit(busy_reg, capsys)
-    assert code == 1 and "model version 2" in err and str(weights) in err
-    (busy_reg / "versions" / "3" / "model.safetensors").unlink()
+    assert code == 1 and "model version 3" in err and str(weights) in err
+    (busy_reg / "versions" / "2" / "config.json").unlink()  # a record kept after the purge
     code, err = _audit(busy_reg, capsys)
-    assert "model version 3" in err and "missing" in err
+    assert "model version 2" in err and "missing" in err
 
 
 def test_audit_detects_changed_config(busy_reg, capsys):

@@ -212,9 +212,10 @@ def test_two_forget_processes_serialise(reg, tmp_path):
     conn = sqlite3.connect(reg / "registry.db")
     order = [r[0] for r in conn.execute(
         "SELECT request_id FROM ledger WHERE request_id IS NOT NULL ORDER BY seq")]
-    assert len(order) == 8 and order[:4] == [order[0]] * 4 and order[4:] == [order[4]] * 4
+    # (request, attempt, promote, complete, purge) each
+    assert len(order) == 10 and order[:5] == [order[0]] * 5 and order[5:] == [order[5]] * 5
     # the second one unlearned from the first one's version and excluded its images
-    first, second = order[0], order[4]
+    first, second = order[0], order[5]
     call = json.loads((reg / "versions" / "3" / "fake_call.json").read_text())
     assert call["exclude"] == ({"RA": [1, 2, 3], "RB": [10, 11]}[first])
     assert call["forget"] == ({"RA": [1, 2, 3], "RB": [10, 11]}[second])

@@ -70,8 +70,9 @@ def _no_data(model_dir, **kw):
 def fq_reg(tiny_model, manifest, tmp_path_factory, medmnist_root):
     """R1 and R2 completed (finetune), R3 failed, R4 pending; the check run on R2."""
     reg = tmp_path_factory.mktemp("fq") / "reg"
+    # the check unlearns again from the version a request started from: keep those weights
     init_registry(tiny_model, reg, data_root=str(medmnist_root), methods=["finetune", "retrain"],
-                  warm=False)
+                  warm=False, keep_superseded=5)
     images = {"R1": distinct(manifest, 2), "R2": distinct(manifest, 2, start=10),
               "R3": distinct(manifest, 1, start=20), "R4": distinct(manifest, 1, start=30)}
     for rid in ("R1", "R2"):
@@ -186,3 +187,18 @@ def test_missing_data_is_named(fq_reg, tmp_path, capsys):
                  str(empty), "--no-download", "--quiet"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "breastmnist" in err and "was not found" in err and "--data-root" in err
+
+
+def test_a_purged_start_model_is_named_with_the_fix(tiny_model, manifest, tmp_path, capsys,
+                                                    medmnist_root):
+    """By default the model a request started from is purged when it completes (it was trained
+    on the forgotten images), so the check that unlearns again from it cannot run: the error
+    says why and how to keep that model."""
+    reg = tmp_path / "reg"
+    init_registry(tiny_model, reg, data_root=str(medmnist_root), methods=["finetune", "retrain"],
+                  warm=False)
+    forget(reg, req("P1", manifest, distinct(manifest, 1)), unlearn=fake_unlearn,
+           verify=fake_verify)
+    assert main(["audit", "forgetting-quality", str(reg), "P1", "--n", "3", "--quiet"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "were purged" in err and "--keep-superseded 1" in err

@@ -272,11 +272,8 @@ def infer(model: nn.Module, split, indices=None, *, runtime: Runtime = CPU_FP32,
     With ``cache`` (a :class:`medunlearn.cache.Session`) penultimate features are kept per image
     and backbone and reused; logits are then the head applied to them.
     """
-    from medunlearn._ambient import cache_or_ambient
-
-    session = cache_or_ambient(cache)
-    if session is not None:
-        return _infer_cached(session, model, split, indices, runtime=runtime,
+    if cache is not None:
+        return _infer_cached(cache, model, split, indices, runtime=runtime,
                              batch_size=batch_size, features=features)
     return _infer(model, split, indices, runtime=runtime, batch_size=batch_size,
                   features=features)
@@ -294,7 +291,8 @@ def _infer_cached(session, model: nn.Module, split, indices, *, runtime: Runtime
         return _infer(model, split, sel, runtime=runtime, batch_size=batch_size,
                       features=features)
     _, head = model_parts(model)
-    table = session.table(feature_key(model, runtime.device.type, head))
+    table = session.table(feature_key(model, runtime.device.type, head),
+                          getattr(head, "in_features", None))
     hashes = split.pixel_hashes  # what the network sees, whatever the source file was
     wanted = [hashes[i] for i in sel]
     missing, seen = [], set()
@@ -304,6 +302,8 @@ def _infer_cached(session, model: nn.Module, split, indices, *, runtime: Runtime
             missing.append(i)
     session.misses += len(missing)
     session.hits += len(sel) - len(missing)
+    if table.from_disk:
+        session.disk_hits += len(sel) - len(missing)
     if missing:
         _, fe = _infer(model, split, np.array(missing, dtype=np.int64), runtime=runtime,
                        batch_size=batch_size, features=True)

@@ -16,6 +16,11 @@ audit_app = typer.Typer(help="Verify a registry's audit ledger; issue deletion c
                         no_args_is_help=True)
 
 Reg = Annotated[Path, typer.Argument(help="Registry folder (from 'medunlearn registry init').")]
+KeepSuperseded = Annotated[int, typer.Option(
+    "--keep-superseded", min=0, max=1000, metavar="N",
+    help="Keep the weights of the last N superseded model versions for rollback (0: after each "
+         "request, delete the weights of every superseded version that holds a forgotten "
+         "image; their records stay). 'registry residue' lists what is kept.")]
 
 
 def _short(h: str | None) -> str:
@@ -39,13 +44,15 @@ def init(
              "for binary clinical views, newton,salun,retrain otherwise).")] = None,
     data_root: DataRoot = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing registry.")] = False,
+    keep_superseded: KeepSuperseded = 0,
 ) -> None:
     """Register a model: copy it as version 1 and record its weights hash and image manifest."""
     from medunlearn.registry import init_registry, status
     from medunlearn.registry.preflight import check_init_options
 
     chain = check_init_options(model, methods=methods, data_root=data_root)
-    init_registry(model, out, methods=chain, data_root=data_root, overwrite=overwrite)
+    init_registry(model, out, methods=chain, data_root=data_root, overwrite=overwrite,
+                  keep_superseded=keep_superseded)
     st = status(out)
     v = st["active_version"]
     typer.echo(f"registry {out}: version {v['n']} (weights {_short(v['weights_sha256'])}...), "
@@ -119,6 +126,38 @@ def manifest_cmd(
     typer.echo(f"wrote {out}")
 
 
+@registry_app.command("residue")
+def residue_cmd(
+    reg: Reg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List every file still in the registry derived from a forgotten image (exit 1 if any).
+
+    Superseded versions' weights (purged after each request unless --keep-superseded keeps
+    them), staging folders, per-image checks' work runs, feature tables the ledger does not
+    vouch for, and any other model file. Copies outside the registry (deployed models, backups,
+    the training data) are not seen.
+    """
+    from medunlearn.registry.residue import NOT_REACHABLE, residue
+
+    found = residue(reg)
+    if as_json:
+        echo_json({"registry": str(reg), "residue": found, "not_reachable": NOT_REACHABLE})
+    elif not found:
+        typer.echo(f"residue of {reg}: none (no file in the registry is derived from a "
+                   "forgotten image)")
+    else:
+        typer.echo(f"residue of {reg}: {len(found)} file(s) derived from forgotten images")
+        for f in found:
+            until = (f"; kept for rollback until version {f['kept_until']} is promoted"
+                     if f.get("kept_until") else "")
+            typer.echo(f"  {_one_line(f['path'], 200)}  ({f['what']}{until})")
+    if not as_json:
+        typer.echo("not reachable from here: " + "; ".join(NOT_REACHABLE))
+    if found:
+        raise typer.Exit(1)
+
+
 @registry_app.command("resume")
 def resume_cmd(reg: Reg, data_root: DataRoot = None, no_download: NoDownload = False) -> None:
     """Clean up after an interrupted run and finish every pending request."""
@@ -141,11 +180,16 @@ def forget_cmd(
     wait: Annotated[float | None, typer.Option(
         help="Seconds to wait for another process changing the registry (default: as long as "
              "it takes).")] = None,
+    keep_superseded: Annotated[int | None, typer.Option(
+        "--keep-superseded", min=0, max=1000, metavar="N",
+        help="For this request: keep the weights of the last N superseded versions (default: "
+             "the registry's setting from 'registry init', else 0).")] = None,
 ) -> None:
     from medunlearn.registry import process_request
 
     result = process_request(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
-                             download=not no_download, log=lambda m: typer.echo(m, err=True))
+                             download=not no_download, keep_superseded=keep_superseded,
+                             log=lambda m: typer.echo(m, err=True))
     if as_json or result.get("reused") or not result.get("attempts"):
         _report_result(reg, result, as_json)
         return
@@ -315,6 +359,9 @@ def verify_cmd(
                f"versions, {c['samples']} manifest images ({c['forgotten']} forgotten), "
                f"{c['anchors']} external anchor(s) matched, {c['certificates']} certificate(s) "
                f"match the registry; head {c['head']}")
+    if c.get("purged_by_design"):
+        typer.echo(f"purged by design: {c['purged_by_design']} file(s) of superseded versions "
+                   "(recorded in the ledger's purge entries with their hashes)")
 
 
 @audit_app.command("show")

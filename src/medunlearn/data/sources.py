@@ -115,9 +115,7 @@ def load_from_record(record: Mapping, *, seed: int = 0, cache=None, **overrides)
         raise DataError(f"Unknown data source {name!r} in the run's config.json; known sources: "
                         f"{', '.join(sorted(_LOADERS))}. The run was written by a newer "
                         "medunlearn or its config.json was edited.")
-    from medunlearn._ambient import cache_or_ambient
-
-    session = cache_or_ambient(cache)
+    session = cache
     if session is None:
         return _LOADERS[name](dict(record), seed=seed, **overrides)
     from medunlearn.cache import dataset_key

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medunlearn.registry import certificate as certificates
-from medunlearn.registry import ledger, reading, replay
+from medunlearn.registry import ledger, reading, replay, residue
 from medunlearn.registry.db import LOCK_FILE, require_registry
 from medunlearn.registry.errors import RegistryError
 from medunlearn.registry.steps import REAL_STEPS
@@ -165,10 +165,12 @@ def _audit(snap: reading.Snapshot, load_models: bool, anchors: list[tuple[int, s
             warnings.append(f"attempt {e['body'].get('attempt')} of request "
                             f"{e['request_id']} (ledger entry {e['seq']}) was promoted "
                             f"using non-standard steps {', '.join(odd)}")
+    warnings += residue.audit_notes(reg, entries)  # interrupted purges, unknown files
     counts = {k: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for k, t in
               (("versions", "versions"), ("samples", "samples"))}
     forgotten = conn.execute("SELECT COUNT(*) FROM samples WHERE forgotten_in IS NOT NULL"
                              ).fetchone()[0]
     return AuditReport(ok=not problems, problems=problems, warnings=warnings, checked={
         "ledger_entries": len(entries), **counts, "forgotten": forgotten,
-        "head": ledger.head(conn)[1], "anchors": len(anchors), "certificates": len(certs)})
+        "head": ledger.head(conn)[1], "anchors": len(anchors), "certificates": len(certs),
+        "purged_by_design": residue.purged_count(entries)})

@@ -187,10 +187,14 @@ def writer_lock(reg: str | os.PathLike, *, timeout: float | None = None,
     """
     require_registry(reg)  # never create a lock file in a folder that is not a registry
     path = Path(reg) / LOCK_FILE
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise RegistryError(f"The registry's lock file {path} is a symbolic link or not a plain "
+                            "file; refusing to open it (it could create or lock a file outside "
+                            "the registry). Replace it by an empty plain file.")
     try:
         # a reader's shared lock works on a read-only file (a registry on a read-only disk)
         flags = os.O_RDONLY if shared and path.exists() else os.O_RDWR | os.O_CREAT
-        fd = os.open(path, flags, 0o666)
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)
     except OSError as exc:
         raise RegistryError(f"Cannot open the registry's lock file {path} ({exc.strerror}); the "
                             "registry folder must be writable by you.") from None

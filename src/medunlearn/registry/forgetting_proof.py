@@ -41,7 +41,7 @@ from medunlearn.registry.proof_records import (
 )
 from medunlearn.registry.requests import request_items
 from medunlearn.registry.steps import REQUEST_OPTIONS, VERIFY_OPTIONS
-from medunlearn.registry.versions import require_local_data
+from medunlearn.registry.versions import MODEL_FILE, require_local_data
 from medunlearn.registry.workflow import recover
 
 DEFAULT_N = 16
@@ -104,6 +104,15 @@ def _proof_plan(reg: Path, conn: sqlite3.Connection, request_id: str) -> dict:
             f"Request {request_id} made no new model (its images had already been forgotten), "
             "so there is no unlearning to check. Run the check on the request that forgot "
             "them (its certificate names it).")
+    start = reg / "versions" / str(r["from_version"]) / MODEL_FILE
+    if not start.is_file():
+        raise RegistryError(
+            f"The check of {request_id} unlearns again from the model the request started from "
+            f"(version {r['from_version']}), and that model's weights were purged when the "
+            "request completed: superseded models trained on forgotten images are deleted by "
+            "default. To check requests, keep the superseded model until the check has run: "
+            f"'medunlearn forget {reg} --request FILE --keep-superseded 1' (or 'registry init "
+            "--keep-superseded 1'), then run this command before the next request.")
     method = conn.execute("SELECT method FROM versions WHERE n = ?",
                           (r["to_version"],)).fetchone()["method"]
     own = request_items(conn, request_id, "forget")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from medunlearn.registry import ledger, proof_records, store
+from medunlearn.registry import ledger, proof_records, residue, store
 
 BEFORE = "(before registration)"  # samples.request_id of images an unlearn run forgot already
 
@@ -48,7 +48,8 @@ def ledger_problems(conn: sqlite3.Connection, reg: str | Path | None = None) -> 
     expected = expected_tables(entries)
     if reg is None:
         return problems + table_problems(conn, expected)
-    return (problems + table_problems(conn, expected) + file_problems(Path(reg), expected)
+    return (problems + table_problems(conn, expected) + residue.purge_problems(entries)
+            + file_problems(Path(reg), residue.unpurged(Path(reg), expected, entries))
             + proof_records.file_problems(Path(reg), entries))
 
 

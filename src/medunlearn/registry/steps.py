@@ -8,8 +8,12 @@ version, then the safety ``gate``). Tests pass stand-ins (``medunlearn.testing.f
 
 Contracts::
 
-    unlearn(model_dir, *, method, forget, exclude, out, seed, data_root) -> dict  # metrics
-    verify(run_dir, *, original, data_root) -> Verification
+    unlearn(model_dir, *, method, forget, exclude, out, seed, data_root[, cache]) -> dict
+    verify(run_dir, *, original, data_root[, cache]) -> Verification
+
+A step that takes ``cache`` gets the registry's feature cache (a ``medunlearn.cache.Session``
+whose tables the ledger vouches for; see :mod:`.features`); the production steps pass it on to
+``run_unlearning`` and ``evaluate_run``.
 
 Every attempt records the names of the two steps it used (:func:`step_name`); the audit flags a
 promotion made with any step other than the production ones (:data:`REAL_STEPS`).
@@ -55,26 +59,27 @@ REQUEST_OPTIONS: dict[str, dict] = {"newton": {"scope": "head"}}
 
 def unlearn_candidate(model_dir: str | os.PathLike, *, method: str, forget: Sequence[int],
                       exclude: Sequence[int], out: str | os.PathLike, seed: int = 0,
-                      data_root: str | None = None) -> dict:
-    """Unlearn with ``medunlearn.unlearning.run_unlearning`` (no progress bar), with the
-    request options of :data:`REQUEST_OPTIONS`."""
-    from medunlearn.unlearning import run_unlearning
+                      data_root: str | None = None, cache=None) -> dict:
+    """Unlearn with ``medunlearn.runs.run_unlearning`` (no progress bar), with the request
+    options of :data:`REQUEST_OPTIONS` (``cache``: the registry's feature cache)."""
+    from medunlearn.runs import run_unlearning
 
     return run_unlearning(model_dir, method=method, forget=list(forget), seed=seed, out=out,
                           exclude=list(exclude), data_root=data_root, progress=False,
                           retain_limit=VERIFY_OPTIONS["retain_limit"],
-                          options=REQUEST_OPTIONS.get(method))
+                          options=REQUEST_OPTIONS.get(method), cache=cache)
 
 
 def gate_candidate(run_dir: str | os.PathLike, *, original: str | os.PathLike,
-                   data_root: str | None = None) -> Verification:
+                   data_root: str | None = None, cache=None) -> Verification:
     """Evaluate the candidate ``run_dir`` against the active version ``original`` (the
-    registry's verification options) and apply the safety gate to the metrics."""
-    from medunlearn.evaluation.api import evaluate_run
+    registry's verification options) and apply the safety gate to the metrics (``cache``: the
+    registry's feature cache)."""
     from medunlearn.evaluation.gate import gate
+    from medunlearn.runs import evaluate_run
 
     metrics = evaluate_run(run_dir, original=original, data_root=data_root,
-                           options=VERIFY_OPTIONS)
+                           options=VERIFY_OPTIONS, cache=cache)
     exact = (metrics["runs"]["model"].get("method") or {}).get("name") == "retrain"
     # exact retraining is what the privacy checks approximate; its clinical safety still counts
     verdict = gate(metrics, {"privacy_checks": False} if exact else None)

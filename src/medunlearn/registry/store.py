@@ -151,6 +151,62 @@ def check_head(reg: str | Path, conn: sqlite3.Connection) -> None:
 
 
 
+#: What may be inside a registry folder, by top-level name: ``"file"`` or ``"tree"`` (a folder
+#: holding only plain files and folders).
+LAYOUT = {"registry.db": "file", "registry.db-wal": "file", "registry.db-shm": "file",
+          "registry.db-journal": "file", HEAD_FILE: "file", INTENT_FILE: "file", "lock": "file",
+          "versions": "tree", "staging": "tree", "cache": "tree", "forgetting_quality": "tree"}
+
+
+def check_plain(reg: str | Path) -> None:
+    """Before any write or delete: refuse a registry in which a file or folder the registry uses
+    is a symbolic link or anything but a plain file or folder (a link could make a write or a
+    clean-up reach outside the registry).
+
+    Raises:
+        RegistryError: naming the first such path.
+    """
+    import os
+    import stat
+
+    reg = Path(reg)
+    for name, kind in LAYOUT.items():
+        top = reg / name
+        for path in [top, *(_walk(top) if kind == "tree" else [])]:
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise RegistryError(f"Cannot inspect {path} ({exc.strerror}); the registry "
+                                    "folder must be readable by you.") from None
+            ok = stat.S_ISREG(mode) if path == top and kind == "file" else (
+                stat.S_ISDIR(mode) if path == top else stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+            if not ok:
+                what = ("a symbolic link" if stat.S_ISLNK(mode) else
+                        "not a plain file" if kind == "file" or path != top else
+                        "not a plain folder")
+                raise RegistryError(
+                    f"Refusing to change the registry {reg}: {path} is {what}. The registry "
+                    "writes and deletes only its own plain files and folders, so that nothing "
+                    "outside it can be changed through it. Replace it by a plain "
+                    f"{'file' if kind == 'file' else 'folder'} (or remove it; run 'medunlearn "
+                    f"audit verify {reg}' afterwards).")
+
+
+def _walk(top: Path) -> list[Path]:
+    """Every path below ``top`` without following symbolic links (empty if it is not a
+    folder)."""
+    import os
+
+    if not top.is_dir() or top.is_symlink():
+        return []
+    out = []
+    for root, dirs, files in os.walk(top, followlinks=False):
+        out += [Path(root) / n for n in sorted(dirs) + sorted(files)]
+    return out
+
+
 def folder_hashes(folder: Path) -> dict[str, str]:
     """``{relative path: SHA-256}`` of every file in a model version's folder (recorded in the
     ledger when the version is created, so that no file of it can change unnoticed)."""

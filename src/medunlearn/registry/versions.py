@@ -26,11 +26,10 @@ from pathlib import Path
 
 from medunlearn.errors import CheckpointError, DataError, MedUnlearnError
 from medunlearn.io import sha256_file, staged_output
-from medunlearn.registry import ledger, store
+from medunlearn.registry import features, ledger, store
 from medunlearn.registry.db import LOCK_FILE, SCHEMA_VERSION, connect, get_meta, set_meta
 from medunlearn.registry.deletion_request import HASH_PATTERN
 from medunlearn.registry.errors import RegistryError
-from medunlearn.registry.features import CACHE_DIR, warm_features
 from medunlearn.registry.index_files import read_index_rows
 from medunlearn.registry.replay import BEFORE, manifest_sha256
 from medunlearn.registry.store import select_in
@@ -126,7 +125,7 @@ def _forgotten_before(model_dir: Path, config: dict) -> list[int]:
 
 def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                   methods: list[str] | None = None, data_root: str | None = None,
-                  overwrite: bool = False, warm: bool = True) -> dict:
+                  overwrite: bool = False, warm: bool = True, keep_superseded: int = 0) -> dict:
     """Register a deployed model: copy its run folder as version 1 and record its manifest.
 
     Args:
@@ -141,6 +140,9 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
             (:func:`.features.warm_features`), so the first request is as fast as the later
             ones. Skipped when the data cannot be loaded here (the first request then computes
             them).
+        keep_superseded: After each request, keep the weights of the last N superseded
+            versions for rollback (0, the default: purge every superseded version that holds a
+            forgotten image; see :mod:`.residue`). Recorded in the ``init`` entry.
 
     Returns:
         The registry folder (:func:`.reading.status` reads it).
@@ -156,6 +158,10 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
     run = load_run(model_dir)
     config = run.config
     _check_registrable(model_dir, config)
+    if isinstance(keep_superseded, bool) or not isinstance(keep_superseded, int) or not (
+            0 <= keep_superseded <= 1000):
+        raise RegistryError(f"--keep-superseded must be a whole number from 0 to 1000, not "
+                            f"{keep_superseded!r} (0 purges every superseded version's weights).")
     chain = list(methods) if methods else recommended_methods(config)
     if not chain or any(not isinstance(m, str) or not m for m in chain) or len(set(chain)) != len(
             chain):
@@ -191,7 +197,8 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                         "source_model": str(model_dir.resolve()), "methods": json.dumps(chain),
                         "seed": str(run.seed), "data_root": data_root or "",
                         "dataset": dataset_name(config.get("data") or {}),
-                        "manifest_sha256": manifest_sha256(rows)}
+                        "manifest_sha256": manifest_sha256(rows),
+                        "keep_superseded": str(keep_superseded)}
                 for k, v in {**meta, "active_version": "1"}.items():
                     set_meta(conn, k, v)
                 conn.executemany("INSERT INTO samples(idx, sha256, label) VALUES(?, ?, ?)", rows)
@@ -218,13 +225,33 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
         finally:
             conn.close()
     if warm:
-        try:
-            gone = set(pre_forgotten)
-            warm_features(Path(out) / "versions" / "1", Path(out) / CACHE_DIR,
-                          retain=[r[0] for r in rows if r[0] not in gone], data_root=data_root)
-        except (DataError, CheckpointError):
-            pass  # an optimisation only: the first request computes what is missing
+        _warm(Path(out), rows, pre_forgotten, data_root)
     return Path(out)
+
+
+def _warm(reg: Path, rows: list, pre_forgotten: list[int], data_root: str | None) -> None:
+    """Compute version 1's features into ``REG/cache`` and vouch for them in the ledger (an
+    optimisation only: when the data cannot be loaded, the first request computes them)."""
+    from medunlearn.cache import Session
+
+    session = Session(reg / features.CACHE_DIR)
+    v1 = reg / "versions" / "1"
+    try:
+        gone = set(pre_forgotten)
+        features.warm_features(v1, session, retain=[r[0] for r in rows if r[0] not in gone],
+                               data_root=data_root)
+        tables = features.keep_active_features(v1, session, withdrawn=pre_forgotten,
+                                               data_root=data_root)
+    except (DataError, CheckpointError):
+        return
+    from medunlearn.registry.db import writer_lock
+
+    with writer_lock(reg):
+        conn = connect(reg)
+        try:
+            features.record_features(reg, conn, 1, tables)
+        finally:
+            conn.close()
 
 
 # --------------------------------------------------------------------------- reading

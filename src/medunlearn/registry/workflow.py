@@ -23,6 +23,7 @@ The two steps are callables (:mod:`.steps`): the production ones unless a caller
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -31,13 +32,12 @@ import time
 from pathlib import Path
 
 from medunlearn import cache
-from medunlearn.errors import CheckpointError, DataError, OutputExistsError
+from medunlearn.errors import CheckpointError, DataError, OutputError, OutputExistsError
 from medunlearn.io import _fsync_dir, sha256_file
-from medunlearn.registry import ledger, replay, steps, store
+from medunlearn.registry import features, ledger, replay, residue, steps, store
 from medunlearn.registry.db import connect, get_meta, set_meta, writer_lock
 from medunlearn.registry.deletion_request import DeletionRequest, load_request
 from medunlearn.registry.errors import AuditError, RegistryError, RequestError
-from medunlearn.registry.features import CACHE_DIR, keep_active_features
 from medunlearn.registry.index_files import write_index_rows
 from medunlearn.registry.preflight import check_forget_options
 from medunlearn.registry.replay import result_sha256
@@ -60,13 +60,15 @@ from medunlearn.registry.versions import (
     not_forgotten,
     require_local_data,
     version_row,
+    withdrawn_indices,
 )
 
 
 def process_request(reg: str | os.PathLike, request: str | os.PathLike | dict | DeletionRequest, *,
            unlearn: UnlearnStep | None = None, verify: VerifyStep | None = None,
            data_root: str | None = None, seed: int | None = None,
-           lock_timeout: float | None = None, download: bool = True, log=None) -> dict:
+           lock_timeout: float | None = None, download: bool = True,
+           keep_superseded: int | None = None, log=None) -> dict:
     """Process a deletion request: validate, unlearn, gate, promote (or fall back).
 
     ``medunlearn forget`` and ``medunlearn registry consolidate`` call it; ``forget`` is its
@@ -84,12 +86,17 @@ def process_request(reg: str | os.PathLike, request: str | os.PathLike | dict | 
         lock_timeout: Seconds to wait for another writer (default: wait).
         download: ``False``: refuse (before anything is written) when the model's data file is
             not on disk, instead of downloading it.
+        keep_superseded: Keep the weights of the last N superseded versions for rollback
+            (default: the registry's setting from ``init``, else 0: purge them; see
+            :mod:`.residue`).
         log: Optional ``callable(str)`` for progress messages.
 
     Returns:
         The request's result: ``status`` ("completed" or "failed"), ``from_version``,
         ``to_version``, ``method``, ``attempts``, weights hashes, counts and timings;
-        ``reused=True`` when the request had already been completed.
+        ``residue`` (when it made a new version: what was purged, kept and until when, and
+        what the registry cannot reach); ``reused=True`` when the request had already been
+        completed.
 
     Raises:
         RequestError: malformed request, unknown images, or an id reused with other content
@@ -102,13 +109,16 @@ def process_request(reg: str | os.PathLike, request: str | os.PathLike | dict | 
     req = request if isinstance(request, DeletionRequest) else load_request(request)
     if req.method is not None and not req.consolidate:  # a consolidation always retrains
         check_method(req)
+    keep = _check_keep(keep_superseded)
     unlearn, verify = _steps(unlearn, verify)
-    with writer_lock(reg, timeout=lock_timeout), cache.session(reg / CACHE_DIR):
+    with writer_lock(reg, timeout=lock_timeout):
         conn = connect(reg)
         try:
             recover(reg, conn)
             if not download:
                 require_local_data(reg, conn, data_root)
+            session = features.open_session(reg, conn, active_version(conn))
+            run = _Run(unlearn, verify, session, data_root, seed, keep, log)
             row = conn.execute("SELECT * FROM requests WHERE id = ?", (req.id,)).fetchone()
             if row is not None and row["content_sha256"] != req.content_sha256:
                 raise RequestError(
@@ -119,8 +129,7 @@ def process_request(reg: str | os.PathLike, request: str | os.PathLike | dict | 
                                   "ORDER BY num", (req.id,)).fetchall():
                 if log:
                     log(f"resuming pending request {p['id']}")
-                _run_pending(reg, conn, p["id"], unlearn, verify, data_root=data_root, seed=seed,
-                             log=log)
+                _run_pending(reg, conn, p["id"], run)
             t_validate = time.perf_counter()
             if row is None:
                 submit(reg, conn, req)
@@ -133,15 +142,42 @@ def process_request(reg: str | os.PathLike, request: str | os.PathLike | dict | 
             if row["status"] == "completed":  # a no-op: every image was already forgotten
                 result = json.loads(row["result"])
             else:
-                result = _run_pending(reg, conn, req.id, unlearn, verify, data_root=data_root,
-                                      seed=seed, log=log)
+                result = _run_pending(reg, conn, req.id, run)
             result["validate_seconds"] = validate_seconds
             result["total_seconds"] = time.perf_counter() - t0
             result["reused"] = False
-            keep_active_features(active_dir(reg, conn), reg / CACHE_DIR)
+            _after_requests(reg, conn, run)
             return result
         finally:
             conn.close()
+
+
+def _check_keep(keep: int | None) -> int | None:
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0
+                             or keep > 1000):
+        raise RegistryError(f"keep_superseded must be a whole number from 0 to 1000, not "
+                            f"{keep!r} (0 purges every superseded version's weights).")
+    return keep
+
+
+class _Run:
+    """What every request of one writer session shares: the steps, the feature cache, options."""
+
+    def __init__(self, unlearn: UnlearnStep, verify: VerifyStep, session: cache.Session,
+                 data_root: str | None, seed: int | None, keep: int | None, log) -> None:
+        self.unlearn, self.verify, self.session = unlearn, verify, session
+        self.data_root, self.seed, self.keep, self.log = data_root, seed, keep, log
+
+
+def _after_requests(reg: Path, conn: sqlite3.Connection, run: _Run) -> None:
+    """Keep only the active version's features (without withdrawn images) and vouch for them;
+    delete staging folders and the work runs of per-image checks."""
+    data_root = run.data_root or get_meta(conn, "data_root") or None
+    tables = features.keep_active_features(active_dir(reg, conn), run.session,
+                                           withdrawn=withdrawn_indices(conn),
+                                           data_root=data_root)
+    features.record_features(reg, conn, active_version(conn), tables)
+    residue.clean_scratch(reg)
 
 
 def _steps(unlearn: UnlearnStep | None,
@@ -167,17 +203,18 @@ def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
     """
     reg = Path(reg)
     unlearn, verify = _steps(unlearn, verify)
-    with writer_lock(reg), cache.session(reg / CACHE_DIR):
+    with writer_lock(reg):
         conn = connect(reg)
         try:
             recover(reg, conn)
             if not download:
                 require_local_data(reg, conn, data_root)
-            done = [_run_pending(reg, conn, p["id"], unlearn, verify, data_root=data_root,
-                                 seed=seed, log=log)
+            run = _Run(unlearn, verify, features.open_session(reg, conn, active_version(conn)),
+                       data_root, seed, None, log)
+            done = [_run_pending(reg, conn, p["id"], run)
                     for p in conn.execute("SELECT id FROM requests WHERE status = 'pending' "
                                           "ORDER BY num").fetchall()]
-            keep_active_features(active_dir(reg, conn), reg / CACHE_DIR)
+            _after_requests(reg, conn, run)
             return done
         finally:
             conn.close()
@@ -189,15 +226,19 @@ def resume(reg: str | os.PathLike, *, unlearn: UnlearnStep | None = None,
 def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
     """Remove what a crashed run left behind (call with the writer lock held).
 
-    First refuses a registry whose ``LEDGER_HEAD`` is missing or behind, or whose tables do
-    not match its ledger (:class:`AuditError`; nothing is changed), and brings a head left behind
-    by a crash up to date. Then removes every folder under ``REG/staging`` and every
-    ``REG/versions/<n>`` without a database row (a crash between renaming a candidate into
-    place and committing its promotion).
+    First refuses a registry in which a file or folder the registry uses is a symbolic link or
+    not a plain file or folder (:func:`.store.check_plain`), whose ``LEDGER_HEAD`` is missing or
+    behind, or whose tables do not match its ledger (:class:`AuditError`; nothing is changed),
+    and brings a head left behind by a crash up to date. Then removes every folder under
+    ``REG/staging``, the version folder a crash between renaming a candidate into place and
+    committing its promotion left (``versions/<newest + 1>``), and finishes an interrupted
+    purge. Anything else in ``REG/versions`` is not the registry's: ``audit verify`` reports it
+    and nothing deletes it.
 
     Returns:
         The paths removed.
     """
+    store.check_plain(reg)
     store.check_head(reg, conn)
     problems = replay.ledger_problems(conn, reg)
     if problems:
@@ -212,19 +253,23 @@ def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
     for child in sorted(staging.iterdir()):
         _remove_tree(child) if child.is_dir() else child.unlink(missing_ok=True)
         removed.append(str(child))
-    known = {r[0] for r in conn.execute("SELECT path FROM versions")}
-    versions = reg / "versions"
-    for child in sorted(versions.iterdir()) if versions.is_dir() else []:
-        if f"versions/{child.name}" not in known:
-            _remove_tree(child) if child.is_dir() else child.unlink(missing_ok=True)
-            removed.append(str(child))
+    newest = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] or 0
+    orphan = reg / "versions" / str(newest + 1)
+    if orphan.is_dir():
+        _remove_tree(orphan)
+        removed.append(str(orphan))
+    removed += residue.apply_purges(reg, ledger.entries(conn))
     if removed:
         _fsync_dir(staging)
-        _fsync_dir(versions)
+        _fsync_dir(reg / "versions")
     return removed
 
 
 def _remove_tree(path: Path) -> None:
+    """Delete a folder the registry made (never through a symbolic link)."""
+    if path.is_symlink():
+        raise RegistryError(f"{path} is a symbolic link; the registry deletes only its own plain "
+                            "folders. Remove the link and run the command again.")
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -233,13 +278,13 @@ def _remove_tree(path: Path) -> None:
 
 #: Errors of the environment (missing data, unreadable model, ...): the request stays pending so
 #: that it can be resumed once fixed, instead of being recorded as a failed method.
-ENVIRONMENT_ERRORS = (DataError, CheckpointError, OutputExistsError, RegistryError)
+ENVIRONMENT_ERRORS = (DataError, CheckpointError, OutputExistsError, OutputError, RegistryError,
+                      OSError)
 
 
-def _run_pending(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: UnlearnStep,
-                 verify: VerifyStep, *, data_root: str | None, seed: int | None,
-                 log=None) -> dict:
+def _run_pending(reg: Path, conn: sqlite3.Connection, rid: str, run: _Run) -> dict:
     """Run the attempts of a pending request until one passes or the chain is exhausted."""
+    log = run.log
     plan = plan_request(conn, rid)
     active = active_version(conn)
     if plan.own and not set(plan.own) & set(not_forgotten(conn)):
@@ -248,8 +293,8 @@ def _run_pending(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: Unlearn
         with store.write(reg, conn):
             return complete_noop(conn, rid, active, "its images were forgotten meanwhile by "
                                  "an exact retraining")
-    seed = int(get_meta(conn, "seed", "0")) if seed is None else seed
-    data_root = data_root or get_meta(conn, "data_root") or None
+    seed = int(get_meta(conn, "seed", "0")) if run.seed is None else run.seed
+    data_root = run.data_root or get_meta(conn, "data_root") or None
     done = len(attempt_rows(conn, rid))
     for k in range(done - plan.first_attempt, len(plan.chain)):
         method, n = plan.chain[k], plan.first_attempt + k + 1
@@ -257,11 +302,11 @@ def _run_pending(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: Unlearn
             log(f"request {rid}: attempt {n} with {method} (forget {len(plan.forget)}, "
                 f"exclude {len(plan.exclude)} earlier images)")
         started = ledger.now_iso()
-        stage, ver, summary = _attempt(reg, conn, plan, method, n, active, unlearn, verify,
-                                       seed=seed, data_root=data_root)
+        stage, ver, summary = _attempt(reg, conn, plan, method, n, active, run, seed=seed,
+                                       data_root=data_root)
         if ver is not None and ver.passed:
             return _promote(reg, conn, plan, method, n, active, stage, ver, summary, started,
-                            log=log)
+                            keep=_keep(conn, run.keep), log=log)
         outcome = "error" if ver is None else "failed"
         with store.write(reg, conn):
             _record_attempt(conn, rid, n, method, outcome, ver, summary, started)
@@ -279,17 +324,37 @@ def _run_pending(reg: Path, conn: sqlite3.Connection, rid: str, unlearn: Unlearn
     return result
 
 
+def _keep(conn: sqlite3.Connection, keep: int | None) -> int:
+    """The number of superseded versions whose weights are kept: the request's option, else
+    the registry's setting (``init --keep-superseded``), else 0."""
+    return keep if keep is not None else int(get_meta(conn, "keep_superseded", "0") or 0)
+
+
+def _takes_cache(step) -> bool:
+    try:
+        return "cache" in inspect.signature(step).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _attempt(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: int, active: int,
-             unlearn: UnlearnStep, verify: VerifyStep, *, seed: int,
+             run: _Run, *, seed: int,
              data_root: str | None) -> tuple[Path, Verification | None, dict]:
     """Unlearn from the active version into ``REG/staging`` and gate the candidate.
+
+    The steps get the registry's feature cache (``cache=``) when they take it; the summary
+    records what was taken from it (:func:`.features.usage`).
 
     Returns:
         ``(candidate folder, the gate's verdict or None when a step raised, attempt summary)``.
 
     Raises:
-        One of :data:`ENVIRONMENT_ERRORS`: the request stays pending (nothing recorded).
+        One of :data:`ENVIRONMENT_ERRORS` (an OSError, e.g. a full disk, as a
+        :class:`RegistryError`): the request stays pending (nothing recorded), to be retried
+        without an attempt counted against it.
     """
+    unlearn, verify = run.unlearn, run.verify
+    before = features.counters(run.session)
     stage = reg / "staging" / f"r{plan.num}-a{n}"
     _remove_tree(stage)
     active_path = reg / version_row(conn, active)["path"]
@@ -298,27 +363,39 @@ def _attempt(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
                                                  "verify": step_name(verify)}}
     t0 = time.perf_counter()
     try:
-        summary["unlearn_metrics"] = unlearn(active_path, method=method, forget=plan.forget,
-                                             exclude=plan.exclude, out=stage, seed=seed,
-                                             data_root=data_root)
+        summary["unlearn_metrics"] = unlearn(
+            active_path, method=method, forget=plan.forget, exclude=plan.exclude, out=stage,
+            seed=seed, data_root=data_root,
+            **({"cache": run.session} if _takes_cache(unlearn) else {}))
         summary["unlearn_seconds"] = time.perf_counter() - t0
         store.stage("after-unlearn")
         _write_excluded(conn, stage, plan.exclude)
         t1 = time.perf_counter()
-        ver = verify(stage, original=active_path, data_root=data_root)
+        ver = verify(stage, original=active_path, data_root=data_root,
+                     **({"cache": run.session} if _takes_cache(verify) else {}))
         summary["verify_seconds"] = time.perf_counter() - t1
         summary["verdict"] = {"passed": bool(ver.passed), "reasons": list(ver.reasons),
                               "checks": list(ver.checks)}
         summary["metrics"] = getattr(ver, "metrics", None)
         summary["weights_sha256"] = sha256_file(stage / MODEL_FILE)
+        summary["features"] = features.usage(run.session, before)
         store.stage("after-verify")
         return stage, ver, summary
+    except OSError as exc:
+        _remove_tree(stage)
+        raise RegistryError(
+            f"Request {plan.rid}: the environment failed during attempt {n} ({method}): "
+            f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}. This is not "
+            "a failure of the method, so no attempt was recorded and the request stays "
+            f"pending. Fix it (e.g. free disk space) and run 'medunlearn registry resume "
+            f"{reg}'.") from exc
     except ENVIRONMENT_ERRORS:
         _remove_tree(stage)
         raise
     except Exception as exc:  # a method or the evaluation failed: record it, fall back
         summary.setdefault("unlearn_seconds", time.perf_counter() - t0)
         summary["error"] = f"{type(exc).__name__}: {exc}"
+        summary["features"] = features.usage(run.session, before)
         return stage, None, summary
 
 
@@ -359,17 +436,24 @@ def _write_excluded(conn: sqlite3.Connection, run_dir: Path, exclude: list[int])
 
 
 def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: int, active: int,
-             stage: Path, ver: Verification, summary: dict, started: str, log=None) -> dict:
-    """Rename the candidate into ``REG/versions`` and make it official in one transaction.
+             stage: Path, ver: Verification, summary: dict, started: str, *, keep: int,
+             log=None) -> dict:
+    """Rename the candidate into ``REG/versions`` and make it official in one transaction,
+    which also records the purge of the superseded versions' weights (:mod:`.residue`); the
+    files are deleted after the commit.
 
-    A crash between the two leaves an orphan folder that :func:`recover` removes; the attempt
-    is then redone.
+    A crash between the rename and the commit leaves an orphan folder that :func:`recover`
+    removes; the attempt is then redone. A crash after the commit leaves files whose purge is
+    recorded; :func:`recover` deletes them.
     """
     rid = plan.rid
     t2 = time.perf_counter()
     new_n = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] + 1
     final = reg / "versions" / str(new_n)
-    _remove_tree(final)
+    if final.exists() or final.is_symlink():
+        raise RegistryError(f"{final} exists but the registry has no version {new_n}; it was "
+                            "not made by the registry, which will not overwrite it. Move it out "
+                            "of the registry and run 'medunlearn registry resume'.")
     os.replace(stage, final)
     _fsync_dir(final.parent)
     store.stage("after-rename")
@@ -395,13 +479,18 @@ def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
             "attempt": n, "files": files}, request_id=rid, created=now)
         result = finish(conn, rid, "completed", active, new_n, method, now)
         result["promote_seconds"] = time.perf_counter() - t2
+        purge = residue.plan(conn, new_n, keep)
+        result["residue"] = purge
         conn.execute("UPDATE requests SET result = ? WHERE id = ?",
                      (ledger.canonical_json(result), rid))
         ledger.append(conn, "complete", {
             "status": "completed", "noop": False, "version": new_n, "forgotten": newly,
             **({"consolidated": plan.forget} if plan.consolidate else {}),
             "result_sha256": result_sha256(result)}, request_id=rid, created=now)
+        ledger.append(conn, residue.PURGE_KIND, purge, request_id=rid, created=now)
     store.stage("after-commit")
+    residue.apply_purges(reg, ledger.entries(conn))
+    store.stage("after-purge")
     if log:
         log(f"  promoted version {new_n} ({method})")
     return result
