@@ -19,7 +19,7 @@ MAX_LINES = 600
 LAYERS = {
     # 0: foundations, no model or data code
     "medunlearn": 0, "medunlearn.errors": 0, "medunlearn.config": 0, "medunlearn.fileio": 0,
-    "medunlearn.io": 0, "medunlearn.provenance": 0, "medunlearn.progress": 0,
+    "medunlearn.provenance": 0, "medunlearn.progress": 0,
     "medunlearn.plots": 0, "medunlearn.ray_support": 0, "medunlearn.cache": 0,
     "medunlearn.data.info": 0, "medunlearn.executors": 0,
     # 1: data, models, the one loop, training (whose validation reports the utility metrics),
@@ -32,19 +32,14 @@ LAYERS = {
     # 3: the core: unlearn and evaluate in memory; the tuning record
     "medunlearn.api": 3, "medunlearn.tuning": 3,
     # 4: run folders: their layout and the core applied to them (and compatibility names)
-    "medunlearn.checkpoint": 4, "medunlearn.runs": 4, "medunlearn.unlearning": 4,
-    "medunlearn.verify": 4,
+    "medunlearn.checkpoint": 4, "medunlearn.runs": 4,
     # 5: the wrappers
     "medunlearn.experiments": 5, "medunlearn.registry": 5, "medunlearn.commands": 5,
     "medunlearn.cli": 5, "medunlearn.testing": 5,
 }
 
 #: Imports allowed against the rules, each with the reason and who removes it. Keep it short.
-KNOWN_EDGES = {
-    ("medunlearn.evaluation.api", "medunlearn.runs.evaluate"):
-        "TODO(coordinator): compatibility name of evaluate_run for the registry branch; delete "
-        "evaluation/api.py once the registry imports medunlearn.runs",
-}
+KNOWN_EDGES: dict[tuple[str, str], str] = {}
 
 
 

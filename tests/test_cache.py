@@ -160,7 +160,7 @@ def test_datasets_are_loaded_once_per_session(monkeypatch):
 
 
 def test_retain_subset_is_stable_when_images_are_forgotten():
-    from medunlearn.evaluation.api import retain_subset
+    from medunlearn.evaluation.record import retain_subset
 
     retain = np.arange(1000)
     a = retain_subset(retain, 100, seed=0, n_train=1000)

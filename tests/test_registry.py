@@ -17,7 +17,7 @@ import pytest
 from medunlearn.cli import main
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.errors import CheckpointError
-from medunlearn.io import sha256_file
+from medunlearn.fileio import sha256_file
 from medunlearn.registry import (
     RegistryError,
     RequestError,
@@ -657,7 +657,7 @@ def test_steps_are_recorded_under_stable_names():
 
 
 def test_index_files_round_trip(tmp_path):
-    from medunlearn.registry.index_files import read_index_rows, write_index_rows
+    from medunlearn.fileio import read_index_rows, write_index_rows
 
     path = write_index_rows(tmp_path / "x.csv", ["index", "sha256", "forgotten_in"],
                             [(0, "ab" * 32, None), (1, "cd" * 32, 2)])
@@ -676,7 +676,7 @@ def test_index_files_round_trip(tmp_path):
 def test_end_to_end_with_real_unlearning_and_gate(tiny_model, manifest, tmp_path, medmnist_root,
                                                   capsys):
     """Real run_unlearning + evaluate_run + gate; a real retrain never reads forgotten images."""
-    unlearning = pytest.importorskip("medunlearn.unlearning")
+    unlearning = pytest.importorskip("medunlearn.runs")
     pytest.importorskip("medunlearn.evaluation.gate")
     reg = tmp_path / "reg"
     assert main(["registry", "init", "--model", str(tiny_model), "--out", str(reg),

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from medunlearn.errors import OutputError
-from medunlearn.io import atomic_write_text, remove_stale_staging, staged_output
+from medunlearn.fileio import atomic_write_text, remove_stale_staging, staged_output
 from medunlearn.testing import untrained_run
 
 

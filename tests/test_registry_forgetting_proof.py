@@ -16,7 +16,7 @@ import pytest
 from medunlearn.cli import main
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.errors import DataError
-from medunlearn.io import sha256_file
+from medunlearn.fileio import sha256_file
 from medunlearn.registry import (
     Verification,
     audit_registry,

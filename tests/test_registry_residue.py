@@ -15,7 +15,7 @@ import pytest
 
 from medunlearn.cli import main
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
-from medunlearn.io import sha256_file
+from medunlearn.fileio import sha256_file
 from medunlearn.registry import (
     RegistryError,
     audit_registry,

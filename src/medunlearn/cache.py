@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medunlearn.io import atomic_write_bytes
+from medunlearn.fileio import atomic_write_bytes
 
 
 @dataclass

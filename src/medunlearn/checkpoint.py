@@ -21,9 +21,8 @@ format has one definition (the registry's manifests and exclusion lists use them
 from __future__ import annotations
 
 import csv
-import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +36,11 @@ from medunlearn.data import Dataset, load_from_record
 from medunlearn.errors import CheckpointError, ConfigError, ForgetSetError, MedUnlearnError
 from medunlearn.fileio import (
     atomic_write_bytes,
-    atomic_write_text,
     canonical_safetensors,
+    read_index_rows,
     read_json,
     sha256_file,
+    write_index_rows,
 )
 from medunlearn.models import Classifier
 from medunlearn.models.ensemble import EnsembleClassifier, is_ensemble
@@ -205,18 +205,6 @@ def load_run_and_data(path: str | os.PathLike, *, data_root: str | None = None, 
 # --------------------------------------------------------------------------- index CSVs
 
 
-def write_index_rows(path: str | os.PathLike, header: Sequence[str],
-                     rows: Iterable[Sequence]) -> Path:
-    """Write an index CSV atomically: ``header`` (``index,sha256,label`` first, extra columns
-    after them), then one row per image (``None`` as an empty cell). The one writer of this
-    format."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(list(header))
-    w.writerows(["" if v is None else v for v in r] for r in rows)
-    return atomic_write_text(path, buf.getvalue())
-
-
 def write_index_csv(path: str | os.PathLike, dataset: Dataset, indices: Iterable[int], *,
                     patients: bool = False) -> Path:
     """Write ``index,sha256,label`` of training images of ``dataset``; with ``patients`` and
@@ -229,22 +217,6 @@ def write_index_csv(path: str | os.PathLike, dataset: Dataset, indices: Iterable
             + ([pids[int(i)]] if with_patients else []) for i in indices)
     return write_index_rows(path, INDEX_COLUMNS + (("patient_id",) if with_patients else ()),
                             rows)
-
-
-def read_index_rows(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
-    """``(header, rows)`` of an index CSV, each row a ``{column: text}`` dict. The one reader of
-    this format; callers check the columns they need and word their own errors (or use
-    :func:`read_indices` / :func:`read_checked_indices`).
-
-    Raises:
-        OSError: the file cannot be read.
-        ValueError: it is not UTF-8 text (``UnicodeDecodeError``).
-        csv.Error: it is not CSV.
-    """
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
 
 
 def _index_rows(path: str | os.PathLike, *, what: str,

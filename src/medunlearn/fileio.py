@@ -9,16 +9,18 @@ the run succeeds; a failed or interrupted run leaves nothing at the destination.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import math
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +261,37 @@ def staged_output(out: str | os.PathLike, *, overwrite: bool = False,
     _fsync_dir(out.parent)
 
 
+# -- index CSVs (index,sha256,label[,...]): run folders, grids and the registry ----------------
+def write_index_rows(path: str | os.PathLike, header: Sequence[str],
+                     rows: Iterable[Sequence]) -> Path:
+    """Write an index CSV atomically: ``header`` (``index,sha256,label`` first, extra columns
+    after them), then one row per image (``None`` as an empty cell). The one writer of this
+    format."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(header))
+    w.writerows(["" if v is None else v for v in r] for r in rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_index_rows(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
+    """``(header, rows)`` of an index CSV, each row a ``{column: text}`` dict. The one reader of
+    this format; callers check the columns they need and word their own errors (or use
+    :func:`read_indices` / :func:`read_checked_indices`).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not UTF-8 text (``UnicodeDecodeError``).
+        csv.Error: it is not CSV.
+    """
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "canonical_safetensors",
-           "dumps_json", "exclusive_lock", "fingerprint", "folder_is_empty", "read_json",
-           "remove_stale_staging", "sha256_file", "staged_output", "to_jsonable"]
+           "dumps_json", "exclusive_lock", "fingerprint", "folder_is_empty", "read_index_rows",
+           "read_json", "remove_stale_staging", "sha256_file", "staged_output", "to_jsonable",
+           "write_index_rows"]

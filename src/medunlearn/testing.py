@@ -84,7 +84,7 @@ def fake_unlearn(model_dir: str | os.PathLike, *, method: str, forget: Sequence[
     from safetensors.numpy import load_file, save_file
 
     from medunlearn.errors import ConfigError
-    from medunlearn.io import atomic_write_json, staged_output
+    from medunlearn.fileio import atomic_write_json, staged_output
     from medunlearn.registry import store
 
     model_dir = Path(model_dir)
@@ -180,7 +180,7 @@ def untrained_run(out: str | os.PathLike, *, data_root: str | os.PathLike,
     from medunlearn.checkpoint import save_weights
     from medunlearn.config import DataConfig, ModelConfig
     from medunlearn.data import load_dataset
-    from medunlearn.io import atomic_write_json
+    from medunlearn.fileio import atomic_write_json
     from medunlearn.runs import write_manifest
     from medunlearn.training import build_for
 

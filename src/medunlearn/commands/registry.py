@@ -397,9 +397,9 @@ def forgetting_quality_cmd(
     REG/forgetting_quality/ are reused.
     """
     from medunlearn.commands._common import fmt
+    from medunlearn.evaluation.forgetting_quality import check_n
     from medunlearn.registry.forgetting_proof import forgetting_quality_for
     from medunlearn.registry.proof_records import RECORD_FILE, folder
-    from medunlearn.verify import check_n
 
     check_n(n)
     rec = forgetting_quality_for(reg, request_id, n=n, data_root=data_root,

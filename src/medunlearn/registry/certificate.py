@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from medunlearn.errors import OutputExistsError
-from medunlearn.io import atomic_write_json, atomic_write_text, to_jsonable
+from medunlearn.fileio import atomic_write_json, atomic_write_text, to_jsonable
 from medunlearn.registry import ledger, proof_records, reading, wording
 from medunlearn.registry.db import get_meta
 from medunlearn.registry.errors import RegistryError

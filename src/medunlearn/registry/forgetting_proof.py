@@ -1,6 +1,6 @@
 """The per-image forgetting proof of a completed deletion request (the costly check).
 
-:func:`forgetting_quality_for` runs :func:`medunlearn.verify.verify_forgetting` for one request:
+:func:`forgetting_quality_for` runs :func:`medunlearn.runs.verify_forgetting` for one request:
 from the version the request started from, with the method that was promoted for it, on the
 request's own images, keeping every image withdrawn before it out of all 2N runs (as the request
 itself did). Its work folders are derived data under ``REG/forgetting_quality/<request>/`` (like
@@ -25,7 +25,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from medunlearn.io import _fsync_dir, atomic_write_json, exclusive_lock, sha256_file
+from medunlearn.fileio import _fsync_dir, atomic_write_json, exclusive_lock, sha256_file
 from medunlearn.registry import ledger, store
 from medunlearn.registry.db import connect, get_meta, writer_lock
 from medunlearn.registry.errors import RegistryError
@@ -132,7 +132,7 @@ def forgetting_quality_for(reg: str | os.PathLike, request_id: str, *, n: int = 
     promoted method (seeds ``seed .. seed + N - 1``; the registered model's seed, so one of them
     is the promoted model itself) and N models retrained without the request's images, all
     without the images withdrawn before it, and scores each of the request's images
-    (:mod:`medunlearn.verify`).
+    (:mod:`medunlearn.runs.per_example`).
 
     Args:
         reg: The registry folder.
@@ -213,8 +213,8 @@ def _finite(v):
 
 def _record(plan: dict, result: dict, n: int) -> dict:
     """The registry's record of a check: the headline numbers, one row per request image, and
-    the full :func:`~medunlearn.verify.verify_forgetting` result."""
-    from medunlearn.verify import examples_for, record_section
+    the full :func:`~medunlearn.runs.verify_forgetting` result."""
+    from medunlearn.evaluation.forgetting_quality import examples_for, record_section
 
     examples = examples_for(result, indices=plan["forget"])
     return {

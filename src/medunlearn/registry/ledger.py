@@ -18,7 +18,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime
 
-from medunlearn.io import to_jsonable
+from medunlearn.fileio import to_jsonable
 
 GENESIS = "0" * 64
 HEAD_FILE = "LEDGER_HEAD"

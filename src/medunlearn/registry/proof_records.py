@@ -26,7 +26,7 @@ import re
 import sqlite3
 from pathlib import Path
 
-from medunlearn.io import _fsync_dir, sha256_file
+from medunlearn.fileio import _fsync_dir, sha256_file
 from medunlearn.registry import ledger
 
 FQ_DIR = "forgetting_quality"

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from medunlearn.fileio import write_index_rows
 from medunlearn.registry import ledger, proof_records, replay, store
 from medunlearn.registry.db import DB_FILE, get_meta, require_registry
 from medunlearn.registry.errors import AuditError, RegistryError
-from medunlearn.registry.index_files import write_index_rows
 from medunlearn.registry.versions import active_version, approximate_steps, not_forgotten
 
 #: Snapshots tried before problems that keep changing are reported as they stand.

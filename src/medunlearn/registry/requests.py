@@ -19,11 +19,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from medunlearn.fileio import read_index_rows
 from medunlearn.registry import ledger, store
 from medunlearn.registry.db import get_meta
 from medunlearn.registry.deletion_request import DeletionRequest
 from medunlearn.registry.errors import RequestError
-from medunlearn.registry.index_files import read_index_rows
 from medunlearn.registry.replay import LEDGER_ITEM_KEYS, result_sha256
 from medunlearn.registry.store import select_in
 from medunlearn.registry.versions import (

@@ -1,7 +1,7 @@
 """The two pluggable steps of a request: unlearn a candidate, then gate it.
 
 :func:`~medunlearn.registry.workflow.process_request` takes both as callables, defaulting to the
-production ones: :func:`unlearn_candidate` (``medunlearn.unlearning.run_unlearning`` with the
+production ones: :func:`unlearn_candidate` (``medunlearn.runs.run_unlearning`` with the
 registry's request options) and :func:`gate_candidate` (``evaluate_run`` against the active
 version, then the safety ``gate``). Tests pass stand-ins (``medunlearn.testing.fake_unlearn`` and
 ``fake_verify``); nothing here selects them.

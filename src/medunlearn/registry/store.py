@@ -22,7 +22,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from medunlearn.io import atomic_write_text
+from medunlearn.fileio import atomic_write_text
 from medunlearn.registry import ledger
 from medunlearn.registry.errors import AuditError, RegistryError
 
@@ -210,7 +210,7 @@ def _walk(top: Path) -> list[Path]:
 def folder_hashes(folder: Path) -> dict[str, str]:
     """``{relative path: SHA-256}`` of every file in a model version's folder (recorded in the
     ledger when the version is created, so that no file of it can change unnoticed)."""
-    from medunlearn.io import sha256_file
+    from medunlearn.fileio import sha256_file
 
     return {p.relative_to(folder).as_posix(): sha256_file(p)
             for p in sorted(folder.rglob("*")) if p.is_file()}

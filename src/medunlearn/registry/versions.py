@@ -25,12 +25,11 @@ import sqlite3
 from pathlib import Path
 
 from medunlearn.errors import CheckpointError, DataError, MedUnlearnError
-from medunlearn.io import sha256_file, staged_output
+from medunlearn.fileio import read_index_rows, sha256_file, staged_output
 from medunlearn.registry import features, ledger, store
 from medunlearn.registry.db import LOCK_FILE, SCHEMA_VERSION, connect, get_meta, set_meta
 from medunlearn.registry.deletion_request import HASH_PATTERN
 from medunlearn.registry.errors import RegistryError
-from medunlearn.registry.index_files import read_index_rows
 from medunlearn.registry.replay import BEFORE, manifest_sha256
 from medunlearn.registry.store import select_in
 
@@ -335,7 +334,7 @@ def require_local_data(reg: Path, conn: sqlite3.Connection, data_root: str | Non
     from medunlearn.data.files import locate
     from medunlearn.data.info import get_info
     from medunlearn.data.sources import source_of
-    from medunlearn.io import read_json
+    from medunlearn.fileio import read_json
 
     n = active_version(conn) if version is None else version
     config = read_json(reg / version_row(conn, n)["path"] / "config.json")

@@ -33,12 +33,11 @@ from pathlib import Path
 
 from medunlearn import cache
 from medunlearn.errors import CheckpointError, DataError, OutputError, OutputExistsError
-from medunlearn.io import _fsync_dir, sha256_file
+from medunlearn.fileio import _fsync_dir, sha256_file, write_index_rows
 from medunlearn.registry import features, ledger, replay, residue, steps, store
 from medunlearn.registry.db import connect, get_meta, set_meta, writer_lock
 from medunlearn.registry.deletion_request import DeletionRequest, load_request
 from medunlearn.registry.errors import AuditError, RegistryError, RequestError
-from medunlearn.registry.index_files import write_index_rows
 from medunlearn.registry.preflight import check_forget_options
 from medunlearn.registry.replay import result_sha256
 from medunlearn.registry.requests import (
