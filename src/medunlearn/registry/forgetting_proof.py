@@ -153,9 +153,10 @@ def forgetting_quality_for(reg: str | os.PathLike, request_id: str, *, n: int = 
         AuditError: the registry does not match its ledger.
         DataError: the data file is missing.
     """
-    from medunlearn import verify
+    from medunlearn.evaluation.forgetting_quality import check_n
+    from medunlearn.runs import verify_forgetting
 
-    verify.check_n(n)
+    check_n(n)
     reg = Path(reg)
     connect(reg).close()  # a clear error if reg is not a registry
     with writer_lock(reg, timeout=lock_timeout):
@@ -174,7 +175,7 @@ def forgetting_quality_for(reg: str | os.PathLike, request_id: str, *, n: int = 
     options = REQUEST_OPTIONS.get(plan["method"])
     with _check_lock(work, request_id):
         # the trainings run without the writer lock: version folders never change once recorded
-        result = verify.verify_forgetting(
+        result = verify_forgetting(
             model_dir, forget=plan["forget"], method=plan["method"], out=work, n=n,
             seed=plan["seed"], options=options, data_root=data_root, progress=progress,
             retain_limit=VERIFY_OPTIONS["retain_limit"], exclude=plan["exclude"],
