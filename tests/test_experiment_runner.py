@@ -33,7 +33,8 @@ STUDY = {
     "augment": ["none"],
     "train": {"epochs": 1},
 }
-N_CELLS = 2 * 3 * 2  # forget x methods x seeds
+# forget x (methods + the do-nothing row "original (no unlearning)") x seeds
+N_CELLS = 2 * (3 + 1) * 2
 
 
 # -- the fake pipeline (module-level functions: picklable, importable by a subprocess) -------
@@ -140,6 +141,13 @@ def test_runs_every_cell_once_and_shares_models(tmp_path):
     # rows carry key columns, headline metrics, timings and the flattened metrics
     with ResultsStore(out) as store:
         rows = store.rows()
+    # one do-nothing row per reference: the original evaluated, nothing unlearned, no time
+    nothing = [r for r in rows if r["method"] == "original"]
+    assert len(nothing) == 4 and {r["label"] for r in nothing} == {"original (no unlearning)"}
+    assert all(r["run_dir"] == r["original_dir"] and r["unlearn_seconds"] is None
+               and r["speedup"] is None for r in nothing)
+    assert not any(c.startswith("unlearn ") and "original_no_unlearning" in c for c in log)
+    assert sum("original_no_unlearning" in c for c in log) == 4  # evaluated, once each
     r = next(r for r in rows if r["method"] == "finetune")
     assert r["UA"] == 0.2 and r["fnr"] == 0.2 and r["original_fnr"] == 0.15
     assert r["fnr_change"] == pytest.approx(0.05)

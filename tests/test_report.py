@@ -153,10 +153,11 @@ def test_report_of_one_study_in_a_shared_results_folder(tmp_path):
         for m, (ua, fnr, secs, ok) in METHODS.items():
             store.insert(report_row(m, ua, fnr, secs, ok, ratio=0.1, augment="basic", seed=0))
     paths = write_report(tmp_path / "res", tmp_path / "out", study=study)
-    assert paths["rows"] == 3 and paths["missing"] == 1
+    # missing: one method cell and the two do-nothing rows (one per reference)
+    assert paths["rows"] == 3 and paths["missing"] == 3
     md = paths["markdown"].read_text()
     assert md.startswith("# Unlearning experiment: small")
-    assert "Two methods. 1 cell(s) of the study are not in the results yet." in md
+    assert "Two methods. 3 cell(s) of the study are not in the results yet." in md
     assert "forget random:0.1" not in md and "salun" not in md
     # the CLI takes the study file; a study with no finished cell is a clear error
     study_file = tmp_path / "small.yaml"
@@ -168,7 +169,7 @@ def test_report_of_one_study_in_a_shared_results_folder(tmp_path):
     assert "| finetune | 1 |" in (tmp_path / "o2" / "report.md").read_text()
     other = parse_experiment({"name": "none", "datasets": [{"dataset": "breastmnist"}],
                               "forget": ["random:0.3"], "methods": ["finetune"]})
-    with pytest.raises(MedUnlearnError, match="None of the 1 cells of study 'none'"):
+    with pytest.raises(MedUnlearnError, match="None of the 2 cells of study 'none'"):
         write_report(tmp_path / "res", tmp_path / "o3", study=other)
 
 
