@@ -133,7 +133,7 @@ class Figures:
             t, _, _ = mean_std([r.get("unlearn_seconds") for r in rs])
             g, gs, _ = mean_std([r.get("average_gap_pp") for r in rs])
             if lab == ORIGINAL_LABEL and g is not None:  # no time: a line at its gap
-                ax.axhline(g, color=self.colors[lab], ls=":", lw=1.5,
+                ax.axhline(g, color="black", ls=":", lw=1.5,
                            label=f"{lab}: {g:.2f} pp (on or above: no better)")
                 continue
             if t is None or g is None:

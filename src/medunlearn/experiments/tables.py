@@ -297,7 +297,8 @@ def do_nothing_notes(rows: list[dict]) -> tuple[tuple[str, ...], tuple[str, ...]
     if same:
         notes.append(f"{NO_BETTER.capitalize()} by the average gap (not more than "
                      f"{margin:.2f} pp below the untouched original's {gap:.2f} pp): "
-                     f"{', '.join(same)}. The gap cannot tell these from doing nothing.")
+                     f"{', '.join(same)}. By this metric they are no closer to retraining than "
+                     "the untouched original.")
     return same, tuple(notes)
 
 
