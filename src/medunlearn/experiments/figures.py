@@ -107,7 +107,10 @@ class Figures:
             ax.set_xlabel("forget set (% of training data)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=8, ncol=2)
+        handles, labels = next((h for h in (ax.get_legend_handles_labels() for ax in axes[0])
+                                if h[0]), ([], []))
+        if handles:  # panels without data (e.g. no difficulty terciles) draw no legend
+            axes[0][-1].legend(handles, labels, fontsize=8, ncol=2)
         fig.suptitle(title)
         self.save(fig, caption, name)
 
