@@ -16,6 +16,10 @@ The grid also holds one *independent retraining* per forget set and seed (``retr
 noise of the metric itself, the floor below which no method can be told apart from retraining.
 ``--no-floor`` leaves it out.
 
+Every grid also scores the untouched original like a method (row "original (no unlearning)",
+added by the runner with no unlearning job): its average gap is what doing nothing scores, and
+a method whose gap is not below it is reported as no better than doing nothing.
+
 Usage::
 
     .venv/bin/python bench/bench_frontier.py                       # full grid (~1 h, 2 cores)
@@ -35,6 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "src"))
 from _report import command_line, stamp, write_section  # noqa: E402
 
+from medunlearn.experiments.grid import ORIGINAL_LABEL  # noqa: E402
 from medunlearn.methods import method_names  # noqa: E402
 
 METHODS = tuple(m for m in method_names() if m != "sisa")  # sisa: sharded models only
@@ -84,12 +89,14 @@ def summarize(rows: list[dict]) -> list[dict]:
     ref = {(r["forget"], r["seed"]): r for r in rows if r["label"] == "retrain"}
     out = []
     for forget in _forgets(rows):
-        for method in (*METHODS, FLOOR):
+        for method in (*METHODS, ORIGINAL_LABEL, FLOOR):
             cells = [r for r in rows if r["forget"] == forget and r["label"] == method]
             if not cells:
                 continue
             gaps = [r["average_gap_pp"] for r in cells]
-            ratios = [r["unlearn_seconds"] / r["retrain_seconds"] if r.get("retrain_seconds")
+            # doing nothing takes no time (its unlearn_seconds is None: not a 0 to divide by)
+            ratios = [0.0 if method == ORIGINAL_LABEL else
+                      r["unlearn_seconds"] / r["retrain_seconds"] if r.get("retrain_seconds")
                       else math.nan for r in cells]
             d_gr = [r["global_risk"] - ref[r["forget"], r["seed"]]["global_risk"] for r in cells]
             d_fnr = [r["fnr"] - ref[r["forget"], r["seed"]]["fnr"] for r in cells]
@@ -97,7 +104,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             t, ts = _ms(ratios)
             out.append({
                 "forget": forget, "method": method, "n": len(cells), "gap": g, "gap_std": gs,
-                "ratio": t, "ratio_std": ts, "seconds": _ms([r["unlearn_seconds"]
+                "ratio": t, "ratio_std": ts, "seconds": _ms([r["unlearn_seconds"] or 0.0
                                                              for r in cells])[0],
                 "retrain_seconds": _ms([r["retrain_seconds"] for r in cells])[0],
                 "d_gr": _ms(d_gr)[0], "d_gr_max": max(d_gr), "d_fnr": _ms(d_fnr)[0],
@@ -111,8 +118,24 @@ def is_retraining(s: dict) -> bool:
     return s["method"] in ("retrain", FLOOR)
 
 
+def is_baseline(s: dict) -> bool:
+    """Retraining and doing nothing: rows to compare with, never candidates for a target."""
+    return is_retraining(s) or s["method"] == ORIGINAL_LABEL
+
+
+def no_better_than_nothing(summary: list[dict], forget: str) -> list[str]:
+    """The methods whose mean gap is not below the untouched original's by more than its
+    spread over seeds (at least 0.01 pp)."""
+    base = _entry(summary, forget, ORIGINAL_LABEL)
+    if base is None or not math.isfinite(base["gap"]):
+        return []
+    margin = max(base["gap_std"], 0.005)
+    return [s["method"] for s in summary if s["forget"] == forget and not is_baseline(s)
+            and s["gap"] > base["gap"] - margin]
+
+
 def meets_main(s: dict) -> bool:
-    return (not is_retraining(s) and s["gap"] <= GAP_PP and s["d_gr_max"] <= GR_SLACK
+    return (not is_baseline(s) and s["gap"] <= GAP_PP and s["d_gr_max"] <= GR_SLACK
             and s["gate"] == s["n"] and s["ratio"] <= TIME_RATIO)
 
 
@@ -125,7 +148,7 @@ def figure(summary: list[dict], path: Path, y_cap: float = 6.0) -> Path:
     """Average gap against time / retraining per forget fraction; methods beyond ``y_cap`` pp
     are drawn as a triangle on the top edge with their value, so one collapse does not squash
     the rest."""
-    from medunlearn.plots import _pyplot, save_figure
+    from medunlearn.plots import _pyplot, readable_log_axis, save_figure
 
     plt = _pyplot()
     forgets = _forgets(summary)
@@ -137,9 +160,13 @@ def figure(summary: list[dict], path: Path, y_cap: float = 6.0) -> Path:
             ax.axhspan(max(floor["gap"] - floor["gap_std"], 0), floor["gap"] + floor["gap_std"],
                        color="grey", alpha=0.15, label="independent retraining (mean ± std)")
             ax.axhline(floor["gap"], color="grey", lw=1.2)
-        shown = [x for x in summary if x["forget"] == forget and not is_retraining(x)]
-        top = min(y_cap, max([s["gap"] + s["gap_std"] for s in shown
-                              if s["gap"] <= y_cap] + [GAP_PP]) * 1.1)
+        base = _entry(summary, forget, ORIGINAL_LABEL)
+        if base is not None and base["gap"] <= y_cap:  # doing nothing takes no time: a line
+            ax.axhline(base["gap"], color="black", ls=":", lw=1.5,
+                       label=f"{ORIGINAL_LABEL}: {base['gap']:.2f} pp")
+        shown = [x for x in summary if x["forget"] == forget and not is_baseline(x)]
+        top = min(y_cap, max([s["gap"] + s["gap_std"] for s in shown if s["gap"] <= y_cap]
+                             + [GAP_PP] + ([base["gap"]] if base else [])) * 1.1)
         for i, s in enumerate(shown):
             color = cmap(i % 20)
             if s["gap"] > y_cap:  # off the scale: a marker on the top edge, value in the label
@@ -152,7 +179,7 @@ def figure(summary: list[dict], path: Path, y_cap: float = 6.0) -> Path:
         ax.axvline(TIME_RATIO * 100, color="grey", ls="--", lw=0.8)
         ax.axhline(GAP_PP, color="grey", ls="--", lw=0.8)
         ax.set_ylim(0, top)
-        ax.set_xscale("log")
+        readable_log_axis(ax, "x")
         ax.set_xlabel("time / retraining (%, log)")
         ax.set_ylabel("average gap to retraining (pp)")
         ax.set_title(f"{forget}")
@@ -206,9 +233,20 @@ def render(summary: list[dict], *, results: Path, seeds, wall: float, quick: boo
                 f"pt in every seed): {'**met**' if meets_cra(cra) else '**missed**'} "
                 f"({_f(cra['gap'])} pp at {_f(cra['ratio'] * 100, 1)}%, ΔFNR max "
                 f"{_f(cra['d_fnr_max'] * 100, 1)} pt).")
+        base = _entry(summary, forget, ORIGINAL_LABEL)
+        if base:
+            same = no_better_than_nothing(summary, forget)
+            lines.append(
+                f"- Doing nothing: the untouched original is {_f(base['gap'])} ± "
+                f"{_f(base['gap_std'])} pp from the reference, and the safety gate passed it in "
+                f"{base['gate']}/{base['n']} seeds"
+                + (" (a passed gate there does not show that anything was forgotten)"
+                   if base["gate"] else "")
+                + ". No better than doing nothing by the average gap: "
+                + (", ".join(same) if same else "none") + ".")
         if floor:
             within = [s["method"] for s in summary if s["forget"] == forget
-                      and not is_retraining(s) and s["gap"] <= floor["gap"]
+                      and not is_baseline(s) and s["gap"] <= floor["gap"]
                       and s["gate"] == s["n"]]
             lines.append(
                 f"- Noise floor: a second retraining with another seed is {_f(floor['gap'])} ± "

@@ -59,3 +59,33 @@ def test_summary_targets_and_floor_line(bf):
     # at or below the floor (0.9 pp) with the gate passed in every seed: ssd and newton
     assert "0.90 ± 0.07 pp from the reference" in text
     assert "passed in every seed): ssd, newton." in text
+
+
+def test_do_nothing_row_is_summarised_and_never_a_candidate(bf, tmp_path):
+    """The untouched original (added to every grid by the runner) is summarised at no cost,
+    never meets a target, and names the methods whose gap is no better than doing nothing."""
+    from medunlearn.experiments.grid import ORIGINAL_LABEL, ORIGINAL_METHOD
+
+    cfg = parse_experiment(bf.study(("random:0.1",), (0, 1), ("retrain", "ssd"), False),
+                           source="test")
+    assert [c.method.display for c in cfg.baselines()] == [ORIGINAL_LABEL] * 2
+    rows = []
+    for seed in (0, 1):
+        nothing = _row(ORIGINAL_LABEL, seed, 0.9 + 0.02 * seed, None, method=ORIGINAL_METHOD)
+        rows += [_row("retrain", seed, 0.0, 100.0), nothing,
+                 _row("newton", seed, 0.5, 1.0),    # clearly better than doing nothing
+                 _row("ssd", seed, 0.9, 1.0)]       # within the original's spread: no better
+    summary = bf.summarize(rows)
+    by = {s["method"]: s for s in summary}
+    base = by[ORIGINAL_LABEL]
+    assert base["ratio"] == 0.0 and base["gap"] == pytest.approx(0.91) and base["gate"] == 2
+    assert not bf.meets_main(base)  # gap 0.91 <= 1 pp at no cost: still not a method
+    assert bf.no_better_than_nothing(summary, "random:0.1") == ["ssd"]
+    text = bf.render(summary, results=Path("r"), seeds=(0, 1), wall=60.0, quick=False,
+                     figure_path=None)
+    assert ("Doing nothing: the untouched original is 0.91 ± 0.01 pp from the reference, and "
+            "the safety gate passed it in 2/2 seeds (a passed gate there does not show that "
+            "anything was forgotten). No better than doing nothing by the average gap: ssd."
+            ) in text
+    png = bf.figure(summary, tmp_path / "frontier.png")
+    assert png.read_bytes().startswith(b"\x89PNG")

@@ -549,9 +549,9 @@ def test_experiment_grid_runs_on_a_csv_manifest_with_subgroups(tmp_path):
     cfg = parse_experiment(raw)
     assert cfg.datasets[0].name == "data-binary"
     summary = run_experiment(cfg, tmp_path / "results", progress=False)
-    assert summary.failed == [] and summary.completed == 2
+    assert summary.failed == [] and summary.completed == 3  # and the do-nothing row
     rows = ResultsStore(tmp_path / "results").rows()
-    assert {r["method"] for r in rows} == {"retrain", "finetune"}
+    assert {r["method"] for r in rows} == {"retrain", "finetune", "original"}
     metrics = next(r for r in rows if r["method"] == "finetune")["metrics"]  # flattened keys
     assert any(k.startswith("bias.subgroups.sex.") for k in metrics)
     assert any(k.startswith("bias.subgroups.age_band.") for k in metrics)

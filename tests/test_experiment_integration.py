@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["retrain", "finetune", "salun-cra"]
+ROWS = ["original", *METHODS]  # the do-nothing row ("original (no unlearning)") and the methods
 
 
 def _study(tmp: Path, root: Path, methods: list[str]) -> Path:
@@ -85,14 +87,14 @@ def test_kill_minus_9_mid_grid_then_resume(killed_and_resumed):
     k = killed_and_resumed
     out: Path = k["out"]
     assert k["killed"]["returncode"] == -signal.SIGKILL, k["killed"]["output"]
-    assert 1 <= k["killed"]["rows"] < len(METHODS)
+    assert 1 <= k["killed"]["rows"] < len(ROWS)
     assert k["resume"].returncode == 0, k["resume"].stdout + k["resume"].stderr
     assert f"{k['killed']['rows']} earlier" in k["resume"].stdout
     con = sqlite3.connect(out / "results.sqlite")
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     keys = [r[0] for r in con.execute("SELECT key FROM results")]
     con.close()
-    assert len(keys) == len(set(keys)) == len(METHODS)
+    assert len(keys) == len(set(keys)) == len(ROWS)
     # the original and the reference were trained once and reused after the kill
     for kind in ("original", "reference"):
         folders = [p for p in (out / "models" / kind).iterdir() if not p.name.startswith(".")]
@@ -104,10 +106,11 @@ def test_kill_minus_9_mid_grid_then_resume(killed_and_resumed):
     # every row is complete
     with ResultsStore(out) as store:
         rows = {r["method"]: r for r in store.rows()}
-    assert set(rows) == set(METHODS)
+    assert set(rows) == set(ROWS)
     for r in rows.values():
         for col in ("UA", "RA", "TA", "test_auc", "mia_efficacy", "attack_auc", "fnr", "fpr",
-                    "global_risk", "original_fnr", "unlearn_seconds", "retrain_seconds"):
+                    "global_risk", "original_fnr", "average_gap_pp", "retrain_seconds") + (
+                        ("unlearn_seconds",) if r["method"] != "original" else ()):
             assert r[col] is not None, (r["method"], col)
         assert Path(r["run_dir"], "model.safetensors").is_file()
         assert r["gate_passed"] in (True, False)
@@ -115,18 +118,29 @@ def test_kill_minus_9_mid_grid_then_resume(killed_and_resumed):
     assert rows["retrain"]["average_gap_pp"] == 0.0 and rows["retrain"]["speedup"] == 1.0
     assert rows["retrain"]["run_dir"] == rows["retrain"]["reference_dir"]
     assert rows["finetune"]["run_dir"] != rows["finetune"]["reference_dir"]
-    assert len(list((out / "logs" / "cell").glob("*.log"))) == len(METHODS)
-    assert len((out / "results.csv").read_text().splitlines()) == len(METHODS) + 1
+    # the do-nothing row: the original itself, evaluated against the reference like a method
+    nothing = rows["original"]
+    assert nothing["label"] == "original (no unlearning)"
+    assert nothing["run_dir"] == nothing["original_dir"] and nothing["unlearn_seconds"] is None
+    assert nothing["fnr"] == nothing["original_fnr"] and nothing["fnr_change"] == 0.0
+    assert nothing["metrics"]["counts.forget"] == rows["finetune"]["metrics"]["counts.forget"]
+    assert nothing["average_gap_pp"] >= 0.0 and nothing["gate_passed"] in (True, False)
+    assert not (out / "runs").exists() or not any("original" in p.name
+                                                  for p in (out / "runs").iterdir())
+    assert len(list((out / "logs" / "cell").glob("*.log"))) == len(ROWS)
+    assert len((out / "results.csv").read_text().splitlines()) == len(ROWS) + 1
 
 
 def test_report_of_real_results(killed_and_resumed, tmp_path):
     assert main(["report", str(killed_and_resumed["out"]), "--out", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
     assert page.count("<table class='results'") == 1
-    for m in METHODS:
+    for m in [*METHODS, "original (no unlearning)"]:
         assert f"data-method='{m}'" in page
     assert page.count("<img ") == 3  # Pareto, FNR change, difficulty (one ratio: no ratio plots)
-    assert "| salun-cra | 1 |" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert re.search(r"\| salun-cra( ∅)? \| 1 \|", md)  # ∅: its gap is no better than doing nothing
+    assert "| original (no unlearning) | 1 |" in md
 
 
 def test_ray_backend_gives_the_same_rows(killed_and_resumed, tmp_path, medmnist_root,
@@ -145,7 +159,7 @@ def test_ray_backend_gives_the_same_rows(killed_and_resumed, tmp_path, medmnist_
     finally:
         if ray.is_initialized():
             ray.shutdown()
-    assert summary.ok and summary.completed == 2
+    assert summary.ok and summary.completed == 3  # two methods and the do-nothing row
     assert len(list((out / "logs" / "reference").glob("*.log"))) == 1
     assert not (out / "logs" / "original").exists()  # the copied original was reused
     with ResultsStore(out) as store:
@@ -178,8 +192,10 @@ def test_study_with_the_per_example_check_reports_a_column_and_a_figure(tmp_path
     run_experiment(load_experiment(path), out, progress=False)
     with ResultsStore(out, create=False) as store:
         rows = store.rows()
-    assert len(rows) == 2
-    for r in rows:
+    assert len(rows) == 3
+    assert [r["metrics"].get("models.model.forgetting_quality.forgetting_quality")
+            for r in rows if r["method"] == "original"] == [None]  # N runs of a method: none
+    for r in (r for r in rows if r["method"] != "original"):
         score = r["metrics"]["models.model.forgetting_quality.forgetting_quality"]
         assert 0.0 <= score <= 1.0
         assert Path(r["metrics"]["models.model.forgetting_quality.result_file"]).is_file()

@@ -33,7 +33,8 @@ STUDY = {
     "augment": ["none"],
     "train": {"epochs": 1},
 }
-N_CELLS = 2 * 3 * 2  # forget x methods x seeds
+# forget x (methods + the do-nothing row "original (no unlearning)") x seeds
+N_CELLS = 2 * (3 + 1) * 2
 
 
 # -- the fake pipeline (module-level functions: picklable, importable by a subprocess) -------
@@ -81,7 +82,9 @@ def fake_evaluate(job, run_dir, original, reference, *, calls, crash=None):
                                  "clinical": {"test": {"fnr": 0.2, "fpr": 0.1,
                                                        "global_risk": 0.6}}},
                        "original": {"clinical": {"test": {"fnr": 0.15}}}},
-            "fidelity": {"average_gap_pp": 1.5}}
+            # doing nothing is 2 pp from the reference; salun-cra no closer, finetune closer
+            "fidelity": {"average_gap_pp": {"original": 2.0, "salun-cra": 2.0,
+                                            "retrain": 0.0}.get(job.method.name, 1.5)}}
 
 
 def fake_verdict(metrics, tolerances=None, *, crash=None):
@@ -140,6 +143,13 @@ def test_runs_every_cell_once_and_shares_models(tmp_path):
     # rows carry key columns, headline metrics, timings and the flattened metrics
     with ResultsStore(out) as store:
         rows = store.rows()
+    # one do-nothing row per reference: the original evaluated, nothing unlearned, no time
+    nothing = [r for r in rows if r["method"] == "original"]
+    assert len(nothing) == 4 and {r["label"] for r in nothing} == {"original (no unlearning)"}
+    assert all(r["run_dir"] == r["original_dir"] and r["unlearn_seconds"] is None
+               and r["speedup"] is None for r in nothing)
+    assert not any(c.startswith("unlearn ") and "original_no_unlearning" in c for c in log)
+    assert sum("original_no_unlearning" in c for c in log) == 4  # evaluated, once each
     r = next(r for r in rows if r["method"] == "finetune")
     assert r["UA"] == 0.2 and r["fnr"] == 0.2 and r["original_fnr"] == 0.15
     assert r["fnr_change"] == pytest.approx(0.05)
@@ -163,6 +173,21 @@ def test_runs_every_cell_once_and_shares_models(tmp_path):
                           progress=False)
     assert more.completed == 4 and more.already_done == N_CELLS
     assert all(c.split()[0] in ("unlearn", "evaluate") for c in _calls(calls))
+
+
+def test_report_of_a_grid_has_the_do_nothing_row(tmp_path):
+    """The runner's do-nothing rows reach the report: one row per table, scored like a method,
+    and a method whose gap is not below it is named as no better than doing nothing."""
+    from medunlearn.experiments.report import write_report
+
+    out = tmp_path / "results"
+    study = parse_experiment(STUDY)
+    run_experiment(study, out, pipeline=fake_pipeline(tmp_path / "calls.txt"), progress=False)
+    md = write_report(out, tmp_path / "report", study=study)["markdown"].read_text()
+    assert md.count("| original (no unlearning) | 2 | pass |") == 2  # one per forget set
+    assert md.count("| salun-cra ∅ | 2 |") == 2 and "| finetune | 2 |" in md
+    assert md.count("No better than doing nothing by the average gap (not more than 0.01 pp "
+                    "below the untouched original's 2.00 pp): salun-cra.") == 2
 
 
 @pytest.mark.parametrize("crash", [

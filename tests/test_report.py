@@ -153,10 +153,11 @@ def test_report_of_one_study_in_a_shared_results_folder(tmp_path):
         for m, (ua, fnr, secs, ok) in METHODS.items():
             store.insert(report_row(m, ua, fnr, secs, ok, ratio=0.1, augment="basic", seed=0))
     paths = write_report(tmp_path / "res", tmp_path / "out", study=study)
-    assert paths["rows"] == 3 and paths["missing"] == 1
+    # missing: one method cell and the two do-nothing rows (one per reference)
+    assert paths["rows"] == 3 and paths["missing"] == 3
     md = paths["markdown"].read_text()
     assert md.startswith("# Unlearning experiment: small")
-    assert "Two methods. 1 cell(s) of the study are not in the results yet." in md
+    assert "Two methods. 3 cell(s) of the study are not in the results yet." in md
     assert "forget random:0.1" not in md and "salun" not in md
     # the CLI takes the study file; a study with no finished cell is a clear error
     study_file = tmp_path / "small.yaml"
@@ -168,7 +169,7 @@ def test_report_of_one_study_in_a_shared_results_folder(tmp_path):
     assert "| finetune | 1 |" in (tmp_path / "o2" / "report.md").read_text()
     other = parse_experiment({"name": "none", "datasets": [{"dataset": "breastmnist"}],
                               "forget": ["random:0.3"], "methods": ["finetune"]})
-    with pytest.raises(MedUnlearnError, match="None of the 1 cells of study 'none'"):
+    with pytest.raises(MedUnlearnError, match="None of the 2 cells of study 'none'"):
         write_report(tmp_path / "res", tmp_path / "o3", study=other)
 
 
@@ -252,3 +253,163 @@ def test_degenerate_original_or_reference_is_flagged_not_ranked(tmp_path):
     assert "**" not in _table(md, "breastmnist (binary), augmentation none, forget random:0.5")[
         "salun"]["UA %"]
     assert "Not ranked" in (out / "report.html").read_text()
+
+
+# -- issue 30: ties, glossary, chance, patient ids; issue 27: the do-nothing row ----------------
+def _one_setting(tmp_path, rows: list[dict]) -> tuple[str, str]:
+    """Write ``rows`` as one results table, report it, return (Markdown, HTML)."""
+    with ResultsStore(tmp_path / "res") as store:
+        for r in rows:
+            store.insert(r)
+    paths = write_report(tmp_path / "res", tmp_path / "out")
+    return paths["markdown"].read_text(), paths["html"].read_text()
+
+
+def _rows(**changes) -> list[dict]:
+    """One seed of every synthetic method at 20%, with per-method field changes."""
+    out = []
+    for m, (ua, fnr, secs, ok) in METHODS.items():
+        r = report_row(m, ua, fnr, secs, ok, ratio=0.2, augment="none", seed=0)
+        out.append(r | changes.get(m, {}))
+    return out
+
+
+def _best_cells(page: str, metric: str) -> set[str]:
+    marked = set()
+    for row in re.findall(r"<tr class='[^']*' data-method='([^']*)'>(.*?)</tr>", page):
+        if re.search(rf"<td data-metric='{metric}' class='best'>", row[1]):
+            marked.add(row[0])
+    return marked
+
+
+def test_ties_at_the_displayed_precision_are_all_marked(tmp_path):
+    """Attack AUC 0.452 for three methods (raw values differ below the third digit) and AUC
+    99.3 for two: every tie is marked, in Markdown and HTML alike."""
+    md, page = _one_setting(tmp_path, _rows(
+        retrain={"attack_auc": 0.47},
+        finetune={"attack_auc": 0.45204, "test_auc": 0.99312},
+        salun={"attack_auc": 0.4518, "test_auc": 0.99268},
+        **{"salun-cra": {"attack_auc": 0.452, "test_auc": 0.9901},
+           "random-label": {"attack_auc": 0.40, "test_auc": 0.95}}))
+    t = _table(md, "breastmnist (binary), augmentation none, forget random:0.2")
+    assert [t[m]["attack AUC"] for m in ("finetune", "salun", "salun-cra")] == ["**0.452**"] * 3
+    assert t["random-label"]["attack AUC"] == "0.400"
+    assert t["finetune"]["AUC %"] == t["salun"]["AUC %"] == "**99.3**"
+    assert t["salun-cra"]["AUC %"] == "99.0"
+    assert _best_cells(page, "attack_auc") == {"finetune", "salun", "salun-cra"}
+    assert _best_cells(page, "test_auc") == {"finetune", "salun"}
+    # a tie of every ranked method marks nothing (the reference row is not ranked)
+    md, _ = _one_setting(tmp_path / "all", _rows(**{m: {"fpr": 0.1001} for m in METHODS}))
+    t = _table(md, "breastmnist (binary), augmentation none, forget random:0.2")
+    assert not any(t[m]["FPR %"].startswith("**") for m in METHODS)
+
+
+def test_glossary_is_the_cli_summary_text(tmp_path):
+    from medunlearn.experiments.report import summary_text
+    from medunlearn.experiments.tables import GLOSSARY, glossary_lines
+
+    rows = _rows()
+    md, page = _one_setting(tmp_path, rows)
+    terms = {term for term, _ in GLOSSARY}
+    assert {"UA", "RA", "TA", "MIA-efficacy", "gap", "FNR / FPR", "Global Risk"} <= terms
+    glossary = md.split("## Glossary")[1].split("\n## ")[0]
+    summary = summary_text(rows)
+    for line in glossary_lines():
+        assert f"- {line}" in glossary and f"- {line}" in summary
+    assert "UA: unlearning accuracy: the error rate on the forgotten images" in md
+    assert "<summary>Glossary</summary>" in page and "<dt>MIA-efficacy</dt>" in page
+
+
+def test_do_nothing_row_and_methods_no_better_than_it(tmp_path):
+    """The original scored like a method: shown, never marked best; a method whose gap is not
+    below the original's is marked ∅ and named; a gate that passes the original is said."""
+    from medunlearn.experiments.grid import ORIGINAL_LABEL, ORIGINAL_METHOD
+
+    rows = _rows()
+    nothing = report_row(ORIGINAL_METHOD, 0.25, 0.2, 1.0, True, ratio=0.2, augment="none",
+                         seed=0)
+    nothing |= {"key": "nothing", "label": ORIGINAL_LABEL, "average_gap_pp": 5.0,
+                "unlearn_seconds": None, "speedup": None, "RA": 0.99}
+    md, page = _one_setting(tmp_path, rows + [nothing])
+    t = _table(md, "breastmnist (binary), augmentation none, forget random:0.2")
+    # gaps: retrain 0, finetune 20, salun 2, salun-cra 10, random-label 20; doing nothing 5
+    assert set(t) == {"retrain", ORIGINAL_LABEL, "finetune ∅", "salun", "salun-cra ∅",
+                      "random-label ∅"}
+    assert list(t)[:2] == ["retrain", ORIGINAL_LABEL]  # right after the reference
+    row = t[ORIGINAL_LABEL]
+    assert row["avg gap (pp)"] == "5.00" and row["time (s)"] == "–" and row["safety"] == "pass"
+    assert not any(v.startswith("**") for v in row.values())  # RA 99.0 is the highest: unranked
+    assert t["salun"]["RA %"] == "90.0"  # every method ties at 90.0: none is marked
+    assert ("No better than doing nothing by the average gap (not more than 0.01 pp below the "
+            "untouched original's 5.00 pp): finetune, random-label, salun-cra.") in md
+    assert (f"The safety gate passed the untouched original ('{ORIGINAL_LABEL}') in 1 of 1 "
+            "seed(s)") in md
+    marked = re.findall(r"<tr class='[^']*\bnothing\b[^']*' data-method='([^']*)'", page)
+    assert sorted(marked) == ["finetune", "random-label", "salun-cra"]
+    assert f"data-method='{ORIGINAL_LABEL}'" in page and "baseline" in page
+    # the CLI summary says the same
+    from medunlearn.experiments.report import summary_text
+
+    lines = {ln.split()[0]: ln for ln in summary_text(rows + [nothing]).splitlines()
+             if ln.startswith("  ") and not ln.startswith("  -")}
+    assert lines["finetune"].endswith("(no better than doing nothing)")
+    assert not lines["salun"].endswith("(no better than doing nothing)")
+
+
+def test_models_at_chance_and_data_without_patient_ids_are_said(tmp_path):
+    """An original at chance (test AUC 0.52) is named in words and nothing is ranked against it;
+    a method at chance is named; data without patient ids get the leakage note, data with
+    them do not."""
+    import json
+
+    def original(name: str, dataset: dict) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"kind": "train", "dataset": dataset}))
+        return str(folder)
+
+    no_ids = original("nih-folder", {"source": "folder", "n_samples": {"train": 10}})
+    rows = _rows(finetune={"test_auc": 0.53})
+    for r in rows:
+        r["original_dir"] = no_ids
+        r["metrics"] |= {"models.original.utility.test_auc": 0.52}
+    md, page = _one_setting(tmp_path / "a", rows)
+    assert ("seed 0: the original model is at chance on the test set (test AUC 0.52, within "
+            "0.05 of 0.5): it has not learned the task") in md
+    t = _table(md, "breastmnist (binary), augmentation none, forget random:0.2")
+    assert "Not ranked" in md
+    assert not any(v.startswith("**") for r in t.values() for v in r.values())
+    assert "finetune is at chance on the test set (test AUC 0.53" in md
+    data = md.split("## Data")[1].split("\n## ")[0]
+    assert ("breastmnist (binary): the data carry no patient ids (source 'folder'), so images of "
+            "one patient may sit in more than one split (training and test) and patient leakage "
+            "cannot be checked") in data
+    assert "<h2 id='data'>Data</h2>" in page
+    with_ids = original("nih-manifest", {"source": "manifest",
+                                         "n_patients": {"train": 5, "val": 2, "test": 2}})
+    md, _ = _one_setting(tmp_path / "b", [r | {"original_dir": with_ids} for r in _rows()])
+    assert "## Data" not in md and "at chance" not in md
+
+
+def test_log_axis_ticks_are_few_and_do_not_overlap(tmp_path):
+    """Issue 30 saw "0.8 0.91.0" and "6.0 7.0 8.0 9.0 10.0" run together: at most six labelled
+    ticks, no labelled minor ticks, and no two labels overlapping once drawn."""
+    from medunlearn.plots import _pyplot, log_ticks, readable_log_axis
+
+    assert log_ticks(0.8, 1.0) == [0.8, 0.9, 1.0]
+    assert log_ticks(0.01, 300) == [0.01, 0.1, 1.0, 10.0, 100.0]
+    assert len(log_ticks(0.001, 1e6)) <= 6
+    plt = _pyplot()
+    for lo, hi in ((0.8, 1.0), (6.0, 10.0), (0.02, 900.0), (0.5, 40.0), (6.2, 6.8)):
+        fig, ax = plt.subplots(figsize=(10, 5))
+        ax.plot([lo, hi], [1, 2], "o")
+        readable_log_axis(ax, "x")
+        fig.canvas.draw()
+        labels = [t for t in ax.get_xticklabels(minor=False) if t.get_text()]
+        lo_v, hi_v = sorted(ax.get_xlim())
+        labels = [t for t in labels if lo_v <= t.get_position()[0] <= hi_v]
+        assert 2 <= len(labels) <= 6, (lo, hi, [t.get_text() for t in labels])
+        assert not [t for t in ax.get_xticklabels(minor=True) if t.get_text()]
+        boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+        assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), (lo, hi)
+        plt.close(fig)

@@ -27,6 +27,43 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def log_ticks(lo: float, hi: float, max_ticks: int = 6) -> list[float]:
+    """At most ``max_ticks`` readable tick positions for a log axis spanning ``[lo, hi]``
+    (both > 0): the 1-2-5 values of each decade inside the span, or every 1..9 multiple when the
+    span is too narrow for two of those, thinned evenly (the ends kept) to ``max_ticks``."""
+    import math
+
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise ValueError(f"log_ticks needs 0 < lo <= hi, got {lo}, {hi}")
+    decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    for steps in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [float(f"{m * 10.0 ** d:.12g}") for d in decades for m in steps]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) >= 3 or (steps[-1] == 9 and ticks):
+            break
+    if len(ticks) < 2:  # a span inside one step (e.g. 6.2 to 6.8): its two ends
+        ticks = sorted({float(f"{lo:.2g}"), float(f"{hi:.2g}")})
+    if len(ticks) > max_ticks:
+        idx = sorted({round(i * (len(ticks) - 1) / (max_ticks - 1)) for i in range(max_ticks)})
+        ticks = [ticks[i] for i in idx]
+    return ticks
+
+
+def readable_log_axis(ax, axis: str = "x", max_ticks: int = 6) -> None:
+    """Put ``ax``'s ``axis`` ("x" or "y"; call it once the data are drawn) on a log scale with
+    at most ``max_ticks`` labelled ticks inside its limits (:func:`log_ticks`, written like
+    ``0.5``, ``2``, ``10``) and no labelled minor ticks, so that labels never overlap."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    which.set_major_locator(FixedLocator(log_ticks(lo, hi, max_ticks)))
+    which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    which.set_minor_locator(NullLocator())
+    which.set_minor_formatter(NullFormatter())
+
+
 def training_curve(history: list[dict], path: str | os.PathLike, *, title: str = "") -> Path:
     """Loss and validation accuracy/AUC per epoch."""
     plt = _pyplot()

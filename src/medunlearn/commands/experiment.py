@@ -53,7 +53,8 @@ def experiment(
     typer.echo(f"{cfg.name}: {len(originals)} original model(s), {len(references)} retrained "
                f"reference(s), {len(cells)} cell(s) ({len(cfg.methods)} method(s) x "
                f"{len(cfg.datasets)} dataset(s) x {len(cfg.augment)} augmentation(s) x "
-               f"{len(cfg.forget)} forget set(s) x {len(cfg.seeds)} seed(s)).")
+               f"{len(cfg.forget)} forget set(s) x {len(cfg.seeds)} seed(s)), and "
+               f"{len(references)} do-nothing row(s): the original scored like a method.")
     if dry_run:
         for c in cells:
             typer.echo(f"  {c.key}  {c.slug}")
@@ -82,8 +83,8 @@ def _print_summary(cfg, out: Path) -> None:
         rows = study_rows(store.rows(), cfg)
     if not rows:
         return
-    typer.echo("\nSummary (mean over seeds; UA = forget-set error, TA = test accuracy;\n"
-               "* = best in the column, as in the report):" + summary_text(rows))
+    typer.echo("\nSummary (mean over seeds; * = best in the column, as in the report; the "
+               "glossary follows):" + summary_text(rows))
     typer.echo(f"\nFull tables and figures: medunlearn report {out} --study "
                f"{cfg.source or 'STUDY'} --out REPORT_DIR")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medunlearn.experiments.grid import ORIGINAL_LABEL
 from medunlearn.experiments.tables import (
     DIFFICULTY,
     FQ_PATH,
@@ -22,7 +23,7 @@ from medunlearn.experiments.tables import (
     subgroup_levels,
     subgroup_stat,
 )
-from medunlearn.plots import _pyplot, save_figure
+from medunlearn.plots import _pyplot, readable_log_axis, save_figure
 
 # Figures are drawn at least this wide (inches; at 110 dpi about 1100 px), so that in a 1400 px
 # window they are read at their drawn size, not as ~400 px thumbnails.
@@ -102,11 +103,14 @@ class Figures:
                     x, m, s = map(np.asarray, zip(*keep, strict=True))
                     ax.errorbar(x, m, yerr=s, marker="o", ms=4, capsize=2, label=lab,
                                 color=self.colors[lab],
-                                ls="--" if lab == REFERENCE_METHOD else "-")
+                                ls={REFERENCE_METHOD: "--", ORIGINAL_LABEL: ":"}.get(lab, "-"))
             ax.set_xlabel("forget set (% of training data)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=8, ncol=2)
+        handles, labels = next((h for h in (ax.get_legend_handles_labels() for ax in axes[0])
+                                if h[0]), ([], []))
+        if handles:  # panels without data (e.g. no difficulty terciles) draw no legend
+            axes[0][-1].legend(handles, labels, fontsize=8, ncol=2)
         fig.suptitle(title)
         self.save(fig, caption, name)
 
@@ -131,6 +135,10 @@ class Figures:
             rs = [r for r in rows if r["label"] == lab]
             t, _, _ = mean_std([r.get("unlearn_seconds") for r in rs])
             g, gs, _ = mean_std([r.get("average_gap_pp") for r in rs])
+            if lab == ORIGINAL_LABEL and g is not None:  # no time: a line at its gap
+                ax.axhline(g, color="black", ls=":", lw=1.5,
+                           label=f"{lab}: {g:.2f} pp (on or above: no better)")
+                continue
             if t is None or g is None:
                 continue
             pts.append((t, g, lab))
@@ -141,12 +149,7 @@ class Figures:
             ax.step(*zip(*front, strict=True), where="post", color="grey", ls="--", lw=1,
                     label="Pareto front (no method both faster and closer)")
         if pts and all(t > 0 for t, _, _ in pts):
-            from matplotlib.ticker import ScalarFormatter
-
-            ax.set_xscale("log")
-            for axis in (ax.xaxis,):
-                axis.set_major_formatter(ScalarFormatter())
-                axis.set_minor_formatter(ScalarFormatter())
+            readable_log_axis(ax, "x")
         ax.set_xlabel("unlearning time (s, log scale)")
         ax.set_ylabel("average gap to retraining (pp)")
         ax.grid(alpha=0.3)

@@ -6,7 +6,10 @@ into three kinds of jobs:
 * one :class:`OriginalJob` per (dataset, augmentation, seed): the trained model;
 * one :class:`ReferenceJob` per original and forget selection: the model retrained without the
   forget set (the gold standard every method is compared with);
-* one :class:`CellJob` per reference and method: unlearn, then evaluate.
+* one :class:`CellJob` per reference and method: unlearn, then evaluate;
+* one do-nothing :class:`CellJob` per reference (:meth:`ExperimentConfig.baselines`): the
+  original itself scored like a method against the reference ("original (no unlearning)"), so
+  that every table shows what doing nothing scores.
 
 Originals and references are shared by every method and cached under ``RESULTS/models``,
 keyed by a fingerprint of everything that determines them.
@@ -25,6 +28,9 @@ from medunlearn.config import DataConfig, DataSource, ModelConfig, TrainConfig
 from medunlearn.fileio import fingerprint
 
 FRACTION_KINDS = ("random", "positive", "negative", "random-patients")  # kind:F specs
+#: The method name and report label of the do-nothing row (the original, not unlearned).
+ORIGINAL_METHOD = "original"
+ORIGINAL_LABEL = "original (no unlearning)"
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,11 @@ class CellJob:
         return self.method.name == "retrain" and not self.method.options
 
     @property
+    def does_nothing(self) -> bool:
+        """The do-nothing row: the original model is the "unlearned" model (no unlearning job)."""
+        return self.method.name == ORIGINAL_METHOD
+
+    @property
     def slug(self) -> str:
         o = self.original
         return (f"{o.dataset.name}-aug_{o.augment}-{_safe(self.reference.forget)}-"
@@ -171,6 +182,8 @@ class CellJob:
 
     @property
     def folder(self) -> str:
+        if self.does_nothing:
+            return self.original.folder
         return self.reference.folder if self.reuses_reference else f"runs/{self.slug}"
 
     @property
@@ -280,8 +293,21 @@ class ExperimentConfig:
                 out.append(CellJob(key=key, reference=ref, method=m, evaluation=ev, gate=gt))
         return out
 
+    def baselines(self, references: list[ReferenceJob] | None = None) -> list[CellJob]:
+        """One do-nothing row per reference: the original scored against the reference with
+        the study's evaluation and gate, exactly like a method. Its key is its own (the cells'
+        keys do not change), so adding it reuses every finished cell."""
+        ev = _frozen_items(self.evaluation)
+        gt = _frozen_items(self.gate)
+        spec = MethodSpec(ORIGINAL_METHOD, label=ORIGINAL_LABEL)
+        return [CellJob(key=fingerprint({"kind": "do-nothing", "reference": ref.key,
+                                         "evaluation": self.evaluation, "gate": self.gate}),
+                        reference=ref, method=spec, evaluation=ev, gate=gt)
+                for ref in references or self.references()]
+
     def plan(self) -> tuple[list[OriginalJob], list[ReferenceJob], list[CellJob]]:
-        """All jobs of the grid, in the order they run."""
+        """The jobs of the grid's methods, in the order they run (the do-nothing rows,
+        :meth:`baselines`, are run with them by the runner)."""
         originals = self.originals()
         references = self.references(originals)
         return originals, references, self.cells(references)
@@ -317,5 +343,5 @@ def forget_ratio(spec: str) -> float | None:
     return None
 
 
-__all__ = ["CellJob", "DatasetSpec", "ExperimentConfig", "MethodSpec", "OriginalJob",
-           "ReferenceJob", "forget_ratio"]
+__all__ = ["ORIGINAL_LABEL", "ORIGINAL_METHOD", "CellJob", "DatasetSpec", "ExperimentConfig",
+           "MethodSpec", "OriginalJob", "ReferenceJob", "forget_ratio"]

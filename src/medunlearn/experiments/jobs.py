@@ -97,11 +97,41 @@ def forgetting_quality_folder(job: CellJob, reference_dir: Path) -> Path:
     return root / "variants" / _safe(job.method.display)
 
 
+def evaluate_original(job: CellJob, original_dir: Path, reference_dir: Path) -> dict:
+    """The do-nothing row: the original model evaluated as if it were the unlearned one, on
+    the reference's forget set, against itself and the reference (the record of
+    ``evaluate_run``, with no unlearning time). The per-example check (``forgetting_quality``)
+    is not run for it: it needs N runs of a method."""
+    from medunlearn import api
+    from medunlearn.checkpoint import load_run_and_data
+    from medunlearn.runs.evaluate import _recipe, forget_set_of, load_comparison
+
+    opts = dict(job.evaluation_options or {})
+    opts.pop(FORGETTING_QUALITY, None)
+    notes = [f"{original_dir} is the original model itself, scored as '{job.method.display}' "
+             f"on the forget set of the reference {reference_dir}."]
+    run, dataset = load_run_and_data(original_dir, data_root=job.original.data_root)
+    ref = load_comparison(reference_dir, dataset, run, "reference")
+    forget = forget_set_of(ref, dataset, notes)  # the reference forgot exactly this set
+    model_config, train_config = _recipe(run) if opts.get("lira_shadows") else (None, None)
+    record, _ = api.evaluate(run.model, dataset, forget=forget, original=run.model,
+                             reference=ref.model, gate=False, options=opts or None, device=None,
+                             records={"model": None, "reference": ref.metrics},
+                             train_config=train_config, model_config=model_config, notes=notes)
+    record["runs"] = {role: {"path": str(p)} for role, p in
+                      (("model", original_dir), ("original", original_dir),
+                       ("reference", reference_dir))}
+    return record
+
+
 def evaluate(job: CellJob, run_dir: Path, original_dir: Path, reference_dir: Path) -> dict:
     """``evaluate_run`` against the original model and the retrained reference; with the
-    study option ``evaluation: {forgetting_quality: N}`` also the per-example check."""
+    study option ``evaluation: {forgetting_quality: N}`` also the per-example check. The
+    do-nothing row goes to :func:`evaluate_original`."""
     from medunlearn.runs import evaluate_run
 
+    if job.does_nothing:
+        return evaluate_original(job, original_dir, reference_dir)
     opts = dict(job.evaluation_options or {})
     n_models = opts.pop(FORGETTING_QUALITY, None)
     record = evaluate_run(run_dir, original=original_dir, reference=reference_dir,

@@ -10,8 +10,12 @@ method. The best value of each column is marked, taking each metric's direction 
 for UA, RA, TA, MIA-efficacy and attack AUC the best is the one *closest to the retrained
 reference* (the goal of unlearning is to behave as if the data had never been seen); for FNR,
 FPR, Global Risk, average gap, FNR change and time lower is better; for AUC and speedup higher
-is better. The ``retrain`` row is the reference itself and is not ranked. Methods whose safety
-verdict failed for any seed are flagged. Figures: :mod:`.figures`. This module renders both.
+is better. The ``retrain`` row is the reference itself and the "original (no unlearning)" row
+is the untouched original scored like a method; neither is ranked. Methods whose safety verdict
+failed for any seed are flagged, and so are methods no better than doing nothing. A glossary of
+the column names (the CLI summary prints the same one) and notes on the data (no patient ids:
+leakage across splits cannot be checked) come before the tables. Figures: :mod:`.figures`.
+This module renders both.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from medunlearn.evaluation.directions import HIGHER, LOWER
 from medunlearn.evaluation.directions import REFERENCE as CLOSEST
 from medunlearn.evaluation.utility import DEGENERATE_BALANCED_ACCURACY, DEGENERATE_SHARE
 from medunlearn.experiments.figures import make_figures
+from medunlearn.experiments.grid import ORIGINAL_LABEL, ORIGINAL_METHOD
 from medunlearn.experiments.store import ResultsStore
 from medunlearn.experiments.tables import (
     COLUMNS,
+    NO_BETTER,
     REFERENCE_METHOD,
     SUBGROUP_NOTE,
     Table,
@@ -35,6 +41,7 @@ from medunlearn.experiments.tables import (
     compute_time,
     format_parts,
     format_stat,
+    glossary_lines,
     study_labels,
     study_rows,
     subgroup_header,
@@ -69,27 +76,70 @@ def legend(tables: list[Table]) -> str:
                      f"{', '.join(h for h in closest if h not in auc)} (best = closest to the "
                      "retrained model) are not ranked; add the method "
                      f"'{REFERENCE_METHOD}' to the study to rank them.")
+    if any(r["method"] == ORIGINAL_METHOD for t in tables for r in t.rows):
+        parts.append(f"The '{ORIGINAL_LABEL}' row is the untouched original scored like a "
+                     f"method (not ranked); {NOTHING} = {NO_BETTER} by the average gap.")
     parts.append("⚠ = the safety gate failed for at least one seed.")
     return " ".join(parts)
 
 
+#: The mark of a method no better than doing nothing (see ``tables.do_nothing_notes``).
+NOTHING = "∅"
+
+
+def data_notes(rows: list[dict]) -> list[str]:
+    """What the data cannot show, per dataset: without patient ids, images of one patient may
+    sit in training and test (leakage), and nothing here can check it. Read from the original
+    models' ``config.json`` (their data summary); a folder that is gone says nothing."""
+    from medunlearn.checkpoint import CONFIG_FILE
+    from medunlearn.experiments.tables import dataset_name
+    from medunlearn.fileio import read_json
+
+    out = []
+    by_ds: dict[str, set[str]] = {}
+    for r in rows:
+        if r.get("original_dir"):
+            by_ds.setdefault(dataset_name(r), set()).add(r["original_dir"])
+    for ds, folders in sorted(by_ds.items()):
+        for folder in sorted(folders):
+            try:
+                summary = read_json(Path(folder) / CONFIG_FILE).get("dataset") or {}
+            except (OSError, ValueError, AttributeError):
+                continue
+            if summary and "n_patients" not in summary:
+                out.append(f"{ds}: the data carry no patient ids (source "
+                           f"'{summary.get('source', 'unknown')}'), so images of one patient may "
+                           "sit in more than one split (training and test) and patient leakage "
+                           "cannot be checked; give a patient column to check it.")
+                break
+    return out
+
+
 DEGENERATE_NOTE = (f"Not ranked: a model behind this table is degenerate (one class predicted "
-                   f"for at least {DEGENERATE_SHARE:.0%} of the test images, or balanced accuracy "
-                   f"below {DEGENERATE_BALANCED_ACCURACY:g}), so closeness to it says nothing "
-                   "about unlearning.")
+                   f"for at least {DEGENERATE_SHARE:.0%} of the test images, balanced accuracy "
+                   f"below {DEGENERATE_BALANCED_ACCURACY:g}, or a test AUC at chance), so "
+                   "closeness to it says nothing about unlearning.")
+
+
+def _label(r: dict, t: Table) -> str:
+    return f"{r['label']} {NOTHING}" if r["label"] in t.no_better else r["label"]
 
 
 def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out: Path,
               meta: str, rows: list[dict] | None = None) -> str:
     rows = rows or []
     lines = [f"# {title}", "", meta, "", legend(tables), ""]
+    notes = data_notes(rows)
+    if notes:
+        lines += ["## Data", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Glossary", ""] + [f"- {g}" for g in glossary_lines()] + [""]
     for t in tables:
         lines += [f"## {t.title}", ""]
         head = ["method", "seeds", "safety"] + [c.header for c in t.columns]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for r in t.rows:
-            cells = [r["label"], str(r["n"]),
+            cells = [_label(r, t), str(r["n"]),
                      f"⚠ fails ({r['gate_failed']}/{r['n']})" if r["gate_failed"] else "pass"]
             for c in t.columns:
                 txt = format_stat(*r["stats"][c.field], c, r["counts"][c.field])
@@ -102,6 +152,8 @@ def _markdown(title: str, tables: list[Table], figs: list[tuple[str, Path]], out
         if t.degenerate:
             lines += ["", f"**{DEGENERATE_NOTE}**", ""]
             lines += [f"- {why}" for why in t.degenerate]
+        if t.notes:
+            lines += [""] + [f"- {n}" for n in t.notes]
         lines.append("")
     subs = subgroup_tables(rows)
     if subs:
@@ -140,6 +192,11 @@ figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:0.85em;color:#555;max-width:70em}
 .legend{font-size:0.85em;color:#444;max-width:70em}
 p.degenerate{color:#b00;max-width:70em}
+tr.nothing td.method::after{content:" ∅";color:#a60}
+tr.baseline td{color:#555;font-style:italic}
+ul.notes,dl.glossary{font-size:0.85em;max-width:70em}
+dl.glossary dt{font-weight:600;float:left;clear:left;margin-right:0.5em}
+dl.glossary dd{margin:0 0 0.2em 0}
 """
 
 
@@ -151,6 +208,14 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
              f"<p>{e(meta)}</p>",
              f"<p class='legend'>{e(legend(tables)).replace('**Bold** (HTML: green)', 'Green')}"
              "</p>"]
+    notes = data_notes(rows or [])
+    if notes:
+        parts.append("<h2 id='data'>Data</h2><ul class='notes data'>"
+                     + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+    parts.append("<details class='glossary'><summary>Glossary</summary><dl class='glossary'>"
+                 + "".join(f"<dt>{e(term)}</dt><dd>{e(text)}</dd>"
+                           for term, text in (g.split(": ", 1) for g in glossary_lines()))
+                 + "</dl></details>")
     for i, t in enumerate(tables):
         parts.append(f"<h2 id='table-{i}'>{e(t.title)}</h2>")
         parts.append("<div class='scroll'>")
@@ -165,6 +230,10 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
                 cls.append("unsafe")
             if r["method"] == REFERENCE_METHOD:
                 cls.append("reference")
+            if r["method"] == ORIGINAL_METHOD:
+                cls.append("baseline")
+            if r["label"] in t.no_better:
+                cls.append("nothing")
             tds = [f"<td class='method'>{e(r['label'])}</td><td>{r['n']}</td>"]
             if r["gate_failed"]:
                 tds.append(f"<td class='unsafe' data-metric='safety' "
@@ -183,6 +252,9 @@ def _html(title: str, tables: list[Table], figs: list[tuple[str, Path]], meta: s
         if t.degenerate:
             parts.append(f"<p class='degenerate'><b>{e(DEGENERATE_NOTE)}</b></p><ul>"
                          + "".join(f"<li>{e(why)}</li>" for why in t.degenerate) + "</ul>")
+        if t.notes:
+            parts.append("<ul class='notes'>" + "".join(f"<li>{e(n)}</li>" for n in t.notes)
+                         + "</ul>")
         failing = [r for r in t.rows if r["gate_failed"]]
         if failing:
             parts.append("<details><summary>Safety verdict failures</summary><ul>"
@@ -216,7 +288,8 @@ SUMMARY_FIELDS = ("UA", "TA", "fnr", "global_risk", "average_gap_pp", "speedup")
 
 def summary_text(rows: list[dict]) -> str:
     """A plain-text table per setting: one line per method with its key metrics (mean over
-    seeds) and its safety verdict; ``*`` marks the best per column, as in the report."""
+    seeds) and its safety verdict; ``*`` marks the best per column, as in the report; the
+    table's notes (doing nothing, chance) under it; then the glossary, the report's own."""
     cols = [c for c in COLUMNS if c.field in SUMMARY_FIELDS]
     widths = [max(len(c.header), 5) + 1 for c in cols]
     lines = []
@@ -234,7 +307,10 @@ def summary_text(rows: list[dict]) -> str:
                 vals.append(f"{txt + ('*' if r['label'] in t.best.get(c.field, ()) else ''):>{w}}")
             safety = (f"fails {r['gate_failed']}/{r['n']}" if r["gate_failed"] else "pass")
             ref = " (reference)" if r["method"] == REFERENCE_METHOD else ""
+            ref += f" ({NO_BETTER})" if r["label"] in t.no_better else ""
             lines.append(f"  {r['label']:<{mw}}{r['n']:>5}" + "".join(vals) + f"  {safety}{ref}")
+        lines += [f"  - {n}" for n in t.notes]
+    lines += ["", "Glossary:"] + [f"- {g}" for g in glossary_lines()]
     return "\n".join(lines)
 
 

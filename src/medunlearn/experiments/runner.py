@@ -18,7 +18,8 @@ the row's primary key is the cell's fingerprint. Rerunning after an interruption
 crash, ``kill -9``) skips finished rows, reuses finished folders and redoes only the rest.
 
 Scheduling happens in phases so that parallel workers never build the same folder: all
-originals, then all references, then the method cells. Jobs run through
+originals, then all references, then the cells: each reference's do-nothing row (the original
+scored like a method, no unlearning job) and the method cells. Jobs run through
 :mod:`medunlearn.executors` (here, or as Ray tasks): workers only build run folders and log files
 and return rows; the driver alone writes the SQLite results table, so the table never sees
 concurrent writers.
@@ -169,7 +170,9 @@ def _do_cell(job: CellJob, results: Path, pipeline: Pipeline, experiment: str,
         if not is_finished(folder):
             raise MedUnlearnError(f"the {what} {folder} is missing (its job failed)")
     run_dir = results / job.folder
-    if is_finished(run_dir):
+    if job.does_nothing:
+        log.info("scoring the original %s as '%s'", run_dir, job.method.display)
+    elif is_finished(run_dir):
         log.info("reusing the finished run %s", run_dir)
     else:
         log.info("unlearning with %s into %s", job.method.display, run_dir)
@@ -371,6 +374,7 @@ def _run(config: ExperimentConfig, results: Path, store: ResultsStore, *, backen
          ray_address: str | None, num_cpus: int | None, cpus_per_task: int,
          pipeline: Pipeline | None, progress: bool, t_start: float) -> ExperimentSummary:
     originals, references, cells = config.plan()
+    cells = config.baselines(references) + cells  # the do-nothing rows first: they are cheap
     done = store.keys()
     pending = [c for c in cells if c.key not in done]
     need_refs = {c.reference.key: c.reference for c in pending}

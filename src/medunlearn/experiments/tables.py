@@ -2,7 +2,9 @@
 one row per method, aggregated over seeds (mean ± std), with the best value of each column
 marked by the metric's direction (closest to the retrained reference for UA, RA, TA,
 MIA-efficacy and attack AUC; lower for FNR, FPR, Global Risk, gap and time; higher for AUC and
-speedup), plus per-subgroup tables and the selection of a study's rows."""
+speedup, compared at the displayed precision so that ties are all marked), the do-nothing row
+("original (no unlearning)") and the methods no better than it, the glossary of the column
+names, plus per-subgroup tables and the selection of a study's rows."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from medunlearn.evaluation.directions import DIRECTIONS, HIGHER
 from medunlearn.evaluation.directions import REFERENCE as CLOSEST
+from medunlearn.experiments.grid import ORIGINAL_LABEL, ORIGINAL_METHOD
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,39 @@ COLUMNS = (
 FQ_COLUMN = Column("forgetting_quality", "forgetting quality", 1.0, 3)
 FQ_PATH = "models.model.forgetting_quality."
 
+#: What the short names of the tables and the CLI summary mean: the one text both print.
+GLOSSARY = (
+    ("UA", "unlearning accuracy: the error rate on the forgotten images (1 - accuracy on them); "
+           "best when closest to the retrained model's, not when highest"),
+    ("RA", "retain accuracy: accuracy on the training images that were kept"),
+    ("TA", "test accuracy: accuracy on the held-out test images"),
+    ("AUC", "test AUC: how well the model ranks diseased above healthy test images (0.5 = "
+            "chance)"),
+    ("MIA-efficacy", "share of the forgotten images that a membership-inference attack (an SVC "
+                     "on the model's confidence) calls 'not trained on'; best when closest to "
+                     "the retrained model's"),
+    ("attack AUC", "AUC of a loss-threshold attack telling forgotten from test images (0.5 = "
+                   "cannot tell); best when closest to the retrained model's"),
+    ("gap", "average gap: mean absolute difference from the retrained model over UA, RA, TA "
+            "and MIA-efficacy, in percentage points (pp); lower is better"),
+    ("FNR / FPR", "false-negative rate (missed disease) and false-positive rate (false alarm) "
+                  "on the test images"),
+    ("Global Risk", "(5 x missed diseases + 1 x false alarms) / test images, by default: a "
+                    "missed disease costs five false alarms"),
+    ("ΔFNR", "FNR minus the original model's, in pp (above 0: more disease missed)"),
+    ("time / speedup", "unlearning wall time in seconds, and retraining time divided by it"),
+    ("safety", "the safety gate's verdict (pass, or fails in k of n seeds)"),
+    (ORIGINAL_LABEL, "the original model itself, scored like a method: what doing nothing "
+                     "scores"),
+    ("retrain", "the original retrained from scratch without the forgotten images: the "
+                "reference every method is compared with"),
+)
+
+
+def glossary_lines() -> list[str]:
+    """The glossary as ``term: meaning`` lines (the report and the CLI summary print these)."""
+    return [f"{term}: {meaning}." for term, meaning in GLOSSARY]
+
 
 def columns_for(rows: list[dict]) -> tuple[Column, ...]:
     """The table columns of these rows: the fixed ones, plus forgetting quality when present."""
@@ -66,6 +102,9 @@ def _fq_value(r: dict) -> float | None:
 
 REFERENCE_METHOD = "retrain"
 DIFFICULTY = ("easy", "medium", "hard")
+#: A model whose test AUC is within this of 0.5 is at chance: it has not learned the task.
+CHANCE_AUC_MARGIN = 0.05
+NO_BETTER = "no better than doing nothing"
 
 
 # -- aggregation ----------------------------------------------------------------------------------
@@ -86,6 +125,7 @@ def method_order(labels: list[str], methods: dict[str, str]) -> list[str]:
     from medunlearn.methods import CANONICAL_ORDER
 
     rank = {m: i for i, m in enumerate(CANONICAL_ORDER)}
+    rank[ORIGINAL_METHOD] = rank.get(REFERENCE_METHOD, -1) + 0.5  # right after the reference
     return sorted(labels, key=lambda lab: (rank.get(methods.get(lab, lab), len(rank)), lab))
 
 
@@ -101,6 +141,8 @@ class Table:
     best: dict[str, set[str]]  # field -> labels marked best
     degenerate: tuple[str, ...] = ()  # why the original or a reference is not a basis to rank
     columns: tuple[Column, ...] = COLUMNS
+    no_better: tuple[str, ...] = ()  # method labels whose gap is no better than doing nothing
+    notes: tuple[str, ...] = ()  # what the do-nothing row and models at chance say, in words
 
 
 def difficulty_bias(row: dict) -> dict[str, float]:
@@ -137,9 +179,24 @@ def _majority_share(m: dict, role: str) -> float | None:
     return max(positive, 1 - positive)
 
 
+def at_chance(auc: float | None) -> bool:
+    """A test AUC within :data:`CHANCE_AUC_MARGIN` of 0.5: the model ranks no better than a
+    coin."""
+    return isinstance(auc, (int, float)) and math.isfinite(auc) \
+        and abs(auc - 0.5) <= CHANCE_AUC_MARGIN
+
+
+def chance_reason(auc: float | None) -> str | None:
+    if not at_chance(auc):
+        return None
+    return (f"is at chance on the test set (test AUC {auc:.2f}, within {CHANCE_AUC_MARGIN:g} of "
+            "0.5): it has not learned the task")
+
+
 def degenerate_models(rows: list[dict]) -> dict[tuple, list[str]]:
     """Table setting -> one line per degenerate original or reference model behind it
-    (:func:`medunlearn.evaluation.utility.degenerate_reason`), once per model and seed."""
+    (:func:`medunlearn.evaluation.utility.degenerate_reason`, or a test AUC at chance), once
+    per model and seed."""
     from medunlearn.evaluation.utility import degenerate_reason
 
     out: dict[tuple, list[str]] = defaultdict(list)
@@ -153,8 +210,10 @@ def degenerate_models(rows: list[dict]) -> dict[tuple, list[str]]:
             if key in seen:
                 continue
             seen.add(key)
-            why = degenerate_reason(m.get(f"models.{role}.utility.balanced_accuracy"),
-                                    _majority_share(m, role))
+            why = "; ".join(w for w in (
+                degenerate_reason(m.get(f"models.{role}.utility.balanced_accuracy"),
+                                  _majority_share(m, role)),
+                chance_reason(m.get(f"models.{role}.utility.test_auc"))) if w)
             if why:
                 name = "original model" if role == "original" else "retrained reference"
                 out[setting].append(f"seed {r['seed']}: the {name} {why}")
@@ -189,34 +248,90 @@ def build_tables(rows: list[dict]) -> list[Table]:
                              "counts": counts,
                              "gate_failed": len(failed), "reasons": reasons})
         flagged = tuple(bad.get((ds, aug, forget), ()))
+        no_better, notes = do_nothing_notes(out_rows)
         # methods are not ranked against a degenerate original or reference
         tables.append(Table(title=f"{ds}, augmentation {aug}, forget {forget}", dataset=ds,
                             augment=aug, forget=forget, rows=out_rows,
                             best={} if flagged else _best(out_rows, cols), degenerate=flagged,
-                            columns=cols))
+                            columns=cols, no_better=no_better, notes=notes))
     return tables
 
 
+def _is_baseline(r: dict) -> bool:
+    """The reference row and the do-nothing row: shown, never ranked."""
+    return (r["method"] == REFERENCE_METHOD and r["label"] == REFERENCE_METHOD) \
+        or r["method"] == ORIGINAL_METHOD
+
+
+def do_nothing_notes(rows: list[dict]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What the do-nothing row says about a table's methods, in words.
+
+    A method is *no better than doing nothing* when its mean average gap to the reference is
+    not below the untouched original's by more than the original's spread over seeds (one
+    seed: by more than the displayed 0.01 pp). Also said: a gate that passes the untouched
+    original (it then cannot tell forgetting from doing nothing), and a method at chance.
+
+    Returns:
+        ``(labels no better than doing nothing, notes)``.
+    """
+    notes = []
+    for r in rows:
+        auc = r["stats"].get("test_auc", (None,))[0]
+        if at_chance(auc) and r["method"] != ORIGINAL_METHOD:
+            notes.append(f"{r['label']} {chance_reason(auc)} (mean over seeds).")
+    base = next((r for r in rows if r["method"] == ORIGINAL_METHOD), None)
+    if base is None:
+        return (), tuple(notes)
+    gap, spread = base["stats"]["average_gap_pp"]
+    passed = base["n"] - base["gate_failed"]
+    if passed:
+        notes.append(f"The safety gate passed the untouched original ('{ORIGINAL_LABEL}') in "
+                     f"{passed} of {base['n']} seed(s): in those seeds a passed gate does not "
+                     "show that anything was forgotten.")
+    if gap is None:
+        return (), tuple(notes)
+    margin = max(spread or 0.0, 0.005)
+    same = tuple(r["label"] for r in rows if not _is_baseline(r)
+                 and r["stats"]["average_gap_pp"][0] is not None
+                 and r["stats"]["average_gap_pp"][0] > gap - margin)
+    if same:
+        notes.append(f"{NO_BETTER.capitalize()} by the average gap (not more than "
+                     f"{margin:.2f} pp below the untouched original's {gap:.2f} pp): "
+                     f"{', '.join(same)}. By this metric they are no closer to retraining than "
+                     "the untouched original.")
+    return same, tuple(notes)
+
+
+def shown(value: float, c: Column) -> float:
+    """A value as the table displays it (scaled and rounded), so that equal-looking values
+    compare equal."""
+    return float(f"{value * c.scale:.{c.digits}f}")
+
+
 def _best(rows: list[dict], cols: tuple[Column, ...] = COLUMNS) -> dict[str, set[str]]:
+    """Column -> the labels marked best: every method whose displayed value ties for best (the
+    reference and do-nothing rows are not ranked); nothing when every method ties."""
     ref = next((r for r in rows if r["method"] == REFERENCE_METHOD and r["label"] ==
                 REFERENCE_METHOD), None)
     best: dict[str, set[str]] = {}
     for c in cols:
-        cands = [(r["label"], r["stats"][c.field][0]) for r in rows
-                 if r is not ref and r["stats"][c.field][0] is not None]
+        cands = [(r["label"], shown(r["stats"][c.field][0], c)) for r in rows
+                 if not _is_baseline(r) and r["stats"][c.field][0] is not None]
         if not cands:
             continue
         if c.direction == CLOSEST:
             target = ref["stats"][c.field][0] if ref else (0.5 if "auc" in c.field else None)
             if target is None:
                 continue
-            score = {lab: abs(v - target) for lab, v in cands}
+            target = shown(target, c)
+            # distances of displayed values, rounded again: 0.1 + 0.2 must tie with 0.3
+            score = {lab: round(abs(v - target), c.digits + 2) for lab, v in cands}
         elif c.direction == HIGHER:
             score = {lab: -v for lab, v in cands}
         else:
             score = dict(cands)
         top = min(score.values())
-        marked = {lab for lab, s in score.items() if math.isclose(s, top, abs_tol=1e-12)}
+        marked = {lab for lab, s in score.items() if s == top}
         if len(marked) < len(score) or len(score) == 1:  # a tie of every method marks nothing
             best[c.field] = marked
     return best
@@ -290,8 +405,9 @@ def subgroup_tables(rows: list[dict]) -> list[dict]:
     level for the original model and every method (mean ± std over seeds), the accuracy gap
     between levels and its change against the original (percentage points)."""
     out = []
-    labels = method_order(sorted({r["label"] for r in rows}),
-                           {r["label"]: r["method"] for r in rows})
+    # the do-nothing row is the "original" line below
+    labels = method_order(sorted({r["label"] for r in rows if r["method"] != ORIGINAL_METHOD}),
+                          {r["label"]: r["method"] for r in rows})
     for (ds, aug, forget), srows in sorted(group_by([r | {"_ds": dataset_name(r)} for r in rows],
                                                "_ds", "augment", "forget").items()):
         for col, levels in subgroup_levels(srows).items():
@@ -371,7 +487,7 @@ def study_labels(study) -> dict[str, str]:
     now pins that value) is shared, and its stored label is the first study's. Reports must
     use the study's own labels."""
     labels: dict[str, str] = {}
-    for c in study.cells():
+    for c in study.baselines() + study.cells():
         labels.setdefault(c.key, c.method.display)
     return labels
 
