@@ -215,7 +215,8 @@ def evaluate(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
              original: nn.Module | None = None, reference: nn.Module | None = None,
              gate: bool | Mapping = True, options: Mapping | None = None,
              device: str | None = "auto", exclude: Sequence[int] | None = None,
-             seed: int = 0, times: Mapping[str, float] | None = None) -> EvaluationResult:
+             seed: int = 0, times: Mapping[str, float] | None = None,
+             shadows=None) -> EvaluationResult:
     """Every evaluation of an unlearned model, optionally against the original and the
     retrained reference, and the safety gate's verdict.
 
@@ -231,6 +232,13 @@ def evaluate(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
         exclude: Training indices forgotten earlier (in neither set).
         seed: Seeds the forget-set choice when ``forget`` is a random spec.
         times: ``{"unlearn_seconds": ..., "retrain_seconds": ...}`` for the efficiency section.
+        shadows: Shadow models of the original (a :class:`medunlearn.shadows.CompanionSet` or
+            its folder; :func:`medunlearn.shadows.train_shadows`): adds per-image membership
+            evidence for every model (``models.<role>.membership``) and the gate's
+            ``membership`` check. Without them that check is "not run".
+
+    The original itself may be passed as ``model`` (with ``original=`` the same object): the
+    "original (no unlearning)" row every comparison needs.
 
     Returns:
         ``EvaluationResult(record, verdict)``.
@@ -263,8 +271,18 @@ def evaluate(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
               else None,
               "reference": {"train_seconds": t["retrain_seconds"]} if "retrain_seconds" in t
               else None}
+    cs = None
+    if shadows is not None:
+        from medunlearn.shadows import CompanionSet, load_companions
+
+        cs = shadows if isinstance(shadows, CompanionSet) else load_companions(shadows)
+        cs.check_data(data)
     record = evaluate_outputs(outs, data, forget=forget_idx, n_retain=len(retain),
                               options=opts, times=timing, notes=notes)
+    from medunlearn.shadows import attach_membership
+
+    attach_membership(record, outs, cs, forget=forget_idx, retain=retain_eval,
+                      rebuild="medunlearn.shadows.train_shadows(original, data, out=DIR)")
     verdict = None
     if gate:
         verdict = apply_gate(record, None if gate is True else gate)

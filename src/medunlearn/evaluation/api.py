@@ -141,9 +141,25 @@ def read_index_csv(path: Path, dataset: Dataset, *, what: str = "forget set") ->
     return np.unique(np.asarray(idx, dtype=np.int64))
 
 
-def _forget_and_retain(run: Run, dataset: Dataset, notes: list[str]
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    path = run.path / FORGET_FILE
+def _forget_file(run: Run, forget, reference, notes: list[str]) -> Path | None:
+    """The forget set of a model folder that has none (the original scored as the do-nothing
+    candidate): ``forget`` if given, else the reference's ``forget.csv``."""
+    if forget is not None:
+        notes.append(f"Forget set from {forget}.")
+        return Path(forget)
+    if (run.path / FORGET_FILE).is_file() or reference is None:
+        return None
+    ref = Path(reference) / FORGET_FILE
+    if ref.is_file():
+        notes.append(f"{run.path} forgot nothing (a {run.config.get('kind')} run): it is scored "
+                     f"as the do-nothing candidate on the reference's forget set ({ref}).")
+        return ref
+    return None
+
+
+def _forget_and_retain(run: Run, dataset: Dataset, notes: list[str],
+                       forget_file: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    path = forget_file or run.path / FORGET_FILE
     if not path.is_file():
         raise ForgetSetError(
             f"{run.path} has no {FORGET_FILE}, so it is not an unlearning run and has no forget "
@@ -354,7 +370,8 @@ def _bias(outs: dict[str, dict[str, Outputs]], dataset: Dataset, subgroups,
 def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | None = None,
                  reference: str | os.PathLike | None = None,
                  options: EvalOptions | Mapping | None = None,
-                 data_root: str | None = None) -> dict:
+                 data_root: str | None = None, shadows: str | os.PathLike | None = None,
+                 forget: str | os.PathLike | None = None) -> dict:
     """Evaluate an unlearned model, optionally against the original and the retrained reference.
 
     Args:
@@ -363,6 +380,12 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
         reference: Run folder of the model retrained without the forget set (the gold standard).
         options: :class:`EvalOptions` or a dict of its fields.
         data_root: Folder with the MedMNIST files (default: as recorded / ``$MEDMNIST_ROOT``).
+        shadows: Folder of shadow models of the original (``medunlearn shadows``): adds
+            per-image membership evidence (``models.<role>.membership``); refused when made for
+            another model or other data.
+        forget: A ``forget.csv`` naming the forget set, for a model folder without one (a
+            ``train`` run scored as "original (no unlearning)"); by default such a folder takes
+            the reference's ``forget.csv``.
 
     Returns:
         The nested metrics dict described in this module's docstring.
@@ -376,7 +399,8 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
     t0 = time.perf_counter()
     notes: list[str] = []
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
-    forget, retain = _forget_and_retain(run, dataset, notes)
+    forget_file = _forget_file(run, forget, reference, notes)
+    forget, retain = _forget_and_retain(run, dataset, notes, forget_file)
     runs = {"model": run}
     if original is not None:
         runs["original"] = _load_other(original, dataset, run, "original")
@@ -403,6 +427,12 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
             notes.append(f"The reference {runs['reference'].path} has no {FORGET_FILE}; it is "
                          "assumed to be trained without the forget set.")
     subgroups = _read_subgroups(opts, dataset, forget)
+    companions = None
+    if shadows is not None:  # refused before any model runs when made for another model/data
+        from medunlearn.shadows import load_companions
+
+        companions = load_companions(shadows, data=dataset, fingerprints=[
+            run.config.get("fingerprint"), (run.config.get("original") or {}).get("fingerprint")])
     retain_eval = _retain_subset(retain, opts, notes, len(dataset.train))
     rt = _runtime(opts)
     # a folder given in two roles (e.g. a reference evaluated against itself) runs once
@@ -414,18 +444,23 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
             by_path[key] = model_outputs(r.model, dataset, forget=forget, retain=retain_eval,
                                          batch_size=opts.batch_size, runtime=rt)
         outs[role] = by_path[key]
-    shadows = None
+    lira = None
     if opts.lira_shadows:
         from medunlearn.evaluation.lira import shadow_confidences
 
         src = runs.get("original", run)
-        shadows = shadow_confidences(
+        lira = shadow_confidences(
             dataset, src.config, retain=retain, forget=forget, shadows=opts.lira_shadows,
             seed=opts.seed, epochs=opts.lira_epochs)
     record = evaluate_outputs(
         outs, dataset, forget=forget, n_retain=len(retain), options=opts,
-        times={role: r.metrics for role, r in runs.items()}, shadows=shadows,
+        times={role: r.metrics for role, r in runs.items()}, shadows=lira,
         subgroups=subgroups, notes=notes)
+    from medunlearn.shadows import attach_membership, rebuild_command
+
+    src = runs.get("original", run)
+    attach_membership(record, outs, companions, forget=forget, retain=retain_eval,
+                      rebuild=rebuild_command(src.path, 16, src.seed, src.path / "shadows"))
     record["runs"] = {role: _describe_run(r) for role, r in runs.items()}
     record["evaluate_seconds"] = time.perf_counter() - t0
     return record
@@ -556,6 +591,19 @@ def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset
         else:
             skipped[f"representation.cka_{other}"] = f"no --{other} model given"
 
+    # the reports' rule: closeness to a degenerate original or reference says nothing
+    from medunlearn.evaluation.utility import degenerate_reason
+
+    degenerate = {}
+    for role in ("original", "reference"):
+        u = (models.get(role) or {}).get("utility") or {}
+        why = degenerate_reason(u.get("balanced_accuracy"), u.get("majority_prediction_share"))
+        if why:
+            degenerate[role] = why
+            notes.append(
+                f"The retrained reference {why}: closeness to it says nothing (the gate's "
+                "checks against it are 'cannot say')." if role == "reference" else
+                f"The original model {why}: comparisons with it describe a degenerate model.")
     bias = _bias(dict(outs), dataset, subgroups, positives, opts, skipped)
     times = dict(times or {})
     eff = efficiency(times.get("model"), times.get("reference"))
@@ -579,6 +627,7 @@ def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset
         "bias": bias,
         "efficiency": eff,
         "lira": lira_info,
+        "degenerate": degenerate,
         "directions": dict(DIRECTIONS),
         "skipped": skipped,
         "notes": notes,

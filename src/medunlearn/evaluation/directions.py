@@ -60,6 +60,13 @@ DIRECTIONS: dict[str, str] = {
     "epsilon_capped_fraction": LOWER,
     "epsilon_peaky_fraction": LOWER,  # capped because the unlearned outputs barely vary
     "ulira_accuracy": REFERENCE,  # per-example U-LiRA balanced accuracy; 0.5 = indistinguishable
+    # per-image membership evidence from shadow models (evaluation.membership; record section
+    # models.<role>.membership): about N(0, 1) for a model that never saw the forgotten images
+    "membership_z": LOWER,  # record key "z": larger = the forgotten images look more like members
+    "membership_p_value": HIGHER,  # one-sided P(Z >= z) under "never seen"
+    "membership_power": HIGHER,  # chance to detect remembered images: below the gate's minimum
+    #                               the check cannot say
+    "membership_log_lr": LOWER,  # summed per-image log likelihood ratio IN vs OUT
     # fidelity to the retrained reference
     "average_gap_pp": LOWER,
     "agreement_forget": HIGHER,
