@@ -39,9 +39,11 @@ def test_defaults_file_matches_dataclass():
 
 def test_all_pass_with_reference():
     v = gate(_metrics(reference=_model(attack=0.50)))
-    assert v.passed and not v.reasons
-    assert set(_status(v).values()) == {"pass"}
-    assert len(v.checks) == 7
+    assert v.passed and not v.reasons and v.status == "passed"
+    s = _status(v)
+    assert s.pop("membership") == "not_run"  # no shadow models: never silently passed
+    assert set(s.values()) == {"pass"}
+    assert len(v.checks) == 8
 
 
 def test_fnr_rise_fails_with_numbers():

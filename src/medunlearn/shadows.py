@@ -632,6 +632,23 @@ def _globals(cs: CompanionSet):
     return cs._cache["globals"]
 
 
+def model_offset(cs: CompanionSet, known_out: Sequence[str] = ("val",)) -> dict:
+    """:func:`medunlearn.evaluation.membership.model_offset_variance` of a shadow set,
+    computed once per set and calibration split (cached)."""
+    from medunlearn.evaluation.membership import model_offset_variance
+
+    key = ("offset", tuple(known_out))
+    if key not in cs._cache:
+        cs._cache[key] = model_offset_variance(
+            cs.confidences("train"), cs.membership,
+            np.concatenate([cs.confidences(s) for s in known_out], axis=1),
+            np.concatenate([_pseudo_member(cs, s) for s in known_out], axis=1),
+            labels=cs.labels("train"),
+            known_out_labels=np.concatenate([cs.labels(s) for s in known_out]),
+            num_classes=int(cs.logits["train"].shape[2]))
+    return cs._cache[key]
+
+
 def membership_section(cs: CompanionSet, outputs, *, forget: np.ndarray, retain: np.ndarray,
                        known_out: Sequence[str] = ("val",), alpha: float | None = None,
                        min_power: float | None = None) -> dict:
@@ -670,7 +687,11 @@ def membership_section(cs: CompanionSet, outputs, *, forget: np.ndarray, retain:
         target_member=cs.membership[:, forget], known_out=ko, known_out_conf=ko_conf,
         known_out_member=ko_mem, known_in=phi(outputs["retain"]),
         known_in_conf=cs.confidences("train", retain), known_in_member=cs.membership[:, retain],
-        globals_=_globals(cs), alpha=M.DEFAULT_ALPHA if alpha is None else alpha,
+        globals_=_globals(cs), labels=(outputs["forget"].labels, np.concatenate(
+            [outputs[s].labels for s in known_out]), outputs["retain"].labels),
+        num_classes=int(cs.logits["train"].shape[2]),
+        offset_var=model_offset(cs, known_out)["offset_var"],
+        alpha=M.DEFAULT_ALPHA if alpha is None else alpha,
         min_power=M.DEFAULT_MIN_POWER if min_power is None else min_power)
     images = res.pop("images", None)
     if images is not None:

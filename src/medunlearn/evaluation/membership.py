@@ -4,53 +4,53 @@ K shadow models are trained once with the model's own recipe on balanced random 
 training split (:mod:`medunlearn.shadows`), so every training image is IN (trained on) for about
 half of them and OUT for the rest. As in LiRA (Carlini et al., S&P 2022) and U-LiRA (Hayes et
 al., SaTML 2025) the statistic is the logit-scaled true-class confidence
-``phi = log p_y - log(sum_{k != y} p_k)`` (:func:`member_confidences`).
+``phi = log p_y - log(sum_{k != y} p_k)`` (:func:`member_confidences`), and every image gets an
+IN and an OUT distribution over the shadows (:func:`image_stats`).
 
-**Calibrated per candidate.** A shadow is trained on half the data, the candidate (the original,
-a retrained or an unlearned model) on nearly all of it. A model trained on more data is more
-confident on images it never saw, so the candidate's phi on an unseen image sits above a
-half-data shadow's OUT distribution, and a naive IN/OUT test calls exact retraining "IN". The
-shadows' per-image means are therefore used only as a covariate, and the candidate's own
-behaviour is measured on images whose membership it is known for (outputs that the
-verification computes anyway; :func:`fit_map`):
+**Why the candidate is calibrated on its own outputs.** A shadow is trained on half the data,
+the candidate (the original, a retrained or an unlearned model) on nearly all of it. A model
+trained on more data is more confident on images it never saw, so the candidate's phi on an
+unseen image sits above a half-data shadow's OUT distribution, and the plain LiRA reading
+calls exact retraining "IN". Here the shadows only describe each image (its OUT mean
+``mu_out`` and the spread ``l`` of its OUT confidences: :func:`features`), and the candidate's
+own behaviour is measured on images whose membership it is known for, from outputs the
+verification computes anyway:
 
-* **OUT map**, on images nobody trained on (validation, optionally test):
-  ``phi_f = a0 + b0 * mu_out + e``, ``e ~ N(0, s0^2 v)``;
-* **IN map**, on the candidate's retained training images: ``phi_f = a1 + b1 * mu_in + e``.
+* **OUT model** (:func:`fit_out_model`), on images nobody trained on (the validation split,
+  optionally test): the candidate's ``phi`` given the features, ``phi = X beta + e``, with a
+  log-linear variance ``Var(e | X) = exp(Z gamma)`` on the linear features ``Z`` (images on
+  which the shadows disagree vary more for the candidate too). For these images the OUT mean
+  averages a balanced half of the shadows (the other half plays IN and is ignored), so their
+  features are as noisy as a training image's.
+* **IN response** (:func:`fit_in_response`), on the candidate's retained training images (IN
+  for it): how far above its OUT model a remembered image sits, ``r ~ N(X theta, kappa V)``.
 
-``mu`` is the true mean over models; the shadows give a noisy mean (about K/4 models, see
-below), so the slope is corrected for that noise (errors in variables: the "reliability"
-``lambda``), else the residual would still depend on how hard an image is. ``v`` is a per-image
-variance factor from the shadows' own spread (:func:`variance_factor`), so that images on
-which models disagree (hard, ambiguous or mislabelled ones) are not taken for evidence.
+Every quantity the test decides with (the residual's expectation and variance, the weights,
+the power) is a function of the same features, so under "never seen" the residual has mean 0
+given everything else the test uses, whatever the images' difficulty. The shadows' IN means are
+reported per image (how far a remembered image would move, by the shadows) but never enter a
+decision: on validation images they do not exist, so nothing could calibrate them.
 
-**Cross-fitting.** Each image's OUT shadows are split in two halves (:func:`split_out`): half A
-gives the residual ``r = phi_f - (a0 + b0 * mean_A)``, half B (with the IN shadows) gives
-everything the test decides with: the expected IN-OUT gap, the weights, the variance factor and
-the power. The residual's noise is then independent of the weights and of the "cannot say"
-decision; using one mean for both makes an image whose OUT mean came out low look both
-informative and member-like, and the test fires on exact retraining. Validation images get the
-same treatment (a pseudo half of the shadows plays IN and is ignored), so their ``mean_A``
-averages as many models as a training image's.
+**The test** (:func:`membership_test`). Per forgotten image: ``r = phi - X beta``, under H0
+(never seen) ``N(0, V)``, under H1 (remembered as the candidate remembers its retained images)
+``N(m1, kappa V)`` with ``m1 = X theta``. The request's statistic is the log-likelihood-ratio
+weighted sum ``S = sum_i w_i r_i``, ``w_i = m1_i / V_i``; under H0 it has mean 0 and variance
+``sum w_i^2 V_i`` plus the OUT model's own uncertainty (shared by every image). ``z`` is ``S``
+standardised (about N(0, 1) for a model that never saw the images; larger = more member-like)
+and ``p_value = P(Z >= z | H0)``, one-sided. The **power** is the chance to reach
+``p < alpha`` if the images were remembered; a request whose power is below ``min_power`` (too
+few images, or images whose IN and OUT confidences overlap) gets "cannot say", never
+"passed". Images without an IN or with fewer than two OUT shadows are "cannot say" and left out
+of the aggregate.
 
-**The test** (:func:`membership_test`). Per image, H0 (never seen: ``N(m0, V)``) against H1
-(remembered as the candidate remembers its retained images: ``N(m1, V1)``). The per-request
-statistic is the likelihood-ratio-weighted sum ``S = sum_i w_i r_i``, ``w_i = gap_i / V_i``,
-which given B is ``N(0, sum w^2 V + calibration)`` under H0 (the OUT map's own uncertainty is
-shared by all images); ``z`` is it standardised (about N(0, 1) for a model that never saw the
-images; larger = more member-like) and ``p_value = P(Z >= z | H0)``, one-sided. The **power** is
-the chance to reach ``p < alpha`` if the images were remembered; a request whose power is below
-``min_power`` (too few images, or IN and OUT distributions that overlap) is "cannot say", never
-"passed". Images without an IN shadow, or with fewer than two OUT shadows, are "cannot say"
-and left out of the aggregate. ``log_lr`` is the sum of the per-image Gaussian log likelihood
-ratios (IN against OUT), for reading, not for deciding.
+Validity rests on one exchangeability assumption, stated in the record: given their shadow
+features, the request's images behave for a model that never saw them like the validation
+images (true for images drawn from the training pool; the validation split is carved from it).
+``bench/bench_membership.py`` measures the false-alarm rate on real retrained models.
 
 Directions (``directions.DIRECTIONS``): ``membership_z`` lower is better (less member-like; near
 0 for exact retraining), ``membership_p_value`` higher, ``membership_power`` higher (a more
 informative test).
-
-Everything here is a pure function of arrays; :mod:`medunlearn.shadows` extracts them from a
-companion set and a candidate's outputs.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.stats import norm
-from scipy.stats import t as student_t
 
 from medunlearn.evaluation.privacy import logit_confidence
 from medunlearn.evaluation.utility import softmax
@@ -70,27 +69,14 @@ DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_POWER = 0.8
 MIN_CALIBRATION_IMAGES = 10  # fewer known-OUT or known-IN images: no calibration
 VARIANCE_PRIOR = 4.0  # pseudo-observations shrinking each image's variance to the global one
-MIN_RELIABILITY = 0.5  # the errors-in-variables correction divides the slope by at most 2
+FEATURES = ("1", "mu_out", "log_spread", "mu_out^2", "mu_out*log_spread")  # then, per class
+# c > 0 with labels: "class=c", "class=c*mu_out"
 
 
 def member_confidences(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Logit-scaled true-class confidences ``(K, n)`` from K models' logits ``(K, n, C)``."""
     lo = np.asarray(logits, dtype=np.float64)
     return np.stack([logit_confidence(softmax(x), labels) for x in lo])
-
-
-def split_out(member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split each image's OUT shadows into halves A and B ``(K, n)`` bool each.
-
-    In shadow order, the first ``ceil(n_out / 2)`` OUT shadows of an image form A (its residual),
-    the rest B (its weights and variance). The balanced design makes which shadows are OUT
-    random, so both halves are random subsets.
-    """
-    out = ~np.asarray(member, dtype=bool)
-    rank = np.cumsum(out, axis=0)  # 1-based position among the image's OUT shadows
-    half = (out.sum(axis=0) + 1) // 2
-    a = out & (rank <= half[None, :])
-    return a, out & ~a
 
 
 def _side(conf: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,49 +91,35 @@ def _side(conf: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 
 @dataclass(frozen=True)
 class ImageStats:
-    """Per-image summaries of the shadows' confidences, ``(n,)`` each (nan where undefined).
+    """Per-image summaries of the shadows' confidences, ``(n,)`` each (nan where undefined)."""
 
-    ``a``/``b``: the two halves of the OUT shadows (:func:`split_out`); ``in``: IN shadows."""
-
-    mu_a: np.ndarray
-    n_a: np.ndarray
-    mu_b: np.ndarray
-    n_b: np.ndarray
-    var_out: np.ndarray  # within-half variance pooled over A and B (nan when dof_out is 0)
-    dof_out: np.ndarray  # n_a + n_b - 2
+    mu_out: np.ndarray
+    var_out: np.ndarray
+    n_out: np.ndarray
     mu_in: np.ndarray
     var_in: np.ndarray
     n_in: np.ndarray
 
     @property
     def testable(self) -> np.ndarray:
-        """Images with an IN shadow and an OUT shadow in each half."""
-        return (self.n_in > 0) & (self.n_a > 0) & (self.n_b > 0)
+        """Images with an IN shadow and at least two OUT shadows."""
+        return (self.n_in > 0) & (self.n_out > 1)
 
 
 def image_stats(conf: np.ndarray, member: np.ndarray) -> ImageStats:
     """Shadow summaries of n images from confidences ``(K, n)`` and membership ``(K, n)``.
 
     For images nobody trained on (validation, test), pass a pseudo membership (a balanced
-    half of the shadows): those rows are ignored, so the OUT halves average as many shadows as
-    a training image's.
+    half of the shadows): those rows play IN and are ignored by the test, so the OUT means
+    average as many shadows as a training image's.
     """
     c = np.asarray(conf, dtype=np.float64)
     m = np.asarray(member, dtype=bool)
     if c.shape != m.shape or c.ndim != 2:
         raise ValueError(f"confidences {c.shape} and membership {m.shape} must both be (K, n)")
-    a, b = split_out(m)
-    mu_a, var_a, n_a = _side(c, a)
-    mu_b, var_b, n_b = _side(c, b)
+    mu_out, var_out, n_out = _side(c, ~m)
     mu_in, var_in, n_in = _side(c, m)
-    # for Gaussian confidences each half's variance is independent of its mean, so the pooled
-    # within-half variance shares no noise with mean_A (the residual) or mean_B (the weights)
-    da, db = np.clip(n_a - 1, 0, None), np.clip(n_b - 1, 0, None)
-    dof = da + db
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.where(dof > 0, (da * np.nan_to_num(var_a) + db * np.nan_to_num(var_b))
-                       / np.maximum(dof, 1), np.nan)
-    return ImageStats(mu_a, n_a, mu_b, n_b, var, dof, mu_in, var_in, n_in)
+    return ImageStats(mu_out, var_out, n_out, mu_in, var_in, n_in)
 
 
 def pooled_variance(var: np.ndarray, n: np.ndarray) -> float:
@@ -169,139 +141,10 @@ def shrunk_variance(var: np.ndarray, dof: np.ndarray, global_var: float, *,
     return (dof * v + prior * global_var) / (dof + prior)
 
 
-def variance_factor(stats: ImageStats, global_var_out: float, *, shrink: bool = True,
-                    floor: float = 0.1) -> np.ndarray:
-    """Relative variance ``v`` of each image's confidence across models that never saw it
-    (mean about 1): its within-half OUT variance over the training split's pooled OUT variance
-    ``global_var_out``.
-
-    ``shrink``: shrunk towards the global value (:func:`shrunk_variance`; a stable value for
-    weighting), floored at ``floor``. Otherwise the unbiased per-image estimate (the global
-    value where the halves give no degree of freedom), for variances of sums.
-    """
-    if not np.isfinite(global_var_out) or global_var_out <= 0:
-        return np.ones(len(stats.mu_b))
-    if shrink:
-        per = shrunk_variance(stats.var_out, stats.dof_out, global_var_out)
-        return np.maximum(per / global_var_out, floor)
-    per = np.where(stats.dof_out > 0, np.nan_to_num(stats.var_out), global_var_out)
-    return per / global_var_out
-
-
-@dataclass(frozen=True)
-class CalibratedMap:
-    """``phi = a + b mu + e``, ``e ~ N(0, s2 v)``, with ``mu`` the true per-image mean (the
-    slope is corrected for the noise of the shadow means; ``reliability`` = the share of the
-    covariate's variance that is signal)."""
-
-    a: float
-    b: float
-    s2: float
-    cov: tuple[tuple[float, float], tuple[float, float]]  # covariance of (a, b)
-    n: int
-    reliability: float
-
-    def mean(self, x: np.ndarray) -> np.ndarray:
-        return self.a + self.b * np.asarray(x, dtype=np.float64)
-
-    def mean_var(self, x: np.ndarray) -> np.ndarray:
-        """Variance of the fitted mean at ``x`` (parameter uncertainty)."""
-        x = np.asarray(x, dtype=np.float64)
-        c = np.asarray(self.cov)
-        return c[0, 0] + 2 * c[0, 1] * x + c[1, 1] * x * x
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"cov": [list(r) for r in self.cov]}
-
-
-def fit_map(x: np.ndarray, y: np.ndarray, *, noise_var: np.ndarray | None = None,
-            v: np.ndarray | None = None, v_raw: np.ndarray | None = None,
-            noise_raw: np.ndarray | None = None) -> CalibratedMap | None:
-    """Weighted errors-in-variables regression of ``y`` on a noisy covariate ``x``.
-
-    With weights ``1 / v``: ``b = Sxy / (Sxx - mean(noise_var))`` (the ordinary slope divided
-    by the reliability, at most by ``1 / MIN_RELIABILITY``), ``a = mean(y) - b mean(x)``, and
-    ``s2 = (sum r^2 - b^2 sum noise_raw) / sum v_raw`` for residuals ``r`` (the part of the
-    residual variance that is not the covariate's noise, per unit of ``v``; ratios of sums, so
-    that unbiased but noisy per-image ``v_raw`` and ``noise_raw`` give an unbiased value). The
-    covariance of ``(a, b)`` is the weighted least-squares sandwich, carried through the
-    correction.
-
-    Args:
-        x: ``(n,)`` noisy covariate (shadow means).
-        y: ``(n,)`` response (the candidate's confidences).
-        noise_var: ``(n,)`` variance of each ``x`` around its true value (default 0).
-        v: ``(n,)`` relative variance of each ``y`` (default 1): the regression weights.
-        v_raw, noise_raw: Unbiased per-image versions of ``v`` and ``noise_var`` for ``s2``
-            (default: ``v`` and ``noise_var``).
-
-    Returns:
-        The map, or None with fewer than :data:`MIN_CALIBRATION_IMAGES` finite points.
-    """
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    t2 = np.zeros_like(x) if noise_var is None else np.asarray(noise_var, dtype=np.float64)
-    v = np.ones_like(x) if v is None else np.asarray(v, dtype=np.float64)
-    vr = v if v_raw is None else np.asarray(v_raw, dtype=np.float64)
-    tr = t2 if noise_raw is None else np.asarray(noise_raw, dtype=np.float64)
-    ok = (np.isfinite(x) & np.isfinite(y) & np.isfinite(v) & (v > 0) & np.isfinite(t2)
-          & np.isfinite(vr) & np.isfinite(tr))
-    x, y, v, t2, vr, tr = x[ok], y[ok], v[ok], t2[ok], vr[ok], tr[ok]
-    n = len(x)
-    if n < MIN_CALIBRATION_IMAGES:
-        return None
-    w = 1.0 / v
-    sw = w.sum()
-    xm, ym = (w * x).sum() / sw, (w * y).sum() / sw
-    sxx = (w * (x - xm) ** 2).sum() / sw
-    sxy = (w * (x - xm) * (y - ym)).sum() / sw
-    noise = (w * t2).sum() / sw
-    if sxx <= 1e-12:  # the covariate does not vary: a constant map
-        r = y - ym
-        s2 = float(max((w * r * r).sum() / max(n - 1, 1), 1e-12))
-        return CalibratedMap(float(ym), 0.0, s2, ((s2 / sw, 0.0), (0.0, 0.0)), n, 0.0)
-    lam = float(np.clip((sxx - noise) / sxx, MIN_RELIABILITY, 1.0))
-    b_ols = sxy / sxx
-    b = b_ols / lam
-    a = ym - b * xm
-    r = y - a - b * x
-    s2 = float(max(((r * r).sum() - b * b * tr.sum()) / vr.sum(),
-                   1e-3 * (r * r).sum() / vr.sum() + 1e-12))
-    # sandwich covariance of the weighted least-squares (a, b), then through b -> b / lam
-    X = np.stack([np.ones(n), x], axis=1)
-    bread = np.linalg.inv(X.T @ (X * w[:, None]))
-    r_ols = y - (ym - b_ols * xm) - b_ols * x
-    meat = X.T @ (X * (w * w * r_ols * r_ols)[:, None])
-    c = bread @ meat @ bread * n / max(n - 2, 1)
-    jac = np.array([[1.0, -xm * (1 / lam - 1)], [0.0, 1 / lam]])
-    c = jac @ c @ jac.T
-    return CalibratedMap(float(a), float(b), s2,
-                         ((float(c[0, 0]), float(c[0, 1])), (float(c[1, 0]), float(c[1, 1]))),
-                         n, lam)
-
-
-def power(z_if_member: float, sd_ratio: float, alpha: float, dof: float | None = None
-          ) -> float:
-    """Chance that the one-sided test at level ``alpha`` (critical value of a t distribution
-    with ``dof`` degrees of freedom; None: normal) rejects when its statistic is about
-    ``N(z_if_member, sd_ratio^2)`` (a remembered request)."""
-    if not (np.isfinite(z_if_member) and np.isfinite(sd_ratio)) or sd_ratio <= 0:
-        return float("nan")
-    crit = norm.isf(alpha) if dof is None or not np.isfinite(dof) else student_t.isf(alpha, dof)
-    return float(norm.sf((crit - z_if_member) / sd_ratio))
-
-
-def _satterthwaite(var: np.ndarray, dof: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Welch-Satterthwaite degrees of freedom of ``var + known`` (``known`` exact)."""
-    var, dof, known = (np.asarray(x, dtype=np.float64) for x in (var, dof, known))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = (var + known) ** 2 / np.where(np.isfinite(dof), var ** 2 / dof, 0.0)
-    return np.where(np.isfinite(out) & (out > 0), out, np.inf)
-
-
 @dataclass(frozen=True)
 class Globals:
-    """Variances pooled over the whole training split (so that a one-image request is scaled
-    like any other): the shadows' OUT (half B) and IN within-image variances."""
+    """The shadows' within-image OUT and IN variances pooled over the whole training split
+    (so that a one-image request is scaled like any other)."""
 
     var_out: float
     var_in: float
@@ -309,138 +152,241 @@ class Globals:
     @classmethod
     def from_confidences(cls, conf: np.ndarray, member: np.ndarray) -> Globals:
         """From the shadows' confidences ``(K, N)`` and membership on the training split."""
-        c = np.asarray(conf, dtype=np.float64)
-        m = np.asarray(member, dtype=bool)
-        _, var_out, n_out = _side(c, ~m)
-        _, var_in, n_in = _side(c, m)
-        return cls(pooled_variance(var_out, n_out), pooled_variance(var_in, n_in))
+        st = image_stats(conf, member)
+        return cls(pooled_variance(st.var_out, st.n_out), pooled_variance(st.var_in, st.n_in))
+
+
+def features(stats: ImageStats, globals_: Globals, labels: np.ndarray | None = None,
+             num_classes: int | None = None) -> np.ndarray:
+    """The per-image covariates ``(n, p)`` every decision is a function of (:data:`FEATURES`):
+    1, the OUT mean ``m``, the log ``l`` of the OUT variance (shrunk towards the global one,
+    relative to it), ``m^2`` and ``m l`` (how much the shadows' mean says about an image depends
+    on their spread, and the logit scale bends at the extremes); with ``labels``, for every class
+    but the first an indicator and its product with ``m`` (a model that leans towards one class
+    is more confident on all its images and less on the others', for seen and unseen alike).
+    """
+    g = globals_.var_out if np.isfinite(globals_.var_out) and globals_.var_out > 0 else 1.0
+    spread = shrunk_variance(stats.var_out, stats.n_out - 1, g) / g
+    m, lg = stats.mu_out, np.log(np.maximum(spread, 1e-3))
+    cols = [np.ones(len(m)), m, lg, m * m, m * lg]
+    if labels is not None:
+        y = np.asarray(labels)
+        for c in range(1, int(num_classes or (y.max() + 1 if len(y) else 1))):
+            cols += [(y == c).astype(np.float64), (y == c) * m]
+    return np.stack(cols, axis=1)
+
+
+def _lstsq(X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares with a heteroscedasticity-robust (sandwich) covariance; columns
+    that are constant or collinear get coefficient 0 (minimum-norm solution)."""
+    n, p = X.shape
+    w = np.ones(n) if w is None else w
+    sw = np.sqrt(w)
+    beta, *_ = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)
+    e = y - X @ beta
+    bread = np.linalg.pinv(X.T @ (X * w[:, None]))
+    meat = X.T @ (X * (w * w * e * e)[:, None])
+    cov = bread @ meat @ bread * n / max(n - p, 1)
+    return beta, cov, e
+
+
+VARIANCE_FEATURES = 3  # the variance model uses the linear features only (1, m, l)
+MAX_LOG_VARIANCE_RANGE = 4.0  # the variance model stays within e^+-4 of the mean variance
+
+
+def _variance_model(Z: np.ndarray, e2: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """``E(e^2 | Z) = exp(Z gamma)``: a gamma regression with a log link, fitted by
+    iteratively reweighted least squares (with a log link the working weights are 1) with step
+    halving on the gamma deviance, predictions held within ``e^+-4`` of the mean variance."""
+    mean = max(float(e2.mean()), 1e-12)
+    lo, hi = np.log(mean) - MAX_LOG_VARIANCE_RANGE, np.log(mean) + MAX_LOG_VARIANCE_RANGE
+    e2 = np.maximum(e2, 1e-12 * mean)
+
+    def deviance(g):
+        mu = np.exp(np.clip(Z @ g, lo, hi))
+        return float((e2 / mu - np.log(e2 / mu) - 1).sum())
+
+    gamma = np.zeros(Z.shape[1])
+    gamma[0] = np.log(mean)
+    dev = deviance(gamma)
+    for _ in range(iterations):
+        eta = np.clip(Z @ gamma, lo, hi)
+        mu = np.exp(eta)
+        new, *_ = np.linalg.lstsq(Z, eta + (e2 - mu) / mu, rcond=None)
+        step = new - gamma
+        for _ in range(30):
+            if (d := deviance(gamma + step)) <= dev:
+                break
+            step = step / 2
+        else:
+            break
+        gamma, done = gamma + step, dev - d < 1e-9 * max(dev, 1.0)
+        dev = d
+        if done:
+            break
+    return gamma
+
+
+NONLINEAR = (3, 4)  # feature columns held to their fitted range (no quadratic extrapolation)
 
 
 @dataclass(frozen=True)
-class _Noise:
-    """Per-image variance terms (see :func:`membership_test`)."""
+class OutModel:
+    """The candidate on images it never saw: ``phi = X beta + e``, ``Var(e) = exp(Z gamma)``
+    with ``Z`` the linear features (1, m, l)
+    (:func:`fit_out_model`); ``cov`` is the covariance of ``beta``. Outside the range of the
+    images it was fitted on, the nonlinear features are held at their range and the variance
+    at its fitted extremes, so a far-out image is extrapolated linearly, not quadratically."""
 
-    v: np.ndarray  # shrunk OUT variance factor (per-image decisions)
-    v_raw: np.ndarray  # unbiased OUT variance factor (variance of sums)
-    ta: np.ndarray  # variance of mean_A around the true OUT mean (shrunk)
-    ta_raw: np.ndarray  # the same, unbiased
-    tb: np.ndarray  # variance of mean_B
-    ti: np.ndarray  # variance of mean_in
-    u: np.ndarray  # shrunk IN variance factor (weights: independent of half A and half B)
+    beta: tuple[float, ...]
+    cov: tuple[tuple[float, ...], ...]
+    gamma: tuple[float, ...]
+    n: int
+    lo: tuple[float, ...] = ()
+    hi: tuple[float, ...] = ()
+    eta_range: tuple[float, float] = (-np.inf, np.inf)
+
+    def _x(self, X: np.ndarray) -> np.ndarray:
+        X = np.array(X, dtype=np.float64)
+        if self.lo:
+            for j in NONLINEAR:
+                if j < X.shape[1]:
+                    X[:, j] = np.clip(X[:, j], self.lo[j], self.hi[j])
+        return X
+
+    def mean(self, X: np.ndarray) -> np.ndarray:
+        return self._x(X) @ np.asarray(self.beta)
+
+    def variance(self, X: np.ndarray) -> np.ndarray:
+        Z = self._x(X)[:, :len(self.gamma)]
+        return np.exp(np.clip(Z @ np.asarray(self.gamma), *self.eta_range))
+
+    def mean_var(self, X: np.ndarray) -> np.ndarray:
+        """Variance of the fitted mean at each row of ``X`` (the model's own uncertainty)."""
+        X = self._x(X)
+        return np.einsum("ij,jk,ik->i", X, np.asarray(self.cov), X)
+
+    def to_dict(self) -> dict:
+        return {"features": list(FEATURES) + ["class terms"] * (len(self.beta) - len(FEATURES)),
+                "beta": list(self.beta),
+                "cov": [list(r) for r in self.cov], "gamma": list(self.gamma), "n": self.n,
+                "range": [list(self.lo), list(self.hi)], "log_variance_range":
+                list(self.eta_range)}
 
 
-def _noise(stats: ImageStats, g: Globals) -> _Noise:
-    s_out = shrunk_variance(stats.var_out, stats.dof_out, g.var_out)
-    raw_out = np.where(stats.dof_out > 0, np.nan_to_num(stats.var_out), g.var_out)
-    s_in = shrunk_variance(stats.var_in, stats.n_in - 1, g.var_in)
-    n_a, n_b, n_in = (np.maximum(x, 1) for x in (stats.n_a, stats.n_b, stats.n_in))
-    u = (s_in / g.var_in) if np.isfinite(g.var_in) and g.var_in > 0 else np.ones(len(s_in))
-    return _Noise(v=variance_factor(stats, g.var_out),
-                  v_raw=variance_factor(stats, g.var_out, shrink=False),
-                  ta=s_out / n_a, ta_raw=raw_out / n_a, tb=s_out / n_b, ti=s_in / n_in, u=u)
+def fit_out_model(X: np.ndarray, y: np.ndarray, *, nonlinear: bool = True
+                  ) -> OutModel | None:
+    """Least squares of the candidate's confidences ``y`` on the features ``X`` of images it
+    never saw, then a log-linear model of the squared residuals' mean.
 
-
-@dataclass(frozen=True)
-class Residuals:
-    """The candidate's residuals against its OUT map on n images, and what the test needs about
-    them (``(n,)`` each): ``r`` (from half A), its H0 variance ``V`` (shrunk, per-image
-    decisions) and ``V_raw`` (unbiased, sums), the shadows' gap ``g = mean_in - mean_B`` and
-    ``ok`` (testable)."""
-
-    r: np.ndarray
-    V: np.ndarray
-    V_raw: np.ndarray
-    W: np.ndarray  # V from the IN shadows' spread (weights: independent of halves A and B)
-    cal: np.ndarray  # variance of the fitted OUT mean at each image (part of V, not of V_raw)
-    dof: np.ndarray  # degrees of freedom of V_raw (inf where it is the global value)
-    g: np.ndarray
-    xa: np.ndarray
-    ok: np.ndarray
-
-
-def residuals(phi: np.ndarray, stats: ImageStats, out_map: CalibratedMap, globals_: Globals
-              ) -> Residuals:
-    """Residuals ``r = phi - (a0 + b0 mean_A)`` with their H0 variance
-    ``V = s0 v + b0^2 ta + var(fitted mean)`` (see :func:`membership_test`)."""
-    phi = np.asarray(phi, dtype=np.float64)
-    ok = stats.testable & np.isfinite(phi)
-    nz = _noise(stats, globals_)
-    xa = np.where(ok, stats.mu_a, 0.0)
-    cal = out_map.mean_var(xa)
-    V = out_map.s2 * nz.v + out_map.b ** 2 * nz.ta + cal
-    V_raw = out_map.s2 * nz.v_raw + out_map.b ** 2 * nz.ta_raw
-    W = nz.u * (out_map.s2 + out_map.b ** 2 * globals_.var_out / np.maximum(stats.n_a, 1))
-    dof = np.where(stats.dof_out > 0, stats.dof_out, np.inf).astype(np.float64)
-    g = np.where(ok, stats.mu_in - stats.mu_b, 0.0)
-    return Residuals(phi - out_map.mean(xa), V, V_raw, W, cal, dof, g, xa, ok)
+    ``nonlinear``: whether ``X`` holds the quadratic columns :data:`NONLINEAR` (held to their
+    fitted range when predicting). Returns None with fewer than :data:`MIN_CALIBRATION_IMAGES`
+    finite rows.
+    """
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
+    X, y = X[ok], y[ok]
+    if len(y) < MIN_CALIBRATION_IMAGES:
+        return None
+    beta, cov, e = _lstsq(X, y)
+    Z = X[:, :VARIANCE_FEATURES]
+    gamma = _variance_model(Z, e * e * len(y) / max(len(y) - X.shape[1], 1))
+    eta = Z @ gamma
+    lo, hi = (tuple(map(float, X.min(axis=0))), tuple(map(float, X.max(axis=0)))) \
+        if nonlinear else ((), ())
+    return OutModel(tuple(map(float, beta)), tuple(tuple(map(float, r)) for r in cov),
+                    tuple(map(float, gamma)), len(y), lo, hi,
+                    (float(eta.min()), float(eta.max())))
 
 
 @dataclass(frozen=True)
 class InResponse:
-    """How the candidate's residuals respond on images it was trained on:
-    ``r ~ N(alpha + rho g, kappa V)`` with ``g`` the shadows' IN-OUT gap, fitted on its retained
-    images (:func:`fit_in_response`). ``cov`` is the covariance of ``(alpha, rho)``."""
+    """How far above its OUT model the candidate's confidence sits on images it was trained
+    on: ``r ~ N(X theta, kappa V)`` (:func:`fit_in_response`); ``cov`` of ``theta``."""
 
-    alpha: float
-    rho: float
+    theta: tuple[float, ...]
+    cov: tuple[tuple[float, ...], ...]
     kappa: float
-    cov: tuple[tuple[float, float], tuple[float, float]]
     n: int
 
-    def mean(self, g: np.ndarray) -> np.ndarray:
-        return self.alpha + self.rho * np.asarray(g, dtype=np.float64)
+    def mean(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X) @ np.asarray(self.theta)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"cov": [list(r) for r in self.cov]}
+        return {"features": list(FEATURES) + ["class terms"] * (len(self.theta) - len(FEATURES)),
+                "theta": list(self.theta),
+                "cov": [list(r) for r in self.cov], "kappa": self.kappa, "n": self.n}
 
 
-def fit_in_response(res: Residuals) -> InResponse | None:
-    """Weighted least squares (weights ``1 / V``) of the residuals on the shadows' gap over the
-    candidate's retained images, where membership is known to be IN.
-
-    This is the test's alternative, measured on the candidate itself: a model that remembers
-    its training images shows ``alpha + rho g`` there, whatever its architecture, data size or
-    calibration. The gap is noisy, so the regression estimates what the residual does given
-    the *noisy* gap, which is what a forgotten image also has. None with fewer than
-    :data:`MIN_CALIBRATION_IMAGES` images.
-    """
-    ok = res.ok & np.isfinite(res.r) & (res.V > 0)
-    n = int(ok.sum())
+def fit_in_response(X: np.ndarray, r: np.ndarray, V: np.ndarray) -> InResponse | None:
+    """Weighted least squares (weights ``1 / V``) of the residuals ``r`` of the candidate's
+    retained images (IN for it) on their features: the test's alternative, measured on the
+    candidate itself, whatever its architecture, data size or calibration. ``kappa`` is the
+    residual variance relative to ``V``. None with fewer than
+    :data:`MIN_CALIBRATION_IMAGES` rows."""
+    X, r, V = (np.asarray(a, dtype=np.float64) for a in (X, r, V))
+    ok = np.isfinite(X).all(axis=1) & np.isfinite(r) & np.isfinite(V) & (V > 0)
+    X, r, V = X[ok], r[ok], V[ok]
+    n = len(r)
     if n < MIN_CALIBRATION_IMAGES:
         return None
-    r, g, V = res.r[ok], res.g[ok], res.V[ok]
-    w = 1.0 / V
-    X = np.stack([np.ones(n), g], axis=1)
-    xtwx = X.T @ (X * w[:, None])
-    if np.linalg.matrix_rank(xtwx) < 2:  # the gap does not vary: a constant response
-        a = float((w * r).sum() / w.sum())
-        kappa = float((w * (r - a) ** 2).sum() / max(n - 1, 1))
-        return InResponse(a, 0.0, kappa, ((kappa / w.sum(), 0.0), (0.0, 0.0)), n)
-    beta = np.linalg.solve(xtwx, X.T @ (w * r))
-    e = r - X @ beta
-    kappa = float((w * e * e).sum() / (n - 2))
-    bread = np.linalg.inv(xtwx)
-    c = bread @ (X.T @ (X * (w * w * e * e)[:, None])) @ bread * n / (n - 2)
-    return InResponse(float(beta[0]), float(beta[1]), kappa,
-                      ((float(c[0, 0]), float(c[0, 1])), (float(c[1, 0]), float(c[1, 1]))), n)
+    theta, cov, e = _lstsq(X, r, 1.0 / V)
+    kappa = float((e * e / V).sum() / max(n - X.shape[1], 1))
+    return InResponse(tuple(map(float, theta)), tuple(tuple(map(float, row)) for row in cov),
+                      kappa, n)
 
 
-def membership_test(target: Residuals, *, in_response: InResponse, out_map: CalibratedMap,
+def power(z_if_member: float, sd_ratio: float, alpha: float) -> float:
+    """Chance that the one-sided test at level ``alpha`` rejects when its statistic is
+    ``N(z_if_member, sd_ratio^2)`` (a remembered request)."""
+    if not (np.isfinite(z_if_member) and np.isfinite(sd_ratio)) or sd_ratio <= 0:
+        return float("nan")
+    return float(norm.sf((norm.isf(alpha) - z_if_member) / sd_ratio))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One fold's calibration of the candidate: its OUT model and its IN response."""
+
+    out: OutModel
+    response: InResponse
+
+
+def membership_test(phi: np.ndarray, X: np.ndarray, ok: np.ndarray, *,
+                    folds: tuple[Calibration, Calibration], offset_var: float = 0.0,
                     alpha: float = DEFAULT_ALPHA, min_power: float = DEFAULT_MIN_POWER) -> dict:
-    """Per-image evidence and the request's aggregate test.
+    """Per-image evidence and the request's aggregate test, cross-fitted over two folds.
 
-    Per testable image: under H0 (never seen) ``r ~ N(0, V)``; under H1 (remembered, as the
-    candidate remembers its retained images) ``r ~ N(m1, kappa V)`` with
-    ``m1 = alpha + rho g``. Per image ``z = r / sqrt(V)``, ``p = P(N(0, 1) >= z)`` and the power
-    ``P(N(m1 / sqrt(V), kappa) >= z_alpha)``.
+    The calibration images are split in two folds A and B, each with its own OUT model
+    ``(beta_f, gamma_f, C_f)`` and IN response ``theta_f`` (fitted against that OUT model).
+    Per testable image and fold: residual ``r_f = phi - X beta_f``, expected response
+    ``m_f = X theta_f``, variance ``V_f = exp(Z gamma_f) + X C_f X' + t2`` and weight
+    ``w_f = m_f / V_f`` (the Gaussian log likelihood ratio's slope). Each fold's residual is
+    weighted by the *other* fold's weight,
 
-    Aggregate: ``S = sum w_i r_i``, ``w_i = m1_i / W_i`` (the log likelihood ratio's slope;
-    ``W`` is ``V`` with the image's spread taken from its IN shadows, so that no weight shares
-    noise with the variance estimate), with
-    ``Var0(S) = sum w_i^2 V_raw_i + q' C q`` (``C``: the OUT map's parameter covariance, shared
-    by all images; ``q = sum_i w_i (1, mean_A_i)``); ``z = S / sd0``. Under H1
-    ``E(S) = sum w_i m1_i`` less one standard error of that estimate (the response is fitted,
-    so the power is not overstated), ``Var1(S) = kappa sum w_i^2 V_raw_i + q' C q``.
+        ``S = sum_i (w_B r_A + w_A r_B)``,
+
+    so that no weight shares the estimation error of the OUT model it multiplies (a response
+    fitted against an OUT model absorbs that model's error, which would otherwise raise ``S``
+    for a model that never saw the images). Under H0 (never seen) ``S`` has mean 0 and
+    variance ``sum (w_A + w_B)^2 (v + t2') + q_B' C_A q_B + q_A' C_B q_A`` (``v`` the mean of the
+    two variance models, ``q_f = sum_i w_f X_i``, ``t2' `` the model offset variance ``t2``,
+    shared by all images: ``t2 (sum (w_A + w_B))^2``); ``z = S / sd0``, ``p = P(N(0, 1) >= z)``.
+    Under H1 (remembered as the candidate remembers its retained images) ``E(S) =
+    sum (w_A + w_B) m`` with ``m`` the mean response, less one standard error of that fitted
+    value (so the power is not overstated), and the variance scales by the response's
+    dispersion ``kappa``. A one-image request is exactly its image's row of ``images``.
+
+    Args:
+        phi: ``(n,)`` the candidate's confidences on the request's images.
+        X: ``(n, p)`` their :func:`features`.
+        ok: ``(n,)`` testable images (:attr:`ImageStats.testable`).
+        folds: The two folds' :class:`Calibration`.
+        offset_var: ``t2``, the variance of a model's own offset between the training pool
+            and the calibration images (:func:`model_offset_variance`).
+        alpha: Level of the one-sided test.
+        min_power: Below this power a request (or an image) is "cannot say".
 
     Returns:
         ``{"status", "reason", "z", "p_value", "log_lr", "z_if_member", "sd_ratio", "power",
@@ -448,82 +394,104 @@ def membership_test(target: Residuals, *, in_response: InResponse, out_map: Cali
         is "fail" (``p_value < alpha``: member-like), "pass", or "cannot say" (no testable
         image, or power below ``min_power``); ``images`` holds per-image arrays.
     """
-    t = target
-    ok = t.ok
-    n = len(ok)
-    m1 = in_response.mean(t.g)
-    kappa = max(in_response.kappa, 1e-12)
-    sdv = np.sqrt(np.where(t.V > 0, t.V, np.nan))
-    # per image: the unbiased variance (t distribution with its degrees of freedom, widened by
-    # the fitted map's share); its power with the stable, shrunk variance
-    v_i = t.V_raw + t.cal
-    dof_i = _satterthwaite(t.V_raw, t.dof, t.cal)
-    z_i = t.r / np.sqrt(np.where(v_i > 0, v_i, np.nan))
-    p_i = student_t.sf(z_i, dof_i)
-    pow_i = norm.sf((student_t.isf(alpha, dof_i) - m1 / sdv) / np.sqrt(kappa))
-    llr = norm.logpdf(t.r, m1, np.sqrt(kappa) * sdv) - norm.logpdf(t.r, 0.0, sdv)
-    status_i = np.where(~ok | ~(pow_i >= min_power), CANNOT_SAY,
-                        np.where(p_i < alpha, REMEMBERED, FORGOTTEN))
+    phi = np.asarray(phi, dtype=np.float64)
+    n = len(phi)
+    ok = np.asarray(ok, dtype=bool) & np.isfinite(phi) & np.isfinite(X).all(axis=1)
+    Xs = np.where(ok[:, None], X, 0.0)
+    t2 = max(float(offset_var), 0.0)
+    (a, b) = folds
+    r = [phi - c.out.mean(Xs) for c in folds]
+    v = [c.out.variance(Xs) for c in folds]
+    mv = [c.out.mean_var(Xs) for c in folds]
+    m = [c.response.mean(Xs) for c in folds]
+    w = [m[f] / (v[f] + mv[f] + t2) for f in (0, 1)]
+    vbar = (v[0] + v[1]) / 2
+    kappa = max((a.response.kappa + b.response.kappa) / 2, 1e-12)
+    mbar = (m[0] + m[1]) / 2
+    ws = w[0] + w[1]
+    s_i = w[1] * r[0] + w[0] * r[1]
+    var0_i = ws ** 2 * (vbar + t2) + w[1] ** 2 * mv[0] + w[0] ** 2 * mv[1]
+    var1_i = ws ** 2 * (kappa * vbar + t2) + w[1] ** 2 * mv[0] + w[0] ** 2 * mv[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_i = s_i / np.sqrt(var0_i)
+        zmem_i = ws * mbar / np.sqrt(var0_i)
+        pow_i = norm.sf((norm.isf(alpha) - zmem_i) / np.sqrt(var1_i / var0_i))
+    p_i = norm.sf(z_i)
+    # per image, for reading: the mean expectation if unseen and if remembered, and the
+    # Gaussian log likelihood ratio of the confidence under the two
+    unseen = phi - (r[0] + r[1]) / 2
+    V = vbar + (mv[0] + mv[1]) / 2 + t2
+    llr = (norm.logpdf(phi, unseen + mbar, np.sqrt(kappa * V))
+           - norm.logpdf(phi, unseen, np.sqrt(V)))
+    decided = ok & (pow_i >= min_power)
+    status_i = np.where(~decided, CANNOT_SAY, np.where(p_i < alpha, REMEMBERED, FORGOTTEN))
 
     def masked(x):
         return np.where(ok, x, np.nan)
 
-    images = {"residual": masked(t.r), "z": masked(z_i), "p_value": masked(p_i),
-              "log_lr": masked(llr), "power": masked(pow_i), "expected_if_member": masked(m1),
+    images = {"confidence": phi, "expected_if_unseen": masked(unseen),
+              "expected_if_member": masked(unseen + mbar), "z": masked(z_i),
+              "p_value": masked(p_i), "log_lr": masked(llr), "power": masked(pow_i),
               "status": status_i}
     out = {"n_images": n, "n_tested": int(ok.sum()), "n_no_shadow": int((~ok).sum()),
            "alpha": alpha, "min_power": min_power, "images": images}
+    none = {"z": None, "p_value": None, "z_if_member": None, "sd_ratio": None, "power": None,
+            "status": CANNOT_SAY}
     if not ok.any():
-        return out | {"z": None, "p_value": None, "log_lr": None, "z_if_member": None,
-                      "sd_ratio": None, "power": None, "status": CANNOT_SAY,
-                      "reason": "no image has an IN shadow model and an OUT shadow model in "
-                                "each half"}
-    w = (m1 / t.W)[ok]
-    q = np.array([w.sum(), (w * t.xa[ok]).sum()])
-    cal = float(q @ np.asarray(out_map.cov) @ q)
-    c = w * w * t.V_raw[ok]
-    base = float(c.sum())
-    var0, var1 = base + cal, kappa * base + cal
-    dof = float(_satterthwaite(np.array([base]), np.array([np.inf]), np.array([cal]))[0]
-                if not np.isfinite(t.dof[ok]).any() else
-                var0 ** 2 / max(float((c ** 2 / t.dof[ok]).sum()), 1e-300))
+        return out | none | {"log_lr": None, "reason": "no image has an IN shadow model and "
+                                                       "two OUT shadow models"}
+    k = ok
+    q = [(w[f][k][:, None] * Xs[k]).sum(axis=0) for f in (0, 1)]
+    cal = float(q[1] @ np.asarray(a.out.cov) @ q[1] + q[0] @ np.asarray(b.out.cov) @ q[0])
+    shared = t2 * float(ws[k].sum()) ** 2
+    var0 = float((ws[k] ** 2 * vbar[k]).sum()) + cal + shared
+    var1 = float((ws[k] ** 2 * kappa * vbar[k]).sum()) + cal + shared
     if not var0 > 0:
-        return out | {"z": None, "p_value": None, "log_lr": float(llr[ok].sum()),
-                      "z_if_member": 0.0, "sd_ratio": None, "power": 0.0, "status": CANNOT_SAY,
-                      "reason": "the candidate's retained images respond no differently from "
-                                "unseen ones: nothing to test with"}
+        return out | none | {"log_lr": float(llr[k].sum()), "z_if_member": 0.0, "power": 0.0,
+                             "reason": "the candidate's retained images sit no higher than "
+                                       "unseen ones: nothing to tell them apart by"}
     sd0 = float(np.sqrt(var0))
-    z = float((w * t.r[ok]).sum() / sd0)
-    # E1(S) and its standard error from the fitted response's covariance
-    d = np.array([w.sum(), (w * t.g[ok]).sum()])
-    e1 = float((w * m1[ok]).sum() - np.sqrt(max(d @ np.asarray(in_response.cov) @ d, 0.0)))
-    z_mem = max(e1, 0.0) / sd0
+    z = float(s_i[k].sum() / sd0)
+    d = (ws[k][:, None] * Xs[k]).sum(axis=0) / 2
+    se1 = float(np.sqrt(max(d @ (np.asarray(a.response.cov) + np.asarray(b.response.cov)) @ d,
+                            0.0)))
+    z_mem = max(float((ws[k] * mbar[k]).sum()) - se1, 0.0) / sd0
     ratio = float(np.sqrt(var1 / var0))
-    p = float(student_t.sf(z, dof))
-    pw = power(z_mem, ratio, alpha, dof)
-    n_ok = int(ok.sum())
+    p = float(norm.sf(z))
+    pw = power(z_mem, ratio, alpha)
+    n_ok = int(k.sum())
     if not pw >= min_power:
         status, reason = CANNOT_SAY, (
             f"the test's power is {pw:.2f} (< {min_power:g}): on these {n_ok} image(s) the "
             "candidate's remembered and unseen images look too much alike (too few images, or "
-            "the shadow models' IN and OUT confidences overlap)")
+            "images the model barely memorises)")
     elif p < alpha:
         status, reason = FAIL, (f"z = {z:.2f}, p = {p:.3g} < {alpha:g}: the images still look "
                                 "like members")
     else:
         status, reason = PASS, f"z = {z:.2f}, p = {p:.3g} >= {alpha:g}, power {pw:.2f}"
-    return out | {"z": z, "p_value": p, "log_lr": float(llr[ok].sum()), "z_if_member": z_mem,
-                  "sd_ratio": ratio, "dof": dof if np.isfinite(dof) else None, "power": pw,
-                  "status": status, "reason": reason}
+    return out | {"z": z, "p_value": p, "log_lr": float(llr[k].sum()), "z_if_member": z_mem,
+                  "sd_ratio": ratio, "power": pw, "status": status, "reason": reason}
+
+
+SMALL_FOLD = 100  # folds with fewer calibration images drop the quadratic features
+
+
+def calibration_folds(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two folds of ``n`` calibration images (a fixed seeded split, the same every run)."""
+    order = np.random.default_rng(0).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
 
 
 def membership_evidence(*, target: np.ndarray, target_conf: np.ndarray, target_member: np.ndarray,
                         known_out: np.ndarray, known_out_conf: np.ndarray,
                         known_out_member: np.ndarray, known_in: np.ndarray,
                         known_in_conf: np.ndarray, known_in_member: np.ndarray,
-                        globals_: Globals, alpha: float = DEFAULT_ALPHA,
+                        globals_: Globals, labels: tuple[np.ndarray, np.ndarray, np.ndarray]
+                        | None = None, num_classes: int | None = None,
+                        offset_var: float = 0.0, alpha: float = DEFAULT_ALPHA,
                         min_power: float = DEFAULT_MIN_POWER) -> dict:
-    """Everything from arrays: calibrate the candidate, then test the request's images.
+    """Everything from arrays: calibrate the candidate (two folds), then test the request.
 
     Args:
         target: ``(F,)`` the candidate's confidences on the request's (forgotten) images.
@@ -534,33 +502,118 @@ def membership_evidence(*, target: np.ndarray, target_conf: np.ndarray, target_m
         known_in: ``(R,)`` the candidate's confidences on its retained training images.
         known_in_conf, known_in_member: ``(K, R)`` shadow confidences and membership.
         globals_: Pooled variances over the whole training split (:class:`Globals`).
-        alpha, min_power: See :func:`membership_test`.
+        labels: The labels of the target, known-OUT and known-IN images (class features;
+            None: none).
+        num_classes: Number of classes (default: from the labels).
+        offset_var, alpha, min_power: See :func:`membership_test`.
 
     Returns:
-        :func:`membership_test`'s dict plus ``k`` and ``calibration`` (the OUT map and the IN
-        response).
+        :func:`membership_test`'s dict plus ``k``, ``calibration`` (each fold's OUT model and
+        IN response) and, per image, the shadows' own IN and OUT means.
     """
-    o_stats = image_stats(known_out_conf, known_out_member)
-    no = _noise(o_stats, globals_)
-    out_map = fit_map(o_stats.mu_a, known_out, noise_var=no.ta, v=no.v, v_raw=no.v_raw,
-                      noise_raw=no.ta_raw)
     k = int(np.asarray(target_conf).shape[0])
-    in_resp = None
-    if out_map is not None:
-        in_res = residuals(known_in, image_stats(known_in_conf, known_in_member), out_map,
-                           globals_)
-        in_resp = fit_in_response(in_res)
-    if out_map is None or in_resp is None:
-        which = "unseen (validation/test)" if out_map is None else "retained training"
-        return {"status": CANNOT_SAY, "k": k, "n_images": len(target), "n_tested": 0,
-                "reason": f"fewer than {MIN_CALIBRATION_IMAGES} {which} images to calibrate the "
-                          "candidate on", "z": None, "p_value": None, "power": None,
-                "z_if_member": None, "sd_ratio": None, "calibration": None, "alpha": alpha,
-                "min_power": min_power}
-    t = residuals(target, image_stats(target_conf, target_member), out_map, globals_)
-    res = membership_test(t, in_response=in_resp, out_map=out_map, alpha=alpha,
-                          min_power=min_power)
+    ly = (None, None, None) if labels is None else labels
+    if labels is not None and num_classes is None:
+        num_classes = int(max(int(np.max(y)) for y in labels if len(y)) + 1)
+    known_out = np.asarray(known_out, dtype=np.float64)
+    o_stats = image_stats(known_out_conf, known_out_member)
+    i_stats = image_stats(known_in_conf, known_in_member)
+    t_stats = image_stats(target_conf, target_member)
+    fold_idx = calibration_folds(len(known_out))
+    cols = None
+    if min(len(f) for f in fold_idx) < SMALL_FOLD:  # few images: linear features only
+        cols = [j for j in range(len(FEATURES) + 2 * max((num_classes or 1) - 1, 0))
+                if j not in NONLINEAR]
+
+    def feats(st, y):
+        X = features(st, globals_, y, num_classes)
+        return X if cols is None else X[:, cols]
+
+    Xo, Xi, Xt = feats(o_stats, ly[1]), feats(i_stats, ly[2]), feats(t_stats, ly[0])
+    folds = []
+    for idx in fold_idx:
+        om = fit_out_model(Xo[idx], known_out[idx], nonlinear=cols is None)
+        ir = None
+        if om is not None:
+            keep = i_stats.testable & np.isfinite(Xi).all(axis=1)
+            ri = np.asarray(known_in, dtype=np.float64)[keep] - om.mean(Xi[keep])
+            ir = fit_in_response(Xi[keep], ri,
+                                 om.variance(Xi[keep]) + om.mean_var(Xi[keep]) + offset_var)
+        if om is None or ir is None:
+            which = "unseen (validation/test)" if om is None else "retained training"
+            return {"status": CANNOT_SAY, "k": k, "n_images": len(target), "n_tested": 0,
+                    "reason": f"too few {which} images to calibrate the candidate on (at least "
+                              f"{2 * MIN_CALIBRATION_IMAGES} unseen and "
+                              f"{MIN_CALIBRATION_IMAGES} retained)", "z": None,
+                    "p_value": None, "power": None, "z_if_member": None, "sd_ratio": None,
+                    "calibration": None, "alpha": alpha, "min_power": min_power}
+        folds.append(Calibration(om, ir))
+    res = membership_test(target, Xt, t_stats.testable, folds=(folds[0], folds[1]),
+                          offset_var=offset_var, alpha=alpha, min_power=min_power)
+    res["images"]["shadow_mean_out"] = t_stats.mu_out
+    res["images"]["shadow_mean_in"] = t_stats.mu_in
     res["k"] = k
-    res["calibration"] = {"out": out_map.to_dict(), "in_response": in_resp.to_dict(),
-                          "globals": asdict(globals_)}
+    res["calibration"] = {"folds": [{"out": c.out.to_dict(), "in_response":
+                                     c.response.to_dict()} for c in folds],
+                          "calibration_images": len(known_out),
+                          "globals": asdict(globals_), "offset_var": offset_var}
     return res
+
+
+def model_offset_variance(conf: np.ndarray, member: np.ndarray, known_out_conf: np.ndarray,
+                          known_out_member: np.ndarray, *, labels: np.ndarray | None = None,
+                          known_out_labels: np.ndarray | None = None,
+                          num_classes: int | None = None) -> dict:
+    """How far a model's own offset between training-pool images and the calibration images
+    varies from model to model, measured on the shadows themselves (leave one out).
+
+    Each shadow in turn plays a candidate: its OUT model is fitted on the calibration images
+    (features from the other shadows), and its precision-weighted mean residual over *all* the
+    training images it never saw is a measurement of its offset. The method-of-moments
+    variance of those means, less their sampling variance, is ``t2`` (0 when the spread is no
+    more than sampling noise). It widens every request's test for a model-level offset that no
+    feature captures (:func:`membership_test` ``offset_var``).
+
+    Args:
+        conf, member: ``(K, N)`` the shadows' confidences and membership on the training split.
+        known_out_conf, known_out_member: ``(K, V)`` on the calibration images, with their
+            pseudo membership.
+        labels, known_out_labels, num_classes: Class features (see :func:`features`).
+
+    Returns:
+        ``{"offset_var", "mean_offset", "offsets", "sampling_var"}`` (offsets per shadow, in
+        confidence units; ``mean_offset`` is reported, not corrected for).
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    member = np.asarray(member, dtype=bool)
+    k = conf.shape[0]
+    offsets, samp = [], []
+    for j in range(k):
+        keep = np.arange(k) != j
+        g = Globals.from_confidences(conf[keep], member[keep])
+        o_stats = image_stats(known_out_conf[keep], known_out_member[keep])
+        om = fit_out_model(features(o_stats, g, known_out_labels, num_classes),
+                           known_out_conf[j])
+        out = np.flatnonzero(~member[j])
+        if om is None or len(out) < MIN_CALIBRATION_IMAGES:
+            continue
+        t_stats = image_stats(conf[keep][:, out], member[keep][:, out])
+        X = features(t_stats, g, None if labels is None else np.asarray(labels)[out],
+                     num_classes)
+        ok = t_stats.testable & np.isfinite(X).all(axis=1)
+        Xs = X[ok]
+        r = conf[j, out][ok] - om.mean(Xs)
+        V = om.variance(Xs) + om.mean_var(Xs)
+        prec = 1.0 / V
+        offsets.append(float((prec * r).sum() / prec.sum()))
+        # sampling variance of that mean: independent images plus the fitted intercept's
+        q = prec / prec.sum()
+        qx = (q[:, None] * Xs).sum(axis=0)
+        samp.append(float((q * q * om.variance(Xs)).sum() + qx @ np.asarray(om.cov) @ qx))
+    if len(offsets) < 3:
+        return {"offset_var": 0.0, "mean_offset": None, "offsets": offsets,
+                "sampling_var": None}
+    o = np.asarray(offsets)
+    sv = float(np.mean(samp))
+    return {"offset_var": float(max(o.var(ddof=1) - sv, 0.0)), "mean_offset": float(o.mean()),
+            "offsets": offsets, "sampling_var": sv}
