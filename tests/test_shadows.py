@@ -265,3 +265,61 @@ def test_evaluate_record_flags_a_degenerate_reference():
     assert "predicts one class" in r.record["degenerate"]["reference"]
     assert r.verdict.status == "cannot say" and not r.verdict.passed
     assert "shadow" in r.record["skipped"]["membership"]
+
+
+# ------------------------------------------------------------------------------ run folders
+
+
+def _train_args(root, out, seed=0):
+    return ["train", "--dataset", "breastmnist", "--data-root", str(root), "--no-verify",
+            "--no-download", "--epochs", "2", "--width", "4", "--quiet", "--seed", str(seed),
+            "--out", str(out)]
+
+
+def test_shadows_command_and_evaluate_with_shadows(synth_root, tmp_path, capsys):
+    """'medunlearn shadows RUN', then 'evaluate --shadows' (the original scored as the
+    do-nothing row); shadows of another model are refused with the command that rebuilds
+    them; K < 4 is refused before anything is trained."""
+    from medunlearn.cli import main
+
+    orig, other = tmp_path / "orig", tmp_path / "other"
+    assert main(_train_args(synth_root, orig)) == 0
+    assert main(_train_args(synth_root, other, seed=1)) == 0
+    assert main(["shadows", str(orig), "--k", "3", "-q"]) == 2
+    assert "too few" in capsys.readouterr().err and not (orig / "shadows").exists()
+    assert main(["shadows", str(orig), "--k", "4", "-q", "--data-root", str(synth_root)]) == 0
+    assert "use them: medunlearn evaluate" in capsys.readouterr().out
+    manifest = json.loads((orig / "shadows" / "companions.json").read_text())
+    assert manifest["k"] == 4 and manifest["source"]["fingerprint"] == json.loads(
+        (orig / "config.json").read_text())["fingerprint"]
+    ref = tmp_path / "ref"
+    assert main(["unlearn", "--model", str(orig), "--method", "retrain", "--forget",
+                 "random:0.2", "--out", str(ref), "-q", "--data-root", str(synth_root)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "eval.json"
+    code = main(["evaluate", "--model", str(orig), "--original", str(orig), "--reference",
+                 str(ref), "--shadows", str(orig / "shadows"), "--gate", "--out", str(out),
+                 "--data-root", str(synth_root)])
+    assert code in (0, 3)  # tiny models: the gate may fail or be undecided, never refuse
+    rec = json.loads(out.read_text())
+    assert rec["counts"]["forget"] == len((ref / "forget.csv").read_text().splitlines()) - 1
+    assert "do-nothing candidate" in " ".join(rec["notes"])
+    sec = rec["models"]["model"]["membership"]
+    assert sec["k"] == 4 and len(sec["images"]) == rec["counts"]["forget"]
+    assert {"z", "p_value", "power", "status"} <= set(sec)
+    assert rec["membership"]["source"]["fingerprint"] == manifest["source"]["fingerprint"]
+    assert any(c["name"] == "membership" for c in rec["gate"]["checks"])
+    # the same shadows for a model of another seed: refused before any model runs
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(other), "--forget", str(ref / "forget.csv"),
+                 "--shadows", str(orig / "shadows"), "--out", str(tmp_path / "e2.json"),
+                 "--data-root", str(synth_root)]) == 2
+    err = capsys.readouterr().err
+    assert "another model" in err and "medunlearn shadows" in err
+    assert not (tmp_path / "e2.json").exists()
+    # without shadows the check is not run, with the command that enables it
+    assert main(["evaluate", "--model", str(ref), "--original", str(orig), "--gate", "--out",
+                 str(tmp_path / "e3.json"), "--data-root", str(synth_root)]) in (0, 3)
+    rec3 = json.loads((tmp_path / "e3.json").read_text())
+    check = next(c for c in rec3["gate"]["checks"] if c["name"] == "membership")
+    assert check["status"] == "not_run" and "medunlearn shadows" in check["message"]

@@ -649,8 +649,18 @@ def model_offset(cs: CompanionSet, known_out: Sequence[str] = ("val",)) -> dict:
     return cs._cache[key]
 
 
+MIN_VALIDATION = 200  # with fewer validation images the test split calibrates too
+
+
+def calibration_splits(cs: CompanionSet) -> tuple[str, ...]:
+    """The splits nobody trained on that calibrate a candidate: the validation split (from
+    the training pool), plus the test split when it has fewer than :data:`MIN_VALIDATION`
+    images (e.g. the TB set's 80)."""
+    return ("val",) if cs.logits["val"].shape[1] >= MIN_VALIDATION else ("val", "test")
+
+
 def membership_section(cs: CompanionSet, outputs, *, forget: np.ndarray, retain: np.ndarray,
-                       known_out: Sequence[str] = ("val",), alpha: float | None = None,
+                       known_out: Sequence[str] | None = None, alpha: float | None = None,
                        min_power: float | None = None) -> dict:
     """The membership evidence of one candidate on its forget set, as a record section.
 
@@ -660,7 +670,8 @@ def membership_section(cs: CompanionSet, outputs, *, forget: np.ndarray, retain:
             (:func:`medunlearn.evaluation.outputs.model_outputs`), already computed by the
             verification: nothing runs a network here.
         forget, retain: Training indices of those outputs' forget and retain rows.
-        known_out: Splits nobody trained on, to calibrate the candidate's OUT behaviour.
+        known_out: Splits nobody trained on, to calibrate the candidate's OUT behaviour
+            (default: :func:`calibration_splits`).
         alpha, min_power: The test's level and the power below which it says "cannot say".
 
     Returns:
@@ -675,6 +686,7 @@ def membership_section(cs: CompanionSet, outputs, *, forget: np.ndarray, retain:
                           "models on random halves ('medunlearn shadows RUN').")
     forget = np.asarray(forget, dtype=np.int64)
     retain = np.asarray(retain, dtype=np.int64)
+    known_out = tuple(known_out or calibration_splits(cs))
 
     def phi(o):
         return logit_confidence(o.probs, o.labels)
@@ -705,6 +717,9 @@ def membership_section(cs: CompanionSet, outputs, *, forget: np.ndarray, retain:
             rows.append(row)
         res["images"] = rows
     res["known_out"] = list(known_out)
+    res["assumption"] = (f"given their shadow features, the forgotten images behave for a model "
+                         f"that never saw them like the {' and '.join(known_out)} images (true "
+                         "for images drawn at random from the training pool)")
     return res
 
 

@@ -31,17 +31,22 @@ given everything else the test uses, whatever the images' difficulty. The shadow
 reported per image (how far a remembered image would move, by the shadows) but never enter a
 decision: on validation images they do not exist, so nothing could calibrate them.
 
-**The test** (:func:`membership_test`). Per forgotten image: ``r = phi - X beta``, under H0
-(never seen) ``N(0, V)``, under H1 (remembered as the candidate remembers its retained images)
-``N(m1, kappa V)`` with ``m1 = X theta``. The request's statistic is the log-likelihood-ratio
-weighted sum ``S = sum_i w_i r_i``, ``w_i = m1_i / V_i``; under H0 it has mean 0 and variance
-``sum w_i^2 V_i`` plus the OUT model's own uncertainty (shared by every image). ``z`` is ``S``
-standardised (about N(0, 1) for a model that never saw the images; larger = more member-like)
-and ``p_value = P(Z >= z | H0)``, one-sided. The **power** is the chance to reach
-``p < alpha`` if the images were remembered; a request whose power is below ``min_power`` (too
-few images, or images whose IN and OUT confidences overlap) gets "cannot say", never
-"passed". Images without an IN or with fewer than two OUT shadows are "cannot say" and left out
-of the aggregate.
+**The test** (:func:`membership_test`). Per forgotten image: the residual ``r = phi - X beta``,
+under H0 (never seen) ``N(0, V)``, under H1 (remembered as the candidate remembers its retained
+images) ``N(m1, kappa V)`` with ``m1 = X theta``. The request's statistic is the sum of the
+residuals weighted by the Gaussian log likelihood ratio's slope ``m1 / V``, **cross-fitted**: the
+calibration images are split in two folds, each with its own OUT model and IN response, and
+each fold's residuals are weighted by the other fold's weights (a response fitted against an
+OUT model absorbs that model's estimation error, which would otherwise push the sum up for a
+model that never saw the images). Under H0 the sum has mean 0 and a known variance, which
+includes both OUT models' own uncertainty and a model-level offset between the training pool
+and the calibration images measured on held-out shadows (:func:`model_offset_variance`).
+``z`` is the sum standardised (about N(0, 1) for a model that never saw the images; larger =
+more member-like) and ``p_value = P(Z >= z | H0)``, one-sided. The **power** is the chance to
+reach ``p < alpha`` if the images were remembered; a request whose power is below ``min_power``
+(too few images, or images the model barely memorises) gets "cannot say", never "passed".
+Images without an IN or with fewer than two OUT shadows are "cannot say" and left out of the
+aggregate. A one-image request is exactly that image's per-image result.
 
 Validity rests on one exchangeability assumption, stated in the record: given their shadow
 features, the request's images behave for a model that never saw them like the validation
@@ -601,6 +606,8 @@ def model_offset_variance(conf: np.ndarray, member: np.ndarray, known_out_conf: 
         X = features(t_stats, g, None if labels is None else np.asarray(labels)[out],
                      num_classes)
         ok = t_stats.testable & np.isfinite(X).all(axis=1)
+        if ok.sum() < MIN_CALIBRATION_IMAGES:  # e.g. K = 4: one OUT shadow left per image
+            continue
         Xs = X[ok]
         r = conf[j, out][ok] - om.mean(Xs)
         V = om.variance(Xs) + om.mean_var(Xs)
