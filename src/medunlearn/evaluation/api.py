@@ -164,7 +164,8 @@ def _forget_and_retain(run: Run, dataset: Dataset, notes: list[str],
         raise ForgetSetError(
             f"{run.path} has no {FORGET_FILE}, so it is not an unlearning run and has no forget "
             "set to evaluate. Pass the --out folder of 'medunlearn unlearn' as --model (the "
-            "original model goes to --original)."
+            "original model goes to --original); to score this model itself as 'original (no "
+            "unlearning)', also give --reference RETRAIN_RUN or --forget FORGET_CSV."
         )
     forget = read_index_csv(path, dataset)
     if len(forget) == 0:
