@@ -537,19 +537,23 @@ def rebuild_command(run_dir: str | os.PathLike, k: int, seed: int, out: str | os
     return f"medunlearn shadows {run_dir} --k {k} --seed {seed} --out {out}"
 
 
-def shadows_for_run(run_dir: str | os.PathLike, *, k: int = 16, out: str | os.PathLike | None
-                    = None, seed: int | None = None, device: str | None = None,
-                    threads: int | None = None, data_root: str | None = None,
-                    overwrite: bool = False, progress: bool = True) -> CompanionSet:
-    """Train (or finish) K shadow models for a run folder with its own recipe and data.
+def companions_for_run(run_dir: str | os.PathLike, *, kind: str = SHADOW, k: int = 16,
+                       out: str | os.PathLike | None = None, seed: int | None = None,
+                       device: str | None = None, threads: int | None = None,
+                       data_root: str | None = None, overwrite: bool = False,
+                       progress: bool = True) -> CompanionSet:
+    """Train (or finish) K companion models for a run folder with its own recipe and data:
+    ``kind="shadow"`` on balanced random halves (:func:`balanced_halves`), ``kind="kfold"``
+    each without one fold (:func:`kfold_masks`).
 
-    For an unlearning run, its forgotten and excluded images are left out of every shadow
-    (they are OUT for all, so the check says "cannot say" for them).
+    For an unlearning run, its forgotten and excluded images are left out of every member
+    (they are OUT for all; the membership check says "cannot say" for them).
 
     Args:
         run_dir: A ``train`` (or ``unlearn``) run folder.
-        k: Number of shadows (at least 4; 16 to 32 recommended).
-        out: The set's folder (default ``RUN/shadows``).
+        kind: ``shadow`` or ``kfold``.
+        k: Number of models (shadows: at least 4, 16 to 32 recommended; K-fold: at least 2).
+        out: The set's folder (default ``RUN/shadows`` for shadows, ``RUN/kfold`` for folds).
         seed: Base seed (default: the run's seed).
 
     Returns:
@@ -559,22 +563,41 @@ def shadows_for_run(run_dir: str | os.PathLike, *, k: int = 16, out: str | os.Pa
     from medunlearn.forget import previously_forgotten
     from medunlearn.training import model_from_spec
 
+    if kind not in KINDS:
+        raise ConfigError(f"Unknown companion kind {kind!r}; choose one of {KINDS}.")
+    design = balanced_halves if kind == SHADOW else kfold_masks
+    design(max(k, 1), k, seed=0)  # refuse a bad K before loading anything
     run, data = load_run_and_data(run_dir, data_root=data_root)
     seed = run.seed if seed is None else int(seed)
-    out = Path(out) if out is not None else default_folder(run_dir)
+    if out is None:
+        out = default_folder(run_dir) if kind == SHADOW else Path(run_dir) / "kfold"
+    out = Path(out)
     gone = previously_forgotten(run_dir) if run.config.get("kind") == "unlearn" else []
     pool = np.setdiff1d(np.arange(len(data.train)), np.asarray(gone, dtype=np.int64))
-    mask = balanced_halves(len(data.train), k, seed=seed, pool=pool)
+    mask = design(len(data.train), k, seed=seed, pool=pool)
     spec = run.config["model"]
     train_cfg = from_dict(TrainConfig, run.config.get("train") or {}, where="config.json train")
     recipe = Recipe(build=lambda: model_from_spec(spec), train=train_cfg, spec=spec)
     source = {"path": str(Path(run_dir).resolve()), "fingerprint": run.config.get("fingerprint"),
               "weights_sha256": sha256_file(Path(run_dir) / MODEL_FILE),
               "kind": run.config.get("kind")}
-    return train_companions(data, mask, recipe=recipe, out=out, kind=SHADOW, base_seed=seed,
-                            source=source, rebuild=rebuild_command(run_dir, k, seed, out),
-                            device=device, threads=threads, overwrite=overwrite,
-                            progress=progress)
+    rebuild = rebuild_command(run_dir, k, seed, out) if kind == SHADOW else (
+        f"medunlearn.shadows.companions_for_run({str(run_dir)!r}, kind='kfold', k={k}, "
+        f"seed={seed}, out={str(out)!r})")
+    return train_companions(data, mask, recipe=recipe, out=out, kind=kind, base_seed=seed,
+                            source=source, rebuild=rebuild, device=device, threads=threads,
+                            overwrite=overwrite, progress=progress)
+
+
+def shadows_for_run(run_dir: str | os.PathLike, *, k: int = 16, out: str | os.PathLike | None
+                    = None, seed: int | None = None, device: str | None = None,
+                    threads: int | None = None, data_root: str | None = None,
+                    overwrite: bool = False, progress: bool = True) -> CompanionSet:
+    """K shadow models of a run folder (:func:`companions_for_run` with ``kind="shadow"``);
+    ``out`` defaults to ``RUN/shadows``."""
+    return companions_for_run(run_dir, kind=SHADOW, k=k, out=out, seed=seed, device=device,
+                              threads=threads, data_root=data_root, overwrite=overwrite,
+                              progress=progress)
 
 
 def train_shadows(model: torch.nn.Module, data: Dataset, *, out: str | os.PathLike, k: int = 16,
@@ -606,11 +629,6 @@ def train_shadows(model: torch.nn.Module, data: Dataset, *, out: str | os.PathLi
     mask = balanced_halves(len(data.train), k, seed=seed)
     return train_companions(data, mask, recipe=recipe, out=out, kind=SHADOW, base_seed=seed,
                             device=device, overwrite=overwrite, progress=progress)
-
-
-__all__ = ["CompanionSet", "KFOLD", "MIN_SHADOWS", "Recipe", "SHADOW", "balanced_halves",
-           "data_digest", "default_folder", "kfold_masks", "load_companions", "member_seed",
-           "shadows_for_run", "train_companions", "train_shadows"]
 
 
 # ------------------------------------------------------------------------------ evidence
@@ -751,3 +769,9 @@ def attach_membership(record: dict, outs, cs: CompanionSet | None, *, forget: np
                             "source": cs.manifest.get("source"),
                             "seconds": time.perf_counter() - t0}
     return record
+
+
+__all__ = ["CompanionSet", "KFOLD", "MIN_SHADOWS", "Recipe", "SHADOW", "attach_membership",
+           "balanced_halves", "companions_for_run", "data_digest", "default_folder",
+           "kfold_masks", "load_companions", "member_seed", "membership_section",
+           "shadows_for_run", "train_companions", "train_shadows"]
