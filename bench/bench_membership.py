@@ -72,6 +72,8 @@ def cli(*argv: str) -> None:
 def train(ds: str, seed: int, out: Path, quick: bool) -> None:
     if (out / "metrics.json").is_file():
         return
+    if ds == "tb" and not Path(DATASETS["tb"][1]).is_file():
+        raise SystemExit(f"{DATASETS['tb'][1]} not found: pass --tb-csv PATH")
     extra = ["--train-limit", "400", "--eval-limit", "200", "--width", "8", "--epochs", "3"] \
         if quick else []
     cli("train", *DATASETS[ds], "--seed", str(seed), "--out", str(out), "-q", *extra)
@@ -380,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="Tiny data, K = 4, one method.")
     p.add_argument("--benchmarks", type=Path, default=None)
+    p.add_argument("--tb-csv", type=Path, default=None,
+                   help="The TB set's labels.csv (default ../shared/data/tb-cxr/labels.csv).")
     args = p.parse_args(argv)
+    if args.tb_csv is not None:
+        DATASETS["tb"][1] = str(args.tb_csv.resolve())
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.quick:
         args.k, args.methods, args.single, args.least_fit = 4, "finetune", 6, 2
