@@ -116,6 +116,13 @@ def test_train_companions_resumes_and_reuses(tmp_path, monkeypatch):
     assert cs.train_hashes == data.train.hashes
     manifest = json.loads((out / "companions.json").read_text())
     assert manifest["seeds"] == [member_seed(0, j) for j in range(4)]
+    # the model-offset calibration is stored once, and read back instead of recomputed
+    from medunlearn.shadows import model_offset
+
+    stored = json.loads((out / "calibration.json").read_text())
+    assert stored["fingerprint"] == manifest["fingerprint"]
+    assert model_offset(load_companions(out), tuple(stored["known_out"])) == \
+        stored["model_offset"]
     w0 = (out / "members" / "k00.safetensors").read_bytes()
     # an interrupted run: member 2 never finished
     (out / "members" / "k02.json").unlink()
