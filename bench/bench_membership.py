@@ -187,6 +187,48 @@ def naive_z(cs, original: Path, cand: Path, forget) -> float:
     return float(z.sum() / np.sqrt(len(z)))
 
 
+def oracle(original: Path, retrains: list[Path], reference: Path) -> dict:
+    """How far the original sits from N exact retrainings on its forgotten images, relative to
+    retained images (where all are trained on: model-level differences cancel): the membership
+    signal any per-image test could use, and the spread of retraining itself."""
+    import numpy as np
+
+    from medunlearn.checkpoint import load_run, load_run_and_data
+    from medunlearn.evaluation.outputs import split_outputs
+    from medunlearn.evaluation.privacy import logit_confidence
+
+    forget = read_forget(reference)
+    for r in retrains:
+        if not np.array_equal(read_forget(r), forget):
+            raise SystemExit(f"{r} forgot another set than {reference}")
+    run, data = load_run_and_data(original)
+    retain = np.setdiff1d(np.arange(len(data.train)), forget)
+    ctrl = np.sort(np.random.default_rng(0).choice(retain, len(forget), replace=False))
+
+    def phi(m, idx):
+        o = split_outputs(m, data.train, idx)
+        return logit_confidence(o.probs, o.labels)
+
+    models = [load_run(r).model for r in retrains]
+    f = np.stack([phi(m, forget) for m in models])
+    c = np.stack([phi(m, ctrl) for m in models])
+    z_f = (phi(run.model, forget) - f.mean(0)) / f.std(0, ddof=1)
+    z_c = (phi(run.model, ctrl) - c.mean(0)) / c.std(0, ddof=1)
+    loo = []
+    for k in range(len(models)):
+        keep = np.arange(len(models)) != k
+        a = (f[k] - f[keep].mean(0)) / f[keep].std(0, ddof=1)
+        b = (c[k] - c[keep].mean(0)) / c[keep].std(0, ddof=1)
+        loo.append(float((a.mean() - b.mean()) * np.sqrt(len(forget))))
+    return {"n_retrains": len(models), "n_forget": len(forget),
+            "did_per_image": float(z_f.mean() - z_c.mean()),
+            "did_z": float((z_f.mean() - z_c.mean()) * np.sqrt(len(forget))),
+            "retrain_did_z_mean": statistics.fmean(loo), "retrain_did_z_sd": statistics.pstdev(loo),
+            "logit_gap_forget": float(np.mean(phi(run.model, forget) - f.mean(0))),
+            "logit_gap_retained": float(np.mean(phi(run.model, ctrl) - c.mean(0))),
+            "seed_sd": float(np.median(f.std(0, ddof=1)))}
+
+
 def read_forget(run: Path):
     import csv
 
@@ -298,7 +340,7 @@ def fmt(x, d=2):
 STATUS = {"fail": "FAIL", "pass": "pass", "cannot say": "cannot say"}
 
 
-def report(results: dict, single: dict, args) -> str:
+def report(results: dict, single: dict, args, oracles: dict | None = None) -> str:
     lines = ["## Membership evidence from shadow models (issue 27)", "",
              stamp(command_line()).rstrip(),
              "- CPU with native bf16: models and shadows train in bf16 (`--precision auto`); "
@@ -367,6 +409,24 @@ def report(results: dict, single: dict, args) -> str:
                               f"{s['seconds_per_request_max'] * 1000:.0f} ms), loading the "
                               f"shadows {s['shadow_load_seconds']:.2f} s"
                               for ds, s in single.items()) + ".", ""]
+    if oracles:
+        lines += [f"### How far the original is from exact retraining (seed {args.seeds[0]})", "",
+                  "N exact retrainings without the same 10% (different seeds) give each "
+                  "forgotten image a retraining distribution; the original's standardised "
+                  "distance from it on the forgotten images, minus the same on as many retained "
+                  "images (trained on by all, so model-level differences cancel), is the "
+                  "membership signal any per-image test has to work with. Each retraining "
+                  "scored the same way against the others shows retraining's own spread.", "",
+                  "| dataset | N | forgotten images | signal per image (sd units) | summed z of "
+                  "the original | retraining's own summed z (mean +- sd) | logit gap forgotten "
+                  "/ retained | retraining seed sd (logit) |", "|---|---|---|---|---|---|---|---|"]
+        for ds, o in oracles.items():
+            lines.append(f"| {ds} | {o['n_retrains']} | {o['n_forget']} | "
+                         f"{fmt(o['did_per_image'], 3)} | {fmt(o['did_z'])} | "
+                         f"{fmt(o['retrain_did_z_mean'])} +- {fmt(o['retrain_did_z_sd'])} | "
+                         f"{fmt(o['logit_gap_forget'])} / {fmt(o['logit_gap_retained'])} | "
+                         f"{fmt(o['seed_sd'])} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -382,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="Tiny data, K = 4, one method.")
     p.add_argument("--benchmarks", type=Path, default=None)
+    p.add_argument("--oracle", action="append", default=[], metavar="DATASET=DIR",
+                   help="N exact retrainings of the seed-0 original without the seed-0 forget "
+                   "set ('medunlearn verify-forgetting ... --out DIR' makes them in "
+                   "DIR/retrained): how far the original sits from retraining's own spread.")
     p.add_argument("--tb-csv", type=Path, default=None,
                    help="The TB set's labels.csv (default ../shared/data/tb-cxr/labels.csv).")
     args = p.parse_args(argv)
@@ -404,10 +468,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.single:
             single[ds] = single_requests(ds, work / ds / f"seed-{args.seeds[0]}", args.single,
                                          args.least_fit, args.seeds[0])
+    oracles = {}
+    for spec in args.oracle:
+        ds, folder = spec.split("=", 1)
+        base = work / ds / f"seed-{args.seeds[0]}"
+        oracles[ds] = oracle(base / "original", sorted(Path(folder).glob("seed-*")),
+                             base / "retrain")
     from medunlearn.io import atomic_write_json
 
-    atomic_write_json(work / "results.json", {"results": results, "single": single})
-    section = report(results, single, args)
+    atomic_write_json(work / "results.json", {"results": results, "single": single,
+                                              "oracle": oracles})
+    section = report(results, single, args, oracles)
     target = args.benchmarks or (work / "BENCHMARKS.md" if args.quick else None)
     if target is None:
         write_section("membership", section)
