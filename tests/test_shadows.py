@@ -191,9 +191,13 @@ def test_membership_check_fails_a_memorising_model_and_passes_an_independent_one
                         shadows=cs, gate=True, device="cpu")
         check = next(c for c in r.verdict.checks if c["name"] == "membership")
         report[name] = (r.record["models"]["model"]["membership"], check)
+        report[f"{name}_changed"] = next(c["status"] for c in r.verdict.checks
+                                         if c["name"] == "forget_changed")
         assert len(r.record["models"]["model"]["membership"]["images"]) == len(forget)
     sec, check = report["original"]
     assert sec["status"] == "fail" and check["status"] == "fail", sec["reason"]
+    assert report["original_changed"] == "fail"  # and it is the original: nothing forgotten
+    assert report["retrained_changed"] == "pass"
     sec, check = report["retrained"]
     assert sec["status"] == "pass" and check["status"] == "pass", sec["reason"]
     assert sec["z"] < report["original"][0]["z"] - 1.0

@@ -565,6 +565,10 @@ def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset
     for other in ("original", "reference"):
         if other in models:
             changes[f"vs_{other}"] = _deltas(models["model"], models[other])
+            # a model whose outputs on the forgotten images are the original's forgot nothing
+            changes[f"vs_{other}"]["forget_max_logit_change"] = float(np.abs(
+                outs["model"]["forget"].logits - outs[other]["forget"].logits).max()) \
+                if len(outs["model"]["forget"]) else None
         else:
             skipped[f"changes.vs_{other}"] = f"no --{other} model given"
 

@@ -41,6 +41,9 @@ DIRECTIONS: dict[str, str] = {
     "npv": HIGHER,
     "global_risk": LOWER,
     "fnr_change": LOWER,  # FNR minus the original model's: above 0 = more missed disease
+    # largest |logit change| on the forget set against the original (changes.vs_original);
+    # 0 = the original's outputs: nothing forgotten (the gate's forget_changed check)
+    "forget_max_logit_change": INFO,
     # privacy
     "mia_efficacy": REFERENCE,
     "mia_efficacy_entropy": REFERENCE,

@@ -14,6 +14,10 @@ each check against tolerances (:class:`GateTolerances`, defaults in ``defaults/g
   it needs N unlearned and N retrained models, see ``medunlearn verify-forgetting``) the
   per-example forgetting-quality score >= ``forgetting_quality_min``; skipped when the record
   has no ``forgetting_quality`` section;
+* ``forget_changed``: fails a model whose outputs on the forgotten images are the original's
+  (largest logit change at most ``unchanged_logit_tolerance``): it forgot nothing, whatever
+  the population metrics say (the untouched original, or a method that changed nothing);
+  skipped without an original;
 * ``membership``: per-image membership evidence from shadow models
   (:mod:`medunlearn.evaluation.membership`): fails when the forgotten images still look like
   members (one-sided ``p < membership_alpha``, calibrated so that exact retraining fails at that
@@ -72,6 +76,9 @@ class GateTolerances:
     # approximate: its forgotten images are unseen by construction)
     privacy_checks: bool = True
     forgetting_quality_min: float | None = None  # None: the costly check is not run
+    # a model whose logits on the forgotten images moved by no more than this from the
+    # original's forgot nothing (forget_changed)
+    unchanged_logit_tolerance: float = 1e-6
     membership_alpha: float = 0.05  # level of the per-image membership test (false-alarm rate)
     membership_min_power: float = 0.8  # below this power the membership check cannot say
 
@@ -206,6 +213,22 @@ def membership_check(metrics: Mapping, tol: GateTolerances) -> dict:
     msg = (f"{name}: {'pass' if ok else 'FAIL'} - forgotten images' membership z {z:.2f} "
            f"(p {p:.3g}) vs limit {limit:.2f} (alpha {alpha:g}), power {pw:.2f}, {n} image(s)")
     return base | {"status": PASS if ok else FAIL, "message": msg}
+
+
+def _unchanged_check(metrics: Mapping, tolerance: float) -> dict:
+    name = "forget_changed"
+    if (metrics.get("models") or {}).get("original") is None:
+        return _skip(name, "no --original model given")
+    change = _get(metrics, "changes", "vs_original", "forget_max_logit_change")
+    if change is None:
+        return _skip(name, "the change on the forgotten images was not computed")
+    ok = change > tolerance
+    msg = (f"{name}: {'pass' if ok else 'FAIL'} - largest logit change on the forgotten images "
+           f"{change:.3g} vs the original (must exceed {tolerance:g})"
+           + ("" if ok else ": the model's outputs there are the original's, nothing was "
+                            "forgotten"))
+    return {"name": name, "status": PASS if ok else FAIL, "value": change, "limit": tolerance,
+            "compare_to": 0.0, "tolerance": tolerance, "message": msg}
 
 
 def _upper_check(name: str, label: str, value, other, tol: float, other_name: str,
@@ -376,6 +399,7 @@ def gate(metrics: Mapping, tolerances: GateTolerances | Mapping | None = None) -
                                        tname, off))
     if tol.forgetting_quality_min is not None:
         checks.append(_forgetting_quality_check(metrics, tol.forgetting_quality_min))
+    checks.append(_unchanged_check(metrics, tol.unchanged_logit_tolerance))
     if tol.privacy_checks:
         checks.append(membership_check(metrics, tol))
     else:

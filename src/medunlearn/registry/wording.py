@@ -46,6 +46,9 @@ QUESTIONS = {
     "global_risk_vs_reference": ("Clinical risk vs exact retraining",
                                  "Is its clinical risk no higher than that of a model retrained "
                                  "from scratch without the images?"),
+    "forget_changed": ("Anything forgotten",
+                       "Did the model's outputs on the forgotten images change at all from the "
+                       "model it replaces?"),
     "membership": ("Per-image membership test",
                    "Compared with shadow models trained with and without each image, do the "
                    "forgotten images no longer look like images the model was trained on?"),
