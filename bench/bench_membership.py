@@ -437,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--methods", default=",".join(ALL_METHODS),
                    help="Methods besides the head-only Newton step (default: every method).")
+    p.add_argument("--method-seeds", default=None,
+                   help="Seeds that run --methods (default: all of --seeds).")
     p.add_argument("--single", type=int, default=50, help="Single-image requests (0: none).")
     p.add_argument("--least-fit", type=int, default=10)
     p.add_argument("--work", type=Path, default=None)
@@ -463,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     single: dict = {}
     for ds in args.datasets.split(","):
-        results[ds] = {s: run_seed(ds, s, work, methods, args.k, args.quick)
-                       for s in args.seeds}
+        method_seeds = set(args.seeds if args.method_seeds is None else
+                           (int(x) for x in args.method_seeds.split(",")))
+        results[ds] = {s: run_seed(ds, s, work, methods if s in method_seeds else [], args.k,
+                                   args.quick) for s in args.seeds}
         if args.single:
             single[ds] = single_requests(ds, work / ds / f"seed-{args.seeds[0]}", args.single,
                                          args.least_fit, args.seeds[0])
