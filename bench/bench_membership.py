@@ -489,8 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.oracle:
         ds, folder = spec.split("=", 1)
         base = work / ds / f"seed-{args.seeds[0]}"
-        oracles[ds] = oracle(base / "original", sorted(Path(folder).glob("seed-*")),
-                             base / "retrain")
+        runs = sorted(p for p in Path(folder).glob("seed-*") if (p / "metrics.json").is_file())
+        if len(runs) < 3:
+            print(f"--oracle {spec}: fewer than 3 finished retrainings, skipped",
+                  file=sys.stderr)
+            continue
+        oracles[ds] = oracle(base / "original", runs, base / "retrain")
     from medunlearn.io import atomic_write_json
 
     atomic_write_json(work / "results.json", {"results": results, "single": single,
