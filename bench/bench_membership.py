@@ -378,6 +378,20 @@ def report(results: dict, single: dict, args, oracles: dict | None = None) -> st
                 verdicts.append(r["verdict"])
             lines.append(f"| {name} | " + " | ".join(cells) + " | "
                          + ", ".join(verdicts) + " |")
+        def count(name, key, value, by_seed=by_seed, seeds=seeds):
+            return sum(by_seed[s]["rows"].get(name, {}).get(key) == value for s in seeds)
+
+        unchanged = sum("forget_changed" in by_seed[s]["rows"][ORIGINAL]["failed_checks"]
+                        for s in seeds)
+        lines += ["", f"Targets (issue 27): the gate fails the untouched original in "
+                  f"{count(ORIGINAL, 'verdict', 'failed')}/{len(seeds)} seeds (by the "
+                  f"membership check: {count(ORIGINAL, 'check', 'fail')}/{len(seeds)}; by "
+                  f"forget_changed: {unchanged}/{len(seeds)}); it passes exact retraining in "
+                  f"{count(REFERENCE, 'verdict', 'passed')}/{len(seeds)} seeds (the reference) "
+                  f"and {count(OTHER, 'verdict', 'passed')}/{len(seeds)} (another seed); the "
+                  "membership check passes them in "
+                  f"{count(REFERENCE, 'check', 'pass')}/{len(seeds)} and "
+                  f"{count(OTHER, 'check', 'pass')}/{len(seeds)}."]
         costs = [by_seed[s]["cost"] for s in seeds]
         secs = statistics.fmean(c["shadow_seconds"] for c in costs)
         mult = statistics.fmean(c["multiple"] for c in costs)
