@@ -44,9 +44,6 @@ KNOWN_EDGES = {
         "TODO(coordinator): cache.backbone_digest looks up the model's head in loop; it goes "
         "when the registry passes cache= explicitly and the ambient session is deleted "
         "(medunlearn/_ambient.py), with this entry",
-    ("medunlearn.evaluation.api", "medunlearn.runs.evaluate"):
-        "TODO(coordinator): compatibility name of evaluate_run for the registry branch; delete "
-        "evaluation/api.py once the registry imports medunlearn.runs",
 }
 
 

@@ -105,7 +105,7 @@ def test_datasets_are_loaded_once_per_session(monkeypatch):
 
 
 def test_retain_subset_is_stable_when_images_are_forgotten():
-    from medunlearn.evaluation.api import retain_subset
+    from medunlearn.evaluation.record import retain_subset
 
     retain = np.arange(1000)
     a = retain_subset(retain, 100, seed=0, n_train=1000)
@@ -117,10 +117,10 @@ def test_retain_subset_is_stable_when_images_are_forgotten():
 
 @pytest.mark.integration
 def test_a_cached_request_is_verified_as_an_uncached_evaluation(tmp_path, medmnist_root):
-    from medunlearn.evaluation.api import evaluate_run
     from medunlearn.registry import forget, init_registry
     from medunlearn.registry.steps import REQUEST_OPTIONS, VERIFY_OPTIONS
     from medunlearn.runs import run_training
+    from medunlearn.runs.evaluate import evaluate_run
 
     model = tmp_path / "model"
     run_training(DataConfig(dataset="breastmnist", train_limit=120, eval_limit=60,

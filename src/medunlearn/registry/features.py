@@ -47,7 +47,7 @@ def warm_features(model_dir: str | os.PathLike, cache_dir: str | os.PathLike, *,
     ``steps.VERIFY_OPTIONS``) and keep them in ``cache_dir``. Returns the number of images run
     (0 when they were cached already)."""
     from medunlearn.checkpoint import load_run_and_data
-    from medunlearn.evaluation.api import EvalOptions, retain_subset
+    from medunlearn.evaluation.record import EvalOptions, retain_subset
     from medunlearn.loop import Runtime, infer
     from medunlearn.registry.steps import VERIFY_OPTIONS
 

@@ -70,8 +70,8 @@ def gate_candidate(run_dir: str | os.PathLike, *, original: str | os.PathLike,
                    data_root: str | None = None) -> Verification:
     """Evaluate the candidate ``run_dir`` against the active version ``original`` (the
     registry's verification options) and apply the safety gate to the metrics."""
-    from medunlearn.evaluation.api import evaluate_run
     from medunlearn.evaluation.gate import gate
+    from medunlearn.runs.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir, original=original, data_root=data_root,
                            options=VERIFY_OPTIONS)
