@@ -39,9 +39,23 @@ def test_defaults_file_matches_dataclass():
 
 def test_all_pass_with_reference():
     v = gate(_metrics(reference=_model(attack=0.50)))
-    assert v.passed and not v.reasons
-    assert set(_status(v).values()) == {"pass"}
-    assert len(v.checks) == 7
+    assert v.passed and not v.reasons and v.status == "passed"
+    s = _status(v)
+    assert s.pop("membership") == "not_run"  # no shadow models: never silently passed
+    assert s.pop("forget_changed") == "skipped"  # the record has no forget-set change
+    assert set(s.values()) == {"pass"}
+    assert len(v.checks) == 9
+
+
+def test_a_model_that_is_the_original_on_the_forget_set_fails():
+    m = _metrics(reference=_model())
+    m["changes"] = {"vs_original": {"forget_max_logit_change": 0.0}}
+    v = gate(m)
+    c = next(c for c in v.checks if c["name"] == "forget_changed")
+    assert c["status"] == "fail" and "nothing was forgotten" in c["message"]
+    assert not v.passed
+    m["changes"]["vs_original"]["forget_max_logit_change"] = 0.3
+    assert next(c for c in gate(m).checks if c["name"] == "forget_changed")["status"] == "pass"
 
 
 def test_fnr_rise_fails_with_numbers():

@@ -37,6 +37,8 @@ from medunlearn.config import ModelConfig, TrainConfig, as_config
 from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError, ForgetSetError
 from medunlearn.evaluation import forgetting_quality as fq
+from medunlearn.evaluation.companions import CompanionSet
+from medunlearn.evaluation.membership import attach_membership
 from medunlearn.evaluation.outputs import model_outputs, score_models
 from medunlearn.evaluation.record import (
     EvalOptions,
@@ -365,7 +367,7 @@ def evaluate(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
              train_config: TrainConfig | Mapping | None = None,
              model_config: ModelConfig | Mapping | None = None,
              forgetting_quality: Mapping | None = None, notes: Sequence[str] = (),
-             cache=None) -> EvaluationResult:
+             cache=None, shadows=None) -> EvaluationResult:
     """Every evaluation of an unlearned model, optionally against the original and the
     retrained reference, and the safety gate's verdict.
 
@@ -394,6 +396,15 @@ def evaluate(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
             the gate sees it.
         notes: Notes to carry into the record (e.g. from loading the models).
         cache: A :class:`medunlearn.cache.Session` whose features the models' outputs reuse.
+        shadows: Shadow models of the original, in memory (a
+            :class:`medunlearn.evaluation.companions.CompanionSet`: from
+            :func:`medunlearn.runs.shadows.train_shadows` or
+            :func:`medunlearn.runs.shadows.load_companions`): adds per-image membership
+            evidence for every model (``models.<role>.membership``) and the gate's
+            ``membership`` check. Without them that check is "not run".
+
+    The original itself may be passed as ``model`` (with ``original=`` the same object): the
+    "original (no unlearning)" row every comparison needs.
 
     Returns:
         ``EvaluationResult(record, verdict)``.
@@ -402,6 +413,14 @@ def evaluate(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
     opts = dataclasses.replace(opts, device=str(device) if device is not None else opts.device)
     fs = resolve_forget(data, forget, seed=seed, exclude=exclude)
     forget_idx, retain = fs.forget.numpy(), fs.retain.numpy()
+    if shadows is not None:  # refused before any model runs
+        if not isinstance(shadows, CompanionSet):
+            raise ConfigError(
+                f"shadows= takes shadow models in memory (a CompanionSet), got "
+                f"{type(shadows).__name__}. Load a folder of 'medunlearn shadows' with "
+                "medunlearn.runs.shadows.load_companions(path), or train them with "
+                "medunlearn.runs.shadows.train_shadows(model, data, out=DIR).")
+        shadows.check_data(data)
     notes = list(notes)
     subgroups = _read_subgroups(opts, data, forget_idx)
     retain_eval = _retain_subset(retain, opts, notes, len(data.train))
@@ -415,11 +434,11 @@ def evaluate(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
                                         retain=retain_eval, batch_size=opts.batch_size,
                                         runtime=rt, cache=cache)
         outs[role] = seen[id(m)]
-    shadows = None
+    lira = None
     if opts.lira_shadows:
         from medunlearn.evaluation.lira import shadow_confidences
 
-        shadows = shadow_confidences(
+        lira = shadow_confidences(
             data, model_config=as_config(ModelConfig, model_config, where="model_config"),
             train_config=as_config(TrainConfig, train_config, where="train_config"),
             retain=retain, forget=forget_idx, shadows=opts.lira_shadows, seed=opts.seed,
@@ -431,8 +450,9 @@ def evaluate(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
                    "reference": {"train_seconds": t["retrain_seconds"]}
                    if "retrain_seconds" in t else None}
     record = evaluate_outputs(outs, data, forget=forget_idx, n_retain=len(retain),
-                              options=opts, times=records, shadows=shadows,
+                              options=opts, times=records, shadows=lira,
                               subgroups=subgroups, notes=notes)
+    attach_membership(record, outs, shadows, forget=forget_idx, retain=retain_eval)
     if forgetting_quality is not None:
         fq.attach_to_record(record, forgetting_quality)
     return EvaluationResult(record, apply_gate(record, gate))

@@ -403,6 +403,15 @@ def parse_option_pairs(pairs: Iterable[str]) -> dict:
     return out
 
 
+def train_recipe(train_cfg: TrainConfig) -> dict:
+    """The parts of a training config that change results (not the device, threads or
+    progress bars): what run folders and companion sets record as the recipe."""
+    d = dataclasses.asdict(train_cfg)
+    for k in ("threads", "progress", "device"):
+        d.pop(k)
+    return d
+
+
 def read_packaged_toml(name: str, version: int) -> dict:
     """A versioned TOML file shipped in ``medunlearn/defaults/``, parsed.
 
@@ -419,4 +428,4 @@ def read_packaged_toml(name: str, version: int) -> dict:
 
 __all__ = ["MAX_SEED", "DataConfig", "DataSource", "ModelConfig", "TrainConfig", "as_config",
            "check_seed", "from_dict", "unsafe_characters",
-           "parse_option_pairs", "read_packaged_toml", "replace", "field"]
+           "parse_option_pairs", "read_packaged_toml", "replace", "field", "train_recipe"]

@@ -52,6 +52,13 @@ GATE_ADVICE = {
     "probe_auc": ("the forgotten images are still recognisable in the model's internal features "
                   "(linear probe)", "use a method that changes features, e.g. scrub or newton, "
                   "or tune its strength"),
+    "forget_changed": ("its outputs on the forgotten images are exactly the original's: it "
+                       "forgot nothing", "use a method that changes the model (check its "
+                       "options: a zero learning rate or step does nothing), or retrain"),
+    "membership": ("per image, the forgotten images still look like images the model was "
+                   "trained on (shadow-model membership test), more than exact retraining shows",
+                   "forget more strongly (a method that changes the features, more steps or a "
+                   "larger learning rate), or retrain"),
 }
 FALLBACK_ADVICE = ("If no approximate method passes, the exact fallback always removes the "
                    "images: retrain without them ('medunlearn unlearn --method retrain'); in a "
@@ -63,10 +70,16 @@ def gate_failures_in_words(checks: list[dict]) -> list[str]:
     """One line per failed check: what failed, in words, the measured numbers, what to try."""
     out = []
     failed = [c for c in checks if c.get("status") == "fail"]
-    for c in failed or [c for c in checks if c.get("status") == "skipped"]:
-        if c.get("status") == "skipped":  # fail_on_skipped: the check could not run
+    undecided = [c for c in checks if c.get("status") == "cannot_say"]
+    for c in failed or undecided or [c for c in checks
+                                     if c.get("status") in ("skipped", "not_run")]:
+        if c.get("status") in ("skipped", "not_run"):  # fail_on_skipped: the check did not run
             out.append(f"{c['name']}: could not be checked ({c.get('reason')}); give the "
                        "missing model or data, or set fail_on_skipped = false.")
+            continue
+        if c.get("status") == "cannot_say":
+            out.append(f"{c['name']}: cannot say ({c.get('reason')}). This is not a pass: the "
+                       "evidence does not show that the images were forgotten.")
             continue
         words, advice = GATE_ADVICE.get(c["name"], (c["name"], "see docs/evaluation.md"))
         nums = ""
@@ -116,6 +129,10 @@ def print_summary(metrics: dict) -> None:
              ("probe AUC", ("representation", "probe_auc")),
              ("probe AUC (val)", ("representation", "probe_auc_val")),
              ("ECE (test)", ("calibration", "ece"))]
+    if metrics["models"]["model"].get("membership"):
+        rows += [("membership z", ("membership", "z")),
+                 ("membership p", ("membership", "p_value")),
+                 ("membership power", ("membership", "power"))]
     for label, path in rows:
         typer.echo(_row(label, metrics, path, roles))
     fid = metrics.get("fidelity")
@@ -166,6 +183,13 @@ def evaluate(
                                                      "this many retain samples (faster on "
                                                      "large datasets; default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of attack subsets and probe folds.")] = 0,
+    shadows: Annotated[Path | None, typer.Option(
+        metavar="DIR", help="Shadow models of the original ('medunlearn shadows ORIGINAL'): "
+        "per-image membership evidence for every model and the gate's membership check "
+        "(without them that check is 'not run').")] = None,
+    forget: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="forget.csv naming the forget set, for a --model without one (the "
+        "original scored as 'no unlearning'); default: the --reference's.")] = None,
     forgetting_quality: Annotated[Path | None, typer.Option(
         metavar="FILE", help="A forgetting_quality.json of 'medunlearn verify-forgetting' for "
         "this model's original, method and forget set: added to the record (and to the gate's "
@@ -204,7 +228,7 @@ def evaluate(
         fq_result = load_result_for(forgetting_quality, model)
     metrics = evaluate_run(model, original=original, reference=reference, options=opts,
                            data_root=data_root, gate=tolerances if gate else False,
-                           forgetting_quality=fq_result)
+                           forgetting_quality=fq_result, shadows=shadows, forget=forget)
     atomic_write_json(out, metrics)
     print_summary(metrics)
     typer.echo(f"metrics written to {out} ({metrics['evaluate_seconds']:.1f} s)")
@@ -215,6 +239,12 @@ def evaluate(
             typer.echo(f"  {c['message']}")
         if verdict["passed"]:
             typer.secho("GATE PASSED", fg="green")
+        elif verdict.get("status") == "cannot say":
+            typer.secho(f"GATE CANNOT SAY ({len(verdict['reasons'])} check(s) undecided): not "
+                        "passed; the evidence cannot show the model is safe to deploy.",
+                        fg="yellow", err=True)
+            echo_gate_failure(verdict["checks"])
+            raise typer.Exit(GATE_FAILED_EXIT)
         else:
             typer.secho(f"GATE FAILED ({len(verdict['reasons'])} problem(s)): the model is not "
                         "safe to deploy in place of the original.", fg="red", err=True)

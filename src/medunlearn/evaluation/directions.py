@@ -41,6 +41,9 @@ DIRECTIONS: dict[str, str] = {
     "npv": HIGHER,
     "global_risk": LOWER,
     "fnr_change": LOWER,  # FNR minus the original model's: above 0 = more missed disease
+    # largest |logit change| on the forget set against the original (changes.vs_original);
+    # 0 = the original's outputs: nothing forgotten (the gate's forget_changed check)
+    "forget_max_logit_change": INFO,
     # privacy
     "mia_efficacy": REFERENCE,
     "mia_efficacy_entropy": REFERENCE,
@@ -60,6 +63,13 @@ DIRECTIONS: dict[str, str] = {
     "epsilon_capped_fraction": LOWER,
     "epsilon_peaky_fraction": LOWER,  # capped because the unlearned outputs barely vary
     "ulira_accuracy": REFERENCE,  # per-example U-LiRA balanced accuracy; 0.5 = indistinguishable
+    # per-image membership evidence from shadow models (evaluation.membership; record section
+    # models.<role>.membership): about N(0, 1) for a model that never saw the forgotten images
+    "membership_z": LOWER,  # record key "z": larger = the forgotten images look more like members
+    "membership_p_value": HIGHER,  # one-sided P(Z >= z) under "never seen"
+    "membership_power": HIGHER,  # chance to detect remembered images: below the gate's minimum
+    #                               the check cannot say
+    "membership_log_lr": LOWER,  # summed per-image log likelihood ratio IN vs OUT
     # fidelity to the retrained reference
     "average_gap_pp": LOWER,
     "agreement_forget": HIGHER,

@@ -13,7 +13,25 @@ each check against tolerances (:class:`GateTolerances`, defaults in ``defaults/g
 * ``forgetting_quality``: (only when ``forgetting_quality_min`` is set; off by default, since
   it needs N unlearned and N retrained models, see ``medunlearn verify-forgetting``) the
   per-example forgetting-quality score >= ``forgetting_quality_min``; skipped when the record
-  has no ``forgetting_quality`` section.
+  has no ``forgetting_quality`` section;
+* ``forget_changed``: fails a model whose outputs on the forgotten images are the original's
+  (largest logit change at most ``unchanged_logit_tolerance``): it forgot nothing, whatever
+  the population metrics say (the untouched original, or a method that changed nothing);
+  skipped without an original;
+* ``membership``: per-image membership evidence from shadow models
+  (:mod:`medunlearn.evaluation.membership`): fails when the forgotten images still look like
+  members (one-sided ``p < membership_alpha``, calibrated so that exact retraining fails at that
+  rate); "cannot say" when the test's power is below ``membership_min_power`` (too few images,
+  or IN and OUT overlap) or when the retrained reference itself looks like a member; "not run",
+  with the command that enables it, when the record has no shadow evidence.
+
+A check is ``pass``, ``fail``, ``cannot_say`` (it ran, but the evidence cannot decide: never
+counted as passed), ``skipped`` or ``not_run`` (it could not or did not run; the verdict passes
+unless ``fail_on_skipped``). A **degenerate reference** (one class predicted for at least 95% of
+the test images, or balanced accuracy below 0.6: ``utility.degenerate_reason``, the reports'
+rule) turns every comparison with it into ``cannot_say``. :class:`Verdict` ``status`` is
+"failed" when a check fails, else "cannot say" when a check cannot say, else "passed";
+``passed`` is true only for "passed".
 
 AUC tolerances are widened to ``auc_noise_sigmas`` standard errors (Hanley-McNeil) for small
 sets: of the difference of the model's and the reference's AUC when a reference is given, of the
@@ -37,6 +55,10 @@ from medunlearn.config import from_dict
 from medunlearn.errors import ConfigError
 
 PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
+CANNOT_SAY, NOT_RUN = "cannot_say", "not_run"
+PASSED, FAILED, UNDECIDED = "passed", "failed", "cannot say"  # Verdict.status
+SHADOWS_COMMAND = ("medunlearn shadows ORIGINAL_RUN --k 16, then evaluate with --shadows "
+                   "ORIGINAL_RUN/shadows")
 
 
 @dataclass(frozen=True)
@@ -55,15 +77,22 @@ class GateTolerances:
     # approximate: its forgotten images are unseen by construction)
     privacy_checks: bool = True
     forgetting_quality_min: float | None = None  # None: the costly check is not run
+    # a model whose logits on the forgotten images moved by no more than this from the
+    # original's forgot nothing (forget_changed)
+    unchanged_logit_tolerance: float = 1e-6
+    membership_alpha: float = 0.05  # level of the per-image membership test (false-alarm rate)
+    membership_min_power: float = 0.8  # below this power the membership check cannot say
 
 
 @dataclass
 class Verdict:
-    """Outcome of :func:`gate`."""
+    """Outcome of :func:`gate`: ``status`` "passed", "failed" or "cannot say"; ``passed`` is true
+    only for "passed"; ``reasons`` lists why it did not pass (failures, then undecided checks)."""
 
     passed: bool
     reasons: list[str] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
+    status: str = PASSED
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +131,12 @@ def _validate(tol: GateTolerances) -> None:
     for k, v in asdict(tol).items():
         if isinstance(v, float) and not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"Gate tolerance {k} must be a non-negative number, got {v}.")
+    if not 0 < tol.membership_alpha < 1:
+        raise ConfigError(f"membership_alpha must lie strictly between 0 and 1, got "
+                          f"{tol.membership_alpha}.")
+    if not 0 <= tol.membership_min_power < 1:
+        raise ConfigError(f"membership_min_power must lie in [0, 1), got "
+                          f"{tol.membership_min_power}.")
 
 
 def _get(metrics: Mapping, *path: str):
@@ -118,6 +153,79 @@ def _get(metrics: Mapping, *path: str):
 def _skip(name: str, reason: str) -> dict:
     return {"name": name, "status": SKIPPED, "value": None, "limit": None, "reason": reason,
             "message": f"{name}: skipped ({reason})"}
+
+
+def _cannot_say(check: dict, reason: str) -> dict:
+    """``check`` turned into "cannot say" (its numbers kept for reading)."""
+    return check | {"status": CANNOT_SAY, "reason": reason,
+                    "message": f"{check['name']}: CANNOT SAY ({reason})"}
+
+
+def reference_degenerate(metrics: Mapping) -> str | None:
+    """Why the record's retrained reference is degenerate (the reports' rule,
+    :func:`medunlearn.evaluation.utility.degenerate_reason`), or None."""
+    from medunlearn.evaluation.utility import degenerate_reason
+
+    if (metrics.get("models") or {}).get("reference") is None:
+        return None
+    return degenerate_reason(_get(metrics, "models", "reference", "utility", "balanced_accuracy"),
+                             _get(metrics, "models", "reference", "utility",
+                                  "majority_prediction_share"))
+
+
+def membership_check(metrics: Mapping, tol: GateTolerances) -> dict:
+    """The ``membership`` check (see the module docstring)."""
+    from scipy.stats import norm
+
+    from medunlearn.evaluation.membership import power
+
+    name = "membership"
+    sec = _get(metrics, "models", "model", "membership")
+    if not isinstance(sec, Mapping):
+        why = ((metrics.get("skipped") or {}).get("membership")
+               or f"no shadow-model evidence in the record; enable it: {SHADOWS_COMMAND}")
+        return {"name": name, "status": NOT_RUN, "value": None, "limit": None, "reason": why,
+                "message": f"{name}: {why}" if why.startswith("not run") else
+                f"{name}: not run ({why})"}
+    z, zmem, ratio = sec.get("z"), sec.get("z_if_member"), sec.get("sd_ratio")
+    alpha, min_power = tol.membership_alpha, tol.membership_min_power
+    limit = float(norm.isf(alpha))
+    base = {"name": name, "value": z, "limit": limit, "compare_to": None, "tolerance": alpha}
+    n = sec.get("n_tested", 0)
+    if z is None or zmem is None or ratio is None:
+        return _cannot_say(base | {"message": ""}, sec.get("reason") or "no testable image")
+    pw = power(zmem, ratio, alpha)
+    base |= {"power": pw, "p_value": sec.get("p_value"), "n_images": n}
+    if not pw >= min_power:
+        return _cannot_say(base, f"the membership test's power is {pw:.2f} < {min_power:g}: "
+                           f"on these {n} image(s) the shadow models' IN and OUT confidences "
+                           "overlap so much that retraining and remembering look alike")
+    ref = _get(metrics, "models", "reference", "membership")
+    if isinstance(ref, Mapping) and ref.get("z") is not None and ref["z"] > limit:
+        return _cannot_say(base, f"the retrained reference itself looks like a member (z "
+                           f"{ref['z']:.2f} > {limit:.2f}): the test is not calibrated for "
+                           "these images")
+    ok = z <= limit
+    p = sec.get("p_value")
+    msg = (f"{name}: {'pass' if ok else 'FAIL'} - forgotten images' membership z {z:.2f} "
+           f"(p {p:.3g}) vs limit {limit:.2f} (alpha {alpha:g}), power {pw:.2f}, {n} image(s)")
+    return base | {"status": PASS if ok else FAIL, "message": msg}
+
+
+def _unchanged_check(metrics: Mapping, tolerance: float) -> dict:
+    name = "forget_changed"
+    if (metrics.get("models") or {}).get("original") is None:
+        return _skip(name, "no --original model given")
+    change = _get(metrics, "changes", "vs_original", "forget_max_logit_change")
+    if change is None:
+        return _skip(name, "the change on the forgotten images was not computed")
+    ok = change > tolerance
+    msg = (f"{name}: {'pass' if ok else 'FAIL'} - largest logit change on the forgotten images "
+           f"{change:.3g} vs the original (must exceed {tolerance:g})"
+           + ("" if ok else ": the model's outputs there are the original's, nothing was "
+                            "forgotten"))
+    return {"name": name, "status": PASS if ok else FAIL, "value": change, "limit": tolerance,
+            "compare_to": 0.0, "tolerance": tolerance, "message": msg}
 
 
 def _upper_check(name: str, label: str, value, other, tol: float, other_name: str,
@@ -288,9 +396,24 @@ def gate(metrics: Mapping, tolerances: GateTolerances | Mapping | None = None) -
                                        tname, off))
     if tol.forgetting_quality_min is not None:
         checks.append(_forgetting_quality_check(metrics, tol.forgetting_quality_min))
+    checks.append(_unchanged_check(metrics, tol.unchanged_logit_tolerance))
+    if tol.privacy_checks:
+        checks.append(membership_check(metrics, tol))
+    else:
+        checks.append(_skip("membership", "exact retraining: the model never saw the forgotten "
+                            "images, which this check approximates"))
+    why = reference_degenerate(metrics)
+    if why:  # a comparison with a degenerate reference says nothing
+        on_ref = {"fnr_vs_reference", "global_risk_vs_reference", "attack_auc", "probe_auc"}
+        checks = [_cannot_say(c, f"the retrained reference {why}: closeness to it says nothing")
+                  if c["name"] in on_ref and c["status"] in (PASS, FAIL) else c
+                  for c in checks]
     failed = [c for c in checks if c["status"] == FAIL]
-    skipped = [c for c in checks if c["status"] == SKIPPED]
+    undecided = [c for c in checks if c["status"] == CANNOT_SAY]
+    skipped = [c for c in checks if c["status"] in (SKIPPED, NOT_RUN)]
     reasons = [c["message"] for c in failed]
     if tol.fail_on_skipped:
         reasons += [c["message"] + " [fail_on_skipped]" for c in skipped]
-    return Verdict(passed=not reasons, reasons=reasons, checks=checks)
+    status = FAILED if reasons else (UNDECIDED if undecided else PASSED)
+    reasons += [c["message"] for c in undecided]
+    return Verdict(passed=status == PASSED, reasons=reasons, checks=checks, status=status)

@@ -44,7 +44,7 @@ from medunlearn.evaluation.privacy import (
     privacy_metrics,
 )
 from medunlearn.evaluation.representation import linear_cka, probe_auc
-from medunlearn.evaluation.utility import unlearning_utility
+from medunlearn.evaluation.utility import degenerate_reason, unlearning_utility
 
 SCHEMA_VERSION = 1
 
@@ -332,6 +332,10 @@ def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset
     for other in ("original", "reference"):
         if other in models:
             changes[f"vs_{other}"] = _deltas(models["model"], models[other])
+            # a model whose outputs on the forgotten images are the original's forgot nothing
+            changes[f"vs_{other}"]["forget_max_logit_change"] = float(np.abs(
+                outs["model"]["forget"].logits - outs[other]["forget"].logits).max()) \
+                if len(outs["model"]["forget"]) else None
         else:
             skipped[f"changes.vs_{other}"] = f"no --{other} model given"
 
@@ -359,6 +363,17 @@ def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset
         else:
             skipped[f"representation.cka_{other}"] = f"no --{other} model given"
 
+    # the reports' rule: closeness to a degenerate original or reference says nothing
+    degenerate = {}
+    for role in ("original", "reference"):
+        u = (models.get(role) or {}).get("utility") or {}
+        why = degenerate_reason(u.get("balanced_accuracy"), u.get("majority_prediction_share"))
+        if why:
+            degenerate[role] = why
+            notes.append(
+                f"The retrained reference {why}: closeness to it says nothing (the gate's "
+                "checks against it are 'cannot say')." if role == "reference" else
+                f"The original model {why}: comparisons with it describe a degenerate model.")
     bias = _bias(dict(outs), dataset, subgroups, positives, opts, skipped)
     times = dict(times or {})
     eff = efficiency(times.get("model"), times.get("reference"))
@@ -382,6 +397,7 @@ def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset
         "bias": bias,
         "efficiency": eff,
         "lira": lira_info,
+        "degenerate": degenerate,
         "directions": dict(DIRECTIONS),
         "skipped": skipped,
         "notes": notes,

@@ -46,6 +46,12 @@ QUESTIONS = {
     "global_risk_vs_reference": ("Clinical risk vs exact retraining",
                                  "Is its clinical risk no higher than that of a model retrained "
                                  "from scratch without the images?"),
+    "forget_changed": ("Anything forgotten",
+                       "Did the model's outputs on the forgotten images change at all from the "
+                       "model it replaces?"),
+    "membership": ("Per-image membership test",
+                   "Compared with shadow models trained with and without each image, do the "
+                   "forgotten images no longer look like images the model was trained on?"),
 }
 
 NOT_RUN_REFERENCE = ("Not run for this request: it needs a model retrained from scratch without "
@@ -106,6 +112,13 @@ def plain_check(check: dict, n_images: int) -> dict:
             "compare_to"] is None else f"at most {lim} ({c} + {fmt(tol)})"
         margin = None
     images = f"{n_images} image{'s' if n_images != 1 else ''}"
+    if status == "not_run":
+        return row | {"outcome": "not run", "explanation": (
+            "Not run: it needs shadow models of the original model, trained once.")}
+    if status == "cannot_say":
+        return row | {"outcome": "cannot say", "explanation": (
+            f"Ran on {images}, but the evidence cannot decide either way; this is not a "
+            "pass.")}
     if status == "skipped":
         if name.endswith("_vs_reference"):
             return row | {"outcome": "not run", "explanation": NOT_RUN_REFERENCE}

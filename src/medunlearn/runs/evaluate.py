@@ -33,21 +33,45 @@ from medunlearn.errors import CheckpointError, ForgetSetError
 from medunlearn.evaluation.record import EvalOptions, eval_options
 from medunlearn.forget_set import ForgetSet
 from medunlearn.runs.checks import check_original, check_reference
+from medunlearn.runs.shadows import load_companions
 
 
-def forget_set_of(run: Run, dataset: Dataset, notes: list[str]) -> ForgetSet:
-    """The forget set an unlearning run folder records: ``forget.csv``, and ``excluded.csv``
-    (neither forget nor retain), checked against the data.
+def forget_file_for(run: Run, forget: str | os.PathLike | None,
+                    reference: str | os.PathLike | None, notes: list[str]) -> Path | None:
+    """The forget set of a model folder that has none (the original scored as the do-nothing
+    candidate): ``forget`` if given, else the reference's ``forget.csv``; None: the run's own."""
+    if forget is not None:
+        notes.append(f"Forget set from {forget}.")
+        return Path(forget)
+    if (run.path / FORGET_FILE).is_file() or reference is None:
+        return None
+    ref = Path(reference) / FORGET_FILE
+    if ref.is_file():
+        notes.append(f"{run.path} forgot nothing (a {run.config.get('kind')} run): it is scored "
+                     f"as the do-nothing candidate on the reference's forget set ({ref}).")
+        return ref
+    return None
+
+
+def forget_set_of(run: Run, dataset: Dataset, notes: list[str],
+                  forget_file: Path | None = None) -> ForgetSet:
+    """The forget set an unlearning run folder records: ``forget.csv`` (or ``forget_file``),
+    and ``excluded.csv`` (neither forget nor retain), checked against the data.
 
     Raises:
         ForgetSetError: no ``forget.csv`` (not an unlearning run), an empty or inconsistent one.
     """
-    path = run.path / FORGET_FILE
+    path = forget_file or run.path / FORGET_FILE
+    if forget_file is not None and not path.is_file():
+        raise ForgetSetError(f"The forget set {path} does not exist; give the forget.csv of an "
+                             "unlearning run (e.g. the reference's).")
     if not path.is_file():
         raise ForgetSetError(
-            f"{run.path} has no {FORGET_FILE}, so it is not an unlearning run and has no forget "
-            "set to evaluate. Pass the --out folder of 'medunlearn unlearn' as --model (the "
-            "original model goes to --original)."
+            f"{run.path} has no {FORGET_FILE}, so it is not an "
+            "unlearning run and has no forget set to evaluate. Pass the --out folder of "
+            "'medunlearn unlearn' as --model (the original model goes to --original); to score "
+            "this model itself as 'original (no unlearning)', also give --reference "
+            "RETRAIN_RUN or --forget FORGET_CSV."
         )
     forget = read_checked_indices(path, dataset)
     if len(forget) == 0:
@@ -104,7 +128,9 @@ def _describe_run(r: Run) -> dict:
 def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | None = None,
                  reference: str | os.PathLike | None = None,
                  options: EvalOptions | Mapping | None = None, data_root: str | None = None,
-                 gate=False, forgetting_quality: Mapping | None = None, cache=None) -> dict:
+                 gate=False, forgetting_quality: Mapping | None = None, cache=None,
+                 shadows: str | os.PathLike | None = None,
+                 forget: str | os.PathLike | None = None) -> dict:
     """Evaluate an unlearned model, optionally against the original and the retrained reference.
 
     Args:
@@ -118,6 +144,12 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
             :func:`medunlearn.api.apply_gate`; False: no gate).
         forgetting_quality: A ``verify-forgetting`` result to add before the gate sees it.
         cache: A :class:`medunlearn.cache.Session` (loaded data and features are reused).
+        shadows: Folder of shadow models of the original (``medunlearn shadows``): adds
+            per-image membership evidence (``models.<role>.membership``) and the gate's
+            ``membership`` check; refused when made for another model or other data.
+        forget: A ``forget.csv`` naming the forget set, for a model folder without one (a
+            ``train`` run scored as "original (no unlearning)"); by default such a folder takes
+            the reference's ``forget.csv``.
 
     Returns:
         The nested metrics dict of :mod:`medunlearn.evaluation.record`, with ``runs`` and
@@ -135,7 +167,7 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
         check_reference(model_dir, reference)
     notes: list[str] = []
     run, dataset = load_run_and_data(model_dir, data_root=data_root, cache=cache)
-    fs = forget_set_of(run, dataset, notes)
+    fs = forget_set_of(run, dataset, notes, forget_file_for(run, forget, reference, notes))
     runs = {"model": run}
     loaded = {run.path.resolve(): run}  # a folder given in two roles is loaded (and run) once
     for role, path in (("original", original), ("reference", reference)):
@@ -150,6 +182,10 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
     if reference is not None and not (runs["reference"].path / FORGET_FILE).is_file():
         notes.append(f"The reference {runs['reference'].path} has no {FORGET_FILE}; it is "
                      "assumed to be trained without the forget set.")
+    companions = None
+    if shadows is not None:  # refused before any model runs when made for another model/data
+        companions = load_companions(shadows, data=dataset, fingerprints=[
+            run.config.get("fingerprint"), (run.config.get("original") or {}).get("fingerprint")])
     model_config, train_config = _recipe(runs.get("original", run)) if opts.lira_shadows \
         else (None, None)
     record, _ = api.evaluate(
@@ -157,11 +193,11 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
         reference=runs["reference"].model if reference else None, gate=False, options=opts,
         device=None, records={role: r.metrics for role, r in runs.items()},
         train_config=train_config, model_config=model_config,
-        forgetting_quality=forgetting_quality, notes=notes, cache=cache)
+        forgetting_quality=forgetting_quality, notes=notes, cache=cache, shadows=companions)
     record["runs"] = {role: _describe_run(r) for role, r in runs.items()}
     record["evaluate_seconds"] = time.perf_counter() - t0
     api.apply_gate(record, gate)
     return record
 
 
-__all__ = ["evaluate_run", "forget_set_of", "load_comparison"]
+__all__ = ["evaluate_run", "forget_file_for", "forget_set_of", "load_comparison"]

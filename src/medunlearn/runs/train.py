@@ -19,6 +19,7 @@ from medunlearn.checkpoint import (
     write_index_csv,
 )
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
+from medunlearn.config import train_recipe as recipe
 from medunlearn.data import DataSource, MedDataset, load_dataset
 from medunlearn.fileio import atomic_write_json, fingerprint, staged_output
 from medunlearn.loop import Runtime
@@ -30,15 +31,6 @@ from medunlearn.training import (
     train_model,
     validate_train_config,
 )
-
-
-def recipe(train_cfg: TrainConfig) -> dict:
-    """The parts of a training config that change results (not the device, threads or
-    progress bars)."""
-    d = dataclasses.asdict(train_cfg)
-    for k in ("threads", "progress", "device"):
-        d.pop(k)
-    return d
 
 
 def write_manifest(path: Path, dataset: MedDataset) -> None:
