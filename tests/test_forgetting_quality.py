@@ -216,7 +216,12 @@ def test_doing_nothing_is_caught_where_the_population_attack_passes(toy):
     report = mu.evaluate(model, data, forget=forget, original=model, reference=reference,
                          device="cpu")
     attack = next(c for c in report.verdict.checks if c["name"] == "attack_auc")
-    assert attack["status"] == "pass"
+    # the attack's AUC is within its tolerance of the reference's: it would pass; on this toy
+    # data the 3-epoch reference predicts one class, so the gate says "cannot say" (a
+    # degenerate reference), never "fail"
+    assert abs(attack["value"] - attack["compare_to"]) <= attack["limit"]
+    assert attack["status"] == ("cannot_say" if "reference" in report.record["degenerate"]
+                                else "pass")
     p, p_ref = (report.record["models"][k]["privacy"] for k in ("model", "reference"))
     assert abs(p["mia_efficacy"] - p_ref["mia_efficacy"]) <= 0.2
 
