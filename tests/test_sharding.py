@@ -451,7 +451,8 @@ def test_a_study_grid_on_sharded_originals(synth_root, tmp_path):
            "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 32},
            "data_root": str(synth_root), "shards": 2, "slices": 2}
     summary = run_experiment(parse_experiment(raw), tmp_path / "res", progress=False)
-    assert summary.completed == 3 and len(summary.failed) == 1
+    # retrain, sisa, finetune and the do-nothing row of the reference (the original scored)
+    assert summary.completed == 4 and len(summary.failed) == 1
     assert "-newton-" in summary.failed[0]["slug"]
     assert "'sisa'" in summary.failed[0]["error"]
     with ResultsStore(tmp_path / "res", create=False) as store:
