@@ -302,8 +302,9 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         f"({'`' + str(args.model) + '`' if args.model else f'`{work}/model-seed-S`'}); forget "
         f"set `{args.forget}` drawn with the same seed ({'/'.join(map(str, forget_counts))} "
         f"images); N = {', '.join(map(str, ns))} unlearned + N retrained models per method and "
-        f"seed; wall time of the rows computed {total / 60:.1f} min (rows computed in earlier "
-        "chunks are counted with their own time)",
+        f"seed; wall time of the rows {total / 60:.1f} min (summed over the calls that computed "
+        f"them: the bench keeps finished rows in WORK/{ROWS_FILE})",
+        *([f"- {args.note}"] if args.note else []),
         "",
         "| N | seed | method | forgetting quality [95% CI] | retrain null | score / null "
         "| U-LiRA acc | at cap (point-mass) | s / run | time / retraining (mean; fastest) "
@@ -385,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="BENCHMARKS.md section to replace (default: forgetting_quality).")
     p.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="Run the models one after another (local) or as Ray tasks.")
+    p.add_argument("--note", default=None, help="A line to add to the section's header.")
     p.add_argument("--recompute", action="store_true",
                    help=f"Ignore the rows kept in WORK/{ROWS_FILE} (the runs are still reused).")
     args = p.parse_args(argv)
