@@ -1,25 +1,39 @@
-"""Benchmark: per-example forgetting quality (issue 13) of every method, against the population
-membership attack.
+"""Benchmark: per-example forgetting quality (issues 13 and 28) of unlearning methods, over
+several training seeds, with the population view and the safety gate beside it.
 
-For each method, ``medunlearn verify-forgetting`` trains (or reuses) N unlearned and N retrained
-models of one PneumoniaMNIST model and one random forget set (all methods share the retrained
-models: one ``--work`` folder), and scores forgetting per example as the NeurIPS 2023 unlearning
-challenge did. Next to it, the population view: ``evaluate_run`` on the first unlearned model
-(the deployed one, seed ``--seed``) against the first retrained model, with the safety gate's
-loss-attack check (``attack_auc``) and MIA-efficacy. The table says which methods the population
-attack passes although the per-example score fails them (score below half of what retraining
-itself scores with this N, the permutation null). Wall time is the whole check per method
-(training + scoring; the retrained models are trained once, by the first method, and shown
-separately). Replaces the ``forgetting_quality`` section of BENCHMARKS.md.
+For each training seed S (``--seeds``) the bench trains (or reuses) an original model with seed S
+(``WORK/model-seed-S``, or ``--model``), then, for each method and each N (``--n``),
+``medunlearn verify-forgetting`` trains (or reuses) N unlearned and N retrained models on the
+random forget set drawn with seed S (all methods of one seed share the retrained models: one
+folder ``WORK/fq-seed-S``), and scores forgetting per example as the NeurIPS 2023 unlearning
+challenge did. A replicate S is therefore independent of the others in every respect: original
+model, forget set, unlearning and retraining seeds.
+
+Next to the score, the population view of the deployed model (unlearned seed S) against the first
+retrained model: ``evaluate_run`` with the safety gate (its verdict; the loss attack's
+``attack_auc`` check), MIA-efficacy and test FNR against the reference's (over-forgetting
+check). ``original`` is a pseudo-method: the untouched original as all N "unlearned" models,
+scored exactly like a method (by the challenge's rule N identical models score 0).
+
+Time / retraining is the mean unlearning time of the N runs over the mean of the N retrainings
+(and over the fastest retraining: a conservative ratio when the CPU was shared). Each finished
+row is kept in ``WORK/rows.json`` (keyed by everything it depends on), so the bench can run in
+chunks (``--seeds 0``, then ``--seeds 0,1`` ...) and the last call renders every seed.
 
 Usage::
 
-    .venv/bin/python bench/bench_forgetting_quality.py                 # full size, N = 16
-    .venv/bin/python bench/bench_forgetting_quality.py --quick --n 4 --methods finetune,newton
+    .venv/bin/python bench/bench_forgetting_quality.py                 # PneumoniaMNIST, N = 16
+    .venv/bin/python bench/bench_forgetting_quality.py --seeds 0,1,2 \\
+        --methods original,finetune,noise-repair,reinit-small-grad --section fq_seeds
+    .venv/bin/python bench/bench_forgetting_quality.py --dataset ../shared/data/tb-cxr/labels.csv \\
+        --size 64 --work runs/bench_fq_tb --seeds 0,1,2 --section forgetting_quality_seeds_tb
+    .venv/bin/python bench/bench_forgetting_quality.py --dataset breastmnist --n 16,32 ...
+    .venv/bin/python bench/bench_forgetting_quality.py --quick --n 3 --methods original,finetune
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,53 +41,224 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "src"))
-from _report import command_line, model_parser, publish, stamp, work_and_model  # noqa: E402
+from _report import command_line, model_parser, publish, stamp  # noqa: E402
 
+ORIGINAL = "original"  # pseudo-method: the untouched original, N times
 METHODS = ("retrain", "finetune", "random-label", "gradient-ascent", "neggrad-plus",
            "l1-sparse", "salun", "salun-cra", "scrub", "boundary-shrink", "fisher", "newton",
-           "ssd")
+           "ssd", "noise-repair", "reinit-small-grad", ORIGINAL)
 FAIL_RATIO = 0.5  # per-example "fail": score below this fraction of the permutation null
+# Over-forgetting (issue 28): the deployed model's MIA-efficacy above the reference's by more
+# than OVER_MIA, or its test FNR above the reference's by more than OVER_FNR.
+OVER_MIA = 0.10
+OVER_FNR = 0.02
+ROWS_FILE = "rows.json"
 
 
-def measure(model: Path, methods: list[str], *, work: Path, forget: str, n: int, seed: int,
-            data_root: str | None, backend: str = "local", figures: Path) -> list[dict]:
+def parse_ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise SystemExit(f"{what} is empty")
+    return values
+
+
+def original_for(args, work: Path, seed: int) -> Path:
+    """The original of training seed ``seed``: ``--model`` (``{seed}`` is replaced) or one
+    trained (or reused) in ``WORK/model-seed-S``."""
+    if args.model is not None:
+        return Path(str(args.model).format(seed=seed))
+    from medunlearn.config import DataSource, ModelConfig, TrainConfig
+    from medunlearn.runs import run_training
+
+    out = work / f"model-seed-{seed}"
+    if args.quick:
+        data = DataSource(dataset=args.dataset, size=args.size, train_limit=400, eval_limit=200,
+                          data_root=args.data_root)
+        model, train = ModelConfig(width=8), TrainConfig(epochs=2, progress=False)
+    else:
+        data = DataSource(dataset=args.dataset, size=args.size, data_root=args.data_root)
+        model, train = ModelConfig(), TrainConfig(progress=False)
+    t0 = time.perf_counter()
+    metrics = run_training(data, model, train, seed=seed, out=out)
+    what = "reused" if metrics.get("reused") else f"trained in {time.perf_counter() - t0:.1f} s"
+    print(f"original {out}: {what}", file=sys.stderr)
+    return out
+
+
+def _population(rec: dict, verdict) -> dict:
+    """The population columns of one evaluation record and its gate verdict."""
+    def get(role, *path):
+        d = rec["models"].get(role) or {}
+        for p in path:
+            d = (d or {}).get(p)
+        return d
+
+    attack = next((c for c in verdict.checks if c["name"] == "attack_auc"), {})
+    row = {"gate": bool(verdict.passed), "gate_reasons": list(verdict.reasons),
+           "attack": attack.get("status", "-"),
+           "mia": get("model", "privacy", "mia_efficacy"),
+           "mia_ref": get("reference", "privacy", "mia_efficacy"),
+           "fnr": get("model", "clinical", "test", "fnr"),
+           "fnr_ref": get("reference", "clinical", "test", "fnr"),
+           "fnr_orig": get("original", "clinical", "test", "fnr"),
+           "ta": get("model", "utility", "TA")}
+    over = []
+    if row["mia"] is not None and row["mia_ref"] is not None \
+            and row["mia"] - row["mia_ref"] > OVER_MIA:
+        over.append("MIA")
+    if row["fnr"] is not None and row["fnr_ref"] is not None \
+            and row["fnr"] - row["fnr_ref"] > OVER_FNR:
+        over.append("FNR")
+    row["over"] = over
+    return row
+
+
+def _score_columns(r: dict) -> dict:
+    return {"score": r["forgetting_quality"], "ci": r["forgetting_quality_ci"],
+            "null": r.get("forgetting_quality_null"), "ratio": r.get("forgetting_quality_vs_null"),
+            "eps_median": r["epsilon_median"], "capped": r["epsilon_capped_fraction"],
+            "peaky": r.get("epsilon_peaky_fraction", 0.0), "ulira": r.get("ulira_accuracy"),
+            "identical": r["identical_unlearned_models"], "forget_count": r["forget_count"]}
+
+
+def method_row(model: Path, method: str, *, out: Path, forget: str, n: int, seed: int,
+               data_root: str | None, backend: str) -> tuple[dict, dict]:
+    """verify-forgetting of one method and the gated evaluation of its deployed model."""
+    import numpy as np
+
     from medunlearn.evaluation.gate import gate
     from medunlearn.runs import evaluate_run, verify_forgetting
 
-    rows, results = [], {}
-    for name in methods:
-        t0 = time.perf_counter()
-        r = verify_forgetting(model, forget=forget, method=name, out=work / "fq", n=n,
-                              seed=seed, data_root=data_root, progress=True, backend=backend,
-                              overwrite=True)  # runs of older code in WORK are replaced
-        wall = time.perf_counter() - t0
-        rec = evaluate_run(r["runs"]["unlearned"][0], original=model,
-                           reference=r["runs"]["retrained"][0], data_root=data_root)
-        results[name] = r
-        verdict = gate(rec)
-        attack = next(c for c in verdict.checks if c["name"] == "attack_auc")
-        priv = rec["models"]["model"].get("privacy") or {}
-        ref_priv = rec["models"]["reference"].get("privacy") or {}
-        ratio = r.get("forgetting_quality_vs_null")
-        row = {"method": name, "score": r["forgetting_quality"],
-               "ci": r["forgetting_quality_ci"], "null": r.get("forgetting_quality_null"),
-               "ratio": ratio, "adjusted": r.get("forgetting_quality_adjusted"),
-               "eps_median": r["epsilon_median"], "capped": r["epsilon_capped_fraction"],
-               "peaky": r.get("epsilon_peaky_fraction", 0.0),
-               "ulira": r.get("ulira_accuracy"), "identical": r["identical_unlearned_models"],
-               "mia": priv.get("mia_efficacy"), "mia_ref": ref_priv.get("mia_efficacy"),
-               "attack": attack["status"], "reused": r["runs"]["reused"], "seconds": wall,
-               "forget_count": r["forget"]["count"],
-               "fails": ratio is not None and ratio < FAIL_RATIO}
-        rows.append(row)
-        print(f"{name:16s} score {row['score']:.3f} (null {row['null']:.3f}) eps median "
-              f"{row['eps_median']:.2f} U-LiRA {row['ulira']:.3f} attack_auc {row['attack']} "
-              f"{wall:.0f} s", file=sys.stderr)
-    if results:
-        from medunlearn.plots import forgetting_quality_figure
+    runs: list[dict] = []
+    t0 = time.perf_counter()
+    r = verify_forgetting(model, forget=forget, method=method, out=out, n=n, seed=seed,
+                          data_root=data_root, progress=True, backend=backend,
+                          overwrite=True,  # runs of older code in OUT are replaced
+                          on_runs_done=runs.extend)
+    wall = time.perf_counter() - t0
+    secs = {x["out"]: x["unlearn_seconds"] for x in runs}
+    u_secs = [secs[p] for p in r["runs"]["unlearned"]]
+    r_secs = [secs[p] for p in r["runs"]["retrained"]]
+    rec = evaluate_run(r["runs"]["unlearned"][0], original=model,
+                       reference=r["runs"]["retrained"][0], data_root=data_root)
+    row = {**_score_columns(r), **_population(rec, gate(rec)),
+           "options": r["user_options"], "resolved": r["options"],
+           "seconds_per_run": float(np.mean(u_secs)), "retrain_seconds": float(np.mean(r_secs)),
+           "retrain_fastest": float(np.min(r_secs)), "reused": r["runs"]["reused"],
+           "wall": wall}
+    return row, r
 
-        fig = forgetting_quality_figure(results, figures / "forgetting_quality.png")
-        print(f"figure: {fig}", file=sys.stderr)
+
+def original_row(model: Path, *, out: Path, forget: str, n: int, seed: int,
+                 data_root: str | None) -> tuple[dict, dict]:
+    """The untouched original scored like a method: N copies of it against the N retrained
+    models a method of this seed left in OUT (the same forget set and seeds as
+    verify-forgetting), and the gate on the original against the first of them."""
+    import numpy as np
+
+    from medunlearn import api
+    from medunlearn.checkpoint import METRICS_FILE, load_run, load_run_and_data, read_json
+    from medunlearn.errors import ConfigError
+    from medunlearn.evaluation import forgetting_quality as fq
+    from medunlearn.evaluation.outputs import forget_confidences
+    from medunlearn.loop import Runtime
+    from medunlearn.runs.unlearn import forget_set_for
+
+    t0 = time.perf_counter()
+    run, dataset = load_run_and_data(model, data_root=data_root)
+    fs, _ = forget_set_for(model, dataset, forget, seed=seed)
+    f_idx = fs.forget.numpy()
+    _, r_seeds = fq.seeds(seed, n)
+    r_dirs = [out / "retrained" / f"seed-{s}" for s in r_seeds]
+    missing = [str(d) for d in r_dirs if not (d / METRICS_FILE).is_file()]
+    if missing:
+        raise ConfigError(f"'{ORIGINAL}' is scored against the retrained models a method of the "
+                          f"same run trains; {len(missing)} are missing (e.g. {missing[0]}). "
+                          "List a real method before it in --methods.")
+    rt = Runtime.create("cpu", "fp32", None)
+    ref = load_run(r_dirs[0])
+    rec, verdict = api.evaluate(run.model, dataset, forget=fs, original=run.model,
+                                reference=ref.model, gate=True, device=None)
+    conf = forget_confidences(run.model, dataset.train, f_idx, runtime=rt)
+    r_scores, r_ra, r_ta = [], [], []
+    for d in r_dirs:
+        r_scores.append(forget_confidences(load_run(d).model, dataset.train, f_idx, runtime=rt))
+        m = read_json(d / METRICS_FILE)
+        r_ra.append(m["retain_accuracy"])
+        r_ta.append(m["test_accuracy"])
+    ra = rec["models"]["model"]["utility"]["RA"]
+    ta = rec["models"]["model"]["utility"]["TA"]
+    result = fq.summarize(np.repeat(conf[None, :], n, axis=0), np.stack(r_scores), seed=seed,
+                          accuracies={"unlearned": {"RA": [ra] * n, "TA": [ta] * n},
+                                      "retrained": {"RA": r_ra, "TA": r_ta}})
+    row = {**_score_columns(result), **_population(rec, verdict), "options": {}, "resolved": {},
+           "seconds_per_run": 0.0, "retrain_seconds": None, "retrain_fastest": None,
+           "reused": 0, "wall": time.perf_counter() - t0}
+    return row, result
+
+
+def row_key(model: Path, method: str, *, forget: str, n: int, seed: int, dataset: str) -> str:
+    """Everything a row depends on: the original's weights, the method's resolved options, the
+    forget spec, N, the seed."""
+    import dataclasses
+
+    from medunlearn.checkpoint import MODEL_FILE
+    from medunlearn.fileio import fingerprint, sha256_file
+    from medunlearn.methods.base import resolve_method
+
+    options = {} if method == ORIGINAL else \
+        dataclasses.asdict(resolve_method(method, dataset=dataset).config)
+    return fingerprint({"original": sha256_file(model / MODEL_FILE), "method": method,
+                        "options": options, "forget": forget, "n": n, "seed": seed})
+
+
+def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[str]
+            ) -> list[dict]:
+    from medunlearn.checkpoint import load_run
+    from medunlearn.fileio import atomic_write_json, read_json
+
+    cache_path = work / ROWS_FILE
+    cache = read_json(cache_path) if cache_path.is_file() and not args.recompute else {}
+    rows = []
+    for seed in seeds:
+        model = original_for(args, work, seed)
+        run = load_run(model)
+        dataset = run.config["dataset"].get("dataset") or run.config["dataset"].get("name")
+        precision = (run.config.get("runtime") or {}).get("precision")
+        out = work / f"fq-seed-{seed}"
+        for n in ns:
+            results = {}
+            for name in methods:
+                key = row_key(model, name, forget=args.forget, n=n, seed=seed, dataset=dataset)
+                if key in cache:
+                    row = cache[key]
+                    print(f"seed {seed} N {n} {name}: cached", file=sys.stderr)
+                else:
+                    if name == ORIGINAL:
+                        row, result = original_row(model, out=out, forget=args.forget, n=n,
+                                                   seed=seed, data_root=args.data_root)
+                    else:
+                        row, result = method_row(model, name, out=out, forget=args.forget, n=n,
+                                                 seed=seed, data_root=args.data_root,
+                                                 backend=args.backend)
+                    results[name] = result
+                    row |= {"method": name, "seed": seed, "n": n, "dataset": dataset,
+                            "model": str(model), "precision": precision}
+                    cache[key] = row
+                    atomic_write_json(cache_path, cache)
+                rows.append(row)
+                print(f"seed {seed} N {n} {name:18s} score {row['score']:.3f} (null "
+                      f"{_f(row['null'])}) U-LiRA {_f(row['ulira'])} gate "
+                      f"{'pass' if row['gate'] else 'FAIL'} {row['wall']:.0f} s", file=sys.stderr)
+            if results and args.figures:
+                from medunlearn.plots import forgetting_quality_figure
+
+                fig = forgetting_quality_figure(
+                    results, args.figures / f"forgetting_quality-n{n}-seed{seed}.png")
+                print(f"figure: {fig}", file=sys.stderr)
     return rows
 
 
@@ -81,76 +266,152 @@ def _f(v, d=3):
     return "-" if v is None else f"{v:.{d}f}"
 
 
-def render(rows: list[dict], *, model: Path, forget: str, n: int, quick: bool) -> str:
-    total = sum(r["seconds"] for r in rows)
+def _pct(v, d=1):
+    return "-" if v is None else f"{100 * v:.{d}f}"
+
+
+def _time_ratios(r: dict) -> tuple[float | None, float | None]:
+    if r["method"] == ORIGINAL or not r["retrain_seconds"]:
+        return None, None
+    return r["seconds_per_run"] / r["retrain_seconds"], r["seconds_per_run"] / r["retrain_fastest"]
+
+
+def _mean_sd(values: list[float], d: int = 2) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{d}f}"
+    return f"{statistics.mean(values):.{d}f} ± {statistics.stdev(values):.{d}f}"
+
+
+def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int]) -> str:
+    total = sum(r["wall"] for r in rows)
+    datasets = sorted({r["dataset"] for r in rows})
+    precisions = sorted({str(r.get("precision")) for r in rows})
+    forget_counts = sorted({r["forget_count"] for r in rows})
     lines = [
-        "## Per-example forgetting quality (`bench/bench_forgetting_quality.py`)",
+        f"## Per-example forgetting quality over training seeds "
+        f"(`bench/bench_forgetting_quality.py`), {', '.join(datasets)}",
         "",
         stamp(command_line()).rstrip("\n")
-        + ("\n- **--quick smoke run (tiny model), not a measurement**" if quick else ""),
-        f"- model: `{model}`; forget set `{forget}` ({rows[0]['forget_count'] if rows else 0} "
-        f"images); N = {n} unlearned + {n} retrained models per method; total wall time "
-        f"{total / 60:.1f} min",
+        + ("\n- **--quick smoke run (tiny model), not a measurement**" if args.quick else ""),
+        f"- This CPU computes bf16 natively: originals, retraining and unlearning ran in "
+        f"{'/'.join(precisions)} autocast; the forget-set scores in fp32.",
+        f"- Originals: training seeds {', '.join(map(str, seeds))} "
+        f"({'`' + str(args.model) + '`' if args.model else f'`{work}/model-seed-S`'}); forget "
+        f"set `{args.forget}` drawn with the same seed ({'/'.join(map(str, forget_counts))} "
+        f"images); N = {', '.join(map(str, ns))} unlearned + N retrained models per method and "
+        f"seed; wall time of the rows {total / 60:.1f} min (summed over the calls that computed "
+        f"them: the bench keeps finished rows in WORK/{ROWS_FILE})",
+        *([f"- {args.note}"] if args.note else []),
         "",
-        "| method | forgetting quality [95% CI] | / retrain-null | adjusted (RA, TA) "
-        "| epsilon median | at cap (point-mass rule) | U-LiRA acc | MIA-eff. (ref.) "
-        "| gate attack_auc | per-example | wall s (runs reused) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | seed | method | forgetting quality [95% CI] | retrain null | score / null "
+        "| U-LiRA acc | at cap (point-mass) | s / run | time / retraining (mean; fastest) "
+        "| gate | attack_auc | MIA-eff. (ref.) | test FNR % (ref.; original) | over-forgets |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lo, hi = r["ci"]
-        verdict = "FAIL" if r["fails"] else "pass"
-        if r["identical"]:
-            verdict += " (identical models)"
+        t_mean, t_fast = _time_ratios(r)
+        ratio = _f(r["ratio"], 2) + (" (identical models)" if r["identical"] else "")
         lines.append(
-            f"| {r['method']} | {_f(r['score'])} [{_f(lo)}, {_f(hi)}] | {_f(r['ratio'], 2)} | "
-            f"{_f(r['adjusted'])} | {_f(r['eps_median'], 2)} | {r['capped']:.0%} "
-            f"({r['peaky']:.0%}) | "
-            f"{_f(r['ulira'])} | {_f(r['mia'])} ({_f(r['mia_ref'])}) | {r['attack']} | "
-            f"{verdict} | {r['seconds']:.0f} ({r['reused']}/{2 * n}) |")
-    caught = [r["method"] for r in rows if r["fails"] and r["attack"] == "pass"]
+            f"| {r['n']} | {r['seed']} | {r['method']} | {_f(r['score'])} [{_f(lo)}, {_f(hi)}] "
+            f"| {_f(r['null'])} | {ratio} | {_f(r['ulira'])} | {r['capped']:.0%} "
+            f"({r['peaky']:.0%}) | {r['seconds_per_run']:.1f} | "
+            f"{_pct(t_mean)}%; {_pct(t_fast)}% | {'pass' if r['gate'] else 'FAIL'} | "
+            f"{r['attack']} | {_f(r['mia'])} ({_f(r['mia_ref'])}) | {_pct(r['fnr'])} "
+            f"({_pct(r['fnr_ref'])}; {_pct(r['fnr_orig'])}) | {', '.join(r['over']) or 'no'} |")
     lines += [
         "",
-        "Passed by the population attack (gate `attack_auc`) but failed per example: "
-        + (", ".join(caught) if caught else "none") + ".",
+        "Over the seeds (mean ± sd; sd over training seeds):",
         "",
-        f"Forgetting quality is the challenge's score (1 = every forget image indistinguishable "
-        f"from retraining); with N = {n} even retraining scores well below 1 "
-        "(`retrain-null`: the score of the same outputs re-split at random; the `retrain` row "
-        f"compares two independent sets of retrained models). Per-example FAIL = score below "
-        f"{FAIL_RATIO:g} x that ceiling. A method that is deterministic given the original "
-        "(identical models) gets the cap epsilon on every image, by the challenge's rule; the same "
-        "point-mass rule caps any image whose unlearned outputs spread less than 1% of the "
-        "retrained ones' (in brackets: the share capped that way). "
-        "Wall time is the whole check (training the runs not reused, scoring); the retrained "
-        "models are shared, so only the first method trains them.",
+        "| N | method | seeds | score / null | U-LiRA acc | time / retraining % (mean; fastest) "
+        "| gate passes | over-forgets | score / null >= 0.5 in |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in ns:
+        for name in dict.fromkeys(r["method"] for r in rows):
+            group = [r for r in rows if r["n"] == n and r["method"] == name]
+            if not group:
+                continue
+            tm = [_time_ratios(r)[0] for r in group]
+            tf = [_time_ratios(r)[1] for r in group]
+            k = len(group)
+            lines.append(
+                f"| {n} | {name} | {k} | {_mean_sd([r['ratio'] for r in group])} | "
+                f"{_mean_sd([r['ulira'] for r in group], 3)} | "
+                f"{_mean_sd([None if v is None else 100 * v for v in tm], 1)}; "
+                f"{_mean_sd([None if v is None else 100 * v for v in tf], 1)} | "
+                f"{sum(r['gate'] for r in group)}/{k} | {sum(bool(r['over']) for r in group)}/{k} "
+                f"| {sum((r['ratio'] or 0) >= FAIL_RATIO for r in group)}/{k} |")
+    lines += [
+        "",
+        "Forgetting quality is the challenge's score (1 = every forget image indistinguishable "
+        "from retraining); with few models even retraining scores well below 1, so each score "
+        "is read against the permutation null (`retrain null`: the same outputs re-split at "
+        "random, the ceiling a perfect unlearner reaches with this N). Each seed is an "
+        "independent replicate: original trained with that seed, forget set drawn with it, "
+        "unlearning seeds S..S+N-1, retraining seeds S+100000... `original` is the untouched "
+        "model as all N unlearned models: identical models get the cap epsilon on every image "
+        "by the challenge's rule, so it scores 0 (its null is computed like any method's, from "
+        "its own pooled outputs). The gate, MIA-efficacy and FNR are the deployed model's "
+        "(unlearned seed S) against the original and the first retrained model. Over-forgets: "
+        f"MIA-efficacy more than {OVER_MIA:g} above the reference's, or test FNR more than "
+        f"{100 * OVER_FNR:g} points above it. Time: mean unlearning time of the N runs over the "
+        "mean (and over the fastest) of the N retrainings of the same seed; runs reused from "
+        "earlier work keep the time they were trained in.",
     ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = model_parser(__doc__, "forgetting_quality")
+    p.add_argument("--dataset", default="pneumoniamnist",
+                   help="Data of the originals the bench trains: a MedMNIST flag or a CSV "
+                        "manifest (default pneumoniamnist).")
+    p.add_argument("--size", type=int, default=None, help="Image size (e.g. 64 for TB).")
     p.add_argument("--forget", default="random:0.1", help="Forget spec (default random:0.1).")
-    p.add_argument("--seed", type=int, default=0, help="Seeds the forget set and the runs.")
-    p.add_argument("--n", type=int, default=16, help="Models per side (default 16).")
+    p.add_argument("--seed", type=int, default=0, help="One training seed (see --seeds).")
+    p.add_argument("--seeds", default=None,
+                   help="Comma-separated training seeds, e.g. 0,1,2 (default: --seed). Each "
+                        "seeds its original, its forget set and its runs.")
+    p.add_argument("--n", default="16", help="Models per side; several: 16,32 (default 16).")
     p.add_argument("--methods", default=",".join(METHODS),
-                   help="Comma-separated methods (default: all, retrain first).")
+                   help=f"Comma-separated methods (default: all, retrain first); "
+                        f"'{ORIGINAL}' is the untouched original (after a real method).")
     p.add_argument("--figures", type=Path, default=None,
-                   help="Folder for forgetting_quality.png (default: WORK), e.g. "
-                        "docs/results/forgetting_quality.")
+                   help="Folder for forgetting_quality-nN-seedS.png (default: no figure).")
     p.add_argument("--section", default="forgetting_quality",
-                   help="BENCHMARKS.md section to replace (default: forgetting_quality), e.g. "
-                        "forgetting_quality_tb for the TB model.")
+                   help="BENCHMARKS.md section to replace (default: forgetting_quality).")
     p.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="Run the models one after another (local) or as Ray tasks.")
+    p.add_argument("--note", default=None, help="A line to add to the section's header.")
+    p.add_argument("--recompute", action="store_true",
+                   help=f"Ignore the rows kept in WORK/{ROWS_FILE} (the runs are still reused).")
     args = p.parse_args(argv)
-    work, model = work_and_model(args, args.section)
+    seeds = parse_ints(args.seeds, "--seeds") if args.seeds else [args.seed]
+    ns = parse_ints(args.n, "--n")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = measure(model, methods, work=work, forget=args.forget, n=args.n, seed=args.seed,
-                   data_root=args.data_root, backend=args.backend,
-                   figures=args.figures or work)
-    publish(args.section, render(rows, model=model, forget=args.forget, n=args.n,
-                                         quick=args.quick), args, work)
+    if args.model is not None and len(seeds) > 1 and "{seed}" not in str(args.model):
+        raise SystemExit("--model names one original; with several --seeds write it with "
+                         "{seed} (e.g. runs/pneu-s{seed}), or leave it out to train them.")
+    from medunlearn.evaluation.forgetting_quality import check_n
+    from medunlearn.methods.base import method_names
+
+    for n in ns:
+        check_n(n)
+    unknown = [m for m in methods if m != ORIGINAL and m not in method_names()]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(method_names())} or {ORIGINAL}")
+    if methods and methods[0] == ORIGINAL and len(methods) > 1:
+        methods = methods[1:] + [ORIGINAL]  # it needs a method's retrained models
+    work = args.work or REPO / "runs" / ("bench_forgetting_quality_quick" if args.quick
+                                         else "bench_forgetting_quality")
+    work.mkdir(parents=True, exist_ok=True)
+    rows = measure(args, work, seeds=seeds, ns=ns, methods=methods)
+    publish(args.section, render(rows, args=args, work=work, seeds=seeds, ns=ns), args, work)
     return 0
 
 
