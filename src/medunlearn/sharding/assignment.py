@@ -220,7 +220,7 @@ def shard_recipe(train_config: TrainConfig, shards: int) -> TrainConfig:
 
     * batch size ``max(MIN_SHARD_BATCH, round(B / S))`` (never above ``B``). A shard holds
       about ``N / S`` images; at the monolithic batch ``B`` it would take only ``N / (S B)``
-      optimiser steps per epoch (TB 64 px at S = 4: ~175 images, one step per epoch, ~10 in
+      optimiser steps per epoch (TB 64 px at S = 4: ~175 images, one step per epoch, ~30 in
       all), too few for the one-cycle schedule to converge (at B = 128: TB ΔAUC -7.5 pp and
       minority recall -66 pp at R = 4). At ``B / S`` each constituent takes as many steps per
       epoch as the monolithic model, on batches of the same share of its data, so it gets as
