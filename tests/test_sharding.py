@@ -20,13 +20,16 @@ from medunlearn.models.adapter import as_classifier
 from medunlearn.models.ensemble import EnsembleClassifier
 from medunlearn.runs import run_sharded_training, run_unlearning
 from medunlearn.sharding import (
+    MIN_SHARD_BATCH,
     assign_shards,
     bucket,
+    shard_recipe,
     stage_epochs,
     stage_seed,
     train_sharded,
 )
-from medunlearn.training import train_model
+from medunlearn.training import build_for, seed_everything, train_model
+from medunlearn.training import fit as fit_model
 
 MODEL = ModelConfig(width=4)
 TRAIN = TrainConfig(epochs=2, batch_size=16, progress=False, device="cpu")
@@ -170,6 +173,45 @@ def test_one_shard_is_todays_training_bit_for_bit():
     sharded = train_sharded(data, MODEL, TRAIN, seed=3, shards=1, slices=1)
     mono, _ = train_model(data, MODEL, TRAIN, seed=3)
     assert _same_weights(sharded.model.members[0], mono.model)
+
+
+def test_shard_recipe_keeps_the_steps_per_epoch_and_one_shard_unchanged():
+    base = TrainConfig(batch_size=128, select="val_auc", progress=False)
+    assert shard_recipe(base, 1) is base  # S = 1: today's recipe, nothing replaced
+    four = shard_recipe(base, 4)
+    assert (four.batch_size, four.select) == (32, "last")
+    assert dataclasses.replace(four, batch_size=128, select="val_auc") == base
+    assert shard_recipe(base, 3).batch_size == 43  # round(128 / 3)
+    assert shard_recipe(base, 16).batch_size == MIN_SHARD_BATCH == 16  # floor
+    assert shard_recipe(dataclasses.replace(base, batch_size=8), 2).batch_size == 8  # never > B
+
+
+def test_constituents_train_with_the_shard_recipe_and_it_is_recorded():
+    data = tiny()
+    recipe = dataclasses.replace(TRAIN, batch_size=32)
+    fit = train_sharded(data, MODEL, recipe, seed=0, shards=2)
+    assert fit.model.shards.recipe == shard_recipe(recipe, 2)
+    assert fit.model.shards.recipe.batch_size == 16
+    for s in range(2):
+        n = len(fit.model.shards.assignment.indices(s, 0))
+        stage = fit.shards[s]["stages"][0]
+        assert stage["steps"] == 2 * (n // 16)  # 2 epochs of n // 16 full batches
+        assert stage["best_epoch"] == 2  # the last epoch, without validation
+        assert all("val_auc" not in row for row in stage["history"])
+
+
+def test_training_without_validation_gives_the_same_weights():
+    data = tiny()
+    last = dataclasses.replace(TRAIN, select="last")
+    models = []
+    for validate in (True, False):
+        seed_everything(4)
+        res = fit_model(build_for(data, MODEL)[0], data, None, last, seed=4, validate=validate)
+        models.append(res.model)
+        assert ("val_auc" in res.history[0]) == validate
+    assert _same_weights(*models)
+    with pytest.raises(ConfigError, match="select='last'"):
+        fit_model(models[0], data, None, TRAIN, seed=0, validate=False)
 
 
 def test_slices_checkpoint_after_each_slice_and_stages_are_pure():
@@ -336,6 +378,9 @@ def test_sharded_run_folder_loads_and_records_everything(sharded_run):
     cfg = json.loads((out / "config.json").read_text())
     sec = cfg["shards"]
     assert (sec["count"], sec["slices"], sec["exact"]) == (3, 2, True)
+    assert sec["recipe"] == dataclasses.asdict(shard_recipe(
+        dataclasses.replace(TRAIN, epochs=cfg["train"]["epochs"]), 3))
+    assert run.model.shards.recipe == shard_recipe(TRAIN, 3)
     assert len(sec["stage_seeds"]) == 3 and sec["stage_seeds"][0][0] == 0
     rows = (out / "shards.csv").read_text().splitlines()
     assert rows[0] == "index,sha256,label,patient_id,group,shard,slice"

@@ -21,6 +21,7 @@ format has one definition (the registry's manifests and exclusion lists use them
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -400,12 +401,18 @@ def attach_shard_state(model: torch.nn.Module, path: Path, config: dict) -> None
             checkpoints.append(row)
     assignment = read_assignment_csv(path / ASSIGNMENT_FILE, shards=shards, slices=slices,
                                      seed=seed)
-    recipe = None
-    if isinstance(config.get("train"), dict):
+    # the constituents' own recipe (shard_recipe); folders written before it was recorded
+    # trained the constituents with the run's recipe
+    recipe, where = section.get("recipe"), "config.json shards.recipe"
+    if recipe is None:
+        recipe, where = config.get("train"), "config.json train"
+    if isinstance(recipe, dict):
         try:
-            recipe = from_dict(TrainConfig, config["train"], where="config.json train")
+            recipe = from_dict(TrainConfig, recipe, where=where)
         except ConfigError as exc:
             raise CheckpointError(str(exc)) from None
+    else:
+        recipe = None
     model.shards = ShardState(assignment, dict(config["model"]), *state_fields, checkpoints,
                               recipe)
 
@@ -443,6 +450,7 @@ def save_shard_files(folder: str | os.PathLike, model: torch.nn.Module, *,
         "images": counts.sum(1).tolist(), "class_counts": counts.tolist(),
         "excluded": sorted(state.excluded), "checkpoints": digests,
         "exact": exact,
+        "recipe": dataclasses.asdict(state.recipe) if state.recipe is not None else None,
     }
 
 

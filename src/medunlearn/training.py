@@ -170,7 +170,8 @@ class FitResult:
 
 def fit(model: nn.Module, dataset: Dataset, train_indices: torch.Tensor | None,
         cfg: TrainConfig, *, seed: int, augment: str | None = None, desc: str = "train",
-        on_batch: BatchHook | None = None, runtime: Runtime | None = None) -> FitResult:
+        on_batch: BatchHook | None = None, runtime: Runtime | None = None,
+        validate: bool = True) -> FitResult:
     """Train ``model`` in place on ``train_indices`` of the training split.
 
     Args:
@@ -183,8 +184,20 @@ def fit(model: nn.Module, dataset: Dataset, train_indices: torch.Tensor | None,
         desc: Label of the progress bar.
         on_batch: Called with each batch's training-split indices (used to audit data access).
         runtime: Device and arithmetic (default: from ``cfg.device``/``cfg.precision``).
+        validate: Score the validation split after every epoch (recorded in the history).
+            False skips it (no ``val_*`` columns in the history) and needs ``select="last"``,
+            which has nothing to choose between: the constituents of a sharded model
+            (:func:`medunlearn.sharding.shard_recipe`) train so, to save a whole validation pass
+            per epoch; the weights are the same either way.
+
+    Raises:
+        ConfigError: a bad recipe, no training index, or ``validate=False`` with a ``select``
+            other than ``last``.
     """
     validate_train_config(cfg)
+    if not validate and cfg.select != "last":
+        raise ConfigError(f"Checkpoint selection {cfg.select!r} needs the per-epoch validation; "
+                          "use select='last' to train without it.")
     cfg = dataclasses.replace(cfg, epochs=resolve_epochs(cfg.epochs, len(dataset.train)))
     rt = runtime or Runtime.create(cfg.device, cfg.precision, cfg.threads)
     g = torch.Generator().manual_seed(seed)
@@ -224,12 +237,18 @@ def fit(model: nn.Module, dataset: Dataset, train_indices: torch.Tensor | None,
         stats = sgd_steps(model, batches, loss_fn, optimizer=opt, scheduler=sched, runtime=rt,
                           scaler=scaler, on_step=lambda *_: bar.update(1))
         steps += stats.steps
+        row = {"epoch": epoch, "train_loss": stats.mean_loss,
+               "train_acc": int(correct) / max(stats.seen, 1)}
+        if not validate:
+            history.append(row | {"lr": opt.param_groups[0]["lr"],
+                                  "seconds": time.perf_counter() - t0})
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+            best_epoch = epoch
+            continue
         val = evaluate_split(model, dataset.val, runtime=rt)
         rt.prepare(model)  # inference left the default layout
-        row = {"epoch": epoch, "train_loss": stats.mean_loss,
-               "train_acc": int(correct) / max(stats.seen, 1),
-               "val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"],
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        row |= {"val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"],
+                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{val['accuracy']:.3f}")
         score = _score(val, cfg.select)
@@ -238,7 +257,8 @@ def fit(model: nn.Module, dataset: Dataset, train_indices: torch.Tensor | None,
             best_state = copy.deepcopy(model.state_dict())
     bar.close()
     rt.release(model)
-    model.load_state_dict(best_state)
+    if validate:
+        model.load_state_dict(best_state)
     model.eval()
     return FitResult(model, history, best_epoch, steps, time.perf_counter() - t0)
 

@@ -24,7 +24,7 @@ from medunlearn.fileio import atomic_write_json, fingerprint, staged_output
 from medunlearn.loop import Runtime
 from medunlearn.provenance import environment, now_iso
 from medunlearn.runs.train import recipe, split_metrics, write_manifest
-from medunlearn.sharding import assign_shards, check_count, train_sharded
+from medunlearn.sharding import assign_shards, check_count, shard_recipe, train_sharded
 from medunlearn.training import evaluate_split, resolve_epochs, validate_train_config
 
 
@@ -36,8 +36,9 @@ def run_sharded_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg
     """Train a sharded model and write a complete run folder at ``out`` (atomically).
 
     The folder is a run folder like ``train``'s (``model.safetensors`` holds the ensemble,
-    ``config.json`` a ``shards`` section with S, R, the seeds, the stage epochs and per-shard
-    class counts), plus ``shards.csv`` (the assignment) and
+    ``config.json`` a ``shards`` section with S, R, the seeds, the stage epochs, per-shard
+    class counts and the constituents' recipe, :func:`medunlearn.sharding.shard_recipe`), plus
+    ``shards.csv`` (the assignment) and
     ``shards/shard-<s>/slice-<r>.safetensors`` (each shard's checkpoint after each slice). A
     finished run of the same configuration is reused.
 
@@ -56,6 +57,7 @@ def run_sharded_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg
     assign_shards(dataset, shards=shards, slices=slices, seed=seed)  # refuse before any work
     key = fingerprint({"kind": "train", "data": dataset.identity(),
                        "model": dataclasses.asdict(model_cfg), "train": recipe(train_cfg),
+                       "shard_recipe": recipe(shard_recipe(train_cfg, shards)),
                        "seed": seed, "shards": shards, "slices": slices})
     if not overwrite:
         previous = finished_run_metrics(out, key)
@@ -84,7 +86,7 @@ def run_sharded_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg
             "train_seconds": wall,
             "cpu_seconds": time.process_time() - cpu0,
             "images_per_second": sum(
-                st["steps"] * min(train_cfg.batch_size, max(st["images"], 1))
+                st["steps"] * min(model.shards.recipe.batch_size, max(st["images"], 1))
                 for sh in fit.shards for st in sh["stages"]) / wall,
             "runtime": rt.describe(),
             "shards": {"count": shards, "slices": slices, "backend": backend,

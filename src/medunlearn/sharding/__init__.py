@@ -32,22 +32,28 @@ learning-rate schedule. The stage seed is :func:`stage_seed` of (seed, shard, st
 from a running generator. Shard 0's first stage keeps the run seed itself, so ``S = 1, R = 1``
 is exactly today's monolithic training, bit for bit.
 
+Recipe. For S > 1 every constituent trains with :func:`shard_recipe` of the recipe: a batch of
+``max(16, round(B / S))``, so it takes as many optimiser steps per epoch as the monolithic model,
+and the last epoch's weights, with no per-epoch validation. The run folder records it
+(``config.json`` ``shards.recipe``) and exact forgetting repeats it.
+
 Cost. Every constituent trains the recipe's epoch count ``E`` (resolved from the whole training
 split, as monolithic training resolves it) on its shard, so the S shards together see as many
 samples as one monolithic training. With R slices, each slice stage trains
 ``max(1, round(2E / (R + 1)))`` epochs on the cumulative slices 1..r (SISA's rule): the stages
 then see ``E'(R + 1) / 2 ~= E`` shard-passes in all, again about one training of the shard.
 Retraining one shard from scratch therefore costs about ``1/S`` of a full training, and from the
-checkpoint before slice ``j`` about ``(R(R + 1) - (j - 1)j) / (R(R + 1)) / S`` of it (plus each
-stage's per-epoch validation, which does not shrink with the shard).
+checkpoint before slice ``j`` about ``(R(R + 1) - (j - 1)j) / (R(R + 1)) / S`` of it.
 """
 
 from medunlearn.sharding.assignment import (
+    MIN_SHARD_BATCH,
     Assignment,
     assign_shards,
     bucket,
     check_count,
     group_keys,
+    shard_recipe,
     stage_epochs,
     stage_seed,
 )
@@ -57,7 +63,8 @@ from medunlearn.sharding.state import Checkpoint, ShardState, settle, shard_stat
 from medunlearn.sharding.train import ShardedFit, train_sharded
 
 __all__ = [
-    "Assignment", "Checkpoint", "ShardJob", "ShardState", "ShardedFit", "StageJob",
-    "assign_shards", "bucket", "check_count", "group_keys", "retrain_shards", "run_shard_job",
-    "settle", "shard_state_of", "stage_epochs", "stage_seed", "train_sharded",
+    "MIN_SHARD_BATCH", "Assignment", "Checkpoint", "ShardJob", "ShardState", "ShardedFit",
+    "StageJob", "assign_shards", "bucket", "check_count", "group_keys", "retrain_shards",
+    "run_shard_job", "settle", "shard_recipe", "shard_state_of", "stage_epochs", "stage_seed",
+    "train_sharded",
 ]

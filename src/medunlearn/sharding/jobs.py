@@ -74,9 +74,10 @@ def run_shard_job(job: ShardJob, dataset: Dataset, *, threads: int | None = None
                "images": len(st.indices)}
         if len(st.indices):
             cfg = dataclasses.replace(job.train, epochs=st.epochs)
+            # select="last" (the shard recipe for S > 1) needs no per-epoch validation
             res = fit(model, dataset, torch.from_numpy(st.indices), cfg, seed=st.seed,
                       desc=f"shard {job.shard} slice {st.stage + 1}", on_batch=on_batch,
-                      runtime=rt)
+                      runtime=rt, validate=cfg.select != "last")
             steps += res.steps
             rec |= {"steps": res.steps, "best_epoch": res.best_epoch, "history": res.history}
         else:

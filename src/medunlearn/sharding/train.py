@@ -11,7 +11,7 @@ from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError
 from medunlearn.executors import BACKENDS
 from medunlearn.models.ensemble import EnsembleClassifier
-from medunlearn.sharding.assignment import assign_shards, stage_epochs, stage_seed
+from medunlearn.sharding.assignment import assign_shards, shard_recipe, stage_epochs, stage_seed
 from medunlearn.sharding.jobs import ShardJob, StageJob, run_jobs
 from medunlearn.sharding.state import Checkpoint, ShardState
 
@@ -42,7 +42,9 @@ def train_sharded(dataset: Dataset, model_config: ModelConfig | dict | None = No
     Args:
         dataset: The data in memory.
         model_config, train_config: Architecture and recipe (``epochs`` None resolves from the
-            whole training split, as for monolithic training).
+            whole training split, as for monolithic training). The constituents train with
+            :func:`~medunlearn.sharding.shard_recipe` of it (for S > 1 a batch of about B / S
+            and the last epoch's weights), recorded as the model's ``shards.recipe``.
         seed: Seeds the assignment and every stage (:func:`stage_seed`).
         shards, slices: S and R.
         backend: ``local`` (shards one after another in this process) or ``ray`` (one Ray task
@@ -70,6 +72,7 @@ def train_sharded(dataset: Dataset, model_config: ModelConfig | dict | None = No
     if backend == "ray":
         train_config = dataclasses.replace(train_config, progress=False)
         threads = threads or 1
+    train_config = shard_recipe(train_config, assignment.shards)
     jobs = [ShardJob(s, spec, train_config,
                      tuple(StageJob(r, seeds[s][r], epochs[r], assignment.indices(s, r))
                            for r in range(assignment.slices)))
