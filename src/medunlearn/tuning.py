@@ -179,7 +179,7 @@ def render_methods_toml(record: Mapping) -> str:
         raise ConfigError(f"The tuning record has no results for {base_flag!r}, the dataset "
                           "the [default] sections come from; rerun scripts/tune_defaults.py.")
     lines = [
-        "# Default hyperparameters of the unlearning methods (medunlearn.unlearning resolves "
+        "# Default hyperparameters of the unlearning methods (medunlearn.methods.base resolves "
         "them).",
         "#",
         "# GENERATED: do not edit. Written by scripts/tune_defaults.py from defaults/tuning.json",
