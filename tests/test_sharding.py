@@ -512,3 +512,26 @@ def test_a_study_grid_on_sharded_originals(synth_root, tmp_path):
         parse_experiment(raw | {"shards": None, "slices": 2})
     with pytest.raises(ConfigError, match="at least 1"):
         parse_experiment(raw | {"shards": 0})
+
+
+def test_registry_on_a_sharded_model_forgets_a_patient_exactly_with_sisa(sharded_run, tmp_path,
+                                                                          capsys):
+    """The registry recommends sisa first for a sharded model; a patient's request is served by
+    it (exact: the privacy checks are skipped as for retrain, the clinical ones still apply),
+    and nothing derived from the patient stays in the registry."""
+    from medunlearn.registry import status
+
+    out, data, _ = sharded_run
+    reg = tmp_path / "reg"
+    assert main(["registry", "init", "--model", str(out), "--out", str(reg)]) == 0
+    assert "sisa -> retrain" in capsys.readouterr().out
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"id": "S-1", "subject": "subject-1", "patients": ["P004"]}))
+    assert main(["forget", str(reg), "--request", str(request)]) == 0
+    capsys.readouterr()
+    st = status(reg)
+    assert st["active_version"]["method"] == "sisa"
+    assert main(["registry", "residue", str(reg)]) == 0
+    assert main(["audit", "verify", str(reg)]) == 0
+    active = load_run(reg / "versions" / str(st["active_version"]["n"]))
+    assert isinstance(active.model, EnsembleClassifier)

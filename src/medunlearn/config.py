@@ -25,6 +25,12 @@ from pathlib import Path
 
 from medunlearn.errors import ConfigError
 
+#: The exact unlearning methods: they retrain on the retain data, so their result is the model
+#: training without the forgotten images would have produced (``sisa`` retrains only the affected
+#: shards of a sharded model; see medunlearn.sharding). They have nothing to tune, and the
+#: registry treats a version they made as free of every image withdrawn before it.
+EXACT_METHODS = ("retrain", "sisa")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -426,6 +432,7 @@ def read_packaged_toml(name: str, version: int) -> dict:
     return data
 
 
-__all__ = ["MAX_SEED", "DataConfig", "DataSource", "ModelConfig", "TrainConfig", "as_config",
+__all__ = ["EXACT_METHODS", "MAX_SEED",
+           "DataConfig", "DataSource", "ModelConfig", "TrainConfig", "as_config",
            "check_seed", "from_dict", "unsafe_characters",
            "parse_option_pairs", "read_packaged_toml", "replace", "field", "train_recipe"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from medunlearn.config import EXACT_METHODS
 from medunlearn.methods.base import (
     Method,
     UnlearnContext,
@@ -26,9 +27,6 @@ CANONICAL_ORDER = (
     "reinit-small-grad", "noise-repair",
 )
 
-#: The exact methods: they retrain on the retain data, so they have nothing to tune (``sisa``
-#: retrains only the affected shards of a sharded model; see medunlearn.sharding).
-EXACT_METHODS = ("retrain", "sisa")
 
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _m.startswith("_") and _m != "base":

@@ -19,6 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from medunlearn.config import EXACT_METHODS
 from medunlearn.fileio import read_index_rows
 from medunlearn.registry import ledger, store
 from medunlearn.registry.db import get_meta
@@ -292,7 +293,7 @@ class Plan:
     def taken_out(self, method: str, still_in: set[int]) -> list[int]:
         """Images out of a promoted candidate that the registry did not yet count as forgotten:
         the request's own, and after an exact retraining every withdrawn image it left out."""
-        swept = set(self.forget) | set(self.exclude) if method == "retrain" else set()
+        swept = set(self.forget) | set(self.exclude) if method in EXACT_METHODS else set()
         return sorted(set(self.own) | (swept & still_in))
 
 

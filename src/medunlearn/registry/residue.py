@@ -28,6 +28,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
+from medunlearn.config import EXACT_METHODS
 from medunlearn.fileio import _fsync_dir, sha256_file
 from medunlearn.registry import ledger, store
 
@@ -162,7 +163,7 @@ def derived_versions(conn: sqlite3.Connection) -> set[int]:
     rows = {r["n"]: r for r in conn.execute("SELECT n, parent, method FROM versions")}
     pre = conn.execute("SELECT COUNT(*) FROM samples WHERE forgotten_in = 1 AND request_id IS "
                        "NOT NULL AND request_id NOT IN (SELECT id FROM requests)").fetchone()[0]
-    exact = {n for n, r in rows.items() if r["method"] == "retrain" or (n == 1 and not pre)}
+    exact = {n for n, r in rows.items() if r["method"] in EXACT_METHODS or (n == 1 and not pre)}
     forgotten = sorted({r[0] for r in conn.execute(
         "SELECT DISTINCT forgotten_in FROM samples WHERE forgotten_in IS NOT NULL")})
     out = set()

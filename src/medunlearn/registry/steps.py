@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from medunlearn.config import EXACT_METHODS
+
 
 @dataclass
 class Verification:
@@ -80,7 +82,7 @@ def gate_candidate(run_dir: str | os.PathLike, *, original: str | os.PathLike,
 
     metrics = evaluate_run(run_dir, original=original, data_root=data_root,
                            options=VERIFY_OPTIONS, cache=cache)
-    exact = (metrics["runs"]["model"].get("method") or {}).get("name") == "retrain"
+    exact = (metrics["runs"]["model"].get("method") or {}).get("name") in EXACT_METHODS
     # exact retraining is what the privacy checks approximate; its clinical safety still counts
     verdict = gate(metrics, {"privacy_checks": False} if exact else None)
     return Verification(passed=bool(verdict.passed), reasons=list(verdict.reasons),

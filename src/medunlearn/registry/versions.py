@@ -24,6 +24,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from medunlearn.config import EXACT_METHODS
 from medunlearn.errors import CheckpointError, DataError, MedUnlearnError
 from medunlearn.fileio import read_index_rows, sha256_file, staged_output
 from medunlearn.registry import features, ledger, store
@@ -98,6 +99,8 @@ def recommended_methods(config: dict) -> list[str]:
     """The method chain recommended for a model's task view (see :data:`RECOMMENDED`)."""
     kind = (config.get("dataset", {}).get("view", {}) or {}).get("kind") or \
         config.get("data", {}).get("view")
+    if config.get("shards"):  # a sharded model: exact one-shard retraining first (sisa)
+        return ["sisa", "retrain"]
     return list(RECOMMENDED["binary" if kind == "binary" else "native"])
 
 
@@ -291,7 +294,7 @@ def approximate_steps(conn: sqlite3.Connection) -> int:
     n, steps = active_version(conn), 0
     while n in versions:
         v = versions[n]
-        if v["method"] == "retrain" or (n == 1 and not pre):
+        if v["method"] in EXACT_METHODS or (n == 1 and not pre):
             return steps
         steps += 1
         n = v["parent"]
