@@ -70,3 +70,26 @@ def model_dir(tmp_path_factory, synth_root) -> Path:
                                             "dataset": dataset.describe()})
     write_manifest(out / "manifest.csv", dataset)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, medmnist_root) -> Path:
+    """A trained tiny BreastMNIST run folder (120 training images, one epoch): the model the
+    registry tests register. Tests copy it (``init_registry``) and never change it."""
+    from medunlearn.config import DataConfig, ModelConfig, TrainConfig
+    from medunlearn.runs import run_training
+
+    out = tmp_path_factory.mktemp("registry-model") / "model"
+    run_training(DataConfig(dataset="breastmnist", train_limit=120, eval_limit=60,
+                            data_root=str(medmnist_root)),
+                 ModelConfig(width=8), TrainConfig(epochs=1, progress=False), seed=0, out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def manifest(tiny_model) -> list[str]:
+    """The SHA-256 of every training image of ``tiny_model``, by training index."""
+    import csv
+
+    with open(tiny_model / "manifest.csv") as fh:
+        return [r["sha256"] for r in csv.DictReader(fh)]

@@ -46,6 +46,22 @@ def train_quickly(model, data, epochs=3):
     return model
 
 
+# --------------------------------------------------------------------------- registry requests
+
+
+def distinct(manifest, k, start=0):
+    """``k`` training indices whose images are unique in the manifest (hash <-> one index)."""
+    counts = {}
+    for h in manifest:
+        counts[h] = counts.get(h, 0) + 1
+    return [i for i, h in enumerate(manifest) if counts[h] == 1][start:start + k]
+
+
+def req(rid, manifest, idx, **extra):
+    """A deletion request for the training images ``idx`` (by hash)."""
+    return {"id": rid, "subject": f"subj-{rid}", "images": [manifest[i] for i in idx]} | extra
+
+
 # --------------------------------------------------------------------------- synthetic results
 
 

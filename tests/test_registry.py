@@ -13,9 +13,9 @@ import shutil
 import sqlite3
 
 import pytest
+from helpers import distinct, req
 
 from medunlearn.cli import main
-from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.errors import CheckpointError
 from medunlearn.fileio import sha256_file
 from medunlearn.registry import (
@@ -31,23 +31,7 @@ from medunlearn.registry import (
     write_certificate,
 )
 from medunlearn.registry.ledger import chain_problems
-from medunlearn.runs import run_training
 from medunlearn.testing import fake_registry_steps, fake_steps, fake_unlearn, fake_verify
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, medmnist_root):
-    out = tmp_path_factory.mktemp("registry-model") / "model"
-    run_training(DataConfig(dataset="breastmnist", train_limit=120, eval_limit=60,
-                            data_root=str(medmnist_root)),
-                 ModelConfig(width=8), TrainConfig(epochs=1, progress=False), seed=0, out=out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def manifest(tiny_model):
-    with open(tiny_model / "manifest.csv") as fh:
-        return [r["sha256"] for r in csv.DictReader(fh)]
 
 
 @pytest.fixture
@@ -56,18 +40,6 @@ def reg(tiny_model, tmp_path, medmnist_root):
     # the workflow tests pin the chain; test_default_chain_* checks the recommendation
     init_registry(tiny_model, path, data_root=str(medmnist_root), methods=["salun-cra", "retrain"])
     return path
-
-
-def distinct(manifest, k, start=0):
-    """``k`` training indices whose images are unique in the manifest (hash <-> one index)."""
-    counts = {}
-    for h in manifest:
-        counts[h] = counts.get(h, 0) + 1
-    return [i for i, h in enumerate(manifest) if counts[h] == 1][start:start + k]
-
-
-def req(rid, manifest, idx, **extra):
-    return {"id": rid, "subject": f"subj-{rid}", "images": [manifest[i] for i in idx]} | extra
 
 
 def fake(reg, request, *, fail=(), **kw):

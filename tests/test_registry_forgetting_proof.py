@@ -6,15 +6,14 @@ The requests themselves use the fast fake steps; the check runs the real ``verif
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shutil
 
 import pytest
+from helpers import distinct, req
 
 from medunlearn.cli import main
-from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.errors import DataError
 from medunlearn.fileio import sha256_file
 from medunlearn.registry import (
@@ -27,35 +26,7 @@ from medunlearn.registry import (
 from medunlearn.registry import ledger as ledger_mod
 from medunlearn.registry.db import connect
 from medunlearn.registry.proof_records import HOW_TO_READ, RECORD_FILE, folder
-from medunlearn.runs import run_training
 from medunlearn.testing import fake_unlearn, fake_verify
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, medmnist_root):
-    out = tmp_path_factory.mktemp("proof-model") / "model"
-    run_training(DataConfig(dataset="breastmnist", train_limit=120, eval_limit=60,
-                            data_root=str(medmnist_root)),
-                 ModelConfig(width=8), TrainConfig(epochs=1, progress=False), seed=0, out=out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def manifest(tiny_model):
-    with open(tiny_model / "manifest.csv") as fh:
-        return [r["sha256"] for r in csv.DictReader(fh)]
-
-
-def distinct(manifest, k, start=0):
-    """``k`` training indices whose images are unique in the manifest (hash <-> one index)."""
-    counts = {}
-    for h in manifest:
-        counts[h] = counts.get(h, 0) + 1
-    return [i for i, h in enumerate(manifest) if counts[h] == 1][start:start + k]
-
-
-def req(rid, manifest, idx):
-    return {"id": rid, "subject": f"subj-{rid}", "images": [manifest[i] for i in idx]}
 
 
 def _failing(run_dir, *, original, data_root=None):

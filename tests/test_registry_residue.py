@@ -7,14 +7,12 @@ The requests use the fast fake steps on a tiny BreastMNIST model."""
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 
 import pytest
 
 from medunlearn.cli import main
-from medunlearn.config import DataConfig, ModelConfig, TrainConfig
 from medunlearn.fileio import sha256_file
 from medunlearn.registry import (
     RegistryError,
@@ -25,23 +23,7 @@ from medunlearn.registry import (
     status,
 )
 from medunlearn.registry.residue import NOT_REACHABLE, residue
-from medunlearn.runs import run_training
 from medunlearn.testing import fake_registry_steps, fake_steps
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, medmnist_root):
-    out = tmp_path_factory.mktemp("residue-model") / "model"
-    run_training(DataConfig(dataset="breastmnist", train_limit=120, eval_limit=60,
-                            data_root=str(medmnist_root)),
-                 ModelConfig(width=8), TrainConfig(epochs=1, progress=False), seed=0, out=out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def manifest(tiny_model):
-    with open(tiny_model / "manifest.csv") as fh:
-        return [r["sha256"] for r in csv.DictReader(fh)]
 
 
 def _reg(tiny_model, tmp_path, root, **kw):
