@@ -226,6 +226,12 @@ CASES = [
     ("show-out-is-a-file", ["audit", "show", R, "R1", "--out", "{ws}/file.txt"], "is a file"),
     ("manifest-out-is-a-folder", ["registry", "manifest", R, "--out", "{ws}/empty"],
      "it is a folder"),
+    # shadow models of a registry
+    ("init-too-few-shadows", ["registry", "init", "--model", "{ws}/model", "--out", "{ws}/new",
+                              "--shadows", "3"], "shadow models are too few"),
+    ("shadows-too-few", ["registry", "shadows", R, "--k", "2"], "shadow models are too few"),
+    ("shadows-not-a-registry", ["registry", "shadows", "{ws}/empty", "--k", "4"],
+     "not a medunlearn registry"),
     # registry init
     ("init-missing-model", ["registry", "init", "--model", "{ws}/nowhere", "--out",
                             "{ws}/new"], "does not exist"),

@@ -45,19 +45,82 @@ def init(
     data_root: DataRoot = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing registry.")] = False,
     keep_superseded: KeepSuperseded = 0,
+    shadows: Annotated[int | None, typer.Option(
+        "--shadows", metavar="K",
+        help="Also train K shadow models of the model with its own recipe (at least 4; 16 to "
+             "32 recommended), so that every request's safety gate checks per image that the "
+             "forgotten images no longer look like training images. Resumable: run the same "
+             "command again to finish an interrupted training.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Register a model: copy it as version 1 and record its weights hash and image manifest."""
     from medunlearn.registry import init_registry, status
     from medunlearn.registry.preflight import check_init_options
+    from medunlearn.registry.shadows import check_k
 
+    if shadows is not None:
+        check_k(shadows)  # before anything is written
     chain = check_init_options(model, methods=methods, data_root=data_root)
     init_registry(model, out, methods=chain, data_root=data_root, overwrite=overwrite,
-                  keep_superseded=keep_superseded)
+                  keep_superseded=keep_superseded, shadows=shadows, progress=not quiet)
     st = status(out)
     v = st["active_version"]
     typer.echo(f"registry {out}: version {v['n']} (weights {_short(v['weights_sha256'])}...), "
                f"{st['samples']['total']} training images in the manifest, methods "
                f"{' -> '.join(st['methods'])}")
+    _echo_shadows(out, st)
+
+
+def _echo_shadows(reg: Path, st: dict) -> None:
+    sh = st.get("shadows")
+    if sh:
+        typer.echo(f"shadow models: {sh['k']} (generation {sh['generation']}) in "
+                   f"{sh['folder']}; every request's gate runs the per-image membership check")
+    else:
+        from medunlearn.registry.shadow_records import command
+
+        typer.echo(f"shadow models: none; the gate's per-image membership check is not run "
+                   f"until '{command(reg)}' trains them")
+
+
+@registry_app.command("shadows")
+def shadows_cmd(
+    reg: Reg,
+    k: Annotated[int, typer.Option("--k", metavar="K", help="Number of shadow models (at least "
+                                   "4; 16 to 32 recommended).")] = 16,
+    seed: Annotated[int | None, typer.Option(metavar="INT", help="Base seed of the design and "
+                                             "of every shadow (default: the registry's).")
+                    ] = None,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Train a new set although one is recorded (another K or seed); the "
+        "old set is purged.")] = False,
+    data_root: DataRoot = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    wait: Annotated[float | None, typer.Option(
+        help="Seconds to wait for another process changing the registry (default: as long as "
+             "it takes).")] = None,
+) -> None:
+    """Train the registry's K shadow models with the model's own recipe (each on a random half
+    of the training images, none on a forgotten one), so that every request's safety gate
+    checks per image that the forgotten images no longer look like training images.
+
+    Resumable (finished shadows are reused); on a registry whose set is current it does nothing.
+    After each request the registry retrains every shadow trained on a forgotten image.
+    """
+    from medunlearn.registry.shadows import check_k, train
+
+    check_k(k)
+    r = train(reg, k=k, seed=seed, data_root=data_root, replace=replace, progress=not quiet,
+              lock_timeout=wait)
+    what = {"trained": f"trained {r['k']} shadow models",
+            "refreshed": f"retrained {r['retrained']} of {r['k']} shadow models without the "
+                         "forgotten images",
+            "current": f"its {r['k']} shadow models are current (none holds a forgotten "
+                       "image); nothing to do"}[r["status"]]
+    typer.echo(f"registry {reg}: {what} (generation {r['generation']}, {r['folder']}"
+               + (f", {r['seconds']:.0f} s" if r["seconds"] else "") + ")")
+    if r["purged"]:
+        typer.echo(f"purged {r['purged']} file(s) of the superseded shadow models")
 
 
 @registry_app.command("status")
@@ -94,6 +157,7 @@ def status_cmd(
                          "not finish are still in it")
         typer.echo(f"active model: {'; '.join(parts)}. 'medunlearn registry consolidate "
                    f"{reg} --id ID' retrains it exactly.")
+    _echo_shadows(reg, st)
     for name in ("pending", "completed", "failed"):
         reqs = st["requests"].get(name, [])
         typer.echo(f"{name} requests: {len(reqs)}")
@@ -223,8 +287,10 @@ def _echo_attempts(reg: Path, result: dict) -> None:
     the measured value and what was accepted), and results to flag in words: an attack that got
     stronger after unlearning, a gap to the reference larger than a second retraining's."""
     from medunlearn.registry import certificate
+    from medunlearn.registry.certificate_membership import text_lines
 
-    for a in certificate(reg, result["request_id"])["attempts"]:
+    cert = certificate(reg, result["request_id"])
+    for a in cert["attempts"]:
         verdict = "passed the safety gate" if a["passed"] else "did not pass the safety gate"
         typer.echo(f"attempt {a['attempt']} ({a['method']}): {verdict}")
         if a.get("error"):
@@ -233,6 +299,8 @@ def _echo_attempts(reg: Path, result: dict) -> None:
             typer.echo(f"  {_check_line(c)}")
         for w in a.get("warnings") or []:
             typer.secho(f"  warning: {w}", fg="yellow")
+    for line in text_lines(cert.get("membership")):
+        typer.echo(line)
     if result["status"] != "completed":
         typer.echo(f"next: 'medunlearn registry consolidate {reg} --id ID' retrains exactly "
                    "without every withdrawn image (these included); to make that the automatic "
@@ -373,8 +441,11 @@ def show_cmd(
 ) -> None:
     """Write a deletion certificate (JSON + self-contained HTML) for one request."""
     from medunlearn.registry import write_certificate
+    from medunlearn.registry.certificate_membership import text_lines
 
     cert = write_certificate(reg, request_id, out)
+    for line in text_lines(cert.get("membership")):
+        typer.echo(line)
     typer.echo(f"certificate of {request_id} ({cert['request']['status']}, "
                f"{len(cert['forgotten'])} image(s)): {out / 'certificate.html'}")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from medunlearn.errors import OutputExistsError
 from medunlearn.fileio import atomic_write_json, atomic_write_text, to_jsonable
-from medunlearn.registry import ledger, proof_records, reading, wording
+from medunlearn.registry import certificate_membership, ledger, proof_records, reading, wording
 from medunlearn.registry.db import get_meta
 from medunlearn.registry.errors import RegistryError
 from medunlearn.registry.steps import REQUEST_OPTIONS
@@ -90,8 +90,9 @@ def build(reg: Path, conn: sqlite3.Connection, request_id: str, *,
         "ON s.idx = ri.idx WHERE ri.request_id = ? ORDER BY ri.idx", (request_id,)).fetchall()
     versions = {v["n"]: dict(v) for v in conn.execute("SELECT * FROM versions")}
     n_images = sum(1 for i in items if i["role"] in ("forget", "consolidate"))
-    attempts = [_attempt(a, n_images) for a in conn.execute(
+    rows = [dict(a) for a in conn.execute(
         "SELECT * FROM attempts WHERE request_id = ? ORDER BY n", (request_id,))]
+    attempts = [_attempt(a, n_images) for a in rows]
     result = json.loads(r["result"]) if r["result"] else {}
     before, after = versions.get(r["from_version"]), versions.get(r["to_version"])
     entries = [e for e in ledger.entries(conn, request_id) if as_of is None or e["seq"] <= as_of]
@@ -126,6 +127,12 @@ def build(reg: Path, conn: sqlite3.Connection, request_id: str, *,
                     "promote_seconds": _seconds(result.get("promote_seconds"))},
         "copies": _copies(result),
         "forgetting_quality": _fq_section(reg, r, entries),
+        "membership": certificate_membership.section(
+            reg, [(a, json.loads(a["summary"])) for a in rows], request=dict(r),
+            change=model_change(method if r["to_version"] != r["from_version"] else None)[
+                "kind"], entries=[e for e in ledger.entries(conn)
+                                  if as_of is None or e["seq"] <= as_of],
+            forgotten=[i["idx"] for i in items if i["role"] == "forget"]),
         "ledger": {"entries": [{k: e[k] for k in ("seq", "kind", "created", "prev_hash", "hash")}
                                for e in entries], "head_seq": seq, "head_hash": head},
     }
@@ -134,7 +141,7 @@ def build(reg: Path, conn: sqlite3.Connection, request_id: str, *,
     return json.loads(json.dumps(to_jsonable(cert)))  # exactly what certificate.json holds
 
 
-def _attempt(a: sqlite3.Row, n_images: int) -> dict:
+def _attempt(a: dict, n_images: int) -> dict:
     summary_ = json.loads(a["summary"])
     rows = wording.key_metrics(summary_.get("metrics"))
     return {
@@ -288,6 +295,13 @@ def evidence(cert: dict) -> tuple[str, str]:
         return "not shown", (f"The per-image check does not show them forgotten: score "
                              f"{wording.fmt(score)} against {wording.fmt(null)} for retraining "
                              "itself (at least half of that counts as forgotten).")
+    mem = cert.get("membership") or {}
+    if mem.get("run") and mem.get("applies"):
+        if mem.get("status") == "pass":
+            return "forgotten", mem["summary"]
+        return "cannot say", ("For these images the evidence cannot say whether they were "
+                              f"forgotten. {mem['summary']} The per-image forgetting check was "
+                              "not run.")
     return "cannot say", ("For these images the evidence cannot say whether they were forgotten: "
                           "the safety checks of the request measure the model as a whole, and "
                           "the per-image check was not run.")
@@ -325,6 +339,9 @@ def summary(cert: dict) -> dict:
         if change.get("not_changed"):
             parts.append(change["not_changed"])
     parts.append(ev)
+    inst = (cert.get("membership") or {}).get("instrument") or {}
+    if req["status"] == "completed" and inst.get("shadows"):
+        parts.append(inst["in_words"])
     for m in missing:
         parts.append(f"Not checked: the {m['what']}; '{m['command']}' would check it"
                      + (f" ({m['note']})" if m.get("note") else "")

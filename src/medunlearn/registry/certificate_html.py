@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 
-from medunlearn.registry import wording
+from medunlearn.registry import certificate_membership, wording
 from medunlearn.registry.steps import REAL_STEPS
 
 #: Method names in words (the JSON keeps the names).
@@ -187,6 +187,7 @@ finished {_esc(wording.when(req['completed']))}. Fingerprint of the request's co
 {checks}
 {power}
 {metrics}
+{certificate_membership.render_html(cert.get("membership"), _esc, _table)}
 {_fq_html(cert.get("forgetting_quality"))}
 <h2>Audit ledger entries of this request</h2>
 {led}

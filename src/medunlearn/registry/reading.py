@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from medunlearn.fileio import write_index_rows
-from medunlearn.registry import ledger, proof_records, replay, store
+from medunlearn.registry import ledger, proof_records, replay, shadow_records, store
 from medunlearn.registry.db import DB_FILE, get_meta, require_registry
 from medunlearn.registry.errors import AuditError, RegistryError
 from medunlearn.registry.versions import active_version, approximate_steps, not_forgotten
@@ -224,5 +224,18 @@ def status(reg: str | os.PathLike) -> dict:
                           "withdrawn_not_forgotten": len(unforgotten),
                           "exact": steps == 0 and not unforgotten and not problems},
             "ledger": {"entries": seq, "head": head},
+            "shadows": _shadows(Path(reg), ledger.entries(conn)),
             "audit": {"ok": not problems, "problems": problems, "warnings": snap.warnings},
         }
+
+
+def _shadows(reg: Path, entries: list[dict]) -> dict | None:
+    """The shadow models in use (:mod:`.shadow_records`), or None."""
+    last = shadow_records.latest(entries)
+    if last is None:
+        return None
+    body = last["body"]
+    return {"generation": body.get("generation"), "k": body.get("k"),
+            "base_seed": body.get("base_seed"), "excluded": len(body.get("excluded") or []),
+            "folder": str(shadow_records.folder(reg, body.get("generation"))),
+            "ledger_seq": last["seq"]}

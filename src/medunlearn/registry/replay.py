@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from medunlearn.registry import ledger, proof_records, residue, store
+from medunlearn.registry import ledger, proof_records, residue, shadow_records, store
 
 BEFORE = "(before registration)"  # samples.request_id of images an unlearn run forgot already
 
@@ -50,7 +50,8 @@ def ledger_problems(conn: sqlite3.Connection, reg: str | Path | None = None) -> 
         return problems + table_problems(conn, expected)
     return (problems + table_problems(conn, expected) + residue.purge_problems(entries)
             + file_problems(Path(reg), residue.unpurged(Path(reg), expected, entries))
-            + proof_records.file_problems(Path(reg), entries))
+            + proof_records.file_problems(Path(reg), entries)
+            + shadow_records.file_problems(Path(reg), entries))
 
 
 def file_problems(reg: Path, expected: dict) -> list[str]:

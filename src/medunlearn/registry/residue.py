@@ -30,7 +30,7 @@ from pathlib import Path
 
 from medunlearn.config import EXACT_METHODS
 from medunlearn.fileio import _fsync_dir, sha256_file
-from medunlearn.registry import ledger, store
+from medunlearn.registry import ledger, shadow_records, store
 
 PURGE_KIND = "purge"
 #: The ledger entry that vouches for the active version's feature table in ``REG/cache``.
@@ -48,7 +48,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin", ".onnx", ".np
 #: The registry's own files and folders at its top level (anything else is not the registry's).
 KNOWN_TOP = {"registry.db", "registry.db-wal", "registry.db-shm", "registry.db-journal",
              store.HEAD_FILE, store.INTENT_FILE, "lock", "versions", "staging", "cache",
-             "forgetting_quality"}
+             "forgetting_quality", shadow_records.DIR}
 #: Files of a per-image check's folder that are its record (vouched for by the ledger), kept.
 PROOF_RECORDS = {"forgetting_quality.json", "forgetting_quality.json.next", "lock"}
 
@@ -128,12 +128,14 @@ def audit_notes(reg: Path, entries: list[dict]) -> list[str]:
         if versions.is_dir() and not versions.is_symlink() else []
     return purge_notes(reg, entries) + [
         f"{p} is not a model version the ledger records (the registry did not make it and will "
-        "not delete it); move it out of the registry folder" for p in unknown]
+        "not delete it); move it out of the registry folder" for p in unknown
+    ] + shadow_records.audit_notes(reg, entries)
 
 
 def purged_count(entries: list[dict]) -> int:
-    """How many version files were purged by design."""
-    return sum(len(f) for f in purged_files(entries).values())
+    """How many version and shadow-model files were purged by design."""
+    return sum(len(f) for f in purged_files(entries).values()) + len(
+        shadow_records.purged_files(entries))
 
 
 def _matches(path: Path, sha256: str | None) -> bool:
@@ -212,13 +214,14 @@ def plan(conn: sqlite3.Connection, new_active: int, keep: int) -> dict:
 
 
 def apply_purges(reg: Path, entries: list[dict]) -> list[str]:
-    """Delete every file a ``purge`` entry recorded that is still on disk with its recorded
-    bytes (never anything else: a file with other bytes is left for the audit to report).
+    """Delete every file a ``purge`` entry (or a ``shadows`` entry: superseded shadow models)
+    recorded that is still on disk with its recorded bytes (never anything else: a file with
+    other bytes is left for the audit to report).
 
     Returns:
         The paths deleted.
     """
-    removed = []
+    removed = shadow_records.apply_purges(reg, entries)
     for n, files in purged_files(entries).items():
         folder = Path(reg) / "versions" / str(n)
         for name, h in files.items():
@@ -295,9 +298,11 @@ def scan(reg: Path, conn: sqlite3.Connection) -> list[dict]:
     (``kept_until``: the version whose promotion purges a copy kept for rollback, else None).
 
     Checked: the weights of superseded versions that hold a forgotten image; staging folders;
-    the work runs of per-image checks; feature tables in ``REG/cache`` other than the one the
-    ledger vouches for (a vouched table holds no withdrawn image: they are left out when it is
-    written); and any other model file anywhere in the registry outside the active version.
+    the work runs of per-image checks; shadow models trained on a forgotten image, superseded
+    or not recorded (:func:`.shadow_records.scan`); feature tables in ``REG/cache`` other than
+    the one the ledger vouches for (a vouched table holds no withdrawn image: they are left out
+    when it is written); and any other model file anywhere in the registry outside the active
+    version.
     """
     reg = Path(reg)
     entries = ledger.entries(conn)
@@ -337,6 +342,13 @@ def scan(reg: Path, conn: sqlite3.Connection) -> list[dict]:
             if p.is_file() and p.relative_to(work).parts[0] not in PROOF_RECORDS:
                 out.append({"path": str(p), "what": "a work run of a per-image check",
                             "kept_until": None})
+    forgotten = {r[0] for r in conn.execute(
+        "SELECT idx FROM samples WHERE forgotten_in IS NOT NULL")}
+    for row in shadow_records.scan(reg, entries, forgotten):
+        seen.add(Path(row["path"]))
+        out.append(row)
+    shadows = reg / shadow_records.DIR
+    seen.update(shadows.rglob("*") if shadows.is_dir() else [])
     vouched = vouched_tables(entries, active)
     withdrawn = conn.execute("SELECT COUNT(*) FROM samples WHERE request_id IS NOT NULL"
                              ).fetchone()[0]

@@ -73,15 +73,32 @@ def unlearn_candidate(model_dir: str | os.PathLike, *, method: str, forget: Sequ
 
 
 def gate_candidate(run_dir: str | os.PathLike, *, original: str | os.PathLike,
-                   data_root: str | None = None, cache=None) -> Verification:
+                   data_root: str | None = None, cache=None,
+                   shadows: str | os.PathLike | None = None,
+                   registry: str | os.PathLike | None = None) -> Verification:
     """Evaluate the candidate ``run_dir`` against the active version ``original`` (the
     registry's verification options) and apply the safety gate to the metrics (``cache``: the
-    registry's feature cache)."""
+    registry's feature cache).
+
+    ``shadows``: the registry's shadow-model folder (:mod:`.shadows`): the gate's per-image
+    ``membership`` check runs on the request's images. Without it (a registry without shadow
+    models, ``registry`` given) the check is "not run", with the command that enables it.
+    """
     from medunlearn.evaluation.gate import gate
     from medunlearn.runs import evaluate_run
+    from medunlearn.runs.shadows import load_companions
 
+    # the registry vouches for the set (its ledger records it for version 1, from which every
+    # version descends), so only its data is checked (by evaluate_run)
+    companions = load_companions(shadows) if shadows is not None else None
     metrics = evaluate_run(run_dir, original=original, data_root=data_root,
-                           options=VERIFY_OPTIONS, cache=cache)
+                           options=VERIFY_OPTIONS, cache=cache, shadows=companions)
+    if companions is None and registry is not None:
+        from medunlearn.registry.shadow_records import command
+
+        metrics.setdefault("skipped", {})["membership"] = (
+            f"not run: the registry has no shadow models; '{command(registry)}' trains them "
+            "once, and every later request runs this check")
     exact = (metrics["runs"]["model"].get("method") or {}).get("name") in EXACT_METHODS
     # exact retraining is what the privacy checks approximate; its clinical safety still counts
     verdict = gate(metrics, {"privacy_checks": False} if exact else None)

@@ -155,7 +155,8 @@ def check_head(reg: str | Path, conn: sqlite3.Connection) -> None:
 #: holding only plain files and folders).
 LAYOUT = {"registry.db": "file", "registry.db-wal": "file", "registry.db-shm": "file",
           "registry.db-journal": "file", HEAD_FILE: "file", INTENT_FILE: "file", "lock": "file",
-          "versions": "tree", "staging": "tree", "cache": "tree", "forgetting_quality": "tree"}
+          "versions": "tree", "staging": "tree", "cache": "tree", "forgetting_quality": "tree",
+          "shadows": "tree"}
 
 
 def check_plain(reg: str | Path) -> None:

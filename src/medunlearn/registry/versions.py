@@ -127,7 +127,9 @@ def _forgotten_before(model_dir: Path, config: dict) -> list[int]:
 
 def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                   methods: list[str] | None = None, data_root: str | None = None,
-                  overwrite: bool = False, warm: bool = True, keep_superseded: int = 0) -> dict:
+                  overwrite: bool = False, warm: bool = True, keep_superseded: int = 0,
+                  shadows: int | None = None, shadow_seed: int | None = None,
+                  progress: bool = False) -> dict:
     """Register a deployed model: copy its run folder as version 1 and record its manifest.
 
     Args:
@@ -145,6 +147,13 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
         keep_superseded: After each request, keep the weights of the last N superseded
             versions for rollback (0, the default: purge every superseded version that holds a
             forgotten image; see :mod:`.residue`). Recorded in the ``init`` entry.
+        shadows: Also train K shadow models of the model (at least 4; 16 to 32 recommended)
+            for the gate's per-image membership check (:func:`.shadows.train`). Resumable:
+            calling ``init_registry`` again with the same model and ``out`` finishes an
+            interrupted training (finished shadows are reused) instead of refusing the
+            existing registry.
+        shadow_seed: Base seed of the shadows (default: the model's seed).
+        progress: Show the shadows' training progress.
 
     Returns:
         The registry folder (:func:`.reading.status` reads it).
@@ -157,6 +166,14 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
     from medunlearn.data.sources import dataset_name
 
     model_dir = Path(model_dir)
+    if shadows is not None:
+        from medunlearn.registry import shadows as shadow_models
+
+        shadow_models.check_k(shadows)  # before anything is written
+        if not overwrite and _registered_from(out, model_dir):
+            shadow_models.train(out, k=shadows, seed=shadow_seed, data_root=data_root,
+                                progress=progress)
+            return Path(out)
     run = load_run(model_dir)
     config = run.config
     _check_registrable(model_dir, config)
@@ -228,7 +245,27 @@ def init_registry(model_dir: str | os.PathLike, out: str | os.PathLike, *,
             conn.close()
     if warm:
         _warm(Path(out), rows, pre_forgotten, data_root)
+    if shadows is not None:
+        from medunlearn.registry import shadows as shadow_models
+
+        shadow_models.train(out, k=shadows, seed=shadow_seed, data_root=data_root,
+                            progress=progress)
     return Path(out)
+
+
+def _registered_from(out: str | os.PathLike, model_dir: Path) -> bool:
+    """Whether ``out`` is a registry whose version 1 is the model in ``model_dir`` (same
+    weights): ``init --shadows`` run again then resumes the shadows' training."""
+    from medunlearn.registry.db import DB_FILE
+
+    if not (Path(out) / DB_FILE).is_file() or not (model_dir / MODEL_FILE).is_file():
+        return False
+    conn = connect(out)
+    try:
+        row = conn.execute("SELECT weights_sha256 FROM versions WHERE n = 1").fetchone()
+    finally:
+        conn.close()
+    return row is not None and row[0] == sha256_file(model_dir / MODEL_FILE)
 
 
 def _warm(reg: Path, rows: list, pre_forgotten: list[int], data_root: str | None) -> None:

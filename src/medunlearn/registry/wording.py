@@ -114,12 +114,17 @@ def plain_check(check: dict, n_images: int) -> dict:
     images = f"{n_images} image{'s' if n_images != 1 else ''}"
     if status == "not_run":
         return row | {"outcome": "not run", "explanation": (
-            "Not run: it needs shadow models of the original model, trained once.")}
+            "Not run: it needs shadow models of the original model, trained once ('medunlearn "
+            "registry shadows REG --k 16'); see the per-image membership test below.")}
     if status == "cannot_say":
         return row | {"outcome": "cannot say", "explanation": (
             f"Ran on {images}, but the evidence cannot decide either way; this is not a "
-            "pass.")}
+            "pass." + (" See the per-image membership test below." if name == "membership"
+                       else ""))}
     if status == "skipped":
+        if name == "membership":
+            return row | {"outcome": "not run", "explanation": (
+                "Not needed: the model was retrained from scratch without the images.")}
         if name.endswith("_vs_reference"):
             return row | {"outcome": "not run", "explanation": NOT_RUN_REFERENCE}
         if closeness:

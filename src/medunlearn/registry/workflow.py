@@ -34,7 +34,7 @@ from pathlib import Path
 from medunlearn import cache
 from medunlearn.errors import CheckpointError, DataError, OutputError, OutputExistsError
 from medunlearn.fileio import _fsync_dir, sha256_file, write_index_rows
-from medunlearn.registry import features, ledger, replay, residue, steps, store
+from medunlearn.registry import features, ledger, replay, residue, shadows, steps, store
 from medunlearn.registry.db import connect, get_meta, set_meta, writer_lock
 from medunlearn.registry.deletion_request import DeletionRequest, load_request
 from medunlearn.registry.errors import AuditError, RegistryError, RequestError
@@ -305,7 +305,7 @@ def _run_pending(reg: Path, conn: sqlite3.Connection, rid: str, run: _Run) -> di
                                        data_root=data_root)
         if ver is not None and ver.passed:
             return _promote(reg, conn, plan, method, n, active, stage, ver, summary, started,
-                            keep=_keep(conn, run.keep), log=log)
+                            keep=_keep(conn, run.keep), log=log, data_root=data_root)
         outcome = "error" if ver is None else "failed"
         with store.write(reg, conn):
             _record_attempt(conn, rid, n, method, outcome, ver, summary, started)
@@ -329,9 +329,9 @@ def _keep(conn: sqlite3.Connection, keep: int | None) -> int:
     return keep if keep is not None else int(get_meta(conn, "keep_superseded", "0") or 0)
 
 
-def _takes_cache(step) -> bool:
+def _takes(step, name: str) -> bool:
     try:
-        return "cache" in inspect.signature(step).parameters
+        return name in inspect.signature(step).parameters
     except (TypeError, ValueError):
         return False
 
@@ -342,7 +342,8 @@ def _attempt(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
     """Unlearn from the active version into ``REG/staging`` and gate the candidate.
 
     The steps get the registry's feature cache (``cache=``) when they take it; the summary
-    records what was taken from it (:func:`.features.usage`).
+    records what was taken from it (:func:`.features.usage`). A verify step that takes
+    ``shadows=`` gets the registry's shadow set (None: it has none) and ``registry=``.
 
     Returns:
         ``(candidate folder, the gate's verdict or None when a step raised, attempt summary)``.
@@ -360,18 +361,20 @@ def _attempt(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
     summary = {"forget_count": len(plan.forget), "exclude_count": len(plan.exclude),
                "from_version": active, "steps": {"unlearn": step_name(unlearn),
                                                  "verify": step_name(verify)}}
+    gate_extra = {"shadows": shadows.for_gate(reg, conn), "registry": reg} if _takes(
+        verify, "shadows") else {}
     t0 = time.perf_counter()
     try:
         summary["unlearn_metrics"] = unlearn(
             active_path, method=method, forget=plan.forget, exclude=plan.exclude, out=stage,
             seed=seed, data_root=data_root,
-            **({"cache": run.session} if _takes_cache(unlearn) else {}))
+            **({"cache": run.session} if _takes(unlearn, "cache") else {}))
         summary["unlearn_seconds"] = time.perf_counter() - t0
         store.stage("after-unlearn")
         _write_excluded(conn, stage, plan.exclude)
         t1 = time.perf_counter()
-        ver = verify(stage, original=active_path, data_root=data_root,
-                     **({"cache": run.session} if _takes_cache(verify) else {}))
+        ver = verify(stage, original=active_path, data_root=data_root, **gate_extra,
+                     **({"cache": run.session} if _takes(verify, "cache") else {}))
         summary["verify_seconds"] = time.perf_counter() - t1
         summary["verdict"] = {"passed": bool(ver.passed), "reasons": list(ver.reasons),
                               "checks": list(ver.checks)}
@@ -436,10 +439,11 @@ def _write_excluded(conn: sqlite3.Connection, run_dir: Path, exclude: list[int])
 
 def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: int, active: int,
              stage: Path, ver: Verification, summary: dict, started: str, *, keep: int,
-             log=None) -> dict:
+             log=None, data_root: str | None = None) -> dict:
     """Rename the candidate into ``REG/versions`` and make it official in one transaction,
-    which also records the purge of the superseded versions' weights (:mod:`.residue`); the
-    files are deleted after the commit.
+    which also records the purge of the superseded versions' weights (:mod:`.residue`) and
+    the shadow models retrained without the newly forgotten images (:mod:`.shadows`, trained
+    first; the superseded shadows are purged); the files are deleted after the commit.
 
     A crash between the rename and the commit leaves an orphan folder that :func:`recover`
     removes; the attempt is then redone. A crash after the commit leaves files whose purge is
@@ -447,6 +451,10 @@ def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
     """
     rid = plan.rid
     t2 = time.perf_counter()
+    gone = set(shadows.forgotten(conn)) | set(plan.taken_out(method, set(not_forgotten(conn))))
+    shadow_entry = shadows.prepare_refresh(reg, conn, gone, data_root=data_root, log=log)
+    if shadow_entry is not None:
+        store.stage("after-shadows")
     new_n = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] + 1
     final = reg / "versions" / str(new_n)
     if final.exists() or final.is_symlink():
@@ -480,6 +488,7 @@ def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
         result["promote_seconds"] = time.perf_counter() - t2
         purge = residue.plan(conn, new_n, keep)
         result["residue"] = purge
+        result["shadows"] = shadows.summary(shadow_entry)
         conn.execute("UPDATE requests SET result = ? WHERE id = ?",
                      (ledger.canonical_json(result), rid))
         ledger.append(conn, "complete", {
@@ -487,6 +496,8 @@ def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
             **({"consolidated": plan.forget} if plan.consolidate else {}),
             "result_sha256": result_sha256(result)}, request_id=rid, created=now)
         ledger.append(conn, residue.PURGE_KIND, purge, request_id=rid, created=now)
+        if shadow_entry is not None:
+            ledger.append(conn, "shadows", shadow_entry, request_id=rid, created=now)
     store.stage("after-commit")
     residue.apply_purges(reg, ledger.entries(conn))
     store.stage("after-purge")

@@ -30,6 +30,7 @@ from medunlearn.checkpoint import (
 from medunlearn.config import ModelConfig, TrainConfig, from_dict
 from medunlearn.data import Dataset, data_identity
 from medunlearn.errors import CheckpointError, ForgetSetError
+from medunlearn.evaluation.companions import CompanionSet
 from medunlearn.evaluation.record import EvalOptions, eval_options
 from medunlearn.forget_set import ForgetSet
 from medunlearn.runs.checks import check_original, check_reference
@@ -129,7 +130,7 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
                  reference: str | os.PathLike | None = None,
                  options: EvalOptions | Mapping | None = None, data_root: str | None = None,
                  gate=False, forgetting_quality: Mapping | None = None, cache=None,
-                 shadows: str | os.PathLike | None = None,
+                 shadows: str | os.PathLike | CompanionSet | None = None,
                  forget: str | os.PathLike | None = None) -> dict:
     """Evaluate an unlearned model, optionally against the original and the retrained reference.
 
@@ -146,7 +147,10 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
         cache: A :class:`medunlearn.cache.Session` (loaded data and features are reused).
         shadows: Folder of shadow models of the original (``medunlearn shadows``): adds
             per-image membership evidence (``models.<role>.membership``) and the gate's
-            ``membership`` check; refused when made for another model or other data.
+            ``membership`` check; refused when made for another model or other data. A
+            loaded :class:`~medunlearn.evaluation.companions.CompanionSet` is checked against
+            the data only (the caller vouches that it accompanies this model: the registry's
+            set accompanies its first version, from which every later version descends).
         forget: A ``forget.csv`` naming the forget set, for a model folder without one (a
             ``train`` run scored as "original (no unlearning)"); by default such a folder takes
             the reference's ``forget.csv``.
@@ -183,7 +187,10 @@ def evaluate_run(model_dir: str | os.PathLike, *, original: str | os.PathLike | 
         notes.append(f"The reference {runs['reference'].path} has no {FORGET_FILE}; it is "
                      "assumed to be trained without the forget set.")
     companions = None
-    if shadows is not None:  # refused before any model runs when made for another model/data
+    if isinstance(shadows, CompanionSet):  # loaded by a caller that vouches for its source
+        shadows.check_data(dataset)
+        companions = shadows
+    elif shadows is not None:  # refused before any model runs when made for another model/data
         companions = load_companions(shadows, data=dataset, fingerprints=[
             run.config.get("fingerprint"), (run.config.get("original") or {}).get("fingerprint")])
     model_config, train_config = _recipe(runs.get("original", run)) if opts.lira_shadows \

@@ -146,7 +146,8 @@ def train_companions(data: Dataset, membership: np.ndarray, *, recipe: Recipe,
                      out: str | os.PathLike, kind: str = SHADOW, base_seed: int = 0,
                      source: dict | None = None, rebuild: str | None = None,
                      device: str | None = None, threads: int | None = None,
-                     overwrite: bool = False, progress: bool = True) -> CompanionSet:
+                     overwrite: bool = False, progress: bool = True,
+                     reuse_from: str | os.PathLike | None = None) -> CompanionSet:
     """Train one model per row of ``membership`` with ``recipe`` and store the set in ``out``
     (:func:`medunlearn.evaluation.companions.train_members`, each member written atomically
     as soon as it is trained).
@@ -166,6 +167,11 @@ def train_companions(data: Dataset, membership: np.ndarray, *, recipe: Recipe,
         device, threads: Override the recipe's device and threads.
         overwrite: Replace a folder holding another set.
         progress: Print progress (one line or bar per member).
+        reuse_from: A complete set of the same kind, seeds, recipe and data (e.g. the set this
+            one replaces after some images were withdrawn): each of its members whose row of the
+            design is unchanged is copied (weights and outputs, byte for byte) instead of being
+            trained again; the others are trained (same seed, so the same model the design
+            gives). The copy's record names where it came from (``copied_from``).
 
     Returns:
         The loaded :class:`CompanionSet`.
@@ -206,6 +212,8 @@ def train_companions(data: Dataset, membership: np.ndarray, *, recipe: Recipe,
                                                            "environment": environment()})
     key = manifest["fingerprint"]
     todo = [j for j in range(k) if _member_done(out, j, key) is None]
+    if reuse_from is not None:
+        todo = _copy_unchanged(Path(reuse_from), out, mask, manifest, todo)
     rt = Runtime.create(cfg.device, cfg.precision, cfg.threads)
     bar = progress_bar(len(todo), f"{kind} models", enabled=progress, unit="model")
     if progress and len(todo) < k:
@@ -229,6 +237,35 @@ def train_companions(data: Dataset, membership: np.ndarray, *, recipe: Recipe,
     if not (out / CALIBRATION_FILE).is_file():
         write_calibration(cs)
     return cs
+
+
+def _copy_unchanged(old: Path, out: Path, mask: np.ndarray, manifest: dict,
+                    todo: list[int]) -> list[int]:
+    """Copy into ``out`` the members of the set in ``old`` that ``mask`` leaves unchanged (same
+    seed, recipe, data and training images); returns the members still to train."""
+    try:
+        prev = load_companions(old)
+    except CheckpointError:
+        return todo
+    pm = prev.manifest
+    same = (pm.get("kind") == manifest["kind"] and pm.get("recipe") == manifest["recipe"]
+            and pm.get("data_digest") == manifest["data_digest"]
+            and prev.membership.shape == mask.shape)
+    if not same:
+        return todo
+    left = []
+    for j in todo:
+        if pm["seeds"][j] != manifest["seeds"][j] or not np.array_equal(prev.membership[j],
+                                                                         mask[j]):
+            left.append(j)
+            continue
+        src, dst = _member_paths(old, j), _member_paths(out, j)
+        for a, b in zip(src[:2], dst[:2], strict=True):
+            atomic_write_bytes(b, a.read_bytes())
+        info = read_json(src[2]) | {"fingerprint": manifest["fingerprint"],
+                                    "copied_from": str(old), "created": now_iso()}
+        atomic_write_json(dst[2], info)
+    return left
 
 
 def _restore_calibration(cs: CompanionSet) -> None:
@@ -336,6 +373,14 @@ def rebuild_command(run_dir: str | os.PathLike, k: int, seed: int, out: str | os
     return f"medunlearn shadows {run_dir} --k {k} --seed {seed} --out {out}"
 
 
+def run_recipe(config: dict) -> Recipe:
+    """The recipe of a run folder's model (its ``config.json``): its model spec and training
+    config."""
+    spec = config["model"]
+    train_cfg = from_dict(TrainConfig, config.get("train") or {}, where="config.json train")
+    return Recipe(build=lambda: model_from_spec(spec), train=train_cfg, spec=spec)
+
+
 def companions_for_run(run_dir: str | os.PathLike, *, kind: str = SHADOW, k: int = 16,
                        out: str | os.PathLike | None = None, seed: int | None = None,
                        device: str | None = None, threads: int | None = None,
@@ -370,9 +415,7 @@ def companions_for_run(run_dir: str | os.PathLike, *, kind: str = SHADOW, k: int
     gone = previously_forgotten(run_dir) if run.config.get("kind") == "unlearn" else []
     pool = np.setdiff1d(np.arange(len(data.train)), np.asarray(gone, dtype=np.int64))
     mask = design(len(data.train), k, seed=seed, pool=pool)
-    spec = run.config["model"]
-    train_cfg = from_dict(TrainConfig, run.config.get("train") or {}, where="config.json train")
-    recipe = Recipe(build=lambda: model_from_spec(spec), train=train_cfg, spec=spec)
+    recipe = run_recipe(run.config)
     source = {"path": str(Path(run_dir).resolve()), "fingerprint": run.config.get("fingerprint"),
               "weights_sha256": sha256_file(Path(run_dir) / MODEL_FILE),
               "kind": run.config.get("kind")}
@@ -425,5 +468,5 @@ def train_shadows(model: torch.nn.Module, data: Dataset, *, out: str | os.PathLi
 
 
 __all__ = ["CALIBRATION_FILE", "MANIFEST_FILE", "companions_for_run", "default_folder",
-           "load_companions", "load_member", "rebuild_command", "shadows_for_run",
+           "load_companions", "load_member", "rebuild_command", "run_recipe", "shadows_for_run",
            "train_companions", "train_shadows", "write_calibration"]
