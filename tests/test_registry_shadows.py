@@ -224,11 +224,15 @@ def test_a_request_retrains_every_shadow_trained_on_its_images(sreg, manifest, t
     from medunlearn.fileio import read_json
     from medunlearn.runs.shadows import run_recipe
 
-    idx = distinct(manifest, 3, start=40)
-    hashes = [manifest[i] for i in idx]
     g1 = shadow_folder(sreg, 1)
     old = load_companions(g1)
+    # two images with the same IN shadows: half the set is retrained, the other half copied
+    cand = distinct(manifest, 60, start=40)
+    idx = [cand[0], next(i for i in cand[1:] if np.array_equal(old.membership[:, i],
+                                                               old.membership[:, cand[0]]))]
+    hashes = [manifest[i] for i in idx]
     affected = old.trained_on(idx)
+    assert len(affected) == K // 2
     old_files = _files(g1)
     r = forget(sreg, req("R1", manifest, idx), **fake_steps())
     assert r["status"] == "completed"
@@ -242,9 +246,17 @@ def test_a_request_retrains_every_shadow_trained_on_its_images(sreg, manifest, t
     expect = old.membership.copy()
     expect[:, idx] = False
     assert np.array_equal(new.membership, expect)  # only the forgotten images left out
-    for j in range(K):  # unaffected members are copied byte for byte, the others replaced
-        name = f"members/k{j:02d}.outputs.safetensors"
+    for j in range(K):  # unaffected members' weights are copied byte for byte
+        name = f"members/k{j:02d}.safetensors"
         assert (sha256_file(g2 / name) == old_files[name]) == (j not in affected)
+    # no member keeps outputs on a forgotten image; every other output is kept or recomputed
+    assert np.isfinite(old.logits["train"][:, idx]).all()
+    assert np.isnan(new.logits["train"][:, idx]).all()
+    keep = np.setdiff1d(np.arange(len(manifest)), idx)
+    assert np.isfinite(new.logits["train"][:, keep]).all()
+    copied = [j for j in range(K) if j not in affected]
+    assert np.array_equal(new.logits["train"][copied][:, keep],
+                          old.logits["train"][copied][:, keep])
     # a retrained member is the model its seed and reduced half give (deterministic)
     j = affected[0]
     config = read_json(sreg / "versions" / "1" / "config.json")
@@ -271,6 +283,8 @@ def test_a_request_retrains_every_shadow_trained_on_its_images(sreg, manifest, t
     forget(sreg, req("R2", manifest, distinct(manifest, 2, start=60)), unlearn=fake_unlearn,
            verify=real_gate_that_promotes(seen))
     assert seen[0]["shadows"] == g2 and not shadow_folder(sreg, 2).exists()
+    # (its blanked rows do not disturb the test: it ran on the new images)
+    assert _membership_check(seen[0]["verdict"])["status"] in ("pass", "fail", "cannot_say")
 
 
 def test_a_changed_shadow_file_fails_the_audit_and_blocks_requests(sreg, manifest, capsys):

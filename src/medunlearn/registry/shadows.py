@@ -10,7 +10,9 @@ on the same data, so one set serves every request.
 The set is itself derived from patients' images, so it is forgotten too: when a request
 forgets images, every shadow trained on one of them is retrained on its half without them (the
 same seed, so the same model the design gives) before the promotion commits
-(:func:`prepare_refresh`); the unaffected members are copied. The new generation is recorded by
+(:func:`prepare_refresh`); the unaffected members are copied. No member keeps its outputs on a
+forgotten image either (those rows are stored as NaN: a model's outputs on an image are data
+derived from it; the membership test never reads them). The new generation is recorded by
 a ``shadows`` ledger entry in the promotion's transaction, which also purges every file of the
 generation it replaces (:mod:`.shadow_records`). A gate never uses a set that still holds a
 forgotten image (:func:`for_gate` refuses it; ``registry shadows`` retrains it).
@@ -117,7 +119,8 @@ def _build(reg: Path, conn: sqlite3.Connection, mask: np.ndarray, *, k: int, bas
     t0 = time.perf_counter()
     cs = train_companions(data, mask, recipe=recipe, out=out, base_seed=base_seed,
                           source=source, rebuild=shadow_records.command(reg, k),
-                          overwrite=True, progress=progress, reuse_from=old)
+                          overwrite=True, progress=progress, reuse_from=old,
+                          blank_unused=True)
     return {"generation": g, "k": cs.k, "base_seed": base_seed,
             "fingerprint": cs.manifest["fingerprint"],
             "design_sha256": cs.manifest["design_sha256"], "excluded": sorted(excluded),

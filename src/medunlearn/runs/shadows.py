@@ -147,7 +147,8 @@ def train_companions(data: Dataset, membership: np.ndarray, *, recipe: Recipe,
                      source: dict | None = None, rebuild: str | None = None,
                      device: str | None = None, threads: int | None = None,
                      overwrite: bool = False, progress: bool = True,
-                     reuse_from: str | os.PathLike | None = None) -> CompanionSet:
+                     reuse_from: str | os.PathLike | None = None,
+                     blank_unused: bool = False) -> CompanionSet:
     """Train one model per row of ``membership`` with ``recipe`` and store the set in ``out``
     (:func:`medunlearn.evaluation.companions.train_members`, each member written atomically
     as soon as it is trained).
@@ -172,6 +173,10 @@ def train_companions(data: Dataset, membership: np.ndarray, *, recipe: Recipe,
             design is unchanged is copied (weights and outputs, byte for byte) instead of being
             trained again; the others are trained (same seed, so the same model the design
             gives). The copy's record names where it came from (``copied_from``).
+        blank_unused: Store no outputs (NaN rows) on the training images that no member is
+            trained on: for images withdrawn from the data (a deletion registry's forgotten
+            images), whose outputs would be data derived from them. The membership test never
+            uses those rows (an image without an IN model is untestable).
 
     Returns:
         The loaded :class:`CompanionSet`.
@@ -211,9 +216,10 @@ def train_companions(data: Dataset, membership: np.ndarray, *, recipe: Recipe,
         atomic_write_json(out / MANIFEST_FILE, manifest | {"created": now_iso(),
                                                            "environment": environment()})
     key = manifest["fingerprint"]
+    unused = np.flatnonzero(~mask.any(axis=0)) if blank_unused else np.empty(0, np.int64)
     todo = [j for j in range(k) if _member_done(out, j, key) is None]
     if reuse_from is not None:
-        todo = _copy_unchanged(Path(reuse_from), out, mask, manifest, todo)
+        todo = _copy_unchanged(Path(reuse_from), out, mask, manifest, todo, unused)
     rt = Runtime.create(cfg.device, cfg.precision, cfg.threads)
     bar = progress_bar(len(todo), f"{kind} models", enabled=progress, unit="model")
     if progress and len(todo) < k:
@@ -222,8 +228,7 @@ def train_companions(data: Dataset, membership: np.ndarray, *, recipe: Recipe,
         for m in train_members(data, mask, recipe=recipe, seeds=seeds, todo=todo, runtime=rt):
             weights, outputs, meta = _member_paths(out, m.index)
             save_weights(weights, m.model, {"fingerprint": key, "member": m.index})
-            atomic_write_bytes(outputs, save({s: torch.from_numpy(v) for s, v in
-                                              m.logits.items()}, metadata={"fingerprint": key}))
+            atomic_write_bytes(outputs, _outputs_bytes(m.logits, unused, key))
             atomic_write_json(meta, {
                 "member": m.index, "fingerprint": key, "seed": seeds[m.index],
                 "n_in": int(mask[m.index].sum()), "best_epoch": m.best_epoch, "steps": m.steps,
@@ -239,10 +244,22 @@ def train_companions(data: Dataset, membership: np.ndarray, *, recipe: Recipe,
     return cs
 
 
+def _outputs_bytes(logits: dict[str, np.ndarray], unused: np.ndarray, key: str) -> bytes:
+    """A member's outputs file; the training rows ``unused`` are stored as NaN."""
+    logits = dict(logits)
+    if len(unused):
+        train = np.array(logits["train"], dtype=np.float32, copy=True)  # (N, C)
+        train[unused] = np.nan
+        logits["train"] = train
+    return save({s: torch.from_numpy(np.ascontiguousarray(v)) for s, v in logits.items()},
+                metadata={"fingerprint": key})
+
+
 def _copy_unchanged(old: Path, out: Path, mask: np.ndarray, manifest: dict,
-                    todo: list[int]) -> list[int]:
+                    todo: list[int], unused: np.ndarray) -> list[int]:
     """Copy into ``out`` the members of the set in ``old`` that ``mask`` leaves unchanged (same
-    seed, recipe, data and training images); returns the members still to train."""
+    seed, recipe, data and training images): the weights byte for byte, the outputs with the
+    rows ``unused`` blanked; returns the members still to train."""
     try:
         prev = load_companions(old)
     except CheckpointError:
@@ -260,9 +277,11 @@ def _copy_unchanged(old: Path, out: Path, mask: np.ndarray, manifest: dict,
             left.append(j)
             continue
         src, dst = _member_paths(old, j), _member_paths(out, j)
-        for a, b in zip(src[:2], dst[:2], strict=True):
-            atomic_write_bytes(b, a.read_bytes())
+        atomic_write_bytes(dst[0], src[0].read_bytes())
+        got = {s: v.numpy() for s, v in load_file(str(src[1])).items()}
+        atomic_write_bytes(dst[1], _outputs_bytes(got, unused, manifest["fingerprint"]))
         info = read_json(src[2]) | {"fingerprint": manifest["fingerprint"],
+                                    "outputs_sha256": sha256_file(dst[1]),
                                     "copied_from": str(old), "created": now_iso()}
         atomic_write_json(dst[2], info)
     return left
