@@ -18,6 +18,7 @@ from medunlearn.errors import CheckpointError
 from medunlearn.fileio import sha256_file
 from medunlearn.registry import (
     AuditError,
+    RegistryError,
     Verification,
     audit_registry,
     certificate,
@@ -301,3 +302,63 @@ def test_a_changed_shadow_file_fails_the_audit_and_blocks_requests(sreg, manifes
     assert main(["registry", "shadows", str(sreg), "--k", str(K)]) == 2
     assert "shadow models" in capsys.readouterr().err
     assert status(sreg)["shadows"]["generation"] == 1 and len(_entries(sreg)) == 1
+
+
+def test_a_crash_after_the_shadows_retrained_resumes_them(sreg, manifest, monkeypatch):
+    import medunlearn.runs.shadows as runs_shadows
+    from medunlearn.registry import store
+
+    def crash(name):
+        if name == "after-shadows":
+            raise RuntimeError("killed")
+
+    store.set_stage_hook(crash)
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            forget(sreg, req("R1", manifest, distinct(manifest, 2)), **fake_steps())
+    finally:
+        store.set_stage_hook(None)
+    st = status(sreg)
+    assert st["requests"]["pending"] and st["shadows"]["generation"] == 1  # nothing promoted
+    unrecorded = shadow_folder(sreg, 2)
+    assert unrecorded.is_dir() and len(list((unrecorded / "members").glob("k*.json"))) == K
+    report = audit_registry(sreg)
+    assert report.ok and any("no ledger entry records" in w for w in report.warnings)
+    weights = {p.name: sha256_file(p) for p in (unrecorded / "members").glob("*.safetensors")}
+    real, todo = runs_shadows.train_members, []
+
+    def recording(data, mask, **kw):
+        todo.append(list(kw["todo"]))
+        return real(data, mask, **kw)
+
+    monkeypatch.setattr(runs_shadows, "train_members", recording)
+    r = forget(sreg, req("R1", manifest, distinct(manifest, 2)), **fake_steps())
+    assert r["status"] == "completed" and r["shadows"]["generation"] == 2
+    # the retry trained nothing: it reused the stored shadows and recorded them
+    assert todo == [[]]
+    assert {p.name: sha256_file(p) for p in (unrecorded / "members").glob("*.safetensors")
+            } == weights
+    assert audit_registry(sreg).ok and residue(sreg) == [] and not shadow_folder(sreg, 1).exists()
+
+
+def test_a_set_holding_a_forgotten_image_is_never_used(sreg, manifest):
+    import sqlite3
+
+    from medunlearn.registry.shadows import for_gate
+
+    cs = load_companions(shadow_folder(sreg, 1))
+    i = distinct(manifest, 1)[0]
+    assert cs.trained_on([i])
+    conn = sqlite3.connect(sreg / "registry.db")  # what a bug or an edit would leave
+    conn.execute("UPDATE samples SET forgotten_in = 1 WHERE idx = ?", (i,))
+    conn.commit()
+    conn.close()
+    conn = connect(sreg)
+    try:
+        with pytest.raises(RegistryError, match="registry shadows"):
+            for_gate(sreg, conn)
+    finally:
+        conn.close()
+    found = residue(sreg)
+    assert found and all("trained on a forgotten image" in r["what"] for r in found
+                         if "shadows" in r["path"])
