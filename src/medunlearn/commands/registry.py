@@ -95,6 +95,7 @@ def shadows_cmd(
         "--replace", help="Train a new set although one is recorded (another K or seed); the "
         "old set is purged.")] = False,
     data_root: DataRoot = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     wait: Annotated[float | None, typer.Option(
         help="Seconds to wait for another process changing the registry (default: as long as "
@@ -111,7 +112,7 @@ def shadows_cmd(
 
     check_k(k)
     r = train(reg, k=k, seed=seed, data_root=data_root, replace=replace, progress=not quiet,
-              lock_timeout=wait)
+              lock_timeout=wait, threads=threads)
     what = {"trained": f"trained {r['k']} shadow models",
             "refreshed": f"retrained {r['retrained']} of {r['k']} shadow models without the "
                          "forgotten images",

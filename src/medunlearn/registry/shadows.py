@@ -104,7 +104,7 @@ def _inputs(reg: Path, conn: sqlite3.Connection, data_root: str | None):
 
 def _build(reg: Path, conn: sqlite3.Connection, mask: np.ndarray, *, k: int, base_seed: int,
            excluded: list[int], reason: str, data_root: str | None, progress: bool,
-           previous: dict | None, retrained: list[int]) -> dict:
+           previous: dict | None, retrained: list[int], threads: int | None = None) -> dict:
     """Train (or finish) the next generation with design ``mask``; the body of its ledger
     entry (``previous``: the entry of the generation it replaces, whose unchanged members are
     copied and whose files it purges)."""
@@ -120,7 +120,7 @@ def _build(reg: Path, conn: sqlite3.Connection, mask: np.ndarray, *, k: int, bas
     cs = train_companions(data, mask, recipe=recipe, out=out, base_seed=base_seed,
                           source=source, rebuild=shadow_records.command(reg, k),
                           overwrite=True, progress=progress, reuse_from=old,
-                          blank_unused=True)
+                          blank_unused=True, threads=threads)
     return {"generation": g, "k": cs.k, "base_seed": base_seed,
             "fingerprint": cs.manifest["fingerprint"],
             "design_sha256": cs.manifest["design_sha256"], "excluded": sorted(excluded),
@@ -132,7 +132,7 @@ def _build(reg: Path, conn: sqlite3.Connection, mask: np.ndarray, *, k: int, bas
 
 def prepare_refresh(reg: str | os.PathLike, conn: sqlite3.Connection, gone: set[int], *,
                     data_root: str | None = None, reason: str = "request",
-                    log=None) -> dict | None:
+                    log=None, threads: int | None = None) -> dict | None:
     """Retrain every shadow trained on one of the images ``gone`` (all forgotten images once
     the promotion commits) on its half without them; copy the others. Returns the body of
     the ``shadows`` ledger entry to commit (None: no set, or no member held those images)."""
@@ -153,7 +153,8 @@ def prepare_refresh(reg: str | os.PathLike, conn: sqlite3.Connection, gone: set[
             "images")
     return _build(reg, conn, mask, k=cs.k, base_seed=int(body["base_seed"]),
                   excluded=sorted(set(body.get("excluded") or []) | set(gone)), reason=reason,
-                  data_root=data_root, progress=False, previous=last, retrained=retrained)
+                  data_root=data_root, progress=False, previous=last, retrained=retrained,
+                  threads=threads)
 
 
 def _check_registry(reg: Path, conn: sqlite3.Connection) -> None:
@@ -169,7 +170,7 @@ def _check_registry(reg: Path, conn: sqlite3.Connection) -> None:
 
 def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: int | None = None,
           data_root: str | None = None, replace: bool = False, progress: bool = True,
-          lock_timeout: float | None = None) -> dict:
+          lock_timeout: float | None = None, threads: int | None = None) -> dict:
     """Train the registry's K shadow models (or finish an interrupted training, or retrain a
     set that still holds forgotten images) and record them in the ledger.
 
@@ -182,6 +183,7 @@ def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: in
             is purged.
         progress: Show a progress bar.
         lock_timeout: Seconds to wait for another writer.
+        threads: CPU threads for torch (default: the model's recipe).
 
     Returns:
         ``{"status": "trained" | "refreshed" | "current", "generation", "k", "retrained",
@@ -208,7 +210,8 @@ def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: in
                         f"{reg} already has {body.get('k')} shadow models (seed "
                         f"{body.get('base_seed')}); pass --replace to train a new set with "
                         f"--k {k} (the old one is purged), or use --k {body.get('k')}.")
-                new = prepare_refresh(reg, conn, gone, data_root=data_root, reason="stale")
+                new = prepare_refresh(reg, conn, gone, data_root=data_root, reason="stale",
+                                      threads=threads)
                 status = "refreshed" if new else "current"
             else:
                 from medunlearn.evaluation.companions import balanced_halves
@@ -219,7 +222,8 @@ def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: in
                 mask = balanced_halves(n, k, seed=base, pool=pool)
                 new = _build(reg, conn, mask, k=k, base_seed=base, excluded=sorted(gone),
                              reason="replace" if last else "init", data_root=data_root,
-                             progress=progress, previous=last, retrained=list(range(k)))
+                             progress=progress, previous=last, retrained=list(range(k)),
+                             threads=threads)
                 status = "trained"
             if new is not None:
                 with store.write(reg, conn):
