@@ -35,6 +35,7 @@ from medunlearn.fileio import read_json
 from medunlearn.registry import ledger, replay, shadow_records, store
 from medunlearn.registry.db import connect, get_meta, writer_lock
 from medunlearn.registry.errors import AuditError, RegistryError
+from medunlearn.registry.shadow_records import ENTRY_KIND
 
 
 def check_k(k: int) -> None:
@@ -227,7 +228,7 @@ def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: in
                 status = "trained"
             if new is not None:
                 with store.write(reg, conn):
-                    ledger.append(conn, shadow_records.ENTRY_KIND, new)
+                    ledger.append(conn, ENTRY_KIND, new)
                 shadow_records.apply_purges(reg, ledger.entries(conn))
             body = new or last["body"]
             return {"status": status, "generation": body["generation"], "k": body["k"],
@@ -246,7 +247,7 @@ def summary(body: dict | None) -> dict | None:
         return None
     return {"generation": body["generation"], "k": body["k"],
             "retrained": len(body["retrained"]), "copied": len(body["copied"]),
-            "purged_files": len(body["purged"])}
+            "purged_files": len(body["purged"]), "seconds": body["seconds"]}
 
 
-__all__ = ["check_k", "for_gate", "forgotten", "prepare_refresh", "summary", "train"]
+__all__ = ["ENTRY_KIND", "check_k", "for_gate", "forgotten", "prepare_refresh", "summary", "train"]

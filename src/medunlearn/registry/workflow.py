@@ -450,11 +450,11 @@ def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
     recorded; :func:`recover` deletes them.
     """
     rid = plan.rid
-    t2 = time.perf_counter()
     gone = set(shadows.forgotten(conn)) | set(plan.taken_out(method, set(not_forgotten(conn))))
     shadow_entry = shadows.prepare_refresh(reg, conn, gone, data_root=data_root, log=log)
     if shadow_entry is not None:
         store.stage("after-shadows")
+    t2 = time.perf_counter()
     new_n = conn.execute("SELECT MAX(n) FROM versions").fetchone()[0] + 1
     final = reg / "versions" / str(new_n)
     if final.exists() or final.is_symlink():
@@ -497,7 +497,7 @@ def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
             "result_sha256": result_sha256(result)}, request_id=rid, created=now)
         ledger.append(conn, residue.PURGE_KIND, purge, request_id=rid, created=now)
         if shadow_entry is not None:
-            ledger.append(conn, "shadows", shadow_entry, request_id=rid, created=now)
+            ledger.append(conn, shadows.ENTRY_KIND, shadow_entry, request_id=rid, created=now)
     store.stage("after-commit")
     residue.apply_purges(reg, ledger.entries(conn))
     store.stage("after-purge")
