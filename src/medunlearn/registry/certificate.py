@@ -299,6 +299,8 @@ def evidence(cert: dict) -> tuple[str, str]:
     if mem.get("run") and mem.get("applies"):
         if mem.get("status") == "pass":
             return "forgotten", mem["summary"]
+        if mem.get("status") == "fail":
+            return "not shown", mem["summary"]
         return "cannot say", ("For these images the evidence cannot say whether they were "
                               f"forgotten. {mem['summary']} The per-image forgetting check was "
                               "not run.")
