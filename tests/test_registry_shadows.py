@@ -9,6 +9,8 @@ trains in well under a second."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers import distinct, req
@@ -363,3 +365,18 @@ def test_a_set_holding_a_forgotten_image_is_never_used(sreg, manifest):
     found = residue(sreg)
     assert found and all("trained on a forgotten image" in r["what"] for r in found
                          if "shadows" in r["path"])
+
+
+def test_certificates_without_the_section_still_verify(sreg, manifest, tmp_path):
+    """A certificate issued before certificates had a membership section is not contradicted by
+    it; an edited section is."""
+    forget(sreg, req("R1", manifest, distinct(manifest, 2)), **fake_steps())
+    cert = write_certificate(sreg, "R1", tmp_path / "cert")
+    assert cert["membership"]["summary"].startswith("Not run: the registry had shadow models")
+    path = tmp_path / "cert" / "certificate.json"
+    old = {k: v for k, v in cert.items() if k != "membership"}
+    path.write_text(json.dumps(old))
+    assert audit_registry(sreg, certificate_files=[path]).ok
+    path.write_text(json.dumps(cert | {"membership": cert["membership"] | {"run": True}}))
+    report = audit_registry(sreg, certificate_files=[path])
+    assert not report.ok and any("membership.run" in p for p in report.problems)

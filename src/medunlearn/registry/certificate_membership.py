@@ -69,11 +69,17 @@ def section(reg, attempts: list[tuple[dict, dict]], *, request: dict, change: st
             "saw them.")}
     elif rec is None:
         cmd = shadow_records.command(reg)
-        out |= {"applies": bool(attempts), "run": False, "command": cmd, "summary": (
-            "Not run: the registry had no shadow models when this request was verified, so "
-            f"no per-image membership evidence exists for it. '{cmd}' trains them once; every "
-            "later request then runs this check.")}
-        return out
+        tried = [e["seq"] for e in entries
+                 if e["kind"] == "attempt" and e["request_id"] == request["id"]]
+        had = any(e["seq"] < max(tried) for e in shadow_records.shadow_entries(entries)
+                  ) if tried else False
+        why = ("Not run: the registry had shadow models, but the step that verified this "
+               "request recorded no per-image membership evidence (a non-standard verify "
+               "step)." if had else
+               "Not run: the registry had no shadow models when this request was verified, so "
+               f"no per-image membership evidence exists for it. '{cmd}' trains them once; "
+               "every later request then runs this check.")
+        return out | {"applies": bool(attempts), "run": False, "command": cmd, "summary": why}
     else:
         out |= {"applies": True, "run": True}
     if rec is None:
