@@ -16,8 +16,9 @@ HOW_TO_READ = (
     "of them with the image and half without. From them, 'IN-likeness' is the confidence a model "
     "like this one is expected to have on the image if it still remembers it, and "
     "'OUT-likeness' the confidence expected if it never saw it (confidences on the log-odds "
-    "scale of the image's true label: higher is more confident). 'Confidence' is what the model "
-    "now in service gives. An image 'looks forgotten' when that confidence sits where an unseen "
+    "scale of the image's true label: higher is more confident). 'Confidence' is what the "
+    "request's new model (the candidate the gate checked) gives. An image 'looks forgotten' "
+    "when that confidence sits where an unseen "
     "image's would, and the test was able to tell a remembered image apart (enough power); it "
     "'looks remembered' when the confidence is significantly closer to IN-likeness (p below "
     "the test's level). 'Cannot say' means the IN and OUT expectations are too close to each "
@@ -178,7 +179,7 @@ def render_html(sec: dict | None, esc, table) -> str:
                              wording.fmt(x["z"]), wording.fmt(x["p_value"]), x["status"]]
                             for x in images],
                            ["image (SHA-256, first 12)", "IN-likeness", "OUT-likeness",
-                            "confidence now", "z", "p", "looks"], hashes=(0,)))
+                            "the new model's confidence", "z", "p", "looks"], hashes=(0,)))
     parts.append(f"<p>{esc(sec['instrument']['in_words'])}</p>")
     return "".join(parts)
 
