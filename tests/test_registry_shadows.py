@@ -380,3 +380,21 @@ def test_certificates_without_the_section_still_verify(sreg, manifest, tmp_path)
     path.write_text(json.dumps(cert | {"membership": cert["membership"] | {"run": True}}))
     report = audit_registry(sreg, certificate_files=[path])
     assert not report.ok and any("membership.run" in p for p in report.problems)
+
+
+def test_deleted_shadow_files_hold_requests_until_the_set_is_trained_again(sreg, manifest,
+                                                                          capsys):
+    (shadow_folder(sreg, 1) / "members" / "k01.safetensors").unlink()
+    report = audit_registry(sreg)  # derived data: a warning, not tampering
+    assert report.ok and any("were deleted" in w for w in report.warnings)
+    seen = []
+    request = req("R1", manifest, distinct(manifest, 2))
+    with pytest.raises(RegistryError, match="registry shadows"):
+        forget(sreg, request, unlearn=fake_unlearn, verify=real_gate_that_promotes(seen))
+    assert not seen and status(sreg)["requests"]["pending"]  # not verified without them
+    assert main(["registry", "shadows", str(sreg), "--k", str(K), "-q"]) == 0
+    assert "trained 4 shadow models (generation 2" in capsys.readouterr().out
+    assert not shadow_folder(sreg, 1).exists() and audit_registry(sreg).ok
+    r = forget(sreg, request, unlearn=fake_unlearn, verify=real_gate_that_promotes(seen))
+    assert r["status"] == "completed" and seen[0]["shadows"] == shadow_folder(sreg, 2)
+    assert audit_registry(sreg).ok and residue(sreg) == []

@@ -117,9 +117,10 @@ def apply_purges(reg: str | os.PathLike, entries: list[dict]) -> list[str]:
 
 
 def file_problems(reg: str | os.PathLike, entries: list[dict]) -> list[str]:
-    """The files of the generation in use against its ledger entry (a changed, missing or added
-    file: its evidence would decide verdicts), and files at a purged path with other bytes
-    (planted)."""
+    """The files of the generation in use against its ledger entry (a changed or added file:
+    its evidence would decide verdicts), and files at a purged path with other bytes (planted).
+    A deleted file is only a warning (:func:`audit_notes`): the set is derived data, which a
+    gate then refuses to use until ``registry shadows`` trains it again."""
     reg = Path(reg)
     problems = []
     last = latest(entries)
@@ -129,9 +130,8 @@ def file_problems(reg: str | os.PathLike, entries: list[dict]) -> list[str]:
         actual = store.folder_hashes(gen) if gen.is_dir() else {}
         for name in sorted(set(recorded) | set(actual)):
             if name not in actual:
-                problems.append(f"shadow models: {gen / name} is missing (recorded in ledger "
-                                f"entry {last['seq']})")
-            elif name not in recorded:
+                continue  # deleted: a warning (audit_notes); the gate refuses the set
+            if name not in recorded:
                 problems.append(f"shadow models: {gen / name} was added after ledger entry "
                                 f"{last['seq']} recorded the set")
             elif actual[name] != recorded[name]:
@@ -163,6 +163,14 @@ def audit_notes(reg: str | os.PathLike, entries: list[dict]) -> list[str]:
     out += [f"{p} holds shadow models no ledger entry records (an interrupted training; "
             "the next training of the registry's shadows resumes or replaces it)"
             for p in _unrecorded(reg, entries)]
+    last = latest(entries)
+    if last is not None:
+        gen = folder(reg, last["body"].get("generation"))
+        gone = [n for n in sorted(_files(last["body"])) if not (gen / n).is_file()]
+        if gone:
+            out.append(f"{len(gone)} file(s) of the shadow models in {gen} were deleted (e.g. "
+                       f"{gone[0]}): requests are refused until "
+                       f"'{command(reg, last['body'].get('k'))}' trains them again")
     return out
 
 

@@ -62,7 +62,8 @@ def for_gate(reg: str | os.PathLike, conn: sqlite3.Connection) -> Path | None:
     """The folder of the shadow set a request's gate uses (None: the registry has none).
 
     Raises:
-        RegistryError: the set still holds a forgotten image (it is never used then).
+        RegistryError: the set still holds a forgotten image (it is never used then), or files
+            of it were deleted.
     """
     last = shadow_records.latest(ledger.entries(conn))
     if last is None:
@@ -74,6 +75,12 @@ def for_gate(reg: str | os.PathLike, conn: sqlite3.Connection) -> Path | None:
             f"The shadow models of {reg} were trained on {len(left)} forgotten image(s) and are "
             f"not used. Retrain them without those images first: "
             f"'{shadow_records.command(reg, body.get('k'))}'.")
+    if not _complete(Path(reg), last):
+        raise RegistryError(
+            f"Files of the shadow models of {reg} were deleted, so the gate's per-image "
+            "membership check cannot run and the request is not verified (it stays pending). "
+            f"Train them again: '{shadow_records.command(reg, body.get('k'))}', then "
+            f"'medunlearn registry resume {reg}'.")
     return shadow_records.folder(reg, body["generation"])
 
 
@@ -169,6 +176,12 @@ def _check_registry(reg: Path, conn: sqlite3.Connection) -> None:
             f"ledger ({problems[0]}). Run 'medunlearn audit verify {reg}' for the full list.")
 
 
+def _complete(reg: Path, last: dict) -> bool:
+    """Whether every file the ledger recorded for the set in use is on disk."""
+    gen = shadow_records.folder(reg, last["body"]["generation"])
+    return all((gen / name).is_file() for name in last["body"].get("files") or {})
+
+
 def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: int | None = None,
           data_root: str | None = None, replace: bool = False, progress: bool = True,
           lock_timeout: float | None = None, threads: int | None = None) -> dict:
@@ -181,7 +194,7 @@ def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: in
         seed: Base seed of the design and of every shadow (default: the registry's seed).
         data_root: Where the training data is (default: as recorded at ``init``).
         replace: Train a new set even though one is recorded (another K or seed); the old set
-            is purged.
+            is purged. A set whose files were deleted is trained again without it.
         progress: Show a progress bar.
         lock_timeout: Seconds to wait for another writer.
         threads: CPU threads for torch (default: the model's recipe).
@@ -211,10 +224,12 @@ def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: in
                         f"{reg} already has {body.get('k')} shadow models (seed "
                         f"{body.get('base_seed')}); pass --replace to train a new set with "
                         f"--k {k} (the old one is purged), or use --k {body.get('k')}.")
+                seed = body.get("base_seed")
+            if last is not None and not replace and _complete(reg, last):
                 new = prepare_refresh(reg, conn, gone, data_root=data_root, reason="stale",
                                       threads=threads)
                 status = "refreshed" if new else "current"
-            else:
+            else:  # none yet, --replace, or files of the set in use were deleted
                 from medunlearn.evaluation.companions import balanced_halves
 
                 base = int(get_meta(conn, "seed", "0")) if seed is None else int(seed)
@@ -222,7 +237,8 @@ def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: in
                 pool = np.setdiff1d(np.arange(n), np.asarray(sorted(gone), dtype=np.int64))
                 mask = balanced_halves(n, k, seed=base, pool=pool)
                 new = _build(reg, conn, mask, k=k, base_seed=base, excluded=sorted(gone),
-                             reason="replace" if last else "init", data_root=data_root,
+                             reason=("replace" if replace else "rebuilt") if last else "init",
+                             data_root=data_root,
                              progress=progress, previous=last, retrained=list(range(k)),
                              threads=threads)
                 status = "trained"
