@@ -92,9 +92,12 @@ def parse_grid(pairs: Iterable[str]) -> dict[str, list]:
 
 
 def do_nothing_min_move() -> float:
-    """``[do_nothing] min_move`` of ``defaults/tuning.toml``: a grid point must move at least
-    this share of the retrained reference's shift from the original on the forget set."""
-    return float(load_tuning_spec()["do_nothing"]["min_move"])
+    """The safety gate's ``do_nothing_min_move`` (``defaults/gate.toml``): a grid point must
+    move at least this share of the retrained reference's shift from the original on the
+    forget set, as a model must to pass the gate's ``forget_changed`` check."""
+    from medunlearn.evaluation.gate import default_tolerances
+
+    return float(default_tolerances().do_nothing_min_move)
 
 
 DO_NOTHING_RULE = ("a grid point whose mean shift from the original on the forget set (logit-"

@@ -47,8 +47,9 @@ QUESTIONS = {
                                  "Is its clinical risk no higher than that of a model retrained "
                                  "from scratch without the images?"),
     "forget_changed": ("Anything forgotten",
-                       "Did the model's outputs on the forgotten images change at all from the "
-                       "model it replaces?"),
+                       "Did the model's outputs on the forgotten images change from the model "
+                       "it replaces (and, next to a retrained reference, by more than a small "
+                       "share of what retraining changes)?"),
     "membership": ("Per-image membership test",
                    "Compared with shadow models trained with and without each image, do the "
                    "forgotten images no longer look like images the model was trained on?"),

@@ -47,7 +47,7 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
     how far it moved from the original on the forget set against the reference (``moved``:
     its :func:`~medunlearn.evaluation.fidelity.forget_shift` over the reference's) and its
     prediction agreement with the original (``agreement_original``). A point that moved less
-    than ``min_move`` (``defaults/tuning.toml [do_nothing]``) is rejected (``rejected``: the
+    than ``min_move`` (the gate's ``do_nothing_min_move``) is rejected (``rejected``: the
     reason; ``DO_NOTHING_RULE``); if all are, the closest is chosen and ``warning`` says so.
 
     Args:
@@ -62,7 +62,8 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         options: Other method options, fixed across the grid.
         tolerance: Scores within this of the best tie; the cheapest tie wins (default: the
             recipe's ``tolerance``).
-        min_move: The do-nothing rule's threshold (default: ``[do_nothing] min_move``).
+        min_move: The do-nothing rule's threshold (default: the gate's
+            ``do_nothing_min_move`` in ``defaults/gate.toml``).
         exclude: Training indices forgotten earlier.
         data_root: Where the MedMNIST files are.
         progress: Show progress bars.
