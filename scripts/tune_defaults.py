@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from medunlearn.runs import tune_method
     from medunlearn.tuning import (
         TUNE_CRITERION,
+        do_nothing_min_move,
         is_current,
         load_tuning_record,
         load_tuning_spec,
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
                 per_forget.append(result)
             combined = (per_forget[0] if len(per_forget) == 1
-                        else worst_case(per_forget, float(recipe["tolerance"])))
+                        else worst_case(per_forget, float(recipe["tolerance"]),
+                                        min_move=do_nothing_min_move()))
             done[method] = summarize(combined)
             skipped = [unusable[f] for f in also.get(method, []) if f in unusable]
             if skipped:

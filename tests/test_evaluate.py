@@ -106,6 +106,10 @@ def test_metrics_structure(noop_metrics, runs):
     assert x["representation"]["cka_original_test"] == pytest.approx(1.0)
     assert x["representation"]["cka_reference_test"] < 1.0
     assert x["changes"]["vs_original"]["TA"] == 0.0
+    # the do-nothing rule's measure: it did not move at all; retraining moves by definition
+    assert x["changes"]["vs_original"]["forget_shift"] == 0.0
+    assert x["changes"]["vs_original"]["forget_moved"] == 0.0
+    assert x["changes"]["vs_reference"]["forget_shift"] > 0
     assert x["fidelity"]["average_gap_pp"] > 0
     assert 0 <= x["fidelity"]["agreement_test"] <= 1
     assert set(x["bias"]["difficulty"]["test"]["model"]) >= {"easy", "medium", "hard", "spread"}
@@ -149,6 +153,7 @@ def test_gate_fails_damaged_and_passes_retrained(runs):
     v = gate(retrained)
     status = {c["name"]: c["status"] for c in v.checks}
     assert status.pop("membership") == "not_run"  # no shadow models given
+    assert status.pop("forget_effect") == "not_run"
     assert status.pop("forget_changed") == "fail" and not v.passed
     assert set(status.values()) == {"pass"}, v.reasons
     assert retrained["fidelity"]["average_gap_pp"] == 0.0

@@ -42,9 +42,10 @@ def test_all_pass_with_reference():
     assert v.passed and not v.reasons and v.status == "passed"
     s = _status(v)
     assert s.pop("membership") == "not_run"  # no shadow models: never silently passed
+    assert s.pop("forget_effect") == "not_run"
     assert s.pop("forget_changed") == "skipped"  # the record has no forget-set change
     assert set(s.values()) == {"pass"}
-    assert len(v.checks) == 9
+    assert len(v.checks) == 10
 
 
 def test_a_model_that_is_the_original_on_the_forget_set_fails():
@@ -56,6 +57,21 @@ def test_a_model_that_is_the_original_on_the_forget_set_fails():
     assert not v.passed
     m["changes"]["vs_original"]["forget_max_logit_change"] = 0.3
     assert next(c for c in gate(m).checks if c["name"] == "forget_changed")["status"] == "pass"
+
+
+def test_a_model_that_moved_far_less_than_retraining_does_nothing():
+    """With a reference, the change must be a real share of retraining's own change."""
+    m = _metrics(reference=_model())
+    m["changes"] = {"vs_original": {"forget_max_logit_change": 0.3, "forget_moved": 0.05}}
+    c = next(c for c in gate(m).checks if c["name"] == "forget_changed")
+    assert c["status"] == "fail" and "indistinguishable from doing nothing" in c["message"]
+    assert c["value"] == 0.05 and c["limit"] == default_tolerances().do_nothing_min_move
+    assert not gate(m).passed
+    m["changes"]["vs_original"]["forget_moved"] = 0.9
+    assert next(c for c in gate(m).checks if c["name"] == "forget_changed")["status"] == "pass"
+    strict = GateTolerances(do_nothing_min_move=0.95)
+    assert next(c for c in gate(m, strict).checks
+                if c["name"] == "forget_changed")["status"] == "fail"
 
 
 def test_fnr_rise_fails_with_numbers():

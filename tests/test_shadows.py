@@ -191,11 +191,17 @@ def test_membership_check_fails_a_memorising_model_and_passes_an_independent_one
         report[name] = (r.record["models"]["model"]["membership"], check)
         report[f"{name}_changed"] = next(c["status"] for c in r.verdict.checks
                                          if c["name"] == "forget_changed")
+        report[f"{name}_effect"] = next(c["status"] for c in r.verdict.checks
+                                        if c["name"] == "forget_effect")
         assert len(r.record["models"]["model"]["membership"]["images"]) == len(forget)
     sec, check = report["original"]
     assert sec["status"] == "fail" and check["status"] == "fail", sec["reason"]
     assert report["original_changed"] == "fail"  # and it is the original: nothing forgotten
     assert report["retrained_changed"] == "pass"
+    # the paired test against the original: the original kept everything (share 0, no
+    # noise); retraining is never failed by it
+    assert report["original_effect"] == "fail"
+    assert report["retrained_effect"] in ("pass", "cannot_say")
     sec, check = report["retrained"]
     assert sec["status"] == "pass" and check["status"] == "pass", sec["reason"]
     assert sec["z"] < report["original"][0]["z"] - 1.0

@@ -68,14 +68,41 @@ def test_worst_case_scores_each_point_by_its_worst_forget_set():
         worst_case([small, result("random:0.5", (0.1,), (1,))], 0.003)
 
 
+def test_choose_never_picks_a_point_that_did_nothing():
+    from medunlearn.tuning import rejects_as_do_nothing, worst_case
+
+    def row(score, steps, moved, **opts):
+        return _row(score, steps, **opts) | {"moved": moved, "seconds": 1.0}
+
+    # the cheapest point ties on score but barely moved from the original: rejected
+    rows = [row(0.050, 10, 0.05, a=1), row(0.051, 40, 0.9, a=2), row(0.08, 5, 1.1, a=3)]
+    assert choose(rows, 0.003)["options"] == {"a": 1}  # without the rule: the lazy point
+    assert choose(rows, 0.003, min_move=0.25)["options"] == {"a": 2}
+    assert "indistinguishable from doing nothing" in rejects_as_do_nothing(rows[0], 0.25)
+    assert rejects_as_do_nothing(rows[1], 0.25) is None
+    assert rejects_as_do_nothing(_row(0.05, 1, a=1), 0.25) is None  # not measured: not judged
+    # all rejected: the closest is still chosen (tune_method adds a warning)
+    lazy = [row(0.02, 10, 0.0, a=1), row(0.01, 20, 0.1, a=2)]
+    assert choose(lazy, 0.0, min_move=0.25)["options"] == {"a": 2}
+    # over several forget sets a point's smallest move counts
+    def result(spec, moves):
+        return {"forget": spec, "reference": "r", "reference_scores": {},
+                "grid": [row(0.01 * (i + 1), 1, m, a=i) for i, m in enumerate(moves)]}
+    combined = worst_case([result("random:0.1", (0.9, 0.8)), result("random:0.5", (0.1, 0.7))],
+                          0.05, min_move=0.25)
+    assert [r["moved"] for r in combined["grid"]] == [0.1, 0.7]
+    assert combined["chosen"] == {"a": 1}
+
+
 def test_a_stored_tuning_result_is_stale_after_a_grid_change_or_a_revision(monkeypatch):
-    from medunlearn.tuning import default_grid, grid_as_options, is_current
+    from medunlearn.tuning import default_grid, do_nothing_min_move, grid_as_options, is_current
 
     recipe = load_tuning_spec()["recipe"]
     stored = {"grid_spec": grid_as_options(default_grid("ssd")), "revision": 1,
               "seed": recipe["seed"], "tolerance": recipe["tolerance"],
-              "criterion": TUNE_CRITERION}
+              "criterion": TUNE_CRITERION, "min_move": do_nothing_min_move()}
     assert is_current(stored, "ssd")
+    assert not is_current({k: v for k, v in stored.items() if k != "min_move"}, "ssd")
     assert not is_current(stored | {"tolerance": 0.5}, "ssd")
     assert not is_current(stored | {"criterion": "accuracy only"}, "ssd")
     assert not is_current(stored | {"revision": 0}, "ssd")  # tuned before the fix
@@ -137,7 +164,8 @@ def test_tune_searches_any_option_grid(tiny_pair):
     assert [r["options"] for r in res["grid"]] == [
         {"alpha": 1.0, "retain_budget": 16}, {"alpha": 1.0, "retain_budget": None},
         {"alpha": 10.0, "retain_budget": 16}, {"alpha": 10.0, "retain_budget": None}]
-    assert res["chosen"] == min(res["grid"], key=lambda r: (r["score"], r["steps"]))["options"]
+    allowed = [r for r in res["grid"] if not r["rejected"]] or res["grid"]
+    assert res["chosen"] == min(allowed, key=lambda r: (r["score"], r["steps"]))["options"]
     ref_scores = res["reference_scores"]
     for r in res["grid"]:  # the score is the mean of its four closeness terms
         assert 0.0 <= r["forget_prob_w1"] <= 1.0
@@ -147,6 +175,16 @@ def test_tune_searches_any_option_grid(tiny_pair):
         assert r["score"] == pytest.approx(sum(terms) / 4)
     # a smaller retain budget means fewer importance batches: steps measure the cost
     assert res["grid"][0]["steps"] < res["grid"][1]["steps"]
+    # the untouched original is scored like a point, and it did not move
+    dn = res["do_nothing"]
+    assert dn["moved"] == 0.0 and dn["agreement_original"] == 1.0
+    assert 0.0 <= dn["score"] <= 1.0
+    assert res["reference_scores"]["forget_shift"] > 0  # retraining moved
+    for r in res["grid"]:
+        assert r["moved"] >= 0 and 0.0 <= r["agreement_original"] <= 1.0
+        assert (r["rejected"] is not None) == (r["moved"] < res["min_move"])
+    chosen = next(r for r in res["grid"] if r["options"] == res["chosen"])
+    assert chosen["rejected"] is None or "warning" in res
     parsed = tomllib.loads(tune_snippet(res))
     assert parsed["breastmnist"]["ssd"]["alpha"] == res["chosen"]["alpha"]
     with pytest.raises(ConfigError, match="no option"):
@@ -215,7 +253,8 @@ def test_published_defaults_are_exactly_the_tuning_record():
             # the chosen point is one of the grid's rows, and the best within tolerance
             rows = res["grid"]
             assert res["chosen"] in [r["options"] for r in rows], (flag, method)
-            assert choose(rows, spec["recipe"]["tolerance"])["options"] == res["chosen"]
+            assert choose(rows, spec["recipe"]["tolerance"],
+                          min_move=res.get("min_move"))["options"] == res["chosen"]
             # and it is what the method resolves to for that dataset
             resolved = default_options(method, flag)
             for k, v in res["chosen"].items():

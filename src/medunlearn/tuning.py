@@ -57,8 +57,9 @@ def grid_as_options(grid: Mapping[str, Sequence]) -> dict[str, list]:
 
 def is_current(result: Mapping, method: str) -> bool:
     """Whether a stored ``tune_method`` result still stands for ``method``: searched over
-    its grid in ``defaults/tuning.toml`` with the recipe's seed, tolerance and the current
-    criterion, and with the method's current algorithm (``Method.revision``)."""
+    its grid in ``defaults/tuning.toml`` with the recipe's seed, tolerance, the current
+    criterion and do-nothing threshold, and with the method's current algorithm
+    (``Method.revision``)."""
     from medunlearn.methods.base import get_method_class
 
     recipe = load_tuning_spec()["recipe"]
@@ -66,7 +67,8 @@ def is_current(result: Mapping, method: str) -> bool:
             and result.get("revision", 0) == get_method_class(method).revision
             and result.get("seed") == int(recipe["seed"])
             and result.get("tolerance") == float(recipe["tolerance"])
-            and result.get("criterion") == TUNE_CRITERION)
+            and result.get("criterion") == TUNE_CRITERION
+            and result.get("min_move") == do_nothing_min_move())
 
 
 def parse_grid(pairs: Iterable[str]) -> dict[str, list]:
@@ -89,15 +91,50 @@ def parse_grid(pairs: Iterable[str]) -> dict[str, list]:
     return grid
 
 
-def choose(rows: Sequence[Mapping], tolerance: float) -> Mapping:
+def do_nothing_min_move() -> float:
+    """The safety gate's ``do_nothing_min_move`` (``defaults/gate.toml``): a grid point must
+    move at least this share of the retrained reference's shift from the original on the
+    forget set, as a model must to pass the gate's ``forget_changed`` check."""
+    from medunlearn.evaluation.gate import default_tolerances
+
+    return float(default_tolerances().do_nothing_min_move)
+
+
+DO_NOTHING_RULE = ("a grid point whose mean shift from the original on the forget set (logit-"
+                   "scaled true-class confidence) is below min_move times the retrained "
+                   "reference's shift is rejected as indistinguishable from doing nothing; if "
+                   "every point is, the closest is chosen with a warning")
+
+
+def rejects_as_do_nothing(row: Mapping, min_move: float) -> str | None:
+    """Why ``row`` is rejected as doing nothing (its ``moved``, the shift from the original
+    relative to the reference's, is below ``min_move``), or None. Rows without ``moved``
+    (tuned before the rule existed) are not judged."""
+    moved = row.get("moved")
+    if moved is None or not moved < min_move:
+        return None
+    return (f"moved {moved:.2f}x as far from the original on the forget set as retraining "
+            f"did (< {min_move:g}): indistinguishable from doing nothing")
+
+
+def choose(rows: Sequence[Mapping], tolerance: float, *, min_move: float | None = None
+           ) -> Mapping:
     """The chosen grid row: the cheapest (fewest steps, then lowest score, then first) among the
-    rows whose score is within ``tolerance`` of the best."""
-    best = min(r["score"] for r in rows)
-    ties = [r for r in rows if r["score"] <= best + tolerance]
+    rows whose score is within ``tolerance`` of the best.
+
+    With ``min_move``, rows :func:`rejects_as_do_nothing` rejects are left out first (all of
+    them rejected: the choice is made among all, and :func:`tune_method
+    <medunlearn.runs.tune_method>` records a warning)."""
+    pool = list(rows)
+    if min_move is not None:
+        pool = [r for r in rows if rejects_as_do_nothing(r, min_move) is None] or pool
+    best = min(r["score"] for r in pool)
+    ties = [r for r in pool if r["score"] <= best + tolerance]
     return min(ties, key=lambda r: (r["steps"], r["score"], rows.index(r)))
 
 
-def worst_case(results: Sequence[Mapping], tolerance: float) -> dict:
+def worst_case(results: Sequence[Mapping], tolerance: float, *,
+               min_move: float | None = None) -> dict:
     """One tuning result from several ``tune_method`` results over the same grid on
     different forget sets (same method, dataset and seed).
 
@@ -105,7 +142,8 @@ def worst_case(results: Sequence[Mapping], tolerance: float) -> dict:
     of their steps and seconds; the chosen point is then the :func:`choose` pick over those
     rows, so a setting that is close to retraining on one forget set but collapses on another
     loses. A row keeps the measurements of its worst forget set, plus ``scores`` (forget spec ->
-    score) and ``worst_forget``.
+    score) and ``worst_forget``; its ``moved`` is its smallest over the forget sets (a point
+    that does nothing on one of them is rejected with ``min_move``).
 
     Raises:
         ConfigError: no results, or results whose grids differ.
@@ -120,7 +158,9 @@ def worst_case(results: Sequence[Mapping], tolerance: float) -> dict:
     for i in range(len(grids[0])):
         points = [res["grid"][i] for res in results]
         worst = max(range(len(points)), key=lambda j: points[j]["score"])
+        moved = [p["moved"] for p in points if p.get("moved") is not None]
         rows.append({**points[worst], "steps": sum(p["steps"] for p in points),
+                     **({"moved": min(moved)} if moved else {}),
                      "seconds": sum(p["seconds"] for p in points),
                      "scores": {spec: p["score"] for spec, p in zip(specs, points, strict=True)},
                      "worst_forget": specs[worst]})
@@ -128,7 +168,8 @@ def worst_case(results: Sequence[Mapping], tolerance: float) -> dict:
             "tolerance": tolerance,
             "reference_scores": {spec: res["reference_scores"]
                                  for spec, res in zip(specs, results, strict=True)},
-            "chosen": dict(choose(rows, tolerance)["options"]), "grid": rows}
+            "chosen": dict(choose(rows, tolerance, min_move=min_move)["options"]),
+            "grid": rows}
 
 
 def _toml_value(v) -> str:
@@ -231,13 +272,16 @@ def summarize(result: Mapping) -> dict:
                       "val_accuracy": round(r["val_accuracy"], 6),
                       "agreement": round(r["agreement"], 6),
                       "forget_prob_w1": round(r["forget_prob_w1"], 6),
+                      **{k: round(r[k], 6) for k in ("moved", "agreement_original")
+                         if r.get(k) is not None},
                       "steps": r["steps"],
                       "seconds": round(r["seconds"], 2),
                       **({"scores": {k: round(v, 6) for k, v in r["scores"].items()},
                           "worst_forget": r["worst_forget"]} if "scores" in r else {})}
                      for r in result["grid"]],
             **({"forget": list(result["forget"])} if not isinstance(result["forget"], str)
-               else {})}
+               else {}),
+            **{k: result[k] for k in ("do_nothing", "min_move", "warning") if k in result}}
 
 
 def load_tuning_record(path: str | os.PathLike | None = None) -> dict | None:
@@ -249,6 +293,7 @@ def load_tuning_record(path: str | os.PathLike | None = None) -> dict | None:
     return json.loads(p.read_text("utf-8")) if p.is_file() else None
 
 
-__all__ = ["TUNE_CRITERION", "choose", "default_grid", "grid_as_options", "is_current",
-           "load_tuning_record", "load_tuning_spec", "parse_grid", "render_methods_toml",
-           "summarize", "tune_snippet", "worst_case"]
+__all__ = ["DO_NOTHING_RULE", "TUNE_CRITERION", "choose", "default_grid", "do_nothing_min_move",
+           "grid_as_options", "is_current",
+           "load_tuning_record", "load_tuning_spec", "parse_grid", "rejects_as_do_nothing",
+           "render_methods_toml", "summarize", "tune_snippet", "worst_case"]

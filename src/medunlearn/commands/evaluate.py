@@ -52,9 +52,10 @@ GATE_ADVICE = {
     "probe_auc": ("the forgotten images are still recognisable in the model's internal features "
                   "(linear probe)", "use a method that changes features, e.g. scrub or newton, "
                   "or tune its strength"),
-    "forget_changed": ("its outputs on the forgotten images are exactly the original's: it "
-                       "forgot nothing", "use a method that changes the model (check its "
-                       "options: a zero learning rate or step does nothing), or retrain"),
+    "forget_changed": ("its outputs on the forgotten images are the original's, or moved far "
+                       "less than retraining's: it is indistinguishable from doing nothing",
+                       "use a method that changes the model (check its options: a zero or "
+                       "tiny learning rate or step does little), tune it, or retrain"),
     "membership": ("per image, the forgotten images still look like images the model was "
                    "trained on (shadow-model membership test), more than exact retraining shows",
                    "forget more strongly (a method that changes the features, more steps or a "

@@ -197,15 +197,29 @@ def tune(
         atomic_write_text(out, tune_snippet(result))
     keys = list(result["grid_spec"])
     head = " ".join(f"{k:>13}" for k in keys)
-    typer.echo(f"{head} {'score':>7} {'forget':>7} {'val':>7} {'agree':>7} {'steps':>6}")
+    typer.echo(f"{head} {'score':>7} {'forget':>7} {'val':>7} {'agree':>7} {'moved':>6} "
+               f"{'steps':>6}")
+
+    def line(cells: str, r: dict, steps: str, note: str = "") -> str:
+        moved = "-" if r.get("moved") is None else f"{r['moved']:.2f}"
+        return (f"{cells} {fmt(r['score']):>7} {fmt(r['forget_accuracy']):>7} "
+                f"{fmt(r['val_accuracy']):>7} {fmt(r['agreement']):>7} {moved:>6} {steps:>6}"
+                f"{note}")
+
     for r in result["grid"]:
         cells = " ".join(f"{'none' if r['options'][k] is None else r['options'][k]!s:>13}"
                          for k in keys)
-        typer.echo(f"{cells} {fmt(r['score']):>7} {fmt(r['forget_accuracy']):>7} "
-                   f"{fmt(r['val_accuracy']):>7} {fmt(r['agreement']):>7} {r['steps']:>6}")
+        typer.echo(line(cells, r, str(r["steps"]), "  rejected: does nothing"
+                        if r.get("rejected") else ""))
+    typer.echo(line(f"{'original (no unlearning)':>{max(13 * len(keys) + len(keys) - 1, 24)}}",
+                    result["do_nothing"], "0"))
     chosen = ", ".join(f"{k}={'none' if v is None else v}" for k, v in result["chosen"].items())
     typer.echo(f"chosen: {chosen or 'the defaults'} (lower score = closer to the reference; "
-               f"ties within {result['tolerance']:g} go to the fewest steps); written to {out}")
+               f"ties within {result['tolerance']:g} go to the fewest steps; 'moved' = shift "
+               f"from the original on the forget set as a share of retraining's, below "
+               f"{result['min_move']:g} a point is rejected); written to {out}")
+    if result.get("warning"):
+        typer.echo(f"warning: {result['warning']}", err=True)
 
 
 def register(app: typer.Typer) -> None:

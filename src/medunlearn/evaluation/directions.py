@@ -44,6 +44,11 @@ DIRECTIONS: dict[str, str] = {
     # largest |logit change| on the forget set against the original (changes.vs_original);
     # 0 = the original's outputs: nothing forgotten (the gate's forget_changed check)
     "forget_max_logit_change": INFO,
+    # mean |change of the logit-scaled true-class confidence| on the forget set against the
+    # original, and that as a share of the reference's own change (the do-nothing rule:
+    # the gate's forget_changed check and tune reject a model that moved too little)
+    "forget_shift": INFO,
+    "forget_moved": INFO,
     # privacy
     "mia_efficacy": REFERENCE,
     "mia_efficacy_entropy": REFERENCE,
@@ -70,6 +75,11 @@ DIRECTIONS: dict[str, str] = {
     "membership_power": HIGHER,  # chance to detect remembered images: below the gate's minimum
     #                               the check cannot say
     "membership_log_lr": LOWER,  # summed per-image log likelihood ratio IN vs OUT
+    # the paired test against the original (evaluation.membership_paired; record section
+    # models.<role>.forget_effect): the share of retraining's expected drop on the forgotten
+    # images that the model made (0 = the original; about 1 = exact retraining)
+    "forget_effect_share": HIGHER,
+    "forget_effect_z": HIGHER,  # evidence of a forget-specific drop
     # fidelity to the retrained reference
     "average_gap_pp": LOWER,
     "agreement_forget": HIGHER,

@@ -47,6 +47,19 @@ def mean_kl(p_reference: np.ndarray, p_model: np.ndarray, eps: float = 1e-12) ->
     return float((p * (np.log(p) - np.log(q))).sum(axis=1).mean())
 
 
+def forget_shift(phi: np.ndarray, phi_original: np.ndarray) -> float:
+    """How far a model moved from the original on the forget set: the mean absolute change of
+    the logit-scaled true-class confidence (``evaluation.privacy.logit_confidence``, LiRA's
+    scale, where a confident training image does not saturate at probability 1), per image.
+    0 for the original itself. Compared with the retrained reference's own shift it says
+    whether a method did anything an observer holding the original could see
+    (:func:`medunlearn.tuning.rejects_as_do_nothing`)."""
+    a, b = np.asarray(phi, dtype=np.float64), np.asarray(phi_original, dtype=np.float64)
+    if a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"forget_shift needs two equal, non-empty arrays ({a.shape}, {b.shape})")
+    return float(np.abs(a - b).mean())
+
+
 def tuning_closeness(*, val_labels: np.ndarray, forget_labels: np.ndarray,
                      val_pred: np.ndarray, forget_pred: np.ndarray, forget_prob: np.ndarray,
                      ref_val_pred: np.ndarray, ref_forget_pred: np.ndarray,

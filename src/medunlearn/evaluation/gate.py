@@ -16,14 +16,19 @@ each check against tolerances (:class:`GateTolerances`, defaults in ``defaults/g
   has no ``forgetting_quality`` section;
 * ``forget_changed``: fails a model whose outputs on the forgotten images are the original's
   (largest logit change at most ``unchanged_logit_tolerance``): it forgot nothing, whatever
-  the population metrics say (the untouched original, or a method that changed nothing);
-  skipped without an original;
+  the population metrics say (the untouched original, or a method that changed nothing); with
+  a reference, also one whose mean change there is below ``do_nothing_min_move`` of the
+  reference's (``changes.vs_original.forget_moved``); skipped without an original;
 * ``membership``: per-image membership evidence from shadow models
   (:mod:`medunlearn.evaluation.membership`): fails when the forgotten images still look like
   members (one-sided ``p < membership_alpha``, calibrated so that exact retraining fails at that
   rate); "cannot say" when the test's power is below ``membership_min_power`` (too few images,
   or IN and OUT overlap) or when the retrained reference itself looks like a member; "not run",
-  with the command that enables it, when the record has no shadow evidence.
+  with the command that enables it, when the record has no shadow evidence;
+* ``forget_effect``: the paired test against the original with the shadows as the yardstick
+  (:mod:`medunlearn.evaluation.membership_paired`): fails when the forgotten images confidently
+  kept more than half of the memorisation exact retraining removes, passes on evidence of a
+  forget-specific drop, otherwise "cannot say"; "not run" without shadows or the original.
 
 A check is ``pass``, ``fail``, ``cannot_say`` (it ran, but the evidence cannot decide: never
 counted as passed), ``skipped`` or ``not_run`` (it could not or did not run; the verdict passes
@@ -80,6 +85,10 @@ class GateTolerances:
     # a model whose logits on the forgotten images moved by no more than this from the
     # original's forgot nothing (forget_changed)
     unchanged_logit_tolerance: float = 1e-6
+    # with a reference: a model that moved on the forgotten images by less than this share of
+    # the reference's own move from the original is indistinguishable from doing nothing
+    # (forget_changed; tune rejects such grid points too)
+    do_nothing_min_move: float = 0.25
     membership_alpha: float = 0.05  # level of the per-image membership test (false-alarm rate)
     membership_min_power: float = 0.8  # below this power the membership check cannot say
 
@@ -212,20 +221,57 @@ def membership_check(metrics: Mapping, tol: GateTolerances) -> dict:
     return base | {"status": PASS if ok else FAIL, "message": msg}
 
 
-def _unchanged_check(metrics: Mapping, tolerance: float) -> dict:
+def forget_effect_check(metrics: Mapping) -> dict:
+    """The ``forget_effect`` check: the paired test against the original
+    (:mod:`medunlearn.evaluation.membership_paired`), recorded in
+    ``models.model.forget_effect``; its verdict is the test's (fail: the forgotten images
+    confidently kept more than half of what retraining removes; pass: a forget-specific drop;
+    otherwise cannot say)."""
+    name = "forget_effect"
+    sec = _get(metrics, "models", "model", "forget_effect")
+    if not isinstance(sec, Mapping):
+        why = ("not run: it needs shadow models and the original model; enable it: "
+               f"{SHADOWS_COMMAND}, with --original")
+        return {"name": name, "status": NOT_RUN, "value": None, "limit": None, "reason": why,
+                "message": f"{name}: {why}"}
+    base = {"name": name, "value": sec.get("share"), "limit": sec.get("min_share"),
+            "compare_to": 1.0, "tolerance": sec.get("alpha"),
+            "upper": sec.get("share_upper"), "n_images": sec.get("n_tested")}
+    if sec.get("status") not in (PASS, FAIL):
+        return _cannot_say(base, sec.get("reason") or "undecided")
+    ok = sec["status"] == PASS
+    return base | {"status": PASS if ok else FAIL, "message": (
+        f"{name}: {'pass' if ok else 'FAIL'} - {sec['reason']} ({sec.get('n_tested')} "
+        "image(s), against the original, with the shadow models as the yardstick)")}
+
+
+def _unchanged_check(metrics: Mapping, tolerance: float, min_move: float) -> dict:
     name = "forget_changed"
     if (metrics.get("models") or {}).get("original") is None:
         return _skip(name, "no --original model given")
     change = _get(metrics, "changes", "vs_original", "forget_max_logit_change")
     if change is None:
         return _skip(name, "the change on the forgotten images was not computed")
-    ok = change > tolerance
-    msg = (f"{name}: {'pass' if ok else 'FAIL'} - largest logit change on the forgotten images "
-           f"{change:.3g} vs the original (must exceed {tolerance:g})"
-           + ("" if ok else ": the model's outputs there are the original's, nothing was "
-                            "forgotten"))
-    return {"name": name, "status": PASS if ok else FAIL, "value": change, "limit": tolerance,
-            "compare_to": 0.0, "tolerance": tolerance, "message": msg}
+    base = {"name": name, "value": change, "limit": tolerance, "compare_to": 0.0,
+            "tolerance": tolerance}
+    if not change > tolerance:
+        return base | {"status": FAIL, "message": (
+            f"{name}: FAIL - largest logit change on the forgotten images {change:.3g} vs the "
+            f"original (must exceed {tolerance:g}): the model's outputs there are the "
+            "original's, nothing was forgotten")}
+    moved = _get(metrics, "changes", "vs_original", "forget_moved")
+    if moved is None:  # no reference: only the exact comparison can be made
+        return base | {"status": PASS, "message": (
+            f"{name}: pass - largest logit change on the forgotten images {change:.3g} vs the "
+            f"original (must exceed {tolerance:g}; give a reference to also compare the "
+            "size of the change with retraining's)")}
+    ok = moved >= min_move
+    msg = (f"{name}: {'pass' if ok else 'FAIL'} - on the forgotten images the model moved "
+           f"{moved:.2f}x as far from the original as retraining did (must be at least "
+           f"{min_move:g})" + ("" if ok else ": to anyone holding the original it is "
+                                         "indistinguishable from doing nothing"))
+    return base | {"status": PASS if ok else FAIL, "value": moved, "limit": min_move,
+                   "compare_to": 1.0, "tolerance": min_move, "message": msg}
 
 
 def _upper_check(name: str, label: str, value, other, tol: float, other_name: str,
@@ -396,12 +442,15 @@ def gate(metrics: Mapping, tolerances: GateTolerances | Mapping | None = None) -
                                        tname, off))
     if tol.forgetting_quality_min is not None:
         checks.append(_forgetting_quality_check(metrics, tol.forgetting_quality_min))
-    checks.append(_unchanged_check(metrics, tol.unchanged_logit_tolerance))
+    checks.append(_unchanged_check(metrics, tol.unchanged_logit_tolerance,
+                                   tol.do_nothing_min_move))
     if tol.privacy_checks:
         checks.append(membership_check(metrics, tol))
+        checks.append(forget_effect_check(metrics))
     else:
-        checks.append(_skip("membership", "exact retraining: the model never saw the forgotten "
-                            "images, which this check approximates"))
+        for check in ("membership", "forget_effect"):
+            checks.append(_skip(check, "exact retraining: the model never saw the forgotten "
+                                "images, which this check approximates"))
     why = reference_degenerate(metrics)
     if why:  # a comparison with a degenerate reference says nothing
         on_ref = {"fnr_vs_reference", "global_risk_vs_reference", "attack_auc", "probe_auc"}

@@ -70,6 +70,7 @@ from scipy.stats import norm
 
 from medunlearn.errors import ConfigError
 from medunlearn.evaluation.companions import SHADOW, SPLITS, CompanionSet, balanced_halves
+from medunlearn.evaluation.membership_paired import paired_section
 from medunlearn.evaluation.membership_stats import (
     FEATURES,
     MIN_CALIBRATION_IMAGES,
@@ -495,8 +496,11 @@ def not_run_reason(rebuild: str | None = None) -> str:
 def attach_membership(record: dict, outs, cs: CompanionSet | None, *, forget: np.ndarray,
                       retain: np.ndarray, rebuild: str | None = None) -> dict:
     """Add every evaluated model's membership section to an evaluation record
-    (``models.<role>.membership``) and describe the shadow set (``membership``); without a set,
-    record why the check did not run and the command that enables it (``skipped``).
+    (``models.<role>.membership``) and, when the original is among ``outs``, every other
+    model's paired test against it (``models.<role>.forget_effect``:
+    :mod:`medunlearn.evaluation.membership_paired`), and describe the shadow set
+    (``membership``); without a set, record why the check did not run and the command that
+    enables it (``skipped``).
 
     ``outs``: role -> outputs, as given to ``evaluate_outputs``. Returns ``record``.
     """
@@ -510,6 +514,9 @@ def attach_membership(record: dict, outs, cs: CompanionSet | None, *, forget: np
             done[id(o)] = membership_section(cs, o, forget=forget, retain=retain)
         if record["models"].get(role) is not None:
             record["models"][role]["membership"] = done[id(o)]
+            if "original" in outs and role != "original":  # the paired test needs it
+                record["models"][role]["forget_effect"] = paired_section(
+                    cs, o, outs["original"], forget=forget, retain=retain)
     record["membership"] = {"path": str(cs.path), "k": cs.k, "kind": cs.kind,
                             "fingerprint": cs.manifest["fingerprint"],
                             "source": cs.manifest.get("source"),

@@ -33,7 +33,12 @@ from medunlearn.evaluation.calibration import expected_calibration_error
 from medunlearn.evaluation.clinical import DEFAULT_C_FN, DEFAULT_C_FP, clinical_metrics
 from medunlearn.evaluation.directions import DIRECTIONS
 from medunlearn.evaluation.efficiency import efficiency
-from medunlearn.evaluation.fidelity import average_gap, mean_kl, prediction_agreement
+from medunlearn.evaluation.fidelity import (
+    average_gap,
+    forget_shift,
+    mean_kl,
+    prediction_agreement,
+)
 from medunlearn.evaluation.outputs import Outputs
 from medunlearn.evaluation.privacy import (
     attack_auc,
@@ -270,6 +275,14 @@ def retain_subset(retain, limit: int, *, seed: int, n_train: int) -> np.ndarray:
     return np.sort(order[np.isin(order, retain)][:limit])
 
 
+def _shift(a: Mapping[str, Outputs], b: Mapping[str, Outputs]) -> float | None:
+    """:func:`forget_shift` between two models' forget-set outputs (None: no forget image)."""
+    if not len(a["forget"]):
+        return None
+    return forget_shift(logit_confidence(a["forget"].probs, a["forget"].labels),
+                        logit_confidence(b["forget"].probs, b["forget"].labels))
+
+
 def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset, *,
                      forget: np.ndarray, n_retain: int, options: EvalOptions | Mapping | None,
                      times: Mapping[str, Mapping | None] | None = None, shadows=None,
@@ -336,8 +349,16 @@ def evaluate_outputs(outs: Mapping[str, Mapping[str, Outputs]], dataset: Dataset
             changes[f"vs_{other}"]["forget_max_logit_change"] = float(np.abs(
                 outs["model"]["forget"].logits - outs[other]["forget"].logits).max()) \
                 if len(outs["model"]["forget"]) else None
+            changes[f"vs_{other}"]["forget_shift"] = _shift(outs["model"], outs[other])
         else:
             skipped[f"changes.vs_{other}"] = f"no --{other} model given"
+    if "original" in outs and "reference" in outs:
+        # how far the model moved from the original on the forget set, as a share of how far
+        # exact retraining moved (the gate's do-nothing rule; tune's too)
+        ref_shift = _shift(outs["reference"], outs["original"])
+        changes["vs_original"]["forget_moved"] = (
+            changes["vs_original"]["forget_shift"] / ref_shift
+            if ref_shift and changes["vs_original"]["forget_shift"] is not None else None)
 
     fidelity = None
     representation: dict = {}

@@ -47,8 +47,13 @@ QUESTIONS = {
                                  "Is its clinical risk no higher than that of a model retrained "
                                  "from scratch without the images?"),
     "forget_changed": ("Anything forgotten",
-                       "Did the model's outputs on the forgotten images change at all from the "
-                       "model it replaces?"),
+                       "Did the model's outputs on the forgotten images change from the model "
+                       "it replaces (and, next to a retrained reference, by more than a small "
+                       "share of what retraining changes)?"),
+    "forget_effect": ("Memorisation removed",
+                      "Compared with the model it replaces, did the new model lose on the "
+                      "forgotten images what the shadow models say had been memorised of them "
+                      "(at least half of what exact retraining removes)?"),
     "membership": ("Per-image membership test",
                    "Compared with shadow models trained with and without each image, do the "
                    "forgotten images no longer look like images the model was trained on?"),

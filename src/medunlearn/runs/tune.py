@@ -12,17 +12,21 @@ import numpy as np
 
 from medunlearn.checkpoint import load_run_and_data
 from medunlearn.errors import ConfigError
-from medunlearn.evaluation.fidelity import tuning_closeness
+from medunlearn.evaluation.fidelity import forget_shift, tuning_closeness
+from medunlearn.evaluation.privacy import logit_confidence
 from medunlearn.methods.base import config_dict, resolve_method, revision_field
 from medunlearn.runs.checks import check_tuning_reference
 from medunlearn.runs.evaluate import load_comparison
 from medunlearn.runs.unlearn import forget_set_for, unlearn_in_memory
 from medunlearn.tuning import (
+    DO_NOTHING_RULE,
     TUNE_CRITERION,
     choose,
     default_grid,
+    do_nothing_min_move,
     grid_as_options,
     load_tuning_spec,
+    rejects_as_do_nothing,
 )
 
 
@@ -30,13 +34,21 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
                 reference: str | os.PathLike, seed: int = 0,
                 grid: Mapping[str, Sequence] | None = None, lrs: Sequence[float] = (),
                 epochs: Sequence[int] = (), options: dict | None = None,
-                tolerance: float | None = None, exclude: Iterable[int] | None = None,
+                tolerance: float | None = None, min_move: float | None = None,
+                exclude: Iterable[int] | None = None,
                 data_root: str | None = None, progress: bool = False) -> dict:
     """Grid-search a method's options by closeness to a retrained reference.
 
     Each grid point runs the method in memory on the same forget set and is scored on the
     *validation* split and the forget set only (see ``TUNE_CRITERION``): never on test data,
     so the chosen values can be reported on the test split without selection bias.
+
+    The untouched original is scored the same way (``do_nothing``), and every point records
+    how far it moved from the original on the forget set against the reference (``moved``:
+    its :func:`~medunlearn.evaluation.fidelity.forget_shift` over the reference's) and its
+    prediction agreement with the original (``agreement_original``). A point that moved less
+    than ``min_move`` (the gate's ``do_nothing_min_move``) is rejected (``rejected``: the
+    reason; ``DO_NOTHING_RULE``); if all are, the closest is chosen and ``warning`` says so.
 
     Args:
         model_dir: The original run folder.
@@ -50,16 +62,20 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         options: Other method options, fixed across the grid.
         tolerance: Scores within this of the best tie; the cheapest tie wins (default: the
             recipe's ``tolerance``).
+        min_move: The do-nothing rule's threshold (default: the gate's
+            ``do_nothing_min_move`` in ``defaults/gate.toml``).
         exclude: Training indices forgotten earlier.
         data_root: Where the MedMNIST files are.
         progress: Show progress bars.
 
     Returns:
         ``{"method", "dataset", "forget", "seed", "reference", "criterion", "tolerance",
-        "grid_spec", "reference_scores", "chosen", "grid"}``: ``chosen`` maps each searched
-        option to its chosen value; ``grid`` has one row per point (``options``, ``score``,
-        ``forget_accuracy``, ``val_accuracy``, ``agreement``, ``forget_prob_w1``, ``seconds``,
-        ``steps``).
+        "grid_spec", "reference_scores", "do_nothing", "min_move", "rule", "chosen", "grid"}``
+        (and ``warning`` when every point was rejected): ``chosen`` maps each searched option
+        to its chosen value; ``grid`` has one row per point (``options``, ``score``,
+        ``forget_accuracy``, ``val_accuracy``, ``agreement``, ``forget_prob_w1``, ``moved``,
+        ``agreement_original``, ``rejected``, ``seconds``, ``steps``); ``do_nothing`` is the
+        original's row (``moved`` 0).
 
     Raises:
         ConfigError: an option the method does not have, or a grid without values.
@@ -77,6 +93,11 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         space = grid_as_options(default_grid(method))
     if tolerance is None:
         tolerance = float(load_tuning_spec()["recipe"]["tolerance"])
+    if min_move is None:
+        min_move = do_nothing_min_move()
+    if not 0 <= min_move < 1:
+        raise ConfigError(f"min_move must be in [0, 1) (a share of retraining's shift from the "
+                          f"original); got {min_move}.")
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
     flag = dataset.name
     base = resolve_method(method, dataset=flag, options=options)
@@ -96,33 +117,50 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
 
     def predictions(model):
         forget_logits = predict_logits(model, dataset.train, fs.forget)
-        true_prob = softmax(forget_logits)[np.arange(len(forget_labels)), forget_labels]
-        return (predict_logits(model, dataset.val).argmax(1), forget_logits.argmax(1), true_prob)
+        probs = softmax(forget_logits)
+        true_prob = probs[np.arange(len(forget_labels)), forget_labels]
+        return (predict_logits(model, dataset.val).argmax(1), forget_logits.argmax(1), true_prob,
+                logit_confidence(probs, forget_labels))
 
-    ref_val, ref_forget, ref_prob = predictions(ref.model)
+    ref_val, ref_forget, ref_prob, ref_phi = predictions(ref.model)
+    orig_val, orig_forget, orig_prob, orig_phi = predictions(run.model)
+    ref_shift = forget_shift(ref_phi, orig_phi)
     ref_val_acc = float((ref_val == val_labels).mean())
     ref_forget_acc = float((ref_forget == forget_labels).mean())
+
+    def row(val_p, forget_p, prob, phi):
+        close = tuning_closeness(val_labels=val_labels, forget_labels=forget_labels,
+                                 val_pred=val_p, forget_pred=forget_p, forget_prob=prob,
+                                 ref_val_pred=ref_val, ref_forget_pred=ref_forget,
+                                 ref_forget_prob=ref_prob)
+        agree_orig = float(((val_p == orig_val).sum() + (forget_p == orig_forget).sum())
+                           / (len(val_p) + len(forget_p)))
+        moved = forget_shift(phi, orig_phi) / ref_shift if ref_shift > 0 else None
+        return {**close, "moved": moved, "agreement_original": agree_orig}
+
+    do_nothing = row(orig_val, orig_forget, orig_prob, orig_phi)
     keys = list(space)
     rows = []
     for values in itertools.product(*(space[k] for k in keys)):
         point = dict(zip(keys, values, strict=True))
         algo = resolve_method(method, dataset=flag, options=dict(options or {}) | point)
         result = unlearn_in_memory(run, dataset, fs, algo, seed=seed, progress=progress)
-        val_p, forget_p, prob = predictions(result.model)
-        close = tuning_closeness(val_labels=val_labels, forget_labels=forget_labels,
-                                 val_pred=val_p, forget_pred=forget_p, forget_prob=prob,
-                                 ref_val_pred=ref_val, ref_forget_pred=ref_forget,
-                                 ref_forget_prob=ref_prob)
-        rows.append({"options": point, **close,
-                     "seconds": result.record["unlearn_seconds"],
-                     "steps": result.record["steps"]})
-    best = choose(rows, tolerance)
+        r = {"options": point, **row(*predictions(result.model)),
+             "seconds": result.record["unlearn_seconds"], "steps": result.record["steps"]}
+        rows.append(r | {"rejected": rejects_as_do_nothing(r, min_move)})
+    best = choose(rows, tolerance, min_move=min_move)
+    warning = ({"warning": "every grid point moved less than the do-nothing threshold: each is "
+                           "indistinguishable from the untouched original on the forget set; "
+                           "the closest to retraining was chosen"}
+               if all(r["rejected"] for r in rows) else {})
     return {"method": method, **revision_field(base), "dataset": flag, "forget": fs.spec,
             "seed": seed, "reference": str(reference), "criterion": TUNE_CRITERION,
             "tolerance": tolerance,
             "grid_spec": space, "reference_scores": {"forget_accuracy": ref_forget_acc,
-                                                    "val_accuracy": ref_val_acc},
-            "chosen": dict(best["options"]), "grid": rows}
+                                                    "val_accuracy": ref_val_acc,
+                                                    "forget_shift": ref_shift},
+            "do_nothing": do_nothing, "min_move": min_move, "rule": DO_NOTHING_RULE,
+            "chosen": dict(best["options"]), "grid": rows, **warning}
 
 
 __all__ = ["tune_method"]
