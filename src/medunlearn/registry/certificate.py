@@ -297,10 +297,14 @@ def evidence(cert: dict) -> tuple[str, str]:
                              "itself (at least half of that counts as forgotten).")
     mem = cert.get("membership") or {}
     if mem.get("run") and mem.get("applies"):
-        if mem.get("status") == "pass":
-            return "forgotten", mem["summary"]
+        pair = mem.get("paired") or {}
+        if pair.get("status") == "fail":
+            return "not shown", pair["summary"]
         if mem.get("status") == "fail":
             return "not shown", mem["summary"]
+        if mem.get("status") == "pass" or pair.get("status") == "pass":
+            return "forgotten", " ".join(x["summary"] for x in (mem, pair)
+                                         if x.get("status") == "pass")
         return "cannot say", ("For these images the evidence cannot say whether they were "
                               f"forgotten. {mem['summary']} The per-image forgetting check was "
                               "not run.")

@@ -35,10 +35,38 @@ def _rnd(v):
     return round(float(v), 3) if isinstance(v, (int, float)) and v == v else None
 
 
-def _record(summary: dict | None) -> dict | None:
+def _record(summary: dict | None, key: str = "membership") -> dict | None:
     sec = (((summary or {}).get("metrics") or {}).get("models") or {}).get("model")
-    sec = sec.get("membership") if isinstance(sec, dict) else None
+    sec = sec.get(key) if isinstance(sec, dict) else None
     return sec if isinstance(sec, dict) else None
+
+
+PAIRED_OUTCOME = {"pass": "passed: the images lost what had been memorised of them",
+                  "fail": "failed: the images kept most of what had been memorised of them",
+                  "cannot say": "cannot say"}
+
+
+def paired(rec: dict | None) -> dict | None:
+    """The paired test against the replaced model (``forget_effect``), in words."""
+    if not rec:
+        return None
+    images = rec.get("images") or []
+    counts = {s: sum(1 for x in images if x.get("status") == s)
+              for s in ("looks forgotten", "looks remembered", "cannot say")}
+    status = rec.get("status")
+    share = _rnd(rec.get("share"))
+    text = (f"Compared with the model it replaces, the new model removed "
+            f"{wording.fmt(share)} of the memorisation exact retraining is expected to remove "
+            f"on these images (upper bound {wording.fmt(_rnd(rec.get('share_upper')))}); "
+            if share is not None else "")
+    return {"status": status, "outcome": PAIRED_OUTCOME.get(status, str(status)),
+            "share": share, "share_upper": _rnd(rec.get("share_upper")), "counts": counts,
+            "reason": rec.get("reason"),
+            "summary": (f"The paired test {PAIRED_OUTCOME.get(status, str(status))}. {text}"
+                        + (f"{rec.get('reason')}." if status == "cannot say" else
+                           f"per image: {counts['looks forgotten']} look forgotten, "
+                           f"{counts['looks remembered']} look remembered, "
+                           f"{counts['cannot say']} cannot say."))}
 
 
 def section(reg, attempts: list[tuple[dict, dict]], *, request: dict, change: str,
@@ -94,6 +122,7 @@ def section(reg, attempts: list[tuple[dict, dict]], *, request: dict, change: st
     counts = {s: sum(1 for x in images if x["status"] == s)
               for s in ("looks forgotten", "looks remembered", "cannot say")}
     status = rec.get("status")
+    out["paired"] = paired(_record(chosen, "forget_effect"))
     out |= {"attempt": chosen["n"], "method": chosen["method"], "status": status,
             "outcome": OUTCOME.get(status, str(status)), "z": _rnd(rec.get("z")),
             "p_value": _rnd(rec.get("p_value")), "power": _rnd(rec.get("power")),
@@ -160,6 +189,8 @@ def text_lines(sec: dict | None, limit: int = 10) -> list[str]:
         if len(images) > limit:
             lines.append(f"  ... and {len(images) - limit} more image(s) (all in the "
                          "certificate: 'medunlearn audit show')")
+    if sec.get("paired"):
+        lines.append(f"paired test against the replaced model: {sec['paired']['summary']}")
     lines.append(f"shadow models: {sec['instrument']['in_words']}")
     return lines
 
@@ -180,8 +211,10 @@ def render_html(sec: dict | None, esc, table) -> str:
                             for x in images],
                            ["image (SHA-256, first 12)", "IN-likeness", "OUT-likeness",
                             "the new model's confidence", "z", "p", "looks"], hashes=(0,)))
+    if sec.get("paired"):
+        parts.append(f"<p>{esc(sec['paired']['summary'])}</p>")
     parts.append(f"<p>{esc(sec['instrument']['in_words'])}</p>")
     return "".join(parts)
 
 
-__all__ = ["HOW_TO_READ", "instrument", "render_html", "section", "text_lines"]
+__all__ = ["HOW_TO_READ", "instrument", "paired", "render_html", "section", "text_lines"]
