@@ -200,3 +200,30 @@ def test_privacy_checks_can_be_switched_off_for_exact_retraining():
     v = gate(far, {"privacy_checks": False})
     assert v.passed and _status(v)["attack_auc"] == "skipped"
     assert "exact retraining" in next(c for c in v.checks if c["name"] == "probe_auc")["reason"]
+
+
+def test_a_decisive_forget_effect_answers_an_undecided_membership_test():
+    """The two per-image tests answer one question: a pass of one settles a 'cannot say' of
+    the other; a fail of either fails."""
+    m = _metrics(reference=_model())
+    m["models"]["model"]["membership"] = {"z": 0.1, "z_if_member": 0.5, "sd_ratio": 1.0,
+                                          "p_value": 0.46, "n_tested": 70}  # power ~0.1
+    m["models"]["model"]["forget_effect"] = {"status": "pass", "share": 0.9, "min_share": 0.5,
+                                             "share_upper": 1.5, "alpha": 0.05,
+                                             "n_tested": 70, "reason": "a drop"}
+    v = gate(m)
+    s = _status(v)
+    assert s["forget_effect"] == "pass" and s["membership"] == "skipped"
+    assert "forget_effect check answers the same question" in next(
+        c["message"] for c in v.checks if c["name"] == "membership")
+    assert v.passed
+    m["models"]["model"]["forget_effect"] |= {"status": "cannot say", "reason": "too few"}
+    v = gate(m)
+    assert v.status == "cannot say" and {_status(v)[k] for k in ("membership",
+                                                                 "forget_effect")} == {
+        "cannot_say"}
+    m["models"]["model"]["forget_effect"] |= {"status": "fail", "share": 0.0,
+                                              "share_upper": 0.1, "reason": "kept"}
+    v = gate(m)
+    assert not v.passed and _status(v)["forget_effect"] == "fail"
+    assert _status(v)["membership"] == "cannot_say"  # not superseded by a fail

@@ -29,6 +29,8 @@ each check against tolerances (:class:`GateTolerances`, defaults in ``defaults/g
   (:mod:`medunlearn.evaluation.membership_paired`): fails when the forgotten images confidently
   kept more than half of the memorisation exact retraining removes, passes on evidence of a
   forget-specific drop, otherwise "cannot say"; "not run" without shadows or the original.
+  The two answer one question: when one passes and the other cannot say, the undecided one is
+  reported as superseded (skipped); a fail of either fails.
 
 A check is ``pass``, ``fail``, ``cannot_say`` (it ran, but the evidence cannot decide: never
 counted as passed), ``skipped`` or ``not_run`` (it could not or did not run; the verdict passes
@@ -219,6 +221,28 @@ def membership_check(metrics: Mapping, tol: GateTolerances) -> dict:
     msg = (f"{name}: {'pass' if ok else 'FAIL'} - forgotten images' membership z {z:.2f} "
            f"(p {p:.3g}) vs limit {limit:.2f} (alpha {alpha:g}), power {pw:.2f}, {n} image(s)")
     return base | {"status": PASS if ok else FAIL, "message": msg}
+
+
+def _one_membership_answer(checks: list[dict]) -> list[dict]:
+    """``membership`` and ``forget_effect`` answer one question (do the forgotten images still
+    look remembered?) with two tests. A fail of either fails; when one passes and the other
+    cannot say, the question is answered: the undecided one is reported as superseded (a
+    ``skipped`` check naming the decisive one) instead of holding the verdict at "cannot
+    say"."""
+    by = {c["name"]: c for c in checks if c["name"] in ("membership", "forget_effect")}
+    if len(by) < 2 or any(c["status"] == FAIL for c in by.values()):
+        return checks
+    decided = [n for n, c in by.items() if c["status"] == PASS]
+    if not decided:
+        return checks
+    out = []
+    for c in checks:
+        if c["name"] in by and c["status"] == CANNOT_SAY:
+            c = c | {"status": SKIPPED, "superseded_by": decided[0], "message": (
+                f"{c['name']}: cannot say on its own; the {decided[0]} check answers the same "
+                "question and passed")}
+        out.append(c)
+    return out
 
 
 def forget_effect_check(metrics: Mapping) -> dict:
@@ -451,6 +475,7 @@ def gate(metrics: Mapping, tolerances: GateTolerances | Mapping | None = None) -
         for check in ("membership", "forget_effect"):
             checks.append(_skip(check, "exact retraining: the model never saw the forgotten "
                                 "images, which this check approximates"))
+    checks = _one_membership_answer(checks)
     why = reference_degenerate(metrics)
     if why:  # a comparison with a degenerate reference says nothing
         on_ref = {"fnr_vs_reference", "global_risk_vs_reference", "attack_auc", "probe_auc"}
