@@ -45,7 +45,8 @@ def _run(world, phi_candidate):
                        phi0_forget=phi0[forget], phi0_retain=phi0[retain],
                        g_forget=gaps.g[forget], g_retain=gaps.g[retain],
                        y_forget=labels[forget], y_retain=labels[retain], lam=lam,
-                       tau2=gaps.tau2), lam, gaps
+                       tau2=gaps.tau2, sampling_var=gaps.sampling_var,
+                       gvar_forget=gaps.post_var[forget]), lam, gaps
 
 
 def test_the_original_fails_and_exact_forgetting_passes():
@@ -54,7 +55,10 @@ def test_the_original_fails_and_exact_forgetting_passes():
     same, lam, gaps = _run(world, phi0.copy())
     assert gaps.tau2 > 0 and lam == pytest.approx(1.5, rel=0.3)
     assert same["status"] == FAIL and same["share"] == 0.0
-    assert {r for r in same["images"]["status"]} == {"looks remembered"}
+    # per image: none looks forgotten; weakly memorised images cannot fail alone
+    per_image = list(same["images"]["status"])
+    assert "looks forgotten" not in per_image
+    assert per_image.count("looks remembered") > len(per_image) / 2
     # exact forgetting: the forgotten images lose what the original kept, plus seed noise
     cand = phi0 + rng.normal(0, 0.3, len(phi0))
     cand[forget] -= 1.5 * g_true[forget]
@@ -77,11 +81,15 @@ def test_a_noisy_candidate_or_no_memorisation_cannot_say():
     res = _run(flat, flat[4].copy())[0]
     assert res["status"] == CANNOT_SAY and "no difference between images" in res["reason"]
     assert res["share"] is None
+    # a little real spread, drowned in shadow noise: the gaps cannot be trusted
+    faint = _world(seed=3, tau=0.15, noise=1.5)
+    res = _run(faint, faint[4].copy())[0]
+    assert res["status"] == CANNOT_SAY and "mostly noise" in res["reason"], res["reason"]
 
 
 def test_too_few_retained_images_cannot_say():
     res = paired_test(delta_forget=np.zeros(3), delta_retain=np.zeros(5),
                       phi0_forget=np.ones(3), phi0_retain=np.ones(5), g_forget=np.ones(3),
                       g_retain=np.ones(5), y_forget=np.zeros(3), y_retain=np.zeros(5),
-                      lam=1.0, tau2=1.0)
+                      lam=1.0, tau2=1.0, sampling_var=1.0)
     assert res["status"] == CANNOT_SAY and "too few images" in res["reason"]
