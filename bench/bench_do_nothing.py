@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     rejected = [n for n, r in rows.items() if r["rejected"]]
     below = [n for n, r in rows.items() if r["score"] >= r["do_nothing"]]
     cfg = json.loads((args.original / "config.json").read_text())
-    body = (f"## Do-nothing row of the published defaults: {cfg['data']['dataset']} "
+    name = (cfg.get("dataset") or {}).get("dataset") or cfg["data"].get("dataset")
+    body = (f"## Do-nothing row of the published defaults: {name} "
             f"(issue 27)\n\n{stamp(command_line())}"
             f"- CPU with native bf16; original seed {cfg['seed']}; reference "
             f"`{args.reference.name}`; forget set of the reference; "
