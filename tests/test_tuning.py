@@ -281,3 +281,20 @@ def test_tune_cli_takes_grids_and_writes_json(tiny_pair, tmp_path, capsys):
                  "--seed", "0", "--reference", str(ref), "--grid", "alpha", "--out",
                  str(tmp_path / "x.json")])
     assert code == 2 and "key=v1,v2" in capsys.readouterr().err
+
+
+def test_tune_with_shadows_records_the_paired_test_and_rejects_its_fails(tiny_pair, tmp_path):
+    from medunlearn.runs.shadows import shadows_for_run
+
+    orig, ref = tiny_pair
+    shadows_for_run(orig, k=4, out=tmp_path / "sh", seed=0, progress=False)
+    res = tune_method(orig, method="ssd", forget="random:0.2", reference=ref, seed=0,
+                      grid={"alpha": [1.0, 10.0]}, tolerance=0.0, shadows=tmp_path / "sh")
+    dn = res["do_nothing"]
+    assert dn["forget_effect"] in ("fail", "cannot say")  # the original never passes it
+    for r in res["grid"]:
+        assert r["forget_effect"] in ("pass", "fail", "cannot say")
+        if r["forget_effect"] == "fail":
+            assert "still look remembered" in r["rejected"]
+    summary = summarize(res)
+    assert all("forget_effect" in r for r in summary["grid"])

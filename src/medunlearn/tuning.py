@@ -108,8 +108,13 @@ DO_NOTHING_RULE = ("a grid point whose mean shift from the original on the forge
 
 def rejects_as_do_nothing(row: Mapping, min_move: float) -> str | None:
     """Why ``row`` is rejected as doing nothing (its ``moved``, the shift from the original
-    relative to the reference's, is below ``min_move``), or None. Rows without ``moved``
-    (tuned before the rule existed) are not judged."""
+    relative to the reference's, is below ``min_move``, or the paired forget-effect test
+    failed it: ``forget_effect``), or None. Rows without either measurement (tuned before the
+    rule existed) are not judged."""
+    if row.get("forget_effect") == "fail":
+        return ("the paired test against the original (shadow models) finds the forgotten "
+                "images kept more than half of what retraining removes: they still look "
+                "remembered")
     moved = row.get("moved")
     if moved is None or not moved < min_move:
         return None
@@ -272,8 +277,11 @@ def summarize(result: Mapping) -> dict:
                       "val_accuracy": round(r["val_accuracy"], 6),
                       "agreement": round(r["agreement"], 6),
                       "forget_prob_w1": round(r["forget_prob_w1"], 6),
-                      **{k: round(r[k], 6) for k in ("moved", "agreement_original")
+                      **{k: round(r[k], 6) for k in ("moved", "agreement_original",
+                                                      "forget_share")
                          if r.get(k) is not None},
+                      **({"forget_effect": r["forget_effect"]} if "forget_effect" in r
+                         else {}),
                       "steps": r["steps"],
                       "seconds": round(r["seconds"], 2),
                       **({"scores": {k: round(v, 6) for k, v in r["scores"].items()},

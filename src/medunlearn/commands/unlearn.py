@@ -175,12 +175,16 @@ def tune(
     tolerance: Annotated[float | None, typer.Option(
         help="Scores within this of the best tie; the cheapest tie (fewest steps) wins. "
         "Default: defaults/tuning.toml's recipe.")] = None,
+    shadows: Annotated[Path | None, typer.Option(
+        "--shadows", help="Shadow models of the original ('medunlearn shadows MODEL'): also "
+        "reject points the paired forget-effect test fails (their forgotten images still "
+        "look remembered).")] = None,
     option: Options = None,
     exclude: Exclude = None,
     data_root: DataRoot = None,
 ) -> None:
     """Choose a method's options by closeness to a retrained reference (validation + forget
-    only)."""
+    only), never a point that did nothing."""
     from medunlearn.config import parse_option_pairs
     from medunlearn.fileio import atomic_write_json, atomic_write_text
     from medunlearn.runs import tune_method
@@ -188,7 +192,7 @@ def tune(
 
     result = tune_method(model, method=method, forget=forget, reference=reference, seed=seed,
                          grid=parse_grid(grid or []), lrs=_float_list(lrs),
-                         epochs=_int_list(epochs), tolerance=tolerance,
+                         epochs=_int_list(epochs), tolerance=tolerance, shadows=shadows,
                          options=parse_option_pairs(option or []),
                          exclude=_read_exclude(exclude), data_root=data_root)
     if out.suffix == ".json":
@@ -209,7 +213,7 @@ def tune(
     for r in result["grid"]:
         cells = " ".join(f"{'none' if r['options'][k] is None else r['options'][k]!s:>13}"
                          for k in keys)
-        typer.echo(line(cells, r, str(r["steps"]), "  rejected: does nothing"
+        typer.echo(line(cells, r, str(r["steps"]), f"  rejected: {r['rejected']}"
                         if r.get("rejected") else ""))
     typer.echo(line(f"{'original (no unlearning)':>{max(13 * len(keys) + len(keys) - 1, 24)}}",
                     result["do_nothing"], "0"))

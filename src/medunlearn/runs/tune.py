@@ -13,10 +13,13 @@ import numpy as np
 from medunlearn.checkpoint import load_run_and_data
 from medunlearn.errors import ConfigError
 from medunlearn.evaluation.fidelity import forget_shift, tuning_closeness
+from medunlearn.evaluation.membership_paired import paired_section
+from medunlearn.evaluation.outputs import split_outputs
 from medunlearn.evaluation.privacy import logit_confidence
 from medunlearn.methods.base import config_dict, resolve_method, revision_field
 from medunlearn.runs.checks import check_tuning_reference
 from medunlearn.runs.evaluate import load_comparison
+from medunlearn.runs.shadows import load_companions
 from medunlearn.runs.unlearn import forget_set_for, unlearn_in_memory
 from medunlearn.tuning import (
     DO_NOTHING_RULE,
@@ -29,12 +32,15 @@ from medunlearn.tuning import (
     rejects_as_do_nothing,
 )
 
+EFFECT_RETAIN = 1000  # retained images that calibrate the paired test (as a request's gate)
+
 
 def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequence[int],
                 reference: str | os.PathLike, seed: int = 0,
                 grid: Mapping[str, Sequence] | None = None, lrs: Sequence[float] = (),
                 epochs: Sequence[int] = (), options: dict | None = None,
                 tolerance: float | None = None, min_move: float | None = None,
+                shadows: str | os.PathLike | None = None,
                 exclude: Iterable[int] | None = None,
                 data_root: str | None = None, progress: bool = False) -> dict:
     """Grid-search a method's options by closeness to a retrained reference.
@@ -64,6 +70,11 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
             recipe's ``tolerance``).
         min_move: The do-nothing rule's threshold (default: the gate's
             ``do_nothing_min_move`` in ``defaults/gate.toml``).
+        shadows: Shadow models of the original (``medunlearn shadows``): every point also gets
+            the paired forget-effect test against the original
+            (:mod:`medunlearn.evaluation.membership_paired`; ``forget_effect``,
+            ``forget_share``), and a point it fails (its forgotten images confidently kept more
+            than half of what retraining removes) is rejected like one that did not move.
         exclude: Training indices forgotten earlier.
         data_root: Where the MedMNIST files are.
         progress: Show progress bars.
@@ -111,6 +122,9 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
     fs, excluded = forget_set_for(model_dir, dataset, forget, seed=seed, exclude=exclude)
     check_tuning_reference(model_dir, reference, forget=fs.forget.tolist(), excluded=excluded,
                            spec=fs.spec, seed=seed)
+    cs = None
+    if shadows is not None:  # refused before any work when made for another model or data
+        cs = load_companions(shadows, data=dataset, fingerprints=[run.config.get("fingerprint")])
     ref = load_comparison(reference, dataset, run, "reference")
     val_labels = dataset.val.labels.numpy()
     forget_labels = dataset.train.labels[fs.forget].numpy()
@@ -138,7 +152,30 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         moved = forget_shift(phi, orig_phi) / ref_shift if ref_shift > 0 else None
         return {**close, "moved": moved, "agreement_original": agree_orig}
 
+    effect = None
+    if cs is not None:
+        retain = np.setdiff1d(np.arange(len(dataset.train)), np.concatenate(
+            [fs.forget, np.asarray(excluded, dtype=np.int64)]))
+        retain = np.sort(np.random.default_rng(seed).choice(
+            retain, min(EFFECT_RETAIN, len(retain)), replace=False))
+        idx = np.concatenate([fs.forget, retain])
+
+        def outputs(model):
+            o = split_outputs(model, dataset.train, idx)
+            n = len(fs.forget)
+            return {"forget": o.subset(np.arange(n)),
+                    "retain": o.subset(np.arange(n, len(idx)))}
+
+        orig_outs = outputs(run.model)
+
+        def effect(model):
+            sec = paired_section(cs, outputs(model), orig_outs, forget=fs.forget,
+                                 retain=retain)
+            return {"forget_effect": sec["status"], "forget_share": sec["share"]}
+
     do_nothing = row(orig_val, orig_forget, orig_prob, orig_phi)
+    if effect is not None:
+        do_nothing |= effect(run.model)
     keys = list(space)
     rows = []
     for values in itertools.product(*(space[k] for k in keys)):
@@ -146,6 +183,7 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         algo = resolve_method(method, dataset=flag, options=dict(options or {}) | point)
         result = unlearn_in_memory(run, dataset, fs, algo, seed=seed, progress=progress)
         r = {"options": point, **row(*predictions(result.model)),
+             **(effect(result.model) if effect is not None else {}),
              "seconds": result.record["unlearn_seconds"], "steps": result.record["steps"]}
         rows.append(r | {"rejected": rejects_as_do_nothing(r, min_move)})
     best = choose(rows, tolerance, min_move=min_move)
