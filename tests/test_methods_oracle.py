@@ -237,6 +237,14 @@ def test_run_folders_find_refuse_and_key_on_their_folds(tmp_path, synth_root):
     cfg = json.loads((tmp_path / "u1" / "config.json").read_text())
     assert cfg["method"]["folds"]["fingerprint"] == cs.manifest["fingerprint"]
     assert m["details"]["folds_k"] == 2
+    # tune finds them too
+    from medunlearn.runs import tune_method
+
+    run_unlearning(run, method="retrain", forget="random:0.1", out=tmp_path / "ref",
+                   progress=False)
+    res = tune_method(run, method="oracle-match", forget="random:0.1", reference=tmp_path / "ref",
+                      grid={"noise": [0.0, 0.3]}, options=kw["options"])
+    assert [r["options"] for r in res["grid"]] == [{"noise": 0.0}, {"noise": 0.3}]
     # a set made for another model is refused with its rebuild command
     manifest = json.loads((run / "kfold" / "companions.json").read_text())
     manifest["source"]["fingerprint"] = "another-model"
