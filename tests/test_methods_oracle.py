@@ -26,7 +26,8 @@ from medunlearn.methods import create_method
 from medunlearn.methods.oracle_match import copies_seen, fold_probabilities
 from medunlearn.runs.shadows import train_companions
 
-FAST = {"epochs": 3, "batch_size": 32, "augment": False, "retain_budget": 64, "lr": 0.05}
+FAST = {"epochs": 3, "batch_size": 32, "augment": False, "retain_budget": 64, "lr": 0.05,
+        "noise": 0.0}
 CFG = TrainConfig(epochs=30, batch_size=32, lr=0.05, select="last", progress=False,
                   precision="fp32", device="cpu", threads=1, weight_decay=0.0)
 FORGET = list(range(0, 120, 6))  # 20 of 120 training images
@@ -226,7 +227,7 @@ def test_run_folders_find_refuse_and_key_on_their_folds(tmp_path, synth_root):
                  ModelConfig(width=8), TrainConfig(epochs=1, progress=False, threads=1),
                  seed=0, out=run)
     kw = {"method": "oracle-match", "forget": "random:0.1", "progress": False,
-          "options": {"epochs": 1, "retain_budget": 32}}
+          "options": {"epochs": 1, "retain_budget": 32, "noise": 0.0}}
     with pytest.raises(CheckpointError, match=f"medunlearn shadows {run} --kind kfold"):
         run_unlearning(run, out=tmp_path / "u0", **kw)
     assert not (tmp_path / "u0").exists()

@@ -105,15 +105,16 @@ class OracleMatch(Method):
 
     @dataclass(frozen=True)
     class Config(RepairOptions):
-        """Defaults: see ``defaults/methods.toml`` (tuned with ``medunlearn tune``); here the
-        values before tuning: 2 epochs of every forget image + 1024 random retain images each,
-        lr 0.02 (cosine), batch 128, momentum 0.9, weight decay 5e-4, augmentation on, no
-        weight noise, retain targets from the original."""
+        """Defaults before tuning (the published ones: ``defaults/methods.toml``): the damage
+        and repair budget of ``noise-repair``'s verified defaults (noise 0.5 x each weight
+        tensor's RMS; 2 epochs, each of every forget image + 2048 random retain images, lr 0.05
+        cosine, batch 128, momentum 0.9, weight decay 5e-4, augmentation on), retain targets
+        from the original."""
 
         epochs: int = 2
-        lr: float = 0.02
-        retain_budget: int | None = 1024  # retain images per epoch (seeded), None: all
-        noise: float = 0.0  # weight noise before matching, relative to each tensor's RMS, >= 0
+        lr: float = 0.05
+        retain_budget: int | None = 2048  # retain images per epoch (seeded), None: all
+        noise: float = 0.5  # weight noise before matching, relative to each tensor's RMS, >= 0
         retain_target: str = "original"  # "original" or "folds" (mean of the in-fold models)
 
     def validate(self) -> None:
