@@ -155,7 +155,8 @@ def test_reads_forget_and_retain_images_and_reports_them(original, data, folds):
     assert set(FORGET) <= got and got - set(FORGET)
 
 
-@pytest.mark.parametrize("options", [{}, {"noise": 0.3}, {"retain_target": "folds"}])
+@pytest.mark.parametrize("options", [{}, {"noise": 0.3}, {"retain_target": "folds"},
+                                     {"target_spread": 1.0}])
 def test_reproducible_for_a_seed_and_different_across_seeds(original, data, folds, options):
     a = unlearn(original, data, folds, seed=1, **options).model.state_dict()
     b = unlearn(original, data, folds, seed=1, **options).model.state_dict()
@@ -176,13 +177,47 @@ def test_noise_spreads_the_runs(original, data, folds):
     assert spread(noise=0.5) > spread(noise=0.0)
 
 
+def test_spread_targets_move_the_margin_by_the_unseen_spread():
+    from medunlearn.methods.oracle_match import spread_targets
+
+    p = np.tile([[0.2, 0.8]], (20000, 1))
+    out = spread_targets(p, 0.5, torch.Generator().manual_seed(0))
+    margin = np.log(out[:, 1] / out[:, 0])
+    assert abs(margin.mean() - np.log(4)) < 0.02 and abs(margin.std() - 1.0) < 0.02
+    again = spread_targets(p, 0.5, torch.Generator().manual_seed(0))
+    assert np.array_equal(out, again)
+    assert spread_targets(p, 0.0, torch.Generator().manual_seed(0)) is p
+
+
+def test_unseen_logit_spread_is_the_members_disagreement_on_test_images():
+    from medunlearn.methods.oracle_match import unseen_logit_spread
+
+    rng = np.random.default_rng(0)
+    margin = rng.normal(2.0, 1.0, (4, 5000))  # 4 models, margin sd 1 on each image
+    logits = np.stack([-margin / 2, margin / 2], axis=2)
+    cs = CompanionSet(path=None, manifest={"kind": KFOLD}, membership=np.ones((4, 3), bool),
+                      train_hashes=["a"] * 3, logits={"test": logits})
+    assert unseen_logit_spread(cs) == pytest.approx(0.5, abs=0.02)  # per class: margin sd / 2
+
+
+def test_target_spread_spreads_the_runs_forget_outputs(original, data, folds):
+    f = np.asarray(FORGET)
+
+    def spread(**options):
+        confs = [_probs(unlearn(original, data, folds, seed=s, epochs=8, **options).model,
+                        data, f)[:, 1] for s in range(3)]
+        return float(np.std(confs, axis=0).mean())
+
+    assert spread(target_spread=1.0) > spread(target_spread=0.0)
+
+
 # ------------------------------------------------------------------------------ refusals
 
 
 @pytest.mark.parametrize("option,value,range_", [
     ("noise", -0.1, "non-negative"), ("retain_target", "oracle", "original or folds"),
     ("epochs", 0, "at least 1"), ("lr", 0.0, "positive"),
-    ("retain_budget", -1, "non-negative"),
+    ("retain_budget", -1, "non-negative"), ("target_spread", -1.0, "non-negative"),
 ])
 def test_bad_options_fail_before_any_work(option, value, range_):
     with pytest.raises(ConfigError, match=f"{option} of method 'oracle-match' must be {range_}"):

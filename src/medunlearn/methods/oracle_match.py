@@ -22,6 +22,12 @@ Unlearning, for ``epochs`` short passes:
 * Optionally (``noise`` > 0), seeded Gaussian noise relative to each weight tensor's scale
   before matching (as ``noise-repair``): retrained models differ from run to run, and without
   a seeded perturbation every run lands near the same point.
+* Optionally (``target_spread`` > 0), each run draws its own forget targets around the
+  out-of-fold ones: seeded Gaussian noise on their (class-centred) logits, scaled by how much
+  independently trained models disagree on an image none of them saw
+  (:func:`unseen_logit_spread`: the fold models on the test split). One out-of-fold prediction
+  is one draw of what a retrained model outputs; matching every run to that same draw takes
+  away the run-to-run spread that retrained models have on exactly the forgotten images.
 
 Randomness (retain subsets, batch order, augmentation, the noise) comes from the run's seed, so
 N runs differ as N retrainings do.
@@ -73,6 +79,29 @@ def fold_probabilities(folds: CompanionSet, indices: np.ndarray, *, out_of_fold:
     return np.einsum("kn,knc->nc", use, probs) / use.sum(axis=0)[:, None]
 
 
+def unseen_logit_spread(folds: CompanionSet) -> float:
+    """How much independently trained models disagree on images none of them saw: the standard
+    deviation across the K fold models of each class-centred logit on the test split (no
+    member trained on it), pooled over images and classes."""
+    lg = folds.logits["test"].astype(np.float64)  # (K, n, C)
+    centred = lg - lg.mean(axis=2, keepdims=True)
+    if lg.shape[0] < 2 or lg.shape[1] == 0:
+        return 0.0
+    return float(np.sqrt(centred.var(axis=0, ddof=1).mean()))
+
+
+def spread_targets(probs: np.ndarray, sigma: float, generator: torch.Generator) -> np.ndarray:
+    """``probs`` with seeded Gaussian noise of standard deviation ``sigma`` on each class-centred
+    log-probability (class-centred noise, rescaled so that each class's share has variance
+    ``sigma ** 2``; for two classes the logit margin moves by ``2 * sigma``)."""
+    n, c = probs.shape
+    if sigma <= 0 or c < 2:
+        return probs
+    z = torch.randn((n, c), generator=generator, dtype=torch.float64).numpy()  # cpu: seeded
+    e = sigma * np.sqrt(c / (c - 1)) * (z - z.mean(axis=1, keepdims=True))
+    return _softmax(np.log(np.clip(probs, 1e-12, 1.0)) + e)
+
+
 def check_folds(folds: CompanionSet | None, ctx: UnlearnContext, method: str) -> CompanionSet:
     """The context's fold set, checked against the data in memory.
 
@@ -116,6 +145,8 @@ class OracleMatch(Method):
         retain_budget: int | None = 2048  # retain images per epoch (seeded), None: all
         noise: float = 0.5  # weight noise before matching, relative to each tensor's RMS, >= 0
         retain_target: str = "original"  # "original" or "folds" (mean of the in-fold models)
+        # per-run spread of the forget targets, in units of unseen_logit_spread (0: none)
+        target_spread: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -123,6 +154,8 @@ class OracleMatch(Method):
         check_range(self.name, "noise", c.noise, c.noise >= 0, "non-negative (>= 0)")
         check_range(self.name, "retain_target", c.retain_target,
                     c.retain_target in RETAIN_TARGETS, " or ".join(RETAIN_TARGETS))
+        check_range(self.name, "target_spread", c.target_spread, c.target_spread >= 0,
+                    "non-negative (>= 0)")
 
     def unlearn(self, model: Classifier, ctx: UnlearnContext) -> UnlearnOutcome:
         c = self.config
@@ -134,8 +167,10 @@ class OracleMatch(Method):
         n, classes = len(ctx.dataset.train), ctx.dataset.num_classes
         targets = torch.zeros(n, classes, dtype=torch.float32)  # soft target per train index
         f_idx = ctx.forget.numpy()
+        oof = fold_probabilities(folds, f_idx, out_of_fold=True)
+        sigma = c.target_spread * unseen_logit_spread(folds) if c.target_spread > 0 else 0.0
         targets[ctx.forget] = torch.from_numpy(
-            fold_probabilities(folds, f_idx, out_of_fold=True)).float()
+            spread_targets(oof, sigma, ctx.generator(49))).float()
         if c.retain_target == "original":
             ctx.seen(retain_seen)
             logits = predict_logits(model, ctx.dataset.train, retain_seen, runtime=ctx.runtime)
@@ -150,9 +185,9 @@ class OracleMatch(Method):
         steps = train_on(net, ctx, c, epoch_indices=epochs, generator=gen, desc=self.name,
                          loss_fn=lambda lg, _y, b: F.cross_entropy(
                              lg, targets[b.to(targets.device)]))
-        oof = targets[ctx.forget.to(targets.device)].cpu()
+        oof = torch.from_numpy(oof).float()
         labels = ctx.dataset.train.labels[ctx.forget]
-        return outcome(net, steps, noise_to_weight=ratio,
+        return outcome(net, steps, noise_to_weight=ratio, target_sigma=sigma,
                        folds=str(folds.path), folds_fingerprint=folds.manifest["fingerprint"],
                        folds_k=folds.k,
                        oof_forget_accuracy=float((oof.argmax(1) == labels).float().mean()),
@@ -178,4 +213,4 @@ def copies_seen(folds: CompanionSet, forget: np.ndarray) -> int:
 
 
 __all__ = ["FOLDS_HINT", "OracleMatch", "RETAIN_TARGETS", "check_folds", "copies_seen",
-           "fold_probabilities"]
+           "fold_probabilities", "spread_targets", "unseen_logit_spread"]
