@@ -165,7 +165,8 @@ class OracleMatch(Method):
         retain_epochs = [subsample(ctx.retain, c.retain_budget, gen) for _ in range(c.epochs)]
         retain_seen = torch.unique(torch.cat(retain_epochs))
         n, classes = len(ctx.dataset.train), ctx.dataset.num_classes
-        targets = torch.zeros(n, classes, dtype=torch.float32)  # soft target per train index
+        # soft target per train index, filled from numpy, then moved to the device below
+        targets = torch.zeros(n, classes, dtype=torch.float32)  # cpu: filled from numpy
         f_idx = ctx.forget.numpy()
         oof = fold_probabilities(folds, f_idx, out_of_fold=True)
         sigma = c.target_spread * unseen_logit_spread(folds) if c.target_spread > 0 else 0.0
@@ -191,7 +192,7 @@ class OracleMatch(Method):
                        folds=str(folds.path), folds_fingerprint=folds.manifest["fingerprint"],
                        folds_k=folds.k,
                        oof_forget_accuracy=float((oof.argmax(1) == labels).float().mean()),
-                       oof_forget_true_prob=float(oof[torch.arange(len(labels)), labels].mean()),
+                       oof_forget_true_prob=float(oof.gather(1, labels[:, None]).mean()),
                        oof_saw_copy=copies_seen(folds, f_idx))
 
 
