@@ -46,7 +46,7 @@ from _report import command_line, model_parser, publish, stamp  # noqa: E402
 ORIGINAL = "original"  # pseudo-method: the untouched original, N times
 METHODS = ("retrain", "finetune", "random-label", "gradient-ascent", "neggrad-plus",
            "l1-sparse", "salun", "salun-cra", "scrub", "boundary-shrink", "fisher", "newton",
-           "ssd", "noise-repair", "reinit-small-grad", ORIGINAL)
+           "ssd", "noise-repair", "reinit-small-grad", "oracle-match", ORIGINAL)
 FAIL_RATIO = 0.5  # per-example "fail": score below this fraction of the permutation null
 # Over-forgetting (issue 28): the deployed model's MIA-efficacy above the reference's by more
 # than OVER_MIA, or its test FNR above the reference's by more than OVER_FNR.
@@ -202,9 +202,34 @@ def original_row(model: Path, *, out: Path, forget: str, n: int, seed: int,
     return row, result
 
 
-def row_key(model: Path, method: str, *, forget: str, n: int, seed: int, dataset: str) -> str:
+def ensure_folds(model: Path, k: int) -> dict:
+    """The K fold models a method such as ``oracle-match`` reads, trained once per original
+    (``medunlearn shadows MODEL --kind kfold``, in ``MODEL/kfold``; reused when there) with
+    their one-time cost: the members' summed training time and K."""
+    from medunlearn.evaluation.companions import KFOLD
+    from medunlearn.fileio import read_json
+    from medunlearn.runs.shadows import companions_for_run
+
+    t0 = time.perf_counter()
+    cs = companions_for_run(model, kind=KFOLD, k=k, progress=True)
+    secs = [read_json(cs.path / "members" / f"k{j:02d}.json")["train_seconds"]
+            for j in range(cs.k)]
+    print(f"fold models {cs.path}: {cs.k}, {sum(secs):.0f} s of training "
+          f"({time.perf_counter() - t0:.0f} s now)", file=sys.stderr)
+    return {"fold_k": cs.k, "fold_seconds": float(sum(secs)),
+            "fold_fingerprint": cs.manifest["fingerprint"]}
+
+
+def needs_folds(method: str) -> bool:
+    from medunlearn.methods.base import get_method_class
+
+    return method != ORIGINAL and get_method_class(method).needs_folds
+
+
+def row_key(model: Path, method: str, *, forget: str, n: int, seed: int, dataset: str,
+            folds: str | None = None) -> str:
     """Everything a row depends on: the original's weights, the method's resolved options, the
-    forget spec, N, the seed."""
+    forget spec, N, the seed (and the fold models a method reads)."""
     import dataclasses
 
     from medunlearn.checkpoint import MODEL_FILE
@@ -214,7 +239,8 @@ def row_key(model: Path, method: str, *, forget: str, n: int, seed: int, dataset
     options = {} if method == ORIGINAL else \
         dataclasses.asdict(resolve_method(method, dataset=dataset).config)
     return fingerprint({"original": sha256_file(model / MODEL_FILE), "method": method,
-                        "options": options, "forget": forget, "n": n, "seed": seed})
+                        "options": options, "forget": forget, "n": n, "seed": seed}
+                       | ({"folds": folds} if folds else {}))
 
 
 def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[str]
@@ -234,7 +260,9 @@ def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[
         for n in ns:
             results = {}
             for name in methods:
-                key = row_key(model, name, forget=args.forget, n=n, seed=seed, dataset=dataset)
+                folds = ensure_folds(model, args.folds_k) if needs_folds(name) else {}
+                key = row_key(model, name, forget=args.forget, n=n, seed=seed, dataset=dataset,
+                              folds=folds.get("fold_fingerprint"))
                 if key in cache:
                     row = cache[key]
                     _backfill_seconds(row, out)
@@ -249,7 +277,7 @@ def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[
                                                  backend=args.backend)
                     results[name] = result
                     row |= {"method": name, "seed": seed, "n": n, "dataset": dataset,
-                            "model": str(model), "precision": precision}
+                            "model": str(model), "precision": precision, **folds}
                     cache[key] = row
                     atomic_write_json(cache_path, cache)
                 rows.append(row)
@@ -387,6 +415,19 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         "jobs outside the heavy-job lock slowed single runs by up to several times, which a mean "
         "would carry; runs reused from earlier work keep the time they were trained in.",
     ]
+    folded = [r for r in rows if r.get("fold_seconds") and r.get("r_secs")]
+    if folded:
+        lines += ["", "Methods that read K fold models (trained once per original before the "
+                  "request; every member but one saw each forgotten image, so the set must be "
+                  "rebuilt after every request):", "",
+                  "| N | seed | method | K | fold training s | fold training / retraining "
+                  "| request + fold rebuild / retraining |", "|---|---|---|---|---|---|---|"]
+        for r in folded:
+            t = statistics.median(r["r_secs"])
+            u = statistics.median(r["u_secs"])
+            lines.append(f"| {r['n']} | {r['seed']} | {r['method']} | {r['fold_k']} | "
+                         f"{r['fold_seconds']:.0f} | {100 * r['fold_seconds'] / t:.0f}% | "
+                         f"{100 * (r['fold_seconds'] + u) / t:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -412,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="Run the models one after another (local) or as Ray tasks.")
     p.add_argument("--note", default=None, help="A line to add to the section's header.")
+    p.add_argument("--folds-k", type=int, default=5,
+                   help="K of the fold models that methods such as oracle-match read (trained "
+                        "once per original in MODEL/kfold; default 5).")
     p.add_argument("--recompute", action="store_true",
                    help=f"Ignore the rows kept in WORK/{ROWS_FILE} (the runs are still reused).")
     args = p.parse_args(argv)

@@ -180,7 +180,40 @@ def base(model_dir, tmp_path_factory):
     (ws / "corrupt-root" / "breastmnist.npz").write_bytes(b"PK\x03\x04 not really a zip" * 50)
     _csv_sources(ws)
     _broken_models(ws, model_dir)
+    _fold_sets(ws)
     return ws
+
+
+def _fold_sets(ws: Path) -> None:
+    """K-fold sets that do not fit a run (oracle-match): trained on other data, made for another
+    model, and a shadow set where K-fold models are needed (members trained one epoch)."""
+    import dataclasses
+
+    from medunlearn.checkpoint import load_run_and_data
+    from medunlearn.config import DataConfig, TrainConfig
+    from medunlearn.data import load_dataset
+    from medunlearn.evaluation.companions import KFOLD, Recipe, balanced_halves, kfold_masks
+    from medunlearn.runs.shadows import train_companions
+    from medunlearn.training import model_from_spec
+
+    run, data = load_run_and_data(ws / "model")
+    spec = run.config["model"]
+    recipe = Recipe(build=lambda: model_from_spec(spec), spec=spec,
+                    train=TrainConfig(epochs=1, threads=1, progress=False, device="cpu"))
+    other = load_dataset(dataclasses.replace(DataConfig(**run.config["data"]), train_limit=100),
+                         seed=0)
+    train_companions(other, kfold_masks(len(other.train), 2, seed=0), recipe=recipe,
+                     out=ws / "folds-other-data", kind=KFOLD, progress=False,
+                     rebuild="medunlearn shadows {ws}/model --kind kfold --k 2")
+    train_companions(data, balanced_halves(len(data.train), 4, seed=0), recipe=recipe,
+                     out=ws / "shadow-set", progress=False)
+    shutil.copytree(ws / "model", ws / "model-fp")
+    cfg = json.loads((ws / "model-fp" / "config.json").read_text())
+    (ws / "model-fp" / "config.json").write_text(json.dumps(cfg | {"fingerprint": "aaaa"}))
+    train_companions(data, kfold_masks(len(data.train), 2, seed=0), recipe=recipe,
+                     out=ws / "model-fp" / "kfold", kind=KFOLD, progress=False,
+                     source={"path": "another/run", "fingerprint": "bbbb"},
+                     rebuild="medunlearn shadows another/run --kind kfold --k 2")
 
 
 def snapshot(ws: Path) -> dict:
@@ -326,6 +359,30 @@ CASES = [
     ("unlearn-config-not-utf8", ["unlearn", "--model", "{ws}/model-cfg-not-utf8", "--method",
                                  "retrain", "--forget", "random:0.1", "--out", "{ws}/u"],
      "is not a valid medunlearn run config"),
+    # oracle-match and its K fold models
+    ("unlearn-oracle-match-without-folds", ["unlearn", "--model", "{ws}/model", "--method",
+                                            "oracle-match", "--forget", "random:0.1", "--out",
+                                            "{ws}/u"], "holds none. Build them once"),
+    ("unlearn-oracle-match-folds-of-other-data", [
+        "unlearn", "--model", "{ws}/model", "--method", "oracle-match", "--forget",
+        "random:0.1", "--folds", "{ws}/folds-other-data", "--out", "{ws}/u"], "other data"),
+    ("unlearn-oracle-match-folds-of-another-model", [
+        "unlearn", "--model", "{ws}/model-fp", "--method", "oracle-match", "--forget",
+        "random:0.1", "--out", "{ws}/u"], "another model"),
+    ("unlearn-oracle-match-shadow-set", [
+        "unlearn", "--model", "{ws}/model", "--method", "oracle-match", "--forget",
+        "random:0.1", "--folds", "{ws}/shadow-set", "--out", "{ws}/u"], "holds shadow models"),
+    ("unlearn-oracle-match-negative-noise", [
+        "unlearn", "--model", "{ws}/model", "--method", "oracle-match", "--forget",
+        "random:0.1", "-O", "noise=-1", "--out", "{ws}/u"],
+     "noise of method 'oracle-match' must be non-negative"),
+    ("unlearn-oracle-match-unknown-retain-target", [
+        "unlearn", "--model", "{ws}/model", "--method", "oracle-match", "--forget",
+        "random:0.1", "-O", "retain_target=oracle", "--out", "{ws}/u"], "original or folds"),
+    ("shadows-kfold-one-fold", ["shadows", "{ws}/model", "--kind", "kfold", "--k", "1"],
+     "K >= 2"),
+    ("shadows-unknown-kind", ["shadows", "{ws}/model", "--kind", "halves"],
+     "--kind must be one of"),
     ("train-fractional-labels", ["train", "--dataset", "breastmnist", "--data-root",
                                  "{ws}/frac", "--no-verify", "--epochs", "1", "--out", "{ws}/t"],
      "fractional"),

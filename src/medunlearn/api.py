@@ -37,7 +37,7 @@ from medunlearn.config import ModelConfig, TrainConfig, as_config
 from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError, ForgetSetError
 from medunlearn.evaluation import forgetting_quality as fq
-from medunlearn.evaluation.companions import CompanionSet
+from medunlearn.evaluation.companions import KFOLD, KFOLD_HINT, CompanionSet
 from medunlearn.evaluation.membership import attach_membership
 from medunlearn.evaluation.outputs import model_outputs, score_models
 from medunlearn.evaluation.record import (
@@ -227,6 +227,20 @@ def _run_method(method: Method, model: nn.Module, ctx: UnlearnContext
     return result, cost
 
 
+def _check_folds(algo: Method, folds, data: Dataset) -> None:
+    """Refuse a method that reads fold models without a K-fold set of this data, before any
+    work (the method's own check names the command that builds one)."""
+    if folds is None:
+        raise ConfigError(
+            f"Method {algo.name!r} needs the K fold models of the model it unlearns. Build them "
+            f"once: '{KFOLD_HINT}' (RUN/kfold), then pass them (folds=load_companions(DIR), or "
+            "--folds DIR on the command line).")
+    if not isinstance(folds, CompanionSet) or folds.kind != KFOLD:
+        raise ConfigError(f"folds must be a K-fold companion set ({KFOLD_HINT}), got "
+                          f"{getattr(folds, 'kind', type(folds).__name__)}.")
+    folds.check_data(data)
+
+
 def unlearn(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
             method: str | Method = "salun-cra", options: Mapping | None = None, seed: int = 0,
             device: str | None = "auto", train_config: TrainConfig | Mapping | None = None,
@@ -234,7 +248,7 @@ def unlearn(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
             model_config: ModelConfig | Mapping | None = None,
             exclude: Sequence[int] | None = None, retain_budget: int | None = None,
             progress: bool = False, on_batch: Callable[[torch.Tensor], None] | None = None,
-            cache=None) -> UnlearnResult:
+            cache=None, folds: CompanionSet | None = None) -> UnlearnResult:
     """Make ``model`` forget part of ``data``'s training split with an unlearning method.
 
     Args:
@@ -261,6 +275,9 @@ def unlearn(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
         on_batch: Called with the training indices of every batch the method reads (audit).
         cache: A :class:`medunlearn.cache.Session` the method's inference may reuse features
             from.
+        folds: K fold models of ``model`` (a ``kfold`` :class:`CompanionSet`,
+            ``medunlearn.runs.shadows.load_companions``), for methods that read them
+            (``oracle-match``); checked against ``data``. Ignored by the other methods.
 
     Returns:
         ``UnlearnResult(model, record, forget)``; the record holds the method, its resolved
@@ -283,6 +300,8 @@ def unlearn(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
     else:
         algo = resolve_method(method, dataset=data.name, options=dict(options or {}),
                               retain_budget=retain_budget)
+    if algo.needs_folds:
+        _check_folds(algo, folds, data)
     cfg = _train_config(train_config, device, progress)
     runtime = Runtime.create(cfg.device, cfg.precision, cfg.threads)
     fs = resolve_forget(data, forget, seed=seed, exclude=exclude)
@@ -292,7 +311,8 @@ def unlearn(model: nn.Module, data: Dataset, *, forget: ForgetSpec,
                          train_config=cfg,
                          model_config=as_config(ModelConfig, model_config, where="model_config"),
                          model_spec=spec, runtime=runtime, model_factory=factory,
-                         progress=progress, on_batch=on_batch, cache=cache)
+                         progress=progress, on_batch=on_batch, cache=cache,
+                         folds=folds if algo.needs_folds else None)
     outcome, cost = _run_method(algo, net, ctx)
     result = outcome.model.eval()
     if isinstance(result, WrappedClassifier) and not isinstance(model, WrappedClassifier):

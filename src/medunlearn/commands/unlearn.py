@@ -65,6 +65,10 @@ def unlearn(
         metavar="N", help="Max retain samples per epoch, for methods that take one (retrain and "
         "gradient-ascent ignore it).")] = None,
     exclude: Exclude = None,
+    folds: Annotated[Path | None, typer.Option(
+        "--folds", metavar="DIR", help="K fold models of RUN, for methods that read them "
+        "(oracle-match; default RUN/kfold, built by 'medunlearn shadows RUN --kind kfold').")
+    ] = None,
     data_root: DataRoot = None,
     overwrite: Annotated[bool, typer.Option("--overwrite",
                                             help="Replace an existing output folder.")] = False,
@@ -80,7 +84,7 @@ def unlearn(
                              options=parse_option_pairs(option or []),
                              exclude=_read_exclude(exclude), retain_budget=retain_budget,
                              overwrite=overwrite, data_root=data_root, progress=not quiet,
-                             device=device)
+                             device=device, folds=folds)
     typer.echo(f"{method}: forgot {metrics['forget_count']} samples, retained "
                f"{metrics['retain_count']}")
     if retain_budget is not None and not takes_retain_budget(method):

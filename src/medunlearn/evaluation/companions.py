@@ -40,6 +40,8 @@ MIN_SHADOWS = 4  # fewer leaves each image with one IN or one OUT model (or none
 MIN_FOLDS = 2
 SPLITS = ("train", "val", "test")
 REBUILD_HINT = "medunlearn shadows ORIGINAL_RUN --k 16 --out NEW_FOLDER"
+KFOLD_HINT = "medunlearn shadows RUN --kind kfold --k 5"  # builds RUN/kfold
+KFOLD_FOLDER = "kfold"  # a run's K-fold models: RUN/kfold
 
 
 # ------------------------------------------------------------------------------ designs
@@ -318,7 +320,8 @@ def check_design(data: Dataset, membership: np.ndarray) -> np.ndarray:
     return mask
 
 
-__all__ = ["CompanionSet", "KFOLD", "KINDS", "MIN_FOLDS", "MIN_SHADOWS", "REBUILD_HINT",
-           "Recipe", "SHADOW", "SPLITS", "TrainedMember", "balanced_halves", "check_design",
+__all__ = ["CompanionSet", "KFOLD", "KFOLD_FOLDER", "KFOLD_HINT", "KINDS", "MIN_FOLDS",
+           "MIN_SHADOWS", "REBUILD_HINT", "Recipe", "SHADOW", "SPLITS", "TrainedMember",
+           "balanced_halves", "check_design",
            "data_digest", "is_hex_digest", "kfold_masks", "mask_digest", "member_seed",
            "train_members"]

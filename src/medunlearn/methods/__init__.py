@@ -24,7 +24,7 @@ from medunlearn.methods.base import (
 CANONICAL_ORDER = (
     "retrain", "finetune", "gradient-ascent", "neggrad-plus", "random-label", "boundary-shrink",
     "l1-sparse", "salun", "salun-cra", "scrub", "ssd", "fisher", "newton",
-    "reinit-small-grad", "noise-repair",
+    "reinit-small-grad", "noise-repair", "oracle-match",
 )
 
 

@@ -48,6 +48,9 @@ class UnlearnContext:
     on_batch: Callable[[torch.Tensor], None] | None = None
     # A feature cache (medunlearn.cache.Session) for the method's inference, or None
     cache: Any = None
+    # K fold models of the original (an evaluation.companions.CompanionSet of kind "kfold"):
+    # their stored out-of-fold outputs, for methods with ``needs_folds`` (``oracle-match``)
+    folds: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -80,6 +83,9 @@ class Method(ABC):
     # Bumped when a fix changes what the method computes for the same options: run folders,
     # study cells and tuning results keyed on the method are then recomputed, not reused.
     revision: ClassVar[int] = 0
+    # Whether the method reads K fold models of the original (``UnlearnContext.folds``); the
+    # core refuses to run it without them, before any work.
+    needs_folds: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Config:

@@ -49,6 +49,7 @@ from medunlearn.config import TrainConfig, as_config, from_dict
 from medunlearn.data import Dataset
 from medunlearn.errors import CheckpointError, ConfigError, OutputExistsError
 from medunlearn.evaluation.companions import (
+    KFOLD_FOLDER,
     KINDS,
     REBUILD_HINT,
     SHADOW,
@@ -382,14 +383,16 @@ def write_calibration(cs: CompanionSet) -> None:
         "model_offset": model_offset(cs, known_out)})
 
 
-def default_folder(run_dir: str | os.PathLike) -> Path:
-    """Where ``medunlearn shadows RUN`` puts the shadows by default: ``RUN/shadows``."""
-    return Path(run_dir) / "shadows"
+def default_folder(run_dir: str | os.PathLike, kind: str = SHADOW) -> Path:
+    """Where ``medunlearn shadows RUN`` puts a set by default: ``RUN/shadows`` for shadows,
+    ``RUN/kfold`` for K-fold models (where ``oracle-match`` looks for them)."""
+    return Path(run_dir) / ("shadows" if kind == SHADOW else KFOLD_FOLDER)
 
 
-def rebuild_command(run_dir: str | os.PathLike, k: int, seed: int, out: str | os.PathLike
-                    ) -> str:
-    return f"medunlearn shadows {run_dir} --k {k} --seed {seed} --out {out}"
+def rebuild_command(run_dir: str | os.PathLike, k: int, seed: int, out: str | os.PathLike,
+                    kind: str = SHADOW) -> str:
+    flag = "" if kind == SHADOW else f" --kind {kind}"
+    return f"medunlearn shadows {run_dir}{flag} --k {k} --seed {seed} --out {out}"
 
 
 def run_recipe(config: dict) -> Recipe:
@@ -429,7 +432,7 @@ def companions_for_run(run_dir: str | os.PathLike, *, kind: str = SHADOW, k: int
     run, data = load_run_and_data(run_dir, data_root=data_root)
     seed = run.seed if seed is None else int(seed)
     if out is None:
-        out = default_folder(run_dir) if kind == SHADOW else Path(run_dir) / "kfold"
+        out = default_folder(run_dir, kind)
     out = Path(out)
     gone = previously_forgotten(run_dir) if run.config.get("kind") == "unlearn" else []
     pool = np.setdiff1d(np.arange(len(data.train)), np.asarray(gone, dtype=np.int64))
@@ -438,9 +441,7 @@ def companions_for_run(run_dir: str | os.PathLike, *, kind: str = SHADOW, k: int
     source = {"path": str(Path(run_dir).resolve()), "fingerprint": run.config.get("fingerprint"),
               "weights_sha256": sha256_file(Path(run_dir) / MODEL_FILE),
               "kind": run.config.get("kind")}
-    rebuild = rebuild_command(run_dir, k, seed, out) if kind == SHADOW else (
-        f"medunlearn.runs.shadows.companions_for_run({str(run_dir)!r}, kind='kfold', k={k}, "
-        f"seed={seed}, out={str(out)!r})")
+    rebuild = rebuild_command(run_dir, k, seed, out, kind)
     return train_companions(data, mask, recipe=recipe, out=out, kind=kind, base_seed=seed,
                             source=source, rebuild=rebuild, device=device, threads=threads,
                             overwrite=overwrite, progress=progress)

@@ -20,7 +20,7 @@ from medunlearn.methods.base import config_dict, resolve_method, revision_field
 from medunlearn.runs.checks import check_tuning_reference
 from medunlearn.runs.evaluate import load_comparison
 from medunlearn.runs.shadows import load_companions
-from medunlearn.runs.unlearn import forget_set_for, unlearn_in_memory
+from medunlearn.runs.unlearn import folds_for, forget_set_for, unlearn_in_memory
 from medunlearn.tuning import (
     DO_NOTHING_RULE,
     TUNE_CRITERION,
@@ -119,6 +119,7 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
     empty = sorted(k for k, vs in space.items() if not vs)
     if empty:
         raise ConfigError(f"The grid gives no values for {', '.join(empty)}.")
+    fold_set = folds_for(model_dir, run, dataset, base)  # RUN/kfold, for oracle-match
     fs, excluded = forget_set_for(model_dir, dataset, forget, seed=seed, exclude=exclude)
     check_tuning_reference(model_dir, reference, forget=fs.forget.tolist(), excluded=excluded,
                            spec=fs.spec, seed=seed)
@@ -181,7 +182,8 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
     for values in itertools.product(*(space[k] for k in keys)):
         point = dict(zip(keys, values, strict=True))
         algo = resolve_method(method, dataset=flag, options=dict(options or {}) | point)
-        result = unlearn_in_memory(run, dataset, fs, algo, seed=seed, progress=progress)
+        result = unlearn_in_memory(run, dataset, fs, algo, seed=seed, progress=progress,
+                                   folds=fold_set)
         r = {"options": point, **row(*predictions(result.model)),
              **(effect(result.model) if effect is not None else {}),
              "seconds": result.record["unlearn_seconds"], "steps": result.record["steps"]}

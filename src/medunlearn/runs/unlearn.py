@@ -33,7 +33,8 @@ from medunlearn.checkpoint import (
 )
 from medunlearn.config import ModelConfig, TrainConfig, from_dict
 from medunlearn.data import Dataset
-from medunlearn.errors import OutputExistsError
+from medunlearn.errors import CheckpointError, ConfigError, OutputExistsError
+from medunlearn.evaluation.companions import KFOLD, KFOLD_FOLDER, CompanionSet
 from medunlearn.evaluation.record import EvalOptions, retain_subset
 from medunlearn.fileio import atomic_write_json, fingerprint, sha256_file, staged_output
 from medunlearn.forget_set import ForgetSet, select_forget
@@ -46,6 +47,7 @@ from medunlearn.methods.base import (
     takes_retain_budget,
 )
 from medunlearn.provenance import environment, now_iso
+from medunlearn.runs.shadows import MANIFEST_FILE, load_companions
 from medunlearn.runs.train import split_metrics
 from medunlearn.training import evaluate_split
 
@@ -79,16 +81,44 @@ def forget_set_for(model_dir: str | os.PathLike, dataset: Dataset, forget: str |
     return select_forget(dataset, forget=forget, seed=seed, exclude=excluded), excluded
 
 
+def folds_for(model_dir: str | os.PathLike, run: Run, dataset: Dataset, method: Method,
+              folds: str | os.PathLike | None = None) -> CompanionSet | None:
+    """The K fold models a method reads (``Method.needs_folds``; None for the others):
+    ``folds``, else ``RUN/kfold`` (where ``medunlearn shadows RUN --kind kfold`` puts them).
+
+    Raises:
+        CheckpointError: no fold set there (naming the command that builds it), an incomplete
+            one, or one made for other data or another model (naming the command that
+            rebuilds it).
+        ConfigError: a companion set of another kind.
+    """
+    if not method.needs_folds:
+        return None
+    path = Path(folds) if folds is not None else Path(model_dir) / KFOLD_FOLDER
+    build = f"medunlearn shadows {model_dir} --kind kfold --k 5" + (
+        f" --out {folds}" if folds is not None else "")
+    if not (path / MANIFEST_FILE).is_file():
+        raise CheckpointError(
+            f"Method {method.name!r} needs the K fold models of {model_dir} (their out-of-fold "
+            f"predictions are its targets), and {path} holds none. Build them once (about K - 1 "
+            f"trainings of the model; rebuild them after every deletion request): {build}")
+    cs = load_companions(path, data=dataset, fingerprints=[run.config.get("fingerprint")])
+    if cs.kind != KFOLD:
+        raise ConfigError(f"Method {method.name!r} needs K-fold models, but {path} holds "
+                          f"{cs.kind} models. Build K-fold models: {build}")
+    return cs
+
+
 def unlearn_in_memory(run: Run, dataset: Dataset, forget_set: ForgetSet, method: Method, *,
                       seed: int, progress: bool = True, device: str | None = None,
                       on_batch: Callable[[torch.Tensor], None] | None = None,
-                      cache=None) -> api.UnlearnResult:
+                      cache=None, folds: CompanionSet | None = None) -> api.UnlearnResult:
     """:func:`medunlearn.api.unlearn` of a loaded run with its own recipe and architecture
-    (``device`` overrides the recipe's device; None keeps it)."""
+    (``device`` overrides the recipe's device; None keeps it; ``folds``: :func:`folds_for`)."""
     return api.unlearn(run.model, dataset, forget=forget_set, method=method, seed=seed,
                        device=device, train_config=train_config(run),
                        model_factory=run.config["model"], model_config=model_config(run),
-                       progress=progress, on_batch=on_batch, cache=cache)
+                       progress=progress, on_batch=on_batch, cache=cache, folds=folds)
 
 
 def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | Sequence[int],
@@ -98,7 +128,7 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
                    data_root: str | None = None, progress: bool = True,
                    on_batch: Callable[[torch.Tensor], None] | None = None,
                    retain_limit: int | None = None, device: str | None = None,
-                   cache=None) -> dict:
+                   cache=None, folds: str | os.PathLike | None = None) -> dict:
     """Unlearn a forget set from a trained model and write a run folder at ``out``.
 
     Args:
@@ -127,6 +157,8 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
             samples (the method itself is unaffected); None: all of them.
         device: ``auto``, ``cpu``, ``cuda``, ``mps`` (None: the original recipe's, ``auto``).
         cache: A :class:`medunlearn.cache.Session` (loaded data and features are reused).
+        folds: The K fold models' folder for methods that read them (``oracle-match``;
+            default ``MODEL_DIR/kfold``, see :func:`folds_for`); ignored by the others.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -140,12 +172,14 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
                           retain_budget=retain_budget)
     forget_set, excluded = forget_set_for(model_dir, dataset, forget, seed=seed, exclude=exclude,
                                           retrain=method == "retrain")
+    fold_set = folds_for(model_dir, run, dataset, algo, folds)
     weights_sha = sha256_file(Path(model_dir) / MODEL_FILE)
     resolved = config_dict(algo)
     key = fingerprint({"kind": "unlearn", "original": weights_sha, "method": method,
                        "options": resolved, "seed": seed,
                        "forget": forget_set.forget.tolist(), "retain": len(forget_set.retain)}
-                      | revision_field(algo))
+                      | revision_field(algo)
+                      | ({"folds": fold_set.manifest["fingerprint"]} if fold_set else {}))
     if not overwrite:
         previous = finished_run_metrics(out, key)
         if previous is not None:
@@ -159,7 +193,8 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
             overwrite = True
     with staged_output(out, overwrite=overwrite, what="unlearning run") as stage:
         result = unlearn_in_memory(run, dataset, forget_set, algo, seed=seed, progress=progress,
-                                   device=device, on_batch=on_batch, cache=cache)
+                                   device=device, on_batch=on_batch, cache=cache,
+                                   folds=fold_set)
         model = result.model
         cost = {k: result.record[k] for k in api.COST_KEYS}
         recipe = train_config(run)  # the runtime the method ran in, for the split metrics
@@ -208,7 +243,10 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
                        "user_options": dict(options or {}),
                        "retain_budget": retain_budget,
                        "retain_budget_applied": retain_budget is not None
-                       and takes_retain_budget(method), "seed": seed},
+                       and takes_retain_budget(method), "seed": seed,
+                       **({"folds": {"path": str(fold_set.path.resolve()), "k": fold_set.k,
+                                     "fingerprint": fold_set.manifest["fingerprint"]}}
+                          if fold_set else {})},
             "forget": {"spec": forget_set.spec, "count": len(forget_set),
                        "excluded_count": forget_set.excluded_count},
         }
@@ -225,5 +263,5 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     return metrics
 
 
-__all__ = ["forget_set_for", "model_config", "run_unlearning", "train_config",
+__all__ = ["folds_for", "forget_set_for", "model_config", "run_unlearning", "train_config",
            "unlearn_in_memory"]
