@@ -620,3 +620,16 @@ def test_consolidating_a_sharded_model_retrains_only_the_shards_whose_data_chang
     st = status(reg)
     assert st["exactness"]["exact"] and st["active_version"]["method"] == c["method"]
     assert audit_registry(reg).ok
+    # the next consolidation would start from version 3, unless a checkpoint was changed
+    from medunlearn.registry.versions import sharded_start
+
+    conn = connect(reg)
+    try:
+        assert sharded_start(reg, conn) == 3
+        ck = v3 / "shards" / "shard-2" / "slice-1.safetensors"
+        good = ck.read_bytes()
+        ck.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+        assert sharded_start(reg, conn) is None  # then every shard is retrained
+        ck.write_bytes(good)
+    finally:
+        conn.close()
