@@ -357,6 +357,22 @@ def render(rows: list[dict], args, commands: list[str]) -> str:
             ]
             text = "; ".join(f"{c} **{'met' if ok else 'missed'}**" for c, ok in checks)
             lines.append(f"- {DATASETS[name]['label']}, R = {slices}: {text}.")
+    lines += ["", f"### Which S each dataset supports (mean over seeds: test AUC within "
+              f"{AUC_PP:g} pp of the monolithic model and minority-class recall within "
+              f"{MINORITY_PP:g} pp)", ""]
+    for name in names:
+        for slices in sorted({k[2] for k in summ if k[0] == name and k[1] > 0}):
+            parts, ok = [], []
+            for shards in sorted({k[1] for k in summ if k[0] == name and k[1] > 0
+                                  and k[2] == slices}):
+                e = summ[(name, shards, slices)]
+                d_auc, d_min = _mean(e["d_auc"]), _mean(e["d_minority"])
+                good = d_auc >= -AUC_PP and d_min >= -MINORITY_PP
+                ok += [shards] if good else []
+                parts.append(f"S = {shards}: ΔAUC {d_auc:+.2f}, Δ minority {d_min:+.2f} "
+                             f"({len(e['rows'])} seed(s)) {'ok' if good else '**no**'}")
+            lines.append(f"- {DATASETS[name]['label']}, R = {slices}: supports S in "
+                         f"{{{', '.join(map(str, ok))}}} of those measured ({'; '.join(parts)}).")
     lines += [
         "", "Expected cost of a one-patient request without fixed costs: retraining one of S "
         "shards is 1/S of a full retraining; with R slices and the patient in a uniformly "

@@ -535,3 +535,101 @@ def test_registry_on_a_sharded_model_forgets_a_patient_exactly_with_sisa(sharded
     assert main(["audit", "verify", str(reg)]) == 0
     active = load_run(reg / "versions" / str(st["active_version"]["n"]))
     assert isinstance(active.model, EnsembleClassifier)
+
+
+@pytest.mark.parametrize("keep", [5, 0])
+def test_consolidating_a_sharded_model_retrains_only_the_shards_whose_data_changed(
+        sharded_run, tmp_path, keep, monkeypatch, capsys):
+    """After an approximate step and a failed request, a consolidation starts from the last
+    exact version: with its checkpoints kept (--keep-superseded), sisa retrains only the shards
+    holding an image withdrawn since and keeps the others byte for byte; once they are purged,
+    it retrains every shard. Either way the result is the sharded model retrained from scratch
+    without every withdrawn image, and the ledger says which shards were retrained."""
+    import csv
+
+    from medunlearn.registry import audit_registry, init_registry, ledger, status
+    from medunlearn.registry import process_request as forget
+    from medunlearn.registry.db import connect
+    from medunlearn.registry.steps import unlearn_candidate
+    from medunlearn.testing import fake_steps, fake_verify
+
+    out, _, _ = sharded_run
+    with open(out / "shards.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_patient: dict[str, list[dict]] = {}
+    for r in rows:
+        by_patient.setdefault(r["patient_id"], []).append(r)
+    # one patient of shard 0 and one of shard 1 (not joined to another patient by a copy)
+    group_size = {g: sum(r["group"] == g for r in rows) for g in {r["group"] for r in rows}}
+    chosen = [next(p for p, rs in sorted(by_patient.items())
+                   if group_size[rs[0]["group"]] == len(rs) and int(rs[0]["shard"]) == s)
+              for s in (0, 1)]
+    indices = sorted(int(r["index"]) for p in chosen for r in by_patient[p])
+    reg = init_registry(out, tmp_path / "reg", warm=False, keep_superseded=keep)
+    real = {"unlearn": unlearn_candidate}
+    r1 = forget(reg, {"id": "R-1", "subject": "s1", "patients": [chosen[0]],
+                      "method": "finetune"}, verify=fake_verify, **real)
+    assert r1["method"] == "finetune" and r1["to_version"] == 2  # approximate: not exact
+    failing = fake_steps(fail=["sisa", "retrain"])["verify"]
+    r2 = forget(reg, {"id": "R-2", "subject": "s2", "patients": [chosen[1]]}, verify=failing,
+                **real)
+    assert r2["status"] == "failed"  # sisa refused (checkpoints dropped), retrain failed
+    assert status(reg)["exactness"] == {"approximate_steps": 1, "withdrawn_not_forgotten": 2,
+                                        "exact": False}
+    from medunlearn.registry import steps
+
+    monkeypatch.setattr(steps, "gate_candidate", fake_verify)  # the real unlearn step
+    capsys.readouterr()
+    assert main(["registry", "consolidate", str(reg), "--id", "C-1"]) == 0
+    printed = capsys.readouterr().out
+    c = forget(reg, {"id": "C-1", "subject": "scheduled-consolidation", "note": "",
+                     "consolidate": True})  # the stored result
+    assert c["reused"] and c["status"] == "completed"
+    assert c["to_version"] == 3 and c["consolidated"] == 4
+    sh = c["shards"]
+    if keep:  # version 1's checkpoints are there: only shards 0 and 1 retrain
+        assert c["method"] == "sisa" and sh["start_version"] == 1
+        assert (sh["retrained"], sh["kept"], sh["count"]) == ([0, 1], [2], 3)
+        assert "sisa from version 1 retrained shard(s) 0, 1 of 3" in printed
+        assert "shard(s) 2 kept byte for byte" in printed
+    else:  # purged with version 1: every shard from scratch
+        assert c["method"] == "retrain" and sh["start_version"] == 2
+        assert (sh["retrained"], sh["kept"]) == ([0, 1, 2], [])
+        assert "retrain from version 2 retrained shard(s) 0, 1, 2 of 3" in printed
+    conn = connect(reg)
+    try:
+        entry = [e for e in ledger.entries(conn, "C-1") if e["kind"] == "attempt"][-1]
+        request = [e for e in ledger.entries(conn, "C-1") if e["kind"] == "request"][0]
+    finally:
+        conn.close()
+    assert entry["body"]["shards"] == sh
+    assert request["body"]["methods"] == (["sisa", "retrain"] if keep else ["retrain"])
+    # the sharded model retrained from scratch without both patients, byte for byte
+    ref = tmp_path / "ref"
+    run_unlearning(out, method="retrain", forget=indices, out=ref, progress=False)
+    v3 = reg / "versions" / "3"
+    for s in range(3):
+        for r in (1, 2):
+            name = f"shards/shard-{s}/slice-{r}.safetensors"
+            assert (v3 / name).read_bytes() == (ref / name).read_bytes()
+            if s == 2:
+                assert (v3 / name).read_bytes() == (out / name).read_bytes()
+    assert _same_weights(load_run(v3).model, load_run(ref).model)
+    with open(v3 / "forget.csv") as fh:  # the verification covers every withdrawn image
+        assert sorted(int(x["index"]) for x in csv.DictReader(fh)) == indices
+    st = status(reg)
+    assert st["exactness"]["exact"] and st["active_version"]["method"] == c["method"]
+    assert audit_registry(reg).ok
+    # the next consolidation would start from version 3, unless a checkpoint was changed
+    from medunlearn.registry.versions import sharded_start
+
+    conn = connect(reg)
+    try:
+        assert sharded_start(reg, conn) == 3
+        ck = v3 / "shards" / "shard-2" / "slice-1.safetensors"
+        good = ck.read_bytes()
+        ck.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+        assert sharded_start(reg, conn) is None  # then every shard is retrained
+        ck.write_bytes(good)
+    finally:
+        conn.close()

@@ -345,6 +345,9 @@ def consolidate_cmd(
     """Retrain from scratch without every image forgotten so far, verify, promote.
 
     Run it now and then (e.g. monthly) to replace approximate unlearning by exact retraining.
+    A sharded model retrains only the shards whose data changed since its last exact version
+    (sisa from that version's checkpoints), while they are kept (--keep-superseded at init);
+    otherwise every shard.
     """
     from medunlearn.registry import process_request
 
@@ -352,6 +355,15 @@ def consolidate_cmd(
     result = process_request(reg, request, data_root=data_root, seed=seed, lock_timeout=wait,
                              download=not no_download, log=lambda m: typer.echo(m, err=True))
     _report_result(reg, result, as_json)
+
+
+def _shards_line(method: str, sh: dict) -> str:
+    """Which shards an exact unlearning of a sharded model retrained, in one line."""
+    kept = f"; shard(s) {', '.join(map(str, sh['kept']))} kept byte for byte" if sh["kept"] \
+        else ""
+    return (f"  {method} from version {sh['start_version']} retrained shard(s) "
+            f"{', '.join(map(str, sh['retrained'])) or 'none'} of {sh['count']} "
+            f"({sh['retrained_stages']} of {sh['total_stages']} slice stages){kept}")
 
 
 def _report_result(reg: Path, result: dict, as_json: bool) -> None:
@@ -372,10 +384,14 @@ def _report_result(reg: Path, result: dict, as_json: bool) -> None:
         typer.echo(f"consolidation {rid}: retrained without the {result['consolidated']} "
                    f"image(s) forgotten so far; version {result['to_version']} is active "
                    f"(weights {_short(result['weights_after'])}...)")
+        if result.get("shards"):
+            typer.echo(_shards_line(result["method"], result["shards"]))
     elif result["status"] == "completed":
         typer.echo(f"request {rid}: forgot {result['forgotten']} image(s) with "
                    f"{result['method']}; version {result['to_version']} is active (weights "
                    f"{_short(result['weights_after'])}...)")
+        if result.get("shards"):
+            typer.echo(_shards_line(result["method"], result["shards"]))
     if result["status"] == "completed":
         return
     if result.get("consolidate"):

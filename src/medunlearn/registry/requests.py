@@ -32,6 +32,7 @@ from medunlearn.registry.versions import (
     approximate_steps,
     image_hashes,
     not_forgotten,
+    sharded_start,
     withdrawn_indices,
 )
 
@@ -136,6 +137,13 @@ def method_chain(conn: sqlite3.Connection, requested: str | None) -> list[str]:
     return [requested] + ([chain[-1]] if chain[-1] != requested else [])
 
 
+def consolidation_chain(start: int | None) -> list[str]:
+    """The methods of a consolidation: ``sisa`` from the sharded model's last exact version
+    ``start`` (only the shards whose data changed since), then retraining every shard; without
+    such a version (a monolithic model, or its checkpoints purged), ``retrain``."""
+    return ["retrain"] if start is None else ["sisa", "retrain"]
+
+
 def submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
     """Validate and record a new request as pending (or complete it as a no-op).
 
@@ -145,7 +153,8 @@ def submit(reg: Path, conn: sqlite3.Connection, req: DeletionRequest) -> None:
     active = active_version(conn)
     if req.consolidate:
         withdrawn = withdrawn_indices(conn)
-        items, sha, chain = {"consolidate": withdrawn}, image_hashes(conn, withdrawn), ["retrain"]
+        items, sha = {"consolidate": withdrawn}, image_hashes(conn, withdrawn)
+        chain = consolidation_chain(sharded_start(reg, conn))
         noop = approximate_steps(conn) == 0 and not not_forgotten(conn)
         why = "the active model is exact already" if noop else None
     else:
@@ -284,6 +293,9 @@ class Plan:
     exclude: list[int]  # withdrawn earlier: in neither the forget nor the retain set
     chain: list[str]
     first_attempt: int  # attempts before a retry are kept; this one's numbers follow them
+    # the version the attempts start from (None: the active one): a sharded consolidation's
+    # last exact version (versions.sharded_start), whose clean checkpoints sisa retrains from
+    start: int | None = None
 
     @property
     def own(self) -> list[int]:
@@ -297,17 +309,19 @@ class Plan:
         return sorted(set(self.own) | (swept & still_in))
 
 
-def plan_request(conn: sqlite3.Connection, rid: str) -> Plan:
-    """The :class:`Plan` of a pending request, from its rows and every image withdrawn so far."""
+def plan_request(reg: Path, conn: sqlite3.Connection, rid: str) -> Plan:
+    """The :class:`Plan` of a pending request, from its rows and every image withdrawn so far
+    (and for a consolidation, the registry's :func:`.versions.sharded_start`)."""
     row = conn.execute("SELECT * FROM requests WHERE id = ?", (rid,)).fetchone()
     body = json.loads(row["body"])
     consolidate = bool(body.get("consolidate"))
     # a consolidation retrains without every earlier-forgotten image: they are its forget set
     forget_idx = request_items(conn, rid, "consolidate" if consolidate else "forget")
     exclude = [i for i in withdrawn_indices(conn) if i not in set(forget_idx)]
-    chain = ["retrain"] if consolidate else method_chain(conn, body.get("method"))
+    start = sharded_start(reg, conn) if consolidate else None
+    chain = consolidation_chain(start) if consolidate else method_chain(conn, body.get("method"))
     base = int(json.loads(row["result"] or "{}").get("retry_base", 0)) if row["status"] == \
         "pending" and row["result"] else 0
-    return Plan(rid, row["num"], consolidate, forget_idx, exclude, chain, base)
+    return Plan(rid, row["num"], consolidate, forget_idx, exclude, chain, base, start)
 
 

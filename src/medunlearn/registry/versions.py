@@ -26,7 +26,7 @@ from pathlib import Path
 
 from medunlearn.config import EXACT_METHODS
 from medunlearn.errors import CheckpointError, DataError, MedUnlearnError
-from medunlearn.fileio import read_index_rows, sha256_file, staged_output
+from medunlearn.fileio import read_index_rows, read_json, sha256_file, staged_output
 from medunlearn.registry import features, ledger, store
 from medunlearn.registry.db import LOCK_FILE, SCHEMA_VERSION, connect, get_meta, set_meta
 from medunlearn.registry.deletion_request import HASH_PATTERN
@@ -323,19 +323,60 @@ def not_forgotten(conn: sqlite3.Connection) -> list[int]:
         "ORDER BY idx")]
 
 
-def approximate_steps(conn: sqlite3.Connection) -> int:
-    """Approximate unlearning steps between the active version and the last exact model
-    (version 1 trained on its data, or a version made by retraining)."""
+def _last_exact(conn: sqlite3.Connection) -> tuple[int | None, int]:
+    """``(the newest exact version on the active version's chain, or None; the approximate
+    steps after it)``. Exact: version 1 trained on its data, or a version made by an exact
+    method (:data:`medunlearn.config.EXACT_METHODS`)."""
     versions = {r["n"]: r for r in conn.execute("SELECT n, parent, method FROM versions")}
     pre = conn.execute("SELECT COUNT(*) FROM samples WHERE request_id = ?", (BEFORE,)).fetchone()[0]
     n, steps = active_version(conn), 0
     while n in versions:
         v = versions[n]
         if v["method"] in EXACT_METHODS or (n == 1 and not pre):
-            return steps
+            return n, steps
         steps += 1
         n = v["parent"]
-    return steps
+    return None, steps
+
+
+def approximate_steps(conn: sqlite3.Connection) -> int:
+    """Approximate unlearning steps between the active version and the last exact model
+    (version 1 trained on its data, or a version made by retraining)."""
+    return _last_exact(conn)[1]
+
+
+def sharded_start(reg: Path, conn: sqlite3.Connection) -> int | None:
+    """The version a consolidation of a sharded model retrains from with ``sisa``, or None.
+
+    It is the newest exact version on the active version's chain (the active one itself when no
+    approximate step followed it), provided it is a sharded model whose slice checkpoints are
+    all on disk with the SHA-256 its ``config.json`` records. ``sisa`` from it retrains only the
+    shards holding an image withdrawn since (its checkpoints saw them; every other image
+    withdrawn earlier it had left out already), from their last checkpoint before the first such
+    slice, and keeps every other shard byte for byte: with the registry's seed, exactly the
+    sharded model that training without every withdrawn image gives. None: a monolithic model,
+    or the checkpoints are gone (the weights of a superseded version are purged once it holds a
+    forgotten image, unless ``init --keep-superseded`` keeps them), so the consolidation retrains
+    every shard from scratch.
+    """
+    n, _ = _last_exact(conn)
+    if n is None:
+        return None
+    folder = reg / version_row(conn, n)["path"]
+    try:
+        section = read_json(folder / "config.json").get("shards") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    checkpoints = section.get("checkpoints")
+    if not checkpoints or not section.get("exact", True):
+        return None
+    for s, row in enumerate(checkpoints):
+        for r, digest in enumerate(row or [None]):
+            # checkpoint.checkpoint_name (not imported: reading a registry does not need torch)
+            path = folder / "shards" / f"shard-{s}" / f"slice-{r + 1}.safetensors"
+            if not digest or not path.is_file() or sha256_file(path) != digest:
+                return None
+    return n
 
 
 def active_dir(reg: Path, conn: sqlite3.Connection) -> Path:
@@ -374,7 +415,6 @@ def require_local_data(reg: Path, conn: sqlite3.Connection, data_root: str | Non
     from medunlearn.data.files import locate
     from medunlearn.data.info import get_info
     from medunlearn.data.sources import source_of
-    from medunlearn.fileio import read_json
 
     n = active_version(conn) if version is None else version
     config = read_json(reg / version_row(conn, n)["path"] / "config.json")

@@ -284,7 +284,7 @@ ENVIRONMENT_ERRORS = (DataError, CheckpointError, OutputExistsError, OutputError
 def _run_pending(reg: Path, conn: sqlite3.Connection, rid: str, run: _Run) -> dict:
     """Run the attempts of a pending request until one passes or the chain is exhausted."""
     log = run.log
-    plan = plan_request(conn, rid)
+    plan = plan_request(reg, conn, rid)
     active = active_version(conn)
     if plan.own and not set(plan.own) & set(not_forgotten(conn)):
         # a retried request whose images an exact retraining (a consolidation, or the retrain
@@ -358,18 +358,27 @@ def _attempt(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
     stage = reg / "staging" / f"r{plan.num}-a{n}"
     _remove_tree(stage)
     active_path = reg / version_row(conn, active)["path"]
+    # a sharded consolidation starts from the last exact version (its clean checkpoints); the
+    # candidate is still gated against the active version
+    start = active if plan.start is None else plan.start
+    start_path = reg / version_row(conn, start)["path"]
     summary = {"forget_count": len(plan.forget), "exclude_count": len(plan.exclude),
                "from_version": active, "steps": {"unlearn": step_name(unlearn),
                                                  "verify": step_name(verify)}}
     gate_extra = {"shadows": shadows.for_gate(reg, conn), "registry": reg} if _takes(
         verify, "shadows") else {}
+    if start != active:
+        summary["start_version"] = start
     t0 = time.perf_counter()
     try:
         summary["unlearn_metrics"] = unlearn(
-            active_path, method=method, forget=plan.forget, exclude=plan.exclude, out=stage,
+            start_path, method=method, forget=plan.forget, exclude=plan.exclude, out=stage,
             seed=seed, data_root=data_root,
             **({"cache": run.session} if _takes(unlearn, "cache") else {}))
         summary["unlearn_seconds"] = time.perf_counter() - t0
+        shards = shards_retrained(summary["unlearn_metrics"], start)
+        if shards is not None:
+            summary["shards"] = shards
         store.stage("after-unlearn")
         _write_excluded(conn, stage, plan.exclude)
         t1 = time.perf_counter()
@@ -419,7 +428,25 @@ def _record_attempt(conn: sqlite3.Connection, rid: str, n: int, method: str, sta
         "summary_sha256": ledger.sha256_text(summary_json), "started": started,
         "unlearn_seconds": summary.get("unlearn_seconds"),
         "verify_seconds": summary.get("verify_seconds"), "steps": summary.get("steps"),
+        **({"shards": summary["shards"]} if summary.get("shards") else {}),
     }, request_id=rid, created=finished)
+
+
+def shards_retrained(metrics: dict | None, start: int) -> dict | None:
+    """What an exact unlearning of a sharded model retrained (None for any other model), from
+    its run's ``metrics.json`` ``details`` (:func:`medunlearn.sharding.retrain_shards`): the
+    version it started from, the shards retrained and from which slice, the shards kept byte for
+    byte. Recorded in the attempt's ledger entry and the request's result."""
+    details = (metrics or {}).get("details") or {}
+    if "retrained_shards" not in details:
+        return None
+    retrained = [int(s) for s in details["retrained_shards"]]
+    return {"start_version": start, "count": details.get("shards"),
+            "slices": details.get("slices"), "retrained": retrained,
+            "from_slice": details.get("from_slice"),
+            "kept": [s for s in range(int(details.get("shards") or 0)) if s not in retrained],
+            "retrained_stages": details.get("retrained_stages"),
+            "total_stages": details.get("total_stages")}
 
 
 EXCLUDED_FILE = "excluded.csv"  # read by evaluate_run: earlier-forgotten images, not retain
@@ -486,6 +513,8 @@ def _promote(reg: Path, conn: sqlite3.Connection, plan: Plan, method: str, n: in
             "attempt": n, "files": files}, request_id=rid, created=now)
         result = finish(conn, rid, "completed", active, new_n, method, now)
         result["promote_seconds"] = time.perf_counter() - t2
+        if summary.get("shards"):
+            result["shards"] = summary["shards"]
         purge = residue.plan(conn, new_n, keep)
         result["residue"] = purge
         result["shadows"] = shadows.summary(shadow_entry)

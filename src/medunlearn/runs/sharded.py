@@ -12,20 +12,19 @@ from medunlearn.checkpoint import (
     CONFIG_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    finished_run_metrics,
     save_shard_files,
     save_weights,
 )
 from medunlearn.config import DataConfig, ModelConfig, TrainConfig
-from medunlearn.data import Dataset, load_dataset
+from medunlearn.data import Dataset
 from medunlearn.errors import ConfigError
 from medunlearn.executors import BACKENDS
-from medunlearn.fileio import atomic_write_json, fingerprint, staged_output
+from medunlearn.fileio import atomic_write_json, staged_output
 from medunlearn.loop import Runtime
 from medunlearn.provenance import environment, now_iso
-from medunlearn.runs.train import recipe, split_metrics, write_manifest
+from medunlearn.runs.train import prepare_training, recipe, split_metrics, write_manifest
 from medunlearn.sharding import assign_shards, check_count, shard_recipe, train_sharded
-from medunlearn.training import evaluate_split, resolve_epochs, validate_train_config
+from medunlearn.training import evaluate_split
 
 
 def run_sharded_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -50,19 +49,13 @@ def run_sharded_training(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg
     slices = check_count(slices, "--slices")
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
-    dataset = dataset or load_dataset(data_cfg, seed=seed)
-    validate_train_config(train_cfg)
-    train_cfg = dataclasses.replace(train_cfg,
-                                    epochs=resolve_epochs(train_cfg.epochs, len(dataset.train)))
+    dataset, train_cfg, key, previous = prepare_training(
+        data_cfg, model_cfg, train_cfg, seed=seed, out=out, overwrite=overwrite, dataset=dataset,
+        extra=lambda cfg: {"shard_recipe": recipe(shard_recipe(cfg, shards)),
+                           "shards": shards, "slices": slices})
+    if previous is not None:  # a finished run of this configuration
+        return previous
     assign_shards(dataset, shards=shards, slices=slices, seed=seed)  # refuse before any work
-    key = fingerprint({"kind": "train", "data": dataset.identity(),
-                       "model": dataclasses.asdict(model_cfg), "train": recipe(train_cfg),
-                       "shard_recipe": recipe(shard_recipe(train_cfg, shards)),
-                       "seed": seed, "shards": shards, "slices": slices})
-    if not overwrite:
-        previous = finished_run_metrics(out, key)
-        if previous is not None:
-            return previous | {"reused": True}
     rt = Runtime.create(train_cfg.device, train_cfg.precision, train_cfg.threads)
     with staged_output(out, overwrite=overwrite, what="run") as stage:
         t0 = time.perf_counter()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from medunlearn.checkpoint import (
     CONFIG_FILE,
@@ -47,6 +49,35 @@ def split_metrics(model, dataset: MedDataset, names: tuple[str, ...] = ("train",
             for name in names}
 
 
+class Prepared(NamedTuple):
+    """What :func:`prepare_training` returns."""
+
+    dataset: MedDataset
+    train_cfg: TrainConfig  # validated, ``epochs`` resolved
+    key: str  # the run's fingerprint
+    previous: dict | None  # the metrics of a finished run of it at ``out`` (reused), else None
+
+
+def prepare_training(source: DataSource | DataConfig, model_cfg: ModelConfig,
+                     train_cfg: TrainConfig, *, seed: int, out: Path, overwrite: bool,
+                     dataset: MedDataset | None = None,
+                     extra: Callable[[TrainConfig], dict] | None = None) -> Prepared:
+    """What every training run does before training: load the data (unless given), validate the
+    recipe and resolve its epochs (recorded, so that retraining repeats it exactly), fingerprint
+    the run (``extra``: more fields from the resolved recipe, e.g. a sharded run's S and R), and
+    find a finished run of the same fingerprint at ``out`` (unless ``overwrite``)."""
+    dataset = dataset or load_dataset(source, seed=seed)
+    validate_train_config(train_cfg)
+    train_cfg = dataclasses.replace(train_cfg,
+                                    epochs=resolve_epochs(train_cfg.epochs, len(dataset.train)))
+    key = fingerprint({"kind": "train", "data": dataset.identity(),
+                       "model": dataclasses.asdict(model_cfg), "train": recipe(train_cfg),
+                       "seed": seed} | (extra(train_cfg) if extra is not None else {}))
+    previous = None if overwrite else finished_run_metrics(out, key)
+    return Prepared(dataset, train_cfg, key,
+                    None if previous is None else previous | {"reused": True})
+
+
 def run_training(source: DataSource | DataConfig, model_cfg: ModelConfig,
                  train_cfg: TrainConfig, *, seed: int, out: str | os.PathLike,
                  overwrite: bool = False, dataset: MedDataset | None = None) -> dict:
@@ -63,18 +94,10 @@ def run_training(source: DataSource | DataConfig, model_cfg: ModelConfig,
         The metrics written to ``metrics.json``.
     """
     out = Path(out)
-    dataset = dataset or load_dataset(source, seed=seed)
-    validate_train_config(train_cfg)
-    # record the concrete recipe, so that retraining repeats it exactly
-    train_cfg = dataclasses.replace(train_cfg,
-                                    epochs=resolve_epochs(train_cfg.epochs, len(dataset.train)))
-    key = fingerprint({"kind": "train", "data": dataset.identity(),
-                       "model": dataclasses.asdict(model_cfg), "train": recipe(train_cfg),
-                       "seed": seed})
-    if not overwrite:
-        previous = finished_run_metrics(out, key)
-        if previous is not None:
-            return previous | {"reused": True}
+    dataset, train_cfg, key, previous = prepare_training(
+        source, model_cfg, train_cfg, seed=seed, out=out, overwrite=overwrite, dataset=dataset)
+    if previous is not None:
+        return previous
     rt = Runtime.create(train_cfg.device, train_cfg.precision, train_cfg.threads)
     with staged_output(out, overwrite=overwrite, what="run") as stage:
         t0 = time.perf_counter()

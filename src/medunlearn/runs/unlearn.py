@@ -31,7 +31,7 @@ from medunlearn.checkpoint import (
     save_weights,
     write_index_csv,
 )
-from medunlearn.config import ModelConfig, TrainConfig, from_dict
+from medunlearn.config import EXACT_METHODS, ModelConfig, TrainConfig, from_dict
 from medunlearn.data import Dataset
 from medunlearn.errors import CheckpointError, ConfigError, OutputExistsError
 from medunlearn.evaluation.companions import KFOLD, KFOLD_FOLDER, CompanionSet
@@ -70,10 +70,11 @@ def forget_set_for(model_dir: str | os.PathLike, dataset: Dataset, forget: str |
                    ) -> tuple[ForgetSet, list[int]]:
     """The forget set of a request on a run folder, and the images kept out of it: ``exclude``
     plus every image the folder forgot already (its ``forget.csv`` and ``excluded.csv``), so
-    a chain of runs never forgets an image twice nor trains on one again. With ``retrain`` and
-    explicit indices, images forgotten earlier that are named again stay in the forget set
-    (retraining reads neither set, and the evaluation then covers them: a registry
-    consolidation retrains without every withdrawn image and verifies all of them)."""
+    a chain of runs never forgets an image twice nor trains on one again. With ``retrain`` (an
+    exact method: ``retrain`` or ``sisa``) and explicit indices, images forgotten earlier that
+    are named again stay in the forget set (retraining reads neither set, and the evaluation
+    then covers them: a registry consolidation retrains without every withdrawn image and
+    verifies all of them)."""
     inherited = set(previously_forgotten(model_dir))
     if retrain and not isinstance(forget, str):
         inherited -= {int(i) for i in forget}
@@ -171,7 +172,7 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     algo = resolve_method(method, dataset=dataset.name, options=options,
                           retain_budget=retain_budget)
     forget_set, excluded = forget_set_for(model_dir, dataset, forget, seed=seed, exclude=exclude,
-                                          retrain=method == "retrain")
+                                          retrain=method in EXACT_METHODS)
     fold_set = folds_for(model_dir, run, dataset, algo, folds)
     weights_sha = sha256_file(Path(model_dir) / MODEL_FILE)
     resolved = config_dict(algo)
