@@ -159,6 +159,8 @@ def _attempt(a: dict, n_images: int) -> dict:
         "key_metrics": rows, "before_after_in_words": wording.nothing_changed(rows),
         "warnings": wording.result_warnings(summary_.get("metrics")),
         "error": summary_.get("error"),
+        # a sharded model's exact step: which shards were retrained, which kept byte for byte
+        **({"shards": summary_["shards"]} if summary_.get("shards") else {}),
     }
 
 
