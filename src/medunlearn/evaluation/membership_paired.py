@@ -32,8 +32,10 @@ on or not. This test asks a sharper question, using the original model the candi
   retraining removes (the untouched original, a step that changed nearly nothing); the bound
   counts both the candidate's noise and how uncertain each image's gap still is (a forgotten
   image whose gap could be 0 cannot fail the test alone);
-* ``pass`` ("looks forgotten"): not a fail, and the lower bound of ``rho`` is above 0 (evidence
-  of a forget-specific drop);
+* ``pass`` ("looks forgotten"): not a fail, the lower bound of ``rho`` is above 0 (evidence
+  of a forget-specific drop) and ``share`` itself is at least ``min_share`` (a drop too small
+  to be retraining's, however significant, is not a pass: a head-only step on one image makes
+  one);
 * ``cannot say``: anything else (the interval holds both 0 and ``min_share``), and whenever the
   shadows or the original show no measurable memorisation (``tau2`` = 0, ``lambda`` <= 0),
   when the shadows' gaps are mostly noise (reliability ``tau2 / (tau2 + s2)`` below
@@ -204,21 +206,22 @@ def paired_test(*, delta_forget: np.ndarray, delta_retain: np.ndarray,
             f"the candidate removed {share:.2f} of the drop exact retraining is expected to "
             f"make on these images (upper bound {upper:.2f} < {min_share:g}): they still look "
             "remembered")
-    elif rho - zq * se > 0:
+    elif rho - zq * se > 0 and share >= min_share:
         status, reason = PASS, (f"a forget-specific drop of {share:.2f} of retraining's "
                                 f"expected drop (z = {z:.2f})")
     else:
         status, reason = CANNOT_SAY, (
             f"share {share:.2f}, confidence interval from {(rho - zq * se) / lam:.2f} to "
-            f"{upper:.2f}: holds both no change and {min_share:g} of retraining's drop (too "
-            "few or too weakly memorised images for this candidate's noise)")
+            f"{upper:.2f}: it neither rules out {min_share:g} of retraining's drop nor shows "
+            "that much (too few or too weakly memorised images for this candidate's noise)")
     # per image: one residual each, judged the same way
     se_i = np.sqrt(sigma2) / np.abs(gg)
     se1_i = np.sqrt(sigma2 + lam ** 2 * gv) / np.abs(gg)
     rho_i = -ef / gg
     up_i, lo_i = (rho_i + zq * se1_i) / lam, rho_i - zq * se_i
     st_i = np.where(up_i < min_share, "looks remembered",
-                    np.where(lo_i > 0, "looks forgotten", CANNOT_SAY))
+                    np.where((lo_i > 0) & (rho_i / lam >= min_share), "looks forgotten",
+                             CANNOT_SAY))
     images = {"expected_drop": np.full(n, np.nan), "drop": np.full(n, np.nan),
               "status": np.full(n, CANNOT_SAY, dtype=object)}
     images["expected_drop"][okf] = lam * gg
