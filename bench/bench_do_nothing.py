@@ -86,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                    "to (default: BENCHMARKS.md).")
     p.add_argument("--out", type=Path, default=None, help="Also write the rows as JSON here.")
     args = p.parse_args(argv)
+    from medunlearn.methods.base import get_method_class
     from medunlearn.registry.steps import REQUEST_OPTIONS
 
     names = [m for m in args.methods.split(",") if m] or [
-        m for m in method_names() if m not in EXACT_METHODS] + [NEWTON_HEAD]
+        m for m in method_names() if m not in EXACT_METHODS  # fold-based ones need RUN/kfold
+        and (not getattr(get_method_class(m), "needs_folds", False)
+             or (args.original / "kfold").is_dir())] + [NEWTON_HEAD]
     rows = {}
     t0 = time.perf_counter()
     for name in names:
