@@ -56,6 +56,10 @@ GATE_ADVICE = {
                        "less than retraining's: it is indistinguishable from doing nothing",
                        "use a method that changes the model (check its options: a zero or "
                        "tiny learning rate or step does little), tune it, or retrain"),
+    "forget_effect": ("compared with the original, the forgotten images kept most of what the "
+                      "shadow models say had been memorised of them (less than half of exact "
+                      "retraining's drop)", "forget more strongly (more steps, a larger "
+                      "learning rate, a method that changes the features), or retrain"),
     "membership": ("per image, the forgotten images still look like images the model was "
                    "trained on (shadow-model membership test), more than exact retraining shows",
                    "forget more strongly (a method that changes the features, more steps or a "
