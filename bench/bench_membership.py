@@ -49,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "src"))
-from _report import command_line, stamp, write_section  # noqa: E402
+from _report import command_line, publish, stamp  # noqa: E402
 
 ALL_METHODS = ("finetune", "gradient-ascent", "neggrad-plus", "random-label", "boundary-shrink",
                "l1-sparse", "salun", "salun-cra", "scrub", "ssd", "fisher", "newton",
@@ -559,13 +559,7 @@ def main(argv: list[str] | None = None) -> int:
 
     atomic_write_json(work / "results.json", {"results": results, "single": single,
                                               "oracle": oracles})
-    section = report(results, single, args, oracles)
-    target = args.benchmarks or (work / "BENCHMARKS.md" if args.quick else None)
-    if target is None:
-        write_section("membership", section)
-    else:
-        write_section("membership", section, target)
-    print(section)
+    publish("membership", report(results, single, args, oracles), args, work)
     return 0
 
 

@@ -238,11 +238,13 @@ def paired_test(*, delta_forget: np.ndarray, delta_retain: np.ndarray,
 # ------------------------------------------------------------------- a shadow set's record section
 
 
-def _gaps(cs) -> Gaps:
+def _gaps(cs) -> tuple[Gaps, np.ndarray]:
+    """The set's shrunk gaps and its images' OUT means, computed once per set."""
     if "paired_gaps" not in cs._cache:
-        cs._cache["paired_gaps"] = shrunk_gaps(
-            cs.confidences("train"), cs.membership,
-            Globals.from_confidences(cs.confidences("train"), cs.membership))
+        conf = cs.confidences("train")
+        cs._cache["paired_gaps"] = (
+            shrunk_gaps(conf, cs.membership, Globals.from_confidences(conf, cs.membership)),
+            image_stats(conf, cs.membership).mu_out)
     return cs._cache["paired_gaps"]
 
 
@@ -261,8 +263,7 @@ def paired_section(cs, model_outputs, original_outputs, *, forget: np.ndarray,
     """
     forget = np.asarray(forget, dtype=np.int64)
     retain = np.asarray(retain, dtype=np.int64)
-    gaps = _gaps(cs)
-    mu_out = image_stats(cs.confidences("train"), cs.membership).mu_out
+    gaps, mu_out = _gaps(cs)
 
     def phi(o):
         return logit_confidence(o.probs, o.labels)

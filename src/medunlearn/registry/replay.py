@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from medunlearn.registry import ledger, proof_records, residue, shadow_records, store
+from medunlearn.registry.errors import AuditError
 
 BEFORE = "(before registration)"  # samples.request_id of images an unlearn run forgot already
 
@@ -29,6 +30,20 @@ def result_sha256(result: dict) -> str:
 def manifest_sha256(rows: list[tuple[int, str, int]]) -> str:
     """The hash of a training manifest ``[(index, sha256, label), ...]`` recorded at init."""
     return ledger.sha256_text(ledger.canonical_json([list(r) for r in rows]))
+
+
+def check_before_write(reg: Path, conn: sqlite3.Connection) -> None:
+    """What every writer checks first: plain entries only, the head file, and tables and files
+    that match the ledger (:class:`AuditError` otherwise; nothing is changed)."""
+    store.check_plain(reg)
+    store.check_head(reg, conn)
+    problems = ledger_problems(conn, reg)
+    if problems:
+        raise AuditError(
+            f"Refusing to change the registry {reg}: its tables do not match its audit ledger "
+            f"({problems[0]}{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}). "
+            f"Run 'medunlearn audit verify {reg}' for the full list and restore the registry "
+            "from a backup.")
 
 
 def ledger_problems(conn: sqlite3.Connection, reg: str | Path | None = None) -> list[str]:

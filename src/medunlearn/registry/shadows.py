@@ -34,7 +34,7 @@ import numpy as np
 from medunlearn.fileio import read_json
 from medunlearn.registry import ledger, replay, shadow_records, store
 from medunlearn.registry.db import connect, get_meta, writer_lock
-from medunlearn.registry.errors import AuditError, RegistryError
+from medunlearn.registry.errors import RegistryError
 from medunlearn.registry.shadow_records import ENTRY_KIND
 
 
@@ -165,17 +165,6 @@ def prepare_refresh(reg: str | os.PathLike, conn: sqlite3.Connection, gone: set[
                   threads=threads)
 
 
-def _check_registry(reg: Path, conn: sqlite3.Connection) -> None:
-    """What every writer checks first (as ``workflow.recover`` does, without its clean-up)."""
-    store.check_plain(reg)
-    store.check_head(reg, conn)
-    problems = replay.ledger_problems(conn, reg)
-    if problems:
-        raise AuditError(
-            f"Refusing to change the registry {reg}: its tables or files do not match its audit "
-            f"ledger ({problems[0]}). Run 'medunlearn audit verify {reg}' for the full list.")
-
-
 def _complete(reg: Path, last: dict) -> bool:
     """Whether every file the ledger recorded for the set in use is on disk."""
     gen = shadow_records.folder(reg, last["body"]["generation"])
@@ -214,7 +203,7 @@ def train(reg: str | os.PathLike, *, k: int = shadow_records.DEFAULT_K, seed: in
     with writer_lock(reg, timeout=lock_timeout):
         conn = connect(reg)
         try:
-            _check_registry(reg, conn)
+            replay.check_before_write(reg, conn)
             last = shadow_records.latest(ledger.entries(conn))
             gone = set(forgotten(conn))
             if last is not None and not replace:

@@ -37,7 +37,7 @@ from medunlearn.fileio import _fsync_dir, sha256_file, write_index_rows
 from medunlearn.registry import features, ledger, replay, residue, shadows, steps, store
 from medunlearn.registry.db import connect, get_meta, set_meta, writer_lock
 from medunlearn.registry.deletion_request import DeletionRequest, load_request
-from medunlearn.registry.errors import AuditError, RegistryError, RequestError
+from medunlearn.registry.errors import RegistryError, RequestError
 from medunlearn.registry.preflight import check_forget_options
 from medunlearn.registry.replay import result_sha256
 from medunlearn.registry.requests import (
@@ -237,15 +237,7 @@ def recover(reg: Path, conn: sqlite3.Connection) -> list[str]:
     Returns:
         The paths removed.
     """
-    store.check_plain(reg)
-    store.check_head(reg, conn)
-    problems = replay.ledger_problems(conn, reg)
-    if problems:
-        raise AuditError(
-            f"Refusing to change the registry {reg}: its tables do not match its audit ledger "
-            f"({problems[0]}{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}). "
-            f"Run 'medunlearn audit verify {reg}' for the full list and restore the registry "
-            "from a backup.")
+    replay.check_before_write(reg, conn)
     removed = []
     staging = reg / "staging"
     staging.mkdir(exist_ok=True)
