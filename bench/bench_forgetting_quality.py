@@ -202,6 +202,27 @@ def original_row(model: Path, *, out: Path, forget: str, n: int, seed: int,
     return row, result
 
 
+def regate(model: Path, method: str, *, out: Path, n: int, seed: int,
+           data_root: str | None) -> dict:
+    """The population columns of a kept row recomputed with the current gate (``--regate``):
+    the deployed model (the first unlearned run, or the original itself) against the original
+    and the first retrained model, as when the row was made. The scores are not touched."""
+    from datetime import UTC, datetime
+
+    from medunlearn.evaluation import forgetting_quality as fq
+    from medunlearn.evaluation.gate import gate
+    from medunlearn.runs import evaluate_run
+
+    u_seeds, r_seeds = fq.seeds(seed, n)
+    cand = model if method == ORIGINAL else out / method / f"seed-{u_seeds[0]}"
+    rec = evaluate_run(cand, original=model, reference=out / "retrained" / f"seed-{r_seeds[0]}",
+                       data_root=data_root,
+                       forget=(out / "retrained" / f"seed-{r_seeds[0]}" / "forget.csv"
+                               if method == ORIGINAL else None))
+    return _population(rec, gate(rec)) | {
+        "regated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
 def ensure_folds(model: Path, k: int) -> dict:
     """The K fold models a method such as ``oracle-match`` reads, trained once per original
     (``medunlearn shadows MODEL --kind kfold``, in ``MODEL/kfold``; reused when there) with
@@ -267,6 +288,10 @@ def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[
                     row = cache[key]
                     _backfill_seconds(row, out)
                     print(f"seed {seed} N {n} {name}: cached", file=sys.stderr)
+                    if args.regate:
+                        row |= regate(model, name, out=out, n=n, seed=seed,
+                                      data_root=args.data_root)
+                        atomic_write_json(cache_path, cache)
                 else:
                     if name == ORIGINAL:
                         row, result = original_row(model, out=out, forget=args.forget, n=n,
@@ -340,6 +365,7 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
     datasets = sorted({r["dataset"] for r in rows})
     precisions = sorted({str(r.get("precision")) for r in rows})
     forget_counts = sorted({r["forget_count"] for r in rows})
+    regated = sorted({r["regated"] for r in rows if r.get("regated")})
     lines = [
         f"## Per-example forgetting quality over training seeds "
         f"(`bench/bench_forgetting_quality.py`), {', '.join(datasets)}",
@@ -355,6 +381,9 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         f"seed; wall time of the rows {total / 60:.1f} min (summed over the calls that computed "
         f"them: the bench keeps finished rows in WORK/{ROWS_FILE})",
         *([f"- {args.note}"] if args.note else []),
+        *([f"- The gate, attack_auc, MIA-efficacy and FNR columns were re-evaluated with the "
+           f"gate of this commit ({', '.join(regated)}, `--regate`); the scores are those of "
+           "the kept runs"] if regated else []),
         "",
         "| N | seed | method | forgetting quality [95% CI] | retrain null | score / null "
         "| U-LiRA acc | at cap (point-mass) | s / run (median) | time / retraining "
@@ -456,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds-k", type=int, default=5,
                    help="K of the fold models that methods such as oracle-match read (trained "
                         "once per original in MODEL/kfold; default 5).")
+    p.add_argument("--regate", action="store_true",
+                   help="Re-evaluate the gate columns of the kept rows with the current gate "
+                        "(the deployed model against the original and the first retrained "
+                        "model; the scores are kept).")
     p.add_argument("--recompute", action="store_true",
                    help=f"Ignore the rows kept in WORK/{ROWS_FILE} (the runs are still reused).")
     args = p.parse_args(argv)

@@ -27,6 +27,11 @@ without all 50 (it never saw any of them); the head-only Newton step unlearns ea
 the original. Reported: the share of requests the check fails, passes and cannot say, and the
 cost per request (the membership test on outputs the verification computes anyway).
 
+With ``--oracle DATASET=DIR`` (N exact retrainings of the seed-0 original without its forget
+set), the original's distance from retraining's own spread, and the calibration of the gate on
+exact retraining: each of the N retrainings is gated like a candidate, and the paired test's
+per-image "looks remembered" rate over all of them is its false-alarm rate on single images.
+
 Writes the ``membership`` section of BENCHMARKS.md and ``WORK/results.json``. Resumable: runs,
 shadows and evaluations already in ``--work`` are reused.
 
@@ -195,10 +200,12 @@ def naive_z(cs, original: Path, cand: Path, forget) -> float:
     return float(z.sum() / np.sqrt(len(z)))
 
 
-def oracle(original: Path, retrains: list[Path], reference: Path) -> dict:
+def oracle(original: Path, retrains: list[Path], reference: Path,
+           shadows: Path | None = None) -> dict:
     """How far the original sits from N exact retrainings on its forgotten images, relative to
     retained images (where all are trained on: model-level differences cancel): the membership
-    signal any per-image test could use, and the spread of retraining itself."""
+    signal any per-image test could use, and the spread of retraining itself. With
+    ``shadows``, each retraining is also gated like a candidate (:func:`calibrate`)."""
     import numpy as np
 
     from medunlearn.checkpoint import load_run, load_run_and_data
@@ -234,7 +241,52 @@ def oracle(original: Path, retrains: list[Path], reference: Path) -> dict:
             "retrain_did_z_mean": statistics.fmean(loo), "retrain_did_z_sd": statistics.pstdev(loo),
             "logit_gap_forget": float(np.mean(phi(run.model, forget) - f.mean(0))),
             "logit_gap_retained": float(np.mean(phi(run.model, ctrl) - c.mean(0))),
-            "seed_sd": float(np.median(f.std(0, ddof=1)))}
+            "seed_sd": float(np.median(f.std(0, ddof=1))),
+            "calibration": calibrate(original, retrains, reference, shadows)
+            if shadows is not None else None}
+
+
+def calibrate(original: Path, retrains: list[Path], reference: Path, shadows: Path) -> dict:
+    """The calibration of the gate on exact retraining: every one of N retrainings (other
+    seeds, same forget set) is gated against the original and the reference like a candidate.
+    Counts the request-level ``forget_effect`` and whole-gate verdicts, and the per-image
+    statuses of the paired test over all N x forgotten images (the per-image false-alarm rate:
+    "looks remembered" on an image exact retraining forgot)."""
+    from medunlearn.evaluation.gate import gate
+    from medunlearn.fileio import atomic_write_json, read_json
+    from medunlearn.runs.evaluate import evaluate_run
+
+    rows = []
+    for r in retrains:
+        out = reference.parent / "eval" / "calibration" / f"{r.name}.json"
+        if not out.is_file():
+            rec = evaluate_run(r, original=original, reference=reference, shadows=shadows)
+            verdict = gate(rec)
+            eff = rec["models"]["model"].get("forget_effect") or {}
+            atomic_write_json(out, {
+                "verdict": verdict.status, "effect": eff.get("status"),
+                "membership": rec["models"]["model"]["membership"]["status"],
+                "share": eff.get("share"),
+                "images": [i["status"] for i in eff.get("images") or []]})
+        rows.append(read_json(out))
+    images = [s for r in rows for s in r["images"]]
+
+    def tally(key):
+        return {v: sum(r[key] == v for r in rows) for v in sorted({r[key] for r in rows})}
+
+    return {"n": len(rows), "verdict": tally("verdict"), "effect": tally("effect"),
+            "membership": tally("membership"), "n_images": len(images),
+            "images": {v: images.count(v) for v in sorted(set(images))}}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion ``k / n``."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) + z * z / (4 * n)) / n) ** 0.5 / (1 + z * z / n)
+    return mid - half, mid + half
 
 
 def read_forget(run: Path):
@@ -500,6 +552,31 @@ def report(results: dict, single: dict, args, oracles: dict | None = None) -> st
                          f"{fmt(o['logit_gap_forget'])} / {fmt(o['logit_gap_retained'])} | "
                          f"{fmt(o['seed_sd'])} |")
         lines.append("")
+        cal = {ds: o["calibration"] for ds, o in oracles.items() if o.get("calibration")}
+        if cal:
+            lines += ["The same N retrainings gated like candidates (against the original and "
+                      "the reference, with the shadows): how often the gate, its paired "
+                      "`forget_effect` check and its `membership` check fail exact retraining "
+                      "(the false-alarm rate the 5% level promises), and the paired test's "
+                      "per-image statuses over every retraining x forgotten image (a \"looks "
+                      "remembered\" there is a false alarm on one image; 95% Wilson interval):",
+                      "", "| dataset | N | gate: passed / cannot say / failed | forget_effect: "
+                      "pass / cannot say / fail | membership: pass / cannot say / fail | "
+                      "image trials | looks forgotten | cannot say | looks remembered [95% CI] |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for ds, c in cal.items():
+                def three(t, a, b, f):
+                    return " / ".join(str(t.get(k, 0)) for k in (a, b, f))
+                im, n = c["images"], c["n_images"]
+                bad = im.get("looks remembered", 0)
+                lo, hi = wilson(bad, n)
+                lines.append(
+                    f"| {ds} | {c['n']} | {three(c['verdict'], 'passed', 'cannot say', 'failed')}"
+                    f" | {three(c['effect'], 'pass', 'cannot say', 'fail')} | "
+                    f"{three(c['membership'], 'pass', 'cannot say', 'fail')} | {n} | "
+                    f"{im.get('looks forgotten', 0)} | {im.get('cannot say', 0)} | {bad} "
+                    f"({100 * bad / max(n, 1):.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]) |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -554,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--oracle {spec}: fewer than 3 finished retrainings, skipped",
                   file=sys.stderr)
             continue
-        oracles[ds] = oracle(base / "original", runs, base / "retrain")
+        oracles[ds] = oracle(base / "original", runs, base / "retrain", base / "shadows")
     from medunlearn.fileio import atomic_write_json
 
     atomic_write_json(work / "results.json", {"results": results, "single": single,
