@@ -292,6 +292,10 @@ def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[
                         row |= regate(model, name, out=out, n=n, seed=seed,
                                       data_root=args.data_root)
                         atomic_write_json(cache_path, cache)
+                elif args.regate:
+                    raise SystemExit(f"--regate re-evaluates kept rows only; seed {seed} N {n} "
+                                     f"{name} has none in {cache_path} (run without --regate "
+                                     "to compute it)")
                 else:
                     if name == ORIGINAL:
                         row, result = original_row(model, out=out, forget=args.forget, n=n,
