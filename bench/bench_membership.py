@@ -265,6 +265,7 @@ def calibrate(original: Path, retrains: list[Path], reference: Path, shadows: Pa
             eff = rec["models"]["model"].get("forget_effect") or {}
             atomic_write_json(out, {
                 "verdict": verdict.status, "effect": eff.get("status"),
+                "failed_checks": [c["name"] for c in verdict.checks if c["status"] == "fail"],
                 "membership": rec["models"]["model"]["membership"]["status"],
                 "share": eff.get("share"),
                 "images": [i["status"] for i in eff.get("images") or []]})
@@ -274,7 +275,9 @@ def calibrate(original: Path, retrains: list[Path], reference: Path, shadows: Pa
     def tally(key):
         return {v: sum(r[key] == v for r in rows) for v in sorted({r[key] for r in rows})}
 
+    failed = [name for r in rows for name in r.get("failed_checks", [])]
     return {"n": len(rows), "verdict": tally("verdict"), "effect": tally("effect"),
+            "failed_checks": {c: failed.count(c) for c in sorted(set(failed))},
             "membership": tally("membership"), "n_images": len(images),
             "images": {v: images.count(v) for v in sorted(set(images))}}
 
@@ -560,22 +563,25 @@ def report(results: dict, single: dict, args, oracles: dict | None = None) -> st
                       "(the false-alarm rate the 5% level promises), and the paired test's "
                       "per-image statuses over every retraining x forgotten image (a \"looks "
                       "remembered\" there is a false alarm on one image; 95% Wilson interval):",
-                      "", "| dataset | N | gate: passed / cannot say / failed | forget_effect: "
-                      "pass / cannot say / fail | membership: pass / cannot say / fail | "
-                      "image trials | looks forgotten | cannot say | looks remembered [95% CI] |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "", "| dataset | N | gate: passed / cannot say / failed (failing checks) "
+                      "| forget_effect: pass / cannot say / fail | membership: pass / cannot say "
+                      "/ fail | image trials | looks forgotten | cannot say | looks remembered "
+                      "[95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
             for ds, c in cal.items():
                 def three(t, a, b, f):
                     return " / ".join(str(t.get(k, 0)) for k in (a, b, f))
                 im, n = c["images"], c["n_images"]
                 bad = im.get("looks remembered", 0)
                 lo, hi = wilson(bad, n)
+                why = ", ".join(f"{k} {v}" for k, v in c.get("failed_checks", {}).items())
+                rate = (f"{bad} ({100 * bad / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}])" if n
+                        else "- (no image tested)")
                 lines.append(
                     f"| {ds} | {c['n']} | {three(c['verdict'], 'passed', 'cannot say', 'failed')}"
+                    + (f" ({why})" if why else "") +
                     f" | {three(c['effect'], 'pass', 'cannot say', 'fail')} | "
                     f"{three(c['membership'], 'pass', 'cannot say', 'fail')} | {n} | "
-                    f"{im.get('looks forgotten', 0)} | {im.get('cannot say', 0)} | {bad} "
-                    f"({100 * bad / max(n, 1):.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]) |")
+                    f"{im.get('looks forgotten', 0)} | {im.get('cannot say', 0)} | {rate} |")
             lines.append("")
     return "\n".join(lines)
 
