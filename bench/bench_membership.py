@@ -266,7 +266,9 @@ def calibrate(original: Path, retrains: list[Path], reference: Path, shadows: Pa
             atomic_write_json(out, {
                 "verdict": verdict.status, "effect": eff.get("status"),
                 "failed_checks": [c["name"] for c in verdict.checks if c["status"] == "fail"],
-                "membership": rec["models"]["model"]["membership"]["status"],
+                "membership": next(c["status"] for c in verdict.checks
+                                   if c["name"] == "membership"),
+                "membership_section": rec["models"]["model"]["membership"]["status"],
                 "share": eff.get("share"),
                 "images": [i["status"] for i in eff.get("images") or []]})
         rows.append(read_json(out))
@@ -559,7 +561,8 @@ def report(results: dict, single: dict, args, oracles: dict | None = None) -> st
         if cal:
             lines += ["The same N retrainings gated like candidates (against the original and "
                       "the reference, with the shadows): how often the gate, its paired "
-                      "`forget_effect` check and its `membership` check fail exact retraining "
+                      "`forget_effect` check and its `membership` check (as the gate reads it: "
+                      "below its minimum power it cannot say) fail exact retraining "
                       "(the false-alarm rate the 5% level promises), and the paired test's "
                       "per-image statuses over every retraining x forgotten image (a \"looks "
                       "remembered\" there is a false alarm on one image; 95% Wilson interval):",
@@ -580,7 +583,7 @@ def report(results: dict, single: dict, args, oracles: dict | None = None) -> st
                     f"| {ds} | {c['n']} | {three(c['verdict'], 'passed', 'cannot say', 'failed')}"
                     + (f" ({why})" if why else "") +
                     f" | {three(c['effect'], 'pass', 'cannot say', 'fail')} | "
-                    f"{three(c['membership'], 'pass', 'cannot say', 'fail')} | {n} | "
+                    f"{three(c['membership'], 'pass', 'cannot_say', 'fail')} | {n} | "
                     f"{im.get('looks forgotten', 0)} | {im.get('cannot say', 0)} | {rate} |")
             lines.append("")
     return "\n".join(lines)
