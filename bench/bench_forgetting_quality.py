@@ -386,7 +386,8 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         f"them: the bench keeps finished rows in WORK/{ROWS_FILE})",
         *([f"- {args.note}"] if args.note else []),
         *([f"- The gate, attack_auc, MIA-efficacy and FNR columns were re-evaluated with the "
-           f"gate of this commit ({', '.join(regated)}, `--regate`); the scores are those of "
+           f"gate of this commit ({' to '.join(dict.fromkeys([regated[0], regated[-1]]))}, "
+           "`--regate`); the scores are those of "
            "the kept runs"] if regated else []),
         "",
         "| N | seed | method | forgetting quality [95% CI] | retrain null | score / null "
