@@ -92,6 +92,63 @@ def degenerate(reference: Path) -> str | None:
     return why.replace("test images", "validation images") if why else None
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _options(o: dict | None) -> str:
+    return "-" if o is None else ", ".join(f"{k}={v}" for k, v in o.items()) or "(none)"
+
+
+def compare(new: dict, old: dict) -> str:
+    """How far each published default moves from the original, before and after a retune:
+    ``moved`` (the shift of the forgotten images' confidence from the original, over the
+    reference's own shift), prediction agreement with the original and with the reference on
+    validation + forget images, and whether the point is rejected as doing nothing. The old
+    default is looked up in the new record's grid (same grid: measured by the same run)."""
+    from medunlearn.tuning import rejects_as_do_nothing
+
+    lines = ["| dataset | method | default (old -> new) | moved | agreement with the original "
+             "| agreement with the reference | rejected as doing nothing |",
+             "|---|---|---|---|---|---|---|"]
+    for flag, res in new["results"].items():
+        if "skipped" in res:
+            lines.append(f"| {flag} | all | skipped: {res['skipped']} | | | | |")
+            continue
+        dn = next((m["do_nothing"] for m in res["methods"].values() if "do_nothing" in m),
+                  None)
+        if dn is not None:
+            lines.append(f"| {flag} | original (no unlearning) | - | 0.00 | 1.00 | "
+                         f"{_fmt(dn.get('agreement'))} | yes |")
+        for method, m in res["methods"].items():
+            grid = m["grid"]
+            min_move = m.get("min_move")
+            now = next(r for r in grid if r["options"] == m["chosen"])
+            was_opts = ((old.get("results", {}).get(flag) or {}).get("methods", {})
+                        .get(method, {}).get("chosen"))
+            was = next((r for r in grid if r["options"] == was_opts), None)
+
+            def cell(key, was=was, now=now):
+                a, b = (was or {}).get(key), now.get(key)
+                return _fmt(b) if was is None or was is now else f"{_fmt(a)} -> {_fmt(b)}"
+
+            def rejected(r, min_move=min_move):
+                if r is None or min_move is None:
+                    return "-"
+                return "yes" if rejects_as_do_nothing(r, min_move) else "no"
+
+            changed = was is not None and was is not now
+            lines.append(
+                f"| {flag} | {method} | "
+                + (f"{_options(was_opts)} -> **{_options(m['chosen'])}**" if changed
+                   else f"{_options(m['chosen'])}" + ("" if was is not None else
+                                                      f" (old: {_options(was_opts)})"))
+                + f" | {cell('moved')} | {cell('agreement_original')} | {cell('agreement')} | "
+                + (f"{rejected(was)} -> {rejected(now)}" if changed else rejected(now))
+                + (" (every point rejected)" if m.get("warning") else "") + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=REPO / "runs" / "tuning",
@@ -101,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help="Comma-separated methods (default: all).")
     p.add_argument("--render-only", action="store_true",
                    help="Only render methods.toml from the existing tuning.json.")
+    p.add_argument("--compare", type=Path, default=None, metavar="OLD_JSON",
+                   help="Print a Markdown table of how far each default moves from the original "
+                        "(tuning.json against an older record, e.g. from git show) and exit.")
     args = p.parse_args(argv)
     os.chdir(REPO)  # the recipe's manifest paths are relative to the repository root
 
@@ -120,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     record_path = DEFAULTS / "tuning.json"
+    if args.compare is not None:
+        print(compare(load_tuning_record(record_path), json.loads(args.compare.read_text())))
+        return 0
     if args.render_only:
         record = load_tuning_record(record_path)
         if record is None:
