@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 DEFAULTS = REPO / "src" / "medunlearn" / "defaults"
+FOLDS_K = 5  # fold models per original for methods that read them (oracle-match)
 
 
 def commit() -> str:
@@ -164,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.chdir(REPO)  # the recipe's manifest paths are relative to the repository root
 
+    from medunlearn.evaluation.companions import KFOLD
     from medunlearn.fileio import atomic_write_json, atomic_write_text
-    from medunlearn.methods import EXACT_METHODS, method_names
+    from medunlearn.methods import EXACT_METHODS, get_method_class, method_names
     from medunlearn.methods.base import DEFAULTS_VERSION
     from medunlearn.runs import tune_method
+    from medunlearn.runs.shadows import companions_for_run
     from medunlearn.tuning import (
         TUNE_CRITERION,
         do_nothing_min_move,
@@ -229,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                     result = None  # tuned on another grid or an earlier revision of the method
                 if result is None:
                     t0 = time.perf_counter()
+                    if get_method_class(method).needs_folds:
+                        # the out-of-fold predictions it matches: K fold models of the
+                        # original, trained once (reused when there), as a user's run has
+                        companions_for_run(original, kind=KFOLD, k=FOLDS_K, progress=False)
                     result = tune_method(original, method=method, forget=fspec,
                                          reference=references[fspec], seed=int(recipe["seed"]),
                                          tolerance=float(recipe["tolerance"]))
