@@ -298,3 +298,41 @@ def test_tune_with_shadows_records_the_paired_test_and_rejects_its_fails(tiny_pa
             assert "still look remembered" in r["rejected"]
     summary = summarize(res)
     assert all("forget_effect" in r for r in summary["grid"])
+
+
+def _tune_defaults_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_defaults.py"
+    spec = importlib.util.spec_from_file_location("tune_defaults_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_reports_how_far_each_default_moved_before_and_after_a_retune():
+    """``tune_defaults.py --compare``: the old default is looked up in the new grid, so both
+    points are measured by the same run; a point below the do-nothing threshold is flagged."""
+    light = {"lr": 0.01, "epochs": 1}
+    strong = {"lr": 0.03, "epochs": 2}
+    grid = [{"options": light, "score": 0.01, "moved": 0.10, "agreement_original": 0.99,
+             "agreement": 0.97, "steps": 8},
+            {"options": strong, "score": 0.012, "moved": 0.80, "agreement_original": 0.95,
+             "agreement": 0.96, "steps": 16}]
+    new = {"results": {
+        "pneumoniamnist": {"methods": {"finetune": {
+            "chosen": strong, "grid": grid, "min_move": 0.25,
+            "do_nothing": {"agreement": 0.975}}}},
+        "nih-cxr-1000": {"skipped": "the retrained reference predicts one class"}}}
+    old = {"results": {"pneumoniamnist": {"methods": {"finetune": {"chosen": light}}}}}
+    table = _tune_defaults_script().compare(new, old)
+    rows = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    assert "| pneumoniamnist | original (no unlearning) | - | 0.00 | 1.00 | 0.97 | yes |" in table
+    ft = rows["finetune"]
+    assert "lr=0.01, epochs=1 -> **lr=0.03, epochs=2**" in ft
+    assert "0.10 -> 0.80" in ft and "0.99 -> 0.95" in ft and "yes -> no" in ft
+    assert "skipped: the retrained reference predicts one class" in rows["all"]
+    same = _tune_defaults_script().compare(new, {"results": {"pneumoniamnist": {
+        "methods": {"finetune": {"chosen": strong}}}}})
+    assert "| finetune | lr=0.03, epochs=2 | 0.80 | 0.95 | 0.96 | no |" in same
