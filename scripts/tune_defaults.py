@@ -105,12 +105,13 @@ def compare(new: dict, old: dict) -> str:
     """How far each published default moves from the original, before and after a retune:
     ``moved`` (the shift of the forgotten images' confidence from the original, over the
     reference's own shift), prediction agreement with the original and with the reference on
-    validation + forget images, and whether the point is rejected as doing nothing. The old
+    validation + forget images, and whether the point is rejected (as doing nothing, or as
+    damaging the model: :func:`medunlearn.tuning.rejection`). The old
     default is looked up in the new record's grid (same grid: measured by the same run)."""
-    from medunlearn.tuning import rejects_as_do_nothing
+    from medunlearn.tuning import rejection
 
     lines = ["| dataset | method | default (old -> new) | moved | agreement with the original "
-             "| agreement with the reference | rejected as doing nothing |",
+             "| agreement with the reference | rejected |",
              "|---|---|---|---|---|---|---|"]
     for flag, res in new["results"].items():
         if "skipped" in res:
@@ -120,7 +121,7 @@ def compare(new: dict, old: dict) -> str:
                   None)
         if dn is not None:
             lines.append(f"| {flag} | original (no unlearning) | - | 0.00 | 1.00 | "
-                         f"{_fmt(dn.get('agreement'))} | yes |")
+                         f"{_fmt(dn.get('agreement'))} | does nothing |")
         for method, m in res["methods"].items():
             grid = m["grid"]
             min_move = m.get("min_move")
@@ -136,7 +137,8 @@ def compare(new: dict, old: dict) -> str:
             def rejected(r, min_move=min_move):
                 if r is None or min_move is None:
                     return "-"
-                return "yes" if rejects_as_do_nothing(r, min_move) else "no"
+                why = rejection(r, min_move)
+                return "no" if not why else ("damages" if "damages" in why else "does nothing")
 
             changed = was is not None and was is not now
             lines.append(
@@ -173,14 +175,26 @@ def main(argv: list[str] | None = None) -> int:
     from medunlearn.runs.shadows import companions_for_run
     from medunlearn.tuning import (
         TUNE_CRITERION,
+        TUNE_RULES,
         do_nothing_min_move,
         is_current,
+        judged,
         load_tuning_record,
         load_tuning_spec,
         render_methods_toml,
         summarize,
         worst_case,
     )
+
+    sizes: dict[Path, int] = {}
+
+    def n_val(original: Path) -> int:
+        """Validation images of an original's data (the damage rule's sample size)."""
+        if original not in sizes:
+            from medunlearn.checkpoint import load_run_and_data
+
+            sizes[original] = len(load_run_and_data(original)[1].val)
+        return sizes[original]
 
     record_path = DEFAULTS / "tuning.json"
     if args.compare is not None:
@@ -229,7 +243,14 @@ def main(argv: list[str] | None = None) -> int:
                 cache = args.work / "results" / name
                 result = json.loads(cache.read_text()) if cache.is_file() else None
                 if result is not None and not is_current(result, method):
-                    result = None  # tuned on another grid or an earlier revision of the method
+                    if is_current(result | {"rule": TUNE_RULES}, method):
+                        # only the rules changed: re-judge the stored grid, do not rerun it
+                        result = judged(result, n_val=n_val(original))
+                        atomic_write_json(cache, result)
+                        print(f"{flag} {method} ({fspec}): re-judged, {result['chosen']}",
+                              file=sys.stderr)
+                    else:
+                        result = None  # another grid or an earlier revision of the method
                 if result is None:
                     t0 = time.perf_counter()
                     if get_method_class(method).needs_folds:
