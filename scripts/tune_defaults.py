@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 DEFAULTS = REPO / "src" / "medunlearn" / "defaults"
+FOLDS_K = 5  # fold models per original for methods that read them (oracle-match)
 
 
 def commit() -> str:
@@ -92,6 +93,65 @@ def degenerate(reference: Path) -> str | None:
     return why.replace("test images", "validation images") if why else None
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _options(o: dict | None) -> str:
+    return "-" if o is None else ", ".join(f"{k}={v}" for k, v in o.items()) or "(none)"
+
+
+def compare(new: dict, old: dict) -> str:
+    """How far each published default moves from the original, before and after a retune:
+    ``moved`` (the shift of the forgotten images' confidence from the original, over the
+    reference's own shift), prediction agreement with the original and with the reference on
+    validation + forget images, and whether the point is rejected (as doing nothing, or as
+    damaging the model: :func:`medunlearn.tuning.rejection`). The old
+    default is looked up in the new record's grid (same grid: measured by the same run)."""
+    from medunlearn.tuning import rejection
+
+    lines = ["| dataset | method | default (old -> new) | moved | agreement with the original "
+             "| agreement with the reference | rejected |",
+             "|---|---|---|---|---|---|---|"]
+    for flag, res in new["results"].items():
+        if "skipped" in res:
+            lines.append(f"| {flag} | all | skipped: {res['skipped']} | | | | |")
+            continue
+        dn = next((m["do_nothing"] for m in res["methods"].values() if "do_nothing" in m),
+                  None)
+        if dn is not None:
+            lines.append(f"| {flag} | original (no unlearning) | - | 0.00 | 1.00 | "
+                         f"{_fmt(dn.get('agreement'))} | does nothing |")
+        for method, m in res["methods"].items():
+            grid = m["grid"]
+            min_move = m.get("min_move")
+            now = next(r for r in grid if r["options"] == m["chosen"])
+            was_opts = ((old.get("results", {}).get(flag) or {}).get("methods", {})
+                        .get(method, {}).get("chosen"))
+            was = next((r for r in grid if r["options"] == was_opts), None)
+
+            def cell(key, was=was, now=now):
+                a, b = (was or {}).get(key), now.get(key)
+                return _fmt(b) if was is None or was is now else f"{_fmt(a)} -> {_fmt(b)}"
+
+            def rejected(r, min_move=min_move):
+                if r is None or min_move is None:
+                    return "-"
+                why = rejection(r, min_move)
+                return "no" if not why else ("damages" if "damages" in why else "does nothing")
+
+            changed = was is not None and was is not now
+            lines.append(
+                f"| {flag} | {method} | "
+                + (f"{_options(was_opts)} -> **{_options(m['chosen'])}**" if changed
+                   else f"{_options(m['chosen'])}" + ("" if was is not None else
+                                                      f" (old: {_options(was_opts)})"))
+                + f" | {cell('moved')} | {cell('agreement_original')} | {cell('agreement')} | "
+                + (f"{rejected(was)} -> {rejected(now)}" if changed else rejected(now))
+                + (" (every point rejected)" if m.get("warning") else "") + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=REPO / "runs" / "tuning",
@@ -101,17 +161,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help="Comma-separated methods (default: all).")
     p.add_argument("--render-only", action="store_true",
                    help="Only render methods.toml from the existing tuning.json.")
+    p.add_argument("--compare", type=Path, default=None, metavar="OLD_JSON",
+                   help="Print a Markdown table of how far each default moves from the original "
+                        "(tuning.json against an older record, e.g. from git show) and exit.")
     args = p.parse_args(argv)
     os.chdir(REPO)  # the recipe's manifest paths are relative to the repository root
 
+    from medunlearn.evaluation.companions import KFOLD
     from medunlearn.fileio import atomic_write_json, atomic_write_text
-    from medunlearn.methods import EXACT_METHODS, method_names
+    from medunlearn.methods import EXACT_METHODS, get_method_class, method_names
     from medunlearn.methods.base import DEFAULTS_VERSION
     from medunlearn.runs import tune_method
+    from medunlearn.runs.shadows import companions_for_run
     from medunlearn.tuning import (
         TUNE_CRITERION,
+        TUNE_RULES,
         do_nothing_min_move,
         is_current,
+        judged,
         load_tuning_record,
         load_tuning_spec,
         render_methods_toml,
@@ -119,7 +186,20 @@ def main(argv: list[str] | None = None) -> int:
         worst_case,
     )
 
+    sizes: dict[Path, int] = {}
+
+    def n_val(original: Path) -> int:
+        """Validation images of an original's data (the damage rule's sample size)."""
+        if original not in sizes:
+            from medunlearn.checkpoint import load_run_and_data
+
+            sizes[original] = len(load_run_and_data(original)[1].val)
+        return sizes[original]
+
     record_path = DEFAULTS / "tuning.json"
+    if args.compare is not None:
+        print(compare(load_tuning_record(record_path), json.loads(args.compare.read_text())))
+        return 0
     if args.render_only:
         record = load_tuning_record(record_path)
         if record is None:
@@ -163,9 +243,20 @@ def main(argv: list[str] | None = None) -> int:
                 cache = args.work / "results" / name
                 result = json.loads(cache.read_text()) if cache.is_file() else None
                 if result is not None and not is_current(result, method):
-                    result = None  # tuned on another grid or an earlier revision of the method
+                    if is_current(result | {"rule": TUNE_RULES}, method):
+                        # only the rules changed: re-judge the stored grid, do not rerun it
+                        result = judged(result, n_val=n_val(original))
+                        atomic_write_json(cache, result)
+                        print(f"{flag} {method} ({fspec}): re-judged, {result['chosen']}",
+                              file=sys.stderr)
+                    else:
+                        result = None  # another grid or an earlier revision of the method
                 if result is None:
                     t0 = time.perf_counter()
+                    if get_method_class(method).needs_folds:
+                        # the out-of-fold predictions it matches: K fold models of the
+                        # original, trained once (reused when there), as a user's run has
+                        companions_for_run(original, kind=KFOLD, k=FOLDS_K, progress=False)
                     result = tune_method(original, method=method, forget=fspec,
                                          reference=references[fspec], seed=int(recipe["seed"]),
                                          tolerance=float(recipe["tolerance"]))

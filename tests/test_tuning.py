@@ -95,13 +95,21 @@ def test_choose_never_picks_a_point_that_did_nothing():
 
 
 def test_a_stored_tuning_result_is_stale_after_a_grid_change_or_a_revision(monkeypatch):
-    from medunlearn.tuning import default_grid, do_nothing_min_move, grid_as_options, is_current
+    from medunlearn.tuning import (
+        TUNE_RULES,
+        default_grid,
+        do_nothing_min_move,
+        grid_as_options,
+        is_current,
+    )
 
     recipe = load_tuning_spec()["recipe"]
     stored = {"grid_spec": grid_as_options(default_grid("ssd")), "revision": 1,
               "seed": recipe["seed"], "tolerance": recipe["tolerance"],
-              "criterion": TUNE_CRITERION, "min_move": do_nothing_min_move()}
+              "criterion": TUNE_CRITERION, "min_move": do_nothing_min_move(),
+              "rule": TUNE_RULES}
     assert is_current(stored, "ssd")
+    assert not is_current({k: v for k, v in stored.items() if k != "rule"}, "ssd")
     assert not is_current({k: v for k, v in stored.items() if k != "min_move"}, "ssd")
     assert not is_current(stored | {"tolerance": 0.5}, "ssd")
     assert not is_current(stored | {"criterion": "accuracy only"}, "ssd")
@@ -156,6 +164,40 @@ def tiny_pair(tmp_path_factory, medmnist_root):
     return root / "orig", root / "ref"
 
 
+def test_a_point_that_damages_the_model_is_never_chosen_and_results_are_rejudged():
+    """The damage rule: a point whose validation accuracy fell below the original's by more
+    than the gate's ta_drop limit is rejected however much it moved (a collapsed model moves a
+    lot); judged() applies the rules to a stored grid without rerunning it."""
+    from medunlearn.tuning import (
+        ALL_REJECTED,
+        TUNE_RULES,
+        is_current,
+        judged,
+        rejects_as_damaging,
+        val_drop_limit,
+    )
+
+    assert val_drop_limit(0.95, 0.96, 10_000) == pytest.approx(0.03)  # the gate's tolerance
+    assert val_drop_limit(0.9, 0.9, 50) > 0.1  # widened for a small validation set
+    grid = [  # collapsed: moved far, closest on nothing; light: did nothing; good: both fine
+        {"options": {"a": 1}, "score": 0.010, "val_accuracy": 0.50, "moved": 2.0, "steps": 1},
+        {"options": {"a": 2}, "score": 0.011, "val_accuracy": 0.97, "moved": 0.01, "steps": 1},
+        {"options": {"a": 3}, "score": 0.012, "val_accuracy": 0.96, "moved": 0.6, "steps": 2}]
+    result = {"grid": grid, "tolerance": 0.0, "min_move": 0.25,
+              "do_nothing": {"val_accuracy": 0.97}, "warning": "stale"}
+    out = judged(result, n_val=1000)
+    assert out["chosen"] == {"a": 3} and "warning" not in out and out["rule"] == TUNE_RULES
+    assert "damages the model" in out["grid"][0]["rejected"]
+    assert "doing nothing" in out["grid"][1]["rejected"] and out["grid"][2]["rejected"] is None
+    assert rejects_as_damaging({"val_drop": 0.01, "val_drop_limit": 0.03}) is None
+    assert rejects_as_damaging({"score": 0.1}) is None  # not measured: not judged
+    # no safe point at all: the closest is chosen, with the warning
+    bad = judged(result | {"grid": grid[:2]}, n_val=1000)
+    assert bad["chosen"] == {"a": 1} and bad["warning"] == ALL_REJECTED
+    # a stored result judged under older rules is stale until re-judged
+    assert not is_current(result, "ssd")
+
+
 def test_tune_searches_any_option_grid(tiny_pair):
     orig, ref = tiny_pair
     res = tune_method(orig, method="ssd", forget="random:0.2", reference=ref, seed=0,
@@ -182,7 +224,10 @@ def test_tune_searches_any_option_grid(tiny_pair):
     assert res["reference_scores"]["forget_shift"] > 0  # retraining moved
     for r in res["grid"]:
         assert r["moved"] >= 0 and 0.0 <= r["agreement_original"] <= 1.0
-        assert (r["rejected"] is not None) == (r["moved"] < res["min_move"])
+        damaged = r["val_drop"] > r["val_drop_limit"] + 1e-12
+        assert (r["rejected"] is not None) == (r["moved"] < res["min_move"] or damaged)
+        assert r["val_drop"] == pytest.approx(dn["val_accuracy"] - r["val_accuracy"])
+    assert res["n_val"] == 64 or res["n_val"] > 0
     chosen = next(r for r in res["grid"] if r["options"] == res["chosen"])
     assert chosen["rejected"] is None or "warning" in res
     parsed = tomllib.loads(tune_snippet(res))
@@ -298,3 +343,42 @@ def test_tune_with_shadows_records_the_paired_test_and_rejects_its_fails(tiny_pa
             assert "still look remembered" in r["rejected"]
     summary = summarize(res)
     assert all("forget_effect" in r for r in summary["grid"])
+
+
+def _tune_defaults_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_defaults.py"
+    spec = importlib.util.spec_from_file_location("tune_defaults_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_reports_how_far_each_default_moved_before_and_after_a_retune():
+    """``tune_defaults.py --compare``: the old default is looked up in the new grid, so both
+    points are measured by the same run; a point below the do-nothing threshold is flagged."""
+    light = {"lr": 0.01, "epochs": 1}
+    strong = {"lr": 0.03, "epochs": 2}
+    grid = [{"options": light, "score": 0.01, "moved": 0.10, "agreement_original": 0.99,
+             "agreement": 0.97, "steps": 8},
+            {"options": strong, "score": 0.012, "moved": 0.80, "agreement_original": 0.95,
+             "agreement": 0.96, "steps": 16}]
+    new = {"results": {
+        "pneumoniamnist": {"methods": {"finetune": {
+            "chosen": strong, "grid": grid, "min_move": 0.25,
+            "do_nothing": {"agreement": 0.975}}}},
+        "nih-cxr-1000": {"skipped": "the retrained reference predicts one class"}}}
+    old = {"results": {"pneumoniamnist": {"methods": {"finetune": {"chosen": light}}}}}
+    table = _tune_defaults_script().compare(new, old)
+    rows = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    assert ("| pneumoniamnist | original (no unlearning) | - | 0.00 | 1.00 | 0.97 | does nothing |"
+            in table)
+    ft = rows["finetune"]
+    assert "lr=0.01, epochs=1 -> **lr=0.03, epochs=2**" in ft
+    assert "0.10 -> 0.80" in ft and "0.99 -> 0.95" in ft and "does nothing -> no" in ft
+    assert "skipped: the retrained reference predicts one class" in rows["all"]
+    same = _tune_defaults_script().compare(new, {"results": {"pneumoniamnist": {
+        "methods": {"finetune": {"chosen": strong}}}}})
+    assert "| finetune | lr=0.03, epochs=2 | 0.80 | 0.95 | 0.96 | no |" in same

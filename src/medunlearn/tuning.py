@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
@@ -68,7 +69,8 @@ def is_current(result: Mapping, method: str) -> bool:
             and result.get("seed") == int(recipe["seed"])
             and result.get("tolerance") == float(recipe["tolerance"])
             and result.get("criterion") == TUNE_CRITERION
-            and result.get("min_move") == do_nothing_min_move())
+            and result.get("min_move") == do_nothing_min_move()
+            and result.get("rule") == TUNE_RULES)
 
 
 def parse_grid(pairs: Iterable[str]) -> dict[str, list]:
@@ -122,17 +124,80 @@ def rejects_as_do_nothing(row: Mapping, min_move: float) -> str | None:
             f"did (< {min_move:g}): indistinguishable from doing nothing")
 
 
+DAMAGE_RULE = ("a grid point whose validation accuracy fell below the original's by more than "
+               "the safety gate's ta_drop limit (ta_drop_tolerance, widened by rate_noise_sigmas "
+               "standard errors for the validation size) is rejected as damaging the model")
+# what a stored result was judged by: is_current requires it, judged() applies it
+TUNE_RULES = f"{DO_NOTHING_RULE}; {DAMAGE_RULE}"
+
+
+def val_drop_limit(accuracy: float, original_accuracy: float, n: int) -> float:
+    """The gate's ``ta_drop`` limit (``defaults/gate.toml``) for a validation-accuracy drop
+    from ``original_accuracy`` to ``accuracy`` on ``n`` images: ``ta_drop_tolerance``, widened
+    to ``rate_noise_sigmas`` binomial standard errors of the difference when ``n`` is small."""
+    from medunlearn.evaluation.gate import default_tolerances
+
+    tol = default_tolerances()
+    a, a0 = accuracy, original_accuracy
+    se = math.sqrt((a * (1 - a) + a0 * (1 - a0)) / n) if n > 0 else 0.0
+    return max(tol.ta_drop_tolerance, tol.rate_noise_sigmas * se)
+
+
+def rejects_as_damaging(row: Mapping) -> str | None:
+    """Why ``row`` is rejected as damaging the model (its validation accuracy fell below the
+    original's by more than :func:`val_drop_limit`: a request unlearned with it would fail the
+    gate's utility check), or None. Rows without the measurement are not judged."""
+    drop, limit = row.get("val_drop"), row.get("val_drop_limit")
+    if drop is None or limit is None or not drop > limit + 1e-12:
+        return None
+    return (f"validation accuracy fell {drop:.3f} below the original's (limit {limit:.3f}, the "
+            "gate's ta_drop rule): it damages the model")
+
+
+def rejection(row: Mapping, min_move: float | None) -> str | None:
+    """Why ``row`` cannot be chosen (:func:`rejects_as_damaging`, then, with ``min_move``,
+    :func:`rejects_as_do_nothing`), or None."""
+    return rejects_as_damaging(row) or (
+        rejects_as_do_nothing(row, min_move) if min_move is not None else None)
+
+
+ALL_REJECTED = ("every grid point was rejected (it did nothing on the forget set, or damaged "
+                "the model): the method has no setting here that both forgets and stays safe; "
+                "the closest to retraining was chosen")
+
+
+def judged(result: Mapping, n_val: int) -> dict:
+    """``result`` (a :func:`tune_method <medunlearn.runs.tune_method>` result) with its rules
+    applied: each grid row gets ``val_drop`` (the original's validation accuracy minus the
+    row's), ``val_drop_limit`` and ``rejected`` (:func:`rejection`), then the choice
+    (:func:`choose`) and a ``warning`` when every row is rejected. A pure function of the
+    stored rows, so a result tuned under older rules is re-judged without rerunning its grid.
+    """
+    acc0 = result["do_nothing"]["val_accuracy"]
+    rows = []
+    for r in result["grid"]:
+        r = dict(r)
+        if r.get("val_accuracy") is not None and n_val > 0:
+            r["val_drop"] = acc0 - r["val_accuracy"]
+            r["val_drop_limit"] = val_drop_limit(r["val_accuracy"], acc0, n_val)
+        r["rejected"] = rejection(r, result.get("min_move"))
+        rows.append(r)
+    best = choose(rows, float(result["tolerance"]), min_move=result.get("min_move"))
+    out = {k: v for k, v in result.items() if k != "warning"}
+    return out | {"grid": rows, "chosen": dict(best["options"]), "rule": TUNE_RULES,
+                  "n_val": n_val,
+                  **({"warning": ALL_REJECTED} if all(r["rejected"] for r in rows) else {})}
+
+
 def choose(rows: Sequence[Mapping], tolerance: float, *, min_move: float | None = None
            ) -> Mapping:
     """The chosen grid row: the cheapest (fewest steps, then lowest score, then first) among the
     rows whose score is within ``tolerance`` of the best.
 
-    With ``min_move``, rows :func:`rejects_as_do_nothing` rejects are left out first (all of
-    them rejected: the choice is made among all, and :func:`tune_method
-    <medunlearn.runs.tune_method>` records a warning)."""
-    pool = list(rows)
-    if min_move is not None:
-        pool = [r for r in rows if rejects_as_do_nothing(r, min_move) is None] or pool
+    Rows :func:`rejection` rejects (damaging, and with ``min_move`` doing nothing) are left
+    out first (all of them rejected: the choice is made among all, and :func:`judged` records
+    a warning)."""
+    pool = [r for r in rows if rejection(r, min_move) is None] or list(rows)
     best = min(r["score"] for r in pool)
     ties = [r for r in pool if r["score"] <= best + tolerance]
     return min(ties, key=lambda r: (r["steps"], r["score"], rows.index(r)))
@@ -164,17 +229,23 @@ def worst_case(results: Sequence[Mapping], tolerance: float, *,
         points = [res["grid"][i] for res in results]
         worst = max(range(len(points)), key=lambda j: points[j]["score"])
         moved = [p["moved"] for p in points if p.get("moved") is not None]
+        drops = [p for p in points if p.get("val_drop") is not None]
+        hurt = max(drops, key=lambda p: p["val_drop"] - p["val_drop_limit"]) if drops else {}
         rows.append({**points[worst], "steps": sum(p["steps"] for p in points),
                      **({"moved": min(moved)} if moved else {}),
+                     **{k: hurt[k] for k in ("val_drop", "val_drop_limit") if k in hurt},
                      "seconds": sum(p["seconds"] for p in points),
                      "scores": {spec: p["score"] for spec, p in zip(specs, points, strict=True)},
                      "worst_forget": specs[worst]})
-    return {**results[0], "forget": specs, "reference": [res["reference"] for res in results],
+    rows = [r | {"rejected": rejection(r, min_move)} for r in rows]
+    combined = {k: v for k, v in results[0].items() if k != "warning"}
+    return {**combined, "forget": specs, "reference": [res["reference"] for res in results],
             "tolerance": tolerance,
             "reference_scores": {spec: res["reference_scores"]
                                  for spec, res in zip(specs, results, strict=True)},
             "chosen": dict(choose(rows, tolerance, min_move=min_move)["options"]),
-            "grid": rows}
+            "grid": rows,
+            **({"warning": ALL_REJECTED} if all(r["rejected"] for r in rows) else {})}
 
 
 def _toml_value(v) -> str:
@@ -278,7 +349,8 @@ def summarize(result: Mapping) -> dict:
                       "agreement": round(r["agreement"], 6),
                       "forget_prob_w1": round(r["forget_prob_w1"], 6),
                       **{k: round(r[k], 6) for k in ("moved", "agreement_original",
-                                                      "forget_share")
+                                                      "forget_share", "val_drop",
+                                                      "val_drop_limit")
                          if r.get(k) is not None},
                       **({"forget_effect": r["forget_effect"]} if "forget_effect" in r
                          else {}),
@@ -289,7 +361,8 @@ def summarize(result: Mapping) -> dict:
                      for r in result["grid"]],
             **({"forget": list(result["forget"])} if not isinstance(result["forget"], str)
                else {}),
-            **{k: result[k] for k in ("do_nothing", "min_move", "warning") if k in result}}
+            **{k: result[k] for k in ("do_nothing", "min_move", "n_val", "warning")
+               if k in result}}
 
 
 def load_tuning_record(path: str | os.PathLike | None = None) -> dict | None:
@@ -304,4 +377,6 @@ def load_tuning_record(path: str | os.PathLike | None = None) -> dict | None:
 __all__ = ["DO_NOTHING_RULE", "TUNE_CRITERION", "choose", "default_grid", "do_nothing_min_move",
            "grid_as_options", "is_current",
            "load_tuning_record", "load_tuning_spec", "parse_grid", "rejects_as_do_nothing",
+           "ALL_REJECTED", "DAMAGE_RULE", "TUNE_RULES", "judged", "rejection",
+           "rejects_as_damaging", "val_drop_limit",
            "render_methods_toml", "summarize", "tune_snippet", "worst_case"]

@@ -22,14 +22,12 @@ from medunlearn.runs.evaluate import load_comparison
 from medunlearn.runs.shadows import load_companions
 from medunlearn.runs.unlearn import folds_for, forget_set_for, unlearn_in_memory
 from medunlearn.tuning import (
-    DO_NOTHING_RULE,
     TUNE_CRITERION,
-    choose,
     default_grid,
     do_nothing_min_move,
     grid_as_options,
+    judged,
     load_tuning_spec,
-    rejects_as_do_nothing,
 )
 
 EFFECT_RETAIN = 1000  # retained images that calibrate the paired test (as a request's gate)
@@ -54,7 +52,11 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
     its :func:`~medunlearn.evaluation.fidelity.forget_shift` over the reference's) and its
     prediction agreement with the original (``agreement_original``). A point that moved less
     than ``min_move`` (the gate's ``do_nothing_min_move``) is rejected (``rejected``: the
-    reason; ``DO_NOTHING_RULE``); if all are, the closest is chosen and ``warning`` says so.
+    reason; ``DO_NOTHING_RULE``), and so is one whose validation accuracy fell below the
+    original's by more than the gate's ``ta_drop`` limit (``val_drop``, ``val_drop_limit``;
+    ``DAMAGE_RULE``): a point that damages the model is not a safe default however much it
+    moved. If all are rejected, the closest is chosen and ``warning`` says so
+    (:func:`medunlearn.tuning.judged`).
 
     Args:
         model_dir: The original run folder.
@@ -81,11 +83,13 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
 
     Returns:
         ``{"method", "dataset", "forget", "seed", "reference", "criterion", "tolerance",
-        "grid_spec", "reference_scores", "do_nothing", "min_move", "rule", "chosen", "grid"}``
+        "grid_spec", "reference_scores", "do_nothing", "min_move", "rule", "n_val", "chosen",
+        "grid"}``
         (and ``warning`` when every point was rejected): ``chosen`` maps each searched option
         to its chosen value; ``grid`` has one row per point (``options``, ``score``,
         ``forget_accuracy``, ``val_accuracy``, ``agreement``, ``forget_prob_w1``, ``moved``,
-        ``agreement_original``, ``rejected``, ``seconds``, ``steps``); ``do_nothing`` is the
+        ``agreement_original``, ``val_drop``, ``val_drop_limit``, ``rejected``, ``seconds``,
+        ``steps``); ``do_nothing`` is the
         original's row (``moved`` 0).
 
     Raises:
@@ -187,20 +191,15 @@ def tune_method(model_dir: str | os.PathLike, *, method: str, forget: str | Sequ
         r = {"options": point, **row(*predictions(result.model)),
              **(effect(result.model) if effect is not None else {}),
              "seconds": result.record["unlearn_seconds"], "steps": result.record["steps"]}
-        rows.append(r | {"rejected": rejects_as_do_nothing(r, min_move)})
-    best = choose(rows, tolerance, min_move=min_move)
-    warning = ({"warning": "every grid point moved less than the do-nothing threshold: each is "
-                           "indistinguishable from the untouched original on the forget set; "
-                           "the closest to retraining was chosen"}
-               if all(r["rejected"] for r in rows) else {})
-    return {"method": method, **revision_field(base), "dataset": flag, "forget": fs.spec,
+        rows.append(r)
+    return judged({"method": method, **revision_field(base), "dataset": flag, "forget": fs.spec,
             "seed": seed, "reference": str(reference), "criterion": TUNE_CRITERION,
             "tolerance": tolerance,
             "grid_spec": space, "reference_scores": {"forget_accuracy": ref_forget_acc,
                                                     "val_accuracy": ref_val_acc,
                                                     "forget_shift": ref_shift},
-            "do_nothing": do_nothing, "min_move": min_move, "rule": DO_NOTHING_RULE,
-            "chosen": dict(best["options"]), "grid": rows, **warning}
+            "do_nothing": do_nothing, "min_move": min_move, "grid": rows},
+                  n_val=len(val_labels))
 
 
 __all__ = ["tune_method"]
