@@ -583,7 +583,9 @@ def report(results: dict, single: dict, args, oracles: dict | None = None) -> st
                     f"| {ds} | {c['n']} | {three(c['verdict'], 'passed', 'cannot say', 'failed')}"
                     + (f" ({why})" if why else "") +
                     f" | {three(c['effect'], 'pass', 'cannot say', 'fail')} | "
-                    f"{three(c['membership'], 'pass', 'cannot_say', 'fail')} | {n} | "
+                    f"{three(c['membership'], 'pass', 'cannot_say', 'fail')}"
+                    + (f" ({c['membership']['skipped']} settled by forget_effect)"
+                       if c["membership"].get("skipped") else "") + f" | {n} | "
                     f"{im.get('looks forgotten', 0)} | {im.get('cannot say', 0)} | {rate} |")
             lines.append("")
     return "\n".join(lines)
