@@ -242,13 +242,16 @@ def main(argv: list[str] | None = None) -> int:
                         else f"{flag}-{method}-{_slug(fspec)}.json")
                 cache = args.work / "results" / name
                 result = json.loads(cache.read_text()) if cache.is_file() else None
-                if result is not None and not is_current(result, method):
+                if result is not None:
                     if is_current(result | {"rule": TUNE_RULES}, method):
-                        # only the rules changed: re-judge the stored grid, do not rerun it
+                        # the stored grid stands; the rules and the choice are applied again
+                        # (a pure function of its rows), so the record always follows them
+                        before = result.get("chosen")
                         result = judged(result, n_val=n_val(original))
                         atomic_write_json(cache, result)
-                        print(f"{flag} {method} ({fspec}): re-judged, {result['chosen']}",
-                              file=sys.stderr)
+                        if result["chosen"] != before:
+                            print(f"{flag} {method} ({fspec}): re-judged, {result['chosen']}",
+                                  file=sys.stderr)
                     else:
                         result = None  # another grid or an earlier revision of the method
                 if result is None:

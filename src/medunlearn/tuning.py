@@ -198,9 +198,13 @@ def choose(rows: Sequence[Mapping], tolerance: float, *, min_move: float | None 
     out first (all of them rejected: the choice is made among all, and :func:`judged` records
     a warning)."""
     pool = [r for r in rows if rejection(r, min_move) is None] or list(rows)
-    best = min(r["score"] for r in pool)
-    ties = [r for r in pool if r["score"] <= best + tolerance]
-    return min(ties, key=lambda r: (r["steps"], r["score"], rows.index(r)))
+
+    def score(r):  # as the record keeps it, so a stored grid gives the same choice again
+        return round(r["score"], 6)
+
+    best = min(score(r) for r in pool)
+    ties = [r for r in pool if score(r) <= best + tolerance]
+    return min(ties, key=lambda r: (r["steps"], score(r), rows.index(r)))
 
 
 def worst_case(results: Sequence[Mapping], tolerance: float, *,
