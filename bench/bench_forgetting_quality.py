@@ -55,6 +55,34 @@ OVER_FNR = 0.02
 ROWS_FILE = "rows.json"
 
 
+def parse_entry(entry: str) -> tuple[str, dict]:
+    """A --methods entry: ``NAME`` (the method's published defaults) or
+    ``NAME@key=value,key=value`` (those options over them); the entry itself is the row's
+    label and the folder of its unlearned runs, so variants of one method share the retrained
+    models without replacing each other's runs."""
+    from medunlearn.config import parse_option_pairs
+
+    name, sep, opts = entry.partition("@")
+    if not sep:
+        return name, {}
+    if not opts:
+        raise SystemExit(f"--methods entry {entry!r}: give options after '@' (e.g. "
+                         f"{name}@epochs=3,noise=0.5) or drop the '@'")
+    return name, parse_option_pairs(opts.split(","))
+
+
+def gated(entry: str, gate_runs: str) -> bool:
+    """Whether ``--gate-runs`` names this --methods entry (or is 'all')."""
+    sep = ";" if ";" in gate_runs else ","
+    names = {x.strip() for x in gate_runs.split(sep) if x.strip()}
+    return "all" in names or entry in names
+
+
+def label_of(row: dict) -> str:
+    """The row's label: its --methods entry (rows kept by older benches: the method)."""
+    return row.get("label") or row["method"]
+
+
 def parse_ints(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -125,8 +153,10 @@ def _score_columns(r: dict) -> dict:
 
 
 def method_row(model: Path, method: str, *, out: Path, forget: str, n: int, seed: int,
-               data_root: str | None, backend: str) -> tuple[dict, dict]:
-    """verify-forgetting of one method and the gated evaluation of its deployed model."""
+               data_root: str | None, backend: str, options: dict | None = None,
+               label: str | None = None) -> tuple[dict, dict]:
+    """verify-forgetting of one method (its published defaults, or ``options`` over them) and
+    the gated evaluation of its deployed model."""
     import numpy as np
 
     from medunlearn.evaluation.gate import gate
@@ -135,6 +165,7 @@ def method_row(model: Path, method: str, *, out: Path, forget: str, n: int, seed
     runs: list[dict] = []
     t0 = time.perf_counter()
     r = verify_forgetting(model, forget=forget, method=method, out=out, n=n, seed=seed,
+                          options=options or None, label=label,
                           data_root=data_root, progress=True, backend=backend,
                           overwrite=True,  # runs of older code in OUT are replaced
                           on_runs_done=runs.extend)
@@ -203,7 +234,7 @@ def original_row(model: Path, *, out: Path, forget: str, n: int, seed: int,
 
 
 def regate(model: Path, method: str, *, out: Path, n: int, seed: int,
-           data_root: str | None) -> dict:
+           data_root: str | None, label: str | None = None) -> dict:
     """The population columns of a kept row recomputed with the current gate (``--regate``):
     the deployed model (the first unlearned run, or the original itself) against the original
     and the first retrained model, as when the row was made. The scores are not touched."""
@@ -214,13 +245,40 @@ def regate(model: Path, method: str, *, out: Path, n: int, seed: int,
     from medunlearn.runs import evaluate_run
 
     u_seeds, r_seeds = fq.seeds(seed, n)
-    cand = model if method == ORIGINAL else out / method / f"seed-{u_seeds[0]}"
+    cand = model if method == ORIGINAL else out / (label or method) / f"seed-{u_seeds[0]}"
     rec = evaluate_run(cand, original=model, reference=out / "retrained" / f"seed-{r_seeds[0]}",
                        data_root=data_root,
                        forget=(out / "retrained" / f"seed-{r_seeds[0]}" / "forget.csv"
                                if method == ORIGINAL else None))
     return _population(rec, gate(rec)) | {
         "regated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def gate_runs(model: Path, method: str, *, out: Path, n: int, seed: int,
+              data_root: str | None, label: str | None = None) -> dict:
+    """The gate on every one of the N unlearned runs (``--gate-runs``), each against the
+    original and the first retrained model as the deployed one is: how often a request served
+    by this method would be accepted, not one draw. The N copies of ``original`` are one model,
+    gated once."""
+    from collections import Counter
+
+    from medunlearn.evaluation import forgetting_quality as fq
+    from medunlearn.evaluation.gate import gate
+    from medunlearn.runs import evaluate_run
+
+    u_seeds, r_seeds = fq.seeds(seed, n)
+    ref = out / "retrained" / f"seed-{r_seeds[0]}"
+    cands = [model] if method == ORIGINAL else \
+        [out / (label or method) / f"seed-{s}" for s in u_seeds]
+    passed, reasons = [], Counter()
+    for cand in cands:
+        rec = evaluate_run(cand, original=model, reference=ref, data_root=data_root,
+                           forget=ref / "forget.csv" if method == ORIGINAL else None)
+        verdict = gate(rec)
+        passed.append(bool(verdict.passed))
+        reasons.update({x.split(":")[0] for x in verdict.reasons})
+    return {"runs_gated": len(cands), "runs_passed": sum(passed),
+            "runs_gate_reasons": dict(sorted(reasons.items()))}
 
 
 def ensure_folds(model: Path, k: int) -> dict:
@@ -248,7 +306,7 @@ def needs_folds(method: str) -> bool:
 
 
 def row_key(model: Path, method: str, *, forget: str, n: int, seed: int, dataset: str,
-            folds: str | None = None) -> str:
+            folds: str | None = None, options: dict | None = None) -> str:
     """Everything a row depends on: the original's weights, the method's resolved options, the
     forget spec, N, the seed (and the fold models a method reads)."""
     import dataclasses
@@ -258,7 +316,7 @@ def row_key(model: Path, method: str, *, forget: str, n: int, seed: int, dataset
     from medunlearn.methods.base import resolve_method
 
     options = {} if method == ORIGINAL else \
-        dataclasses.asdict(resolve_method(method, dataset=dataset).config)
+        dataclasses.asdict(resolve_method(method, dataset=dataset, options=options).config)
     return fingerprint({"original": sha256_file(model / MODEL_FILE), "method": method,
                         "options": options, "forget": forget, "n": n, "seed": seed}
                        | ({"folds": folds} if folds else {}))
@@ -280,17 +338,19 @@ def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[
         out = work / f"fq-seed-{seed}"
         for n in ns:
             results = {}
-            for name in methods:
+            for entry in methods:
+                name, options = parse_entry(entry)
+                label = entry if options else None
                 folds = ensure_folds(model, args.folds_k) if needs_folds(name) else {}
                 key = row_key(model, name, forget=args.forget, n=n, seed=seed, dataset=dataset,
-                              folds=folds.get("fold_fingerprint"))
+                              folds=folds.get("fold_fingerprint"), options=options)
                 if key in cache:
                     row = cache[key]
                     _backfill_seconds(row, out)
-                    print(f"seed {seed} N {n} {name}: cached", file=sys.stderr)
+                    print(f"seed {seed} N {n} {entry}: cached", file=sys.stderr)
                     if args.regate:
                         row |= regate(model, name, out=out, n=n, seed=seed,
-                                      data_root=args.data_root)
+                                      data_root=args.data_root, label=label)
                         atomic_write_json(cache_path, cache)
                 elif args.regate:
                     raise SystemExit(f"--regate re-evaluates kept rows only; seed {seed} N {n} "
@@ -303,14 +363,20 @@ def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[
                     else:
                         row, result = method_row(model, name, out=out, forget=args.forget, n=n,
                                                  seed=seed, data_root=args.data_root,
-                                                 backend=args.backend)
-                    results[name] = result
-                    row |= {"method": name, "seed": seed, "n": n, "dataset": dataset,
-                            "model": str(model), "precision": precision, **folds}
+                                                 backend=args.backend, options=options,
+                                                 label=label)
+                    results[entry] = result
+                    row |= {"method": name, "label": entry, "seed": seed, "n": n,
+                            "dataset": dataset, "model": str(model), "precision": precision,
+                            **folds}
                     cache[key] = row
                     atomic_write_json(cache_path, cache)
+                if gated(entry, args.gate_runs) and (args.regate or "runs_gated" not in row):
+                    row |= gate_runs(model, name, out=out, n=n, seed=seed,
+                                     data_root=args.data_root, label=label)
+                    atomic_write_json(cache_path, cache)
                 rows.append(row)
-                print(f"seed {seed} N {n} {name:18s} score {row['score']:.3f} (null "
+                print(f"seed {seed} N {n} {entry:18s} score {row['score']:.3f} (null "
                       f"{_f(row['null'])}) U-LiRA {_f(row['ulira'])} gate "
                       f"{'pass' if row['gate'] else 'FAIL'} {row['wall']:.0f} s", file=sys.stderr)
             if results and args.figures:
@@ -348,11 +414,28 @@ def _backfill_seconds(row: dict, out: Path) -> None:
         return
     u_seeds, r_seeds = seeds(row["seed"], row["n"])
     row["u_secs"] = [] if row["method"] == ORIGINAL else \
-        [read_json(out / row["method"] / f"seed-{s}" / "metrics.json")["unlearn_seconds"]
+        [read_json(out / label_of(row) / f"seed-{s}" / "metrics.json")["unlearn_seconds"]
          for s in u_seeds]
     row["r_secs"] = [] if row["method"] == ORIGINAL else \
         [read_json(out / "retrained" / f"seed-{s}" / "metrics.json")["unlearn_seconds"]
          for s in r_seeds]
+
+
+def _runs_gated(r: dict) -> str:
+    """`` (k/N runs)``: how many of the row's unlearned runs the gate passed (--gate-runs)."""
+    if "runs_gated" not in r:
+        return ""
+    if r["method"] == ORIGINAL:
+        return " (one model)"
+    return f" ({r['runs_passed']}/{r['runs_gated']} runs)"
+
+
+def _runs_gated_sum(group: list[dict]) -> str:
+    gated = [r for r in group if "runs_gated" in r and r["method"] != ORIGINAL]
+    if not gated or len(gated) < len(group):
+        return ""
+    return (f" ({sum(r['runs_passed'] for r in gated)}/{sum(r['runs_gated'] for r in gated)} "
+            "runs)")
 
 
 def _mean_sd(values: list[float], d: int = 2) -> str:
@@ -401,10 +484,11 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         t_mean, t_fast = _time_ratios(r)
         ratio = _f(r["ratio"], 2) + (" (identical models)" if r["identical"] else "")
         lines.append(
-            f"| {r['n']} | {r['seed']} | {r['method']} | {_f(r['score'])} [{_f(lo)}, {_f(hi)}] "
+            f"| {r['n']} | {r['seed']} | {label_of(r)} | {_f(r['score'])} [{_f(lo)}, {_f(hi)}] "
             f"| {_f(r['null'])} | {ratio} | {_f(r['ulira'])} | {r['capped']:.0%} "
             f"({r['peaky']:.0%}) | {statistics.median(r['u_secs'] or [0]):.1f} | "
-            f"{_pct(t_mean)}%; {_pct(t_fast)}% | {'pass' if r['gate'] else 'FAIL'} | "
+            f"{_pct(t_mean)}%; {_pct(t_fast)}% | {'pass' if r['gate'] else 'FAIL'}"
+            f"{_runs_gated(r)} | "
             f"{r['attack']} | {_f(r['mia'])} ({_f(r['mia_ref'])}) | {_pct(r['fnr'])} "
             f"({_pct(r['fnr_ref'])}; {_pct(r['fnr_orig'])}) | {', '.join(r['over']) or 'no'} |")
     lines += [
@@ -417,8 +501,8 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in ns:
-        for name in dict.fromkeys(r["method"] for r in rows):
-            group = [r for r in rows if r["n"] == n and r["method"] == name]
+        for name in dict.fromkeys(label_of(r) for r in rows):
+            group = [r for r in rows if r["n"] == n and label_of(r) == name]
             if not group:
                 continue
             tm = [_time_ratios(r)[0] for r in group]
@@ -429,7 +513,8 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
                 f"{_mean_sd([r['ulira'] for r in group], 3)} | "
                 f"{_mean_sd([None if v is None else 100 * v for v in tm], 1)}; "
                 f"{_mean_sd([None if v is None else 100 * v for v in tf], 1)} | "
-                f"{sum(r['gate'] for r in group)}/{k} | {sum(bool(r['over']) for r in group)}/{k} "
+                f"{sum(r['gate'] for r in group)}/{k}{_runs_gated_sum(group)} | "
+                f"{sum(bool(r['over']) for r in group)}/{k} "
                 f"| {sum((r['ratio'] or 0) >= FAIL_RATIO for r in group)}/{k} |")
     lines += [
         "",
@@ -442,7 +527,9 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         "model as all N unlearned models: identical models get the cap epsilon on every image "
         "by the challenge's rule, so it scores 0 (its null is computed like any method's, from "
         "its own pooled outputs). The gate, MIA-efficacy and FNR are the deployed model's "
-        "(unlearned seed S) against the original and the first retrained model. Over-forgets: "
+        "(unlearned seed S) against the original and the first retrained model; with "
+        "--gate-runs, `(k/N runs)` says how many of the N unlearned runs the same gate passed. "
+        "Over-forgets: "
         f"MIA-efficacy more than {OVER_MIA:g} above the reference's, or test FNR more than "
         f"{100 * OVER_FNR:g} points above it. Time: median unlearning time of the N runs over "
         "the median of the N retrainings of the same seed (and fastest over fastest): other "
@@ -459,7 +546,7 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         for r in folded:
             t = statistics.median(r["r_secs"])
             u = statistics.median(r["u_secs"])
-            lines.append(f"| {r['n']} | {r['seed']} | {r['method']} | {r['fold_k']} | "
+            lines.append(f"| {r['n']} | {r['seed']} | {label_of(r)} | {r['fold_k']} | "
                          f"{r['fold_seconds']:.0f} | {100 * r['fold_seconds'] / t:.0f}% | "
                          f"{100 * (r['fold_seconds'] + u) / t:.0f}% |")
     return "\n".join(lines) + "\n"
@@ -479,7 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", default="16", help="Models per side; several: 16,32 (default 16).")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"Comma-separated methods (default: all, retrain first); "
-                        f"'{ORIGINAL}' is the untouched original (after a real method).")
+                        f"'{ORIGINAL}' is the untouched original (after a real method). "
+                        "NAME@key=value,key=value measures options other than the published "
+                        "defaults (in their own folder, beside the defaults' runs); separate "
+                        "such entries with ';'.")
     p.add_argument("--figures", type=Path, default=None,
                    help="Folder for forgetting_quality-nN-seedS.png (default: no figure).")
     p.add_argument("--section", default="forgetting_quality",
@@ -494,12 +584,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="Re-evaluate the gate columns of the kept rows with the current gate "
                         "(the deployed model against the original and the first retrained "
                         "model; the scores are kept).")
+    p.add_argument("--gate-runs", default="", metavar="ENTRIES",
+                   help="Also gate every one of the N unlearned runs of these --methods entries "
+                        "(comma- or ';'-separated, or 'all') against the original and the first "
+                        "retrained model, and report how many pass; kept rows gain it without "
+                        "rerunning.")
     p.add_argument("--recompute", action="store_true",
                    help=f"Ignore the rows kept in WORK/{ROWS_FILE} (the runs are still reused).")
     args = p.parse_args(argv)
     seeds = parse_ints(args.seeds, "--seeds") if args.seeds else [args.seed]
     ns = parse_ints(args.n, "--n")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    sep = ";" if ";" in args.methods else ","  # entries with several options hold commas
+    methods = [m.strip() for m in args.methods.split(sep) if m.strip()]
     if args.model is not None and len(seeds) > 1 and "{seed}" not in str(args.model):
         raise SystemExit("--model names one original; with several --seeds write it with "
                          "{seed} (e.g. runs/pneu-s{seed}), or leave it out to train them.")
@@ -508,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for n in ns:
         check_n(n)
-    unknown = [m for m in methods if m != ORIGINAL and m not in method_names()]
+    unknown = [m for m in methods
+               if m != ORIGINAL and parse_entry(m)[0] not in method_names()]
     if unknown:
         raise SystemExit(f"unknown method(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(method_names())} or {ORIGINAL}")

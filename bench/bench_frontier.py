@@ -84,8 +84,28 @@ def _entry(summary: list[dict], forget: str, method: str) -> dict | None:
     return next((s for s in summary if s["forget"] == forget and s["method"] == method), None)
 
 
+def fold_seconds(row: dict) -> float | None:
+    """The one-time training time of the K fold models a cell's method read (``oracle-match``;
+    the grid builds them in ``ORIGINAL/kfold``), else None. Every member but one trained on each
+    forgotten image, so a deployment rebuilds them after every request: their time belongs to
+    the request's cost."""
+    import json
+
+    from medunlearn.methods.base import get_method_class
+
+    if row["method"] == ORIGINAL_LABEL or row["method"] not in METHODS \
+            or not get_method_class(row["method"]).needs_folds:
+        return None
+    members = sorted((Path(row["original_dir"]) / "kfold" / "members").glob("k*.json"))
+    if not members:
+        return None
+    return sum(json.loads(m.read_text())["train_seconds"] for m in members)
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """One entry per (forget, method): mean/std over seeds and the per-seed checks."""
+    """One entry per (forget, method): mean/std over seeds and the per-seed checks. A method
+    that reads fold models is timed with their rebuild (``fold_ratio``, see
+    :func:`fold_seconds`)."""
     ref = {(r["forget"], r["seed"]): r for r in rows if r["label"] == "retrain"}
     out = []
     for forget in _forgets(rows):
@@ -98,13 +118,18 @@ def summarize(rows: list[dict]) -> list[dict]:
             ratios = [0.0 if method == ORIGINAL_LABEL else
                       r["unlearn_seconds"] / r["retrain_seconds"] if r.get("retrain_seconds")
                       else math.nan for r in cells]
+            folds = [fold_seconds(r) for r in cells]
+            fold_ratios = [f / r["retrain_seconds"] for f, r in zip(folds, cells, strict=True)
+                           if f is not None and r.get("retrain_seconds")]
             d_gr = [r["global_risk"] - ref[r["forget"], r["seed"]]["global_risk"] for r in cells]
             d_fnr = [r["fnr"] - ref[r["forget"], r["seed"]]["fnr"] for r in cells]
             g, gs = _ms(gaps)
             t, ts = _ms(ratios)
             out.append({
                 "forget": forget, "method": method, "n": len(cells), "gap": g, "gap_std": gs,
-                "ratio": t, "ratio_std": ts, "seconds": _ms([r["unlearn_seconds"] or 0.0
+                "ratio": t, "ratio_std": ts,
+                "fold_ratio": _ms(fold_ratios)[0] if fold_ratios else None,
+                "seconds": _ms([r["unlearn_seconds"] or 0.0
                                                              for r in cells])[0],
                 "retrain_seconds": _ms([r["retrain_seconds"] for r in cells])[0],
                 "d_gr": _ms(d_gr)[0], "d_gr_max": max(d_gr), "d_fnr": _ms(d_fnr)[0],
@@ -134,13 +159,18 @@ def no_better_than_nothing(summary: list[dict], forget: str) -> list[str]:
             and s["gap"] > base["gap"] - margin]
 
 
+def request_ratio(s: dict) -> float:
+    """Time / retraining of a request: the method's, plus its fold models' rebuild."""
+    return s["ratio"] + (s.get("fold_ratio") or 0.0)
+
+
 def meets_main(s: dict) -> bool:
     return (not is_baseline(s) and s["gap"] <= GAP_PP and s["d_gr_max"] <= GR_SLACK
-            and s["gate"] == s["n"] and s["ratio"] <= TIME_RATIO)
+            and s["gate"] == s["n"] and request_ratio(s) <= TIME_RATIO)
 
 
 def meets_cra(s: dict) -> bool:
-    return (s["gap"] <= CRA_GAP_PP and s["ratio"] <= CRA_TIME_RATIO
+    return (s["gap"] <= CRA_GAP_PP and request_ratio(s) <= CRA_TIME_RATIO
             and s["d_fnr_max"] <= CRA_FNR_SLACK)
 
 
@@ -170,10 +200,10 @@ def figure(summary: list[dict], path: Path, y_cap: float = 6.0) -> Path:
         for i, s in enumerate(shown):
             color = cmap(i % 20)
             if s["gap"] > y_cap:  # off the scale: a marker on the top edge, value in the label
-                ax.plot(s["ratio"] * 100, top * 0.97, marker="^", ls="none", color=color,
+                ax.plot(request_ratio(s) * 100, top * 0.97, marker="^", ls="none", color=color,
                         label=f"{s['method']} ({s['gap']:.0f} pp, off scale)")
                 continue
-            ax.errorbar(s["ratio"] * 100, s["gap"], xerr=s["ratio_std"] * 100,
+            ax.errorbar(request_ratio(s) * 100, s["gap"], xerr=s["ratio_std"] * 100,
                         yerr=s["gap_std"], fmt="o" if s["gate"] == s["n"] else "x",
                         color=color, capsize=3, label=s["method"])
         ax.axvline(TIME_RATIO * 100, color="grey", ls="--", lw=0.8)
@@ -215,7 +245,9 @@ def render(summary: list[dict], *, results: Path, seeds, wall: float, quick: boo
         for s in (x for x in summary if x["forget"] == forget):
             lines.append(
                 f"| {s['method']} | {_f(s['gap'])} ± {_f(s['gap_std'])} | "
-                f"{_f(s['ratio'] * 100, 1)} ± {_f(s['ratio_std'] * 100, 1)} | "
+                f"{_f(s['ratio'] * 100, 1)} ± {_f(s['ratio_std'] * 100, 1)}"
+                + (f" (+ {_f(s['fold_ratio'] * 100, 0)}% fold models)" if s.get("fold_ratio")
+                   else "") + " | "
                 f"{_f(s['seconds'], 1)} | {_f(s['d_gr'], 3)} ({_f(s['d_gr_max'], 3)}) | "
                 f"{_f(s['d_fnr'] * 100, 1)} ({_f(s['d_fnr_max'] * 100, 1)}) | "
                 f"{s['gate']}/{s['n']} | {', '.join(s['reasons']) or '-'} |")
@@ -253,6 +285,12 @@ def render(summary: list[dict], *, results: Path, seeds, wall: float, quick: boo
                 f"{_f(floor['gap_std'])} pp from the reference. Methods at or below it (gate "
                 "passed in every seed): "
                 + (", ".join(f"{m}" for m in within) if within else "none") + ".")
+        lines.append("")
+    if any(s.get("fold_ratio") for s in summary):
+        lines.append("A method that reads K fold models (`oracle-match`) is timed twice: the "
+                     "request itself, and in brackets the rebuild of the fold models it needs "
+                     "after every request (each member but one trained on every forgotten "
+                     "image). The targets and the figure count both.")
         lines.append("")
     if figure_path is not None:
         lines.append(f"Figure: `{figure_path}` (average gap against time / retraining).")

@@ -88,11 +88,28 @@ def train(ds: str, seed: int, out: Path, quick: bool) -> None:
 
 def unlearn(original: Path, out: Path, method: str, forget: str, seed: int,
             options: dict | None = None) -> None:
-    if (out / "metrics.json").is_file():
-        return
-    opts = [x for k, v in (options or {}).items() for x in ("--option", f"{k}={v}")]
-    cli("unlearn", "--model", str(original), "--method", method, "--forget", forget,
-        "--seed", str(seed), "--out", str(out), "-q", *opts)
+    """``medunlearn unlearn``'s run folder: reused when it holds this configuration (the
+    method's current published defaults, or ``options`` over them), replaced when it holds a
+    run of another one (e.g. of defaults retuned since)."""
+    from medunlearn.runs import run_unlearning
+
+    run_unlearning(original, method=method, forget=forget, seed=seed, out=out,
+                   options=options, replace_stale=True, progress=False)
+
+
+def evaluation_key(cand: Path, original: Path, reference: Path, shadows: Path) -> dict:
+    """What a kept evaluation depends on: the three models' weights, the shadows and the
+    gate's settings. A candidate rerun with other options, or a retuned gate, makes it stale."""
+    from medunlearn.checkpoint import MODEL_FILE
+    from medunlearn.fileio import sha256_file
+    from medunlearn.runs.shadows import MANIFEST_FILE as SHADOWS_MANIFEST
+
+    gate_toml = REPO / "src" / "medunlearn" / "defaults" / "gate.toml"
+    return {"candidate": sha256_file(cand / MODEL_FILE),
+            "original": sha256_file(original / MODEL_FILE),
+            "reference": sha256_file(reference / MODEL_FILE),
+            "shadows": sha256_file(shadows / SHADOWS_MANIFEST),
+            "gate": sha256_file(gate_toml)}
 
 
 def evaluate(cand: Path, original: Path, reference: Path, shadows: Path, out: Path,
@@ -102,7 +119,8 @@ def evaluate(cand: Path, original: Path, reference: Path, shadows: Path, out: Pa
     from medunlearn.fileio import atomic_write_json, read_json
     from medunlearn.runs.evaluate import evaluate_run
 
-    if out.is_file():
+    key = evaluation_key(cand, original, reference, shadows)
+    if out.is_file() and read_json(out).get("key") == key:
         return read_json(out)
     t0 = time.perf_counter()
     rec = evaluate_run(cand, original=original, reference=reference, shadows=shadows,
@@ -124,7 +142,7 @@ def evaluate(cand: Path, original: Path, reference: Path, shadows: Path, out: Pa
                                 if c["status"] == "cannot_say"],
            "gap_pp": (rec.get("fidelity") or {}).get("average_gap_pp"),
            "membership_seconds": rec["membership"]["seconds"],
-           "evaluate_seconds": time.perf_counter() - t0}
+           "evaluate_seconds": time.perf_counter() - t0, "key": key}
     atomic_write_json(out, row)
     return row
 
@@ -259,7 +277,8 @@ def calibrate(original: Path, retrains: list[Path], reference: Path, shadows: Pa
     rows = []
     for r in retrains:
         out = reference.parent / "eval" / "calibration" / f"{r.name}.json"
-        if not out.is_file():
+        key = evaluation_key(r, original, reference, shadows)
+        if not out.is_file() or read_json(out).get("key") != key:
             rec = evaluate_run(r, original=original, reference=reference, shadows=shadows)
             verdict = gate(rec)
             eff = rec["models"]["model"].get("forget_effect") or {}
@@ -270,7 +289,7 @@ def calibrate(original: Path, retrains: list[Path], reference: Path, shadows: Pa
                                    if c["name"] == "membership"),
                 "membership_section": rec["models"]["model"]["membership"]["status"],
                 "share": eff.get("share"),
-                "images": [i["status"] for i in eff.get("images") or []]})
+                "images": [i["status"] for i in eff.get("images") or []], "key": key})
         rows.append(read_json(out))
     images = [s for r in rows for s in r["images"]]
 

@@ -89,3 +89,26 @@ def test_do_nothing_row_is_summarised_and_never_a_candidate(bf, tmp_path):
             ) in text
     png = bf.figure(summary, tmp_path / "frontier.png")
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_fold_models_count_towards_a_requests_cost(bf, tmp_path):
+    """oracle-match reads K fold models that must be rebuilt after every request: the
+    frontier times the request with their rebuild, and the targets judge that total."""
+    import json
+
+    original = tmp_path / "original"
+    (original / "kfold" / "members").mkdir(parents=True)
+    for j in range(5):
+        (original / "kfold" / "members" / f"k{j:02d}.json").write_text(
+            json.dumps({"train_seconds": 40.0}))
+    rows = [_row("retrain", 0, 0.0, 100.0),
+            _row("oracle-match", 0, 0.5, 2.0) | {"original_dir": str(original)},
+            _row("newton", 0, 0.5, 2.0) | {"original_dir": str(original)}]
+    by = {s["method"]: s for s in bf.summarize(rows)}
+    assert by["oracle-match"]["ratio"] == pytest.approx(0.02)
+    assert by["oracle-match"]["fold_ratio"] == pytest.approx(2.0)  # 5 x 40 s over 100 s
+    assert by["newton"]["fold_ratio"] is None  # reads no fold models
+    assert bf.meets_main(by["newton"]) and not bf.meets_main(by["oracle-match"])
+    text = bf.render(list(by.values()), results=Path("r"), seeds=(0,), wall=1.0, quick=False,
+                     figure_path=None)
+    assert "| 2.0 ± 0.0 (+ 200% fold models) |" in text and "rebuild of the fold models" in text

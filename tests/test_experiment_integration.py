@@ -209,3 +209,26 @@ def test_study_with_the_per_example_check_reports_a_column_and_a_figure(tmp_path
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(Exception, match="forgetting_quality"):
         load_experiment(path)
+
+
+def test_a_grid_builds_the_fold_models_a_method_reads(killed_and_resumed, tmp_path,
+                                                      medmnist_root, monkeypatch):
+    """``oracle-match`` (targets from K fold models) runs in a grid: the runner builds the
+    original's fold models once, before its first cell, instead of failing the cell."""
+    from medunlearn.experiments.jobs import FOLDS_K
+
+    monkeypatch.setenv("MEDMNIST_ROOT", str(medmnist_root))
+    cfg = parse_experiment(yaml.safe_load(_study(tmp_path, medmnist_root,
+                                                 ["retrain", "oracle-match"]).read_text()))
+    out = tmp_path / "folds-results"
+    shutil.copytree(killed_and_resumed["out"] / "models" / "original",
+                    out / "models" / "original")
+    summary = run_experiment(cfg, out, progress=False)
+    assert summary.ok and summary.completed == 3, summary
+    original = next(p for p in (out / "models" / "original").iterdir()
+                    if not p.name.startswith("."))
+    members = sorted((original / "kfold" / "members").glob("k*.json"))
+    assert len(members) == FOLDS_K
+    with ResultsStore(out) as store:
+        methods = sorted(r["method"] for r in store.rows())
+    assert "oracle-match" in methods

@@ -304,6 +304,27 @@ def test_cli_refuses_runs_of_another_configuration_unless_overwrite(tiny_run, tm
         ["method"]["options"]["epochs"] == 2
 
 
+def test_labels_keep_option_sets_apart_and_share_the_retrained_runs(tiny_run, tmp_path, capsys):
+    from medunlearn.cli import main
+
+    out = tmp_path / "fq"
+    args = ["verify-forgetting", "--model", str(tiny_run), "--forget", "random:0.1",
+            "--method", "finetune", "--n", "3", "--out", str(out), "--device", "cpu", "-q"]
+    assert main([*args, "--option", "epochs=1"]) == 0
+    first = (out / "finetune" / "seed-0" / "config.json").read_text()
+    assert main([*args, "--option", "epochs=2", "--label", "finetune@epochs=2"]) == 0
+    res = json.loads((out / "finetune@epochs=2" / "forgetting_quality.json").read_text())
+    assert res["label"] == "finetune@epochs=2" and res["options"]["epochs"] == 2
+    assert res["runs"]["reused"] == 3  # the retrained runs, not the other label's
+    assert (out / "finetune" / "seed-0" / "config.json").read_text() == first
+    assert "finetune@epochs=2/forgetting_quality.json" in capsys.readouterr().out
+    for bad in ("retrained", "../x", "a/b", ""):
+        assert main([*args, "--label", bad]) == 2
+        assert "cannot name a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["finetune", "finetune@epochs=2",
+                                                     "retrained"]
+
+
 def test_overwrite_never_replaces_a_folder_that_is_not_a_run(tiny_run, tmp_path):
     from medunlearn.errors import OutputExistsError
     from medunlearn.runs.per_example import _one_run

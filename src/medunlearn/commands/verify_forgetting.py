@@ -20,12 +20,16 @@ def verify_forgetting(
                                       "folder per model (finished ones are reused, so an "
                                       "interrupted check resumes and methods checked into the "
                                       "same folder share the retrained models) and "
-                                      "METHOD/forgetting_quality.json.")],
+                                      "LABEL/forgetting_quality.json.")],
     n: Annotated[int, typer.Option("--n", metavar="N", help="Unlearned and retrained models "
                                    "each (at least 3).")] = 16,
     seed: Annotated[int, typer.Option(metavar="INT", help="Seeds the forget set; unlearning runs "
                                       "use seed+i, retraining runs seed+100000+i.")] = 0,
     option: Options = None,
+    label: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Folder of the unlearned runs under --out (default: the method). "
+        "Give each option set its own label to compare them against the same retrained "
+        "models.")] = None,
     backend: Annotated[str, typer.Option(help="local (one run after another) or ray (one CPU "
                                          "per run; pip install ray).")] = "local",
     ray_address: Annotated[str | None, typer.Option(
@@ -51,7 +55,7 @@ def verify_forgetting(
     r = run_check(model, forget=forget, method=method, out=out, n=n, seed=seed,
                   options=parse_option_pairs(option or []), device=device, data_root=data_root,
                   progress=not quiet, backend=backend, ray_address=ray_address,
-                  retain_limit=retain_limit, overwrite=overwrite)
+                  retain_limit=retain_limit, overwrite=overwrite, label=label)
     lo, hi = r["forgetting_quality_ci"]
     typer.echo(f"{method}: {r['forget']['count']} forget images, N = {n} unlearned + {n} "
                f"retrained models ({r['runs']['reused']} reused), {r['wall_seconds']:.0f} s")
@@ -65,7 +69,7 @@ def verify_forgetting(
                f"{fmt(r.get('ulira_accuracy'))} (0.5 = indistinguishable)")
     if r.get("note"):
         typer.echo(f"note: {r['note']}")
-    typer.echo(f"written: {out / method / RESULT_FILE}")
+    typer.echo(f"written: {out / r['label'] / RESULT_FILE}")
 
 
 def register(app: typer.Typer) -> None:

@@ -68,10 +68,28 @@ def forget_indices(reference_dir: Path) -> list[int]:
     return read_indices(Path(reference_dir) / FORGET_FILE)
 
 
+#: K of the fold models a grid builds for methods that read them (``oracle-match``).
+FOLDS_K = 5
+
+
+def ensure_folds(job: CellJob, original_dir: Path) -> None:
+    """Build the original's K fold models (``ORIGINAL/kfold``, once per original; reused by
+    every later cell) when the cell's method reads them (``Method.needs_folds``)."""
+    from medunlearn.evaluation.companions import KFOLD
+    from medunlearn.methods.base import get_method_class
+    from medunlearn.runs.shadows import companions_for_run
+
+    if get_method_class(job.method.name).needs_folds:
+        companions_for_run(original_dir, kind=KFOLD, k=FOLDS_K,
+                           data_root=job.original.data_root, progress=False)
+
+
 def unlearn(job: CellJob, original_dir: Path, reference_dir: Path, out: Path) -> dict:
-    """Run one unlearning method on the reference's forget set."""
+    """Run one unlearning method on the reference's forget set (first building the fold
+    models it reads, if any: :func:`ensure_folds`)."""
     from medunlearn.runs import run_unlearning
 
+    ensure_folds(job, original_dir)
     return run_unlearning(original_dir, method=job.method.name,
                           forget=forget_indices(reference_dir), seed=job.seed, out=out,
                           options=job.method.options_dict or None,

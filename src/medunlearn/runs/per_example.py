@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -109,6 +110,23 @@ def _save_scores(path: Path, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+RETRAINED_DIR = "retrained"  # the retrained runs' folder under OUT, shared by every label
+
+
+def check_label(label: str) -> str:
+    """A label is one folder name under OUT: letters, digits and ``-_.@=,+``, not the
+    retrained models' folder.
+
+    Raises:
+        ConfigError: any other label, naming the rule.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@=,+-]*", label) or label == RETRAINED_DIR:
+        raise ConfigError(f"Label {label!r} cannot name a folder of unlearned runs: use "
+                          "letters, digits and -_.@=,+ (starting with a letter or digit), and "
+                          f"not {RETRAINED_DIR!r}.")
+    return label
+
+
 def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[int], method: str,
                       out: str | os.PathLike, n: int = 16, seed: int = 0,
                       options: Mapping | None = None, device: str | None = None,
@@ -117,7 +135,8 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
                       retain_limit: int | None = 2000, resamples: int = 1000,
                       null_permutations: int = 3,
                       exclude: Sequence[int] | None = None, overwrite: bool = False,
-                      on_runs_done: Callable[[list[dict]], None] | None = None) -> dict:
+                      on_runs_done: Callable[[list[dict]], None] | None = None,
+                      label: str | None = None) -> dict:
     """Train (or reuse) N unlearned and N retrained run folders and score forgetting per example.
 
     Args:
@@ -144,9 +163,12 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
         overwrite: Replace run folders under ``out`` that hold a run of another configuration
             (without it they are an error); finished runs of this configuration are reused
             either way.
+        label: Folder of the unlearned runs and the result under ``out`` (default: the
+            method's name). Give each option set of one method its own label, so that they
+            share the retrained models without replacing each other's runs.
 
     Returns:
-        The dict written to ``OUT/<method>/forgetting_quality.json``.
+        The dict written to ``OUT/<label>/forgetting_quality.json``.
 
     Raises:
         MedUnlearnError: bad model folder, forget spec, method, option or ``n``.
@@ -154,6 +176,7 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
     check_n(n)
     if method not in method_names():
         raise ConfigError(f"Unknown method {method!r}; choose one of {', '.join(method_names())}.")
+    label = check_label(method if label is None else label)
     t0 = time.perf_counter()
     out = Path(out)
     run, dataset = load_run_and_data(model_dir, data_root=data_root)
@@ -166,10 +189,10 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
               "replace_stale": overwrite}
     if exclude is not None:
         common["exclude"] = excluded
-    calls = [common | {"method": "retrain", "seed": s, "out": out / "retrained" / f"seed-{s}"}
+    calls = [common | {"method": "retrain", "seed": s, "out": out / RETRAINED_DIR / f"seed-{s}"}
              for s in r_seeds]
     calls += [common | {"method": method, "seed": s, "options": dict(options or {}),
-                        "out": out / method / f"seed-{s}"} for s in u_seeds]
+                        "out": out / label / f"seed-{s}"} for s in u_seeds]
     runs = _run_all(calls, backend=backend, progress=progress, ray_address=ray_address)
     if on_runs_done is not None:
         on_runs_done(runs)
@@ -195,7 +218,7 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
     result["per_example"] = {"index": f_idx.tolist(),
                              "sha256": [hashes[int(i)] for i in f_idx]} | result["per_example"]
     result = {
-        "kind": "forgetting_quality", "created": now_iso(), "method": method,
+        "kind": "forgetting_quality", "created": now_iso(), "method": method, "label": label,
         "options": dataclasses.asdict(algo.config), "user_options": dict(options or {}),
         "n": n, "seed": seed, "seeds": {"unlearned": u_seeds, "retrained": r_seeds},
         "forget": {"spec": forget if isinstance(forget, str) else "indices",
@@ -218,9 +241,9 @@ def verify_forgetting(model_dir: str | os.PathLike, *, forget: str | Sequence[in
         result["note"] = ("the N unlearned models give identical outputs on every forget "
                           "example (the method is deterministic given the original, or does "
                           "nothing), so every example gets the cap epsilon")
-    _save_scores(out / method / "scores.npz", unlearned=u_side["scores"],
+    _save_scores(out / label / "scores.npz", unlearned=u_side["scores"],
                  retrained=r_side["scores"], forget_indices=f_idx)
-    atomic_write_json(out / method / RESULT_FILE, result)
+    atomic_write_json(out / label / RESULT_FILE, result)
     return result
 
 

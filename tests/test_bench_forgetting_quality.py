@@ -1,0 +1,69 @@
+"""The per-example bench's method entries (options beside the defaults) and its report of the
+gate over every unlearned run."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_forgetting_quality.py"
+
+
+@pytest.fixture(scope="module")
+def bq():
+    spec = importlib.util.spec_from_file_location("bench_forgetting_quality", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_entries_name_a_method_and_its_options(bq):
+    assert bq.parse_entry("noise-repair") == ("noise-repair", {})
+    assert bq.parse_entry("noise-repair@epochs=3,noise=0.7") == \
+        ("noise-repair", {"epochs": 3, "noise": 0.7})
+    with pytest.raises(SystemExit, match="give options after '@'"):
+        bq.parse_entry("noise-repair@")
+    assert bq.gated("noise-repair", "all") and bq.gated("original", "noise-repair,original")
+    assert bq.gated("noise-repair@epochs=3,noise=0.5",
+                    "noise-repair;noise-repair@epochs=3,noise=0.5")
+    assert not bq.gated("noise-repair@epochs=3", "noise-repair") and not bq.gated("x", "")
+    assert bq.label_of({"method": "finetune"}) == "finetune"  # rows of older benches
+    assert bq.label_of({"method": "finetune", "label": "finetune@epochs=2"}) == \
+        "finetune@epochs=2"
+
+
+def _row(label, seed, *, ratio, gate, passed=None, method=None):
+    row = {"n": 16, "seed": seed, "method": method or label.partition("@")[0], "label": label,
+           "score": 0.1, "ci": [0.09, 0.11], "null": 0.2, "ratio": ratio, "ulira": 0.6,
+           "capped": 0.0, "peaky": 0.0, "identical": False, "u_secs": [2.0], "r_secs": [40.0],
+           "gate": gate, "attack": "pass", "mia": 0.1, "mia_ref": 0.1, "fnr": 0.02,
+           "fnr_ref": 0.02, "fnr_orig": 0.01, "over": [], "wall": 60.0, "dataset": "d",
+           "precision": "bf16", "forget_count": 70}
+    if passed is not None:
+        row |= {"runs_gated": 16, "runs_passed": passed, "runs_gate_reasons": {}}
+    return row
+
+
+def test_render_keeps_variants_apart_and_counts_gated_runs(bq):
+    rows = [_row("noise-repair", 0, ratio=0.6, gate=True, passed=14),
+            _row("noise-repair", 1, ratio=0.4, gate=False, passed=9),
+            _row("noise-repair@epochs=3", 0, ratio=0.7, gate=True, passed=16),
+            _row("noise-repair@epochs=3", 1, ratio=0.5, gate=True),  # not gated run by run
+            _row("original", 0, ratio=0.0, gate=False, passed=0)]
+    args = SimpleNamespace(quick=False, model=None, forget="random:0.1", note=None)
+    text = bq.render(rows, args=args, work=Path("W"), seeds=[0, 1], ns=[16])
+    lines = text.splitlines()
+    per_seed = [ln for ln in lines if ln.startswith("| 16 | 0 | noise-repair |")]
+    assert len(per_seed) == 1 and "| pass (14/16 runs) |" in per_seed[0]
+    assert "| FAIL (9/16 runs) |" in next(ln for ln in lines
+                                          if ln.startswith("| 16 | 1 | noise-repair |"))
+    assert "| FAIL (one model) |" in next(ln for ln in lines
+                                          if ln.startswith("| 16 | 0 | original |"))
+    summary = {ln.split(" | ")[1]: ln for ln in lines if ln.startswith("| 16 | ")
+               and ln.count("|") == 10}
+    assert "| 1/2 (23/32 runs) |" in summary["noise-repair"]
+    assert "| 2/2 |" in summary["noise-repair@epochs=3"]  # one seed not gated run by run
+    assert summary["noise-repair@epochs=3"].split(" | ")[-1] == "2/2 |"  # ratio >= 0.5 in
