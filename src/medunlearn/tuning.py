@@ -166,6 +166,11 @@ ALL_REJECTED = ("every grid point was rejected (it did nothing on the forget set
                 "the closest to retraining was chosen")
 
 
+def all_rejected(rows: Sequence[Mapping]) -> dict:
+    """``{"warning": ALL_REJECTED}`` when every judged row is rejected, else ``{}``."""
+    return {"warning": ALL_REJECTED} if all(r["rejected"] for r in rows) else {}
+
+
 def judged(result: Mapping, n_val: int) -> dict:
     """``result`` (a :func:`tune_method <medunlearn.runs.tune_method>` result) with its rules
     applied: each grid row gets ``val_drop`` (the original's validation accuracy minus the
@@ -185,8 +190,7 @@ def judged(result: Mapping, n_val: int) -> dict:
     best = choose(rows, float(result["tolerance"]), min_move=result.get("min_move"))
     out = {k: v for k, v in result.items() if k != "warning"}
     return out | {"grid": rows, "chosen": dict(best["options"]), "rule": TUNE_RULES,
-                  "n_val": n_val,
-                  **({"warning": ALL_REJECTED} if all(r["rejected"] for r in rows) else {})}
+                  "n_val": n_val, **all_rejected(rows)}
 
 
 def choose(rows: Sequence[Mapping], tolerance: float, *, min_move: float | None = None
@@ -248,8 +252,7 @@ def worst_case(results: Sequence[Mapping], tolerance: float, *,
             "reference_scores": {spec: res["reference_scores"]
                                  for spec, res in zip(specs, results, strict=True)},
             "chosen": dict(choose(rows, tolerance, min_move=min_move)["options"]),
-            "grid": rows,
-            **({"warning": ALL_REJECTED} if all(r["rejected"] for r in rows) else {})}
+            "grid": rows, **all_rejected(rows)}
 
 
 def _toml_value(v) -> str:
