@@ -53,6 +53,10 @@ FAIL_RATIO = 0.5  # per-example "fail": score below this fraction of the permuta
 OVER_MIA = 0.10
 OVER_FNR = 0.02
 ROWS_FILE = "rows.json"
+# --gate-runs pseudo-entry: exact retraining gated like a method (the other N - 1 retrained
+# models, each against the original and the first): the pass rate the gate's checks allow a
+# model that forgot exactly, the yardstick of every other pass rate.
+RETRAINED = "retrained"
 
 
 def parse_entry(entry: str) -> tuple[str, dict]:
@@ -259,7 +263,7 @@ def gate_runs(model: Path, method: str, *, out: Path, n: int, seed: int,
     """The gate on every one of the N unlearned runs (``--gate-runs``), each against the
     original and the first retrained model as the deployed one is: how often a request served
     by this method would be accepted, not one draw. The N copies of ``original`` are one model,
-    gated once."""
+    gated once; ``retrained`` (:data:`RETRAINED`) gates the other N - 1 retrained models."""
     from collections import Counter
 
     from medunlearn.evaluation import forgetting_quality as fq
@@ -268,8 +272,11 @@ def gate_runs(model: Path, method: str, *, out: Path, n: int, seed: int,
 
     u_seeds, r_seeds = fq.seeds(seed, n)
     ref = out / "retrained" / f"seed-{r_seeds[0]}"
-    cands = [model] if method == ORIGINAL else \
-        [out / (label or method) / f"seed-{s}" for s in u_seeds]
+    if method == RETRAINED:
+        cands = [out / "retrained" / f"seed-{s}" for s in r_seeds[1:]]
+    else:
+        cands = [model] if method == ORIGINAL else \
+            [out / (label or method) / f"seed-{s}" for s in u_seeds]
     passed, reasons = [], Counter()
     for cand in cands:
         rec = evaluate_run(cand, original=model, reference=ref, data_root=data_root,
@@ -379,6 +386,20 @@ def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[
                 print(f"seed {seed} N {n} {entry:18s} score {row['score']:.3f} (null "
                       f"{_f(row['null'])}) U-LiRA {_f(row['ulira'])} gate "
                       f"{'pass' if row['gate'] else 'FAIL'} {row['wall']:.0f} s", file=sys.stderr)
+            if gated(RETRAINED, args.gate_runs):
+                from medunlearn.checkpoint import MODEL_FILE
+                from medunlearn.fileio import fingerprint, sha256_file
+
+                key = fingerprint({"original": sha256_file(model / MODEL_FILE),
+                                   "kind": RETRAINED, "forget": args.forget, "n": n,
+                                   "seed": seed})
+                if key not in cache or args.regate:
+                    cache[key] = {"kind": RETRAINED, "method": RETRAINED, "seed": seed, "n": n,
+                                  "dataset": dataset, **gate_runs(
+                                      model, RETRAINED, out=out, n=n, seed=seed,
+                                      data_root=args.data_root)}
+                    atomic_write_json(cache_path, cache)
+                rows.append(cache[key])
             if results and args.figures:
                 from medunlearn.plots import forgetting_quality_figure
 
@@ -448,6 +469,8 @@ def _mean_sd(values: list[float], d: int = 2) -> str:
 
 
 def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int]) -> str:
+    retrained = [r for r in rows if r.get("kind") == RETRAINED]
+    rows = [r for r in rows if r.get("kind") != RETRAINED]
     total = sum(r["wall"] for r in rows)
     datasets = sorted({r["dataset"] for r in rows})
     precisions = sorted({str(r.get("precision")) for r in rows})
@@ -536,6 +559,18 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         "jobs outside the heavy-job lock slowed single runs by up to several times, which a mean "
         "would carry; runs reused from earlier work keep the time they were trained in.",
     ]
+    if retrained:
+        lines += ["", "Exact retraining gated the same way (`--gate-runs retrained`): the other "
+                  "N - 1 retrained models of each seed, each against the original and the first "
+                  "retrained model. A method's pass rate reads against this one: the gate's "
+                  "clinical and utility checks compare with the original, and retraining itself "
+                  "can fail them.", "",
+                  "| N | seed | retrained models the gate passes | failing checks (models) |",
+                  "|---|---|---|---|"]
+        for r in retrained:
+            why = ", ".join(f"{k} {v}" for k, v in r["runs_gate_reasons"].items()) or "-"
+            lines.append(f"| {r['n']} | {r['seed']} | {r['runs_passed']}/{r['runs_gated']} | "
+                         f"{why} |")
     folded = [r for r in rows if r.get("fold_seconds") and r.get("r_secs")]
     if folded:
         lines += ["", "Methods that read K fold models (trained once per original before the "

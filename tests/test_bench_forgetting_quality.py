@@ -52,7 +52,10 @@ def test_render_keeps_variants_apart_and_counts_gated_runs(bq):
             _row("noise-repair", 1, ratio=0.4, gate=False, passed=9),
             _row("noise-repair@epochs=3", 0, ratio=0.7, gate=True, passed=16),
             _row("noise-repair@epochs=3", 1, ratio=0.5, gate=True),  # not gated run by run
-            _row("original", 0, ratio=0.0, gate=False, passed=0)]
+            _row("original", 0, ratio=0.0, gate=False, passed=0),
+            {"kind": bq.RETRAINED, "method": bq.RETRAINED, "seed": 0, "n": 16,
+             "runs_gated": 15, "runs_passed": 13,
+             "runs_gate_reasons": {"global_risk_vs_original": 2, "ta_drop": 1}}]
     args = SimpleNamespace(quick=False, model=None, forget="random:0.1", note=None)
     text = bq.render(rows, args=args, work=Path("W"), seeds=[0, 1], ns=[16])
     lines = text.splitlines()
@@ -67,3 +70,6 @@ def test_render_keeps_variants_apart_and_counts_gated_runs(bq):
     assert "| 1/2 (23/32 runs) |" in summary["noise-repair"]
     assert "| 2/2 |" in summary["noise-repair@epochs=3"]  # one seed not gated run by run
     assert summary["noise-repair@epochs=3"].split(" | ")[-1] == "2/2 |"  # ratio >= 0.5 in
+    # exact retraining's pass rate: its own table, not a method row
+    assert "| 16 | 0 | 13/15 | global_risk_vs_original 2, ta_drop 1 |" in lines
+    assert not [ln for ln in lines if ln.startswith(f"| 16 | 0 | {bq.RETRAINED} |")]
