@@ -15,6 +15,11 @@ retrained model: ``evaluate_run`` with the safety gate (its verdict; the loss at
 check). ``original`` is a pseudo-method: the untouched original as all N "unlearned" models,
 scored exactly like a method (by the challenge's rule N identical models score 0).
 
+``--gate-runs`` gates every unlearned run of the named entries, not only the deployed one, and
+with ``retrained`` the other N - 1 retrained models too: how often the gate accepts a request
+served by the method, read against how often it accepts exact retraining. An entry
+``NAME@key=value,...`` measures options other than the published defaults beside them.
+
 Time / retraining is the mean unlearning time of the N runs over the mean of the N retrainings
 (and over the fastest retraining: a conservative ratio when the CPU was shared). Each finished
 row is kept in ``WORK/rows.json`` (keyed by everything it depends on), so the bench can run in
@@ -622,8 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gate-runs", default="", metavar="ENTRIES",
                    help="Also gate every one of the N unlearned runs of these --methods entries "
                         "(comma- or ';'-separated, or 'all') against the original and the first "
-                        "retrained model, and report how many pass; kept rows gain it without "
-                        "rerunning.")
+                        "retrained model, and report how many pass; 'retrained' also gates the "
+                        "other N - 1 retrained models (exact retraining's pass rate, the "
+                        "yardstick). Kept rows gain it without rerunning.")
     p.add_argument("--recompute", action="store_true",
                    help=f"Ignore the rows kept in WORK/{ROWS_FILE} (the runs are still reused).")
     args = p.parse_args(argv)
