@@ -298,13 +298,11 @@ def ensure_folds(model: Path, k: int) -> dict:
     (``medunlearn shadows MODEL --kind kfold``, in ``MODEL/kfold``; reused when there) with
     their one-time cost: the members' summed training time and K."""
     from medunlearn.evaluation.companions import KFOLD
-    from medunlearn.fileio import read_json
-    from medunlearn.runs.shadows import companions_for_run
+    from medunlearn.runs.shadows import companions_for_run, training_seconds
 
     t0 = time.perf_counter()
     cs = companions_for_run(model, kind=KFOLD, k=k, progress=True)
-    secs = [read_json(cs.path / "members" / f"k{j:02d}.json")["train_seconds"]
-            for j in range(cs.k)]
+    secs = training_seconds(cs.path)
     print(f"fold models {cs.path}: {cs.k}, {sum(secs):.0f} s of training "
           f"({time.perf_counter() - t0:.0f} s now)", file=sys.stderr)
     return {"fold_k": cs.k, "fold_seconds": float(sum(secs)),

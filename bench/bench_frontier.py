@@ -89,17 +89,13 @@ def fold_seconds(row: dict) -> float | None:
     the grid builds them in ``ORIGINAL/kfold``), else None. Every member but one trained on each
     forgotten image, so a deployment rebuilds them after every request: their time belongs to
     the request's cost."""
-    import json
-
     from medunlearn.methods.base import get_method_class
+    from medunlearn.runs.shadows import training_seconds
 
     if row["method"] == ORIGINAL_LABEL or row["method"] not in METHODS \
             or not get_method_class(row["method"]).needs_folds:
         return None
-    members = sorted((Path(row["original_dir"]) / "kfold" / "members").glob("k*.json"))
-    if not members:
-        return None
-    return sum(json.loads(m.read_text())["train_seconds"] for m in members)
+    return sum(training_seconds(Path(row["original_dir"]) / "kfold")) or None
 
 
 def summarize(rows: list[dict]) -> list[dict]:

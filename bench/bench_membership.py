@@ -149,9 +149,9 @@ def evaluate(cand: Path, original: Path, reference: Path, shadows: Path, out: Pa
 
 def shadow_cost(original: Path, shadows: Path) -> dict:
     from medunlearn.fileio import read_json
+    from medunlearn.runs.shadows import training_seconds
 
-    members = sorted((shadows / "members").glob("k*.json"))
-    secs = [read_json(p)["train_seconds"] for p in members]
+    secs = training_seconds(shadows)
     train = read_json(original / "metrics.json")["train_seconds"]
     return {"k": len(secs), "shadow_seconds": sum(secs), "train_seconds": train,
             "multiple": sum(secs) / train}

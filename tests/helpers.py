@@ -3,8 +3,10 @@ from each other)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,3 +99,13 @@ def report_row(method, ua, fnr, secs, passed, *, ratio, augment, seed):
                     for role, accs in (("model", (0.9, 0.7, 0.4)), ("reference", (0.8, 0.6, 0.3)))
                     for d, acc in zip(("easy", "medium", "hard"), accs, strict=True)},
     }
+
+
+def load_bench(name: str):
+    """A script of ``bench/`` (e.g. ``bench_frontier``) imported as a module, to test its pure
+    functions."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -3,21 +3,16 @@ gate over every unlearned run."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_forgetting_quality.py"
+from helpers import load_bench
 
 
 @pytest.fixture(scope="module")
 def bq():
-    spec = importlib.util.spec_from_file_location("bench_forgetting_quality", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_forgetting_quality")
 
 
 def test_entries_name_a_method_and_its_options(bq):

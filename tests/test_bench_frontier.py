@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_bench
 
 from medunlearn.experiments.config import parse_experiment
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_frontier.py"
 
 
 @pytest.fixture(scope="module")
 def bf():
-    spec = importlib.util.spec_from_file_location("bench_frontier", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_frontier")
 
 
 def _row(label, seed, gap, seconds, *, gr=0.1, fnr=0.01, gate=True, method=None):

@@ -282,12 +282,17 @@ def test_cli_writes_result_and_reuses_finished_runs(tiny_run, tmp_path, capsys):
     assert again["per_example"]["epsilon"] == res["per_example"]["epsilon"]
 
 
+def _finetune_check(tiny_run, out) -> list[str]:
+    """The verify-forgetting arguments of a 3 + 3 model fine-tuning check into ``out``."""
+    return ["verify-forgetting", "--model", str(tiny_run), "--forget", "random:0.1",
+            "--method", "finetune", "--n", "3", "--out", str(out), "--device", "cpu", "-q"]
+
+
 def test_cli_refuses_runs_of_another_configuration_unless_overwrite(tiny_run, tmp_path, capsys):
     from medunlearn.cli import main
 
     out = tmp_path / "fq"
-    args = ["verify-forgetting", "--model", str(tiny_run), "--forget", "random:0.1",
-            "--method", "finetune", "--n", "3", "--out", str(out), "--device", "cpu", "-q"]
+    args = _finetune_check(tiny_run, out)
     assert main([*args, "--option", "epochs=1"]) == 0
     first = (out / "finetune" / "seed-0" / "config.json").read_text()
     capsys.readouterr()
@@ -308,8 +313,7 @@ def test_labels_keep_option_sets_apart_and_share_the_retrained_runs(tiny_run, tm
     from medunlearn.cli import main
 
     out = tmp_path / "fq"
-    args = ["verify-forgetting", "--model", str(tiny_run), "--forget", "random:0.1",
-            "--method", "finetune", "--n", "3", "--out", str(out), "--device", "cpu", "-q"]
+    args = _finetune_check(tiny_run, out)
     assert main([*args, "--option", "epochs=1"]) == 0
     first = (out / "finetune" / "seed-0" / "config.json").read_text()
     assert main([*args, "--option", "epochs=2", "--label", "finetune@epochs=2"]) == 0

@@ -403,6 +403,13 @@ def run_recipe(config: dict) -> Recipe:
     return Recipe(build=lambda: model_from_spec(spec), train=train_cfg, spec=spec)
 
 
+def training_seconds(path: str | os.PathLike) -> list[float]:
+    """The training time of each member of the companion set at ``path``, in member order
+    (what building the set cost: its one-time price, or a request's rebuild of fold models)."""
+    return [read_json(m)["train_seconds"]
+            for m in sorted((Path(path) / MEMBERS_DIR).glob("k*.json"))]
+
+
 def companions_for_run(run_dir: str | os.PathLike, *, kind: str = SHADOW, k: int = 16,
                        out: str | os.PathLike | None = None, seed: int | None = None,
                        device: str | None = None, threads: int | None = None,
@@ -489,4 +496,4 @@ def train_shadows(model: torch.nn.Module, data: Dataset, *, out: str | os.PathLi
 
 __all__ = ["CALIBRATION_FILE", "MANIFEST_FILE", "companions_for_run", "default_folder",
            "load_companions", "load_member", "rebuild_command", "run_recipe", "shadows_for_run",
-           "train_companions", "train_shadows", "write_calibration"]
+           "train_companions", "train_shadows", "training_seconds", "write_calibration"]
