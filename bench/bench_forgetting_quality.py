@@ -319,14 +319,12 @@ def row_key(model: Path, method: str, *, forget: str, n: int, seed: int, dataset
             folds: str | None = None, options: dict | None = None) -> str:
     """Everything a row depends on: the original's weights, the method's resolved options, the
     forget spec, N, the seed (and the fold models a method reads)."""
-    import dataclasses
-
     from medunlearn.checkpoint import MODEL_FILE
     from medunlearn.fileio import fingerprint, sha256_file
-    from medunlearn.methods.base import resolve_method
+    from medunlearn.methods.base import key_options, resolve_method
 
     options = {} if method == ORIGINAL else \
-        dataclasses.asdict(resolve_method(method, dataset=dataset, options=options).config)
+        key_options(resolve_method(method, dataset=dataset, options=options))
     return fingerprint({"original": sha256_file(model / MODEL_FILE), "method": method,
                         "options": options, "forget": forget, "n": n, "seed": seed}
                        | ({"folds": folds} if folds else {}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,10 +14,16 @@ from medunlearn.data import load_dataset
 from medunlearn.errors import ConfigError
 from medunlearn.forget_set import select_forget
 from medunlearn.methods import UnlearnContext, create_method
-from medunlearn.methods._repair import conv_layers
+from medunlearn.methods._common import loss_weights
+from medunlearn.methods._repair import (
+    balanced_weights,
+    conv_layers,
+    match_operating_point,
+    operating_point_shift,
+)
 from medunlearn.methods.noise_repair import add_relative_noise, noisy_tensors
 from medunlearn.methods.reinit_small_grad import reinit_smallest, smallest_masks
-from medunlearn.training import build_for, fit, seed_everything
+from medunlearn.training import build_for, fit, predict_logits, seed_everything
 
 NEW = ("reinit-small-grad", "noise-repair")
 FAST = {"epochs": 1, "batch_size": 32, "augment": False, "retain_budget": 64}
@@ -96,12 +103,121 @@ def test_reproducible_for_a_seed_and_different_across_seeds(ds, trained, name):
     ("reinit-small-grad", "keep_grad_scale", 2.0, "[0, 1]"),
     ("noise-repair", "lr", 0.0, "positive"),
     ("reinit-small-grad", "retain_budget", -1, "non-negative"),
+    ("noise-repair", "balance", -0.5, "[0, 1]"),
+    ("reinit-small-grad", "balance", 1.5, "[0, 1]"),
+    ("noise-repair", "average", 1.0, "[0, 1)"),
+    ("reinit-small-grad", "average", -0.1, "[0, 1)"),
 ])
 def test_bad_options_fail_before_any_work(name, option, value, range_):
     with pytest.raises(ConfigError) as err:
         create_method(name, {option: value})  # validated at construction: no model needed
     msg = str(err.value)
     assert option in msg and range_ in msg and repr(value) in msg and name in msg
+
+
+def test_balance_tempers_the_recipe_class_weights(ds, trained):
+    ctx = make_ctx(ds, trained[1])
+    full = loss_weights(ctx, ctx.retain)
+    assert full is not None and not torch.allclose(full, torch.ones_like(full))  # imbalanced
+    assert torch.equal(balanced_weights(ctx, ctx.retain, 1.0), full)
+    assert torch.allclose(balanced_weights(ctx, ctx.retain, 0.5), full.sqrt())
+    assert balanced_weights(ctx, ctx.retain, 0.0) is None  # natural class frequencies
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_balance_changes_the_repair(ds, trained, name):
+    """The option acts (a model repaired on natural frequencies differs from a balanced one),
+    and the default is the recipe's weighting."""
+    assert create_method(name).config.balance == 1.0
+    a = run(name, ds, trained, seed=3).model
+    b = run(name, ds, trained, seed=3, balance=0.0).model
+    assert not states_equal(a, b)
+
+
+def test_operating_point_shift_matches_the_reference_predictions():
+    rng = np.random.default_rng(0)
+    z, t = rng.normal(size=(101, 2)), rng.normal(size=(101, 2)) + [0.0, 0.7]
+    b = operating_point_shift(z, t)
+    assert b[0] == 0.0 and b[1] != 0.0
+    assert ((z + b).argmax(1) == 1).sum() == (t.argmax(1) == 1).sum()
+    same = rng.normal(size=(50, 2))  # already at the reference's rate: the order is kept
+    assert ((same + operating_point_shift(same, same)).argmax(1) == same.argmax(1)).all()
+    z, t = rng.normal(size=(400, 4)), rng.normal(size=(400, 4)) + [0.0, 1.0, 0.0, -1.0]
+
+    def soft(x):
+        e = np.exp(x - x.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    b = operating_point_shift(z, t)
+    np.testing.assert_allclose(soft(z + b).mean(0), soft(t).mean(0), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def two_sided(ds, trained):
+    """The trained model with its output bias set so that it predicts half of the validation
+    images positive (the briefly trained model predicts one class there)."""
+    model, spec = trained
+    m = copy.deepcopy(model)
+    d = predict_logits(m, ds.val)
+    with torch.no_grad():
+        m.head.bias[1] -= float(np.median(d[:, 1] - d[:, 0])) + 1e-4
+    return m, spec
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_match_original_predicts_like_the_original_on_validation(ds, two_sided, name):
+    model, _ = two_sided
+    positives = int((predict_logits(model, ds.val).argmax(1) == 1).sum())
+    assert 0 < positives < len(ds.val)
+    out = run(name, ds, two_sided, seed=3, match_original=True)
+    shift = out.details["bias_shift"]
+    assert len(shift) == 2 and shift[1] != 0.0
+    plain = run(name, ds, two_sided, seed=3).model
+    assert torch.allclose(out.model.head.bias - plain.head.bias,
+                          torch.tensor(shift, dtype=plain.head.bias.dtype))
+    assert int((predict_logits(out.model, ds.val).argmax(1) == 1).sum()) == positives
+    # an original that predicts one class gives no operating point to match: no shift
+    one_class = run(name, ds, trained_one_class(two_sided), seed=3, match_original=True)
+    assert one_class.details["bias_shift"] == [0.0, 0.0]
+
+
+def trained_one_class(pair):
+    model, spec = pair
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.head.bias[1] -= 1e3
+    return m, spec
+
+
+def test_match_original_needs_a_linear_head(ds, trained):
+    ctx = make_ctx(ds, trained[1])
+    with pytest.raises(ConfigError, match="match_original"):
+        match_operating_point(torch.nn.Sequential(torch.nn.Flatten()), trained[0], ctx)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_average_returns_the_moving_average_of_the_repair(ds, trained, name):
+    out = run(name, ds, trained, seed=3, average=0.9)
+    plain = run(name, ds, trained, seed=3)
+    assert out.details["averaged_steps"] == out.steps == plain.steps
+    assert not states_equal(out.model, plain.model)
+    again = run(name, ds, trained, seed=3, average=0.9)
+    assert states_equal(out.model, again.model)
+
+
+def test_options_added_later_enter_result_keys_only_when_set():
+    """balance, average and match_original at their defaults are the released repair: keys of
+    earlier results (run folders, grid cells, bench rows) must not change; set, they must."""
+    from medunlearn.methods.base import config_dict, key_options
+
+    later = {"balance", "average", "match_original"}
+    for name in NEW:
+        plain = create_method(name)
+        assert later <= set(config_dict(plain)) and not later & set(key_options(plain))
+        assert set(config_dict(plain)) - set(key_options(plain)) == later
+        for opt, value in (("balance", 0.5), ("average", 0.9), ("match_original", True)):
+            keyed = key_options(create_method(name, {opt: value}))
+            assert keyed[opt] == value and not (later - {opt}) & set(keyed)
 
 
 def test_frozen_configs():

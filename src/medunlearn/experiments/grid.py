@@ -268,8 +268,8 @@ class ExperimentConfig:
 
     def cells(self, references: list[ReferenceJob] | None = None) -> list[CellJob]:
         from medunlearn.methods.base import (
-            config_dict,
             get_method_class,
+            key_options,
             resolve_method,
             revision_field,
         )
@@ -284,7 +284,7 @@ class ExperimentConfig:
                 # the key holds every resolved option (Config < methods.toml < the study's), so a
                 # change of the published defaults reruns the cells it affects
                 if (m.display, flag) not in resolved:
-                    resolved[m.display, flag] = config_dict(
+                    resolved[m.display, flag] = key_options(
                         resolve_method(m.name, dataset=flag, options=m.options_dict))
                 key = fingerprint({"kind": "cell", "reference": ref.key, "method": m.name,
                                    "options": resolved[m.display, flag],

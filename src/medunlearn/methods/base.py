@@ -120,7 +120,9 @@ def check_options(cfg, method: str) -> None:
               ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
               ("weight_decay", lambda v: v >= 0, "non-negative"),
               ("retain_budget", lambda v: v is None or v >= 0, "non-negative (or none)"),
-              ("retain_per_forget", lambda v: v is None or v > 0, "positive (or none)")]
+              ("retain_per_forget", lambda v: v is None or v > 0, "positive (or none)"),
+              ("balance", lambda v: 0 <= v <= 1, "in [0, 1]"),
+              ("average", lambda v: 0 <= v < 1, "in [0, 1)")]
     for name, ok, what in checks:
         if hasattr(cfg, name) and not ok(getattr(cfg, name)):
             raise ConfigError(f"Option {name} of method {method!r} must be {what}, got "
@@ -232,6 +234,24 @@ def resolve_method(method: str, *, dataset: str | None, options: dict | None = N
 
 def config_dict(method: Method) -> dict:
     return dataclasses.asdict(method.config)
+
+
+#: Field metadata of an option added to a method after its release, whose default reproduces
+#: the earlier behaviour exactly: such an option enters result keys only when it is set.
+KEYED_WHEN_SET = {"keyed": "when_set"}
+
+
+def key_options(method: Method) -> dict:
+    """The resolved options that identify a method's results (run folders, grid cells, bench
+    rows): every option, except those marked :data:`KEYED_WHEN_SET` while they hold their
+    default. Results computed before such an option existed keep their keys and stay valid;
+    records still list every option (:func:`config_dict`)."""
+    cfg = method.config
+    out = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("keyed") == "when_set" and getattr(cfg, f.name) == f.default:
+            del out[f.name]
+    return out
 
 
 def revision_field(method: Method | type[Method]) -> dict:

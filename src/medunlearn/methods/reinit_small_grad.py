@@ -35,7 +35,7 @@ from medunlearn.methods._common import (
     subsample,
 )
 from medunlearn.methods._repair import (
-    RepairOptions,
+    BalancedRepairOptions,
     check_range,
     conv_layers,
     kaiming_fan_out,
@@ -116,7 +116,7 @@ class ReinitSmallGrad(Method):
                "retain training")
 
     @dataclass(frozen=True)
-    class Config(RepairOptions):
+    class Config(BalancedRepairOptions):
         """Defaults (the best safe point of the PneumoniaMNIST per-example sweep,
         docs/results/damage_repair.md): fraction 0.15 of each convolution's entries
         re-initialised, ranked by the retain-minus-forget gradient; repair 2 epochs on 2048
@@ -155,9 +155,10 @@ class ReinitSmallGrad(Method):
                 if p.grad is not None:
                     p.grad.mul_(s.to(p.grad.device))
 
-        steps = repair(net, ctx, c, generator=g, desc=self.name,
-                       before_step=None if c.keep_grad_scale == 1.0 else scale_grads)
+        steps, details = repair(net, ctx, c, original=model, generator=g, desc=self.name,
+                                before_step=None if c.keep_grad_scale == 1.0 else scale_grads)
         reinit = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         return outcome(net, steps, reinitialised_entries=reinit, conv_entries=total,
-                       reinitialised_fraction=reinit / max(total, 1), gradient=c.gradient)
+                       reinitialised_fraction=reinit / max(total, 1), gradient=c.gradient,
+                       **details)

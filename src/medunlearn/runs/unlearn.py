@@ -42,6 +42,7 @@ from medunlearn.loop import Runtime
 from medunlearn.methods.base import (
     Method,
     config_dict,
+    key_options,
     resolve_method,
     revision_field,
     takes_retain_budget,
@@ -177,7 +178,7 @@ def run_unlearning(model_dir: str | os.PathLike, *, method: str, forget: str | S
     weights_sha = sha256_file(Path(model_dir) / MODEL_FILE)
     resolved = config_dict(algo)
     key = fingerprint({"kind": "unlearn", "original": weights_sha, "method": method,
-                       "options": resolved, "seed": seed,
+                       "options": key_options(algo), "seed": seed,
                        "forget": forget_set.forget.tolist(), "retain": len(forget_set.retain)}
                       | revision_field(algo)
                       | ({"folds": fold_set.manifest["fingerprint"]} if fold_set else {}))
