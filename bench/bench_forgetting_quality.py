@@ -168,8 +168,7 @@ def method_row(model: Path, method: str, *, out: Path, forget: str, n: int, seed
     the gated evaluation of its deployed model."""
     import numpy as np
 
-    from medunlearn.evaluation.gate import gate
-    from medunlearn.runs import evaluate_run, verify_forgetting
+    from medunlearn.runs import verify_forgetting
 
     runs: list[dict] = []
     t0 = time.perf_counter()
@@ -182,9 +181,10 @@ def method_row(model: Path, method: str, *, out: Path, forget: str, n: int, seed
     secs = {x["out"]: x["unlearn_seconds"] for x in runs}
     u_secs = [secs[p] for p in r["runs"]["unlearned"]]
     r_secs = [secs[p] for p in r["runs"]["retrained"]]
-    rec = evaluate_run(r["runs"]["unlearned"][0], original=model,
-                       reference=r["runs"]["retrained"][0], data_root=data_root)
-    row = {**_score_columns(r), **_population(rec, gate(rec)),
+    rec, verdict = evaluate_deployed(Path(r["runs"]["unlearned"][0]), model,
+                                     Path(r["runs"]["retrained"][0]), data_root=data_root,
+                                     original=False)
+    row = {**_score_columns(r), **_population(rec, verdict),
            "options": r["user_options"], "resolved": r["options"],
            "seconds_per_run": float(np.mean(u_secs)), "retrain_seconds": float(np.mean(r_secs)),
            "retrain_fastest": float(np.min(r_secs)), "u_secs": u_secs, "r_secs": r_secs,
@@ -200,7 +200,6 @@ def original_row(model: Path, *, out: Path, forget: str, n: int, seed: int,
     verify-forgetting), and the gate on the original against the first of them."""
     import numpy as np
 
-    from medunlearn import api
     from medunlearn.checkpoint import METRICS_FILE, load_run, load_run_and_data, read_json
     from medunlearn.errors import ConfigError
     from medunlearn.evaluation import forgetting_quality as fq
@@ -220,9 +219,8 @@ def original_row(model: Path, *, out: Path, forget: str, n: int, seed: int,
                           f"same run trains; {len(missing)} are missing (e.g. {missing[0]}). "
                           "List a real method before it in --methods.")
     rt = Runtime.create("cpu", "fp32", None)
-    ref = load_run(r_dirs[0])
-    rec, verdict = api.evaluate(run.model, dataset, forget=fs, original=run.model,
-                                reference=ref.model, gate=True, device=None)
+    rec, verdict = evaluate_deployed(model, model, r_dirs[0], data_root=data_root,
+                                     original=True)
     conf = forget_confidences(run.model, dataset.train, f_idx, runtime=rt)
     r_scores, r_ra, r_ta = [], [], []
     for d in r_dirs:
@@ -242,6 +240,19 @@ def original_row(model: Path, *, out: Path, forget: str, n: int, seed: int,
     return row, result
 
 
+def evaluate_deployed(cand: Path, model: Path, ref: Path, *, data_root: str | None,
+                      original: bool) -> tuple[dict, object]:
+    """The evaluation record and gate verdict of one candidate run folder against the original
+    ``model`` and the retrained ``ref``, as every row's gate columns are made (the untouched
+    original, ``original=True``, is scored on ``ref``'s forget set: it has none of its own)."""
+    from medunlearn.evaluation.gate import gate
+    from medunlearn.runs import evaluate_run
+
+    rec = evaluate_run(cand, original=model, reference=ref, data_root=data_root,
+                       forget=ref / "forget.csv" if original else None)
+    return rec, gate(rec)
+
+
 def regate(model: Path, method: str, *, out: Path, n: int, seed: int,
            data_root: str | None, label: str | None = None) -> dict:
     """The population columns of a kept row recomputed with the current gate (``--regate``):
@@ -250,16 +261,12 @@ def regate(model: Path, method: str, *, out: Path, n: int, seed: int,
     from datetime import UTC, datetime
 
     from medunlearn.evaluation import forgetting_quality as fq
-    from medunlearn.evaluation.gate import gate
-    from medunlearn.runs import evaluate_run
 
     u_seeds, r_seeds = fq.seeds(seed, n)
     cand = model if method == ORIGINAL else out / (label or method) / f"seed-{u_seeds[0]}"
-    rec = evaluate_run(cand, original=model, reference=out / "retrained" / f"seed-{r_seeds[0]}",
-                       data_root=data_root,
-                       forget=(out / "retrained" / f"seed-{r_seeds[0]}" / "forget.csv"
-                               if method == ORIGINAL else None))
-    return _population(rec, gate(rec)) | {
+    rec, verdict = evaluate_deployed(cand, model, out / "retrained" / f"seed-{r_seeds[0]}",
+                                     data_root=data_root, original=method == ORIGINAL)
+    return _population(rec, verdict) | {
         "regated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -272,8 +279,6 @@ def gate_runs(model: Path, method: str, *, out: Path, n: int, seed: int,
     from collections import Counter
 
     from medunlearn.evaluation import forgetting_quality as fq
-    from medunlearn.evaluation.gate import gate
-    from medunlearn.runs import evaluate_run
 
     u_seeds, r_seeds = fq.seeds(seed, n)
     ref = out / "retrained" / f"seed-{r_seeds[0]}"
@@ -284,9 +289,8 @@ def gate_runs(model: Path, method: str, *, out: Path, n: int, seed: int,
             [out / (label or method) / f"seed-{s}" for s in u_seeds]
     passed, reasons = [], Counter()
     for cand in cands:
-        rec = evaluate_run(cand, original=model, reference=ref, data_root=data_root,
-                           forget=ref / "forget.csv" if method == ORIGINAL else None)
-        verdict = gate(rec)
+        _, verdict = evaluate_deployed(cand, model, ref, data_root=data_root,
+                                       original=method == ORIGINAL)
         passed.append(bool(verdict.passed))
         reasons.update({x.split(":")[0] for x in verdict.reasons})
     return {"runs_gated": len(cands), "runs_passed": sum(passed),

@@ -68,3 +68,41 @@ def test_render_keeps_variants_apart_and_counts_gated_runs(bq):
     # exact retraining's pass rate: its own table, not a method row
     assert "| 16 | 0 | 13/15 | global_risk_vs_original 2, ta_drop 1 |" in lines
     assert not [ln for ln in lines if ln.startswith(f"| 16 | 0 | {bq.RETRAINED} |")]
+
+
+def test_bench_end_to_end_on_tiny_data(bq, synth_root, tmp_path):
+    """The bench on a tiny synthetic original, N = 3: a method with options, the do-nothing row
+    and exact retraining's own gate row, all evaluated the same way (evaluate_deployed); the
+    second call reuses every row."""
+    import json
+
+    from medunlearn.config import DataSource, ModelConfig, TrainConfig
+    from medunlearn.runs import run_training
+
+    model = tmp_path / "original"  # the synthetic files fail medmnist's MD5: no --quick
+    run_training(DataSource(dataset="breastmnist", data_root=str(synth_root), download=False,
+                            verify_md5=False),
+                 ModelConfig(width=8), TrainConfig(epochs=2, progress=False, threads=1),
+                 seed=0, out=model)
+    work, bench = tmp_path / "work", tmp_path / "BENCH.md"
+    entry = "noise-repair@match_original=true"
+    argv = ["--model", str(model), "--work", str(work), "--n", "3",
+            "--methods", f"{entry};original",
+            "--gate-runs", f"{entry};original;retrained", "--benchmarks", str(bench),
+            "--section", "tiny"]
+    assert bq.main(argv) == 0
+    rows = json.loads((work / bq.ROWS_FILE).read_text())
+    by = {r.get("label", r["method"]): r for r in rows.values()}
+    assert set(by) == {entry, "original", "retrained"}
+    assert by["original"]["score"] == 0.0 and by["original"]["gate"] is False
+    assert by["original"]["runs_gated"] == 1 and by["original"]["runs_passed"] == 0
+    assert "forget_changed" in by["original"]["runs_gate_reasons"]
+    assert by[entry]["options"] == {"match_original": True} and by[entry]["runs_gated"] == 3
+    assert by[entry]["runs_passed"] == 0 and "| 3 | 0 | 0/2 |" in bench.read_text()
+    assert by["retrained"]["runs_gated"] == 2  # the other N - 1 retrained models
+    assert (work / "fq-seed-0" / entry / "seed-0" / "model.safetensors").is_file()
+    text = bench.read_text()
+    assert f"| {entry} |" in text and "FAIL (one model)" in text and "(0/3 runs)" in text
+    before = (work / bq.ROWS_FILE).read_bytes()
+    assert bq.main(argv) == 0  # every row kept
+    assert (work / bq.ROWS_FILE).read_bytes() == before
