@@ -33,6 +33,14 @@ install_with_uv() {
     --override scripts/install-overrides.txt "${constraints[@]}" -e ".${extras:+[$extras]}"
 }
 if [ "$missing" = 1 ]; then
+  # Two first-time installs at once (two clones on one machine) fill their .venvs from one uv
+  # cache, and one was seen to end with a broken torch: installs on a machine take turns.
+  if command -v flock >/dev/null 2>&1; then
+    lockdir=${XDG_CACHE_HOME:-$HOME/.cache}
+    mkdir -p "$lockdir"
+    exec 9>"$lockdir/medunlearn-setup.lock"
+    flock 9 || true
+  fi
   echo "setup: installing medunlearn${extras:+ with [$extras]} into .venv (first time: about" \
        "5 GB, mostly the CUDA build of torch; see README 'Install cost')" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
