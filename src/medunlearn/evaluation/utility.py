@@ -11,11 +11,12 @@ from sklearn.metrics import recall_score, roc_auc_score
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``logits`` (N, K), computed stably in float64."""
+    """Softmax over the last axis of ``logits`` (N, K), or (..., K), computed stably in
+    float64."""
     z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medunlearn.errors import ConfigError
+from medunlearn.evaluation.utility import softmax
 from medunlearn.methods._common import SGDOptions, loss_weights, subsample, train_on
 from medunlearn.methods.base import KEYED_WHEN_SET, UnlearnContext
 from medunlearn.models import Classifier
@@ -136,11 +137,6 @@ def repair(net: Classifier, ctx: UnlearnContext, cfg: BalancedRepairOptions, *,
     return steps, details
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def operating_point_shift(logits: np.ndarray, target: np.ndarray, *, iterations: int = 100
                           ) -> np.ndarray:
     """(K,) logit offsets that make ``logits`` (N, K) predict like ``target`` (N, K), the
@@ -160,9 +156,9 @@ def operating_point_shift(logits: np.ndarray, target: np.ndarray, *, iterations:
         if 0 < m < len(d):  # the threshold halfway between the m-th and (m+1)-th difference
             b[1] = -(d[m - 1] + d[m]) / 2.0
         return b
-    prior = _softmax(t).mean(0)
+    prior = softmax(t).mean(0)
     for _ in range(iterations):
-        b += np.log(prior / _softmax(z + b).mean(0))
+        b += np.log(prior / softmax(z + b).mean(0))
     return b - b.mean()
 
 

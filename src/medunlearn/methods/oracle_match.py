@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from medunlearn.errors import ConfigError
 from medunlearn.evaluation.companions import KFOLD, KFOLD_HINT, CompanionSet
+from medunlearn.evaluation.utility import softmax
 from medunlearn.methods._common import clone_model, need_retain, outcome, subsample, train_on
 from medunlearn.methods._repair import RepairOptions, check_range
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
@@ -59,19 +60,13 @@ RETAIN_TARGETS = ("original", "folds")
 FOLDS_HINT = KFOLD_HINT  # what a user runs to build the fold models of run folder RUN
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def fold_probabilities(folds: CompanionSet, indices: np.ndarray, *, out_of_fold: bool
                        ) -> np.ndarray:
     """Mean probabilities ``(n, C)`` on training images ``indices`` of the fold models that did
     not (``out_of_fold``) or did train on each image. An image without such a model (outside the
     set's pool, e.g. forgotten earlier) gets the mean of all K."""
     idx = np.asarray(indices, dtype=np.int64)
-    probs = _softmax(folds.logits["train"][:, idx].astype(np.float64))  # (K, n, C)
+    probs = softmax(folds.logits["train"][:, idx].astype(np.float64))  # (K, n, C)
     use = ~folds.membership[:, idx] if out_of_fold else folds.membership[:, idx]  # (K, n)
     use = use.astype(np.float64)
     none = use.sum(axis=0) == 0
@@ -99,7 +94,7 @@ def spread_targets(probs: np.ndarray, sigma: float, generator: torch.Generator) 
         return probs
     z = torch.randn((n, c), generator=generator, dtype=torch.float64).numpy()  # cpu: seeded
     e = sigma * np.sqrt(c / (c - 1)) * (z - z.mean(axis=1, keepdims=True))
-    return _softmax(np.log(np.clip(probs, 1e-12, 1.0)) + e)
+    return softmax(np.log(np.clip(probs, 1e-12, 1.0)) + e)
 
 
 def check_folds(folds: CompanionSet | None, ctx: UnlearnContext, method: str) -> CompanionSet:
@@ -175,7 +170,7 @@ class OracleMatch(Method):
         if c.retain_target == "original":
             ctx.seen(retain_seen)
             logits = predict_logits(model, ctx.dataset.train, retain_seen, runtime=ctx.runtime)
-            targets[retain_seen] = torch.from_numpy(_softmax(logits.astype(np.float64))).float()
+            targets[retain_seen] = torch.from_numpy(softmax(logits.astype(np.float64))).float()
         else:
             targets[retain_seen] = torch.from_numpy(fold_probabilities(
                 folds, retain_seen.numpy(), out_of_fold=False)).float()
