@@ -7,7 +7,7 @@ seeded, random way (re-initialise weights, add weight noise, transpose kernels) 
 what those methods share:
 
 * :class:`RepairOptions` the optimisation options of the repair phase;
-  :class:`BalancedRepairOptions` adds how strongly its cross-entropy is class-balanced, a
+  :class:`LabelledRepairOptions` adds how strongly its cross-entropy is class-balanced, a
   weight average over its steps and a final operating-point match.
 * :func:`repair` the repair phase itself, on top of the one loop
   (:func:`medunlearn.methods._common.train_on`, hence :func:`medunlearn.loop.sgd_steps`).
@@ -50,7 +50,7 @@ class RepairOptions(SGDOptions):
 
 
 @dataclass(frozen=True)
-class BalancedRepairOptions(RepairOptions):
+class LabelledRepairOptions(RepairOptions):
     """Repair options of the methods that repair with labelled cross-entropy
     (:func:`repair`): ``balance`` is the exponent on the original recipe's class weights.
 
@@ -109,7 +109,7 @@ def kaiming_fan_out(shape: torch.Size, generator: torch.Generator) -> torch.Tens
     return torch.randn(shape, generator=generator) * std  # cpu: seeded draw
 
 
-def repair(net: Classifier, ctx: UnlearnContext, cfg: BalancedRepairOptions, *,
+def repair(net: Classifier, ctx: UnlearnContext, cfg: LabelledRepairOptions, *,
            original: Classifier, generator: torch.Generator, desc: str,
            before_step: Callable[[], None] | None = None) -> tuple[int, dict]:
     """Train ``net`` in place on random retain subsets with class-weighted cross-entropy
@@ -189,6 +189,6 @@ def match_operating_point(net: Classifier, original: Classifier, ctx: UnlearnCon
     return [float(v) for v in shift]
 
 
-__all__ = ["BalancedRepairOptions", "RepairOptions", "balanced_weights", "check_range",
+__all__ = ["LabelledRepairOptions", "RepairOptions", "balanced_weights", "check_range",
            "conv_layers", "kaiming_fan_out", "match_operating_point", "operating_point_shift",
            "repair"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from medunlearn.methods._common import clone_model, need_retain, outcome
-from medunlearn.methods._repair import BalancedRepairOptions, check_range, repair
+from medunlearn.methods._repair import LabelledRepairOptions, check_range, repair
 from medunlearn.methods.base import Method, UnlearnContext, UnlearnOutcome, register_method
 from medunlearn.models import Classifier
 
@@ -53,7 +53,7 @@ class NoiseRepair(Method):
     summary = "Gaussian noise on the weights (seeded), then class-balanced retain training"
 
     @dataclass(frozen=True)
-    class Config(BalancedRepairOptions):
+    class Config(LabelledRepairOptions):
         """Defaults (the best safe point of the PneumoniaMNIST per-example sweep,
         docs/results/damage_repair.md): noise 0.5 x each weight tensor's RMS; repair 2 epochs
         on 2048 random retain images each, lr 0.05 (cosine), batch 128, momentum 0.9, weight

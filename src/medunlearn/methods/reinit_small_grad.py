@@ -35,7 +35,7 @@ from medunlearn.methods._common import (
     subsample,
 )
 from medunlearn.methods._repair import (
-    BalancedRepairOptions,
+    LabelledRepairOptions,
     check_range,
     conv_layers,
     kaiming_fan_out,
@@ -116,7 +116,7 @@ class ReinitSmallGrad(Method):
                "retain training")
 
     @dataclass(frozen=True)
-    class Config(BalancedRepairOptions):
+    class Config(LabelledRepairOptions):
         """Defaults (the best safe point of the PneumoniaMNIST per-example sweep,
         docs/results/damage_repair.md): fraction 0.15 of each convolution's entries
         re-initialised, ranked by the retain-minus-forget gradient; repair 2 epochs on 2048
