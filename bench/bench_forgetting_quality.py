@@ -34,10 +34,16 @@ Usage::
         --size 64 --work runs/bench_fq_tb --seeds 0,1,2 --section forgetting_quality_seeds_tb
     .venv/bin/python bench/bench_forgetting_quality.py --dataset breastmnist --n 16,32 ...
     .venv/bin/python bench/bench_forgetting_quality.py --quick --n 3 --methods original,finetune
+
+``--publish-figures src/medunlearn/defaults/published_figures.json`` writes the measured methods'
+figures into the record certificates read (the figure of the method that served a request whose
+own per-image check was not run), from the rows at the options the registry serves each method
+with, averaged over ``--seeds``. That file is never edited by hand.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -481,14 +487,16 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
     precisions = sorted({str(r.get("precision")) for r in rows})
     forget_counts = sorted({r["forget_count"] for r in rows})
     regated = sorted({r["regated"] for r in rows if r.get("regated")})
+    n_regated = sum(bool(r.get("regated")) for r in rows)
     lines = [
         f"## Per-example forgetting quality over training seeds "
         f"(`bench/bench_forgetting_quality.py`), {', '.join(datasets)}",
         "",
         stamp(command_line()).rstrip("\n")
         + ("\n- **--quick smoke run (tiny model), not a measurement**" if args.quick else ""),
-        f"- This CPU computes bf16 natively: originals, retraining and unlearning ran in "
-        f"{'/'.join(precisions)} autocast; the forget-set scores in fp32.",
+        f"- Originals, retraining and unlearning ran in {'/'.join(precisions)}"
+        + (" autocast (this CPU computes bf16 natively)" if "bf16" in precisions else "")
+        + "; the forget-set scores in fp32.",
         f"- Originals: training seeds {', '.join(map(str, seeds))} "
         f"({'`' + str(args.model) + '`' if args.model else f'`{work}/model-seed-S`'}); forget "
         f"set `{args.forget}` drawn with the same seed ({'/'.join(map(str, forget_counts))} "
@@ -496,10 +504,10 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         f"seed; wall time of the rows {total / 60:.1f} min (summed over the calls that computed "
         f"them: the bench keeps finished rows in WORK/{ROWS_FILE})",
         *([f"- {args.note}"] if args.note else []),
-        *([f"- The gate, attack_auc, MIA-efficacy and FNR columns were re-evaluated with the "
-           f"gate of this commit ({' to '.join(dict.fromkeys([regated[0], regated[-1]]))}, "
-           "`--regate`); the scores are those of "
-           "the kept runs"] if regated else []),
+        *([f"- The gate, attack_auc, MIA-efficacy and FNR columns of {n_regated} of the "
+           f"{len(rows)} rows were re-evaluated with `--regate` "
+           f"({' to '.join(dict.fromkeys([regated[0], regated[-1]]))}), with the gate of the "
+           "code that ran then; the scores are those of the kept runs"] if regated else []),
         "",
         "| N | seed | method | forgetting quality [95% CI] | retrain null | score / null "
         "| U-LiRA acc | at cap (point-mass) | s / run (median) | time / retraining "
@@ -592,6 +600,49 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
     return "\n".join(lines) + "\n"
 
 
+def _options_text(resolved: dict) -> str:
+    return ", ".join(f"{k}={'none' if v is None else v}" for k, v in sorted(resolved.items()))
+
+
+def publish_figures(path: Path, rows: list[dict], *, section: str, forget: str, n: int
+                    ) -> list[str]:
+    """Merge the figures of ``rows`` into the published-figures record at ``path`` (written
+    atomically, keys sorted: the same rows give the same bytes). A method is published only from
+    rows at the options the registry serves it with (``registry.steps.REQUEST_OPTIONS``; for
+    most methods their defaults), averaged over the rows' training seeds; the untouched original
+    and exact retraining are not published. Returns the published methods."""
+    from medunlearn.fileio import atomic_write_text, read_json
+    from medunlearn.registry.steps import REQUEST_OPTIONS
+
+    record = read_json(path) if path.is_file() else {}
+    record.setdefault("datasets", {})
+    record.setdefault("figures", {})
+    chosen: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r.get("kind") == RETRAINED or r["method"] == ORIGINAL or r["n"] != n \
+                or r.get("ratio") is None:
+            continue
+        if dict(r.get("options") or {}) != REQUEST_OPTIONS.get(r["method"], {}):
+            continue
+        chosen.setdefault((r["dataset"], r["method"]), []).append(r)
+    for (dataset, method), group in sorted(chosen.items()):
+        group.sort(key=lambda r: r["seed"])
+        per_seed = [{"seed": r["seed"], "ratio": round(r["ratio"], 4),
+                     "score": round(r["score"], 4), "ci": [round(c, 4) for c in r["ci"]],
+                     "null": round(r["null"], 4), "gate": bool(r["gate"]),
+                     **({"runs_passed": r["runs_passed"], "runs_gated": r["runs_gated"]}
+                        if "runs_gated" in r else {})} for r in group]
+        record["datasets"].setdefault(dataset.lower(), dataset.lower())
+        record["figures"].setdefault(dataset.lower(), {})[method] = {
+            "ratio": round(statistics.mean(x["ratio"] for x in per_seed), 4),
+            "n": n, "forget": forget,
+            "options": _options_text(group[0].get("resolved") or {}) or "the defaults",
+            "section": section, "seeds": per_seed}
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    atomic_write_text(path, text)
+    return sorted({m for _, m in chosen})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = model_parser(__doc__, "forgetting_quality")
     p.add_argument("--dataset", default="pneumoniamnist",
@@ -632,6 +683,13 @@ def main(argv: list[str] | None = None) -> int:
                         "yardstick). Kept rows gain it without rerunning.")
     p.add_argument("--recompute", action="store_true",
                    help=f"Ignore the rows kept in WORK/{ROWS_FILE} (the runs are still reused).")
+    p.add_argument("--publish-figures", type=Path, default=None, metavar="JSON",
+                   help="Write the measured methods' figures into this record of published "
+                        "figures (src/medunlearn/defaults/published_figures.json: what "
+                        "certificates show for a method whose request was not checked per "
+                        "image). Each method is published at the options the registry serves "
+                        "it with, averaged over --seeds, at the first --n; other methods and "
+                        "datasets in the file are kept.")
     args = p.parse_args(argv)
     seeds = parse_ints(args.seeds, "--seeds") if args.seeds else [args.seed]
     ns = parse_ints(args.n, "--n")
@@ -657,6 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows = measure(args, work, seeds=seeds, ns=ns, methods=methods)
     publish(args.section, render(rows, args=args, work=work, seeds=seeds, ns=ns), args, work)
+    if args.publish_figures:
+        done = publish_figures(args.publish_figures, rows, section=args.section,
+                               forget=args.forget, n=ns[0])
+        print(f"published figures of {', '.join(done) or 'no method'} in "
+              f"{args.publish_figures}", file=sys.stderr)
     return 0
 
 

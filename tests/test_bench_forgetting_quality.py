@@ -106,3 +106,37 @@ def test_bench_end_to_end_on_tiny_data(bq, synth_root, tmp_path):
     before = (work / bq.ROWS_FILE).read_bytes()
     assert bq.main(argv) == 0  # every row kept
     assert (work / bq.ROWS_FILE).read_bytes() == before
+
+
+def test_published_figures_are_the_served_options_averaged_over_seeds(bq, tmp_path):
+    """Only rows at the options the registry serves a method with are published (the registry's
+    Newton step is its final-layer scope), averaged over seeds; the original, exact retraining
+    and other datasets' figures are left alone; the same rows give the same bytes."""
+    import json
+
+    path = tmp_path / "figures.json"
+    path.write_text(json.dumps({"datasets": {"other": "other"},
+                                "figures": {"other": {"finetune": {"ratio": 0.2}}}}))
+    rows = [_row("noise-repair", 0, ratio=0.6, gate=True, passed=14),
+            _row("noise-repair", 1, ratio=0.4, gate=False),
+            _row("noise-repair@epochs=3", 0, ratio=0.9, gate=True),
+            _row("newton", 0, ratio=0.3, gate=True),
+            _row("newton@scope=head", 0, ratio=0.1, gate=True),
+            _row("original", 0, ratio=0.0, gate=False),
+            {"kind": bq.RETRAINED, "method": bq.RETRAINED, "seed": 0, "n": 16}]
+    for r in rows:
+        r["options"] = bq.parse_entry(r.get("label", r["method"]))[1]
+        r["resolved"] = {"noise": 0.5, "epochs": 2, "retain_budget": None}
+    done = bq.publish_figures(path, rows, section="fq", forget="random:0.1", n=16)
+    assert done == ["newton", "noise-repair"]
+    record = json.loads(path.read_text())
+    assert record["figures"]["other"] == {"finetune": {"ratio": 0.2}}
+    assert record["datasets"] == {"other": "other", "d": "d"}
+    nr = record["figures"]["d"]["noise-repair"]
+    assert nr["ratio"] == 0.5 and [s["seed"] for s in nr["seeds"]] == [0, 1]
+    assert nr["seeds"][0]["runs_passed"] == 14 and "runs_gated" not in nr["seeds"][1]
+    assert nr["options"] == "epochs=2, noise=0.5, retain_budget=none" and nr["section"] == "fq"
+    assert record["figures"]["d"]["newton"]["ratio"] == 0.1  # the head-scope row
+    first = path.read_bytes()
+    bq.publish_figures(path, rows, section="fq", forget="random:0.1", n=16)
+    assert path.read_bytes() == first

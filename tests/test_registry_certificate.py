@@ -95,16 +95,98 @@ def test_limits_are_clipped_to_the_scale_and_rounded_alike():
     assert "within 0.06" in fnr["question"] and fnr["limit_text"] == "at most 0.095 (0.035 + 0.06)"
 
 
-def test_a_published_figure_is_shown_for_the_method_not_the_request():
+def test_a_published_figure_is_shown_for_the_method_not_the_request(monkeypatch):
+    import importlib
+
     from medunlearn.registry.certificate import model_change, published_figure
 
+    certificate = importlib.import_module("medunlearn.registry.certificate")
+
+    seeds = [{"seed": 0, "ratio": 0.6, "score": 0.11, "ci": [0.1, 0.12], "null": 0.18,
+              "gate": True, "runs_passed": 15, "runs_gated": 16},
+             {"seed": 1, "ratio": 0.5, "score": 0.09, "ci": [0.08, 0.1], "null": 0.18,
+              "gate": False, "runs_passed": 9, "runs_gated": 16}]
+    fig = {"ratio": 0.55, "n": 16, "forget": "random:0.1", "options": "noise=0.5",
+           "section": "fq", "seeds": seeds}
+    record = {"datasets": {"pneumoniamnist": "pneumoniamnist"},
+              "figures": {"pneumoniamnist": {"noise-repair": fig,
+                                             "newton": fig | {"seeds": seeds[:1]}}}}
+    monkeypatch.setattr(certificate, "_published", lambda: record)
     cert = {"model_change": model_change("noise-repair"),
             "forgetting_quality": {"run": False, "applies": True}}
-    fig = published_figure(cert, "pneumoniamnist")
-    assert fig["ratio"] == 0.61 and "not for this request" in fig["in_words"]
+    shown = published_figure(cert, "PneumoniaMNIST")
+    words = shown["in_words"]
+    assert shown["ratio"] == 0.55 and "not for this request" in words
+    assert "mean over 2 training seeds, 0.50 to 0.60" in words and "10%" in words
+    assert "the safety gate accepted 24 of the 32 runs (BENCHMARKS.md section fq)" in words
+    del seeds[1]["runs_gated"]
+    assert "accepted 15 of the 16 runs of training seed 0" in \
+        published_figure(cert, "pneumoniamnist")["in_words"]
+    newton = published_figure(cert | {"model_change": model_change("newton")}, "pneumoniamnist")
+    assert "training seed 0" in newton["in_words"] and "final layer" in newton["in_words"]
     assert published_figure(cert | {"model_change": model_change("retrain")},
                             "pneumoniamnist") is None
-    assert published_figure(cert | {"model_change": model_change("newton")}, "tb") is None
     assert published_figure(cert, "breastmnist") is None
     cert["forgetting_quality"]["run"] = True
     assert published_figure(cert, "pneumoniamnist") is None
+
+
+def test_the_packaged_figures_are_the_benchmarks():
+    """Every figure in the packaged record names its section, and the section is in
+    BENCHMARKS.md with the figure's per-seed ratio in it."""
+    from pathlib import Path
+
+    from medunlearn.registry.certificate import _published
+
+    record = _published()
+    bench = (Path(__file__).resolve().parents[1] / "BENCHMARKS.md").read_text("utf-8")
+    assert record["figures"]
+    for dataset, methods in record["figures"].items():
+        assert record["datasets"][dataset] == dataset
+        for method, fig in methods.items():
+            assert f"<!-- bench:{fig['section']}:start -->" in bench, (dataset, method)
+            assert fig["seeds"] and abs(fig["ratio"] - sum(s["ratio"] for s in fig["seeds"])
+                                        / len(fig["seeds"])) < 1e-3
+
+
+def test_a_refreshed_figure_does_not_contradict_an_issued_certificate(model_dir, tmp_path,
+                                                                      monkeypatch):
+    """The published figure comes from the installed package, not from the registry: a release
+    with refreshed figures leaves earlier certificates verifiable; an edited request id does
+    not."""
+    import importlib
+
+    from medunlearn.registry import audit_registry
+    from medunlearn.registry.db import get_meta
+
+    certificate = importlib.import_module("medunlearn.registry.certificate")
+    reg = tmp_path / "reg"
+    init_registry(model_dir, reg, methods=["newton", "retrain"])
+    forget(reg, {"id": "DR-4", "subject": "ref-4", "indices": [3, 4, 5]}, unlearn=fake_unlearn,
+           verify=gate_verify)
+    from medunlearn.registry.db import connect
+
+    conn = connect(reg)
+    try:
+        dataset = get_meta(conn, "dataset")
+    finally:
+        conn.close()
+
+    def record(ratio):
+        seeds = [{"seed": 0, "ratio": ratio, "score": 0.1, "ci": [0.0, 0.2], "null": 0.2,
+                  "gate": True}]
+        return {"datasets": {dataset.lower(): "d"}, "figures": {"d": {"newton": {
+            "ratio": ratio, "n": 16, "forget": "random:0.1", "options": "scope=head",
+            "section": "fq", "seeds": seeds}}}}
+
+    monkeypatch.setattr(certificate, "_published", lambda: record(0.1))
+    cert = write_certificate(reg, "DR-4", tmp_path / "cert")
+    assert cert["published_figure"]["ratio"] == 0.1
+    assert cert["published_figure"]["in_words"] in cert["summary"]["paragraph"]
+    path = tmp_path / "cert" / "certificate.json"
+    monkeypatch.setattr(certificate, "_published", lambda: record(0.3))
+    assert audit_registry(reg, certificate_files=[path]).ok
+    data = json.loads(path.read_text())
+    data["request"]["subject"] = "someone else"
+    path.write_text(json.dumps(data))
+    assert not audit_registry(reg, certificate_files=[path]).ok

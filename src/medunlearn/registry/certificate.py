@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -195,10 +194,14 @@ def model_change(method: str | None) -> dict:
                            "learnt from the images but does not remove it by construction."}
 
 
+PUBLISHED_FIGURES = "defaults/published_figures.json"
+
+
 def _published() -> dict:
-    text = resources.files("medunlearn").joinpath("defaults/published_figures.toml").read_text(
-        "utf-8")
-    return tomllib.loads(text)
+    """The record of published per-example figures (written by
+    ``bench/bench_forgetting_quality.py --publish-figures``; never edited by hand)."""
+    text = resources.files("medunlearn").joinpath(PUBLISHED_FIGURES).read_text("utf-8")
+    return json.loads(text)
 
 
 def published_figure(cert: dict, dataset: str | None) -> dict | None:
@@ -207,17 +210,41 @@ def published_figure(cert: dict, dataset: str | None) -> dict | None:
     change, fq = cert["model_change"], cert["forgetting_quality"]
     if not change["kind"].startswith("approximate") or fq.get("run") or not fq.get("applies"):
         return None
-    table = _published()
-    key = table.get("datasets", {}).get((dataset or "").lower())
-    fig = table.get(key, {}).get(change["method"]) if key else None
+    record = _published()
+    key = record.get("datasets", {}).get((dataset or "").lower())
+    fig = record.get("figures", {}).get(key, {}).get(change["method"]) if key else None
     if not fig:
         return None
+    seeds = fig["seeds"]
+    over = (f"mean over {len(seeds)} training seeds, "
+            f"{min(x['ratio'] for x in seeds):.2f} to {max(x['ratio'] for x in seeds):.2f}"
+            if len(seeds) > 1 else f"training seed {seeds[0]['seed']}")
+    gated = [x for x in seeds if "runs_gated" in x]
+    where = "" if len(gated) == len(seeds) else \
+        f" of training seed{'s' if len(gated) > 1 else ''} " + ", ".join(
+            str(x["seed"]) for x in gated)
+    gate = (f"; the safety gate accepted {sum(x['runs_passed'] for x in gated)} of the "
+            f"{sum(x['runs_gated'] for x in gated)} runs{where}" if gated else "")
+    scope = " (on the final layer, as the registry runs it)" if \
+        change["kind"] == "approximate-final-layer" else ""
     return {"method": change["method"], "dataset": dataset, **fig, "in_words": (
-        f"For the method, not for this request: on the {dataset} benchmark (a random 10% of the "
-        f"training images forgotten, N = {fig['n']} models per side, options "
-        f"{fig['options']}), {change['method']} scored {fig['ratio']:.2f} times what retraining "
-        "itself scores on the per-image check (1 = as good as retraining; BENCHMARKS.md "
+        f"For the method, not for this request: on the {dataset} benchmark "
+        f"({_forget_words(fig['forget'])}, N = {fig['n']} models per "
+        f"side, options {fig['options']}), {change['method']}{scope} scored "
+        f"{fig['ratio']:.2f} times what retraining itself scores on the per-image check "
+        f"({over}; 1 = as good as retraining, 0 = the untouched model){gate} (BENCHMARKS.md "
         f"section {fig['section']}).")}
+
+
+def _forget_words(forget: str) -> str:
+    """``random:0.1`` -> "a random 10% of the training images forgotten"."""
+    kind, _, value = forget.partition(":")
+    try:
+        if kind == "random":
+            return f"a random {float(value) * 100:g}% of the training images forgotten"
+    except ValueError:
+        pass
+    return f"forget set {forget}"
 
 
 def _fq_section(reg: Path, r: sqlite3.Row, entries: list[dict]) -> dict:
@@ -432,6 +459,17 @@ def _short(v) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _drop_published_figure(cert: dict) -> None:
+    """Remove the published figure and its sentence in the summary: it describes the method on a
+    benchmark (the installed package's record, which a newer release may refresh), not
+    anything the registry recorded, so a certificate is not contradicted when it changes."""
+    fig = cert.pop("published_figure", None)
+    summary = cert.get("summary")
+    if isinstance(fig, dict) and isinstance(summary, dict) \
+            and isinstance(summary.get("paragraph"), str) and fig.get("in_words"):
+        summary["paragraph"] = summary["paragraph"].replace(" " + str(fig["in_words"]), "")
+
+
 def differences(reg: Path, conn: sqlite3.Connection, cert: dict, name: str) -> list[str]:
     """Every statement of ``cert`` that differs from the certificate the registry gives as of
     the ledger head the certificate recorded (empty when all agree). Its ledger pairs are
@@ -456,6 +494,8 @@ def differences(reg: Path, conn: sqlite3.Connection, cert: dict, name: str) -> l
                 (d.get("forgetting_quality") or {}).pop(k, None)
             if isinstance(d.get("forgetting_quality"), dict):
                 d["forgetting_quality"]["summary"] = None
+    for d in (have, want):  # a figure of the package about the method, not of the registry
+        _drop_published_figure(d)
     found: list[str] = []
     _diff("", have, want, found)
     later = [e["seq"] for e in ledger.entries(conn, rid) if e["seq"] > head
