@@ -600,8 +600,14 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
     return "\n".join(lines) + "\n"
 
 
+# Other names under which registries know a benchmark dataset (the figures record maps them).
+DATASET_ALIASES = {"tb-cxr": ("tb",)}
+
+
 def _options_text(resolved: dict) -> str:
-    return ", ".join(f"{k}={'none' if v is None else v}" for k, v in sorted(resolved.items()))
+    def text(v):
+        return "none" if v is None else json.dumps(v) if isinstance(v, bool) else str(v)
+    return ", ".join(f"{k}={text(v)}" for k, v in sorted(resolved.items()))
 
 
 def publish_figures(path: Path, rows: list[dict], *, section: str, forget: str, n: int
@@ -624,7 +630,12 @@ def publish_figures(path: Path, rows: list[dict], *, section: str, forget: str, 
             continue
         if dict(r.get("options") or {}) != REQUEST_OPTIONS.get(r["method"], {}):
             continue
-        chosen.setdefault((r["dataset"], r["method"]), []).append(r)
+        group = chosen.setdefault((r["dataset"], r["method"]), [])
+        if any(x["seed"] == r["seed"] for x in group):
+            raise SystemExit(f"--publish-figures: two rows of {r['method']} on {r['dataset']} "
+                             f"for training seed {r['seed']} (an entry given twice?); list "
+                             "each method once")
+        group.append(r)
     for (dataset, method), group in sorted(chosen.items()):
         group.sort(key=lambda r: r["seed"])
         per_seed = [{"seed": r["seed"], "ratio": round(r["ratio"], 4),
@@ -632,7 +643,13 @@ def publish_figures(path: Path, rows: list[dict], *, section: str, forget: str, 
                      "null": round(r["null"], 4), "gate": bool(r["gate"]),
                      **({"runs_passed": r["runs_passed"], "runs_gated": r["runs_gated"]}
                         if "runs_gated" in r else {})} for r in group]
-        record["datasets"].setdefault(dataset.lower(), dataset.lower())
+        for name in (dataset, *DATASET_ALIASES.get(dataset.lower(), ())):
+            record["datasets"][name.lower()] = dataset.lower()
+        kept = record["figures"].get(dataset.lower(), {}).get(method)
+        if kept and len(kept.get("seeds", [])) > len(per_seed):
+            print(f"note: {method} on {dataset}: the published figure over "
+                  f"{len(kept['seeds'])} seeds is replaced by one over {len(per_seed)}",
+                  file=sys.stderr)
         record["figures"].setdefault(dataset.lower(), {})[method] = {
             "ratio": round(statistics.mean(x["ratio"] for x in per_seed), 4),
             "n": n, "forget": forget,
@@ -691,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
                         "it with, averaged over --seeds, at the first --n; other methods and "
                         "datasets in the file are kept.")
     args = p.parse_args(argv)
+    if args.publish_figures and args.quick:
+        raise SystemExit("--publish-figures publishes measurements; a --quick smoke run is not one")
     seeds = parse_ints(args.seeds, "--seeds") if args.seeds else [args.seed]
     ns = parse_ints(args.n, "--n")
     sep = ";" if ";" in args.methods else ","  # entries with several options hold commas

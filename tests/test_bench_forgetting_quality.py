@@ -140,3 +140,14 @@ def test_published_figures_are_the_served_options_averaged_over_seeds(bq, tmp_pa
     first = path.read_bytes()
     bq.publish_figures(path, rows, section="fq", forget="random:0.1", n=16)
     assert path.read_bytes() == first
+    with pytest.raises(SystemExit, match="two rows of noise-repair on d for training seed 0"):
+        bq.publish_figures(path, rows + rows[:1], section="fq", forget="random:0.1", n=16)
+    assert path.read_bytes() == first  # nothing written
+    tb = [_row("salun", 0, ratio=0.1, gate=True) | {"dataset": "tb-cxr", "options": {},
+                                                      "resolved": {"augment": True}}]
+    bq.publish_figures(path, tb, section="fq_tb", forget="random:0.1", n=16)
+    record = json.loads(path.read_text())
+    assert record["datasets"]["tb"] == record["datasets"]["tb-cxr"] == "tb-cxr"
+    assert record["figures"]["tb-cxr"]["salun"]["options"] == "augment=true"
+    with pytest.raises(SystemExit, match="smoke run"):
+        bq.main(["--quick", "--publish-figures", str(path)])

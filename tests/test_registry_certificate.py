@@ -118,10 +118,17 @@ def test_a_published_figure_is_shown_for_the_method_not_the_request(monkeypatch)
     words = shown["in_words"]
     assert shown["ratio"] == 0.55 and "not for this request" in words
     assert "mean over 2 training seeds, 0.50 to 0.60" in words and "10%" in words
+    same = certificate.figure_entry(fig | {"seeds": [seeds[0], seeds[0] | {"seed": 1}]},
+                                    cert["model_change"], "pneumoniamnist")["in_words"]
+    assert "mean over 2 training seeds, each 0.60" in same
+    broken = record | {"figures": {"pneumoniamnist": {"noise-repair": fig | {"seeds": []}}}}
+    monkeypatch.setattr(certificate, "_published", lambda: broken)
+    assert published_figure(cert, "pneumoniamnist") is None  # supplementary: never a crash
+    monkeypatch.setattr(certificate, "_published", lambda: record)
     assert "the safety gate accepted 24 of the 32 runs (BENCHMARKS.md section fq)" in words
     del seeds[1]["runs_gated"]
-    assert "accepted 15 of the 16 runs of training seed 0" in \
-        published_figure(cert, "pneumoniamnist")["in_words"]
+    assert "accepted 15 of the 16 runs of training seed 0 and the deployed model of 0 of the 1 " \
+        "other seed" in published_figure(cert, "pneumoniamnist")["in_words"]
     newton = published_figure(cert | {"model_change": model_change("newton")}, "pneumoniamnist")
     assert "training seed 0" in newton["in_words"] and "final layer" in newton["in_words"]
     assert published_figure(cert | {"model_change": model_change("retrain")},
@@ -132,8 +139,8 @@ def test_a_published_figure_is_shown_for_the_method_not_the_request(monkeypatch)
 
 
 def test_the_packaged_figures_are_the_benchmarks():
-    """Every figure in the packaged record names its section, and the section is in
-    BENCHMARKS.md with the figure's per-seed ratio in it."""
+    """Every figure in the packaged record names a section of BENCHMARKS.md, and its headline
+    ratio is the mean of its seeds' ratios."""
     from pathlib import Path
 
     from medunlearn.registry.certificate import _published
@@ -182,11 +189,69 @@ def test_a_refreshed_figure_does_not_contradict_an_issued_certificate(model_dir,
     monkeypatch.setattr(certificate, "_published", lambda: record(0.1))
     cert = write_certificate(reg, "DR-4", tmp_path / "cert")
     assert cert["published_figure"]["ratio"] == 0.1
-    assert cert["published_figure"]["in_words"] in cert["summary"]["paragraph"]
+    assert cert["summary"]["paragraph"].endswith(" " + cert["published_figure"]["in_words"])
     path = tmp_path / "cert" / "certificate.json"
     monkeypatch.setattr(certificate, "_published", lambda: record(0.3))
-    assert audit_registry(reg, certificate_files=[path]).ok
-    data = json.loads(path.read_text())
+    assert audit_registry(reg, certificate_files=[path]).ok  # a release refreshed the figure
+
+    def verified(edit) -> bool:
+        data = json.loads(json.dumps(cert))
+        edit(data)
+        path.write_text(json.dumps(data))
+        return audit_registry(reg, certificate_files=[path]).ok
+
+    def paragraph(d, text):
+        d["summary"]["paragraph"] = text
+
+    fig = cert["published_figure"]
+    head = cert["summary"]["paragraph"][:-len(fig["in_words"]) - 1]
+    assert verified(lambda d: (d.pop("published_figure"), paragraph(d, head)))  # issued earlier
+    # words of the figure's own (forged) numbers, as this package words them: only the numbers
+    # are not the registry's to check
+    forged = certificate.figure_entry(fig | {"ratio": 0.9}, cert["model_change"],
+                                      cert["dataset"])
+    assert verified(lambda d: (d.update(published_figure=forged),
+                               paragraph(d, head + " " + forged["in_words"])))
+    # the earlier wording of the same numbers still verifies
+    old_words = certificate._earlier_figure_words(fig, cert["model_change"], cert["dataset"])
+    assert verified(lambda d: (d["published_figure"].update(in_words=old_words),
+                               paragraph(d, head + " " + old_words)))
+    # text slipped into the summary under a made-up figure fails
+    slipped = "The images were deleted from every backup."
+    assert not verified(lambda d: (d["published_figure"].update(in_words=slipped),
+                                   paragraph(d, head + " " + slipped)))
+    assert not verified(lambda d: paragraph(
+        d, slipped + " " + cert["summary"]["paragraph"]))
+    # a figure for another method, or not at the end of the summary, fails
+    assert not verified(lambda d: d["published_figure"].update(method="retrain"))
+    assert not verified(lambda d: paragraph(d, " ".join([fig["in_words"], head])))
+    data = json.loads(json.dumps(cert))
     data["request"]["subject"] = "someone else"
     path.write_text(json.dumps(data))
     assert not audit_registry(reg, certificate_files=[path]).ok
+
+
+def test_a_figure_on_an_exact_request_fails_the_audit(model_dir, tmp_path, monkeypatch):
+    import importlib
+
+    from medunlearn.registry import audit_registry
+
+    certificate = importlib.import_module("medunlearn.registry.certificate")
+    reg = tmp_path / "reg"
+    init_registry(model_dir, reg, methods=["retrain"])
+    forget(reg, {"id": "DR-5", "subject": "ref-5", "indices": [3, 4, 5]}, unlearn=fake_unlearn,
+           verify=gate_verify)
+    cert = write_certificate(reg, "DR-5", tmp_path / "cert")
+    assert cert["published_figure"] is None
+    seeds = [{"seed": 0, "ratio": 1.0, "score": 0.2, "ci": [0.1, 0.3], "null": 0.2,
+              "gate": True}]
+    fig = certificate.figure_entry({"ratio": 1.0, "n": 16, "forget": "random:0.1",
+                                    "options": "-", "section": "fq", "seeds": seeds},
+                                   {"kind": "approximate", "method": "retrain"},
+                                   cert["dataset"])
+    cert["published_figure"] = fig
+    cert["summary"]["paragraph"] += " " + fig["in_words"]
+    path = tmp_path / "cert" / "certificate.json"
+    path.write_text(json.dumps(cert))
+    report = audit_registry(reg, certificate_files=[path])
+    assert not report.ok and any("published_figure" in p for p in report.problems)

@@ -12,7 +12,9 @@ the command that would check it. "Completed" is only ever the request's status.
 :func:`differences` compares a ``certificate.json`` with the certificate the registry gives now
 (as of the ledger head the certificate recorded): every statement in it, so a certificate whose
 images, subject, method, request id, checks or times were edited fails ``audit verify
---certificate``. :func:`write_certificate` writes the JSON and the HTML (:mod:`.certificate_html`).
+--certificate``. The one exception is the method's published benchmark figure, which comes from
+the installed package: only its form and place are checked (:func:`_strip_figure`).
+:func:`write_certificate` writes the JSON and the HTML (:mod:`.certificate_html`).
 """
 
 from __future__ import annotations
@@ -204,36 +206,76 @@ def _published() -> dict:
     return json.loads(text)
 
 
+def _figure_applies(cert: dict) -> bool:
+    """Whether a certificate shows a published figure: an approximate method served the request
+    and the request's own per-image check was not run."""
+    change, fq = cert.get("model_change") or {}, cert.get("forgetting_quality") or {}
+    return str(change.get("kind", "")).startswith("approximate") and not fq.get("run") \
+        and bool(fq.get("applies"))
+
+
 def published_figure(cert: dict, dataset: str | None) -> dict | None:
     """The method's published per-example figure on this dataset (BENCHMARKS.md), shown when an
-    approximate method served the request and its own per-image check was not run."""
-    change, fq = cert["model_change"], cert["forgetting_quality"]
-    if not change["kind"].startswith("approximate") or fq.get("run") or not fq.get("applies"):
+    approximate method served the request and its own per-image check was not run; None when
+    there is none (or the packaged record's entry is malformed: the figure is supplementary)."""
+    if not _figure_applies(cert):
         return None
     record = _published()
     key = record.get("datasets", {}).get((dataset or "").lower())
-    fig = record.get("figures", {}).get(key, {}).get(change["method"]) if key else None
+    fig = record.get("figures", {}).get(key, {}).get(cert["model_change"]["method"]) \
+        if key else None
     if not fig:
         return None
-    seeds = fig["seeds"]
-    over = (f"mean over {len(seeds)} training seeds, "
-            f"{min(x['ratio'] for x in seeds):.2f} to {max(x['ratio'] for x in seeds):.2f}"
-            if len(seeds) > 1 else f"training seed {seeds[0]['seed']}")
+    try:
+        return figure_entry(fig, cert["model_change"], dataset)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def figure_entry(fig: dict, change: dict, dataset: str | None) -> dict:
+    """The certificate's ``published_figure``: the record's fields and the sentence that says
+    what they mean. Rebuilt from a certificate's own fields by :func:`differences`."""
+    fields = {k: v for k, v in fig.items() if k not in ("method", "dataset", "in_words")}
+    seeds = fields["seeds"]
+    ratios = [float(x["ratio"]) for x in seeds]
+    spread = f"each {ratios[0]:.2f}" if f"{min(ratios):.2f}" == f"{max(ratios):.2f}" else \
+        f"{min(ratios):.2f} to {max(ratios):.2f}"
+    over = f"mean over {len(seeds)} training seeds, {spread}" if len(seeds) > 1 else \
+        f"training seed {seeds[0]['seed']}"
     gated = [x for x in seeds if "runs_gated" in x]
-    where = "" if len(gated) == len(seeds) else \
-        f" of training seed{'s' if len(gated) > 1 else ''} " + ", ".join(
-            str(x["seed"]) for x in gated)
-    gate = (f"; the safety gate accepted {sum(x['runs_passed'] for x in gated)} of the "
-            f"{sum(x['runs_gated'] for x in gated)} runs{where}" if gated else "")
+    gate = ""
+    if gated:
+        where = "" if len(gated) == len(seeds) else \
+            f" of training seed{'s' if len(gated) > 1 else ''} " + ", ".join(
+                str(x["seed"]) for x in gated)
+        gate = (f"; the safety gate accepted {sum(int(x['runs_passed']) for x in gated)} of "
+                f"the {sum(int(x['runs_gated']) for x in gated)} runs{where}")
+        rest = [x for x in seeds if "runs_gated" not in x]
+        if rest:
+            gate += (f" and the deployed model of {sum(bool(x['gate']) for x in rest)} of the "
+                     f"{len(rest)} other seed{'s' if len(rest) > 1 else ''}")
+    elif all("gate" in x for x in seeds):
+        gate = (f"; the safety gate accepted the deployed model of "
+                f"{sum(bool(x['gate']) for x in seeds)} of the {len(seeds)} seed"
+                f"{'s' if len(seeds) > 1 else ''}")
     scope = " (on the final layer, as the registry runs it)" if \
         change["kind"] == "approximate-final-layer" else ""
-    return {"method": change["method"], "dataset": dataset, **fig, "in_words": (
+    return {"method": change["method"], "dataset": dataset, **fields, "in_words": (
         f"For the method, not for this request: on the {dataset} benchmark "
-        f"({_forget_words(fig['forget'])}, N = {fig['n']} models per "
-        f"side, options {fig['options']}), {change['method']}{scope} scored "
-        f"{fig['ratio']:.2f} times what retraining itself scores on the per-image check "
-        f"({over}; 1 = as good as retraining, 0 = the untouched model){gate} (BENCHMARKS.md "
-        f"section {fig['section']}).")}
+        f"({_forget_words(str(fields['forget']))}, N = {fields['n']} models per "
+        f"side, options {fields['options']}), {change['method']}{scope} scored "
+        f"{float(fields['ratio']):.2f} times what retraining itself scores on the per-image "
+        f"check ({over}; 1 = as good as retraining, 0 = the untouched model){gate} "
+        f"(BENCHMARKS.md section {fields['section']}).")}
+
+
+def _earlier_figure_words(fig: dict, change: dict, dataset: str | None) -> str:
+    """The sentence certificates issued before the figures record (2026-12-05) gave a figure."""
+    return (f"For the method, not for this request: on the {dataset} benchmark (a random 10% "
+            f"of the training images forgotten, N = {fig['n']} models per side, options "
+            f"{fig['options']}), {change['method']} scored {float(fig['ratio']):.2f} times what "
+            "retraining itself scores on the per-image check (1 = as good as retraining; "
+            f"BENCHMARKS.md section {fig['section']}).")
 
 
 def _forget_words(forget: str) -> str:
@@ -459,15 +501,53 @@ def _short(v) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _drop_published_figure(cert: dict) -> None:
-    """Remove the published figure and its sentence in the summary: it describes the method on a
-    benchmark (the installed package's record, which a newer release may refresh), not
-    anything the registry recorded, so a certificate is not contradicted when it changes."""
-    fig = cert.pop("published_figure", None)
-    summary = cert.get("summary")
-    if isinstance(fig, dict) and isinstance(summary, dict) \
-            and isinstance(summary.get("paragraph"), str) and fig.get("in_words"):
-        summary["paragraph"] = summary["paragraph"].replace(" " + str(fig["in_words"]), "")
+def _figure_wordings(fig: dict, change: dict, dataset: str | None) -> set[str]:
+    """The sentences this package (now, or before the figures record) gives ``fig``'s fields."""
+    out = set()
+    for words in (figure_entry, _earlier_figure_words):
+        try:
+            out.add(words(fig, change, dataset)["in_words"] if words is figure_entry
+                    else words(fig, change, dataset))
+        except (KeyError, IndexError, TypeError, ValueError):
+            pass
+    return out
+
+
+def _strip_figure(have: dict, want: dict, name: str) -> list[str]:
+    """Take the published figure out of both certificates before they are compared, and check
+    what can be checked of the certificate's own.
+
+    The figure is a benchmark figure of the installed package about the method, not anything
+    the registry recorded: a release that refreshes it must not make earlier certificates fail,
+    so its numbers are not compared. Its form is: a certificate may show one only where the
+    registry's certificate would (an approximate method, the request's own check not run), for
+    the request's method and dataset, worded exactly as this package (or the earlier wording)
+    words those numbers, and only as the last sentence of the summary. Anything else is a
+    difference."""
+    found: list[str] = []
+    mine, theirs = have.pop("published_figure", None), want.pop("published_figure", None)
+    for cert, fig in ((want, theirs), (have, mine)):
+        summary = cert.get("summary")
+        if not isinstance(fig, dict) or not isinstance(summary, dict) \
+                or not isinstance(summary.get("paragraph"), str):
+            continue
+        tail = " " + str(fig.get("in_words"))
+        if cert is have:
+            change = want.get("model_change") or {}
+            allowed = _figure_wordings(fig, change, want.get("dataset"))
+            if not _figure_applies(want) or fig.get("method") != change.get("method") \
+                    or fig.get("dataset") != want.get("dataset") \
+                    or fig.get("in_words") not in allowed \
+                    or not summary["paragraph"].endswith(tail):
+                found.append(f"certificate {name}: published_figure: not a figure the registry's "
+                             "certificate of this request could show (method, dataset, "
+                             "wording or place in the summary differ)")
+                continue
+        if summary["paragraph"].endswith(tail):
+            summary["paragraph"] = summary["paragraph"][:-len(tail)]
+    if mine is not None and not isinstance(mine, dict):
+        found.append(f"certificate {name}: published_figure: not a figure")
+    return found
 
 
 def differences(reg: Path, conn: sqlite3.Connection, cert: dict, name: str) -> list[str]:
@@ -494,13 +574,12 @@ def differences(reg: Path, conn: sqlite3.Connection, cert: dict, name: str) -> l
                 (d.get("forgetting_quality") or {}).pop(k, None)
             if isinstance(d.get("forgetting_quality"), dict):
                 d["forgetting_quality"]["summary"] = None
-    for d in (have, want):  # a figure of the package about the method, not of the registry
-        _drop_published_figure(d)
+    figure = _strip_figure(have, want, name)  # the package's figure, not the registry's
     found: list[str] = []
     _diff("", have, want, found)
     later = [e["seq"] for e in ledger.entries(conn, rid) if e["seq"] > head
              and e["kind"] != proof_records.ENTRY_KIND]
-    out = [f"certificate {name}: {d}" for d in found[:20]]
+    out = figure + [f"certificate {name}: {d}" for d in found[:20]]
     if len(found) > 20:
         out.append(f"certificate {name}: and {len(found) - 20} more differences")
     if out and later:
