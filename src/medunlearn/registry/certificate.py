@@ -504,13 +504,26 @@ def _short(v) -> str:
 def _figure_wordings(fig: dict, change: dict, dataset: str | None) -> set[str]:
     """The sentences this package (now, or before the figures record) gives ``fig``'s fields."""
     out = set()
-    for words in (figure_entry, _earlier_figure_words):
+    for words in (lambda: figure_entry(fig, change, dataset)["in_words"],
+                  lambda: _earlier_figure_words(fig, change, dataset)):
         try:
-            out.add(words(fig, change, dataset)["in_words"] if words is figure_entry
-                    else words(fig, change, dataset))
+            out.add(words())
         except (KeyError, IndexError, TypeError, ValueError):
             pass
     return out
+
+
+def _cut_figure_sentence(cert: dict, fig) -> bool:
+    """Remove ``fig``'s sentence from the end of ``cert``'s summary; False if it is not there."""
+    summary = cert.get("summary")
+    if not isinstance(fig, dict) or not isinstance(summary, dict) \
+            or not isinstance(summary.get("paragraph"), str):
+        return False
+    tail = " " + str(fig.get("in_words"))
+    if not summary["paragraph"].endswith(tail):
+        return False
+    summary["paragraph"] = summary["paragraph"][:-len(tail)]
+    return True
 
 
 def _strip_figure(have: dict, want: dict, name: str) -> list[str]:
@@ -524,30 +537,19 @@ def _strip_figure(have: dict, want: dict, name: str) -> list[str]:
     the request's method and dataset, worded exactly as this package (or the earlier wording)
     words those numbers, and only as the last sentence of the summary. Anything else is a
     difference."""
-    found: list[str] = []
     mine, theirs = have.pop("published_figure", None), want.pop("published_figure", None)
-    for cert, fig in ((want, theirs), (have, mine)):
-        summary = cert.get("summary")
-        if not isinstance(fig, dict) or not isinstance(summary, dict) \
-                or not isinstance(summary.get("paragraph"), str):
-            continue
-        tail = " " + str(fig.get("in_words"))
-        if cert is have:
-            change = want.get("model_change") or {}
-            allowed = _figure_wordings(fig, change, want.get("dataset"))
-            if not _figure_applies(want) or fig.get("method") != change.get("method") \
-                    or fig.get("dataset") != want.get("dataset") \
-                    or fig.get("in_words") not in allowed \
-                    or not summary["paragraph"].endswith(tail):
-                found.append(f"certificate {name}: published_figure: not a figure the registry's "
-                             "certificate of this request could show (method, dataset, "
-                             "wording or place in the summary differ)")
-                continue
-        if summary["paragraph"].endswith(tail):
-            summary["paragraph"] = summary["paragraph"][:-len(tail)]
-    if mine is not None and not isinstance(mine, dict):
-        found.append(f"certificate {name}: published_figure: not a figure")
-    return found
+    _cut_figure_sentence(want, theirs)
+    if mine is None:
+        return []
+    change = want.get("model_change") or {}
+    if isinstance(mine, dict) and _figure_applies(want) \
+            and mine.get("method") == change.get("method") \
+            and mine.get("dataset") == want.get("dataset") \
+            and mine.get("in_words") in _figure_wordings(mine, change, want.get("dataset")) \
+            and _cut_figure_sentence(have, mine):
+        return []
+    return [f"certificate {name}: published_figure: not a figure the registry's certificate of "
+            "this request could show (method, dataset, wording or place in the summary differ)"]
 
 
 def differences(reg: Path, conn: sqlite3.Connection, cert: dict, name: str) -> list[str]:
