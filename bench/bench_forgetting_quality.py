@@ -164,6 +164,7 @@ def _score_columns(r: dict) -> dict:
             "null": r.get("forgetting_quality_null"), "ratio": r.get("forgetting_quality_vs_null"),
             "eps_median": r["epsilon_median"], "capped": r["epsilon_capped_fraction"],
             "peaky": r.get("epsilon_peaky_fraction", 0.0), "ulira": r.get("ulira_accuracy"),
+            "spread": r.get("spread_ratio"), "shift": r.get("confidence_shift"),
             "identical": r["identical_unlearned_models"], "forget_count": r["forget_count"]}
 
 
@@ -365,6 +366,7 @@ def measure(args, work: Path, *, seeds: list[int], ns: list[int], methods: list[
                 if key in cache:
                     row = cache[key]
                     _backfill_seconds(row, out)
+                    _backfill_spread(row, out)
                     print(f"seed {seed} N {n} {entry}: cached", file=sys.stderr)
                     if args.regate:
                         row |= regate(model, name, out=out, n=n, seed=seed,
@@ -453,6 +455,23 @@ def _backfill_seconds(row: dict, out: Path) -> None:
          for s in r_seeds]
 
 
+def _backfill_spread(row: dict, out: Path) -> None:
+    """Spread ratio and confidence shift of a row kept by an older bench, from the scores its
+    verify-forgetting folder kept (the row's first N models per side)."""
+    import numpy as np
+
+    from medunlearn.evaluation.forgetting_quality import spread_and_shift
+
+    if "spread" in row:
+        return
+    path = out / label_of(row) / "scores.npz"
+    row["spread"] = row["shift"] = None
+    if row["method"] != ORIGINAL and path.is_file():
+        with np.load(path) as z:
+            sh = spread_and_shift(z["unlearned"][:row["n"]], z["retrained"][:row["n"]])
+        row["spread"], row["shift"] = sh["spread_ratio"], sh["confidence_shift"]
+
+
 def _runs_gated(r: dict) -> str:
     """`` (k/N runs)``: how many of the row's unlearned runs the gate passed (--gate-runs)."""
     if "runs_gated" not in r:
@@ -468,6 +487,14 @@ def _runs_gated_sum(group: list[dict]) -> str:
         return ""
     return (f" ({sum(r['runs_passed'] for r in gated)}/{sum(r['runs_gated'] for r in gated)} "
             "runs)")
+
+
+def _spread(r: dict) -> str:
+    """The spread ratio and confidence shift of a row ("-" on rows kept from before the
+    column, and on kept rows of the original, whose scores no folder keeps)."""
+    if r.get("spread") is None:
+        return "-"
+    return f"{r['spread']:.2f}; {r['shift']:+.2f}"
 
 
 def _mean_sd(values: list[float], d: int = 2) -> str:
@@ -510,10 +537,10 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
            "code that ran then; the scores are those of the kept runs"] if regated else []),
         "",
         "| N | seed | method | forgetting quality [95% CI] | retrain null | score / null "
-        "| U-LiRA acc | at cap (point-mass) | s / run (median) | time / retraining "
-        "(median; fastest) "
+        "| U-LiRA acc | spread; shift | at cap (point-mass) | s / run (median) "
+        "| time / retraining (median; fastest) "
         "| gate | attack_auc | MIA-eff. (ref.) | test FNR % (ref.; original) | over-forgets |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lo, hi = r["ci"]
@@ -521,7 +548,7 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         ratio = _f(r["ratio"], 2) + (" (identical models)" if r["identical"] else "")
         lines.append(
             f"| {r['n']} | {r['seed']} | {label_of(r)} | {_f(r['score'])} [{_f(lo)}, {_f(hi)}] "
-            f"| {_f(r['null'])} | {ratio} | {_f(r['ulira'])} | {r['capped']:.0%} "
+            f"| {_f(r['null'])} | {ratio} | {_f(r['ulira'])} | {_spread(r)} | {r['capped']:.0%} "
             f"({r['peaky']:.0%}) | {statistics.median(r['u_secs'] or [0]):.1f} | "
             f"{_pct(t_mean)}%; {_pct(t_fast)}% | {'pass' if r['gate'] else 'FAIL'}"
             f"{_runs_gated(r)} | "
@@ -531,10 +558,10 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         "",
         "Over the seeds (mean ± sd; sd over training seeds):",
         "",
-        "| N | method | seeds | score / null | U-LiRA acc "
+        "| N | method | seeds | score / null | U-LiRA acc | spread; shift "
         "| time / retraining % (median; fastest) "
         "| gate passes | over-forgets | score / null >= 0.5 in |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in ns:
         for name in dict.fromkeys(label_of(r) for r in rows):
@@ -547,6 +574,8 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
             lines.append(
                 f"| {n} | {name} | {k} | {_mean_sd([r['ratio'] for r in group])} | "
                 f"{_mean_sd([r['ulira'] for r in group], 3)} | "
+                f"{_mean_sd([r.get('spread') for r in group])}; "
+                f"{_mean_sd([r.get('shift') for r in group])} | "
                 f"{_mean_sd([None if v is None else 100 * v for v in tm], 1)}; "
                 f"{_mean_sd([None if v is None else 100 * v for v in tf], 1)} | "
                 f"{sum(r['gate'] for r in group)}/{k}{_runs_gated_sum(group)} | "
@@ -562,7 +591,12 @@ def render(rows: list[dict], *, args, work: Path, seeds: list[int], ns: list[int
         "unlearning seeds S..S+N-1, retraining seeds S+100000... `original` is the untouched "
         "model as all N unlearned models: identical models get the cap epsilon on every image "
         "by the challenge's rule, so it scores 0 (its null is computed like any method's, from "
-        "its own pooled outputs). The gate, MIA-efficacy and FNR are the deployed model's "
+        "its own pooled outputs). Spread; shift (medians over the forget images): the N "
+        "unlearned runs' standard deviation over the N retrained models' (1 = as varied as "
+        "retraining, 0 = one model), and how far their mean sits from retraining's in "
+        "retraining's standard deviations (> 0: more confident on the forgotten images, as a "
+        "model that remembers them; < 0: less); `-` on rows kept from before the column. "
+        "The gate, MIA-efficacy and FNR are the deployed model's "
         "(unlearned seed S) against the original and the first retrained model; with "
         "--gate-runs, `(k/N runs)` says how many of the N unlearned runs the same gate passed. "
         "Over-forgets: "

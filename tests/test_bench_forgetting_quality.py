@@ -43,8 +43,10 @@ def _row(label, seed, *, ratio, gate, passed=None, method=None):
 
 
 def test_render_keeps_variants_apart_and_counts_gated_runs(bq):
-    rows = [_row("noise-repair", 0, ratio=0.6, gate=True, passed=14),
-            _row("noise-repair", 1, ratio=0.4, gate=False, passed=9),
+    rows = [_row("noise-repair", 0, ratio=0.6, gate=True, passed=14) | {"spread": 0.5,
+                                                                          "shift": -0.25},
+            _row("noise-repair", 1, ratio=0.4, gate=False, passed=9) | {"spread": 0.7,
+                                                                        "shift": 0.25},
             _row("noise-repair@epochs=3", 0, ratio=0.7, gate=True, passed=16),
             _row("noise-repair@epochs=3", 1, ratio=0.5, gate=True),  # not gated run by run
             _row("original", 0, ratio=0.0, gate=False, passed=0),
@@ -56,13 +58,17 @@ def test_render_keeps_variants_apart_and_counts_gated_runs(bq):
     lines = text.splitlines()
     per_seed = [ln for ln in lines if ln.startswith("| 16 | 0 | noise-repair |")]
     assert len(per_seed) == 1 and "| pass (14/16 runs) |" in per_seed[0]
+    assert "| 0.600 | 0.50; -0.25 | 0% (0%) |" in per_seed[0]  # U-LiRA, spread; shift, cap
+    assert "| 0.600 | - | 0% (0%) |" in next(  # a row kept from before the column
+        ln for ln in lines if ln.startswith("| 16 | 0 | noise-repair@epochs=3 |"))
     assert "| FAIL (9/16 runs) |" in next(ln for ln in lines
                                           if ln.startswith("| 16 | 1 | noise-repair |"))
     assert "| FAIL (one model) |" in next(ln for ln in lines
                                           if ln.startswith("| 16 | 0 | original |"))
     summary = {ln.split(" | ")[1]: ln for ln in lines if ln.startswith("| 16 | ")
-               and ln.count("|") == 10}
+               and ln.count("|") == 11}
     assert "| 1/2 (23/32 runs) |" in summary["noise-repair"]
+    assert "| 0.60 ± 0.14; 0.00 ± 0.35 |" in summary["noise-repair"]
     assert "| 2/2 |" in summary["noise-repair@epochs=3"]  # one seed not gated run by run
     assert summary["noise-repair@epochs=3"].split(" | ")[-1] == "2/2 |"  # ratio >= 0.5 in
     # exact retraining's pass rate: its own table, not a method row

@@ -139,6 +139,38 @@ def test_null_score_is_what_one_distribution_scores():
     assert shifted < 0.3 * null
 
 
+def test_spread_and_shift_by_hand_and_in_words():
+    # retrained {0, 2} and {10, 14}: sd sqrt 2 and 2 sqrt 2; unlearned {1, 2} and {16, 18}:
+    # sd sqrt(1/2) and sqrt 2 -> ratios 1/2 and 1/2; shifts (1.5 - 1) / sqrt 2 and
+    # (17 - 12) / (2 sqrt 2)
+    r = np.array([[0.0, 10.0], [2.0, 14.0]])
+    u = np.array([[1.0, 16.0], [2.0, 18.0]])
+    sh = fq.spread_and_shift(u, r)
+    assert sh["spread_ratio"] == pytest.approx(0.5)
+    assert sh["confidence_shift"] == pytest.approx(np.median([0.5 / 2 ** 0.5, 5 / 8 ** 0.5]))
+    # one model repeated: no spread; the same models: ratio 1, no shift
+    assert fq.spread_and_shift(np.repeat(u[:1], 3, 0), r)["spread_ratio"] == 0.0
+    assert fq.spread_and_shift(r, r) == {"spread_ratio": 1.0, "confidence_shift": 0.0}
+    with pytest.raises(ValueError):
+        fq.spread_and_shift(u[:1], r)
+    # the reading names what is wrong, and only that
+    assert "too alike" in fq.mismatch_reading(0.4, 0.0)
+    assert "remember" in fq.mismatch_reading(1.0, 1.2)
+    assert "less confident" in fq.mismatch_reading(1.0, -0.9)
+    both = fq.mismatch_reading(0.4, 1.2)
+    assert "too alike" in both and "remember" in both
+    assert "vary more" in fq.mismatch_reading(2.0, 0.0)
+    assert "close to retraining" in fq.mismatch_reading(1.0, 0.1)
+    assert fq.mismatch_reading(None, 0.1) == ""
+    # summarize reports both, and the record section carries them with a declared direction
+    rng = np.random.default_rng(0)
+    res = fq.summarize(rng.normal(size=(8, 20)) * 0.3 + 1.0, rng.normal(size=(8, 20)),
+                       resamples=20, null_permutations=0)
+    assert res["spread_ratio"] < 0.5 and res["confidence_shift"] > 0.5
+    assert {"spread_ratio", "confidence_shift"} <= set(fq.record_section(res))
+    assert DIRECTIONS["spread_ratio"] == DIRECTIONS["confidence_shift"] == "info"
+
+
 def test_directions_declared_for_reported_values():
     for key in ("forgetting_quality", "forgetting_quality_adjusted", "forgetting_quality_vs_null",
                 "epsilon_mean", "epsilon_median", "epsilon_capped_fraction", "ulira_accuracy"):
@@ -268,7 +300,9 @@ def test_cli_writes_result_and_reuses_finished_runs(tiny_run, tmp_path, capsys):
         ["seed-100000", "seed-100001", "seed-100002"]
     with np.load(out / "finetune" / "scores.npz") as z:
         assert z["unlearned"].shape == z["retrained"].shape == (3, 8)
-    assert "forgetting quality" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "forgetting quality" in printed and "against retraining: " in printed
+    assert res["spread_ratio"] >= 0 and np.isfinite(res["confidence_shift"])
     from medunlearn.evaluation.forgetting_quality import examples_for
 
     pe = res["per_example"]

@@ -112,6 +112,7 @@ def test_rerun_reuses_the_trained_models(fq_reg, capsys):
     assert main(["audit", "forgetting-quality", str(reg), "R2", "--n", "3", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "forgetting quality" in out and "recorded in ledger entry" in out
+    assert "against retraining: " in out
     rec = json.loads((folder(reg, "R2") / RECORD_FILE).read_text())
     assert rec["verify_result"]["runs"]["reused"] == 6
     entries = _fq_entries(reg)

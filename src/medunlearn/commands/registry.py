@@ -485,7 +485,7 @@ def forgetting_quality_cmd(
     REG/forgetting_quality/ are reused.
     """
     from medunlearn.commands._common import fmt
-    from medunlearn.evaluation.forgetting_quality import check_n
+    from medunlearn.evaluation.forgetting_quality import check_n, mismatch_reading
     from medunlearn.registry.forgetting_proof import forgetting_quality_for
     from medunlearn.registry.proof_records import RECORD_FILE, folder
 
@@ -498,6 +498,10 @@ def forgetting_quality_cmd(
     typer.echo(f"forgetting quality {fmt(rec['forgetting_quality'])} "
                f"[95% CI {fmt(lo)}, {fmt(hi)}]; retraining itself scores "
                f"~{fmt(rec['forgetting_quality_null'])} at this N")
+    summary = rec.get("summary") or {}
+    reading = mismatch_reading(summary.get("spread_ratio"), summary.get("confidence_shift"))
+    if reading and not rec.get("identical_unlearned_models"):
+        typer.echo(f"against retraining: {reading}")
     for x in rec["examples"]:
         typer.echo(f"  {x['sha256'][:16]}  epsilon {fmt(x['epsilon'])}  U-LiRA "
                    f"{fmt(x.get('ulira_accuracy'))}")

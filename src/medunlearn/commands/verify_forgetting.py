@@ -48,7 +48,7 @@ def verify_forgetting(
     """Prove forgetting per example: train N unlearned and N retrained models, and score how
     well each forget image's outputs tell them apart (epsilon, forgetting quality, U-LiRA)."""
     from medunlearn.config import parse_option_pairs
-    from medunlearn.evaluation.forgetting_quality import RESULT_FILE, check_n
+    from medunlearn.evaluation.forgetting_quality import RESULT_FILE, check_n, mismatch_reading
     from medunlearn.runs import verify_forgetting as run_check
 
     check_n(n)
@@ -67,6 +67,9 @@ def verify_forgetting(
     typer.echo(f"epsilon median {fmt(r['epsilon_median'])}, mean {fmt(r['epsilon_mean'])}, "
                f"{r['epsilon_capped_fraction']:.0%} at the cap; U-LiRA accuracy "
                f"{fmt(r.get('ulira_accuracy'))} (0.5 = indistinguishable)")
+    reading = mismatch_reading(r.get("spread_ratio"), r.get("confidence_shift"))
+    if reading and not r.get("identical_unlearned_models"):
+        typer.echo(f"against retraining: {reading}")
     if r.get("note"):
         typer.echo(f"note: {r['note']}")
     typer.echo(f"written: {out / r['label'] / RESULT_FILE}")

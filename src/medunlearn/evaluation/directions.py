@@ -67,6 +67,10 @@ DIRECTIONS: dict[str, str] = {
     "epsilon_median": LOWER,
     "epsilon_capped_fraction": LOWER,
     "epsilon_peaky_fraction": LOWER,  # capped because the unlearned outputs barely vary
+    # medians over the forget examples of the unlearned runs' spread over retraining's (1 = as
+    # varied) and of their mean's distance from retraining's in its sd (0 = as confident)
+    "spread_ratio": INFO,
+    "confidence_shift": INFO,
     "ulira_accuracy": REFERENCE,  # per-example U-LiRA balanced accuracy; 0.5 = indistinguishable
     # per-image membership evidence from shadow models (evaluation.membership; record section
     # models.<role>.membership): about N(0, 1) for a model that never saw the forgotten images

@@ -306,6 +306,62 @@ def ulira(unlearned: np.ndarray, retrained: np.ndarray, *, min_std: float = 1e-3
     return {"accuracy": acc, "log_ratio": log_ratio0}
 
 
+# What the two summaries below call a mismatch worth naming (a reading aid, not a test): the
+# unlearned runs spread less than SPREAD_LOW or more than SPREAD_HIGH times as much as the
+# retrained ones, or sit more than SHIFT_SD of retraining's spread away from its mean.
+SPREAD_LOW, SPREAD_HIGH, SHIFT_SD = 0.7, 1.4, 0.5
+
+
+def spread_and_shift(unlearned: np.ndarray, retrained: np.ndarray, *, min_std: float = 1e-3
+                     ) -> dict:
+    """How the unlearned runs' scores on the forget examples differ from retraining's.
+
+    Per example, with ``sd_r`` the retrained models' standard deviation (floored at
+    ``min_std``):
+
+    * **spread ratio**: ``sd_u / sd_r``; 1 = the runs vary as much as independent retrainings,
+      0 = every run gives the same output (a deterministic method);
+    * **confidence shift**: ``(mean_u - mean_r) / sd_r``; > 0: the runs are more confident on
+      the forgotten image than retraining is (what remembering looks like), < 0: less confident
+      (damage the method did not repair, or forgetting beyond retraining).
+
+    Returns:
+        ``{"spread_ratio", "confidence_shift"}``: the medians over examples (robust to the few
+        saturated examples whose ``sd_r`` is near 0).
+    """
+    u = np.asarray(unlearned, np.float64)
+    r = np.asarray(retrained, np.float64)
+    if len(u) < 2 or len(r) < 2:
+        raise ValueError("a spread needs at least 2 models per side")
+    sd_r = np.maximum(r.std(axis=0, ddof=1), min_std)
+    return {"spread_ratio": float(np.median(u.std(axis=0, ddof=1) / sd_r)),
+            "confidence_shift": float(np.median((u.mean(axis=0) - r.mean(axis=0)) / sd_r))}
+
+
+def mismatch_reading(spread_ratio: float | None, shift: float | None) -> str:
+    """Plain words for :func:`spread_and_shift`: what separates the unlearned runs from
+    retraining on the forget examples (empty when neither number is given)."""
+    if spread_ratio is None or shift is None:
+        return ""
+    parts = []
+    if spread_ratio < SPREAD_LOW:
+        parts.append(f"the runs are too alike (spread {spread_ratio:.2f}x retraining's): each "
+                     "run stays close to the original instead of varying as retrainings do")
+    elif spread_ratio > SPREAD_HIGH:
+        parts.append(f"the runs vary more than retrainings do (spread {spread_ratio:.2f}x)")
+    if shift > SHIFT_SD:
+        parts.append(f"they are more confident on the forgotten images than retraining "
+                     f"(+{shift:.2f} sd): they still remember them")
+    elif shift < -SHIFT_SD:
+        parts.append(f"they are less confident on the forgotten images than retraining "
+                     f"({shift:.2f} sd): damage left unrepaired, or forgetting beyond "
+                     "retraining")
+    if not parts:
+        return (f"spread ({spread_ratio:.2f}x) and confidence ({shift:+.2f} sd) are close to "
+                "retraining's; what remains is image by image")
+    return "; ".join(parts)
+
+
 def histogram(eps: np.ndarray, n_models: int) -> list[dict]:
     """Counts of examples per score bucket (and beyond the last bucket)."""
     eps = np.asarray(eps, dtype=np.float64)
@@ -347,6 +403,8 @@ def summarize(unlearned: np.ndarray, retrained: np.ndarray, *, delta: float = DE
         "per_example": {"epsilon": eps.tolist()},
         "identical_unlearned_models": bool(np.ptp(u, axis=0).max() == 0),
     }
+    if len(u) >= 2 and len(r) >= 2:
+        out.update(spread_and_shift(u, r))
     if null_permutations:
         null = null_score(u, r, permutations=null_permutations, seed=seed, delta=delta)
         out["forgetting_quality_null"] = null
@@ -401,7 +459,7 @@ def record_section(result: Mapping) -> dict:
     keys = ("forgetting_quality", "forgetting_quality_ci", "forgetting_quality_adjusted",
             "forgetting_quality_null", "forgetting_quality_vs_null", "epsilon_mean",
             "epsilon_median", "epsilon_capped_fraction", "epsilon_peaky_fraction",
-            "ulira_accuracy", "n_models",
+            "ulira_accuracy", "spread_ratio", "confidence_shift", "n_models",
             "forget_count", "wall_seconds")
     return {k: result[k] for k in keys if k in result}
 
