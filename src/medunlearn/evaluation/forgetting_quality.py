@@ -333,9 +333,9 @@ def spread_and_shift(unlearned: np.ndarray, retrained: np.ndarray, *, min_std: f
     r = np.asarray(retrained, np.float64)
     if len(u) < 2 or len(r) < 2:
         raise ValueError("a spread needs at least 2 models per side")
-    sd_r = np.maximum(r.std(axis=0, ddof=1), min_std)
+    mu_r, sd_r = _fit(r, 0, min_std)  # U-LiRA's fit of the retrained side; u's spread unfloored
     return {"spread_ratio": float(np.median(u.std(axis=0, ddof=1) / sd_r)),
-            "confidence_shift": float(np.median((u.mean(axis=0) - r.mean(axis=0)) / sd_r))}
+            "confidence_shift": float(np.median((u.mean(axis=0) - mu_r) / sd_r))}
 
 
 def mismatch_reading(spread_ratio: float | None, shift: float | None) -> str:

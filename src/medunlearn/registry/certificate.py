@@ -504,10 +504,9 @@ def _short(v) -> str:
 def _figure_wordings(fig: dict, change: dict, dataset: str | None) -> set[str]:
     """The sentences this package (now, or before the figures record) gives ``fig``'s fields."""
     out = set()
-    for words in (lambda: figure_entry(fig, change, dataset)["in_words"],
-                  lambda: _earlier_figure_words(fig, change, dataset)):
+    for words in (lambda *a: figure_entry(*a)["in_words"], _earlier_figure_words):
         try:
-            out.add(words())
+            out.add(words(fig, change, dataset))
         except (KeyError, IndexError, TypeError, ValueError):
             pass
     return out
